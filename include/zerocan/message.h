@@ -1,0 +1,81 @@
+// Decoding: ReceivedMessage (the frames as they came off the socket) and Message (the
+// checked, decoded envelope with views into the frames).
+//
+// Message::Decode walks the whole envelope once, bounded by DecodeLimits, and checks
+// every payload reference, tensor shape and dtype. After it returns, accessors on the
+// Message and on its Values do not throw for malformed input. Nothing is copied except
+// a misaligned envelope (one copy into word-aligned storage, counted in
+// Stats::envelope_realigned).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include <zmq.hpp>
+
+#include "absl/container/inlined_vector.h"
+#include "zerocan/limits.h"
+#include "zerocan/value.h"
+#include "zerocan/writer.h"
+
+namespace zerocan {
+
+using FrameList = absl::InlinedVector<zmq::message_t, 4>;
+
+// The frames of one multipart message, owned. Move-only.
+struct ReceivedMessage {
+  // Frames before the empty delimiter (ROUTER identities); sent back with a reply.
+  absl::InlinedVector<zmq::message_t, 2> routing;
+  // Frames after the delimiter: envelope, payload frames, then a signature if signed.
+  FrameList frames;
+};
+
+// Turns an encoded message into received frames without a socket: the payload frames
+// share the Outgoing's buffers (no copy). For tests, benchmarks and in-process calls.
+ReceivedMessage LoopbackFrames(Outgoing&& outgoing);
+
+enum class BodyKind : uint8_t { kApply, kResult, kHello, kHeartbeat, kGoodbye, kUnknown };
+
+class Message {
+ public:
+  Message() = default;
+
+  // Checks and decodes. Throws DecodeError naming the frame and the field path.
+  static Message Decode(ReceivedMessage&& received, const DecodeLimits& limits = {});
+
+  // The generated reader over the envelope frame's memory (in place).
+  wire::Envelope::Reader envelope() const noexcept;
+  BodyKind body_kind() const noexcept;
+  uint64_t message_id() const noexcept { return envelope().getMessageId(); }
+  uint64_t session_id() const noexcept { return envelope().getSessionId(); }
+  uint64_t sequence() const noexcept { return envelope().getSequence(); }
+
+  // Apply accessors (body_kind() == kApply; otherwise they throw DecodeError).
+  std::string_view function() const;
+  size_t arg_count() const;
+  Value arg(size_t i) const;
+  size_t kwarg_count() const;
+  std::string_view kwarg_name(size_t i) const;
+  Value kwarg(size_t i) const;
+  uint32_t timeout_ms() const;
+
+  // Result accessors (body_kind() == kResult).
+  uint64_t call_id() const;
+  bool ok() const;
+  Value result() const;             // ok() only
+  RemoteErrorInfo error() const;    // !ok() only
+  std::string_view engine_id() const;
+
+  // The frames, still owned by this message (shared by every payload Buffer).
+  const FrameList& frames() const noexcept;
+  const ReceivedMessage& received() const noexcept;
+  // True when the envelope had to be copied for alignment.
+  bool envelope_copied() const noexcept;
+  explicit operator bool() const noexcept { return state_ != nullptr; }
+
+ private:
+  std::shared_ptr<internal::MessageState> state_;
+};
+
+}  // namespace zerocan

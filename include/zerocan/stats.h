@@ -1,0 +1,43 @@
+// Process-wide counters that make copies and zero-copy sends visible to tests,
+// benchmarks and tools. Relaxed atomics: cheap to bump, read as a snapshot.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace zerocan {
+
+struct StatsSnapshot {
+  uint64_t frames_sent_zero_copy = 0;   // payload frames handed to libzmq without a copy
+  uint64_t payloads_inlined = 0;        // payloads copied into an envelope
+  uint64_t frames_released = 0;         // zero-copy frames whose free callback ran
+  uint64_t envelope_realigned = 0;      // received envelopes copied for word alignment
+  uint64_t payload_realigned = 0;       // received tensors copied for element alignment
+  uint64_t payload_converted = 0;       // received tensors widened or byte-swapped (a copy)
+  uint64_t buffer_copies = 0;           // explicit Buffer::CopyOf calls
+  uint64_t messages_decoded = 0;
+  uint64_t messages_rejected = 0;       // decode errors
+};
+
+class Stats {
+ public:
+  std::atomic<uint64_t> frames_sent_zero_copy{0};
+  std::atomic<uint64_t> payloads_inlined{0};
+  std::atomic<uint64_t> frames_released{0};
+  std::atomic<uint64_t> envelope_realigned{0};
+  std::atomic<uint64_t> payload_realigned{0};
+  std::atomic<uint64_t> payload_converted{0};
+  std::atomic<uint64_t> buffer_copies{0};
+  std::atomic<uint64_t> messages_decoded{0};
+  std::atomic<uint64_t> messages_rejected{0};
+
+  StatsSnapshot Snapshot() const noexcept;
+};
+
+Stats& GlobalStats() noexcept;
+
+inline void Bump(std::atomic<uint64_t>& counter, uint64_t n = 1) noexcept {
+  counter.fetch_add(n, std::memory_order_relaxed);
+}
+
+}  // namespace zerocan

@@ -1,0 +1,191 @@
+# zerocan wire schema: the envelope of every zerocan message.
+#
+# A zerocan message is a ZeroMQ multipart message:
+#   [routing frames...] [empty delimiter] [envelope] [payload frame 1..N] [signature]?
+# The envelope (this schema, standard Cap'n Proto framing with its segment table) is
+# frame 0 after the delimiter.  Payload frames follow in the order the envelope's
+# FrameRef.index values name them (index 1 = first frame after the envelope).
+# docs/FORMAT.md is the prose version of this file; the two must agree (a test
+# checks `protocolVersion` against the document).
+#
+# Evolution rules: append fields, never renumber or retype; a change that an old
+# reader would misread bumps `protocolVersion`.
+
+@0xcf3c4a418d55852e;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("zerocan::wire");
+
+const protocolVersion :UInt16 = 1;
+# Readers reject any other value in Envelope.version.
+
+struct Envelope {
+  version @0 :UInt16;
+  # Must equal protocolVersion.
+
+  messageId @1 :UInt64;
+  # Unique per sender session; a Result names the Apply it answers by this id.
+
+  sessionId @2 :UInt64;
+  # Random per sender instance; with `sequence`, the replay window's key.
+
+  sequence @3 :UInt64;
+  # Strictly increasing per session, starting at 1.
+
+  payloadFrames @4 :UInt32;
+  # Number of payload frames that follow the envelope (bound: DecodeLimits.maxFrames - 1).
+
+  sentAtNs @5 :UInt64;
+  # Sender's wall clock, nanoseconds since the Unix epoch (0 = unknown). Informative only.
+
+  body :union {
+    apply @6 :Apply;
+    result @7 :Result;
+    hello @8 :Hello;
+    heartbeat @9 :Heartbeat;
+    goodbye @10 :Void;
+  }
+}
+
+struct Apply {
+  function @0 :Text;
+  # Name the engine registered the function under (bound: 1024 bytes).
+
+  args @1 :List(Value);
+  kwargs @2 :List(Field);
+  # Keyword arguments in the caller's order.
+
+  timeoutMs @3 :UInt32;
+  # Caller's deadline in milliseconds from sentAtNs (0 = none). Engines may skip expired calls.
+}
+
+struct Result {
+  callId @0 :UInt64;
+  # messageId of the Apply this answers.
+
+  engineId @1 :Text;
+
+  union {
+    ok @2 :Value;
+    error @3 :RemoteError;
+  }
+}
+
+struct RemoteError {
+  type @0 :Text;       # e.g. "std::invalid_argument", "ValueError", "zerocan.DecodeError"
+  message @1 :Text;
+  function @2 :Text;   # the function that was called
+  where @3 :Text;      # engine id, host, or traceback text
+}
+
+struct Hello {
+  peerId @0 :Text;
+  role @1 :Text;       # "client", "engine", "broker"
+  functions @2 :List(Text);
+}
+
+struct Heartbeat {
+  peerId @0 :Text;
+  nowNs @1 :UInt64;
+}
+
+struct Field {
+  key @0 :Text;
+  value @1 :Value;
+}
+
+struct Entry {
+  key @0 :Value;
+  value @1 :Value;
+}
+
+struct Value {
+  union {
+    null @0 :Void;
+    bool @1 :Bool;
+    int @2 :Int64;
+    uint @3 :UInt64;
+    float @4 :Float64;
+    text @5 :Text;
+    bytes @6 :Payload;
+    list @7 :List(Value);
+    map @8 :List(Entry);
+    # Keys in insertion order; duplicates are the sender's business.
+    tensor @9 :Tensor;
+    extension @10 :Extension;
+  }
+}
+
+struct Payload {
+  # Bytes that live either inside the envelope or in a payload frame.
+  union {
+    inline @0 :Data;
+    # Small payloads (below the sender's inline threshold). 8-byte aligned within the
+    # envelope, so a word-aligned envelope gives word-aligned inline data.
+    frame @1 :FrameRef;
+  }
+}
+
+struct FrameRef {
+  index @0 :UInt32;    # 1-based index of the payload frame after the envelope
+  offset @1 :UInt64;   # bytes from the start of that frame
+  length @2 :UInt64;   # bytes; offset + length <= frame size
+}
+
+enum DType {
+  bool @0;
+  int8 @1;
+  int16 @2;
+  int32 @3;
+  int64 @4;
+  uint8 @5;
+  uint16 @6;
+  uint32 @7;
+  uint64 @8;
+  float16 @9;
+  float32 @10;
+  float64 @11;
+  complex64 @12;
+  complex128 @13;
+}
+
+enum Order {
+  c @0;        # row-major
+  fortran @1;  # column-major
+}
+
+enum ByteOrder {
+  little @0;
+  big @1;
+}
+
+enum Packing {
+  # How an integer tensor's elements are stored. Senders may store a small integer
+  # array in the narrowest integer type that holds every element; readers widen back
+  # to `dtype`. Only inline payloads are packed (a zero-copy frame is never rewritten).
+  none @0;
+  int8 @1;
+  int16 @2;
+  int32 @3;
+  uint8 @4;
+  uint16 @5;
+  uint32 @6;
+}
+
+struct Tensor {
+  dtype @0 :DType;
+  shape @1 :List(UInt64);
+  # Elements per dimension; rank bound DecodeLimits.maxRank. Product times the element
+  # size (of `packing` if set, else of `dtype`) must equal the payload's length.
+  order @2 :Order;
+  byteOrder @3 :ByteOrder;
+  packing @4 :Packing;
+  data @5 :Payload;
+}
+
+struct Extension {
+  # A value of a type registered by name (e.g. "numpy.ndarray", "pandas.DataFrame").
+  # Readers that do not know `typeName` keep it as a generic value and can forward it.
+  typeName @0 :Text;
+  state @1 :Value;
+}

@@ -1,0 +1,39 @@
+// The shared state behind a decoded Message: the received frames, the aligned copy of
+// the envelope when one was needed, and the reader. Payload Buffers alias this object
+// (shared_from_this), so a payload view keeps every frame of its message alive.
+#pragma once
+
+#include <memory>
+#include <optional>
+
+#include <capnp/serialize.h>
+
+#include "zerocan/buffer.h"
+#include "zerocan/message.h"
+
+namespace zerocan::internal {
+
+class MessageState : public std::enable_shared_from_this<MessageState> {
+ public:
+  explicit MessageState(ReceivedMessage&& received) : received_(std::move(received)) {}
+
+  ReceivedMessage received_;
+  std::unique_ptr<capnp::word[]> aligned_copy_;
+  std::optional<capnp::FlatArrayMessageReader> reader_;
+  wire::Envelope::Reader envelope_;
+
+  std::shared_ptr<const void> KeepAlive() const { return shared_from_this(); }
+
+  // Bytes [offset, offset+length) of payload frame `index` (1-based); already checked
+  // by the decoder's walk.
+  Buffer FrameSlice(uint32_t index, uint64_t offset, uint64_t length) const {
+    auto& frame = const_cast<zmq::message_t&>(received_.frames[index]);
+    return Buffer(static_cast<std::byte*>(frame.data()) + offset, length, KeepAlive());
+  }
+  Buffer InlineBytes(capnp::Data::Reader data) const {
+    return Buffer(const_cast<std::byte*>(reinterpret_cast<const std::byte*>(data.begin())),
+                  data.size(), KeepAlive());
+  }
+};
+
+}  // namespace zerocan::internal

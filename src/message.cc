@@ -1,0 +1,484 @@
+// Message::Decode: the one walk over an untrusted envelope.
+//
+// Order (docs/FORMAT.md, "Decoding"): frame count and sizes; envelope alignment (one
+// counted copy when misaligned); a bounded Cap'n Proto reader whose traversal budget is
+// scaled to the envelope's real size; a full walk that checks the version, every union
+// member, every payload reference, every tensor's shape against its bytes, and the
+// nesting depth. Only when the walk passes do we keep a second, unbounded reader for the
+// accessors: the walk has proved every pointer in range and the traversal bounded, and
+// capnp's traversal budget is spent cumulatively, so reusing the walking reader would
+// make later getters throw at random.
+#include "zerocan/message.h"
+
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "internal/strings.h"
+#include "absl/strings/str_join.h"
+#include "internal/kj_bridge.h"
+#include "internal/message_state.h"
+#include "zerocan/error.h"
+#include "zerocan/stats.h"
+#include "zerocan/version.h"
+
+namespace zerocan {
+
+namespace {
+
+using Code = DecodeError::Code;
+
+// A field path built on the stack as the walk descends and rendered only on error:
+// "apply.args[1].tensor.shape".
+struct Path {
+  const Path* parent;
+  const char* field;   // appended as ".field" (or bare at the root); may be null
+  int64_t index;       // appended as "[index]" when >= 0
+
+  std::string Render() const {
+    std::string out = parent != nullptr ? parent->Render() : std::string();
+    if (field != nullptr) {
+      if (!out.empty()) out += '.';
+      out += field;
+    }
+    if (index >= 0) absl::StrAppend(&out, "[", index, "]");
+    return out;
+  }
+};
+
+Path Child(const Path& parent, const char* field, int64_t index = -1) {
+  return Path{&parent, field, index};
+}
+
+[[noreturn]] void Fail(Code code, const Path& path, const std::string& what) {
+  throw DecodeError(code, absl::StrCat(path.Render(), ": ", what));
+}
+
+size_t PackedSize(wire::Packing p) {
+  switch (p) {
+    case wire::Packing::INT8:
+    case wire::Packing::UINT8: return 1;
+    case wire::Packing::INT16:
+    case wire::Packing::UINT16: return 2;
+    case wire::Packing::INT32:
+    case wire::Packing::UINT32: return 4;
+    default: return 0;
+  }
+}
+
+class Walker {
+ public:
+  Walker(const ReceivedMessage& received, uint32_t payload_frames, const DecodeLimits& limits)
+      : received_(received), payload_frames_(payload_frames), limits_(limits) {}
+
+  void Text(capnp::Text::Reader text, const Path& path) {
+    if (text.size() > limits_.max_text_bytes) {
+      Fail(Code::kLimitExceeded, path,
+           absl::StrCat("text of ", text.size(), " bytes exceeds max_text_bytes ",
+                        limits_.max_text_bytes));
+    }
+  }
+
+  // Checks a payload reference; returns its length in bytes.
+  uint64_t Payload(wire::Payload::Reader payload, const Path& path) {
+    if (++payload_refs_ > limits_.max_payload_refs) {
+      Fail(Code::kLimitExceeded, path,
+           absl::StrCat("more than max_payload_refs ", limits_.max_payload_refs,
+                        " payload references"));
+    }
+    switch (payload.which()) {
+      case wire::Payload::INLINE: return payload.getInline().size();
+      case wire::Payload::FRAME: {
+        auto ref = payload.getFrame();
+        uint32_t index = ref.getIndex();
+        if (index == 0 || index > payload_frames_) {
+          Fail(Code::kMalformed, path,
+               absl::StrCat("refers to frame ", index, ", but the message has ", payload_frames_,
+                            " payload frame", payload_frames_ == 1 ? "" : "s",
+                            " (valid: 1..", payload_frames_, ")"));
+        }
+        uint64_t size = received_.frames[index].size();
+        uint64_t offset = ref.getOffset(), length = ref.getLength();
+        // Overflow-free: length against size, then offset against what remains.
+        if (length > size || offset > size - length) {
+          Fail(Code::kMalformed, path,
+               absl::StrCat("offset ", offset, " + length ", length, " is past the end of frame ",
+                            index, " (", size, " bytes)"));
+        }
+        return length;
+      }
+    }
+    Fail(Code::kMalformed, path, "unknown payload kind (from a newer protocol?)");
+  }
+
+  void Tensor(wire::Tensor::Reader t, const Path& path) {
+    uint16_t raw_dtype = static_cast<uint16_t>(t.getDtype());
+    if (raw_dtype >= kDTypeCount) {
+      Fail(Code::kMalformed, Child(path, "dtype"), absl::StrCat("unknown dtype ", raw_dtype));
+    }
+    DType dtype = static_cast<DType>(raw_dtype);
+    if (static_cast<uint16_t>(t.getOrder()) > 1) {
+      Fail(Code::kMalformed, Child(path, "order"),
+           absl::StrCat("unknown order ", static_cast<uint16_t>(t.getOrder())));
+    }
+    if (static_cast<uint16_t>(t.getByteOrder()) > 1) {
+      Fail(Code::kMalformed, Child(path, "byteOrder"),
+           absl::StrCat("unknown byte order ", static_cast<uint16_t>(t.getByteOrder())));
+    }
+    auto shape = t.getShape();
+    if (shape.size() > limits_.max_rank) {
+      Fail(Code::kLimitExceeded, Child(path, "shape"),
+           absl::StrCat("rank ", shape.size(), " exceeds max_rank ", limits_.max_rank));
+    }
+    uint64_t count = 1;
+    bool overflow = false;
+    for (uint64_t d : shape) {
+      if (d != 0 && count > UINT64_MAX / d) overflow = true;
+      if (!overflow) count *= d;
+    }
+    size_t item = ItemSize(dtype);
+    wire::Packing packing = t.getPacking();
+    if (packing != wire::Packing::NONE) {
+      size_t packed = PackedSize(packing);
+      if (packed == 0) {
+        Fail(Code::kMalformed, Child(path, "packing"),
+             absl::StrCat("unknown packing ", static_cast<uint16_t>(packing)));
+      }
+      if (!IsInteger(dtype) || packed >= item) {
+        Fail(Code::kMalformed, Child(path, "packing"),
+             absl::StrCat("packing to ", packed, "-byte integers is not narrower than ",
+                          internal::Sv(DTypeName(dtype))));
+      }
+      if (!t.getData().isInline()) {
+        Fail(Code::kMalformed, Child(path, "packing"), "packed tensors must be inline");
+      }
+      item = packed;
+    }
+    uint64_t length = Payload(t.getData(), Child(path, "data"));
+    if (overflow || count > UINT64_MAX / item || count * item != length) {
+      std::string dims = absl::StrJoin(shape, "x");
+      std::string where = t.getData().isInline()
+                              ? std::string("inline data has")
+                              : absl::StrCat("frame ", t.getData().getFrame().getIndex(), " has");
+      Fail(Code::kMalformed, Child(path, "shape"),
+           absl::StrCat(dims.empty() ? "scalar" : dims, " ", internal::Sv(DTypeName(dtype)), " needs ",
+                        overflow || count > UINT64_MAX / item ? std::string("more than 2^64")
+                                                              : absl::StrCat(count * item),
+                        " bytes, ", where, " ", length));
+    }
+  }
+
+  void Value(wire::Value::Reader v, const Path& path, uint32_t depth) {
+    if (depth > limits_.max_depth) {
+      Fail(Code::kLimitExceeded, path,
+           absl::StrCat("values nested deeper than max_depth ", limits_.max_depth));
+    }
+    switch (v.which()) {
+      case wire::Value::NULL_:
+      case wire::Value::BOOL:
+      case wire::Value::INT:
+      case wire::Value::UINT:
+      case wire::Value::FLOAT: return;
+      case wire::Value::TEXT: return Text(v.getText(), Child(path, "text"));
+      case wire::Value::BYTES: Payload(v.getBytes(), Child(path, "bytes")); return;
+      case wire::Value::LIST: {
+        auto list = v.getList();
+        CheckLength(list.size(), path);
+        for (unsigned i = 0; i < list.size(); ++i) Value(list[i], Child(path, nullptr, i), depth + 1);
+        return;
+      }
+      case wire::Value::MAP: {
+        auto map = v.getMap();
+        CheckLength(map.size(), path);
+        for (unsigned i = 0; i < map.size(); ++i) {
+          Path entry = Child(path, nullptr, i);
+          Value(map[i].getKey(), Child(entry, "key"), depth + 1);
+          Value(map[i].getValue(), Child(entry, "value"), depth + 1);
+        }
+        return;
+      }
+      case wire::Value::TENSOR: return Tensor(v.getTensor(), Child(path, "tensor"));
+      case wire::Value::EXTENSION: {
+        auto ext = v.getExtension();
+        Text(ext.getTypeName(), Child(path, "typeName"));
+        if (ext.getTypeName().size() == 0) {
+          Fail(Code::kMalformed, Child(path, "typeName"), "extension without a type name");
+        }
+        return Value(ext.getState(), Child(path, "state"), depth + 1);
+      }
+    }
+    Fail(Code::kMalformed, path,
+         absl::StrCat("unknown value kind ", static_cast<int>(v.which()),
+                      " (sent by a newer protocol version?)"));
+  }
+
+  void CheckLength(uint64_t n, const Path& path) {
+    if (n > limits_.max_list_length) {
+      Fail(Code::kLimitExceeded, path,
+           absl::StrCat("length ", n, " exceeds max_list_length ", limits_.max_list_length));
+    }
+  }
+
+  void Envelope(wire::Envelope::Reader env) {
+    Path root{nullptr, nullptr, -1};
+    auto body = env.getBody();
+    switch (body.which()) {
+      case wire::Envelope::Body::APPLY: {
+        Path apply = Child(root, "apply");
+        auto a = body.getApply();
+        Text(a.getFunction(), Child(apply, "function"));
+        auto args = a.getArgs();
+        CheckLength(args.size(), Child(apply, "args"));
+        for (unsigned i = 0; i < args.size(); ++i) Value(args[i], Child(apply, "args", i), 1);
+        auto kwargs = a.getKwargs();
+        CheckLength(kwargs.size(), Child(apply, "kwargs"));
+        for (unsigned i = 0; i < kwargs.size(); ++i) {
+          Path kw = Child(apply, "kwargs", i);
+          Text(kwargs[i].getKey(), Child(kw, "key"));
+          Value(kwargs[i].getValue(), Child(kw, "value"), 1);
+        }
+        return;
+      }
+      case wire::Envelope::Body::RESULT: {
+        Path result = Child(root, "result");
+        auto r = body.getResult();
+        Text(r.getEngineId(), Child(result, "engineId"));
+        switch (r.which()) {
+          case wire::Result::OK: return Value(r.getOk(), Child(result, "ok"), 1);
+          case wire::Result::ERROR: {
+            Path error = Child(result, "error");
+            auto e = r.getError();
+            Text(e.getType(), Child(error, "type"));
+            Text(e.getMessage(), Child(error, "message"));
+            Text(e.getFunction(), Child(error, "function"));
+            Text(e.getWhere(), Child(error, "where"));
+            return;
+          }
+        }
+        Fail(Code::kMalformed, result, "unknown result kind (sent by a newer protocol version?)");
+      }
+      case wire::Envelope::Body::HELLO: {
+        Path hello = Child(root, "hello");
+        auto h = body.getHello();
+        Text(h.getPeerId(), Child(hello, "peerId"));
+        Text(h.getRole(), Child(hello, "role"));
+        auto functions = h.getFunctions();
+        CheckLength(functions.size(), Child(hello, "functions"));
+        for (unsigned i = 0; i < functions.size(); ++i) {
+          Text(functions[i], Child(hello, "functions", i));
+        }
+        return;
+      }
+      case wire::Envelope::Body::HEARTBEAT:
+        Text(body.getHeartbeat().getPeerId(), Child(Child(root, "heartbeat"), "peerId"));
+        return;
+      case wire::Envelope::Body::GOODBYE: return;
+    }
+    Fail(Code::kMalformed, Child(root, "body"),
+         absl::StrCat("unknown message kind ", static_cast<int>(body.which()),
+                      " (sent by a newer protocol version?)"));
+  }
+
+ private:
+  const ReceivedMessage& received_;
+  uint32_t payload_frames_;
+  const DecodeLimits& limits_;
+  uint64_t payload_refs_ = 0;
+};
+
+[[noreturn]] void Reject(Code code, const std::string& what) {
+  Bump(GlobalStats().messages_rejected);
+  throw DecodeError(code, what);
+}
+
+}  // namespace
+
+Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) {
+  FrameList& frames = received.frames;
+  if (frames.empty()) Reject(Code::kMalformed, "message has no envelope frame");
+  if (frames.size() > limits.max_frames) {
+    Reject(Code::kLimitExceeded, absl::StrCat("message has ", frames.size(),
+                                              " frames; max_frames is ", limits.max_frames));
+  }
+  uint64_t total = 0;
+  for (size_t i = 0; i < frames.size(); ++i) {
+    if (frames[i].size() > limits.max_frame_bytes) {
+      Reject(Code::kLimitExceeded, absl::StrCat("frame ", i, " has ", frames[i].size(),
+                                                " bytes; max_frame_bytes is ",
+                                                limits.max_frame_bytes));
+    }
+    total += frames[i].size();
+  }
+  if (total > limits.max_message_bytes) {
+    Reject(Code::kLimitExceeded, absl::StrCat("message has ", total,
+                                              " bytes; max_message_bytes is ",
+                                              limits.max_message_bytes));
+  }
+  size_t envelope_size = frames[0].size();
+  if (envelope_size > limits.max_envelope_bytes) {
+    Reject(Code::kLimitExceeded, absl::StrCat("envelope (frame 0) has ", envelope_size,
+                                              " bytes; max_envelope_bytes is ",
+                                              limits.max_envelope_bytes));
+  }
+  if (envelope_size < sizeof(capnp::word) || envelope_size % sizeof(capnp::word) != 0) {
+    Reject(Code::kMalformed, absl::StrCat("envelope (frame 0): ", envelope_size,
+                                          " bytes is not a whole number of 8-byte words "
+                                          "(truncated?)"));
+  }
+
+  auto state = std::make_shared<internal::MessageState>(std::move(received));
+  const capnp::word* words = static_cast<const capnp::word*>(state->received_.frames[0].data());
+  size_t word_count = envelope_size / sizeof(capnp::word);
+  if (!IsAligned(words, alignof(capnp::word))) {
+    // libzmq hands out small tcp/ipc frames at any address inside its receive batch;
+    // Cap'n Proto needs word alignment. One copy, counted.
+    state->aligned_copy_.reset(new capnp::word[word_count]);
+    std::memcpy(state->aligned_copy_.get(), words, envelope_size);
+    words = state->aligned_copy_.get();
+    Bump(GlobalStats().envelope_realigned);
+  }
+  kj::ArrayPtr<const capnp::word> segment_words(words, word_count);
+
+  try {
+    internal::CatchKj("envelope (frame 0)", [&] {
+      capnp::ReaderOptions bounded;
+      bounded.traversalLimitInWords =
+          static_cast<uint64_t>(limits.traversal_factor) * word_count + 64;
+      // Cap'n Proto counts pointer hops: about two per value level (value -> list ->
+      // element), plus the envelope's own structure.
+      bounded.nestingLimit = static_cast<int>(2 * limits.max_depth + 16);
+      capnp::FlatArrayMessageReader checker(segment_words, bounded);
+      if (checker.getEnd() != segment_words.end()) {
+        throw DecodeError(Code::kMalformed,
+                          absl::StrCat("envelope (frame 0): ",
+                                       (segment_words.end() - checker.getEnd()) * 8,
+                                       " bytes after the last segment"));
+      }
+      auto env = checker.getRoot<wire::Envelope>();
+      if (env.getVersion() != kProtocolVersion) {
+        throw DecodeError(Code::kVersion,
+                          absl::StrCat("version: protocol version ", env.getVersion(),
+                                       " is not supported (this reader speaks ",
+                                       kProtocolVersion, ")"));
+      }
+      size_t payload_frames = state->received_.frames.size() - 1;
+      if (env.getPayloadFrames() != payload_frames) {
+        throw DecodeError(Code::kMalformed,
+                          absl::StrCat("payloadFrames: envelope announces ",
+                                       env.getPayloadFrames(), " payload frames, message has ",
+                                       payload_frames));
+      }
+      Walker(state->received_, static_cast<uint32_t>(payload_frames), limits).Envelope(env);
+    });
+    capnp::ReaderOptions unbounded;
+    unbounded.traversalLimitInWords = UINT64_MAX;
+    unbounded.nestingLimit = INT32_MAX;
+    state->reader_.emplace(segment_words, unbounded);
+    state->envelope_ = state->reader_->getRoot<wire::Envelope>();
+  } catch (const DecodeError&) {
+    Bump(GlobalStats().messages_rejected);
+    throw;
+  }
+  Bump(GlobalStats().messages_decoded);
+  Message message;
+  message.state_ = std::move(state);
+  return message;
+}
+
+wire::Envelope::Reader Message::envelope() const noexcept { return state_->envelope_; }
+
+BodyKind Message::body_kind() const noexcept {
+  switch (state_->envelope_.getBody().which()) {
+    case wire::Envelope::Body::APPLY: return BodyKind::kApply;
+    case wire::Envelope::Body::RESULT: return BodyKind::kResult;
+    case wire::Envelope::Body::HELLO: return BodyKind::kHello;
+    case wire::Envelope::Body::HEARTBEAT: return BodyKind::kHeartbeat;
+    case wire::Envelope::Body::GOODBYE: return BodyKind::kGoodbye;
+  }
+  return BodyKind::kUnknown;
+}
+
+namespace {
+std::string_view View(capnp::Text::Reader t) { return std::string_view(t.begin(), t.size()); }
+[[noreturn]] void WrongBody(const char* wanted) {
+  throw DecodeError(Code::kTypeMismatch, absl::StrCat("message is not ", wanted));
+}
+}  // namespace
+
+#define ZEROCAN_APPLY()                                                     \
+  auto body = state_->envelope_.getBody();                                  \
+  if (!body.isApply()) WrongBody("an apply");                               \
+  auto apply = body.getApply()
+#define ZEROCAN_RESULT()                                                    \
+  auto body = state_->envelope_.getBody();                                  \
+  if (!body.isResult()) WrongBody("a result");                              \
+  auto result = body.getResult()
+
+std::string_view Message::function() const {
+  ZEROCAN_APPLY();
+  return View(apply.getFunction());
+}
+size_t Message::arg_count() const {
+  ZEROCAN_APPLY();
+  return apply.getArgs().size();
+}
+Value Message::arg(size_t i) const {
+  ZEROCAN_APPLY();
+  auto args = apply.getArgs();
+  if (i >= args.size()) {
+    throw std::out_of_range(absl::StrCat("argument ", i, " of ", args.size()));
+  }
+  return Value(args[static_cast<unsigned>(i)], state_.get());
+}
+size_t Message::kwarg_count() const {
+  ZEROCAN_APPLY();
+  return apply.getKwargs().size();
+}
+std::string_view Message::kwarg_name(size_t i) const {
+  ZEROCAN_APPLY();
+  auto kwargs = apply.getKwargs();
+  if (i >= kwargs.size()) throw std::out_of_range(absl::StrCat("keyword argument ", i));
+  return View(kwargs[static_cast<unsigned>(i)].getKey());
+}
+Value Message::kwarg(size_t i) const {
+  ZEROCAN_APPLY();
+  auto kwargs = apply.getKwargs();
+  if (i >= kwargs.size()) throw std::out_of_range(absl::StrCat("keyword argument ", i));
+  return Value(kwargs[static_cast<unsigned>(i)].getValue(), state_.get());
+}
+uint32_t Message::timeout_ms() const {
+  ZEROCAN_APPLY();
+  return apply.getTimeoutMs();
+}
+uint64_t Message::call_id() const {
+  ZEROCAN_RESULT();
+  return result.getCallId();
+}
+bool Message::ok() const {
+  ZEROCAN_RESULT();
+  return result.isOk();
+}
+Value Message::result() const {
+  ZEROCAN_RESULT();
+  if (!result.isOk()) WrongBody("a successful result");
+  return Value(result.getOk(), state_.get());
+}
+RemoteErrorInfo Message::error() const {
+  ZEROCAN_RESULT();
+  if (!result.isError()) WrongBody("an error result");
+  auto e = result.getError();
+  return RemoteErrorInfo{std::string(View(e.getType())), std::string(View(e.getMessage())),
+                         std::string(View(e.getFunction())), std::string(View(e.getWhere()))};
+}
+std::string_view Message::engine_id() const {
+  ZEROCAN_RESULT();
+  return View(result.getEngineId());
+}
+#undef ZEROCAN_APPLY
+#undef ZEROCAN_RESULT
+
+const FrameList& Message::frames() const noexcept { return state_->received_.frames; }
+const ReceivedMessage& Message::received() const noexcept { return state_->received_; }
+bool Message::envelope_copied() const noexcept { return state_->aligned_copy_ != nullptr; }
+
+}  // namespace zerocan
