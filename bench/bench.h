@@ -23,6 +23,8 @@ struct Options {
 };
 
 // Each section appends its rows and prints its table unless options.json.
-void RunCore(const Options& options, std::vector<Row>* rows);
+void RunCore(const Options& options, std::vector<Row>* rows);   // bench/core_bench.cc
+void RunApply(const Options& options, std::vector<Row>* rows);  // bench/apply_bench.cc
+void RunTune(const Options& options, std::vector<Row>* rows);   // bench/tune_bench.cc
 
 }  // namespace zerocan::bench

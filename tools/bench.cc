@@ -30,7 +30,8 @@ int RunBench(int argc, char** argv) {
     const char* name;
     void (*run)(const bench::Options&, std::vector<bench::Row>*);
   };
-  const Section sections[] = {{"core", bench::RunCore}};
+  const Section sections[] = {
+      {"core", bench::RunCore}, {"apply", bench::RunApply}, {"tune", bench::RunTune}};
   std::vector<bench::Row> rows;
   bool ran = false;
   for (const Section& s : sections) {
@@ -39,7 +40,7 @@ int RunBench(int argc, char** argv) {
     ran = true;
   }
   if (!ran) {
-    std::fprintf(stderr, "zerocan bench: no section named \"%s\" (have: core)\n", only.c_str());
+    std::fprintf(stderr, "zerocan bench: no section named \"%s\" (have: core, apply, tune)\n", only.c_str());
     return 2;
   }
   if (options.json) {

@@ -16,8 +16,15 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
-    {"bench", zerocan::tools::RunBench, "run the benchmarks side by side with their baselines"},
+    {"demo", zerocan::tools::RunDemo, "start a broker and two engines on loopback and tour them"},
+    {"engine", zerocan::tools::RunEngine, "serve functions (built-ins and --plugin libraries)"},
+    {"broker", zerocan::tools::RunBroker, "forward calls from clients to engines"},
+    {"call", zerocan::tools::RunCall, "call a function with JSON arguments, print the result"},
+    {"inspect", zerocan::tools::RunInspect, "show the frames and envelope of captured messages"},
+    {"record", zerocan::tools::RunRecord, "record a broker's capture socket to a file"},
     {"schema", zerocan::tools::RunSchema, "print the schema's path (--path) or text"},
+    {"tune", zerocan::tools::RunTune, "measure the inline/zero-copy threshold of this machine"},
+    {"bench", zerocan::tools::RunBench, "run the benchmarks side by side with their baselines"},
     {"version", zerocan::tools::RunVersion, "print library and protocol versions"},
 };
 
