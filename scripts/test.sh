@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The one command that sets up a fresh Debian 12 machine and runs every test:
+#   1. installs packages (scripts/setup.sh),
+#   2. builds and runs the GoogleTest suite (ctest),
+#   3. installs into a staging prefix and builds tests/consumer against it,
+#   4. rebuilds with AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite again,
+#   5. runs the Python client's tests (pytest), C++ <-> Python through the broker,
+#   6. runs each fuzz target for a fixed budget (ZEROCAN_FUZZ_SECONDS, default 30).
+# Set ZEROCAN_SKIP_ASAN=1 or ZEROCAN_SKIP_FUZZ=1 to skip steps locally.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=$(nproc)
+
+step() { printf '\n==== %s\n' "$*"; }
+
+step "setup"
+./scripts/setup.sh
+
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+
+step "build (RelWithDebInfo) and test"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "${launcher[@]}" >/dev/null
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+step "install and build an outside consumer against the package"
+rm -rf build/stage build/consumer
+cmake --install build --prefix "$root/build/stage" >/dev/null
+cmake -S tests/consumer -B build/consumer -G Ninja -DCMAKE_PREFIX_PATH="$root/build/stage" >/dev/null
+cmake --build build/consumer
+LD_LIBRARY_PATH="$root/build/stage/lib" build/consumer/consumer
+"$root/build/stage/bin/zerocan" schema --path
+PKG_CONFIG_PATH="$root/build/stage/lib/pkgconfig" pkg-config --cflags --libs zerocan >/dev/null
+
+if [ "${ZEROCAN_SKIP_ASAN:-0}" != 1 ]; then
+  step "AddressSanitizer + UndefinedBehaviorSanitizer build and test"
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DZEROCAN_SANITIZE=address,undefined \
+        -DZEROCAN_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
+  cmake --build build-asan -j "$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j "$jobs"
+fi
+
+if [ -d clients/python ]; then
+  step "Python client tests"
+  python3 -m pip install -q --disable-pip-version-check -e clients/python 2>&1 | grep -v "^\[notice\]\|WARNING: Running pip as" || true
+  ZEROCAN_BIN="$root/build/zerocan" python3 -m pytest -q clients/python/tests
+fi
+
+if [ "${ZEROCAN_SKIP_FUZZ:-0}" != 1 ] && [ -x scripts/fuzz.sh ]; then
+  step "fuzzing (fixed budget)"
+  ZEROCAN_FUZZ_SECONDS="${ZEROCAN_FUZZ_SECONDS:-30}" ./scripts/fuzz.sh
+fi
+
+step "all tests passed"
