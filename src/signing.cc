@@ -1,0 +1,277 @@
+// HMAC-SHA256 over every frame (see include/zerocan/signing.h for the layout).
+//
+// OpenSSL 3's EVP_MAC keeps the keyed HMAC state (the inner and outer pads already
+// hashed) in one context; each message duplicates it instead of re-keying, so signing a
+// small message costs two SHA-256 compressions more than hashing its bytes.
+#include "zerocan/signing.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "internal/strings.h"
+#include "zerocan/version.h"
+
+namespace zerocan {
+
+namespace internal {
+// Defined in src/frames.cc: wraps a Buffer as a zero-copy frame tracked by `tracker`.
+zmq::message_t ZeroCopyFrame(Buffer buffer, const std::shared_ptr<Tracker::State>& tracker);
+}  // namespace internal
+
+namespace {
+
+constexpr char kDomain[] = "zerocan.hmac-sha256.v1";
+
+void PutU64(unsigned char* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+
+[[noreturn]] void CryptoFailure(const char* what) {
+  // OpenSSL failing here means an allocation failure or a broken installation, never
+  // anything a peer sent.
+  throw Error(absl::StrCat("OpenSSL ", what, " failed"));
+}
+
+}  // namespace
+
+std::string_view AuthCodeName(AuthError::Code code) noexcept {
+  switch (code) {
+    case AuthError::Code::kUnsigned: return "unsigned";
+    case AuthError::Code::kBadSignature: return "bad signature";
+    case AuthError::Code::kReplayed: return "replayed";
+    case AuthError::Code::kTooOld: return "too old";
+    case AuthError::Code::kClockSkew: return "clock skew";
+    case AuthError::Code::kTooManySessions: return "too many sessions";
+    case AuthError::Code::kBadKey: return "bad key";
+  }
+  return "unknown";
+}
+
+bool LooksLikeSignature(const zmq::message_t& frame) noexcept {
+  return frame.size() == kSignatureFrameSize &&
+         std::memcmp(frame.data(), kSignatureMagic, sizeof(kSignatureMagic)) == 0;
+}
+
+// ---- keyed state ---------------------------------------------------------------------
+
+struct Signer::Keyed {
+  EVP_MAC* mac = nullptr;
+  EVP_MAC_CTX* ctx = nullptr;  // keyed, never updated: duplicated per message
+  ~Keyed() {
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+  }
+};
+
+struct Signer::Hasher::Ctx {
+  EVP_MAC_CTX* ctx = nullptr;
+  ~Ctx() { EVP_MAC_CTX_free(ctx); }
+};
+
+Signer::Signer(std::string_view key) {
+  if (key.empty()) throw AuthError(AuthError::Code::kBadKey, "signing key is empty");
+  auto keyed = std::make_shared<Keyed>();
+  keyed->mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  if (keyed->mac == nullptr) CryptoFailure("EVP_MAC_fetch(HMAC)");
+  keyed->ctx = EVP_MAC_CTX_new(keyed->mac);
+  if (keyed->ctx == nullptr) CryptoFailure("EVP_MAC_CTX_new");
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
+                         OSSL_PARAM_construct_end()};
+  if (EVP_MAC_init(keyed->ctx, reinterpret_cast<const unsigned char*>(key.data()), key.size(),
+                   params) != 1) {
+    CryptoFailure("EVP_MAC_init(HMAC-SHA256)");
+  }
+  keyed_ = std::move(keyed);
+}
+
+std::string Signer::ReadKeyFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw AuthError(AuthError::Code::kBadKey, absl::StrCat("key file ", path, ": cannot open"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  std::string content = text.str();
+  size_t begin = content.find_first_not_of(" \t\r\n");
+  size_t end = content.find_last_not_of(" \t\r\n");
+  std::string trimmed = begin == std::string::npos ? std::string()
+                                                   : content.substr(begin, end - begin + 1);
+  if (!trimmed.empty() && trimmed.front() == '{') {
+    auto json = nlohmann::json::parse(trimmed, nullptr, /*allow_exceptions=*/false);
+    if (json.is_discarded() || !json.is_object()) {
+      throw AuthError(AuthError::Code::kBadKey,
+                      absl::StrCat("key file ", path, ": starts with '{' but is not a JSON object"));
+    }
+    auto scheme = json.find("signature_scheme");
+    if (scheme != json.end() && (!scheme->is_string() || *scheme != "hmac-sha256")) {
+      throw AuthError(AuthError::Code::kBadKey,
+                      absl::StrCat("key file ", path, ": signature_scheme ", scheme->dump(),
+                                   " is not supported (only \"hmac-sha256\")"));
+    }
+    auto key = json.find("key");
+    if (key == json.end() || !key->is_string()) {
+      throw AuthError(AuthError::Code::kBadKey,
+                      absl::StrCat("key file ", path, ": no \"key\" string"));
+    }
+    trimmed = key->get<std::string>();
+  }
+  if (trimmed.empty()) {
+    throw AuthError(AuthError::Code::kBadKey, absl::StrCat("key file ", path, ": the key is empty"));
+  }
+  return trimmed;
+}
+
+Signer Signer::FromKeyFile(const std::string& path) { return Signer(ReadKeyFile(path)); }
+
+// ---- hashing -------------------------------------------------------------------------
+
+Signer::Hasher::Hasher(std::unique_ptr<Ctx> ctx, uint64_t frame_count)
+    : ctx_(std::move(ctx)), expected_(frame_count) {}
+Signer::Hasher::Hasher(Hasher&&) noexcept = default;
+Signer::Hasher& Signer::Hasher::operator=(Hasher&&) noexcept = default;
+Signer::Hasher::~Hasher() = default;
+
+Signer::Hasher Signer::Begin(uint64_t frame_count) const {
+  auto ctx = std::make_unique<Hasher::Ctx>();
+  ctx->ctx = EVP_MAC_CTX_dup(keyed_->ctx);
+  if (ctx->ctx == nullptr) CryptoFailure("EVP_MAC_CTX_dup");
+  unsigned char header[sizeof(kDomain) + 2 + 8];
+  std::memcpy(header, kDomain, sizeof(kDomain));  // with its NUL: the tag ends unambiguously
+  header[sizeof(kDomain)] = static_cast<unsigned char>(kProtocolVersion & 0xff);
+  header[sizeof(kDomain) + 1] = static_cast<unsigned char>(kProtocolVersion >> 8);
+  PutU64(header + sizeof(kDomain) + 2, frame_count);
+  if (EVP_MAC_update(ctx->ctx, header, sizeof(header)) != 1) CryptoFailure("EVP_MAC_update");
+  return Hasher(std::move(ctx), frame_count);
+}
+
+void Signer::Hasher::Add(const void* data, size_t size) {
+  unsigned char length[8];
+  PutU64(length, size);
+  if (EVP_MAC_update(ctx_->ctx, length, sizeof(length)) != 1) CryptoFailure("EVP_MAC_update");
+  if (size != 0 &&
+      EVP_MAC_update(ctx_->ctx, static_cast<const unsigned char*>(data), size) != 1) {
+    CryptoFailure("EVP_MAC_update");
+  }
+  ++added_;
+}
+
+void Signer::Hasher::FinishMac(unsigned char out[kMacSize]) {
+  if (ctx_ == nullptr) throw Error("Signer::Hasher used after Finish");
+  if (added_ != expected_) {
+    // Our bug, not the peer's: the count bound into the MAC would be a lie.
+    throw Error(absl::StrCat("Signer::Hasher: ", added_, " frames added, ", expected_,
+                             " announced"));
+  }
+  size_t written = 0;
+  if (EVP_MAC_final(ctx_->ctx, out, &written, kMacSize) != 1 || written != kMacSize) {
+    CryptoFailure("EVP_MAC_final");
+  }
+  ctx_.reset();
+}
+
+zmq::message_t Signer::Hasher::Finish() {
+  zmq::message_t frame(kSignatureFrameSize);
+  auto* bytes = static_cast<unsigned char*>(frame.data());
+  std::memcpy(bytes, kSignatureMagic, sizeof(kSignatureMagic));
+  FinishMac(bytes + sizeof(kSignatureMagic));
+  return frame;
+}
+
+zmq::message_t Signer::SignatureFor(const Outgoing& message) const {
+  Hasher hasher = Begin(message.frame_count());
+  hasher.Add(message.envelope().data(), message.envelope().size());
+  for (const Buffer& b : message.payload_frames()) hasher.Add(b.data(), b.size());
+  return hasher.Finish();
+}
+
+zmq::message_t Signer::SignatureFor(std::span<const zmq::message_t> frames) const {
+  Hasher hasher = Begin(frames.size());
+  for (const zmq::message_t& f : frames) hasher.Add(f.data(), f.size());
+  return hasher.Finish();
+}
+
+void Signer::SignFrames(FrameList* frames) const {
+  zmq::message_t signature = SignatureFor(std::span<const zmq::message_t>(frames->data(), frames->size()));
+  frames->push_back(std::move(signature));
+}
+
+Signer::Verdict Signer::Check(std::span<const zmq::message_t> frames) const noexcept {
+  if (frames.size() < 2 || !LooksLikeSignature(frames.back())) return Verdict::kUnsigned;
+  unsigned char mac[kMacSize];
+  try {
+    Hasher hasher = Begin(frames.size() - 1);
+    for (size_t i = 0; i + 1 < frames.size(); ++i) hasher.Add(frames[i].data(), frames[i].size());
+    hasher.FinishMac(mac);
+  } catch (...) {
+    return Verdict::kBadSignature;  // only on an OpenSSL failure: fail closed
+  }
+  const auto* got = static_cast<const unsigned char*>(frames.back().data()) + sizeof(kSignatureMagic);
+  return CRYPTO_memcmp(mac, got, kMacSize) == 0 ? Verdict::kOk : Verdict::kBadSignature;
+}
+
+void Signer::Verify(ReceivedMessage* received) const {
+  FrameList& frames = received->frames;
+  switch (Check(std::span<const zmq::message_t>(frames.data(), frames.size()))) {
+    case Verdict::kOk:
+      frames.pop_back();
+      return;
+    case Verdict::kUnsigned:
+      throw AuthError(AuthError::Code::kUnsigned,
+                      absl::StrCat("unsigned message: a key is set but the last of its ",
+                                   frames.size(), " frames is not a signature frame"));
+    case Verdict::kBadSignature:
+      throw AuthError(AuthError::Code::kBadSignature,
+                      absl::StrCat("bad signature: frame ", frames.size() - 1,
+                                   " does not match the HMAC-SHA256 of frames 0..",
+                                   frames.size() - 2,
+                                   " (altered, reordered, added or dropped frame, or another key)"));
+  }
+}
+
+std::optional<zmq::message_t> StripSignature(ReceivedMessage* received) {
+  if (received->frames.size() < 2 || !LooksLikeSignature(received->frames.back())) {
+    return std::nullopt;
+  }
+  zmq::message_t signature = std::move(received->frames.back());
+  received->frames.pop_back();
+  return signature;
+}
+
+Tracker SendSigned(zmq::socket_t& socket, Outgoing&& message, const Signer* signer,
+                   absl::InlinedVector<zmq::message_t, 2>* routing) {
+  if (signer == nullptr) return Send(socket, std::move(message), routing);
+  // Hash first, then hand every frame over: libzmq only flushes a multipart message to
+  // its I/O thread at the last part, so sending earlier parts first would not overlap
+  // anything and would leave half a message on the socket if hashing failed.
+  zmq::message_t signature = signer->SignatureFor(message);
+  auto tracker = message.payload_frames().empty() ? nullptr : std::make_shared<Tracker::State>();
+  absl::InlinedVector<zmq::message_t, 8> frames;
+  if (routing != nullptr) {
+    for (auto& r : *routing) frames.push_back(std::move(r));
+  }
+  frames.emplace_back();  // empty delimiter
+  frames.push_back(std::move(message.envelope()));
+  for (const Buffer& b : message.payload_frames()) {
+    frames.push_back(internal::ZeroCopyFrame(b, tracker));
+  }
+  frames.push_back(std::move(signature));
+  try {
+    for (size_t i = 0; i < frames.size(); ++i) {
+      auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
+      socket.send(frames[i], flags);
+    }
+  } catch (const zmq::error_t& e) {
+    throw TransportError(absl::StrCat("send failed: ", e.what()));
+  }
+  return Tracker(std::move(tracker));
+}
+
+}  // namespace zerocan
