@@ -21,7 +21,8 @@ static_assert(static_cast<int>(wire::DType::COMPLEX128) == static_cast<int>(DTyp
 namespace {
 
 // Deeper values are refused at encode time, matching DecodeLimits' default, so we never
-// produce a message a default receiver would reject for depth.
+// produce a message a default receiver would reject for depth. The decoder counts an
+// argument as level 1 while a ValueWriter's depth starts at 0, hence `depth_ + 1` below.
 constexpr uint32_t kMaxEncodeDepth = 64;
 // Cap'n Proto lists and Data hold fewer than 2^29 elements.
 constexpr uint64_t kMaxCapnpList = (uint64_t{1} << 29) - 1;
@@ -184,7 +185,7 @@ void ValueWriter::Array(DType dtype, const Shape& shape, Buffer data, Order orde
 }
 
 ListWriter ValueWriter::List(size_t length) {
-  if (depth_ >= kMaxEncodeDepth) {
+  if (depth_ + 1 >= kMaxEncodeDepth) {
     throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
   }
   CheckListLength(length, "list");
@@ -192,7 +193,7 @@ ListWriter ValueWriter::List(size_t length) {
 }
 
 MapWriter ValueWriter::Map(size_t length) {
-  if (depth_ >= kMaxEncodeDepth) {
+  if (depth_ + 1 >= kMaxEncodeDepth) {
     throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
   }
   CheckListLength(length, "map");
@@ -200,7 +201,7 @@ MapWriter ValueWriter::Map(size_t length) {
 }
 
 ValueWriter ValueWriter::Extension(std::string_view type_name) {
-  if (depth_ >= kMaxEncodeDepth) {
+  if (depth_ + 1 >= kMaxEncodeDepth) {
     throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
   }
   auto ext = builder_.initExtension();
