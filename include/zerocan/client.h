@@ -1,0 +1,160 @@
+// zerocan::Client: calls functions on an engine or through a broker (protocol: engine.h).
+//
+// apply(name, args...) encodes the call on the calling thread and sends it at once; it
+// returns a ResultFuture. Any number of calls may be in flight. There is no background
+// thread: whichever thread waits in ResultFuture::get() receives for everybody (replies
+// are matched by call id and handed to their own futures), so a call-and-wait costs no
+// thread hand-off. Several threads may apply and wait on one Client at the same time.
+//
+// Large arguments leave as zero-copy frames. An lvalue argument (a std::vector, a
+// TensorView, a borrowed Buffer) is BORROWED: keep it alive and unchanged until the
+// future's tracker() is done (an rvalue is adopted and needs no care).
+//
+// A Result views the received frames: result.as<TensorView<const double>>() points into
+// the reply frame (over inproc:// that is the engine's own buffer).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <zmq.hpp>
+
+#include "zerocan/codec.h"
+#include "zerocan/frames.h"
+#include "zerocan/limits.h"
+#include "zerocan/message.h"
+#include "zerocan/policy.h"
+#include "zerocan/registry.h"
+#include "zerocan/remote_error.h"
+#include "zerocan/writer.h"
+
+namespace zerocan {
+
+// The outcome of one call: a value (viewing the reply's frames) or a failure.
+// Copyable (copies share the reply).
+class Result {
+ public:
+  Result() = default;
+  static Result Ok(Message reply, const Registry* registry);
+  static Result Failed(std::exception_ptr error, Message reply = {});
+
+  bool ok() const noexcept { return error_ == nullptr; }
+  // Rethrows the failure: RemoteError (the engine or broker answered with an error) or
+  // CallTimeout / TransportError (local).
+  void ThrowIfError() const {
+    if (error_ != nullptr) std::rethrow_exception(error_);
+  }
+  // The result value; rethrows a failure.
+  Value value() const;
+  template <class T>
+  T as() const {
+    return value().As<T>(*registry_);
+  }
+  // The engine that answered ("" for local failures).
+  std::string_view engine_id() const;
+  const Message& reply() const noexcept { return reply_; }
+  std::exception_ptr error() const noexcept { return error_; }
+
+ private:
+  Message reply_;
+  std::exception_ptr error_;
+  const Registry* registry_ = nullptr;
+};
+
+struct ClientOptions {
+  // Per-call deadline unless apply_for() gives one. A call without reply by then fails
+  // with CallTimeout; a late reply is dropped.
+  std::chrono::milliseconds timeout{60000};
+  Policy policy = Policy::Default();
+  DecodeLimits limits;
+  const Registry* registry = nullptr;  // nullptr = Registry::Default()
+  zmq::context_t* context = nullptr;   // nullptr = the client owns one
+};
+
+struct ClientCounters {
+  uint64_t sent = 0;
+  uint64_t received = 0;
+  uint64_t late = 0;      // replies for calls that had timed out (dropped)
+  uint64_t rejected = 0;  // replies that failed to decode (dropped)
+};
+
+namespace internal {
+class ClientCore;
+struct PendingCall;
+}  // namespace internal
+
+// The future of one call. get() waits (receiving for every call of its Client while it
+// does) until the reply or the deadline, then returns the Result (failures are inside
+// the Result; as<T>() rethrows them). May outlive its Client (then fails with
+// TransportError). Move-only; get() once.
+class ResultFuture {
+ public:
+  ResultFuture() = default;
+  ResultFuture(std::shared_ptr<internal::ClientCore> core,
+               std::shared_ptr<internal::PendingCall> call, Tracker tracker)
+      : core_(std::move(core)), call_(std::move(call)), tracker_(std::move(tracker)) {}
+  ResultFuture(ResultFuture&&) noexcept = default;
+  ResultFuture& operator=(ResultFuture&&) noexcept = default;
+
+  bool valid() const noexcept { return call_ != nullptr; }
+  Result get();
+  void wait() const;
+  // std::future_status::ready or ::timeout (never deferred).
+  std::future_status wait_for(std::chrono::nanoseconds timeout) const;
+  bool ready() const;
+  // Done when libzmq has released every zero-copy argument frame of this call.
+  const Tracker& tracker() const noexcept { return tracker_; }
+  uint64_t call_id() const noexcept;
+
+ private:
+  std::shared_ptr<internal::ClientCore> core_;
+  std::shared_ptr<internal::PendingCall> call_;
+  Tracker tracker_;
+};
+
+class Client {
+ public:
+  // Connects a DEALER socket to `url` (an engine's bound endpoint or a broker frontend).
+  explicit Client(const std::string& url, ClientOptions options = {});
+  // Pending calls fail with TransportError("client closed").
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  template <class... Args>
+  ResultFuture apply(std::string_view function, Args&&... args) {
+    return apply_for(options_.timeout, function, std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  ResultFuture apply_for(std::chrono::milliseconds timeout, std::string_view function,
+                         Args&&... args) {
+    EnvelopeWriter writer(options_.policy, registry_);
+    ApplyWriter apply = writer.StartApply(function, sizeof...(Args), 0, TimeoutMs(timeout));
+    size_t i = 0;
+    (apply.arg(i++).Write(std::forward<Args>(args)), ...);
+    return Submit(writer, function, timeout);
+  }
+  // For callers that build the apply themselves (zerocan call, forwarding): `writer`
+  // holds a StartApply'd message; the header is filled in here.
+  ResultFuture Submit(EnvelopeWriter& writer, std::string_view function,
+                      std::chrono::milliseconds timeout);
+
+  ClientCounters counters() const;
+  const ClientOptions& options() const noexcept { return options_; }
+
+ private:
+  static uint32_t TimeoutMs(std::chrono::milliseconds t) noexcept;
+
+  ClientOptions options_;
+  const Registry* registry_;
+  std::shared_ptr<internal::ClientCore> core_;
+};
+
+}  // namespace zerocan

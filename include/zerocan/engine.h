@@ -1,0 +1,251 @@
+// zerocan::Engine: serves functions registered by name to clients, directly or through
+// a broker.
+//
+// ==== The apply protocol (what a client or engine in any language must do) ==========
+//
+// Every message is a ZeroMQ multipart message (docs/FORMAT.md, schema/zerocan.capnp):
+//     [routing frames...] [empty delimiter] [envelope] [payload frames...]
+// The routing frames are ZeroMQ's own reply stack: ROUTER sockets push the sender's
+// identity on receipt and pop one on send. Nobody but a ROUTER adds them, and a reply
+// carries the request's routing frames back unchanged.
+//
+// Sockets:
+//   client  DEALER, connects to an engine's bound ROUTER or to a broker's frontend.
+//   engine  ROUTER when it binds (clients connect to it directly), or DEALER when it
+//           connects to a broker's backend.
+//   broker  ROUTER frontend (clients) and ROUTER backend (engines); see broker.h.
+//
+// Calls:
+//   client -> [""] [envelope: apply, messageId = M] [payloads]
+//   engine <- [routing...] [""] [apply M]                (routing = 1 frame directly,
+//                                                         the client's id via a broker)
+//   engine -> [routing...] [""] [envelope: result, callId = M] [payloads]
+//   client <- [""] [result M] [payloads]
+//   The client matches replies by callId, so any number of calls may be in flight and
+//   replies may come back in any order. A result is either `ok` (a Value) or `error`
+//   (RemoteError: type, message, function, where = engine id).
+//
+// Engines attached to a broker (DEALER) also talk to the broker itself, with messages
+// that have NO routing frames before the delimiter:
+//   engine -> [""] [hello: peerId, role "engine", functions]   once, at start
+//   engine -> [""] [heartbeat: peerId, nowNs]                  every heartbeat interval
+//   engine -> [""] [goodbye]                                   when stopping, after its
+//                                                              last reply
+// The broker counts an engine alive while it hears anything from it within
+// 3 heartbeat intervals (a heartbeat from an engine it does not know registers it, so
+// engines survive a broker restart). The broker does not heartbeat engines: ZeroMQ
+// reconnects a DEALER on its own. Clients never see hellos or heartbeats.
+//
+// Message ids: messageId is unique per sender session (sessionId random per client or
+// engine instance); sequence increases per session.
+// ======================================================================================
+//
+// Threading: def() before Start(); after Start() the engine runs one I/O thread that
+// owns the socket and `threads` worker threads that decode, convert, run the function
+// and encode the reply (threads = 0: everything runs on the I/O thread: lowest latency,
+// one call at a time). A function may run on any worker thread, several at once.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "zerocan/codec.h"
+#include "zerocan/limits.h"
+#include "zerocan/message.h"
+#include "zerocan/policy.h"
+#include "zerocan/registry.h"
+#include "zerocan/remote_error.h"
+#include "zerocan/writer.h"
+
+namespace zerocan {
+
+// What a function registered with DefRaw sees of its call. Valid during the call only;
+// Values borrow from the received message (payload Buffers share its frames and may be
+// kept longer).
+class Call {
+ public:
+  Call(const Message& message, const std::string& engine_id, const Registry& registry)
+      : message_(message), engine_id_(engine_id), registry_(registry) {}
+  const Message& message() const noexcept { return message_; }
+  std::string_view function() const { return message_.function(); }
+  size_t arg_count() const { return message_.arg_count(); }
+  Value arg(size_t i) const { return message_.arg(i); }
+  size_t kwarg_count() const { return message_.kwarg_count(); }
+  const std::string& engine_id() const noexcept { return engine_id_; }
+  const Registry& registry() const noexcept { return registry_; }
+  // Bytes in payload frames (not counting the envelope).
+  uint64_t payload_bytes() const noexcept;
+
+ private:
+  const Message& message_;
+  const std::string& engine_id_;
+  const Registry& registry_;
+};
+
+// Writes the result of `call` into `result`, or throws (any exception: it becomes the
+// remote error).
+using RawFunction = std::function<void(const Call& call, ValueWriter& result)>;
+
+struct EngineOptions {
+  std::string id;  // "" = "<hostname>:<pid>:<n>"
+  int threads = 2;
+  std::chrono::milliseconds heartbeat{500};
+  Policy policy = Policy::Default();
+  DecodeLimits limits;
+  const Registry* registry = nullptr;  // nullptr = Registry::Default()
+  // The ZeroMQ context; required to share inproc:// endpoints with clients in the same
+  // process. nullptr = the engine owns a context of its own.
+  zmq::context_t* context = nullptr;
+  bool builtins = true;  // echo, add, sum, nbytes, sleep, fail
+};
+
+struct EngineCounters {
+  uint64_t calls = 0;
+  uint64_t errors = 0;     // error replies sent
+  uint64_t dropped = 0;    // messages neither answerable nor decodable
+};
+
+namespace internal {
+
+template <class T>
+struct FnTraits : FnTraits<decltype(&T::operator())> {};
+template <class R, class... A>
+struct FnTraits<R (*)(A...)> {
+  using Ret = R;
+  using Args = std::tuple<A...>;
+};
+template <class R, class... A>
+struct FnTraits<R(A...)> : FnTraits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct FnTraits<R (C::*)(A...) const> : FnTraits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct FnTraits<R (C::*)(A...)> : FnTraits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct FnTraits<R (C::*)(A...) noexcept> : FnTraits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct FnTraits<R (C::*)(A...) const noexcept> : FnTraits<R (*)(A...)> {};
+
+[[noreturn]] void ThrowArgCount(std::string_view function, size_t want, size_t got);
+[[noreturn]] void ThrowArgType(std::string_view function, size_t index,
+                               const std::vector<std::string>& names, const Error& cause);
+
+template <class T>
+std::decay_t<T> ConvertArg(const Call& call, size_t i, std::string_view function,
+                           const std::vector<std::string>& names) {
+  try {
+    return call.arg(i).template As<std::decay_t<T>>(call.registry());
+  } catch (const DecodeError& e) {
+    ThrowArgType(function, i, names, e);
+  } catch (const EncodeError& e) {  // no codec for the parameter type
+    ThrowArgType(function, i, names, e);
+  }
+}
+
+template <class F, class... A, size_t... I>
+void InvokeTyped(F& fn, const Call& call, ValueWriter& out, const std::string& function,
+                 const std::vector<std::string>& names, std::index_sequence<I...>) {
+  if (call.arg_count() != sizeof...(A)) ThrowArgCount(function, sizeof...(A), call.arg_count());
+  // Braced init: arguments are converted left to right, so the first bad one is named.
+  std::tuple<std::decay_t<A>...> args{ConvertArg<A>(call, I, function, names)...};
+  using R = std::invoke_result_t<F&, A...>;
+  if constexpr (std::is_void_v<R>) {
+    fn(std::get<I>(args)...);
+    out.Null();
+  } else {
+    out.Write(fn(std::get<I>(args)...));
+  }
+}
+
+template <class F, class Tuple>
+struct Invoker;
+template <class F, class... A>
+struct Invoker<F, std::tuple<A...>> {
+  static void Run(F& fn, const Call& call, ValueWriter& out, const std::string& function,
+                  const std::vector<std::string>& names) {
+    InvokeTyped<F, A...>(fn, call, out, function, names, std::index_sequence_for<A...>{});
+  }
+};
+
+}  // namespace internal
+
+class Engine {
+ public:
+  explicit Engine(EngineOptions options = {});
+  ~Engine();  // Stop()
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Registers `fn` (any callable with an ordinary C++ signature) under `name`. Each
+  // argument converts through Value::As<T> (codec.h, then the registry); the return
+  // value is encoded the same way (a returned std::vector or Tensor leaves as a zero-copy
+  // frame). `arg_names`, when given, name the parameters in error replies:
+  // "scale: argument 1 (k): expected float64, got text \"a\"". Before Start() only;
+  // replaces an earlier function of that name.
+  template <class F>
+  Engine& def(std::string_view name, F fn, std::vector<std::string> arg_names = {}) {
+    using Traits = internal::FnTraits<std::decay_t<F>>;
+    std::string fname(name);
+    return DefRaw(name, [fn = std::move(fn), fname, names = std::move(arg_names)](
+                            const Call& call, ValueWriter& out) mutable {
+      internal::Invoker<std::decay_t<F>, typename Traits::Args>::Run(fn, call, out, fname, names);
+    });
+  }
+  // A function that reads its call (any number of arguments, keywords) and writes its
+  // result itself.
+  Engine& DefRaw(std::string_view name, RawFunction fn);
+  std::vector<std::string> functions() const;
+
+  // Where to serve; either may be called several times, before Start().
+  void Bind(const std::string& url);     // ROUTER: clients connect here directly
+  void Connect(const std::string& url);  // DEALER to a broker's backend
+  // The endpoint actually bound by the last Bind (resolves tcp://127.0.0.1:* ports).
+  std::string last_endpoint() const;
+
+  void Start();
+  // Finishes the calls being run, sends their replies and a goodbye (when attached to a
+  // broker), and joins every thread. Idempotent.
+  void Stop();
+  // Stops like a crash would: drops queued calls and unsent replies, sends no goodbye
+  // (for tests of engine failure). Functions already running finish, unobserved.
+  void Kill();
+  bool running() const noexcept;
+
+  const std::string& id() const noexcept;
+  EngineCounters counters() const noexcept;
+
+  // Issue 7 hook: checks a received message before anything is decoded (signatures,
+  // replay window). Throwing DecodeError turns into an error reply where the sender is
+  // known, else the message is dropped and counted. Set before Start().
+  using Verifier = std::function<void(ReceivedMessage& message)>;
+  void SetVerifier(Verifier verifier);
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Loads a plugin: a shared library exporting
+//     extern "C" void zerocan_register(zerocan::Engine& engine);
+// (kPluginEntryPoint), which calls engine.def(...) for its functions. The library stays
+// loaded for the life of the process. Throws Error naming the library and dlerror().
+inline constexpr const char kPluginEntryPoint[] = "zerocan_register";
+void LoadPlugin(Engine& engine, const std::string& path);
+
+// Registers echo, add, sum, nbytes, sleep and fail (see the issue "Apply calls end to
+// end" and tools/engine.cc --help).
+void AddBuiltins(Engine& engine);
+
+}  // namespace zerocan

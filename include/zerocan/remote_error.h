@@ -1,0 +1,52 @@
+// Errors of apply calls: what a client sees when a call did not produce a value.
+//
+// RemoteError: the engine (or the broker on its behalf) answered with an error reply.
+// It carries the remote details as data (type, message, function, where). CallTimeout:
+// no reply came within the call's deadline; the client gave up and will drop a late
+// reply. ArgumentError: an engine could not convert an argument to the parameter type
+// of the function (sent back as a RemoteError of type "zerocan.ArgumentError").
+#pragma once
+
+#include <string>
+
+#include "zerocan/error.h"
+#include "zerocan/writer.h"
+
+namespace zerocan {
+
+// Remote error types that zerocan itself produces (RemoteErrorInfo::type).
+inline constexpr const char kErrorArgument[] = "zerocan.ArgumentError";
+inline constexpr const char kErrorUnknownFunction[] = "zerocan.UnknownFunction";
+inline constexpr const char kErrorDecode[] = "zerocan.DecodeError";
+inline constexpr const char kErrorEngineLost[] = "zerocan.EngineLost";
+inline constexpr const char kErrorFail[] = "zerocan.Fail";
+
+class RemoteError : public Error {
+ public:
+  explicit RemoteError(RemoteErrorInfo info);
+  // "zerocan.EngineLost", "std::invalid_argument", "ValueError", ...
+  const std::string& type() const noexcept { return info_.type; }
+  // The remote message, without the decoration what() adds.
+  const std::string& message() const noexcept { return info_.message; }
+  const std::string& function() const noexcept { return info_.function; }
+  // The engine id (or "broker ..."), as the remote side reported it.
+  const std::string& where() const noexcept { return info_.where; }
+  const RemoteErrorInfo& info() const noexcept { return info_; }
+
+ private:
+  RemoteErrorInfo info_;
+};
+
+class CallTimeout : public Error {
+ public:
+  using Error::Error;
+};
+
+// Thrown inside an engine when an argument does not convert; becomes a RemoteError of
+// type kErrorArgument at the client.
+class ArgumentError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace zerocan

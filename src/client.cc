@@ -1,0 +1,343 @@
+// Client: one DEALER socket, no background thread.
+//
+// Two locks. `io_mu_` owns the socket: a sender takes it for the length of one Send, a
+// waiter takes it to receive ("leader"). `mu_` guards the table of pending calls. A
+// leader blocks in zmq_poll on the socket *and* an eventfd; a thread that wants to send
+// while a leader waits bumps `senders_` and writes the eventfd, so the leader steps
+// aside at once. Waiters that are not the leader sleep on `cv_`; the leader wakes them
+// after every batch it receives.
+#include "zerocan/client.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "internal/strings.h"
+#include "zerocan/stats.h"
+
+namespace zerocan {
+
+using Clock = std::chrono::steady_clock;
+
+namespace internal {
+
+struct PendingCall {
+  uint64_t id = 0;
+  std::string function;
+  Clock::time_point deadline;
+  bool done = false;  // guarded by ClientCore::mu_
+  Result result;
+};
+
+class ClientCore {
+ public:
+  ClientCore(const std::string& url, const ClientOptions& options, const Registry* registry)
+      : limits_(options.limits), registry_(registry) {
+    if (options.context == nullptr) {
+      owned_context_ = std::make_unique<zmq::context_t>(1);
+      context_ = owned_context_.get();
+    } else {
+      context_ = options.context;
+    }
+    socket_ = zmq::socket_t(*context_, zmq::socket_type::dealer);
+    socket_.set(zmq::sockopt::linger, 0);
+    // Unbounded queues: the number of calls in flight is the caller's choice, and a
+    // full pipe would make a ROUTER peer drop replies silently.
+    socket_.set(zmq::sockopt::sndhwm, 0);
+    socket_.set(zmq::sockopt::rcvhwm, 0);
+    ApplyLimits(socket_, limits_);
+    try {
+      socket_.connect(url);
+    } catch (const zmq::error_t& e) {
+      throw TransportError(absl::StrCat("client: cannot connect to ", url, ": ", e.what()));
+    }
+    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0) throw TransportError("client: eventfd failed");
+    std::random_device rd;
+    session_ = (uint64_t{rd()} << 32) ^ rd();
+  }
+
+  ~ClientCore() {
+    Close();
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+  }
+
+  // Closes the socket (under io_mu_) and fails every pending call.
+  void Close() {
+    WantIo();
+    {
+      std::lock_guard<std::mutex> io(io_mu_);
+      DoneIo();
+      if (socket_.handle() != nullptr) socket_.close();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    for (auto& [id, call] : pending_) {
+      Finish(*call, Result::Failed(std::make_exception_ptr(TransportError(
+                        absl::StrCat(internal::Sv(call->function), ": client closed")))));
+    }
+    pending_.clear();
+    cv_.notify_all();
+  }
+
+  ResultFuture Submit(std::shared_ptr<ClientCore> self, EnvelopeWriter& writer,
+                      std::string_view function, std::chrono::milliseconds timeout) {
+    auto call = std::make_shared<PendingCall>();
+    call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    call->function = std::string(function);
+    call->deadline = Clock::now() + timeout;
+    Header header;
+    header.message_id = call->id;
+    header.session_id = session_;
+    header.sequence = call->id;
+    writer.SetHeader(header);
+    Outgoing out = writer.Finish();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) throw TransportError("client closed");
+      pending_.emplace(call->id, call);
+    }
+    Tracker tracker;
+    WantIo();
+    {
+      std::lock_guard<std::mutex> io(io_mu_);
+      DoneIo();
+      try {
+        tracker = Send(socket_, std::move(out));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu_);
+        pending_.erase(call->id);
+        throw;
+      }
+    }
+    sent_.fetch_add(1, std::memory_order_relaxed);
+    return ResultFuture(std::move(self), std::move(call), std::move(tracker));
+  }
+
+  // Waits for `call` until it is done or `until`; returns whether it is done.
+  bool Wait(PendingCall& call, Clock::time_point until) {
+    while (true) {
+      Clock::time_point now = Clock::now();
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (call.done) return true;
+        if (now >= call.deadline) {
+          Expire(call);
+          return true;
+        }
+        if (now >= until) return false;
+      }
+      Clock::time_point stop = std::min(until, call.deadline);
+      if (io_mu_.try_lock()) {
+        Pump(stop);
+        io_mu_.unlock();
+        cv_.notify_all();
+        // Let a sender that asked for the socket have it before leading again.
+        while (senders_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+      } else {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (call.done) return true;
+        // The leader notifies after each batch; the bound covers a missed notify and
+        // the moment the leader steps down.
+        cv_.wait_until(lock, std::min(stop, now + std::chrono::milliseconds(2)));
+      }
+    }
+  }
+
+  ClientCounters counters() const {
+    return ClientCounters{sent_.load(), received_.load(), late_.load(), rejected_.load()};
+  }
+
+  void Finish(PendingCall& call, Result result) {  // mu_ held
+    call.result = std::move(result);
+    call.done = true;
+  }
+
+  void Expire(PendingCall& call) {  // mu_ held
+    pending_.erase(call.id);
+    Finish(call, Result::Failed(std::make_exception_ptr(CallTimeout(absl::StrCat(
+                     internal::Sv(call.function), ": no reply within the call's timeout")))));
+  }
+
+  std::mutex mu_;
+
+ private:
+  void WantIo() {
+    senders_.fetch_add(1, std::memory_order_acq_rel);
+    uint64_t one = 1;
+    // Wakes a leader blocked in poll; a full counter (impossible in practice) only
+    // means it is already signalled.
+    [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+  }
+  void DoneIo() { senders_.fetch_sub(1, std::memory_order_acq_rel); }
+
+  // Leader: receives until `stop`, a sender wants the socket, or one batch has been
+  // received. io_mu_ held.
+  void Pump(Clock::time_point stop) {
+    if (socket_.handle() == nullptr) return;
+    while (true) {
+      if (ReceiveBatch() > 0) return;
+      if (senders_.load(std::memory_order_acquire) > 0) return;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(stop - Clock::now());
+      if (left.count() < 0) return;
+      zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
+                                 {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+      // +1: poll has millisecond granularity; never spin on a 0 ms timeout.
+      zmq::poll(items, 2, std::chrono::milliseconds(left.count() + 1));
+      if (items[1].revents & ZMQ_POLLIN) {
+        uint64_t value;
+        [[maybe_unused]] ssize_t n = ::read(wake_fd_, &value, sizeof(value));
+      }
+      if (Clock::now() >= stop && !(items[0].revents & ZMQ_POLLIN)) return;
+    }
+  }
+
+  // Receives every message pending on the socket without blocking; returns how many.
+  size_t ReceiveBatch() {
+    size_t n = 0;
+    while (true) {
+      std::optional<ReceivedMessage> received;
+      try {
+        received = Receive(socket_, limits_, zmq::recv_flags::dontwait);
+      } catch (const DecodeError&) {
+        rejected_.fetch_add(1, std::memory_order_relaxed);
+        ++n;
+        continue;
+      }
+      if (!received) return n;
+      ++n;
+      Message reply;
+      try {
+        reply = Message::Decode(std::move(*received), limits_);
+      } catch (const DecodeError&) {
+        rejected_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      if (reply.body_kind() != BodyKind::kResult) continue;  // not for us
+      received_.fetch_add(1, std::memory_order_relaxed);
+      Result result;
+      if (reply.ok()) {
+        result = Result::Ok(reply, registry_);
+      } else {
+        result = Result::Failed(std::make_exception_ptr(RemoteError(reply.error())), reply);
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = pending_.find(reply.call_id());
+      if (it == pending_.end()) {
+        late_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      Finish(*it->second, std::move(result));
+      pending_.erase(it);
+    }
+  }
+
+  DecodeLimits limits_;
+  const Registry* registry_;
+  std::unique_ptr<zmq::context_t> owned_context_;
+  zmq::context_t* context_ = nullptr;
+  std::mutex io_mu_;
+  zmq::socket_t socket_;
+  int wake_fd_ = -1;
+  std::atomic<int> senders_{0};
+  std::condition_variable cv_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<PendingCall>> pending_;  // mu_
+  bool closed_ = false;                                                  // mu_
+  uint64_t session_ = 0;
+  std::atomic<uint64_t> next_id_{1};
+  std::atomic<uint64_t> sent_{0}, received_{0}, late_{0}, rejected_{0};
+};
+
+}  // namespace internal
+
+// ---- Result ----------------------------------------------------------------------------
+
+Result Result::Ok(Message reply, const Registry* registry) {
+  Result r;
+  r.reply_ = std::move(reply);
+  r.registry_ = registry != nullptr ? registry : &Registry::Default();
+  return r;
+}
+
+Result Result::Failed(std::exception_ptr error, Message reply) {
+  Result r;
+  r.reply_ = std::move(reply);
+  r.error_ = std::move(error);
+  r.registry_ = &Registry::Default();
+  return r;
+}
+
+Value Result::value() const {
+  ThrowIfError();
+  if (!reply_) throw Error("empty Result (default-constructed)");
+  return reply_.result();
+}
+
+std::string_view Result::engine_id() const {
+  if (!reply_ || reply_.body_kind() != BodyKind::kResult) return {};
+  return reply_.engine_id();
+}
+
+RemoteError::RemoteError(RemoteErrorInfo info)
+    : Error(absl::StrCat(internal::Sv(info.function), ": ", internal::Sv(info.type), ": ",
+                         internal::Sv(info.message),
+                         info.where.empty() ? "" : " (at ", internal::Sv(info.where),
+                         info.where.empty() ? "" : ")")),
+      info_(std::move(info)) {}
+
+// ---- ResultFuture ------------------------------------------------------------------------
+
+Result ResultFuture::get() {
+  if (call_ == nullptr) throw Error("ResultFuture::get() on an empty future");
+  core_->Wait(*call_, Clock::time_point::max());
+  std::lock_guard<std::mutex> lock(core_->mu_);
+  Result r = std::move(call_->result);
+  call_.reset();
+  return r;
+}
+
+void ResultFuture::wait() const {
+  if (call_ != nullptr) core_->Wait(*call_, Clock::time_point::max());
+}
+
+std::future_status ResultFuture::wait_for(std::chrono::nanoseconds timeout) const {
+  if (call_ == nullptr) return std::future_status::ready;
+  auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(timeout);
+  return core_->Wait(*call_, until) ? std::future_status::ready : std::future_status::timeout;
+}
+
+bool ResultFuture::ready() const { return wait_for(std::chrono::nanoseconds(0)) ==
+                                          std::future_status::ready; }
+
+uint64_t ResultFuture::call_id() const noexcept { return call_ ? call_->id : 0; }
+
+// ---- Client ------------------------------------------------------------------------------
+
+Client::Client(const std::string& url, ClientOptions options)
+    : options_(std::move(options)),
+      registry_(options_.registry != nullptr ? options_.registry : &Registry::Default()),
+      core_(std::make_shared<internal::ClientCore>(url, options_, registry_)) {}
+
+Client::~Client() { core_->Close(); }
+
+ResultFuture Client::Submit(EnvelopeWriter& writer, std::string_view function,
+                            std::chrono::milliseconds timeout) {
+  return core_->Submit(core_, writer, function, timeout);
+}
+
+ClientCounters Client::counters() const { return core_->counters(); }
+
+uint32_t Client::TimeoutMs(std::chrono::milliseconds t) noexcept {
+  if (t.count() <= 0) return 1;
+  if (t.count() > UINT32_MAX) return 0;
+  return static_cast<uint32_t>(t.count());
+}
+
+}  // namespace zerocan

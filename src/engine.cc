@@ -1,0 +1,492 @@
+// Engine: one I/O thread owns the sockets; workers decode, run and encode.
+//
+// The I/O thread never runs user code (unless threads == 0), so heartbeats keep flowing
+// while a function runs for minutes: a broker tells a busy engine from a dead one.
+// Workers hand replies back through a queue and an eventfd that the I/O thread polls
+// next to its sockets (a ZeroMQ socket may only be used by one thread at a time).
+#include "zerocan/engine.h"
+
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <typeinfo>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "internal/strings.h"
+#include "zerocan/frames.h"
+#include "zerocan/stats.h"
+
+namespace zerocan {
+
+using Clock = std::chrono::steady_clock;
+
+namespace internal {
+
+void ThrowArgCount(std::string_view function, size_t want, size_t got) {
+  throw ArgumentError(absl::StrCat(Sv(function), ": expected ", want, " argument",
+                                   want == 1 ? "" : "s", ", got ", got));
+}
+
+void ThrowArgType(std::string_view function, size_t index, const std::vector<std::string>& names,
+                  const Error& cause) {
+  std::string name = index < names.size() ? absl::StrCat(" (", names[index], ")") : "";
+  throw ArgumentError(
+      absl::StrCat(Sv(function), ": argument ", index, name, ": ", cause.what()));
+}
+
+}  // namespace internal
+
+namespace {
+
+uint64_t WallNs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+std::string Demangle(const char* name) {
+  int status = 0;
+  char* out = abi::__cxa_demangle(name, nullptr, nullptr, &status);
+  std::string s = status == 0 && out != nullptr ? out : name;
+  std::free(out);
+  return s;
+}
+
+std::string DefaultId() {
+  static std::atomic<int> counter{0};
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  return absl::StrCat(host, ":", getpid(), ":", counter.fetch_add(1));
+}
+
+// A received message and the socket it came from.
+struct Job {
+  size_t socket = 0;
+  ReceivedMessage received;
+};
+
+// A reply ready to send.
+struct Reply {
+  size_t socket = 0;
+  absl::InlinedVector<zmq::message_t, 2> routing;
+  Outgoing message;
+};
+
+}  // namespace
+
+uint64_t Call::payload_bytes() const noexcept {
+  uint64_t n = 0;
+  const FrameList& frames = message_.frames();
+  for (size_t i = 1; i < frames.size(); ++i) n += frames[i].size();
+  return n;
+}
+
+class Engine::Impl {
+ public:
+  explicit Impl(EngineOptions options) : options_(std::move(options)) {
+    if (options_.id.empty()) options_.id = DefaultId();
+    registry_ = options_.registry != nullptr ? options_.registry : &Registry::Default();
+    if (options_.context == nullptr) {
+      owned_context_ = std::make_unique<zmq::context_t>(1);
+      context_ = owned_context_.get();
+    } else {
+      context_ = options_.context;
+    }
+    std::random_device rd;
+    session_ = (uint64_t{rd()} << 32) ^ rd();
+    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0) throw TransportError("engine: eventfd failed");
+  }
+
+  ~Impl() {
+    Stop(/*graceful=*/true);
+    ::close(wake_fd_);
+  }
+
+  void Def(std::string_view name, RawFunction fn) {
+    if (running_) throw Error(absl::StrCat("engine ", options_.id, ": def(\"", internal::Sv(name),
+                                           "\") after Start()"));
+    functions_[std::string(name)] = std::make_shared<RawFunction>(std::move(fn));
+  }
+
+  std::vector<std::string> Functions() const {
+    std::vector<std::string> out;
+    for (const auto& [name, fn] : functions_) out.push_back(name);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  void Bind(const std::string& url) {
+    if (running_) throw Error("engine: Bind() after Start()");
+    if (router_index_ < 0) {
+      router_index_ = static_cast<int>(sockets_.size());
+      sockets_.emplace_back(*context_, zmq::socket_type::router);
+      Configure(sockets_.back());
+      is_dealer_.push_back(false);
+    }
+    try {
+      sockets_[router_index_].bind(url);
+    } catch (const zmq::error_t& e) {
+      throw TransportError(absl::StrCat("engine: cannot bind ", url, ": ", e.what()));
+    }
+    last_endpoint_ = sockets_[router_index_].get(zmq::sockopt::last_endpoint);
+  }
+
+  void Connect(const std::string& url) {
+    if (running_) throw Error("engine: Connect() after Start()");
+    sockets_.emplace_back(*context_, zmq::socket_type::dealer);
+    Configure(sockets_.back());
+    is_dealer_.push_back(true);
+    try {
+      sockets_.back().connect(url);
+    } catch (const zmq::error_t& e) {
+      throw TransportError(absl::StrCat("engine: cannot connect to ", url, ": ", e.what()));
+    }
+  }
+
+  void Start() {
+    if (running_) return;
+    if (sockets_.empty()) throw Error("engine: Start() without Bind() or Connect()");
+    running_ = true;
+    stop_ = false;
+    kill_ = false;
+    workers_stop_ = false;
+    for (int i = 0; i < options_.threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+    io_thread_ = std::thread([this] { IoLoop(); });
+  }
+
+  void Stop(bool graceful) {
+    if (!running_) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      kill_ = !graceful;
+    }
+    Wake();
+    io_thread_.join();
+    running_ = false;
+  }
+
+  // ---- the I/O thread -----------------------------------------------------------------
+
+  void IoLoop() {
+    std::vector<std::string> names = Functions();
+    for (size_t i = 0; i < sockets_.size(); ++i) {
+      if (!is_dealer_[i]) continue;
+      EnvelopeWriter w(options_.policy, registry_);
+      w.SetHeader(NextHeader());
+      w.SetHello(options_.id, "engine", names);
+      SendQuiet(i, w.Finish(), nullptr);
+    }
+    Clock::time_point next_beat = Clock::now() + options_.heartbeat;
+    std::vector<zmq::pollitem_t> items;
+    for (auto& s : sockets_) items.push_back({s.handle(), 0, ZMQ_POLLIN, 0});
+    items.push_back({nullptr, wake_fd_, ZMQ_POLLIN, 0});
+    while (true) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now());
+      if (left.count() < 0) left = std::chrono::milliseconds(0);
+      zmq::poll(items.data(), items.size(), left);
+      if (items.back().revents & ZMQ_POLLIN) {
+        uint64_t v;
+        [[maybe_unused]] ssize_t n = ::read(wake_fd_, &v, sizeof(v));
+      }
+      bool stopping;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        stopping = stop_;
+      }
+      if (stopping) break;
+      for (size_t i = 0; i < sockets_.size(); ++i) {
+        if (items[i].revents & ZMQ_POLLIN) Drain(i);
+      }
+      SendReplies();
+      if (Clock::now() >= next_beat) {
+        Heartbeat();
+        next_beat = Clock::now() + options_.heartbeat;
+      }
+    }
+    // Stopping: workers finish the queue (graceful) or drop it (kill).
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      workers_stop_ = true;
+      if (kill_) jobs_.clear();
+    }
+    jobs_cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+    if (!kill_) {
+      SendReplies();
+      for (size_t i = 0; i < sockets_.size(); ++i) {
+        if (!is_dealer_[i]) continue;
+        EnvelopeWriter w(options_.policy, registry_);
+        w.SetHeader(NextHeader());
+        w.SetGoodbye();
+        SendQuiet(i, w.Finish(), nullptr);
+      }
+    } else {
+      std::lock_guard<std::mutex> lock(mu_);
+      replies_.clear();
+    }
+    for (auto& s : sockets_) {
+      // Graceful: give queued replies a moment to leave; killed: drop them.
+      s.set(zmq::sockopt::linger, kill_ ? 0 : 1000);
+      s.close();
+    }
+    sockets_.clear();
+    is_dealer_.clear();
+    router_index_ = -1;
+  }
+
+  void Drain(size_t index) {
+    while (true) {
+      std::optional<ReceivedMessage> received;
+      try {
+        received = Receive(sockets_[index], options_.limits, zmq::recv_flags::dontwait,
+                           /*expect_routing=*/true);
+      } catch (const DecodeError&) {
+        Bump(dropped_);  // over a limit before the sender could be named
+        continue;
+      } catch (const TransportError&) {
+        return;
+      }
+      if (!received) return;
+      Job job{index, std::move(*received)};
+      if (options_.threads <= 0) {
+        std::optional<Reply> reply = Process(std::move(job));
+        if (reply) SendQuiet(reply->socket, std::move(reply->message), &reply->routing);
+      } else {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          jobs_.push_back(std::move(job));
+        }
+        jobs_cv_.notify_one();
+      }
+    }
+  }
+
+  void SendReplies() {
+    std::deque<Reply> ready;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ready.swap(replies_);
+    }
+    for (Reply& r : ready) SendQuiet(r.socket, std::move(r.message), &r.routing);
+  }
+
+  void Heartbeat() {
+    for (size_t i = 0; i < sockets_.size(); ++i) {
+      if (!is_dealer_[i]) continue;
+      EnvelopeWriter w(options_.policy, registry_);
+      w.SetHeader(NextHeader());
+      w.SetHeartbeat(options_.id, WallNs());
+      SendQuiet(i, w.Finish(), nullptr);
+    }
+  }
+
+  void SendQuiet(size_t socket, Outgoing&& out, absl::InlinedVector<zmq::message_t, 2>* routing) {
+    try {
+      Send(sockets_[socket], std::move(out), routing);
+    } catch (const TransportError&) {
+      Bump(dropped_);  // peer gone (ROUTER with an unknown identity drops silently anyway)
+    }
+  }
+
+  // ---- workers ----------------------------------------------------------------------
+
+  void WorkerLoop() {
+    while (true) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        jobs_cv_.wait(lock, [&] { return !jobs_.empty() || workers_stop_; });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      std::optional<Reply> reply = Process(std::move(job));
+      if (!reply) continue;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (kill_) continue;
+        replies_.push_back(std::move(*reply));
+      }
+      Wake();
+    }
+  }
+
+  // Decodes and runs one message; returns the reply, if it deserves one.
+  std::optional<Reply> Process(Job&& job) {
+    Reply reply;
+    reply.socket = job.socket;
+    reply.routing = std::move(job.received.routing);
+    Message message;
+    try {
+      if (verifier_) verifier_(job.received);
+      message = Message::Decode(std::move(job.received), options_.limits);
+    } catch (const DecodeError& e) {
+      // We know who sent it (its routing frames) but not which call it was: answer
+      // call id 0 so the sender learns why, and count it.
+      Bump(errors_);
+      reply.message = ErrorReply(0, {kErrorDecode, e.what(), "", options_.id});
+      return reply;
+    }
+    if (message.body_kind() != BodyKind::kApply) return std::nullopt;  // not a call
+    Bump(calls_);
+    std::string function(message.function());
+    auto it = functions_.find(function);
+    if (it == functions_.end()) {
+      Bump(errors_);
+      reply.message = ErrorReply(
+          message.message_id(),
+          {kErrorUnknownFunction,
+           absl::StrCat("no function \"", function, "\" on this engine (have: ",
+                        absl::StrJoin(Functions(), ", "), ")"),
+           function, options_.id});
+      return reply;
+    }
+    RemoteErrorInfo error;
+    try {
+      EnvelopeWriter w(options_.policy, registry_);
+      w.SetHeader(NextHeader());
+      ValueWriter out = w.StartResult(message.message_id(), options_.id);
+      Call call(message, options_.id, *registry_);
+      (*it->second)(call, out);
+      reply.message = w.Finish();
+      return reply;
+    } catch (const RemoteError& e) {
+      error = e.info();
+      if (error.function.empty()) error.function = function;
+    } catch (const ArgumentError& e) {
+      error = {kErrorArgument, e.what(), function, ""};
+    } catch (const DecodeError& e) {
+      error = {kErrorDecode, e.what(), function, ""};
+    } catch (const std::exception& e) {
+      const Error* ours = dynamic_cast<const Error*>(&e);
+      std::string type = Demangle(typeid(e).name());
+      if (ours != nullptr && type.rfind("zerocan::", 0) == 0) {
+        type = "zerocan." + type.substr(9);
+      }
+      error = {type, e.what(), function, ""};
+    } catch (...) {
+      error = {"unknown", "a non-standard exception was thrown", function, ""};
+    }
+    Bump(errors_);
+    error.where = options_.id;
+    reply.message = ErrorReply(message.message_id(), error);
+    return reply;
+  }
+
+  Outgoing ErrorReply(uint64_t call_id, const RemoteErrorInfo& error) {
+    EnvelopeWriter w(options_.policy, registry_);
+    w.SetHeader(NextHeader());
+    w.SetError(call_id, options_.id, error);
+    return w.Finish();
+  }
+
+  Header NextHeader() {
+    uint64_t n = next_id_.fetch_add(1, std::memory_order_relaxed);
+    Header h;
+    h.message_id = n;
+    h.session_id = session_;
+    h.sequence = n;
+    return h;
+  }
+
+  void Wake() {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+  }
+
+  void Configure(zmq::socket_t& s) {
+    s.set(zmq::sockopt::sndhwm, 0);
+    s.set(zmq::sockopt::rcvhwm, 0);
+    s.set(zmq::sockopt::linger, 0);
+    ApplyLimits(s, options_.limits);
+  }
+
+  static void Bump(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
+
+  EngineOptions options_;
+  const Registry* registry_ = nullptr;
+  std::unique_ptr<zmq::context_t> owned_context_;
+  zmq::context_t* context_ = nullptr;
+  std::map<std::string, std::shared_ptr<RawFunction>> functions_;
+  Verifier verifier_;
+  std::vector<zmq::socket_t> sockets_;
+  std::vector<bool> is_dealer_;
+  int router_index_ = -1;
+  std::string last_endpoint_;
+  uint64_t session_ = 0;
+  std::atomic<uint64_t> next_id_{1};
+  int wake_fd_ = -1;
+
+  std::atomic<bool> running_{false};
+  std::thread io_thread_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable jobs_cv_;
+  std::deque<Job> jobs_;       // mu_
+  std::deque<Reply> replies_;  // mu_
+  bool stop_ = false;          // mu_
+  bool kill_ = false;          // mu_
+  bool workers_stop_ = false;  // mu_
+
+  std::atomic<uint64_t> calls_{0}, errors_{0}, dropped_{0};
+
+  friend class Engine;
+};
+
+Engine::Engine(EngineOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  if (impl_->options_.builtins) AddBuiltins(*this);
+}
+Engine::~Engine() = default;
+
+Engine& Engine::DefRaw(std::string_view name, RawFunction fn) {
+  impl_->Def(name, std::move(fn));
+  return *this;
+}
+std::vector<std::string> Engine::functions() const { return impl_->Functions(); }
+void Engine::Bind(const std::string& url) { impl_->Bind(url); }
+void Engine::Connect(const std::string& url) { impl_->Connect(url); }
+std::string Engine::last_endpoint() const { return impl_->last_endpoint_; }
+void Engine::Start() { impl_->Start(); }
+void Engine::Stop() { impl_->Stop(true); }
+void Engine::Kill() { impl_->Stop(false); }
+bool Engine::running() const noexcept { return impl_->running_; }
+const std::string& Engine::id() const noexcept { return impl_->options_.id; }
+EngineCounters Engine::counters() const noexcept {
+  return EngineCounters{impl_->calls_.load(), impl_->errors_.load(), impl_->dropped_.load()};
+}
+void Engine::SetVerifier(Verifier verifier) { impl_->verifier_ = std::move(verifier); }
+
+// ---- plugins ---------------------------------------------------------------------------
+
+void LoadPlugin(Engine& engine, const std::string& path) {
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const char* why = dlerror();
+    throw Error(absl::StrCat("plugin ", path, ": cannot load: ", why ? why : "unknown error"));
+  }
+  using Entry = void (*)(Engine&);
+  auto entry = reinterpret_cast<Entry>(dlsym(handle, kPluginEntryPoint));
+  if (entry == nullptr) {
+    dlclose(handle);
+    throw Error(absl::StrCat("plugin ", path, ": no entry point extern \"C\" void ",
+                             kPluginEntryPoint, "(zerocan::Engine&)"));
+  }
+  // Deliberately never dlclose()d: the functions it registered live in it.
+  entry(engine);
+}
+
+}  // namespace zerocan
