@@ -1,0 +1,32 @@
+"""zerocan for Python: remote apply calls over ZeroMQ with a Cap'n Proto envelope
+(schema/zerocan.capnp) and zero-copy numpy payloads, byte-compatible with the C++
+library.
+
+    import zerocan, numpy as np
+    with zerocan.Client("tcp://127.0.0.1:5555") as c:
+        y = c.apply("echo", np.arange(10**6)).result()   # y views the reply frame
+
+    engine = zerocan.Engine("tcp://127.0.0.1:5556")      # a broker's backend
+    @engine.register
+    def scale(x, k=2.0):
+        return x * k
+    engine.run()
+"""
+
+from .client import CallFuture, Client
+from .engine import Call, Engine
+from .errors import (ArgumentError, DecodeError, EncodeError, Error, RemoteError,
+                     TimeoutError, TransportError)
+from .policy import Policy
+from .wire import (Codec, DecodeLimits, Extension, Header, Message, Outgoing, Registry,
+                   Writer, decode, encode_apply, encode_error, encode_result, register)
+from ._schema import schema_path
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError", "Call", "CallFuture", "Client", "Codec", "DecodeError", "DecodeLimits",
+    "EncodeError", "Engine", "Error", "Extension", "Header", "Message", "Outgoing", "Policy",
+    "Registry", "RemoteError", "TimeoutError", "TransportError", "Writer", "decode",
+    "encode_apply", "encode_error", "encode_result", "register", "schema_path",
+]

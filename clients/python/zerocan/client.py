@@ -1,0 +1,285 @@
+"""zerocan.Client: calls functions on a zerocan engine (C++ or Python), directly or
+through a broker. Protocol: include/zerocan/engine.h.
+
+A DEALER socket connects to an engine's bound ROUTER or a broker's frontend. The caller's
+thread encodes each apply (so big arguments are wrapped as zero-copy frames at once and
+their tracker exists when ``apply`` returns) and hands it to one I/O thread, which owns
+the socket, sends, receives, matches replies to calls by call id and enforces deadlines.
+Any number of calls may be in flight.
+
+Arguments at or above the inline threshold (numpy arrays, bytes, memoryviews) are sent
+with ``copy=False``: the socket holds a reference to the caller's buffer until libzmq
+releases it; ``future.tracker`` (a ``zmq.MessageTracker``) reports when. Do not modify
+such a buffer before ``future.tracker.done``.
+
+Results are decoded on the I/O thread: numpy arrays and memoryviews in them view the
+received frames (writable; see ``wire._FrameArray``).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import heapq
+import os
+import threading
+import time
+from typing import Any, Callable, Optional, Union
+
+import zmq
+
+from . import wire
+from .errors import DecodeError, RemoteError, TimeoutError, TransportError
+from .policy import Policy
+from .wire import DecodeLimits, Registry
+
+PICKLED_FUNCTION = "zerocan.pickled"  # apply(callable, ...) sends the function by value
+
+
+class CallFuture(concurrent.futures.Future):
+    """A ``concurrent.futures.Future`` of one call's result, plus the call's id and the
+    tracker of its zero-copy argument frames."""
+
+    call_id: int = 0
+    tracker: Optional[zmq.MessageTracker] = None
+
+
+def _configure(sock: zmq.Socket, limits: DecodeLimits) -> None:
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, limits.max_frame_bytes)
+    # The policy, not pyzmq's 64 KiB default, decides what is copied: frames we hand to
+    # send(copy=False) are payloads at or above the inline threshold.
+    sock.copy_threshold = 0
+
+
+def payload_frames(out: wire.Outgoing) -> tuple[list[Any], Optional[zmq.MessageTracker]]:
+    """The zmq.Frames of an Outgoing's payloads (zero-copy, tracked) and their tracker."""
+    if not out.frames:
+        return [], None
+    frames = [zmq.Frame(buf, copy=False, track=True) for buf in out.frames]
+    return frames, zmq.MessageTracker(*frames)
+
+
+class Client:
+    """Connects to ``url`` (an engine's bound endpoint or a broker frontend).
+
+    ``timeout``: default per-call deadline in seconds (None = wait forever). A call
+    without a reply by then fails with ``zerocan.TimeoutError``; a late reply is dropped.
+    """
+
+    def __init__(self, url: str, *, timeout: Optional[float] = 60.0,
+                 policy: Optional[Policy] = None, registry: Optional[Registry] = None,
+                 limits: DecodeLimits = wire.DEFAULT_LIMITS,
+                 context: Optional[zmq.Context] = None) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.policy = policy if policy is not None else Policy.for_transport(url)
+        self.registry = registry if registry is not None else Registry.default()
+        self.limits = limits
+        self._context = context if context is not None else zmq.Context.instance()
+        self._session = wire.Session()
+        self._lock = threading.Lock()
+        self._outbox: collections.deque[tuple[list[Any], CallFuture, Optional[float]]] = \
+            collections.deque()
+        self._pending: dict[int, CallFuture] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._closed = False
+        self.counters = {"sent": 0, "received": 0, "late": 0, "rejected": 0}
+        self._socket = self._context.socket(zmq.DEALER)
+        _configure(self._socket, limits)
+        self._socket.connect(url)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._wake_pending = False
+        self._thread = threading.Thread(target=self._io_loop, name=f"zerocan-client {url}",
+                                        daemon=True)
+        self._thread.start()
+
+    # ---- calls --------------------------------------------------------------------
+
+    def apply(self, name: Union[str, Callable[..., Any]], *args: Any,
+              **kwargs: Any) -> CallFuture:
+        """Calls ``name(*args, **kwargs)`` on the engine; returns a Future of the result.
+
+        ``name`` may be a Python callable: it is sent by value (cloudpickle) and runs
+        only on engines that opted in (``Engine(..., allow_pickle=True)``).
+        """
+        return self.apply_with(name, args, kwargs)
+
+    def apply_with(self, name: Union[str, Callable[..., Any]], args: tuple[Any, ...] = (),
+                   kwargs: Optional[dict[str, Any]] = None, *,
+                   timeout: Union[float, None, str] = "default") -> CallFuture:
+        """As ``apply``, with arguments as a tuple and dict and a per-call timeout."""
+        if self._closed:
+            raise TransportError("client closed")
+        if not isinstance(name, str):
+            import cloudpickle  # type: ignore[import-untyped]
+            args = (cloudpickle.dumps(name), *args)
+            name = PICKLED_FUNCTION
+        t = self.timeout if timeout == "default" else timeout
+        timeout_ms = 0 if t is None else max(1, min(int(t * 1000), 0xFFFFFFFF))
+        w = wire.Writer(self.policy, self.registry)
+        with self._lock:
+            header = self._session.next_header()
+        w.set_header(header)
+        w.apply(name, args, kwargs or {}, timeout_ms)
+        out = w.finish()
+        frames, tracker = payload_frames(out)
+        fut = CallFuture()
+        fut.call_id = header.message_id
+        fut.tracker = tracker
+        deadline = None if t is None else time.monotonic() + t
+        with self._lock:
+            if self._closed:
+                raise TransportError("client closed")
+            self._outbox.append(([b"", out.envelope, *frames], fut, deadline))
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            os.write(self._wake_w, b"x")
+        return fut
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """apply(...).result(): the result, or raises RemoteError / TimeoutError."""
+        return self.apply(name, *args, **kwargs).result()
+
+    # ---- lifetime -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stops the I/O thread; pending calls fail with TransportError. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        os.write(self._wake_w, b"q")
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ---- I/O thread ---------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        sock = self._socket
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while True:
+                timeout_ms = self._next_timeout_ms()
+                events = dict(poller.poll(timeout_ms))
+                if self._wake_r in events:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                if self._closed:
+                    break
+                self._send_outbox()
+                if sock in events:
+                    # Drain what is ready without waiting again.
+                    for _ in range(1024):
+                        try:
+                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._on_reply(parts)
+                self._expire()
+        except Exception as e:  # pragma: no cover - socket failure
+            self._fail_all(TransportError(f"client I/O failed: {e}"))
+        finally:
+            self._fail_all(TransportError("client closed"))
+            sock.close(linger=0)
+
+    def _send_outbox(self) -> None:
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    self._wake_pending = False
+                    return
+                parts, fut, deadline = self._outbox.popleft()
+            if fut.cancelled():
+                continue
+            self._pending[fut.call_id] = fut
+            if deadline is not None:
+                heapq.heappush(self._deadlines, (deadline, fut.call_id))
+            try:
+                self._socket.send_multipart(parts, copy=False)
+                self.counters["sent"] += 1
+            except zmq.ZMQError as e:
+                self._pending.pop(fut.call_id, None)
+                _resolve(fut, exc=TransportError(f"send failed: {e}"))
+
+    def _on_reply(self, parts: list[zmq.Frame]) -> None:
+        self.counters["received"] += 1
+        if not parts or parts[0].buffer.nbytes != 0 or len(parts) < 2:
+            self.counters["rejected"] += 1
+            return
+        try:
+            msg = wire.Message(parts[1:], (), self.limits, self.registry)
+            if msg.kind != "result":
+                return  # hellos/heartbeats are not for clients
+            call_id = msg.call_id
+        except DecodeError:
+            self.counters["rejected"] += 1
+            return
+        fut = self._pending.pop(call_id, None)
+        if fut is None:
+            self.counters["late"] += 1
+            return
+        try:
+            if msg.ok:
+                _resolve(fut, result=msg.result())
+            else:
+                _resolve(fut, exc=RemoteError(*msg.error()))
+        except DecodeError as e:
+            _resolve(fut, exc=e)
+
+    def _next_timeout_ms(self) -> Optional[int]:
+        while self._deadlines and self._deadlines[0][1] not in self._pending:
+            heapq.heappop(self._deadlines)
+        if not self._deadlines:
+            return None
+        return max(0, int((self._deadlines[0][0] - time.monotonic()) * 1000) + 1)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, call_id = heapq.heappop(self._deadlines)
+            fut = self._pending.pop(call_id, None)
+            if fut is not None:
+                _resolve(fut, exc=TimeoutError(f"call {call_id} to {self.url}: no reply "
+                                               "within its timeout"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._lock:
+            queued = [fut for _, fut, _ in self._outbox]
+            self._outbox.clear()
+        for fut in queued + list(self._pending.values()):
+            _resolve(fut, exc=exc)
+        self._pending.clear()
+
+
+def _resolve(fut: concurrent.futures.Future, result: Any = None,
+             exc: Optional[BaseException] = None) -> None:
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled by the caller meanwhile

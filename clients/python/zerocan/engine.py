@@ -1,0 +1,493 @@
+"""zerocan.Engine: serves Python functions to any zerocan client, C++ or Python.
+
+Protocol (include/zerocan/engine.h): with ``bind=True`` the engine binds a ROUTER that
+clients connect to directly; otherwise it connects a DEALER to a broker's backend and
+talks to the broker too: a hello (peer id, role "engine", function names) at start, a
+heartbeat every ``heartbeat`` seconds, a goodbye when it stops. Every apply is answered
+with a result carrying ``callId`` = the apply's ``messageId``, sent back along the
+request's routing frames.
+
+Errors are reported as the C++ engine reports them: an exception becomes a remote error
+whose type is the exception's name ("ValueError", "zerocan.ArgumentError",
+"mypackage.MyError"), its message ``str(e)``, the function name, and ``where`` = the
+engine id. An unknown function is "zerocan.UnknownFunction"; a message that does not
+decode is answered (call id 0) with "zerocan.DecodeError".
+
+Functions run on the thread that calls ``run()``, one call at a time (Python's GIL would
+serialise them anyway); run several engines for parallelism.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket as _socket
+import threading
+import time
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import zmq
+
+from . import wire
+from .client import PICKLED_FUNCTION, _configure, payload_frames
+from .errors import ArgumentError, DecodeError, RemoteError
+from .policy import Policy
+from .wire import DecodeLimits, Message, Registry, Writer
+
+# A raw function reads its call from the decoded message and writes its result itself:
+# fn(call: Call, writer: Writer, result_builder) -> None.
+RawFunction = Callable[["Call", Writer, Any], None]
+
+_ids = itertools.count()
+
+
+def _default_id() -> str:
+    return f"{_socket.gethostname()}:{os.getpid()}:{next(_ids)}"
+
+
+def error_type_name(e: BaseException) -> str:
+    """The remote type of an exception: builtins bare, zerocan's as "zerocan.X", others
+    as "module.Qualname"."""
+    t = type(e)
+    module = t.__module__
+    if module == "builtins":
+        return t.__qualname__
+    if module.startswith("zerocan"):
+        return f"zerocan.{t.__qualname__}"
+    return f"{module}.{t.__qualname__}"
+
+
+class Call:
+    """What a raw function sees of its call (valid during the call only)."""
+
+    def __init__(self, message: Message, engine_id: str) -> None:
+        self.message = message
+        self.engine_id = engine_id
+        a = message.envelope.body.apply
+        self.function: str = a.function
+        self.args_readers = a.args
+        self.kwargs_readers = a.kwargs
+
+    @property
+    def arg_count(self) -> int:
+        return len(self.args_readers)
+
+    def arg(self, i: int) -> Any:
+        """Argument i decoded to a Python value."""
+        return self.message.value(self.args_readers[i], wire._Path(None, "args", i), 1)
+
+
+class Engine:
+    """Serves registered functions at ``url`` (see the module docstring).
+
+    ``allow_pickle``: run functions sent by value with cloudpickle (``client.apply(fn)``).
+    Off by default: unpickling runs arbitrary code.
+    """
+
+    def __init__(self, url: Optional[str] = None, bind: bool = False, *,
+                 id: Optional[str] = None, builtins: bool = True, allow_pickle: bool = False,
+                 heartbeat: float = 0.5, policy: Optional[Policy] = None,
+                 registry: Optional[Registry] = None,
+                 limits: DecodeLimits = wire.DEFAULT_LIMITS,
+                 context: Optional[zmq.Context] = None) -> None:
+        self.id = id or _default_id()
+        self.policy = policy if policy is not None else (
+            Policy.for_transport(url) if url else Policy.default())
+        self.registry = registry if registry is not None else Registry.default()
+        self.limits = limits
+        self.heartbeat = heartbeat
+        self.allow_pickle = allow_pickle
+        self.counters = {"calls": 0, "errors": 0, "dropped": 0}
+        self._functions: dict[str, tuple[Callable[..., Any], bool]] = {}
+        self._session = wire.Session()
+        self._context = context if context is not None else zmq.Context.instance()
+        self._sockets: list[tuple[zmq.Socket, bool]] = []  # (socket, is_dealer)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._stop_r, self._stop_w = os.pipe()
+        self.endpoint: Optional[str] = None
+        if builtins:
+            add_builtins(self)
+        if url is not None:
+            if bind:
+                self.bind(url)
+            else:
+                self.connect(url)
+
+    # ---- functions ----------------------------------------------------------------
+
+    def register(self, name: Union[str, Callable[..., Any], None] = None,
+                 fn: Optional[Callable[..., Any]] = None, *, raw: bool = False) -> Any:
+        """Registers ``fn`` under ``name``. Also a decorator: ``@engine.register``,
+        ``@engine.register("name")``. Replaces an earlier function of that name."""
+        if callable(name) and fn is None:  # @engine.register
+            f = name
+            self._functions[f.__name__] = (f, raw)
+            return f
+        if fn is None:
+            def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+                self._functions[str(name) if name else f.__name__] = (f, raw)
+                return f
+            return decorate
+        self._functions[str(name)] = (fn, raw)
+        return fn
+
+    def functions(self) -> list[str]:
+        return sorted(self._functions)
+
+    # ---- sockets ------------------------------------------------------------------
+
+    def bind(self, url: str) -> str:
+        s = self._context.socket(zmq.ROUTER)
+        _configure(s, self.limits)
+        s.bind(url)
+        self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._sockets.append((s, False))
+        return self.endpoint
+
+    def connect(self, url: str) -> None:
+        s = self._context.socket(zmq.DEALER)
+        _configure(s, self.limits)
+        s.connect(url)
+        self._sockets.append((s, True))
+
+    # ---- serving ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serves until interrupted (Ctrl-C) or ``stop()``; then says goodbye to the
+        broker and closes the sockets."""
+        try:
+            self._serve()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._shutdown(goodbye=True)
+
+    def start(self) -> "Engine":
+        """Runs ``run()`` on a background thread (for tests and embedding)."""
+        self._thread = threading.Thread(target=self.run, name=f"zerocan-engine {self.id}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving (after the call being run) and waits for the serving thread."""
+        self._stop.set()
+        try:
+            os.write(self._stop_w, b"q")
+        except OSError:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        for s, _ in self._sockets:
+            poller.register(s, zmq.POLLIN)
+        poller.register(self._stop_r, zmq.POLLIN)
+        self._send_control(lambda w: w.hello(self.id, "engine", self.functions()))
+        next_beat = time.monotonic() + self.heartbeat
+        while not self._stop.is_set():
+            wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+            events = dict(poller.poll(wait_ms))
+            if self._stop.is_set():
+                break
+            for s, _ in self._sockets:
+                if s in events:
+                    for _ in range(64):  # drain, but keep heartbeats on time
+                        try:
+                            parts = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(s, parts)
+                        if time.monotonic() >= next_beat:
+                            break
+            if time.monotonic() >= next_beat:
+                self._send_control(lambda w: w.heartbeat(self.id, time.time_ns()))
+                next_beat = time.monotonic() + self.heartbeat
+
+    def _shutdown(self, goodbye: bool) -> None:
+        if goodbye:
+            try:
+                self._send_control(lambda w: w.goodbye())
+            except zmq.ZMQError:
+                pass
+        for s, _ in self._sockets:
+            s.close(linger=100 if goodbye else 0)
+        self._sockets = []
+        for fd in (self._stop_r, self._stop_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _send_control(self, build: Callable[[Writer], None]) -> None:
+        for s, is_dealer in self._sockets:
+            if not is_dealer:
+                continue
+            w = Writer(self.policy, self.registry)
+            w.set_header(self._session.next_header())
+            build(w)
+            out = w.finish()
+            s.send_multipart([b"", out.envelope])
+
+    def _handle(self, sock: zmq.Socket, parts: list[zmq.Frame]) -> None:
+        delimiter = next((i for i, p in enumerate(parts) if p.buffer.nbytes == 0), None)
+        if delimiter is None or delimiter > self.limits.max_routing_frames:
+            self.counters["dropped"] += 1
+            return
+        routing = parts[:delimiter]
+        try:
+            msg = Message(parts[delimiter + 1:], routing, self.limits, self.registry)
+        except DecodeError as e:
+            self.counters["errors"] += 1
+            self._reply(sock, routing, self._error(0, "zerocan.DecodeError", str(e), ""))
+            return
+        if msg.kind != "apply":
+            return  # not a call
+        self.counters["calls"] += 1
+        self._reply(sock, routing, self.process(msg))
+
+    def process(self, msg: Message) -> wire.Outgoing:
+        """Runs the call in ``msg`` and returns the encoded reply."""
+        call_id = msg.message_id
+        function = msg.function
+        entry = self._functions.get(function)
+        if function == PICKLED_FUNCTION and entry is None:
+            entry = (self._run_pickled, False)
+        if entry is None:
+            self.counters["errors"] += 1
+            have = ", ".join(self.functions())
+            return self._error(call_id, "zerocan.UnknownFunction",
+                               f'no function "{function}" on this engine (have: {have})',
+                               function)
+        fn, raw = entry
+        try:
+            w = Writer(self.policy, self.registry)
+            w.set_header(self._session.next_header())
+            if raw:
+                r = w.msg.body.init("result")
+                r.callId = call_id
+                r.engineId = self.id
+                fn(Call(msg, self.id), w, r.init("ok"))
+            else:
+                try:
+                    _, args, kwargs = msg.apply()
+                except DecodeError as e:
+                    raise _DecodeFailure(str(e)) from None
+                value = fn(*args, **kwargs)
+                w.result(call_id, self.id, value)
+            return w.finish()
+        except RemoteError as e:
+            err = (e.type, e.message, e.function or function)
+        except _DecodeFailure as e:
+            err = ("zerocan.DecodeError", str(e), function)
+        except Exception as e:
+            err = (error_type_name(e), str(e), function)
+        self.counters["errors"] += 1
+        return self._error(call_id, err[0], err[1], err[2])
+
+    def _run_pickled(self, blob: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.allow_pickle:
+            raise RemoteError("zerocan.PickleRefused",
+                              "this engine does not run functions sent by value (start it "
+                              "with allow_pickle=True)", PICKLED_FUNCTION, self.id)
+        import cloudpickle  # type: ignore[import-untyped]
+        return cloudpickle.loads(bytes(blob))(*args, **kwargs)
+
+    def _error(self, call_id: int, type_: str, message: str, function: str) -> wire.Outgoing:
+        w = Writer(self.policy, self.registry)
+        w.set_header(self._session.next_header())
+        w.error(call_id, self.id, type_, message, function, self.id)
+        return w.finish()
+
+    def _reply(self, sock: zmq.Socket, routing: list[Any], out: wire.Outgoing) -> None:
+        frames, _ = payload_frames(out)
+        try:
+            for r in routing:
+                sock.send(r, zmq.SNDMORE, copy=False)
+            sock.send(b"", zmq.SNDMORE)
+            if frames:
+                sock.send(out.envelope, zmq.SNDMORE)
+                sock.send_multipart(frames, copy=False)
+            else:
+                sock.send(out.envelope)
+        except zmq.ZMQError:
+            self.counters["dropped"] += 1  # the peer went away
+
+
+class _DecodeFailure(Exception):
+    pass
+
+
+# ---- built-in functions (the same set, and the same messages, as src/builtins.cc) ------
+
+def describe(v: Any) -> str:
+    """Value::Describe: "text \\"abc\\"", "int 5", "list[3]", "tensor 3x4 float64"."""
+    which = v.which()
+    if which == "text":
+        return f'text "{v.text[:32]}"'
+    if which == "int":
+        return f"int {v.int}"
+    if which == "uint":
+        return f"uint {v.uint}"
+    if which == "bytes":
+        p = v.bytes
+        return f"bytes[{len(p.inline) if p.which() == 'inline' else p.frame.length}]"
+    if which == "list":
+        return f"list[{len(v.list)}]"
+    if which == "map":
+        return f"map[{len(v.map)}]"
+    if which == "tensor":
+        t = v.tensor
+        return f"tensor {'x'.join(str(d) for d in t.shape)} {wire.DTYPE_NAMES[t.dtype.raw]}"
+    if which == "extension":
+        return f"extension {v.extension.typeName}"
+    return "float64" if which == "float" else which
+
+
+def _is_int(v: Any) -> bool:
+    return v.which() in ("int", "uint")
+
+
+def _is_number(v: Any) -> bool:
+    return v.which() in ("int", "uint", "float", "bool")
+
+
+def _as_double(v: Any) -> float:
+    w = v.which()
+    return float(v.int if w == "int" else v.uint if w == "uint" else v.float)
+
+
+def _arg_count(function: str, want: int, got: int) -> None:
+    if got != want:
+        raise ArgumentError(f"{function}: expected {want} argument{'' if want == 1 else 's'}, "
+                            f"got {got}")
+
+
+def _echo(call: Call, w: Writer, out: Any) -> None:
+    n = call.arg_count
+    if n == 0:
+        out.null = None
+    elif n == 1:
+        w.copy(out, call.args_readers[0], call.message)
+    else:
+        lst = out.init("list", n)
+        for i in range(n):
+            w.copy(lst[i], call.args_readers[i], call.message, 1)
+
+
+def _add(call: Call, w: Writer, out: Any) -> None:
+    _arg_count("add", 2, call.arg_count)
+    a, b = call.args_readers[0], call.args_readers[1]
+    for i, v in enumerate((a, b)):
+        if not _is_number(v) or v.which() == "bool":
+            raise ArgumentError(f"add: argument {i}: expected a number, got {describe(v)}")
+    if _is_int(a) and _is_int(b):
+        x = a.int if a.which() == "int" else a.uint
+        y = b.int if b.which() == "int" else b.uint
+        if x >= 0 and y >= 0:
+            r = x + y
+            if r < (1 << 63):
+                out.int = r
+                return
+            if r < (1 << 64):
+                out.uint = r
+                return
+        elif x < (1 << 63) and y < (1 << 63):
+            r = x + y
+            if -(1 << 63) <= r < (1 << 63):
+                out.int = r
+                return
+    out.float = _as_double(a) + _as_double(b)
+
+
+def _sum(call: Call, w: Writer, out: Any) -> None:
+    _arg_count("sum", 1, call.arg_count)
+    v = call.args_readers[0]
+    which = v.which()
+    if which == "tensor":
+        arr = call.arg(0)
+        if arr.dtype.kind == "c":
+            raise ArgumentError("sum: argument 0: expected a real numeric tensor, got "
+                                f"{describe(v)}")
+        flat = arr.reshape(-1, order="K")
+        if flat.size == 0:
+            out.float = 0.0
+        elif flat.size <= (1 << 20):
+            # Left to right in float64, as the C++ engine adds: same bits for the same data.
+            out.float = float(np.cumsum(flat, dtype=np.float64)[-1])
+        else:
+            out.float = float(np.sum(flat, dtype=np.float64))
+        return
+    if which == "list":
+        s = 0.0
+        for i, e in enumerate(v.list):
+            if not _is_number(e):
+                raise ArgumentError(f"sum: argument 0: element {i}: expected a number, got "
+                                    f"{describe(e)}")
+            s += (1.0 if e.bool else 0.0) if e.which() == "bool" else _as_double(e)
+        out.float = s
+        return
+    if _is_number(v) and which != "bool":
+        out.float = _as_double(v)
+        return
+    raise ArgumentError("sum: argument 0: expected a numeric tensor or a list of numbers, "
+                        f"got {describe(v)}")
+
+
+def payload_bytes(v: Any) -> int:
+    """Payload bytes (bytes and tensor data, as on the wire) in a value reader."""
+    which = v.which()
+    if which == "bytes":
+        p = v.bytes
+    elif which == "tensor":
+        p = v.tensor.data
+    elif which == "list":
+        return sum(payload_bytes(x) for x in v.list)
+    elif which == "map":
+        return sum(payload_bytes(e.key) + payload_bytes(e.value) for e in v.map)
+    elif which == "extension":
+        return payload_bytes(v.extension.state)
+    else:
+        return 0
+    return len(p.inline) if p.which() == "inline" else p.frame.length
+
+
+def _nbytes(call: Call, w: Writer, out: Any) -> None:
+    out.uint = sum(payload_bytes(a) for a in call.args_readers)
+
+
+def _sleep(call: Call, w: Writer, out: Any) -> None:
+    _arg_count("sleep", 1, call.arg_count)
+    v = call.args_readers[0]
+    if not _is_number(v) or v.which() == "bool":
+        raise ArgumentError(f"sleep: argument 0 (seconds): expected a number, got {describe(v)}")
+    s = _as_double(v)
+    if not (0 <= s <= 86400):
+        raise ArgumentError(f"sleep: argument 0 (seconds): {s:g} is not between 0 and 86400")
+    time.sleep(s)
+    w.copy(out, v, call.message)
+
+
+def _fail(call: Call, w: Writer, out: Any) -> None:
+    message = "fail() called"
+    if call.arg_count >= 1:
+        v = call.args_readers[0]
+        message = v.text if v.which() == "text" else describe(v)
+    raise RemoteError("zerocan.Fail", message, "fail", call.engine_id)
+
+
+def add_builtins(engine: Engine) -> None:
+    """echo, add, sum, nbytes, sleep and fail, as every zerocan engine offers them."""
+    for name, fn in (("echo", _echo), ("add", _add), ("sum", _sum), ("nbytes", _nbytes),
+                     ("sleep", _sleep), ("fail", _fail)):
+        engine.register(name, fn, raw=True)
+

@@ -1,0 +1,53 @@
+"""Exceptions raised by the zerocan Python package (mirroring zerocan::Error's family)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+
+class Error(Exception):
+    """Base class of every zerocan error."""
+
+
+class DecodeError(Error):
+    """A received message is malformed, exceeds a limit, or is not the expected kind.
+
+    The message names the frame and the field path, as the C++ DecodeError does.
+    """
+
+
+class EncodeError(Error):
+    """A value cannot be encoded (no codec, out of range, too deep, ...)."""
+
+
+class TransportError(Error):
+    """The socket failed or the peer went away."""
+
+
+class TimeoutError(Error, concurrent.futures.TimeoutError):
+    """A call's deadline passed before its result arrived."""
+
+
+class RemoteError(Error):
+    """A call failed on the engine: the remote exception's type, message, the function
+    that was called and where it happened (engine id, host, or a traceback)."""
+
+    def __init__(self, type: str, message: str, function: str = "", where: str = "") -> None:
+        super().__init__(type, message, function, where)
+        self.type = type
+        self.message = message
+        self.function = function
+        self.where = where
+
+    def __str__(self) -> str:
+        text = f"{self.function}: {self.type}: {self.message}" if self.function else \
+            f"{self.type}: {self.message}"
+        return f"{text} (at {self.where})" if self.where else text
+
+    def __reduce__(self):  # keeps the four fields through pickling
+        return (RemoteError, (self.type, self.message, self.function, self.where))
+
+
+class ArgumentError(Error):
+    """Raised inside an engine function when an argument has the wrong count or type;
+    the client sees a RemoteError of type "zerocan.ArgumentError"."""
