@@ -1,19 +1,71 @@
-// Policy: the sender's choices about where payload bytes travel.
+// Policy: the sender's choices about where payload bytes travel, and the process's
+// memory policy for large buffers.
 //
 // A payload of at least `inline_threshold` bytes leaves as its own ZeroMQ frame,
-// without a copy; a smaller one is copied into the envelope. The default comes from
-// (in order) the environment variable ZEROCAN_INLINE_THRESHOLD, then the built-in
-// kDefaultInlineThreshold, which was measured on the project's reference machine
-// (bench/threshold, see docs/FORMAT.md). Policies are values: each channel holds one.
+// without a copy; a smaller one is copied into the envelope. The threshold is measured,
+// per machine and transport, by `zerocan tune --write`, which stores it in the
+// per-user file ThresholdConfigPath():
+//
+//   $XDG_CONFIG_HOME/zerocan/threshold.json   (or ~/.config/zerocan/threshold.json)
+//   {
+//     "format": "zerocan-threshold/1",
+//     "inline_threshold": {"inproc": 1024, "ipc": 4096, "tcp": 4096},
+//     "default": 4096,                 // for transports not listed (and Policy::Default)
+//     "reuse_memory": true,            // the memory policy tune measured as better
+//     "machine": "...", "measured_at": "2026-11-26T14:00:00Z"   // informative
+//   }
+//
+// Order of precedence: the environment variable ZEROCAN_INLINE_THRESHOLD (a size such as
+// 4096, 64k or 1M) overrides everything; then the file; then kDefaultInlineThreshold. A
+// missing file is silent; an unreadable or corrupt one falls back to the built-in
+// default with one warning on stderr per process, never an exception. Policies are
+// values: each channel holds one.
 #pragma once
 
 #include <cstddef>
+#include <map>
+#include <optional>
 #include <string>
+#include <string_view>
 
 namespace zerocan {
 
-// Measured: see docs/FORMAT.md "Inline threshold".
+// Measured on the reference machine by `zerocan tune` (see README "How the threshold is
+// chosen").
 inline constexpr size_t kDefaultInlineThreshold = 4096;
+
+// The tuned thresholds as stored in the config file.
+struct ThresholdConfig {
+  // Transport name ("inproc", "ipc", "tcp") -> inline threshold in bytes.
+  std::map<std::string, size_t> inline_threshold;
+  // For transports not listed, and for Policy::Default().
+  std::optional<size_t> default_threshold;
+  // The memory policy that measured better (see UseReusingAllocator); unset = unknown.
+  std::optional<bool> reuse_memory;
+  std::string machine;
+  std::string measured_at;
+
+  // The threshold for `transport` (a name or an endpoint such as "tcp://host:5555"),
+  // or nullopt when the file has none for it and no default.
+  std::optional<size_t> ThresholdFor(std::string_view transport) const;
+};
+
+// $XDG_CONFIG_HOME/zerocan/threshold.json, else $HOME/.config/zerocan/threshold.json;
+// "" when neither variable is set.
+std::string ThresholdConfigPath();
+
+// Reads a config file. Returns nullopt when the file does not exist (no warning) or
+// cannot be used (then *warning, if given, says why: unreadable, not JSON, wrong format,
+// a value that is not a size). Never throws.
+std::optional<ThresholdConfig> ReadThresholdConfig(const std::string& path,
+                                                   std::string* warning = nullptr);
+
+// Writes `config` to `path` atomically (temporary file + rename), creating the
+// directory. Throws zerocan::Error naming the path on failure.
+void WriteThresholdConfig(const ThresholdConfig& config, const std::string& path);
+
+// "inproc", "ipc", "tcp", ... from an endpoint "tcp://..." or a bare transport name.
+std::string_view TransportOf(std::string_view endpoint_or_transport) noexcept;
 
 struct Policy {
   size_t inline_threshold = kDefaultInlineThreshold;
@@ -21,11 +73,37 @@ struct Policy {
   // (inline payloads only; zero-copy frames are never rewritten).
   bool pack_integers = true;
 
-  // The process default: ZEROCAN_INLINE_THRESHOLD if set and valid (an invalid value
-  // is reported once on stderr and ignored), else kDefaultInlineThreshold. Read once.
+  // The process default: ZEROCAN_INLINE_THRESHOLD if set and valid, else the config
+  // file's "default", else kDefaultInlineThreshold. Read once; warnings (invalid
+  // variable, corrupt file) go to stderr once.
   static const Policy& Default();
-  // Parses a threshold such as "4096", "64k", "1M"; nullopt-like -1 on error.
+  // The policy for a transport name or endpoint ("tcp", "ipc://x", "inproc://y"): the
+  // variable, else the file's value for that transport, else its "default", else
+  // kDefaultInlineThreshold. The file is read once per process.
+  static Policy ForTransport(std::string_view endpoint_or_transport);
+  // As ForTransport, but reads the environment and the file now (no caching) and puts
+  // warnings into *warnings instead of stderr. For tools and tests.
+  static Policy Load(std::string_view endpoint_or_transport, std::string* warnings = nullptr);
+
+  // Parses a size such as "4096", "64k", "1M", "2GiB"; -1 on error.
   static long long ParseSize(const std::string& text) noexcept;
 };
+
+// ---- memory policy ---------------------------------------------------------------------
+//
+// With glibc's defaults every large allocation (a received 128 MB frame, a fresh result
+// tensor) is a fresh mmap, and every first touch of its pages is a page fault: on a VM
+// that costs ~10 us per 4 KiB and makes big messages run at a tenth of memory speed.
+// The reusing allocator keeps freed memory in the process for the next large buffer
+// (glibc: large blocks come from the heap, M_MMAP_MAX = 0, and the heap is not trimmed),
+// trading resident memory for speed. Process-wide; call early, before threads allocate.
+
+// Turns the reusing allocator on (or back to glibc's default settings). No-op where the
+// C library is not glibc. Returns whether it is now on.
+bool UseReusingAllocator(bool enable = true);
+bool ReusingAllocatorEnabled() noexcept;
+// Applies the memory policy the programs use: ZEROCAN_REUSE_MEMORY=0/1 if set, else the
+// config file's "reuse_memory", else on. Returns whether reuse is on.
+bool ApplyMemoryPolicy();
 
 }  // namespace zerocan

@@ -1,0 +1,154 @@
+// Shared helpers of the benchmark sections: interleaved timing with medians, a sink that
+// keeps the optimiser honest, and table formatting. Header-only, bench/ only.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace zerocan::bench {
+
+// Results fold into this so the compiler cannot drop the work being timed.
+inline volatile uint64_t g_sink = 0;
+inline void Sink(uint64_t v) { g_sink = g_sink + v; }
+
+inline double NowNs() {
+  return static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::steady_clock::now().time_since_epoch())
+                                 .count());
+}
+
+inline double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Half the distance between the 25th and 75th percentile, relative to the median.
+inline double RelativeSpread(std::vector<double> v) {
+  if (v.size() < 2) return 0;
+  std::sort(v.begin(), v.end());
+  double q1 = v[v.size() / 4], q3 = v[(3 * v.size()) / 4];
+  double m = Median(v);
+  return m > 0 ? (q3 - q1) / 2 / m : 0;
+}
+
+// One thing being timed. `op(n)` runs the operation n times; samples are ns per op.
+struct Contender {
+  std::string name;
+  std::function<void(int)> op;
+  int iters = 1;
+  std::vector<double> samples;
+  double median() const { return Median(samples); }
+};
+
+// Picks iters so one batch takes about target_ns (at least 1, at most max_iters).
+inline void Calibrate(Contender& c, double target_ns, int max_iters = 1 << 20) {
+  c.op(1);  // warm: first-touch, caches, lazy init
+  int n = 1;
+  while (true) {
+    double t0 = NowNs();
+    c.op(n);
+    double dt = NowNs() - t0;
+    if (dt >= target_ns / 4 || n >= max_iters) {
+      double per = dt / n;
+      double want = per > 0 ? target_ns / per : max_iters;
+      c.iters = static_cast<int>(std::clamp(want, 1.0, static_cast<double>(max_iters)));
+      return;
+    }
+    n *= 4;
+  }
+}
+
+// Runs every contender once per round, `rounds` times, so slow drifts of the machine
+// (other processes, frequency) hit every contender alike.
+inline void Interleave(std::vector<Contender*> contenders, int rounds) {
+  for (int r = 0; r < rounds; ++r) {
+    for (Contender* c : contenders) {
+      double t0 = NowNs();
+      c->op(c->iters);
+      c->samples.push_back((NowNs() - t0) / c->iters);
+    }
+  }
+}
+
+// "123 ns", "4.56 µs", "7.89 ms", "1.23 s".
+inline std::string FormatNs(double ns) {
+  char buf[32];
+  if (ns < 1e3) {
+    std::snprintf(buf, sizeof buf, "%.0f ns", ns);
+  } else if (ns < 1e6) {
+    std::snprintf(buf, sizeof buf, "%.2f us", ns / 1e3);
+  } else if (ns < 1e9) {
+    std::snprintf(buf, sizeof buf, "%.2f ms", ns / 1e6);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.2f s", ns / 1e9);
+  }
+  return buf;
+}
+
+// "512 B", "2.0 KiB", "64.0 MiB", "1.00 GiB".
+inline std::string FormatBytes(double b) {
+  char buf[32];
+  if (b < 1024) {
+    std::snprintf(buf, sizeof buf, "%.0f B", b);
+  } else if (b < 1024.0 * 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024);
+  } else if (b < 1024.0 * 1024 * 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f MiB", b / 1024 / 1024);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.2f GiB", b / 1024 / 1024 / 1024);
+  }
+  return buf;
+}
+
+inline std::string FormatRatio(double r) {
+  char buf[32];
+  if (r <= 0) return "-";
+  std::snprintf(buf, sizeof buf, r >= 100 ? "%.0fx" : r >= 10 ? "%.1fx" : "%.2fx", r);
+  return buf;
+}
+
+// Fixed-width text table: columns sized to their widest cell.
+class Table {
+ public:
+  explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
+  void Add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  void Print(FILE* out = stdout) const {
+    std::vector<size_t> width;
+    for (const auto& r : rows_) {
+      if (width.size() < r.size()) width.resize(r.size(), 0);
+      for (size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], DisplayWidth(r[i]));
+    }
+    for (size_t k = 0; k < rows_.size(); ++k) {
+      const auto& r = rows_[k];
+      for (size_t i = 0; i < r.size(); ++i) {
+        std::fprintf(out, "%s%s", i == 0 ? "" : "  ", r[i].c_str());
+        if (i + 1 < r.size()) {
+          for (size_t p = DisplayWidth(r[i]); p < width[i]; ++p) std::fputc(' ', out);
+        }
+      }
+      std::fputc('\n', out);
+      if (k == 0) {
+        size_t total = 0;
+        for (size_t w : width) total += w + 2;
+        std::fprintf(out, "%s\n", std::string(total > 2 ? total - 2 : 0, '-').c_str());
+      }
+    }
+  }
+
+ private:
+  static size_t DisplayWidth(const std::string& s) {
+    size_t n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;  // count UTF-8 code points
+    return n;
+  }
+  std::vector<std::vector<std::string>> rows_;
+};
+
+}  // namespace zerocan::bench
