@@ -1,0 +1,48 @@
+// Optional encryption and peer authentication through libzmq's own CurveZMQ.
+//
+// zerocan does not encrypt anything itself: when both ends set Curve keys, libzmq
+// encrypts every frame on the wire (and the server only talks to clients that know its
+// public key). Signatures (signing.h) still matter across brokers, which terminate Curve.
+// Keys are Z85 text, 40 characters each (zmq_curve_keypair). docs/SECURITY.md shows the
+// command-line options (--curve-secret-key-file, --curve-server-key).
+//
+// Configure a socket before bind/connect.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <zmq.hpp>
+
+namespace zerocan {
+
+struct CurveKeyPair {
+  std::string public_key;  // Z85, 40 characters
+  std::string secret_key;  // Z85, 40 characters
+};
+
+// True when the libzmq in use was built with CurveZMQ (zmq_has("curve")).
+bool CurveAvailable() noexcept;
+
+// A fresh key pair. Throws Error when Curve is unavailable.
+CurveKeyPair GenerateCurveKeyPair();
+
+// The public key belonging to a Z85 secret key. Throws Error on a malformed key.
+std::string CurvePublicKey(std::string_view secret_key);
+
+// Reads a key file: JSON {"public_key": "...", "secret_key": "..."} (either may be
+// missing; the public key is derived from the secret one), or a bare 40-character
+// secret key. Throws Error naming the path and what is wrong.
+CurveKeyPair ReadCurveKeyFile(const std::string& path);
+// Writes `keys` as JSON, readable by the owner only (mode 0600).
+void WriteCurveKeyFile(const std::string& path, const CurveKeyPair& keys);
+
+// Server side (the engine or broker that binds): clients must know keys.public_key.
+void ConfigureCurveServer(zmq::socket_t& socket, const CurveKeyPair& keys);
+// Client side: `server_public_key` is the server's Z85 public key; `keys` is the client's
+// own pair (a fresh one from GenerateCurveKeyPair is fine when the server does not
+// check client identities).
+void ConfigureCurveClient(zmq::socket_t& socket, const CurveKeyPair& keys,
+                          std::string_view server_public_key);
+
+}  // namespace zerocan

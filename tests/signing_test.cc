@@ -1,0 +1,307 @@
+// Signatures over every frame: each kind of tampering, over real tcp sockets, is
+// rejected with its own error before anything is decoded.
+#include "zerocan/signing.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <set>
+#include <fstream>
+#include <string>
+
+#include "tests/safety_util.h"
+#include "zerocan/replay.h"
+
+namespace zerocan {
+namespace {
+
+using testing::CopyFrames;
+using testing::FramesOf;
+using testing::MakeCall;
+using testing::MustReceive;
+using testing::SendRaw;
+using testing::TcpPair;
+
+constexpr char kKey[] = "zerocan-test-key";
+
+std::string Hex(const void* data, size_t size) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < size; ++i) {
+    auto b = static_cast<const unsigned char*>(data)[i];
+    out += digits[b >> 4];
+    out += digits[b & 15];
+  }
+  return out;
+}
+
+// Sends `frames` raw over tcp, receives them on the router and verifies: the error
+// code, or nullopt when verification passed.
+std::optional<AuthError::Code> VerifyOverTcp(TcpPair& pair, const Signer& signer,
+                                             const FrameList& frames) {
+  SendRaw(pair.dealer, frames);
+  ReceivedMessage received = MustReceive(pair.router);
+  try {
+    signer.Verify(&received);
+    return std::nullopt;
+  } catch (const AuthError& e) {
+    return e.code();
+  }
+}
+
+FrameList SignedCall(const Signer& signer, uint64_t sequence = 1) {
+  FrameList frames = FramesOf(MakeCall(7, sequence));
+  signer.SignFrames(&frames);
+  return frames;
+}
+
+TEST(SigningTest, KnownAnswerMatchesSpecifiedLayout) {
+  // HMAC-SHA256(key, "zerocan.hmac-sha256.v1\0" || u16le(1) || u64le(3) ||
+  //             u64le(5) "hello" || u64le(0) || u64le(6) "world!"), computed with
+  // Python's hmac module: the layout docs/SECURITY.md gives to other implementations.
+  Signer signer(kKey);
+  FrameList frames;
+  frames.emplace_back("hello", 5);
+  frames.emplace_back();
+  frames.emplace_back("world!", 6);
+  zmq::message_t signature = signer.SignatureFor(std::span<const zmq::message_t>(frames.data(), 3));
+  ASSERT_EQ(signature.size(), kSignatureFrameSize);
+  EXPECT_EQ(std::memcmp(signature.data(), kSignatureMagic, 8), 0);
+  EXPECT_EQ(Hex(static_cast<const char*>(signature.data()) + 8, kMacSize),
+            "16567529c9494713a2d0561292040c39edf1aa89c6fb8012e7446d6bc0bb169f");
+}
+
+TEST(SigningTest, FrameBoundariesAreBound) {
+  Signer signer(kKey);
+  FrameList a, b;
+  a.emplace_back("ab", 2);
+  a.emplace_back("c", 1);
+  b.emplace_back("a", 1);
+  b.emplace_back("bc", 2);
+  auto sa = signer.SignatureFor(std::span<const zmq::message_t>(a.data(), a.size()));
+  auto sb = signer.SignatureFor(std::span<const zmq::message_t>(b.data(), b.size()));
+  EXPECT_NE(sa.to_string(), sb.to_string());
+}
+
+TEST(SigningTest, SignedCallOverTcpVerifiesAndDecodes) {
+  Signer signer(kKey);
+  TcpPair pair;
+  Tracker tracker = SendSigned(pair.dealer, MakeCall(7, 1), &signer);
+  ReceivedMessage received = MustReceive(pair.router);
+  ASSERT_EQ(received.frames.size(), 4u);  // envelope, two payload frames, signature
+  EXPECT_TRUE(LooksLikeSignature(received.frames.back()));
+  signer.Verify(&received);
+  EXPECT_EQ(received.frames.size(), 3u);  // signature stripped
+  Message message = Message::Decode(std::move(received));
+  EXPECT_EQ(message.function(), "echo");
+  EXPECT_EQ(message.arg(0).AsInt(), 1);
+  EXPECT_EQ(message.arg(1).AsBytes().size(), 800u);
+  EXPECT_EQ(message.arg(2).AsTensor().size(), 100u);
+  EXPECT_TRUE(tracker.WaitFor(std::chrono::seconds(10)));
+}
+
+TEST(SigningTest, SendSignedWithoutSignerSendsUnsigned) {
+  TcpPair pair;
+  SendSigned(pair.dealer, MakeCall(7, 1), nullptr);
+  ReceivedMessage received = MustReceive(pair.router);
+  EXPECT_EQ(received.frames.size(), 3u);
+  EXPECT_FALSE(StripSignature(&received).has_value());
+}
+
+TEST(SigningTest, EveryAlteredByteOfEveryFrameIsRejectedOverTcp) {
+  Signer signer(kKey);
+  TcpPair pair;
+  FrameList signed_frames = SignedCall(signer);
+  ASSERT_EQ(VerifyOverTcp(pair, signer, signed_frames), std::nullopt);
+  size_t variants = 0;
+  for (size_t f = 0; f < signed_frames.size(); ++f) {
+    bool signature_frame = f + 1 == signed_frames.size();
+    for (size_t i = 0; i < signed_frames[f].size(); ++i) {
+      FrameList tampered = CopyFrames(signed_frames);
+      static_cast<unsigned char*>(tampered[f].data())[i] ^= 0x5a;
+      auto code = VerifyOverTcp(pair, signer, tampered);
+      // Altering the signature frame's magic makes it no signature at all.
+      auto want = signature_frame && i < sizeof(kSignatureMagic) ? AuthError::Code::kUnsigned
+                                                                 : AuthError::Code::kBadSignature;
+      ASSERT_EQ(code, want) << "frame " << f << " byte " << i;
+      ++variants;
+    }
+  }
+  EXPECT_GT(variants, 1600u);
+}
+
+TEST(SigningTest, ReorderedFramesAreRejected) {
+  Signer signer(kKey);
+  TcpPair pair;
+  // Same-size payloads: the decoder alone could not tell them apart once swapped.
+  FrameList frames = FramesOf(MakeCall(7, 1, 800, 100));
+  ASSERT_EQ(frames[1].size(), frames[2].size());
+  signer.SignFrames(&frames);
+  FrameList swapped = CopyFrames(frames);
+  std::swap(swapped[1], swapped[2]);
+  EXPECT_EQ(VerifyOverTcp(pair, signer, swapped), AuthError::Code::kBadSignature);
+  FrameList envelope_moved = CopyFrames(frames);
+  std::swap(envelope_moved[0], envelope_moved[1]);
+  EXPECT_EQ(VerifyOverTcp(pair, signer, envelope_moved), AuthError::Code::kBadSignature);
+  FrameList signature_first = CopyFrames(frames);
+  std::rotate(signature_first.begin(), signature_first.end() - 1, signature_first.end());
+  EXPECT_EQ(VerifyOverTcp(pair, signer, signature_first), AuthError::Code::kUnsigned);
+}
+
+TEST(SigningTest, DroppedFramesAreRejected) {
+  Signer signer(kKey);
+  TcpPair pair;
+  FrameList frames = SignedCall(signer);
+  for (size_t f = 0; f + 1 < frames.size(); ++f) {
+    FrameList dropped = CopyFrames(frames);
+    dropped.erase(dropped.begin() + static_cast<ptrdiff_t>(f));
+    EXPECT_EQ(VerifyOverTcp(pair, signer, dropped), AuthError::Code::kBadSignature) << f;
+  }
+  FrameList no_signature = CopyFrames(frames);
+  no_signature.pop_back();
+  EXPECT_EQ(VerifyOverTcp(pair, signer, no_signature), AuthError::Code::kUnsigned);
+}
+
+TEST(SigningTest, AddedFramesAreRejected) {
+  Signer signer(kKey);
+  TcpPair pair;
+  FrameList frames = SignedCall(signer);
+  FrameList before_signature = CopyFrames(frames);
+  before_signature.insert(before_signature.end() - 1, zmq::message_t("extra", 5));
+  EXPECT_EQ(VerifyOverTcp(pair, signer, before_signature), AuthError::Code::kBadSignature);
+  FrameList empty_frame = CopyFrames(frames);
+  empty_frame.insert(empty_frame.begin() + 1, zmq::message_t());
+  EXPECT_EQ(VerifyOverTcp(pair, signer, empty_frame), AuthError::Code::kBadSignature);
+  FrameList after_signature = CopyFrames(frames);
+  after_signature.emplace_back("extra", 5);
+  EXPECT_EQ(VerifyOverTcp(pair, signer, after_signature), AuthError::Code::kUnsigned);
+  // A second, copied signature frame appended: the last frame is a signature, but over
+  // a different frame list.
+  FrameList doubled = CopyFrames(frames);
+  doubled.emplace_back(frames.back().data(), frames.back().size());
+  EXPECT_EQ(VerifyOverTcp(pair, signer, doubled), AuthError::Code::kBadSignature);
+}
+
+TEST(SigningTest, TruncatedOrExtendedFrameIsRejected) {
+  Signer signer(kKey);
+  TcpPair pair;
+  FrameList frames = SignedCall(signer);
+  for (size_t f = 0; f + 1 < frames.size(); ++f) {
+    FrameList cut = CopyFrames(frames);
+    cut[f] = zmq::message_t(frames[f].data(), frames[f].size() - 1);
+    EXPECT_EQ(VerifyOverTcp(pair, signer, cut), AuthError::Code::kBadSignature) << f;
+    FrameList longer = CopyFrames(frames);
+    std::string bytes = frames[f].to_string() + '\0';
+    longer[f] = zmq::message_t(bytes.data(), bytes.size());
+    EXPECT_EQ(VerifyOverTcp(pair, signer, longer), AuthError::Code::kBadSignature) << f;
+  }
+}
+
+TEST(SigningTest, UnsignedMessageIsRejectedWhenKeyIsSet) {
+  Signer signer(kKey);
+  TcpPair pair;
+  Send(pair.dealer, MakeCall(7, 1));
+  ReceivedMessage received = MustReceive(pair.router);
+  try {
+    signer.Verify(&received);
+    FAIL() << "unsigned message accepted";
+  } catch (const AuthError& e) {
+    EXPECT_EQ(e.code(), AuthError::Code::kUnsigned);
+    EXPECT_NE(std::string(e.what()).find("unsigned"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(received.frames.size(), 3u);  // untouched on failure
+}
+
+TEST(SigningTest, OtherKeyIsRejected) {
+  Signer signer(kKey), other("another key");
+  TcpPair pair;
+  EXPECT_EQ(VerifyOverTcp(pair, other, SignedCall(signer)), AuthError::Code::kBadSignature);
+}
+
+TEST(SigningTest, ReplayedSignedMessageIsRejectedOverTcp) {
+  Signer signer(kKey);
+  ReplayGuard guard;
+  TcpPair pair;
+  FrameList frames = SignedCall(signer, 1);
+  std::vector<std::optional<AuthError::Code>> outcomes;
+  for (int i = 0; i < 2; ++i) {
+    SendRaw(pair.dealer, frames);
+    ReceivedMessage received = MustReceive(pair.router);
+    signer.Verify(&received);  // the copy is genuinely signed
+    Message message = Message::Decode(std::move(received));
+    try {
+      guard.Check(message);
+      outcomes.push_back(std::nullopt);
+    } catch (const AuthError& e) {
+      outcomes.push_back(e.code());
+    }
+  }
+  EXPECT_EQ(outcomes[0], std::nullopt);
+  EXPECT_EQ(outcomes[1], AuthError::Code::kReplayed);
+}
+
+TEST(SigningTest, EachRejectionHasItsOwnName) {
+  std::set<std::string_view> names;
+  for (auto code : {AuthError::Code::kUnsigned, AuthError::Code::kBadSignature,
+                    AuthError::Code::kReplayed, AuthError::Code::kTooOld,
+                    AuthError::Code::kClockSkew, AuthError::Code::kTooManySessions,
+                    AuthError::Code::kBadKey}) {
+    names.insert(AuthCodeName(code));
+  }
+  EXPECT_EQ(names.size(), 7u);
+}
+
+class KeyFileTest : public ::testing::Test {
+ protected:
+  std::string Write(const std::string& content) {
+    path_ = ::testing::TempDir() + "zerocan_key_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::ofstream(path_, std::ios::binary) << content;
+    return path_;
+  }
+  void TearDown() override {
+    if (!path_.empty()) std::remove(path_.c_str());
+  }
+  std::string path_;
+};
+
+TEST_F(KeyFileTest, JupyterStyleJson) {
+  EXPECT_EQ(Signer::ReadKeyFile(Write(R"({"key": "abc-123", "signature_scheme": "hmac-sha256",
+                                          "transport": "tcp"})")),
+            "abc-123");
+}
+
+TEST_F(KeyFileTest, RawKeyWithNewline) {
+  EXPECT_EQ(Signer::ReadKeyFile(Write("secret bytes\n")), "secret bytes");
+}
+
+TEST_F(KeyFileTest, SameKeyFromFileSignsTheSame) {
+  Signer from_file = Signer::FromKeyFile(Write(std::string(R"({"key": ")") + kKey + "\"}"));
+  FrameList frames = SignedCall(Signer(kKey));
+  EXPECT_EQ(from_file.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+            Signer::Verdict::kOk);
+}
+
+TEST_F(KeyFileTest, BadKeyFilesAreRejected) {
+  auto code_of = [&](const std::string& content) -> std::optional<AuthError::Code> {
+    try {
+      Signer::FromKeyFile(Write(content));
+      return std::nullopt;
+    } catch (const AuthError& e) {
+      EXPECT_NE(std::string(e.what()).find(path_), std::string::npos) << e.what();
+      return e.code();
+    }
+  };
+  EXPECT_EQ(code_of(""), AuthError::Code::kBadKey);
+  EXPECT_EQ(code_of("  \n"), AuthError::Code::kBadKey);
+  EXPECT_EQ(code_of(R"({"key": ""})"), AuthError::Code::kBadKey);
+  EXPECT_EQ(code_of(R"({"key": 42})"), AuthError::Code::kBadKey);
+  EXPECT_EQ(code_of(R"({"key": "x", "signature_scheme": "hmac-md5"})"), AuthError::Code::kBadKey);
+  EXPECT_EQ(code_of(R"({"key": "x")"), AuthError::Code::kBadKey);
+  EXPECT_THROW(Signer::FromKeyFile("/nonexistent/zerocan.key"), AuthError);
+  EXPECT_THROW(Signer(""), AuthError);
+}
+
+}  // namespace
+}  // namespace zerocan
