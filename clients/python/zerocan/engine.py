@@ -418,7 +418,7 @@ def _sum(call: Call, w: Writer, out: Any) -> None:
         if arr.dtype.kind == "c":
             raise ArgumentError("sum: argument 0: expected a real numeric tensor, got "
                                 f"{describe(v)}")
-        flat = arr.reshape(-1, order="K")
+        flat = arr.ravel(order="K")  # memory order, as C++ adds
         if flat.size == 0:
             out.float = 0.0
         elif flat.size <= (1 << 20):

@@ -1,0 +1,44 @@
+"""Shared fixtures: the repository, the C++ `zerocan` program, free endpoints."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def zerocan_bin() -> Path:
+    return Path(os.environ.get("ZEROCAN_BIN", str(REPO / "build" / "zerocan")))
+
+
+def free_tcp_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def cpp_command_missing(command: str) -> Optional[str]:
+    """Why the C++ subcommand cannot be used (None when it can)."""
+    tool = zerocan_bin()
+    if not tool.is_file():
+        return f"C++ program not built: {tool} (set ZEROCAN_BIN or build the project)"
+    try:
+        out = subprocess.run([str(tool), command, "--help"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{tool} {command} --help failed: {e}"
+    text = out.stdout + out.stderr
+    if out.returncode == 3 or "not implemented yet" in text:
+        return f"`zerocan {command}` is not implemented yet in {tool}"
+    return None
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,351 @@
+"""Encoding and decoding without sockets: every type, the placement and packing rules of
+the C++ writer, limits and malformed input."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+import zerocan
+from zerocan import wire
+from zerocan.policy import Policy
+
+
+def roundtrip(value, policy=None, registry=None):
+    out = wire.encode_apply("f", [value], policy=policy, registry=registry)
+    msg = wire.decode(wire.loopback(out), registry=registry)
+    fn, args, kwargs = msg.apply()
+    assert fn == "f" and len(args) == 1 and kwargs == {}
+    return args[0], out, msg
+
+
+@pytest.mark.parametrize("value", [
+    None, True, False, 0, -1, 2**63 - 1, -2**63, 2**63, 2**64 - 1, 1.5, float("inf"), "",
+    "héllo wörld", "x" * 10000, [], [None, "a", 1.5, True], [[1, "a"], [2, "b"]],
+    {"a": 1, "b": [1.5, "x"], "c": {"d": None}}, {}, {1: "int key", "s": 2},
+])
+def test_scalars_and_containers_round_trip(value):
+    got, _, _ = roundtrip(value)
+    if isinstance(value, list) and value and all(type(x) is int for x in value):
+        got = got.tolist()
+    assert got == value
+    assert type(got) is type(value)
+
+
+def test_float_nan_round_trips():
+    got, _, _ = roundtrip(float("nan"))
+    assert got != got
+
+
+def test_int_beyond_64_bits_is_refused():
+    with pytest.raises(zerocan.EncodeError, match="64 bits"):
+        wire.encode_apply("f", [2**64])
+    with pytest.raises(zerocan.EncodeError):
+        wire.encode_apply("f", [-2**63 - 1])
+
+
+def test_uint_and_int_kinds_follow_the_value():
+    out = wire.encode_apply("f", [5, 2**63, np.uint8(3), np.int16(-3)])
+    msg = wire.decode(wire.loopback(out))
+    kinds = [a.which() for a in msg.envelope.body.apply.args]
+    assert kinds == ["int", "uint", "uint", "int"]
+
+
+def test_tuples_become_lists_item_by_item():
+    got, out, msg = roundtrip((1, 2, "x"))
+    assert got == [1, 2, "x"]
+    assert msg.envelope.body.apply.args[0].which() == "list"
+
+
+@pytest.mark.parametrize("values,dtype", [
+    (list(range(1000)), np.int64), ([0.5, 1.5, -2.0], np.float64), ([True, False], np.bool_),
+])
+def test_homogeneous_number_lists_become_typed_arrays(values, dtype):
+    got, _, msg = roundtrip(values)
+    assert msg.envelope.body.apply.args[0].which() == "tensor"
+    assert isinstance(got, np.ndarray) and got.dtype == dtype
+    assert got.tolist() == values
+
+
+def test_mixed_or_huge_number_lists_stay_lists():
+    for values in ([1, 2.0], [1, True], [1, 2**64 - 1], [1, None]):
+        got, _, msg = roundtrip(values)
+        assert msg.envelope.body.apply.args[0].which() == "list"
+        assert got == values
+
+
+def test_bytes_like_inline_and_frame():
+    for data in (b"", b"abc", bytearray(b"xyz"), memoryview(b"hello")):
+        got, out, _ = roundtrip(data)
+        assert not out.frames
+        assert bytes(got) == bytes(data)
+    big = bytearray(np.random.default_rng(0).integers(0, 255, 100_000, dtype=np.uint8))
+    got, out, _ = roundtrip(big)
+    assert len(out.frames) == 1
+    assert bytes(got) == bytes(big)
+    # Zero-copy both ways: the frame is the sender's buffer, the result views it.
+    assert np.shares_memory(np.frombuffer(got, np.uint8), np.frombuffer(big, np.uint8))
+    assert not got.readonly
+
+
+def test_strided_memoryview_is_copied_once():
+    base = bytes(range(256)) * 100
+    mv = memoryview(base)[::2]
+    got, _, _ = roundtrip(mv)
+    assert bytes(got) == base[::2]
+
+
+ALL_DTYPES = list(wire.DTYPE_NAMES)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (3, 4), (2, 3, 5)])
+def test_every_dtype_and_shape_round_trips(dtype, shape):
+    rng = np.random.default_rng(1)
+    arr = (rng.integers(0, 100, size=shape) if shape else np.array(rng.integers(0, 100))).astype(dtype)
+    got, _, _ = roundtrip(arr)
+    assert got.dtype == np.dtype(dtype) and got.shape == arr.shape
+    assert np.array_equal(got, arr)
+    assert got.flags.writeable
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int32", "complex128", "float16", "bool"])
+def test_large_arrays_are_zero_copy_both_ways(dtype):
+    arr = (np.arange(100_000) % 1000).astype(dtype)
+    got, out, msg = roundtrip(arr)
+    assert len(out.frames) == 1
+    assert np.shares_memory(got, arr)  # the frame is the sender's array, the result views it
+    assert msg.payloads_copied == 0
+    got[0] = 1  # writable view of the received frame
+
+
+def test_fortran_order_is_kept():
+    arr = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    for a in (arr, np.asfortranarray(np.arange(60_000.0).reshape(300, 200))):
+        got, out, msg = roundtrip(a)
+        assert msg.envelope.body.apply.args[0].tensor.order == "fortran"
+        assert np.array_equal(got, a) and got.flags.f_contiguous
+
+
+def test_non_contiguous_array_costs_one_copy_and_keeps_values():
+    base = np.arange(200_000, dtype=np.float64).reshape(400, 500)
+    view = base[::2, ::3]
+    got, out, _ = roundtrip(view)
+    assert np.array_equal(got, view)
+    assert not np.shares_memory(out.frames[0], base)
+
+
+def test_big_endian_arrays():
+    small = np.arange(10, dtype=">f8")
+    got, _, msg = roundtrip(small)
+    assert msg.envelope.body.apply.args[0].tensor.byteOrder == "little"  # inline: converted
+    assert np.array_equal(got, small)
+    large = np.arange(10_000, dtype=">i4")
+    got, out, msg = roundtrip(large)
+    assert msg.envelope.body.apply.args[0].tensor.byteOrder == "big"  # frame: sent as is
+    assert np.shares_memory(np.asarray(out.frames[0]), large)
+    assert np.array_equal(got, large) and got.dtype.byteorder in "=<|"
+
+
+def test_unsupported_dtype_is_refused():
+    with pytest.raises(zerocan.EncodeError, match="no wire dtype"):
+        wire.encode_apply("f", [np.array(["a"])])
+
+
+# ---- the C++ writer's placement and packing rules ---------------------------------------
+
+def tensor_of(out):
+    return wire.decode(wire.loopback(out)).envelope.body.apply.args[0].tensor
+
+
+@pytest.mark.parametrize("threshold", [64, 4096])
+def test_threshold_n_minus_1_inline_n_frame(threshold):
+    p = Policy(inline_threshold=threshold)
+    below = wire.encode_apply("f", [b"x" * (threshold - 1)], policy=p)
+    at = wire.encode_apply("f", [b"x" * threshold], policy=p)
+    assert below.frames == [] and len(at.frames) == 1
+
+
+@pytest.mark.parametrize("values,packing", [
+    ([0, 255], "uint8"), ([-1, 127], "int8"), ([0, 256], "uint16"), ([-129, 5], "int16"),
+    ([0, 65536], "uint32"), ([-40000, 1], "int32"), ([0, 2**32], "none"), ([-2**31 - 1], "none"),
+])
+def test_integer_packing_chooses_the_narrowest_type(values, packing):
+    arr = np.array(values, dtype=np.int64)
+    out = wire.encode_apply("f", [arr])
+    t = tensor_of(out)
+    assert t.packing == packing
+    got = wire.decode(wire.loopback(out)).apply()[1][0]
+    assert got.dtype == np.int64 and got.tolist() == values
+
+
+def test_packing_only_when_narrower_and_below_threshold():
+    assert tensor_of(wire.encode_apply("f", [np.array([1, 2], np.uint16)])).packing == "uint8"
+    assert tensor_of(wire.encode_apply("f", [np.array([1, 2], np.int8)])).packing == "none"
+    assert tensor_of(wire.encode_apply("f", [np.array([300, 2], np.int16)])).packing == "none"
+    p = Policy(inline_threshold=100)
+    # 99 elements pack to 99 bytes < 100: packed; 100 elements: n >= threshold, not packed.
+    assert tensor_of(wire.encode_apply("f", [np.ones(99, np.int64)], policy=p)).packing == "uint8"
+    out = wire.encode_apply("f", [np.ones(100, np.int64)], policy=p)
+    assert tensor_of(out).packing == "none" and len(out.frames) == 1
+    off = Policy(inline_threshold=4096, pack_integers=False)
+    assert tensor_of(wire.encode_apply("f", [np.ones(9, np.int64)], policy=off)).packing == "none"
+
+
+def test_packing_keeps_fortran_memory_order():
+    arr = np.asfortranarray(np.arange(12, dtype=np.int32).reshape(3, 4))
+    got, _, msg = roundtrip(arr)
+    assert msg.envelope.body.apply.args[0].tensor.packing == "uint8"
+    assert np.array_equal(got, arr)
+
+
+def test_envelope_of_echo_ints_0_to_999_is_at_most_pickles_2752_bytes():
+    out = wire.encode_apply("echo", [list(range(1000))])
+    assert len(out.envelope) <= 2752
+    assert out.frames == []
+
+
+def test_envelope_is_one_segment_when_it_fits_the_first_segment():
+    out = wire.encode_apply("f", [b"x" * 4000] * 10, policy=Policy(inline_threshold=1 << 20))
+    (segments_minus_one,) = struct.unpack_from("<I", out.envelope, 0)
+    assert segments_minus_one == 0
+
+
+# ---- registry -----------------------------------------------------------------------
+
+class Point:
+    def __init__(self, x, y, data):
+        self.x, self.y, self.data = x, y, data
+
+
+def test_registry_codec_with_its_own_zero_copy_buffer():
+    reg = zerocan.Registry()
+    reg.register(Point, "test.Point", lambda p: {"x": p.x, "y": p.y, "data": p.data},
+                 lambda s: Point(s["x"], s["y"], s["data"]))
+    p = Point(1, 2.5, np.arange(10_000, dtype=np.float32))
+    got, out, msg = roundtrip(p, registry=reg)
+    assert isinstance(got, Point) and (got.x, got.y) == (1, 2.5)
+    assert len(out.frames) == 1 and np.shares_memory(got.data, p.data)
+    assert msg.envelope.body.apply.args[0].extension.typeName == "test.Point"
+    with pytest.raises(zerocan.EncodeError, match="already registered"):
+        reg.register(Point, "other", str, str)
+    with pytest.raises(zerocan.EncodeError, match="already registered"):
+        reg.register(dict, "test.Point", str, str)
+
+
+def test_registry_serves_subclasses():
+    reg = zerocan.Registry()
+    reg.register(Point, "test.Point", lambda p: [p.x, p.y], lambda s: Point(s[0], s[1], None))
+
+    class Sub(Point):
+        pass
+    got, _, _ = roundtrip(Sub(3, 4, None), registry=reg)
+    assert (got.x, got.y) == (3, 4)
+
+
+def test_unknown_extension_decodes_generic_and_reencodes_identically():
+    reg = zerocan.Registry()
+    reg.register(Point, "test.Point", lambda p: [p.x, p.y], lambda s: Point(s[0], s[1], None))
+    h = wire.Header(1, 2, 1, 3)
+    out = wire.encode_apply("f", [Point(1, 2, None)], header=h, registry=reg)
+    got = wire.decode(wire.loopback(out)).apply()[1][0]  # default registry: unknown name
+    assert isinstance(got, zerocan.Extension) and got.type_name == "test.Point"
+    again = wire.encode_apply("f", [got], header=h)
+    assert again.envelope == out.envelope
+
+
+def test_object_without_codec_is_refused_naming_the_type():
+    with pytest.raises(zerocan.EncodeError, match="Point"):
+        wire.encode_apply("f", [Point(1, 2, None)])
+
+
+def test_depth_limit_matches_the_decoder():
+    v = []
+    for _ in range(62):
+        v = [v]
+    wire.encode_apply("f", [v])  # 63 levels: what the default decoder accepts
+    with pytest.raises(zerocan.EncodeError, match="nested deeper"):
+        wire.encode_apply("f", [[v]])  # 64 levels
+
+
+# ---- decoding untrusted input --------------------------------------------------------
+
+def frames_of(value):
+    return wire.loopback(wire.encode_apply("f", [value]))
+
+
+def test_truncated_envelope():
+    env = frames_of(1)[0]
+    with pytest.raises(zerocan.DecodeError, match="8-byte words"):
+        wire.decode([env[:-3]])
+    with pytest.raises(zerocan.DecodeError):
+        wire.decode([env[:16]]).apply()
+
+
+def test_missing_frame_and_bad_ranges_name_the_field_path():
+    frames = frames_of(np.zeros(1000))
+    with pytest.raises(zerocan.DecodeError, match="payload frames"):
+        wire.decode(frames[:1])
+    with pytest.raises(zerocan.DecodeError, match=r"apply\.args\[0\]\.tensor\.data.*past the end"):
+        wire.decode([frames[0], bytes(100)]).apply()
+    w = wire.Writer()
+    w.apply("f", [None], {})
+    t = w.msg.body.apply.args[0].init("tensor")
+    t.dtype = "float64"
+    t.init("shape", 1)[0] = 3
+    t.data.inline = bytes(16)
+    with pytest.raises(zerocan.DecodeError, match=r"args\[0\]\.tensor\.shape: 3 float64 needs 24"):
+        wire.decode(wire.loopback(w.finish())).apply()
+
+
+def test_frame_index_out_of_range():
+    w = wire.Writer()
+    w.apply("f", [None], {})
+    ref = w.msg.body.apply.args[0].init("bytes").init("frame")
+    ref.index, ref.offset, ref.length = 2, 0, 1
+    w.frames.append(b"x")
+    with pytest.raises(zerocan.DecodeError, match=r"args\[0\]\.bytes: refers to frame 2"):
+        wire.decode(wire.loopback(w.finish())).apply()
+
+
+def test_wrong_version_is_rejected():
+    w = wire.Writer()
+    w.msg.version = 2
+    w.apply("f", [], {})
+    with pytest.raises(zerocan.DecodeError, match="version"):
+        wire.decode(wire.loopback(w.finish()))
+
+
+def test_nesting_too_deep_for_the_limits():
+    v = [[[[1]]]]
+    with pytest.raises(zerocan.DecodeError, match="max_depth"):
+        wire.decode(frames_of(v), limits=wire.DecodeLimits(max_depth=3)).apply()
+
+
+def test_random_bit_flips_never_crash():
+    frames = frames_of({"a": [1, 2.5, "x"], "b": np.arange(5), "c": b"xyz"})
+    env = bytearray(frames[0])
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        bad = bytearray(env)
+        for _ in range(3):
+            i = int(rng.integers(0, len(bad)))
+            bad[i] ^= 1 << int(rng.integers(0, 8))
+        try:
+            wire.decode([bytes(bad)]).apply()
+        except zerocan.DecodeError:
+            pass
+
+
+def test_misaligned_envelope_and_payload_are_copied_once():
+    out = wire.encode_apply("f", [np.arange(2000, dtype=np.float64)])
+    env = bytearray(len(out.envelope) + 1)
+    env[1:] = out.envelope
+    payload = bytearray(16001)
+    payload[1:] = np.asarray(out.frames[0]).tobytes()
+    msg = wire.decode([memoryview(env)[1:], memoryview(payload)[1:]])
+    got = msg.apply()[1][0]
+    assert msg.envelope_copied and msg.payloads_copied == 1
+    assert np.array_equal(got, np.arange(2000.0))
