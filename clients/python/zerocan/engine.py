@@ -491,3 +491,4 @@ def add_builtins(engine: Engine) -> None:
                      ("sleep", _sleep), ("fail", _fail)):
         engine.register(name, fn, raw=True)
 
+

@@ -693,6 +693,7 @@ class Message:
             self.envelope = self._cm.__enter__()
             version = self.envelope.version
             self.kind = self.envelope.body.which()
+            self._read_body_fields()
         except DecodeError:
             raise
         except Exception as e:  # kj::Exception surfaces as capnp.KjException
@@ -704,6 +705,35 @@ class Message:
             raise DecodeError(f"payloadFrames: envelope announces {pf} payload frames, "
                               f"message has {len(self.frames) - 1}")
         self._payload_refs = 0
+
+    def _read_body_fields(self) -> None:
+        """Reads every field of the body that is not a Value, so that the accessors below
+        never meet a malformed pointer (values are checked as they are decoded)."""
+        body = self.envelope.body
+        kind = self.kind
+        if kind == "apply":
+            a = body.apply
+            self._function = a.function
+            self._timeout_ms = a.timeoutMs
+            n = len(a.args) + len(a.kwargs)
+            self._length(n, _Path(None, "apply"))
+        elif kind == "result":
+            r = body.result
+            self._call_id = r.callId
+            self._engine_id = r.engineId
+            self._ok = r.which() == "ok"
+            if not self._ok:
+                e = r.error
+                self._error = (e.type, e.message, e.function, e.where)
+        elif kind == "hello":
+            h = body.hello
+            self._hello = (h.peerId, h.role, list(h.functions))
+        elif kind == "heartbeat":
+            h = body.heartbeat
+            self._heartbeat = (h.peerId, h.nowNs)
+        elif kind != "goodbye":
+            raise DecodeError(f"body: unknown message kind {kind!r} (sent by a newer "
+                              "protocol version?)")
 
     # -- header --
     @property
@@ -752,49 +782,60 @@ class Message:
             return function, args, kwargs
         return self._guard(run)
 
+    def _require(self, kind: str) -> None:
+        if self.kind != kind:
+            raise DecodeError(f"message is not a{'n' if kind[0] in 'aeiou' else ''} {kind} "
+                              f"(it is a {self.kind})")
+
     @property
     def function(self) -> str:
-        return self.envelope.body.apply.function
+        self._require("apply")
+        return self._function
 
     @property
     def timeout_ms(self) -> int:
-        return self.envelope.body.apply.timeoutMs
+        self._require("apply")
+        return self._timeout_ms
 
     # -- result --
     @property
     def call_id(self) -> int:
-        return self.envelope.body.result.callId
+        self._require("result")
+        return self._call_id
 
     @property
     def engine_id(self) -> str:
-        return self.envelope.body.result.engineId
+        self._require("result")
+        return self._engine_id
 
     @property
     def ok(self) -> bool:
-        return self.envelope.body.result.which() == "ok"
+        self._require("result")
+        return self._ok
 
     def result(self) -> Any:
         """The ok value of a result message, decoded."""
-        if self.kind != "result":
-            raise DecodeError(f"message is not a result (it is a {self.kind})")
-        r = self.envelope.body.result
-        if r.which() != "ok":
+        self._require("result")
+        if not self._ok:
             raise DecodeError("message is not a successful result")
-        return self._guard(lambda: self.value(r.ok, _Path(_Path(None, "result"), "ok"), 1))
+        return self._guard(lambda: self.value(self.envelope.body.result.ok,
+                                              _Path(_Path(None, "result"), "ok"), 1))
 
     def error(self) -> tuple[str, str, str, str]:
         """(type, message, function, where) of an error result."""
-        e = self.envelope.body.result.error
-        return e.type, e.message, e.function, e.where
+        self._require("result")
+        if self._ok:
+            raise DecodeError("message is not an error result")
+        return self._error
 
     # -- hello / heartbeat --
     def hello(self) -> tuple[str, str, list[str]]:
-        h = self.envelope.body.hello
-        return h.peerId, h.role, list(h.functions)
+        self._require("hello")
+        return self._hello
 
     def heartbeat(self) -> tuple[str, int]:
-        h = self.envelope.body.heartbeat
-        return h.peerId, h.nowNs
+        self._require("heartbeat")
+        return self._heartbeat
 
     # -- values --
     def _text(self, text: str, path: _Path) -> str:
@@ -971,6 +1012,50 @@ def _hashable(key: Any) -> Any:
     return key
 
 
+# ---- forwarding -------------------------------------------------------------------------
+
+def reencode(msg: Message, header: Optional[Header] = None, policy: Optional[Policy] = None,
+             registry: Optional[Registry] = None) -> Outgoing:
+    """Encodes ``msg`` again, body and values copied in order as C++ forwards them
+    (``ValueWriter::Copy``): a received message comes out byte for byte identical when
+    the header and policy are the sender's."""
+    w = Writer(policy, registry)
+    w.set_header(header if header is not None else Header(
+        msg.message_id, msg.session_id, msg.sequence, msg.sent_at_ns))
+    body = msg.envelope.body
+    kind = msg.kind
+    if kind == "apply":
+        a = body.apply
+        out = w.msg.body.init("apply")
+        out.function = a.function
+        args = out.init("args", len(a.args))
+        kwargs = out.init("kwargs", len(a.kwargs))
+        out.timeoutMs = a.timeoutMs
+        for i, v in enumerate(a.args):
+            w.copy(args[i], v, msg)
+        for i, f in enumerate(a.kwargs):
+            kwargs[i].key = f.key
+            w.copy(kwargs[i].init("value"), f.value, msg)
+    elif kind == "result":
+        r = body.result
+        if r.which() == "ok":
+            out = w.msg.body.init("result")
+            out.callId = r.callId
+            out.engineId = r.engineId
+            w.copy(out.init("ok"), r.ok, msg)
+        else:
+            w.error(r.callId, r.engineId, *msg.error())
+    elif kind == "hello":
+        w.hello(*msg.hello())
+    elif kind == "heartbeat":
+        w.heartbeat(*msg.heartbeat())
+    elif kind == "goodbye":
+        w.goodbye()
+    else:
+        raise EncodeError(f"cannot re-encode a message of kind {kind!r}")
+    return w.finish()
+
+
 # ---- one-call helpers -----------------------------------------------------------------
 
 def encode_apply(function: str, args: Sequence[Any] = (), kwargs: Optional[Mapping[str, Any]] = None,
@@ -1014,6 +1099,6 @@ def loopback(out: Outgoing) -> list[Any]:
 
 __all__ = [
     "Codec", "DecodeLimits", "Extension", "Header", "Message", "Outgoing", "Registry",
-    "Session", "Writer", "decode", "encode_apply", "encode_error", "encode_result",
+    "Session", "Writer", "decode", "encode_apply", "reencode", "encode_error", "encode_result",
     "loopback", "register", "DTYPE_NAMES", "PROTOCOL_VERSION",
 ]

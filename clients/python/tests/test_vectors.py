@@ -1,0 +1,237 @@
+"""Golden vectors (tests/vectors, made by the C++ encoder): each decodes in Python to the
+described value, and Python re-encodes it byte for byte."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import zerocan
+from zerocan import wire
+from zerocan.policy import Policy
+
+from conftest import REPO
+
+VECTORS = REPO / "tests" / "vectors"
+INDEX = VECTORS / "index.json"
+
+
+def load_index():
+    if not INDEX.exists():
+        return None
+    return json.loads(INDEX.read_text())
+
+
+def read_frames(path):
+    data = path.read_bytes()
+    frames, pos = [], 0
+    while pos < len(data):
+        (n,) = struct.unpack_from("<Q", data, pos)
+        pos += 8
+        assert pos + n <= len(data), f"{path.name}: truncated frame"
+        frames.append(data[pos:pos + n])
+        pos += n
+    return frames
+
+
+INDEX_DATA = load_index()
+NAMES = [v["name"] for v in INDEX_DATA["vectors"]] if INDEX_DATA else []
+pytestmark = pytest.mark.skipif(INDEX_DATA is None, reason="tests/vectors/index.json not present")
+
+
+def vector(name):
+    v = next(v for v in INDEX_DATA["vectors"] if v["name"] == name)
+    frames = read_frames(VECTORS / v["file"])
+    h = v["header"]
+    header = wire.Header(h["messageId"], h["sessionId"], h["sequence"], h["sentAtNs"])
+    policy = Policy(inline_threshold=INDEX_DATA["policy"]["inlineThreshold"],
+                    pack_integers=INDEX_DATA["policy"]["packIntegers"])
+    return v, frames, header, policy
+
+
+def arr_eq(a, dtype, values, order="C"):
+    assert isinstance(a, np.ndarray) and a.dtype == np.dtype(dtype), (a, dtype)
+    assert np.array_equal(a, np.array(values, dtype=dtype))
+    if order == "F":
+        assert a.flags.f_contiguous
+
+
+def check_small_apply(msg):
+    fn, args, kwargs = msg.apply()
+    assert (fn, args, kwargs, msg.timeout_ms) == ("math.add", [1, 2.5], {"round": True}, 250)
+    assert type(args[0]) is int and type(args[1]) is float
+
+
+def check_ints_0_999(msg):
+    fn, args, kwargs = msg.apply()
+    assert fn == "sum" and kwargs == {}
+    arr_eq(args[0], "int64", range(1000))
+
+
+def check_text_bytes(msg):
+    fn, args, kwargs = msg.apply()
+    assert fn == "echo" and args[:2] == ["héllo, wörld", ""]
+    assert bytes(args[2]) == bytes(range(16))
+
+
+def check_nested(msg):
+    fn, args, _ = msg.apply()
+    assert fn == "nested"
+    # A list of bools written value by value stays a list (only typed arrays are arrays).
+    assert args[0] == [1, "two", [3.0, None], {"k": [True, False]}]
+    m = args[1]
+    assert list(m) == ["z", "a", "u"] and m["a"] is None and m["u"] == 2**64 - 1
+    arr_eq(m["z"]["b"], "int32", [1, 2])
+    assert msg.envelope.body.apply.args[1].map[2].value.which() == "uint"
+
+
+def check_dtypes(msg):
+    fn, args, _ = msg.apply()
+    assert fn == "dtypes"
+    expected = [("bool", [True, False, True]), ("int8", [-1, 0, 127]),
+                ("int16", [-300, 0, 300]), ("int32", [-70000, 0, 70000]),
+                ("int64", [-5000000000, 0, 5000000000]), ("uint8", [0, 1, 255]),
+                ("uint16", [0, 1, 65535]), ("uint32", [0, 1, 4294967295]),
+                ("uint64", [0, 1, 2**64 - 1]), ("float16", [1.0, -2.0, 0.5]),
+                ("float32", [1.5, -2.25, 0.0]), ("float64", [1e-300, -0.0, 3.141592653589793]),
+                ("complex64", [1 + 2j, -3 - 4j]), ("complex128", [0.5 - 0.25j])]
+    assert len(args) == len(expected)
+    for a, (dtype, values) in zip(args, expected):
+        arr_eq(a, dtype, values)
+    assert np.signbit(args[11][1])
+    assert args[9].view(np.uint16).tolist() == [0x3C00, 0xC000, 0x3800]
+
+
+def check_tensor_4k_float64(msg):
+    fn, args, kwargs = msg.apply()
+    assert fn == "scale" and kwargs == {"factor": 2.0}
+    arr_eq(args[0], "float64", (np.arange(512) * 0.5).reshape(16, 32))
+    assert msg.envelope.body.apply.args[0].tensor.data.which() == "frame"
+    # The tensor views payload frame 1 (no copy).
+    assert np.shares_memory(args[0], np.frombuffer(msg.frames[1], np.uint8))
+
+
+def check_fortran_2x3(msg):
+    fn, args, _ = msg.apply()
+    assert fn == "transpose"
+    arr_eq(args[0], "float64", [[1, 2, 3], [4, 5, 6]], order="F")
+    assert args[0].ravel(order="K").tolist() == [1, 4, 2, 5, 3, 6]
+
+
+def check_extension(msg):
+    fn, args, _ = msg.apply()
+    assert fn == "plot"
+    x = args[0]
+    assert isinstance(x, zerocan.Extension) and x.type_name == "example.Point"
+    assert x.state == {"x": 1.5, "y": -2.0, "label": "p"}
+
+
+def check_result_ok(msg):
+    assert (msg.kind, msg.call_id, msg.engine_id, msg.ok) == ("result", 4097, "engine-0", True)
+    value = msg.result()
+    assert list(value) == ["sum", "items"] and value["sum"] == 499500
+    arr_eq(value["items"], "int64", [3, 4])
+    assert msg.envelope.body.result.ok.map[1].value.tensor.packing == "uint8"
+
+
+def check_result_error(msg):
+    assert (msg.kind, msg.call_id, msg.ok) == ("result", 4098, False)
+    assert msg.error() == ("ValueError", "math domain error", "math.sqrt", "engine-0 pid 42")
+
+
+def check_hello(msg):
+    assert msg.kind == "hello"
+    assert msg.hello() == ("engine-0", "engine", ["math.add", "sum", "echo"])
+
+
+def check_heartbeat(msg):
+    assert msg.kind == "heartbeat" and msg.heartbeat() == ("client-1", 1700000000123456789)
+
+
+def check_goodbye(msg):
+    assert msg.kind == "goodbye"
+
+
+CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
+
+
+def test_every_vector_has_a_python_check():
+    assert set(NAMES) <= set(CHECKS), f"vectors without a Python check: {set(NAMES) - set(CHECKS)}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vector_decodes_to_the_described_value(name):
+    v, frames, header, _ = vector(name)
+    assert [len(f) for f in frames] == v["frameBytes"]
+    msg = wire.decode(frames)
+    assert (msg.message_id, msg.session_id, msg.sequence, msg.sent_at_ns) == (
+        header.message_id, header.session_id, header.sequence, header.sent_at_ns)
+    assert msg.kind == v["body"]
+    CHECKS[name](msg)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vector_reencodes_byte_for_byte(name):
+    _, frames, header, policy = vector(name)
+    out = wire.reencode(wire.decode(frames), header, policy)
+    assert out.envelope == frames[0]
+    assert [bytes(memoryview(f).cast("B")) for f in out.frames] == frames[1:]
+
+
+# Vectors holding a list of numbers written value by value: Python decodes it to a list,
+# and a Python list of numbers is sent as a typed array (as a C++ std::vector is), so only
+# the copy-based re-encoding above can reproduce those bytes.
+ITEMWISE_NUMBER_LISTS = {"nested"}
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ITEMWISE_NUMBER_LISTS])
+def test_vector_reencodes_from_python_values(name):
+    """The Python values alone (not the wire kinds) re-encode to the same bytes: Python's
+    own encoder makes the C++ encoder's choices."""
+    v, frames, header, policy = vector(name)
+    msg = wire.decode(frames)
+    w = wire.Writer(policy)
+    w.set_header(header)
+    if msg.kind == "apply":
+        fn, args, kwargs = msg.apply()
+        w.apply(fn, args, kwargs, msg.timeout_ms)
+    elif msg.kind == "result" and msg.ok:
+        w.result(msg.call_id, msg.engine_id, msg.result())
+    elif msg.kind == "result":
+        w.error(msg.call_id, msg.engine_id, *msg.error())
+    elif msg.kind == "hello":
+        w.hello(*msg.hello())
+    elif msg.kind == "heartbeat":
+        w.heartbeat(*msg.heartbeat())
+    else:
+        w.goodbye()
+    out = w.finish()
+    assert out.envelope == frames[0]
+    assert [bytes(memoryview(f).cast("B")) for f in out.frames] == frames[1:]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_truncated_or_flipped_vectors_fail_cleanly(name):
+    _, frames, _, _ = vector(name)
+    env = frames[0]
+    for cut in range(0, len(env), 8):
+        try:
+            wire.decode([env[:cut], *frames[1:]]).apply() if cut else None
+        except zerocan.DecodeError:
+            pass
+    rng = np.random.default_rng(len(env))
+    for _ in range(50):
+        bad = bytearray(env)
+        i = int(rng.integers(0, len(bad)))
+        bad[i] ^= 1 << int(rng.integers(0, 8))
+        try:
+            msg = wire.decode([bytes(bad), *frames[1:]])
+            if msg.kind == "apply":
+                msg.apply()
+            elif msg.kind == "result" and msg.ok:
+                msg.result()
+        except zerocan.DecodeError:
+            pass

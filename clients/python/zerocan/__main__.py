@@ -1,0 +1,46 @@
+"""``python -m zerocan engine ...`` (a Python engine process) and ``python -m zerocan bench``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+from .engine import Engine
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m zerocan engine --bind URL | --connect URL [--id ID] [--allow-pickle]``"""
+    import argparse
+    import signal
+    p = argparse.ArgumentParser(prog="python -m zerocan engine",
+                                description="Serve the built-in functions (and --module "
+                                            "functions) to zerocan clients.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--bind", metavar="URL", help="bind a ROUTER; clients connect directly")
+    g.add_argument("--connect", metavar="URL", help="connect to a broker's backend")
+    p.add_argument("--id", default=None)
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="run functions sent by value (cloudpickle): runs arbitrary code")
+    p.add_argument("--heartbeat", type=float, default=0.5, help="seconds (default 0.5)")
+    args = p.parse_args(argv)
+    engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
+                    allow_pickle=args.allow_pickle, heartbeat=args.heartbeat)
+    signal.signal(signal.SIGTERM, lambda *_: engine._stop.set() or os.write(engine._stop_w, b"q"))
+    print(f"zerocan python engine {engine.id} at {engine.endpoint or args.connect}",
+          file=sys.stderr, flush=True)
+    engine.run()
+    return 0
+
+
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "engine":
+        raise SystemExit(main(sys.argv[2:]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "bench":
+        from . import bench
+        raise SystemExit(bench.main(sys.argv[2:]))
+    print("usage: python -m zerocan engine (--bind URL | --connect URL) [--allow-pickle]\n"
+          "       python -m zerocan bench [--quick]", file=sys.stderr)
+    raise SystemExit(2)
