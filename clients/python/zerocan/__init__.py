@@ -19,7 +19,8 @@ from .errors import (ArgumentError, DecodeError, EncodeError, Error, RemoteError
                      TimeoutError, TransportError)
 from .policy import Policy
 from .wire import (Codec, DecodeLimits, Extension, Header, Message, Outgoing, Registry,
-                   Writer, decode, encode_apply, encode_error, encode_result, register)
+                   Writer, decode, encode_apply, encode_error, encode_result, received_frame,
+                   register)
 from ._schema import schema_path
 
 __version__ = "0.1.0"
@@ -28,5 +29,6 @@ __all__ = [
     "ArgumentError", "Call", "CallFuture", "Client", "Codec", "DecodeError", "DecodeLimits",
     "EncodeError", "Engine", "Error", "Extension", "Header", "Message", "Outgoing", "Policy",
     "Registry", "RemoteError", "TimeoutError", "TransportError", "Writer", "decode",
-    "encode_apply", "encode_error", "encode_result", "register", "schema_path",
+    "encode_apply", "encode_error", "encode_result", "received_frame", "register",
+    "schema_path",
 ]

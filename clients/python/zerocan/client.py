@@ -42,6 +42,8 @@ class CallFuture(concurrent.futures.Future):
 
     call_id: int = 0
     tracker: Optional[zmq.MessageTracker] = None
+    # The zero-copy frames the arguments left in (each views the caller's buffer).
+    frames: list[Any] = []
 
 
 def _configure(sock: zmq.Socket, limits: DecodeLimits) -> None:
@@ -130,6 +132,7 @@ class Client:
         fut = CallFuture()
         fut.call_id = header.message_id
         fut.tracker = tracker
+        fut.frames = frames
         deadline = None if t is None else time.monotonic() + t
         with self._lock:
             if self._closed:

@@ -612,6 +612,18 @@ class _FrameArray:
                                     "data": (address, False)}
 
 
+def received_frame(obj: Any) -> Any:
+    """The received frame (a ``zmq.Frame``) that a decoded numpy array or memoryview
+    views, or None when it views no frame (an inline payload, a copy)."""
+    seen = 0
+    while obj is not None and seen < 64:
+        if isinstance(obj, _FrameArray):
+            return obj.frame
+        obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
+        seen += 1
+    return None
+
+
 def _address(buf: Any) -> int:
     return np.frombuffer(buf, dtype=np.uint8).ctypes.data if len(buf) else 0
 
@@ -1100,5 +1112,5 @@ def loopback(out: Outgoing) -> list[Any]:
 __all__ = [
     "Codec", "DecodeLimits", "Extension", "Header", "Message", "Outgoing", "Registry",
     "Session", "Writer", "decode", "encode_apply", "reencode", "encode_error", "encode_result",
-    "loopback", "register", "DTYPE_NAMES", "PROTOCOL_VERSION",
+    "loopback", "received_frame", "register", "DTYPE_NAMES", "PROTOCOL_VERSION",
 ]
