@@ -24,6 +24,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="run functions sent by value (cloudpickle): runs arbitrary code")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds (default 0.5)")
     args = p.parse_args(argv)
+    from .policy import apply_memory_policy
+    apply_memory_policy()
     engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
                     allow_pickle=args.allow_pickle, heartbeat=args.heartbeat)
     signal.signal(signal.SIGTERM, lambda *_: engine._stop.set() or os.write(engine._stop_w, b"q"))

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 import zerocan
+import zerocan.policy
 from zerocan import wire
 
 
@@ -157,6 +158,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-ipp", action="store_true", help="skip ipyparallel")
     args = p.parse_args(argv)
+    # The programs' memory policy (the engines we start apply it too); ipyparallel's
+    # client shares this process and so gets the same setting.
+    zerocan.policy.apply_memory_policy()
     repeat = 3 if args.quick else 7
     array_mb = 100
 

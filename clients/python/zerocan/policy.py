@@ -177,3 +177,54 @@ def _resolve(transport: str, config: Optional[ThresholdConfig]) -> Policy:
         if t is not None:
             return Policy(inline_threshold=t)
     return Policy()
+
+
+# ---- memory policy (as zerocan::UseReusingAllocator / ApplyMemoryPolicy) ----------------
+#
+# With glibc's defaults every large buffer (a received 100 MB frame) is a fresh mmap whose
+# pages fault on first touch. The reusing allocator keeps freed memory in the process for
+# the next large buffer (M_MMAP_MAX = 0: large blocks come from the heap; the heap is not
+# trimmed). Process-wide: the programs (``python -m zerocan engine``, the benchmark) turn
+# it on; a library import never does.
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
+_reusing = False
+
+
+def use_reusing_allocator(enable: bool = True) -> bool:
+    """Turns glibc's reusing settings on (or back to the defaults); returns whether on.
+    A no-op (False) where the C library is not glibc."""
+    global _reusing
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    if enable:
+        ok = mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) and \
+            mallopt(_M_TOP_PAD, 64 << 20)
+    else:
+        ok = mallopt(_M_MMAP_MAX, 65536) and mallopt(_M_TRIM_THRESHOLD, 128 << 10) and \
+            mallopt(_M_TOP_PAD, 0) and mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+    _reusing = bool(ok) and enable
+    return _reusing
+
+
+def apply_memory_policy() -> bool:
+    """ZEROCAN_REUSE_MEMORY=0/1 if set, else the config file's "reuse_memory", else on."""
+    env = os.environ.get("ZEROCAN_REUSE_MEMORY")
+    if env in ("0", "1"):
+        return use_reusing_allocator(env == "1")
+    path = config_path()
+    reuse = True
+    if path and os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                doc = json.loads(f.read())
+            if isinstance(doc, dict) and isinstance(doc.get("reuse_memory"), bool):
+                reuse = doc["reuse_memory"]
+        except (OSError, ValueError):
+            pass
+    return use_reusing_allocator(reuse)
