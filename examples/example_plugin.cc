@@ -1,7 +1,7 @@
 // An example zerocan plugin: a shared library that adds functions to any engine.
 //
 //   zerocan engine --bind tcp://127.0.0.1:5555 --plugin ./libzerocan_example_plugin.so
-//   zerocan call tcp://127.0.0.1:5555 norm '[3, 4]'          # prints 5.0
+//   zerocan call tcp://127.0.0.1:5555 norm '[3.0, 4.0]'      # prints 5.0
 //
 // The engine dlopen()s the library and calls its one C entry point,
 // zerocan_register(zerocan::Engine&), which registers functions with def() exactly as

@@ -147,6 +147,9 @@ class Engine::Impl {
     if (running_) throw Error("engine: Connect() after Start()");
     sockets_.emplace_back(*context_, zmq::socket_type::dealer);
     Configure(sockets_.back());
+    // The broker knows an engine by its routing id: make that the engine id, so its
+    // errors ("engine host:123:0 sent no heartbeat...") name something a person knows.
+    sockets_.back().set(zmq::sockopt::routing_id, zmq::buffer(options_.id.substr(0, 255)));
     is_dealer_.push_back(true);
     try {
       sockets_.back().connect(url);

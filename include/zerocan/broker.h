@@ -1,0 +1,83 @@
+// zerocan::Broker: connects many clients to many engines (protocol: engine.h).
+//
+// Clients (DEALER) connect to the frontend, engines (DEALER) to the backend; both are
+// ROUTER sockets. Frames are forwarded as they came (moved, never copied or re-encoded):
+//   request  frontend [client][""][env][payloads] -> backend [engine][client][""][env]...
+//   reply    backend [engine][client][""][env][payloads] -> frontend [client][""][env]...
+// The broker reads only the envelope's header (body kind, messageId / callId, function
+// name) of each message, never a payload frame.
+//
+// Why not zmq_proxy with a DEALER backend (the classic queue device): a DEALER
+// round-robins over every connected pipe, dead or alive, and forgets what it sent, so a
+// call whose engine died would wait for its timeout with no word of why, and a new call
+// could be queued to a pipe nobody reads. Instead (the "Paranoid Pirate" pattern) the
+// backend is a ROUTER that knows each engine by its heartbeats, sends each call to the
+// live engine with the fewest calls in flight, and remembers which calls each engine
+// holds. When an engine goes silent for `liveness` heartbeat intervals, or says goodbye,
+// every call it held fails at once with a RemoteError of type "zerocan.EngineLost"; a
+// reply that turns up afterwards is dropped, so no call is ever answered twice. Calls
+// that arrive while no engine is alive wait in the broker until one joins or their
+// timeout passes.
+//
+// Threading: one thread (Start) or the caller's (Run) owns every socket.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <zmq.hpp>
+
+#include "zerocan/limits.h"
+
+namespace zerocan {
+
+struct BrokerOptions {
+  // Engines heartbeat at this interval (EngineOptions::heartbeat); an engine silent for
+  // `liveness` intervals is declared lost.
+  std::chrono::milliseconds heartbeat{500};
+  int liveness = 3;
+  DecodeLimits limits;
+  std::string capture;  // "" = none; else a PUB endpoint publishing every message
+  zmq::context_t* context = nullptr;
+};
+
+struct BrokerCounters {
+  uint64_t requests = 0;      // calls forwarded to an engine
+  uint64_t replies = 0;       // replies forwarded to a client
+  uint64_t lost = 0;          // calls failed because their engine was lost
+  uint64_t dropped = 0;       // messages dropped (late replies, malformed, expired)
+  uint64_t engines_live = 0;  // right now
+};
+
+class Broker {
+ public:
+  // Binds both sockets (and the capture socket) at once; throws TransportError.
+  Broker(const std::string& frontend, const std::string& backend, BrokerOptions options = {});
+  ~Broker();  // Stop()
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+
+  // Serves on a thread of its own.
+  void Start();
+  // Serves on the calling thread until Stop() (from another thread or a signal handler
+  // that calls RequestStop()).
+  void Run();
+  void Stop();
+  // Async-signal-safe: asks Run() to return.
+  void RequestStop() noexcept;
+
+  // Endpoints as bound (resolves tcp://127.0.0.1:* ports).
+  std::string frontend_endpoint() const;
+  std::string backend_endpoint() const;
+  BrokerCounters counters() const noexcept;
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace zerocan

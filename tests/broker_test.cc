@@ -1,0 +1,275 @@
+// Broker over real sockets: routing to live engines, engines joining and leaving, a lost
+// engine failing its calls once, a broker restart, the capture socket, and the
+// concurrency test (8 clients x 2 engines, 10^5 calls, each answered once and right).
+#include "zerocan/broker.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "zerocan/capture.h"
+#include "zerocan/client.h"
+#include "zerocan/engine.h"
+
+namespace zerocan {
+namespace {
+
+using ::testing::HasSubstr;
+using std::chrono::milliseconds;
+
+constexpr milliseconds kBeat{40};
+
+struct Cluster {
+  explicit Cluster(int engines, std::string frontend = "inproc://front",
+                   std::string backend = "inproc://back") {
+    BrokerOptions bo;
+    bo.context = &context;
+    bo.heartbeat = kBeat;
+    broker = std::make_unique<Broker>(frontend, backend, bo);
+    broker->Start();
+    front = broker->frontend_endpoint();
+    back = broker->backend_endpoint();
+    for (int i = 0; i < engines; ++i) AddEngine();
+    WaitForEngines(engines);
+  }
+  ~Cluster() {
+    clients.clear();
+    engines.clear();
+    broker.reset();
+  }
+  Engine& AddEngine(int threads = 2) {
+    EngineOptions eo;
+    eo.context = &context;
+    eo.heartbeat = kBeat;
+    eo.threads = threads;
+    eo.id = "engine-" + std::to_string(engines.size());
+    engines.push_back(std::make_unique<Engine>(eo));
+    engines.back()->def("whoami", [id = eo.id](int64_t x) { return std::make_pair(id, x); });
+    engines.back()->Connect(back);
+    engines.back()->Start();
+    return *engines.back();
+  }
+  Client& AddClient(milliseconds timeout = milliseconds(10000)) {
+    ClientOptions co;
+    co.context = &context;
+    co.timeout = timeout;
+    clients.push_back(std::make_unique<Client>(front, co));
+    return *clients.back();
+  }
+  void WaitForEngines(uint64_t n) {
+    for (int i = 0; i < 500 && broker->counters().engines_live != n; ++i) {
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    ASSERT_EQ(broker->counters().engines_live, n);
+  }
+  zmq::context_t context{1};
+  std::unique_ptr<Broker> broker;
+  std::string front, back;
+  std::vector<std::unique_ptr<Engine>> engines;
+  std::vector<std::unique_ptr<Client>> clients;
+};
+
+TEST(BrokerTest, CallsReachLiveEnginesAndSpreadOverThem) {
+  Cluster c(2);
+  Client& client = c.AddClient();
+  EXPECT_EQ(client.apply("add", 40, 2).get().as<int>(), 42);
+  EXPECT_FALSE(client.apply("fail", std::string("no")).get().ok());
+  std::vector<ResultFuture> futures;
+  for (int i = 0; i < 200; ++i) futures.push_back(client.apply("whoami", i));
+  std::set<std::string> seen;
+  for (int i = 0; i < 200; ++i) {
+    auto [id, x] = futures[i].get().as<std::pair<std::string, int64_t>>();
+    EXPECT_EQ(x, i);
+    seen.insert(id);
+  }
+  EXPECT_EQ(seen.size(), 2u);
+  std::vector<double> big(1 << 18, 3.0);
+  EXPECT_DOUBLE_EQ(client.apply("sum", big).get().as<double>(), 3.0 * big.size());
+}
+
+TEST(BrokerTest, WorksOverTcp) {
+  Cluster c(1, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+  Client& client = c.AddClient();
+  std::vector<int64_t> xs(100000, 7);
+  Result r = client.apply("echo", xs).get();
+  EXPECT_EQ(r.as<std::vector<int64_t>>(), xs);
+}
+
+TEST(BrokerTest, CallWaitsForAnEngineToJoin) {
+  Cluster c(0);
+  Client& client = c.AddClient();
+  ResultFuture f = client.apply("add", 1, 2);
+  std::this_thread::sleep_for(milliseconds(50));
+  c.AddEngine();
+  EXPECT_EQ(f.get().as<int>(), 3);
+}
+
+TEST(BrokerTest, CallWithoutEngineTimesOut) {
+  Cluster c(0);
+  Client& client = c.AddClient();
+  Result r = client.apply_for(milliseconds(100), "add", 1, 2).get();
+  EXPECT_THROW(r.ThrowIfError(), CallTimeout);
+}
+
+TEST(BrokerTest, LostEngineFailsItsCallsOnceAndOthersCarryOn) {
+  Cluster c(2);
+  Client& client = c.AddClient(milliseconds(20000));
+  // Enough slow calls that both engines hold some.
+  std::vector<ResultFuture> slow;
+  for (int i = 0; i < 4; ++i) slow.push_back(client.apply("sleep", 0.3));
+  std::this_thread::sleep_for(milliseconds(50));
+  c.engines[0]->Kill();  // like a crash: no replies, no goodbye, heartbeats stop
+  auto start = std::chrono::steady_clock::now();
+  int lost = 0, ok = 0;
+  for (auto& f : slow) {
+    Result r = f.get();
+    if (r.ok()) {
+      ++ok;
+      continue;
+    }
+    try {
+      r.ThrowIfError();
+    } catch (const RemoteError& e) {
+      EXPECT_EQ(e.type(), kErrorEngineLost);
+      EXPECT_THAT(e.message(), HasSubstr("engine-0"));
+      EXPECT_EQ(e.function(), "sleep");
+      ++lost;
+    }
+  }
+  EXPECT_EQ(lost, 2);
+  EXPECT_EQ(ok, 2);
+  // Well within the call timeout: the broker noticed after a few heartbeats.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  c.WaitForEngines(1);
+  for (int i = 0; i < 20; ++i) {
+    auto [id, x] = client.apply("whoami", i).get().as<std::pair<std::string, int64_t>>();
+    EXPECT_EQ(id, "engine-1");
+  }
+  EXPECT_EQ(c.broker->counters().lost, 2u);
+  EXPECT_EQ(client.counters().late, 0u);
+}
+
+TEST(BrokerTest, EngineLeavingGracefullyFinishesItsCalls) {
+  Cluster c(2);
+  Client& client = c.AddClient();
+  std::vector<ResultFuture> calls;
+  for (int i = 0; i < 4; ++i) calls.push_back(client.apply("sleep", 0.1));
+  std::this_thread::sleep_for(milliseconds(20));
+  c.engines[0]->Stop();
+  for (auto& f : calls) EXPECT_TRUE(f.get().ok());
+  c.WaitForEngines(1);
+  EXPECT_EQ(client.apply("add", 1, 1).get().as<int>(), 2);
+}
+
+TEST(BrokerTest, SurvivesABrokerRestart) {
+  // Find two free ports, then free them for the broker (the context's destruction
+  // waits until the sockets are really closed).
+  std::string front, back;
+  {
+    zmq::context_t probe_ctx(1);
+    zmq::socket_t a(probe_ctx, zmq::socket_type::router), b(probe_ctx, zmq::socket_type::router);
+    a.bind("tcp://127.0.0.1:*");
+    b.bind("tcp://127.0.0.1:*");
+    front = a.get(zmq::sockopt::last_endpoint);
+    back = b.get(zmq::sockopt::last_endpoint);
+    a.close();
+    b.close();
+  }
+  Cluster c(1, front, back);
+  Client& client = c.AddClient();
+  EXPECT_EQ(client.apply("add", 1, 2).get().as<int>(), 3);
+  c.broker.reset();
+  Result during = client.apply_for(milliseconds(100), "add", 1, 2).get();
+  EXPECT_THROW(during.ThrowIfError(), CallTimeout);
+  BrokerOptions bo;
+  bo.context = &c.context;
+  bo.heartbeat = kBeat;
+  c.broker = std::make_unique<Broker>(front, back, bo);
+  c.broker->Start();
+  c.WaitForEngines(1);  // the engine's heartbeats register it again
+  EXPECT_EQ(client.apply_for(milliseconds(5000), "add", 2, 3).get().as<int>(), 5);
+}
+
+TEST(BrokerTest, CapturePublishesEveryMessage) {
+  zmq::context_t ctx(1);
+  BrokerOptions bo;
+  bo.context = &ctx;
+  bo.heartbeat = kBeat;
+  bo.capture = "inproc://capture";
+  Broker broker("inproc://cfront", "inproc://cback", bo);
+  zmq::socket_t sub(ctx, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::subscribe, "");
+  sub.connect("inproc://capture");
+  broker.Start();
+  EngineOptions eo;
+  eo.context = &ctx;
+  eo.heartbeat = kBeat;
+  Engine engine(eo);
+  engine.Connect("inproc://cback");
+  engine.Start();
+  ClientOptions co;
+  co.context = &ctx;
+  Client client("inproc://cfront", co);
+  EXPECT_EQ(client.apply("add", 1, 2).get().as<int>(), 3);
+  bool saw_request = false, saw_reply = false;
+  for (int i = 0; i < 100 && !(saw_request && saw_reply); ++i) {
+    std::optional<CaptureRecord> rec = ReceiveCaptured(sub, 100);
+    if (!rec) continue;
+    saw_request |= rec->direction == Direction::kRequest;
+    saw_reply |= rec->direction == Direction::kReply;
+  }
+  EXPECT_TRUE(saw_request);
+  EXPECT_TRUE(saw_reply);
+}
+
+TEST(BrokerTest, EightClientsTwoEnginesHundredThousandCalls) {
+  Cluster c(2);
+  constexpr int kClients = 8, kPerClient = 12500, kWindow = 256;
+  std::atomic<int> wrong{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kClients; ++t) c.AddClient(milliseconds(60000));
+  for (int t = 0; t < kClients; ++t) {
+    threads.emplace_back([&, t] {
+      Client& client = *c.clients[t];
+      // A ring of kWindow calls in flight: call i waits for call i - kWindow first.
+      std::vector<ResultFuture> ring(kWindow);
+      for (int i = 0; i < kPerClient + kWindow; ++i) {
+        int slot = i % kWindow;
+        if (i >= kWindow) {
+          int j = i - kWindow;
+          Result r = ring[slot].get();
+          if (!r.ok()) {
+            ++failed;
+          } else if (r.as<int64_t>() != (int64_t{t} << 32) + j) {
+            ++wrong;
+          }
+        }
+        if (i < kPerClient) ring[slot] = client.apply("add", int64_t{t} << 32, i);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(failed.load(), 0);
+  uint64_t received = 0, late = 0;
+  for (auto& client : c.clients) {
+    received += client->counters().received;
+    late += client->counters().late;
+  }
+  EXPECT_EQ(received, uint64_t{kClients} * kPerClient);  // none lost, none twice
+  EXPECT_EQ(late, 0u);
+  EXPECT_EQ(c.broker->counters().requests, uint64_t{kClients} * kPerClient);
+  EXPECT_EQ(c.broker->counters().replies, uint64_t{kClients} * kPerClient);
+  EXPECT_GT(c.engines[0]->counters().calls, 0u);
+  EXPECT_GT(c.engines[1]->counters().calls, 0u);
+}
+
+}  // namespace
+}  // namespace zerocan

@@ -1,0 +1,43 @@
+// Shared by the apply subcommands (engine, broker, call, demo): JSON <-> Value for
+// `zerocan call`, option parsing helpers, and waiting for SIGINT/SIGTERM.
+#pragma once
+
+#include <signal.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "zerocan/codec.h"
+#include "zerocan/value.h"
+#include "zerocan/writer.h"
+
+namespace zerocan::tools {
+
+// Writes a JSON value: null, bool, integers (int64, or uint64 above INT64_MAX), floats,
+// strings as text. An array whose elements are all numbers becomes a typed array
+// (int64 when all are integers, else float64), as a list of numbers does in C++ and
+// Python; other arrays are lists. An object with "dtype" and "data" (and optionally
+// "shape") is a tensor, the form ToJson prints; other objects are maps with text keys.
+void WriteJson(ValueWriter& w, const nlohmann::json& j);
+
+// A received value as JSON. Tensors print as {"dtype", "shape", "data"}, with "data"
+// cut to the first `limit` elements (and "elided": how many were left out) unless
+// limit == 0. Bytes print as {"bytes": size, "hex": ...} under the same limit. Maps with
+// text keys are objects, other maps {"map": [[key, value], ...]}; extensions
+// {"extension": name, "state": ...}.
+nlohmann::ordered_json ToJson(const Value& v, size_t limit);
+
+// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts later.
+// Call first in main, before any thread exists; then WaitForStopSignal() returns the
+// signal that came.
+void BlockStopSignals();
+int WaitForStopSignal();
+
+// Parses "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i past the value.
+bool TakeOption(int argc, char** argv, int* i, std::string_view name, std::string* value);
+
+}  // namespace zerocan::tools
