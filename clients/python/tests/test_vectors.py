@@ -47,7 +47,8 @@ def vector(name):
     frames = read_frames(VECTORS / v["file"])
     h = v["header"]
     header = wire.Header(h["messageId"], h["sessionId"], h["sequence"], h["sentAtNs"])
-    policy = Policy(inline_threshold=INDEX_DATA["policy"]["inlineThreshold"],
+    policy = Policy(inline_threshold=v.get("inlineThreshold",
+                                           INDEX_DATA["policy"]["inlineThreshold"]),
                     pack_integers=INDEX_DATA["policy"]["packIntegers"])
     return v, frames, header, policy
 
@@ -69,6 +70,13 @@ def check_ints_0_999(msg):
     fn, args, kwargs = msg.apply()
     assert fn == "sum" and kwargs == {}
     arr_eq(args[0], "int64", range(1000))
+
+
+def check_ints_0_999_packed(msg):
+    check_ints_0_999(msg)
+    t = msg.envelope.body.apply.args[0].tensor
+    assert t.packing == "uint16" and t.data.which() == "inline"
+    assert len(msg.frames[0]) <= 2752
 
 
 def check_text_bytes(msg):

@@ -42,8 +42,10 @@ class CallFuture(concurrent.futures.Future):
 
     call_id: int = 0
     tracker: Optional[zmq.MessageTracker] = None
-    # The zero-copy frames the arguments left in (each views the caller's buffer).
-    frames: list[Any] = []
+    # (address, length) of each zero-copy frame handed to libzmq: the caller's own buffers.
+    # (Addresses, not the frames: a frame object kept here would keep the message alive
+    # and the tracker from completing.)
+    sent_buffers: list[tuple[int, int]] = []
 
 
 def _configure(sock: zmq.Socket, limits: DecodeLimits) -> None:
@@ -132,7 +134,7 @@ class Client:
         fut = CallFuture()
         fut.call_id = header.message_id
         fut.tracker = tracker
-        fut.frames = frames
+        fut.sent_buffers = [(wire._address(f.buffer), f.buffer.nbytes) for f in frames]
         deadline = None if t is None else time.monotonic() + t
         with self._lock:
             if self._closed:
