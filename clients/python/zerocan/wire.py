@@ -64,9 +64,17 @@ _PACKING_OPTIONS = ((4, 1, 0, 255), (1, 1, -128, 127), (5, 2, 0, 65535),
                     (3, 4, -2147483648, 2147483647))
 
 
+_DTYPE_CACHE: dict[np.dtype, Optional[int]] = {}
+
+
 def dtype_code(dtype: np.dtype) -> Optional[int]:
     """The wire DType of a numpy dtype (any byte order), or None if it has none."""
-    return _DTYPE_CODE.get((dtype.kind, dtype.itemsize))
+    code = _DTYPE_CACHE.get(dtype, -1)
+    if code == -1:
+        code = _DTYPE_CODE.get((dtype.kind, dtype.itemsize)) if dtype.fields is None else None
+        if len(_DTYPE_CACHE) < 256:
+            _DTYPE_CACHE[dtype] = code
+    return code
 
 
 def _choose_packing(arr: np.ndarray, item_size: int) -> int:
@@ -527,7 +535,7 @@ def _write_list(w: Writer, vb: Any, obj: list, depth: int) -> None:
     if obj:
         t0 = type(obj[0])
         np_type = _TYPED_LIST.get(t0)
-        if np_type is not None and all(type(x) is t0 for x in obj):
+        if np_type is not None and len(set(map(type, obj))) == 1:
             try:
                 arr = np.array(obj, dtype=np_type)
             except OverflowError:
