@@ -14,11 +14,12 @@ namespace {
 
 constexpr char kBrokerHelp[] =
     "usage: zerocan broker --frontend URL --backend URL [--capture URL] [--heartbeat-ms MS]\n"
+    "                      [--liveness N]\n"
     "\n"
     "Clients connect to --frontend, engines (zerocan engine --connect) to --backend. Calls\n"
     "go to the live engine with the fewest calls in flight; frames are forwarded without\n"
-    "being decoded or copied (only the envelope header is read). An engine silent for 3\n"
-    "heartbeat intervals (default 500 ms; engines must use the same interval) is lost, and\n"
+    "being decoded or copied (only the envelope header is read). An engine silent for N\n"
+    "(--liveness, default 3) heartbeat intervals (default 500 ms; engines must use the same interval) is lost, and\n"
     "its calls fail at once with a zerocan.EngineLost error. --capture URL publishes a copy\n"
     "of every message (PUB) for `zerocan inspect --follow URL` / `zerocan record`.\n"
     "Runs until SIGINT or SIGTERM.\n";
@@ -44,6 +45,8 @@ int RunBroker(int argc, char** argv) {
         options.capture = value;
       } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {
         options.heartbeat = std::chrono::milliseconds(std::stoi(value));
+      } else if (TakeOption(argc, argv, &i, "--liveness", &value)) {
+        options.liveness = std::stoi(value);
       } else {
         std::fprintf(stderr, "zerocan broker: unknown option \"%s\"\n\n%s", argv[i], kBrokerHelp);
         return 2;
@@ -58,6 +61,7 @@ int RunBroker(int argc, char** argv) {
                  kBrokerHelp);
     return 2;
   }
+  ApplyMemoryPolicy();  // received large frames reuse memory instead of fresh pages
   try {
     Broker broker(frontend, backend, options);
     broker.Start();
