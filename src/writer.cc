@@ -1,6 +1,7 @@
 #include "zerocan/writer.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -30,10 +31,33 @@ constexpr uint64_t kMaxCapnpList = (uint64_t{1} << 29) - 1;
 // Per-thread first segment, reused message after message. MallocMessageBuilder re-zeroes
 // what it used when it is destroyed, so the next message starts from zeros without a
 // fresh allocation (the difference between ~350 ns and ~250 ns for a small apply).
-constexpr size_t kScratchWords = 8192;  // 64 KiB
+//
+// The scratch grows (to a power of two, at most kMaxScratchWords) after a message that
+// did not fit, so the next message of that shape is one segment: a multi-segment
+// envelope costs a far pointer per crossing and, in Cap'n Proto 0.9.2, a mutex lock per
+// segment lookup on every read (1000 records read 2-3x slower). calloc leaves pages
+// the messages never reach untouched.
+constexpr size_t kScratchWords = 8192;                 // 64 KiB to start
+constexpr size_t kMaxScratchWords = size_t{1} << 21;   // 16 MiB at most
 struct Scratch {
-  std::unique_ptr<capnp::word[]> words{new capnp::word[kScratchWords]()};
+  struct Free {
+    void operator()(capnp::word* p) const noexcept { std::free(p); }
+  };
+  std::unique_ptr<capnp::word[], Free> words{
+      static_cast<capnp::word*>(std::calloc(kScratchWords, sizeof(capnp::word)))};
+  size_t size = kScratchWords;
   bool in_use = false;
+
+  // Called with the words a message needed, after the builder re-zeroed the scratch.
+  void GrowFor(size_t needed_words) {
+    if (needed_words <= size || size >= kMaxScratchWords) return;
+    size_t want = size;
+    while (want < needed_words && want < kMaxScratchWords) want *= 2;
+    auto* fresh = static_cast<capnp::word*>(std::calloc(want, sizeof(capnp::word)));
+    if (fresh == nullptr) return;  // keep the old one; growing is only an optimisation
+    words.reset(fresh);
+    size = want;
+  }
 };
 thread_local Scratch tls_scratch;
 
@@ -263,10 +287,10 @@ ValueWriter MapWriter::value(size_t i) const {
 }
 
 ValueWriter ApplyWriter::arg(size_t i) const {
-  return ValueWriter(apply_.getArgs()[static_cast<unsigned>(i)], message_, 0);
+  return ValueWriter(args_[static_cast<unsigned>(i)], message_, 0);
 }
 ValueWriter ApplyWriter::kwarg(size_t i, std::string_view name) const {
-  auto field = apply_.getKwargs()[static_cast<unsigned>(i)];
+  auto field = kwargs_[static_cast<unsigned>(i)];
   auto key = field.initKey(static_cast<unsigned>(name.size()));
   if (!name.empty()) std::memcpy(key.begin(), name.data(), name.size());
   return ValueWriter(field.initValue(), message_, 0);
@@ -276,10 +300,10 @@ ValueWriter ApplyWriter::kwarg(size_t i, std::string_view name) const {
 
 EnvelopeWriter::EnvelopeWriter(const Policy& policy, const Registry* registry)
     : policy_(policy), registry_(registry) {
-  if (!tls_scratch.in_use) {
+  if (!tls_scratch.in_use && tls_scratch.words != nullptr) {
     tls_scratch.in_use = true;
     scratch_taken_ = true;
-    builder_.emplace(kj::arrayPtr(tls_scratch.words.get(), kScratchWords));
+    builder_.emplace(kj::arrayPtr(tls_scratch.words.get(), tls_scratch.size));
   } else {
     builder_.emplace();
   }
@@ -288,8 +312,18 @@ EnvelopeWriter::EnvelopeWriter(const Policy& policy, const Registry* registry)
 }
 
 EnvelopeWriter::~EnvelopeWriter() {
+  size_t used_words = 0;
+  if (scratch_taken_) {
+    auto segments = builder_->getSegmentsForOutput();
+    if (segments.size() > 1) {
+      for (auto& segment : segments) used_words += segment.size();
+    }
+  }
   builder_.reset();  // re-zeroes the used part of the scratch segment
-  if (scratch_taken_) tls_scratch.in_use = false;
+  if (scratch_taken_) {
+    tls_scratch.GrowFor(used_words);
+    tls_scratch.in_use = false;
+  }
 }
 
 const Registry& EnvelopeWriter::registry() const noexcept {
@@ -310,10 +344,10 @@ ApplyWriter EnvelopeWriter::StartApply(std::string_view function, size_t arg_cou
   auto apply = envelope_.getBody().initApply();
   auto name = apply.initFunction(static_cast<unsigned>(function.size()));
   if (!function.empty()) std::memcpy(name.begin(), function.data(), function.size());
-  apply.initArgs(static_cast<unsigned>(arg_count));
-  apply.initKwargs(static_cast<unsigned>(kwarg_count));
+  auto args = apply.initArgs(static_cast<unsigned>(arg_count));
+  auto kwargs = apply.initKwargs(static_cast<unsigned>(kwarg_count));
   apply.setTimeoutMs(timeout_ms);
-  return ApplyWriter(apply, this);
+  return ApplyWriter(apply, args, kwargs, this);
 }
 
 namespace {

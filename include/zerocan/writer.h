@@ -139,13 +139,20 @@ class MapWriter {
 // Arguments of an apply being written.
 class ApplyWriter {
  public:
-  ApplyWriter(wire::Apply::Builder apply, EnvelopeWriter* message) : apply_(apply), message_(message) {}
+  ApplyWriter(wire::Apply::Builder apply, EnvelopeWriter* message)
+      : apply_(apply), args_(apply.getArgs()), kwargs_(apply.getKwargs()), message_(message) {}
+  // With the argument lists already at hand (saves re-reading them per argument).
+  ApplyWriter(wire::Apply::Builder apply, capnp::List<wire::Value>::Builder args,
+              capnp::List<wire::Field>::Builder kwargs, EnvelopeWriter* message)
+      : apply_(apply), args_(args), kwargs_(kwargs), message_(message) {}
   ValueWriter arg(size_t i) const;
   // Sets keyword i's name and returns its value writer.
   ValueWriter kwarg(size_t i, std::string_view name) const;
 
  private:
   mutable wire::Apply::Builder apply_;
+  mutable capnp::List<wire::Value>::Builder args_;
+  mutable capnp::List<wire::Field>::Builder kwargs_;
   EnvelopeWriter* message_;
 };
 

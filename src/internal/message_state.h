@@ -21,6 +21,10 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   std::unique_ptr<capnp::word[]> aligned_copy_;
   std::optional<capnp::FlatArrayMessageReader> reader_;
   wire::Envelope::Reader envelope_;
+  // For an apply, its argument lists (read once by Message::Decode; the hot accessors).
+  bool is_apply_ = false;
+  capnp::List<wire::Value>::Reader args_;
+  capnp::List<wire::Field>::Reader kwargs_;
 
   std::shared_ptr<const void> KeepAlive() const { return shared_from_this(); }
 
