@@ -1,0 +1,108 @@
+// Client on its own: Result semantics, timeouts with nobody listening, argument
+// tracking (borrowed vs adopted), one thread's get() serving another thread's call.
+#include "zerocan/client.h"
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "zerocan/engine.h"
+#include "zerocan/stats.h"
+
+namespace zerocan {
+namespace {
+
+using std::chrono::milliseconds;
+
+TEST(ResultTest, OkViewsTheReplyAndFailedRethrows) {
+  EnvelopeWriter w;
+  w.StartResult(7, "engine-x").Write(std::string("value"));
+  Message reply = Message::Decode(LoopbackFrames(w.Finish()));
+  Result ok = Result::Ok(reply, nullptr);
+  EXPECT_TRUE(ok.ok());
+  EXPECT_EQ(ok.as<std::string>(), "value");
+  EXPECT_EQ(ok.engine_id(), "engine-x");
+
+  Result failed = Result::Failed(std::make_exception_ptr(
+      RemoteError({"ValueError", "bad value", "f", "engine-y"})));
+  EXPECT_FALSE(failed.ok());
+  EXPECT_THROW(failed.as<int>(), RemoteError);
+  try {
+    failed.value();
+  } catch (const RemoteError& e) {
+    EXPECT_EQ(e.type(), "ValueError");
+    EXPECT_EQ(e.where(), "engine-y");
+    EXPECT_STREQ(e.what(), "f: ValueError: bad value (at engine-y)");
+  }
+  EXPECT_THROW(Result().value(), Error);
+  ResultFuture empty;
+  EXPECT_FALSE(empty.valid());
+  EXPECT_THROW(empty.get(), Error);
+}
+
+TEST(ClientTest, NobodyListeningTimesOut) {
+  ClientOptions options;
+  options.timeout = milliseconds(50);
+  Client client("tcp://127.0.0.1:1", options);  // nothing listens on port 1
+  auto start = std::chrono::steady_clock::now();
+  Result r = client.apply("add", 1, 2).get();
+  EXPECT_THROW(r.ThrowIfError(), CallTimeout);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+TEST(ClientTest, BorrowedArgumentIsTrackedAdoptedOneNeedsNoCare) {
+  zmq::context_t ctx(1);
+  EngineOptions eo;
+  eo.context = &ctx;
+  Engine engine(eo);
+  engine.Bind("inproc://client-track");
+  engine.Start();
+  ClientOptions co;
+  co.context = &ctx;
+  co.policy.inline_threshold = 1024;
+  Client client("inproc://client-track", co);
+  uint64_t zero_copy_before = GlobalStats().Snapshot().frames_sent_zero_copy;
+  std::vector<double> borrowed(100000, 1.0);
+  ResultFuture f = client.apply("sum", borrowed);
+  EXPECT_DOUBLE_EQ(f.get().as<double>(), 100000.0);
+  EXPECT_TRUE(f.tracker().WaitFor(std::chrono::seconds(5)));
+  // An rvalue is moved into the message: nothing for the caller to keep alive.
+  ResultFuture g = client.apply("sum", std::vector<double>(100000, 2.0));
+  EXPECT_DOUBLE_EQ(g.get().as<double>(), 200000.0);
+  EXPECT_GE(GlobalStats().Snapshot().frames_sent_zero_copy - zero_copy_before, 2u);
+  // Small arguments travel inline.
+  ResultFuture h = client.apply("sum", std::vector<double>{1, 2});
+  EXPECT_TRUE(h.tracker().done());
+  EXPECT_DOUBLE_EQ(h.get().as<double>(), 3.0);
+}
+
+TEST(ClientTest, OneThreadReceivesForAnother) {
+  zmq::context_t ctx(1);
+  EngineOptions eo;
+  eo.context = &ctx;
+  Engine engine(eo);
+  engine.Bind("inproc://client-leader");
+  engine.Start();
+  ClientOptions co;
+  co.context = &ctx;
+  Client client("inproc://client-leader", co);
+  // Thread A waits on a slow call (and so receives); thread B's fast call is answered
+  // meanwhile and B, waiting without the socket, still gets it.
+  ResultFuture slow = client.apply("sleep", 0.3);
+  std::thread a([&] { EXPECT_TRUE(slow.get().ok()); });
+  std::this_thread::sleep_for(milliseconds(20));
+  std::atomic<bool> b_done{false};
+  std::thread b([&] {
+    EXPECT_EQ(client.apply("add", 2, 2).get().as<int>(), 4);
+    b_done = true;
+  });
+  b.join();
+  EXPECT_TRUE(b_done.load());
+  a.join();
+}
+
+}  // namespace
+}  // namespace zerocan
