@@ -137,16 +137,23 @@ def test_non_contiguous_array_costs_one_copy_and_keeps_values():
     assert not np.shares_memory(out.frames[0], base)
 
 
-def test_big_endian_arrays():
-    small = np.arange(10, dtype=">f8")
-    got, _, msg = roundtrip(small)
-    assert msg.envelope.body.apply.args[0].tensor.byteOrder == "little"  # inline: converted
-    assert np.array_equal(got, small)
-    large = np.arange(10_000, dtype=">i4")
-    got, out, msg = roundtrip(large)
-    assert msg.envelope.body.apply.args[0].tensor.byteOrder == "big"  # frame: sent as is
-    assert np.shares_memory(np.asarray(out.frames[0]), large)
-    assert np.array_equal(got, large) and got.dtype.byteorder in "=<|"
+def test_big_endian_arrays_leave_little_endian():
+    for arr in (np.arange(10, dtype=">f8"), np.arange(10_000, dtype=">i4")):
+        got, out, msg = roundtrip(arr)
+        assert msg.envelope.body.apply.args[0].tensor.byteOrder == "little"
+        assert np.array_equal(got, arr) and got.dtype.byteorder in "=<|"
+
+
+def test_big_endian_tensors_from_other_senders_are_read():
+    w = wire.Writer()
+    w.apply("f", [None], {})
+    t = w.msg.body.apply.args[0].init("tensor")
+    t.dtype = "int32"
+    t.init("shape", 1)[0] = 3
+    t.byteOrder = "big"
+    t.data.inline = np.array([1, -2, 300], dtype=">i4").tobytes()
+    got = wire.decode(wire.loopback(w.finish())).apply()[1][0]
+    assert got.dtype == np.int32 and got.tolist() == [1, -2, 300]
 
 
 def test_unsupported_dtype_is_refused():

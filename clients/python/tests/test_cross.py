@@ -85,12 +85,14 @@ ARGS = [None, True, False, 0, -7, 2**63 - 1, 2**64 - 1, 2.5, -0.0, "", "héllo",
                           ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                            "uint64", "float16", "float32", "float64", "complex64", "complex128")] + [
         np.arange(24.0).reshape(2, 3, 4), np.asfortranarray(np.arange(6.0).reshape(2, 3)),
-        np.arange(100_000, dtype=np.int32), np.zeros((0, 3)), np.array(3.5)]
+        np.arange(100_000, dtype=np.int32), np.zeros((0, 3)), np.array(3.5),
+        np.arange(10_000, dtype=">f8"), np.arange(1_000_000, dtype=np.float64)[::3]]
 
 
 def same(a, b):
     if isinstance(b, np.ndarray):
-        return isinstance(a, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and \
+        return isinstance(a, np.ndarray) and a.dtype == b.dtype.newbyteorder("=") and \
+            a.shape == b.shape and \
             np.array_equal(a, b)
     if isinstance(b, list) and b and all(type(x) in (int, float, bool) for x in b) and \
             len({type(x) for x in b}) == 1:

@@ -41,12 +41,14 @@ def engine_and_client(request, tmp_path):
 ARGS = [None, True, 7, -7, 2**64 - 1, 2.5, "text", b"bytes", bytearray(b"ba"),
         memoryview(b"mv"), [1, "x", None], (1, 2), {"a": 1, "b": [2.5]},
         np.arange(12, dtype=np.int16).reshape(3, 4), np.ones((100, 100), order="F"),
-        np.zeros(3, dtype=np.complex64), np.array(True)]
+        np.zeros(3, dtype=np.complex64), np.array(True), np.arange(10_000, dtype=">f8"),
+        np.arange(300_000, dtype=np.int64)[::3]]
 
 
 def same(a, b):
     if isinstance(b, np.ndarray):
-        return isinstance(a, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+        return isinstance(a, np.ndarray) and a.dtype == b.dtype.newbyteorder("=") and \
+            np.array_equal(a, b)
     if isinstance(b, (bytes, bytearray, memoryview)):
         return bytes(a) == bytes(b)
     if isinstance(b, tuple):

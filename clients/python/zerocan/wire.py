@@ -461,13 +461,10 @@ class Writer:
         item = arr.dtype.itemsize
         threshold = self.threshold
         policy = self.policy
-        small = nbytes < threshold
-        if small and big and item > 1:
-            # Inline bytes are copied anyway: store them little-endian, as C++ would.
+        if big and item > 1:
+            # Tensors leave little-endian, as every C++ sender writes them (one copy, like a
+            # strided array); readers still accept byteOrder = big from other senders.
             arr = arr.astype(arr.dtype.newbyteorder("<"), order="K")
-            big = False
-        if big:
-            t.byteOrder = "big"
         if (policy.pack_integers and arr.dtype.kind in "iu" and item > 1
                 and nbytes < 8 * threshold):
             n = nbytes // item
