@@ -140,10 +140,9 @@ class Client:
             if self._closed:
                 raise TransportError("client closed")
             self._outbox.append(([b"", out.envelope, *frames], fut, deadline))
-            wake = not self._wake_pending
-            self._wake_pending = True
-        if wake:
-            os.write(self._wake_w, b"x")
+            if not self._wake_pending:  # one wake-up byte per batch of calls
+                self._wake_pending = True
+                os.write(self._wake_w, b"x")
         return fut
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -152,17 +151,16 @@ class Client:
 
     # ---- lifetime -----------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stops the I/O thread; pending calls fail with TransportError. Idempotent."""
+    def close(self, wait: bool = True) -> None:
+        """Stops the I/O thread (which closes the socket); pending calls fail with
+        TransportError. Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        os.write(self._wake_w, b"q")
-        if threading.current_thread() is not self._thread:
+            os.write(self._wake_w, b"q")
+        if wait and threading.current_thread() is not self._thread:
             self._thread.join()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
 
     def __enter__(self) -> "Client":
         return self
@@ -171,8 +169,9 @@ class Client:
         self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
+        # Never join here: at interpreter exit the I/O thread may already be frozen.
         try:
-            self.close()
+            self.close(wait=False)
         except Exception:
             pass
 
@@ -209,6 +208,10 @@ class Client:
         finally:
             self._fail_all(TransportError("client closed"))
             sock.close(linger=0)
+            with self._lock:
+                self._closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     def _send_outbox(self) -> None:
         while True:
