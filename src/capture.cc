@@ -276,7 +276,7 @@ std::optional<CaptureRecord> CaptureReader::Next() {
                         " at offset ", start));
     } else {
       Stop(End::kTruncated, start,
-           absl::StrCat("truncated: record ", records_, " at offset ", start,
+           absl::StrCat("truncated: record ", records_ + 1, " at offset ", start,
                         " ends inside its header (", offset_ - start, " of ",
                         kCaptureRecordHeaderBytes, " bytes)"));
     }
@@ -284,7 +284,7 @@ std::optional<CaptureRecord> CaptureReader::Next() {
   }
   auto corrupt = [&](std::string what) {
     Stop(End::kCorrupt, start,
-         absl::StrCat("corrupt: record ", records_, " at offset ", start, ": ", what));
+         absl::StrCat("corrupt: record ", records_ + 1, " at offset ", start, ": ", what));
     return std::nullopt;
   };
   if (std::memcmp(h, kCaptureRecordMagic, sizeof(kCaptureRecordMagic)) != 0) {
@@ -309,7 +309,7 @@ std::optional<CaptureRecord> CaptureReader::Next() {
   };
   auto truncated = [&](std::string what) {
     Stop(End::kTruncated, start,
-         absl::StrCat("truncated: record ", records_, " at offset ", start, ": ", what,
+         absl::StrCat("truncated: record ", records_ + 1, " at offset ", start, ": ", what,
                       "; the file ends at offset ", offset_));
     return std::nullopt;
   };

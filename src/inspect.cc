@@ -136,6 +136,7 @@ std::string PathOf(const std::string& reason) {
   size_t colon = reason.find(": ");
   if (colon == std::string::npos || colon == 0) return "";
   std::string head = reason.substr(0, colon);
+  if (head.rfind("envelope (frame", 0) == 0) return "envelope";
   if (head.find(' ') != std::string::npos) return "";
   return head;
 }

@@ -1,0 +1,528 @@
+// zerocan inspect: snapshot tests (each capture inspects to a checked-in text in
+// tests/inspect_snapshots/), a capture of deliberately broken messages that is reported
+// message by message, JSON that parses, filters, signatures, the schema listing, and
+// the `zerocan inspect` program itself.
+//
+// To regenerate the snapshots after an intended change of the output:
+//   ZEROCAN_UPDATE_SNAPSHOTS=1 build/tests/zerocan_tests --gtest_filter='InspectTest.*'
+// then review the diff of tests/inspect_snapshots/.
+#include "zerocan/inspect.h"
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "zerocan/capture.h"
+#include "zerocan/signing.h"
+#include "zerocan/zerocan.h"
+
+namespace zerocan {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr uint64_t kT0 = 1700000000000000000ull;  // 2023-11-14T22:13:20Z
+
+std::string SnapshotPath(const std::string& name) {
+  return std::string(ZEROCAN_SOURCE_DIR) + "/tests/inspect_snapshots/" + name;
+}
+
+void ExpectSnapshot(const std::string& name, const std::string& actual) {
+  std::string path = SnapshotPath(name);
+  if (std::getenv("ZEROCAN_UPDATE_SNAPSHOTS") != nullptr) {
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    std::ofstream(path, std::ios::binary) << actual;
+    std::printf("updated %s\n", path.c_str());
+    return;
+  }
+  std::ifstream in(path, std::ios::binary);
+  ASSERT_TRUE(in) << "missing snapshot " << path
+                  << " (run with ZEROCAN_UPDATE_SNAPSHOTS=1 to create it)";
+  std::stringstream expected;
+  expected << in.rdbuf();
+  EXPECT_EQ(actual, expected.str()) << "snapshot " << name << " differs";
+}
+
+Policy SmallInline() {
+  Policy p;
+  p.inline_threshold = 64;  // payloads of 64 bytes and more get their own frame
+  p.pack_integers = true;
+  return p;
+}
+
+Header Fixed(uint64_t id) { return Header{id, 0xabcdef, id, kT0 + id}; }
+
+// Collects messages into an in-memory capture with fixed times.
+class CaptureBuilder {
+ public:
+  CaptureBuilder() : writer_(std::make_unique<CaptureWriter>(&out_)) {}
+  void Add(const Outgoing& m, Direction d = Direction::kSent, std::string_view source = "test") {
+    writer_->Write(m, d, source, Next());
+  }
+  void Add(const ReceivedMessage& m, Direction d, std::string_view source) {
+    writer_->Write(m, d, source, Next());
+  }
+  void AddFrames(const std::vector<std::string_view>& frames, std::string_view source) {
+    writer_->Write(Next(), Direction::kReceived, source, frames);
+  }
+  std::string bytes() { return out_.str(); }
+
+ private:
+  uint64_t Next() { return kT0 + 1000 * ++n_; }
+  std::ostringstream out_{std::ios::binary};
+  std::unique_ptr<CaptureWriter> writer_;
+  uint64_t n_ = 0;
+};
+
+// Inspects a whole capture as `zerocan inspect` does: every message, then the summary.
+std::string InspectAll(const std::string& capture, const InspectOptions& options = {}) {
+  auto reader = CaptureReader::FromBytes(capture);
+  Inspector inspector(options);
+  std::string out;
+  while (auto r = reader->Next()) out += inspector.Render(*r);
+  out += inspector.Summary(reader.get());
+  return out;
+}
+
+std::string Envelope(const Outgoing& m) { return m.envelope().to_string(); }
+
+// ---- the messages of the snapshot capture ------------------------------------------------------
+
+Outgoing ScalarApply() {
+  EnvelopeWriter w(SmallInline());
+  w.SetHeader(Fixed(1));
+  auto a = w.StartApply("add", 6, 1, 250);
+  a.arg(0).Write(int64_t{-3});
+  a.arg(1).Write(uint64_t{18446744073709551615ull});
+  a.arg(2).Write(2.5);
+  a.arg(3).Write(true);
+  a.arg(4).Null();
+  a.arg(5).Write(std::string("line\nwith \"quotes\""));
+  a.kwarg(0, "scale").Write(int64_t{3});
+  return w.Finish();
+}
+
+Outgoing PayloadApply() {
+  EnvelopeWriter w(SmallInline());
+  w.SetHeader(Fixed(2));
+  auto a = w.StartApply("matmul", 4, 0);
+  std::vector<double> big(100);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = 0.5 * static_cast<double>(i);
+  a.arg(0).Write(std::move(big));                                    // frame, float64
+  a.arg(1).Write(std::vector<int32_t>{1, 2, 300});                   // inline, packed uint16
+  a.arg(2).Write(std::vector<std::byte>(5, std::byte{0xab}));        // inline bytes
+  std::vector<std::byte> blob(100);
+  for (size_t i = 0; i < blob.size(); ++i) blob[i] = static_cast<std::byte>(i);
+  a.arg(3).Write(std::move(blob));                                   // frame bytes
+  return w.Finish();
+}
+
+Outgoing NestedApply() {
+  EnvelopeWriter w(SmallInline());
+  w.SetHeader(Fixed(3));
+  auto a = w.StartApply("store", 2, 0);
+  auto list = a.arg(0).List(3);
+  list[0].Text("a");
+  list[1].Write(std::vector<float>{1.5f, -2.0f});
+  auto map = list[2].Map(1);
+  map.key(0).Text("k");
+  map.value(0).Write(std::vector<uint8_t>(80, 7));  // frame
+  auto ext = a.arg(1).Extension("example.Point");
+  auto xy = ext.List(2);
+  xy[0].Write(1.0);
+  xy[1].Write(2.0);
+  return w.Finish();
+}
+
+Outgoing TensorResult() {
+  EnvelopeWriter w(SmallInline());
+  w.SetHeader(Fixed(4));
+  auto v = w.StartResult(2, "engine-a");
+  auto list = v.List(3);
+  std::vector<float> f = {1, 2, 3, 4, 5, 6};
+  list[0].Array(DType::kFloat32, Shape{2, 3}, Buffer::Adopt(std::move(f)), Order::kFortran);
+  std::vector<std::complex<double>> c = {{1, -2}, {0.5, 0}};
+  list[1].Array(DType::kComplex128, Shape{2}, Buffer::Adopt(std::move(c)));
+  std::vector<uint16_t> half = {0x3c00, 0xc000, 0x7c00};  // 1, -2, inf
+  list[2].Array(DType::kFloat16, Shape{3}, Buffer::Adopt(std::move(half)));
+  return w.Finish();
+}
+
+Outgoing ErrorResult() {
+  EnvelopeWriter w(SmallInline());
+  w.SetHeader(Fixed(5));
+  w.SetError(1, "engine-b", RemoteErrorInfo{"std::invalid_argument", "bad scale", "add", "engine-b"});
+  return w.Finish();
+}
+
+std::vector<Outgoing> Housekeeping() {
+  std::vector<Outgoing> out;
+  {
+    EnvelopeWriter w(SmallInline());
+    w.SetHeader(Fixed(6));
+    w.SetHello("engine-a", "engine", {"add", "matmul"});
+    out.push_back(w.Finish());
+  }
+  {
+    EnvelopeWriter w(SmallInline());
+    w.SetHeader(Fixed(7));
+    w.SetHeartbeat("engine-a", kT0);
+    out.push_back(w.Finish());
+  }
+  {
+    EnvelopeWriter w(SmallInline());
+    w.SetHeader(Fixed(8));
+    w.SetGoodbye();
+    out.push_back(w.Finish());
+  }
+  return out;
+}
+
+std::string SnapshotCapture() {
+  CaptureBuilder c;
+  c.Add(ScalarApply());
+  c.Add(PayloadApply());
+  c.Add(NestedApply());
+  ReceivedMessage routed = LoopbackFrames(TensorResult());
+  routed.routing.emplace_back("client-1", 8);
+  c.Add(routed, Direction::kReply, "frontend");
+  c.Add(ErrorResult(), Direction::kReply);
+  for (auto& m : Housekeeping()) c.Add(m);
+  return c.bytes();
+}
+
+TEST(InspectTest, SnapshotText) { ExpectSnapshot("messages.txt", InspectAll(SnapshotCapture())); }
+
+TEST(InspectTest, SnapshotJson) {
+  InspectOptions o;
+  o.json = true;
+  ExpectSnapshot("messages.jsonl", InspectAll(SnapshotCapture(), o));
+}
+
+TEST(InspectTest, SnapshotFull) {
+  InspectOptions o;
+  o.full = true;
+  CaptureBuilder c;
+  c.Add(PayloadApply());
+  ExpectSnapshot("full.txt", InspectAll(c.bytes(), o));
+}
+
+TEST(InspectTest, TextShowsFramesEnvelopeAndPayloads) {
+  std::string out = InspectAll(SnapshotCapture());
+  EXPECT_THAT(out, HasSubstr("envelope"));
+  EXPECT_THAT(out, HasSubstr("function = \"matmul\""));
+  EXPECT_THAT(out, HasSubstr("apply.args[0]: tensor float64 [100], 800 bytes, frame 2 at +0"));
+  EXPECT_THAT(out, HasSubstr("copy (packed as uint16"));
+  EXPECT_THAT(out, HasSubstr("values: [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, ...]"));
+  EXPECT_THAT(out, HasSubstr("routing"));
+  EXPECT_THAT(out, HasSubstr("1-2j"));
+  EXPECT_THAT(out, HasSubstr("inf"));
+  EXPECT_THAT(out, HasSubstr("8 messages, 8 shown, 0 malformed"));
+  EXPECT_THAT(out, Not(HasSubstr("MALFORMED")));
+  // Large payloads are summarised: 100 doubles, 8 shown.
+  EXPECT_THAT(out, Not(HasSubstr("49.5")));
+  InspectOptions full;
+  full.full = true;
+  EXPECT_THAT(InspectAll(SnapshotCapture(), full), HasSubstr("49.5"));
+}
+
+TEST(InspectTest, JsonIsOneObjectPerMessage) {
+  InspectOptions o;
+  o.json = true;
+  auto reader = CaptureReader::FromBytes(SnapshotCapture());
+  Inspector inspector(o);
+  int n = 0;
+  while (auto r = reader->Next()) {
+    std::string line = inspector.Render(*r);
+    ASSERT_FALSE(line.empty());
+    EXPECT_EQ(line.find('\n'), line.size() - 1);
+    auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["status"], "ok");
+    EXPECT_TRUE(j["frames"].is_array());
+    EXPECT_TRUE(j["envelope"].is_object());
+    EXPECT_EQ(j["envelope"]["version"], kProtocolVersion);
+    ++n;
+  }
+  EXPECT_EQ(n, 8);
+}
+
+// ---- broken messages -------------------------------------------------------------------------
+
+std::string BrokenCapture() {
+  CaptureBuilder c;
+  c.Add(ScalarApply());                                                    // 1 ok
+  c.AddFrames({"", std::string_view("\xff\xff\xff\xff\xff\xff\xff\xff"
+                                    "\xff\xff\xff\xff\xff\xff\xff\xff", 16)},
+              "bad envelope");                                             // 2
+  c.AddFrames({"", "13 bytes long"}, "odd envelope");                      // 3
+  {
+    Outgoing m = PayloadApply();                                           // 4 missing frame
+    std::string env = Envelope(m);
+    c.AddFrames({"", env, std::string_view(reinterpret_cast<const char*>(
+                                               m.payload_frames()[0].data()),
+                                           m.payload_frames()[0].size())},
+                "missing frame");
+  }
+  {
+    EnvelopeWriter w(SmallInline());                                       // 5 bad reference
+    w.SetHeader(Fixed(20));
+    w.StartApply("f", 1, 0).arg(0).Write(std::vector<double>(10, 1.0));
+    w.envelope().getBody().getApply().getArgs()[0].getTensor().getData().getFrame().setIndex(5);
+    c.Add(w.Finish(), Direction::kSent, "bad reference");
+  }
+  {
+    EnvelopeWriter w(SmallInline());                                       // 6 past the frame
+    w.SetHeader(Fixed(21));
+    w.StartApply("f", 1, 0).arg(0).Write(std::vector<double>(10, 1.0));
+    w.envelope().getBody().getApply().getArgs()[0].getTensor().getData().getFrame().setOffset(8);
+    c.Add(w.Finish(), Direction::kSent, "offset past end");
+  }
+  {
+    EnvelopeWriter w(SmallInline());                                       // 7 wrong version
+    w.SetHeader(Fixed(22));
+    w.StartApply("f", 0, 0);
+    w.envelope().setVersion(2);
+    c.Add(w.Finish(), Direction::kSent, "wrong version");
+  }
+  c.AddFrames({"client-9", ""}, "no envelope");                            // 8
+  {
+    EnvelopeWriter w(SmallInline());                                       // 9 bad shape
+    w.SetHeader(Fixed(23));
+    w.StartApply("f", 1, 0).arg(0).Write(std::vector<double>(3, 1.0));
+    w.envelope().getBody().getApply().getArgs()[0].getTensor().getShape().set(0, 4);
+    c.Add(w.Finish(), Direction::kSent, "bad shape");
+  }
+  c.Add(ErrorResult(), Direction::kReply);                                 // 10 ok
+  std::string bytes = c.bytes();
+  // A last record cut short, as when the recorder was killed mid-write.
+  std::string tail_capture;
+  {
+    CaptureBuilder t;
+    t.Add(ScalarApply());
+    tail_capture = t.bytes().substr(kCaptureHeaderBytes);
+  }
+  return bytes + tail_capture.substr(0, tail_capture.size() / 2);
+}
+
+TEST(InspectTest, BrokenMessagesAreReportedAndInspectionGoesOn) {
+  std::string out = InspectAll(BrokenCapture());
+  ExpectSnapshot("broken.txt", out);
+  EXPECT_THAT(out, HasSubstr("message 10 at offset"));
+  EXPECT_THAT(out, HasSubstr("10 messages, 10 shown, 8 malformed"));
+  EXPECT_THAT(out, HasSubstr("not a whole number of 8-byte words"));
+  EXPECT_THAT(out, HasSubstr("payloadFrames: envelope announces 2 payload frames, message has 1"));
+  EXPECT_THAT(out, HasSubstr("field: apply.args[0].tensor.data"));
+  EXPECT_THAT(out, HasSubstr("refers to frame 5"));
+  EXPECT_THAT(out, HasSubstr("is past the end of frame 1"));
+  EXPECT_THAT(out, HasSubstr("MALFORMED (version): version: protocol version 2"));
+  EXPECT_THAT(out, HasSubstr("no envelope frame after the delimiter"));
+  EXPECT_THAT(out, HasSubstr("field: apply.args[0].tensor.shape"));
+  EXPECT_THAT(out, HasSubstr("capture damaged: truncated: record 11 at offset"));
+  // The last good message is shown in full after the broken ones.
+  EXPECT_THAT(out, HasSubstr("error \"std::invalid_argument\" \"bad scale\""));
+
+  InspectOptions o;
+  o.json = true;
+  std::string json = InspectAll(BrokenCapture(), o);
+  ExpectSnapshot("broken.jsonl", json);
+  std::istringstream lines(json);
+  std::string line;
+  int malformed = 0, total = 0;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] != '{') continue;  // the summary line
+    auto j = nlohmann::json::parse(line);
+    ++total;
+    if (j["status"] == "malformed") {
+      ++malformed;
+      EXPECT_FALSE(j["error"]["reason"].get<std::string>().empty());
+    }
+  }
+  EXPECT_EQ(total, 10);
+  EXPECT_EQ(malformed, 8);
+}
+
+TEST(InspectTest, BitFlippedCapturesNeverCrash) {
+  CaptureBuilder c;
+  c.Add(PayloadApply());
+  c.Add(NestedApply());
+  std::string bytes = c.bytes();
+  for (size_t i = kCaptureHeaderBytes; i < bytes.size(); ++i) {
+    for (unsigned char flip : {0x01, 0x10, 0x80}) {
+      std::string damaged = bytes;
+      damaged[i] = static_cast<char>(damaged[i] ^ flip);
+      InspectOptions o;
+      o.json = (i % 2) == 0;
+      EXPECT_NO_THROW(InspectAll(damaged, o));
+    }
+  }
+}
+
+// ---- filters, signatures ------------------------------------------------------------------------
+
+TEST(InspectTest, FiltersSelectCallsAndTheirResults) {
+  CaptureBuilder c;
+  c.Add(ScalarApply());  // id 1, "add"
+  c.Add(PayloadApply()); // id 2, "matmul"
+  c.Add(TensorResult()); // answers 2
+  c.Add(ErrorResult());  // answers 1
+  std::string bytes = c.bytes();
+
+  InspectOptions by_function;
+  by_function.function = "matmul";
+  std::string out = InspectAll(bytes, by_function);
+  EXPECT_THAT(out, HasSubstr("apply 2 \"matmul\""));
+  EXPECT_THAT(out, HasSubstr("result 4 for call 2"));
+  EXPECT_THAT(out, Not(HasSubstr("\"add\"")));
+  EXPECT_THAT(out, HasSubstr("4 messages, 2 shown, 0 malformed, 2 left out by filters"));
+
+  InspectOptions by_id;
+  by_id.id = 1;
+  out = InspectAll(bytes, by_id);
+  EXPECT_THAT(out, HasSubstr("apply 1 \"add\""));
+  EXPECT_THAT(out, HasSubstr("result 5 for call 1"));
+  EXPECT_THAT(out, Not(HasSubstr("matmul")));
+}
+
+TEST(InspectTest, SignaturesAreCheckedWithAKey) {
+  Signer signer("inspect-test-key");
+  Outgoing m = ScalarApply();
+  ReceivedMessage received = LoopbackFrames(std::move(m));
+  signer.SignFrames(&received.frames);
+  CaptureBuilder c;
+  c.Add(received, Direction::kReceived, "signed");
+  std::string bytes = c.bytes();
+
+  std::string unchecked = InspectAll(bytes);
+  EXPECT_THAT(unchecked, HasSubstr("signature      40"));
+  EXPECT_THAT(unchecked, HasSubstr("signature: present, not checked"));
+  EXPECT_THAT(unchecked, HasSubstr("apply 1 \"add\""));
+
+  InspectOptions good;
+  good.signer = &signer;
+  EXPECT_THAT(InspectAll(bytes, good), HasSubstr("signature: valid"));
+
+  Signer other("another key");
+  InspectOptions bad;
+  bad.signer = &other;
+  EXPECT_THAT(InspectAll(bytes, bad), HasSubstr("signature: BAD"));
+
+  CaptureBuilder plain;
+  plain.Add(ScalarApply());
+  EXPECT_THAT(InspectAll(plain.bytes(), good), HasSubstr("signature: unsigned"));
+}
+
+TEST(InspectTest, InspectMessageOutsideACapture) {
+  ReceivedMessage m = LoopbackFrames(PayloadApply());
+  std::string out = InspectMessage(m);
+  EXPECT_THAT(out, HasSubstr("apply 2 \"matmul\""));
+  EXPECT_THAT(out, HasSubstr("delimiter"));
+}
+
+// ---- schema ----------------------------------------------------------------------------------
+
+TEST(InspectTest, SchemaListsEveryStructFieldOrdinalAndId) {
+  std::string text = DescribeSchema();
+  ExpectSnapshot("schema.txt", text);
+  EXPECT_THAT(text, HasSubstr("protocolVersion = 1"));
+  EXPECT_THAT(text, HasSubstr("file id @0xcf3c4a418d55852e"));
+  EXPECT_THAT(text, HasSubstr("struct Envelope @0x"));
+  EXPECT_THAT(text, HasSubstr("  messageId @1 :UInt64;"));
+  EXPECT_THAT(text, HasSubstr("  body :union {"));
+  EXPECT_THAT(text, HasSubstr("    goodbye @10 :Void;"));
+  EXPECT_THAT(text, HasSubstr("  map @8 :List(Entry);"));
+  EXPECT_THAT(text, HasSubstr("enum DType @0x"));
+  EXPECT_THAT(text, HasSubstr("  complex128 @13;"));
+  // Every struct and enum of the schema file is reachable from Envelope.
+  std::ifstream schema(std::string(ZEROCAN_SOURCE_DIR) + "/schema/zerocan.capnp");
+  std::string line;
+  int declared = 0;
+  while (std::getline(schema, line)) {
+    for (const char* kw : {"struct ", "enum "}) {
+      if (line.rfind(kw, 0) == 0) {
+        ++declared;
+        std::string name = line.substr(std::strlen(kw), line.find(' ', std::strlen(kw)) - std::strlen(kw));
+        EXPECT_THAT(text, HasSubstr(std::string(kw) + name + " @0x")) << name;
+      }
+    }
+  }
+  EXPECT_GT(declared, 10);
+
+  auto j = nlohmann::json::parse(DescribeSchema(true));
+  EXPECT_EQ(j["protocol_version"], kProtocolVersion);
+  EXPECT_EQ(j["structs"][0]["name"], "Envelope");
+  EXPECT_EQ(j["structs"][0]["fields"][1]["ordinal"], 1);
+}
+
+// ---- the program ---------------------------------------------------------------------------
+
+struct ToolRun {
+  int status;
+  std::string out;
+};
+
+ToolRun RunTool(const std::string& args) {
+  std::string cmd = std::string(ZEROCAN_TOOL_PATH) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ToolRun r{-1, ""};
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  int status = pclose(p);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+TEST(InspectTest, ProgramPrintsWhatTheInspectorPrints) {
+  std::string dir = ::testing::TempDir();
+  std::string good = dir + "/inspect_test_good.zcap", broken = dir + "/inspect_test_broken.zcap";
+  std::ofstream(good, std::ios::binary) << SnapshotCapture();
+  std::ofstream(broken, std::ios::binary) << BrokenCapture();
+
+  ToolRun r = RunTool("inspect " + good);
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.out, InspectAll(SnapshotCapture()));
+
+  r = RunTool("inspect - < " + good + " --json");
+  EXPECT_EQ(r.status, 0);
+  int objects = 0;
+  std::istringstream lines(r.out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (!line.empty() && line[0] == '{') {
+      EXPECT_NO_THROW(nlohmann::json::parse(line));
+      ++objects;
+    }
+  }
+  EXPECT_EQ(objects, 8);
+
+  r = RunTool("inspect " + broken);
+  EXPECT_EQ(r.status, 1);  // the file is truncated
+  EXPECT_THAT(r.out, HasSubstr("8 malformed"));
+
+  r = RunTool("inspect " + good + " --function matmul");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_THAT(r.out, HasSubstr("2 shown"));
+
+  r = RunTool("inspect --schema");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.out, DescribeSchema());
+
+  EXPECT_EQ(RunTool("inspect").status, 2);
+  EXPECT_EQ(RunTool("inspect --bogus x").status, 2);
+  EXPECT_EQ(RunTool("inspect " + dir + "/does-not-exist.zcap").status, 2);
+}
+
+}  // namespace
+}  // namespace zerocan
