@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Optional
 
@@ -28,7 +27,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     apply_memory_policy()
     engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
                     allow_pickle=args.allow_pickle, heartbeat=args.heartbeat)
-    signal.signal(signal.SIGTERM, lambda *_: engine._stop.set() or os.write(engine._stop_w, b"q"))
+    signal.signal(signal.SIGTERM, lambda *_: engine.request_stop())
     print(f"zerocan python engine {engine.id} at {engine.endpoint or args.connect}",
           file=sys.stderr, flush=True)
     engine.run()

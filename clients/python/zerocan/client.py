@@ -122,7 +122,7 @@ class Client:
             import cloudpickle  # type: ignore[import-untyped]
             args = (cloudpickle.dumps(name), *args)
             name = PICKLED_FUNCTION
-        t = self.timeout if timeout == "default" else timeout
+        t = self.timeout if isinstance(timeout, str) else timeout
         timeout_ms = 0 if t is None else max(1, min(int(t * 1000), 0xFFFFFFFF))
         w = wire.Writer(self.policy, self.registry)
         with self._lock:

@@ -171,13 +171,18 @@ class Engine:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stops serving (after the call being run) and waits for the serving thread."""
+    def request_stop(self) -> None:
+        """Asks ``run()`` to return after the call being run; does not wait (safe from a
+        signal handler)."""
         self._stop.set()
         try:
             os.write(self._stop_w, b"q")
         except OSError:
             pass
+
+    def stop(self) -> None:
+        """Stops serving (after the call being run) and waits for the serving thread."""
+        self.request_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
 

@@ -30,7 +30,7 @@ import itertools
 import random
 import time
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import numpy as np
 
@@ -470,9 +470,10 @@ class Writer:
             n = nbytes // item
             if 0 < n < threshold:
                 packing = _choose_packing(arr, item)
-                if packing and n * _PACKING_DTYPES[packing].itemsize < threshold:
+                packed_dtype = _PACKING_DTYPES[packing]
+                if packed_dtype is not None and n * packed_dtype.itemsize < threshold:
                     t.packing = packing
-                    packed = arr.astype(_PACKING_DTYPES[packing], order="K")
+                    packed = arr.astype(packed_dtype, order="K")
                     t.data.inline = packed.tobytes(order="F" if fortran else "C")
                     return
         if nbytes > 0 and (nbytes >= threshold or nbytes > MAX_CAPNP_LIST):
@@ -533,6 +534,7 @@ def _write_list(w: Writer, vb: Any, obj: list, depth: int) -> None:
         t0 = type(obj[0])
         np_type = _TYPED_LIST.get(t0)
         if np_type is not None and len(set(map(type, obj))) == 1:
+            arr: Optional[np.ndarray]
             try:
                 arr = np.array(obj, dtype=np_type)
             except OverflowError:
@@ -896,7 +898,7 @@ class Message:
         if length == 0:
             return memoryview(bytearray())
         holder = _FrameArray(self.frames[index], _address(view) + offset, length)
-        return memoryview(np.asarray(holder))
+        return memoryview(cast(Any, np.asarray(holder)))
 
     def value(self, v: Any, path: _Path, depth: int) -> Any:
         if depth > self.limits.max_depth:
@@ -988,7 +990,7 @@ class Message:
                                               f"{count * stored.itemsize} bytes, {where} {length}")
         if byte_order == 1:
             stored = stored.newbyteorder(">")
-        np_order = "F" if order == 1 else "C"
+        np_order: Any = "F" if order == 1 else "C"
         if index is None:
             # Inline bytes came out of the envelope as a bytes copy; a bytearray makes the
             # array writable without another copy of consequence (inline data is small).
