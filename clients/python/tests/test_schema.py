@@ -29,6 +29,14 @@ def test_build_step_copies_the_schema_into_the_package(tmp_path):
     built = tmp_path / "lib" / "zerocan" / "zerocan.capnp"
     assert built.read_bytes() == (REPO / "schema" / "zerocan.capnp").read_bytes()
     assert (tmp_path / "lib" / "zerocan" / "py.typed").exists()
+    # Outside the repository, the built package loads the copy it carries.
+    env = {"PYTHONPATH": str(tmp_path / "lib"), "PATH": "/usr/bin:/bin"}
+    probe = subprocess.run([sys.executable, "-c", "import zerocan; print(zerocan.schema_path()); "
+                            "print(zerocan.encode_apply('echo', [1]).envelope.hex())"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    path, _ = probe.stdout.split()
+    assert path == str(built)
 
 
 def test_protocol_version_matches_schema_constant():
