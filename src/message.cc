@@ -355,6 +355,17 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
                                           " bytes is not a whole number of 8-byte words "
                                           "(truncated?)"));
   }
+  {
+    // capnp reads the segment count as (first u32 + 1) in 32 bits: 0xffffffff wraps to
+    // 0 and is then parsed as one segment. Refuse any count beyond capnp's own bound.
+    const auto* table = static_cast<const unsigned char*>(frames[0].data());
+    uint64_t segments = (uint64_t{table[0]} | uint64_t{table[1]} << 8 |
+                         uint64_t{table[2]} << 16 | uint64_t{table[3]} << 24) + 1;
+    if (segments > 511) {
+      Reject(Code::kMalformed, absl::StrCat("envelope (frame 0): segment table announces ",
+                                            segments, " segments; at most 511 are allowed"));
+    }
+  }
 
   auto state = std::make_shared<internal::MessageState>(std::move(received));
   const capnp::word* words = static_cast<const capnp::word*>(state->received_.frames[0].data());
