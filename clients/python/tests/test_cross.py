@@ -189,3 +189,11 @@ def test_100mb_array_through_cpp_engine_is_zero_copy_both_ways(brokers):
     while not f.tracker.done and time.monotonic() < deadline:
         time.sleep(0.005)
     assert f.tracker.done  # libzmq released the sender's buffer
+
+
+def test_python_engine_keeps_heartbeating_during_a_long_call(brokers):
+    # The broker counts an engine dead after 3 silent heartbeat intervals (1.5 s by
+    # default); a 2.5 s call must not make it so.
+    c = brokers["py_client"]
+    f = c.apply("sleep", 2.5)
+    assert f.result(timeout=20) == 2.5  # not zerocan.EngineLost

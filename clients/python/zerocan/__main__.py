@@ -22,11 +22,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--allow-pickle", action="store_true",
                    help="run functions sent by value (cloudpickle): runs arbitrary code")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds (default 0.5)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="worker threads running calls (default 1; 0 = on the I/O thread)")
     args = p.parse_args(argv)
     from .policy import apply_memory_policy
     apply_memory_policy()
     engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
-                    allow_pickle=args.allow_pickle, heartbeat=args.heartbeat)
+                    allow_pickle=args.allow_pickle, heartbeat=args.heartbeat,
+                    threads=args.threads)
     signal.signal(signal.SIGTERM, lambda *_: engine.request_stop())
     print(f"zerocan python engine {engine.id} at {engine.endpoint or args.connect}",
           file=sys.stderr, flush=True)

@@ -13,14 +13,19 @@ whose type is the exception's name ("ValueError", "zerocan.ArgumentError",
 engine id. An unknown function is "zerocan.UnknownFunction"; a message that does not
 decode is answered (call id 0) with "zerocan.DecodeError".
 
-Functions run on the thread that calls ``run()``, one call at a time (Python's GIL would
-serialise them anyway); run several engines for parallelism.
+``run()``'s thread owns the sockets (receives, decodes, sends replies and heartbeats);
+functions run on ``threads`` worker threads (default 1), so a long call does not stop the
+heartbeats a broker watches; ``threads=0`` runs them on the I/O thread (lowest latency).
+Python's GIL serialises pure-Python functions anyway: run several engines for
+parallelism.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
+import queue
 import socket as _socket
 import threading
 import time
@@ -87,7 +92,7 @@ class Engine:
 
     def __init__(self, url: Optional[str] = None, bind: bool = False, *,
                  id: Optional[str] = None, builtins: bool = True, allow_pickle: bool = False,
-                 heartbeat: float = 0.5, policy: Optional[Policy] = None,
+                 heartbeat: float = 0.5, threads: int = 1, policy: Optional[Policy] = None,
                  registry: Optional[Registry] = None,
                  limits: DecodeLimits = wire.DEFAULT_LIMITS,
                  context: Optional[zmq.Context] = None) -> None:
@@ -98,6 +103,13 @@ class Engine:
         self.limits = limits
         self.heartbeat = heartbeat
         self.allow_pickle = allow_pickle
+        self.threads = threads
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._replies: collections.deque[tuple[zmq.Socket, list[Any], wire.Outgoing]] = \
+            collections.deque()
+        self._reply_lock = threading.Lock()
+        self._wake_pending = False
+        self._fds_closed = False
         self.counters = {"calls": 0, "errors": 0, "dropped": 0}
         self._functions: dict[str, tuple[Callable[..., Any], bool]] = {}
         self._session = wire.Session()
@@ -105,7 +117,8 @@ class Engine:
         self._sockets: list[tuple[zmq.Socket, bool]] = []  # (socket, is_dealer)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._stop_r, self._stop_w = os.pipe()
+        self._stop_r, self._stop_w = os.pipe()  # stop requests and worker replies wake run()
+        os.set_blocking(self._stop_r, False)
         self.endpoint: Optional[str] = None
         if builtins:
             add_builtins(self)
@@ -175,6 +188,8 @@ class Engine:
         """Asks ``run()`` to return after the call being run; does not wait (safe from a
         signal handler)."""
         self._stop.set()
+        if self._fds_closed:
+            return
         try:
             os.write(self._stop_w, b"q")
         except OSError:
@@ -197,26 +212,68 @@ class Engine:
         for s, _ in self._sockets:
             poller.register(s, zmq.POLLIN)
         poller.register(self._stop_r, zmq.POLLIN)
+        workers = [threading.Thread(target=self._work, name=f"zerocan-engine-worker {i}",
+                                    daemon=True) for i in range(self.threads)]
+        for t in workers:
+            t.start()
         self._send_control(lambda w: w.hello(self.id, "engine", self.functions()))
         next_beat = time.monotonic() + self.heartbeat
-        while not self._stop.is_set():
-            wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
-            events = dict(poller.poll(wait_ms))
-            if self._stop.is_set():
-                break
-            for s, _ in self._sockets:
-                if s in events:
-                    for _ in range(64):  # drain, but keep heartbeats on time
-                        try:
-                            parts = s.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._handle(s, parts)
-                        if time.monotonic() >= next_beat:
-                            break
-            if time.monotonic() >= next_beat:
-                self._send_control(lambda w: w.heartbeat(self.id, time.time_ns()))
-                next_beat = time.monotonic() + self.heartbeat
+        try:
+            while not self._stop.is_set():
+                wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+                events = dict(poller.poll(wait_ms))
+                if self._stop_r in events:
+                    try:
+                        os.read(self._stop_r, 4096)
+                    except BlockingIOError:
+                        pass
+                self._send_replies()
+                if self._stop.is_set():
+                    break
+                for s, _ in self._sockets:
+                    if s in events:
+                        for _ in range(64):  # drain, but keep heartbeats on time
+                            try:
+                                parts = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                            except zmq.Again:
+                                break
+                            self._handle(s, parts)
+                            if time.monotonic() >= next_beat:
+                                break
+                if time.monotonic() >= next_beat:
+                    self._send_control(lambda w: w.heartbeat(self.id, time.time_ns()))
+                    next_beat = time.monotonic() + self.heartbeat
+        finally:
+            # Finish the calls already taken, send their replies, then stop the workers.
+            for _ in workers:
+                self._jobs.put(None)
+            for t in workers:
+                t.join()
+            self._send_replies()
+
+    def _work(self) -> None:
+        """A worker thread: runs calls so the I/O thread keeps receiving and sending
+        heartbeats while a function runs (a broker would otherwise count the engine dead)."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            sock, routing, msg = job
+            out = self.process(msg)
+            with self._reply_lock:
+                self._replies.append((sock, routing, out))
+                if not self._wake_pending:
+                    self._wake_pending = True
+                    os.write(self._stop_w, b"r")
+
+    def _send_replies(self) -> None:
+        while True:
+            with self._reply_lock:
+                if not self._replies:
+                    self._wake_pending = False
+                    return
+                sock, routing, out = self._replies.popleft()
+            self._reply(sock, routing, out)
 
     def _shutdown(self, goodbye: bool) -> None:
         if goodbye:
@@ -227,11 +284,14 @@ class Engine:
         for s, _ in self._sockets:
             s.close(linger=100 if goodbye else 0)
         self._sockets = []
-        for fd in (self._stop_r, self._stop_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._reply_lock:
+            for fd in (self._stop_r, self._stop_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._wake_pending = True  # nothing may write to the closed pipe any more
+            self._fds_closed = True
 
     def _send_control(self, build: Callable[[Writer], None]) -> None:
         for s, is_dealer in self._sockets:
@@ -258,7 +318,10 @@ class Engine:
         if msg.kind != "apply":
             return  # not a call
         self.counters["calls"] += 1
-        self._reply(sock, routing, self.process(msg))
+        if self.threads:
+            self._jobs.put((sock, routing, msg))
+        else:
+            self._reply(sock, routing, self.process(msg))
 
     def process(self, msg: Message) -> wire.Outgoing:
         """Runs the call in ``msg`` and returns the encoded reply."""
