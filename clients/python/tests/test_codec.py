@@ -356,3 +356,15 @@ def test_misaligned_envelope_and_payload_are_copied_once():
     got = msg.apply()[1][0]
     assert msg.envelope_copied and msg.payloads_copied == 1
     assert np.array_equal(got, np.arange(2000.0))
+
+
+def test_pandas_dataframe_codec_from_the_readme():
+    pd = pytest.importorskip("pandas")
+    reg = zerocan.Registry()
+    reg.register(pd.DataFrame, "pandas.DataFrame",
+                 encode=lambda df: {"columns": list(df.columns),
+                                    "data": [df[c].to_numpy() for c in df.columns]},
+                 decode=lambda s: pd.DataFrame(dict(zip(s["columns"], s["data"]))))
+    df = pd.DataFrame({"a": np.arange(10_000.0), "b": np.arange(10_000)})
+    got, out, _ = roundtrip(df, registry=reg)
+    assert len(out.frames) == 2 and got.equals(df)
