@@ -376,6 +376,29 @@ TEST(CodecTest, MixedNesting) {
   EXPECT_TRUE(m.arg(0)[0][1].InFrame());
 }
 
+TEST(CodecTest, RvalueContainersAdoptTheirArrays) {
+  // A temporary container dies at the end of the Write statement, before any send; its
+  // arrays must be adopted (owned by the message), never borrowed from it.
+  auto big = [] { return std::vector<int16_t>(3000, 7); };
+  std::vector<Outgoing> outs;
+  outs.push_back(EncodeArg(std::map<std::string, std::vector<int16_t>>{{"a", big()}},
+                           FixedPolicy(1024)));
+  outs.push_back(EncodeArg(std::unordered_map<std::string, std::vector<int16_t>>{{"a", big()}},
+                           FixedPolicy(1024)));
+  outs.push_back(EncodeArg(absl::flat_hash_map<std::string, std::vector<int16_t>>{{"a", big()}},
+                           FixedPolicy(1024)));
+  outs.push_back(EncodeArg(std::optional<std::vector<int16_t>>(big()), FixedPolicy(1024)));
+  outs.push_back(EncodeArg(std::make_pair(std::string("p"), big()), FixedPolicy(1024)));
+  outs.push_back(EncodeArg(std::make_tuple(1, big()), FixedPolicy(1024)));
+  outs.push_back(EncodeArg(std::vector<std::vector<int16_t>>{big()}, FixedPolicy(1024)));
+  for (size_t i = 0; i < outs.size(); ++i) {
+    ASSERT_EQ(outs[i].payload_frames().size(), 1u) << i;
+    EXPECT_FALSE(outs[i].payload_frames()[0].borrowed()) << "case " << i;
+    Message m = DecodeOutgoing(std::move(outs[i]));
+    testing::WalkMessage(m);  // reads the payload (ASan: no use after free)
+  }
+}
+
 // Nested one-element lists `levels` deep around an int.
 void WriteNested(ValueWriter w, int levels) {
   for (int i = 0; i < levels; ++i) w = w.List(1)[0];

@@ -307,6 +307,14 @@ struct Codec<std::optional<T>> {
       w.Null();
     }
   }
+  // An rvalue optional hands its value on as an rvalue (adopted, not borrowed).
+  static void EncodeOwned(ValueWriter& w, std::optional<T>&& v) {
+    if (v) {
+      w.Write(std::move(*v));
+    } else {
+      w.Null();
+    }
+  }
   static std::optional<T> Decode(const Value& v, const Registry& registry) {
     if (v.is_null()) return std::nullopt;
     return v.As<T>(registry);
@@ -320,6 +328,13 @@ struct Codec<std::tuple<Ts...>> {
     std::apply([&](const auto&... items) {
       size_t i = 0;
       (list[i++].Write(items), ...);
+    }, v);
+  }
+  static void EncodeOwned(ValueWriter& w, std::tuple<Ts...>&& v) {
+    ListWriter list = w.List(sizeof...(Ts));
+    std::apply([&](auto&... items) {
+      size_t i = 0;
+      (list[i++].Write(std::move(items)), ...);
     }, v);
   }
   static std::tuple<Ts...> Decode(const Value& v, const Registry& registry) {
@@ -341,6 +356,11 @@ struct Codec<std::pair<A, B>> {
     list[0].Write(v.first);
     list[1].Write(v.second);
   }
+  static void EncodeOwned(ValueWriter& w, std::pair<A, B>&& v) {
+    ListWriter list = w.List(2);
+    list[0].Write(std::move(v.first));
+    list[1].Write(std::move(v.second));
+  }
   static std::pair<A, B> Decode(const Value& v, const Registry& registry) {
     if (v.kind() != Kind::kList || v.size() != 2) v.Mismatch("list[2]");
     return {v[0].As<A>(registry), v[1].As<B>(registry)};
@@ -357,6 +377,17 @@ struct MapCodec {
     for (const auto& [k, v] : m) {
       map.key(i).Text(k);
       map.value(i).Write(v);
+      ++i;
+    }
+  }
+  // An rvalue map's values are moved on, so their arrays are adopted rather than
+  // borrowed from a container that dies before the send completes.
+  static void EncodeOwned(ValueWriter& w, MapType&& m) {
+    MapWriter map = w.Map(m.size());
+    size_t i = 0;
+    for (auto& [k, v] : m) {
+      map.key(i).Text(k);
+      map.value(i).Write(std::move(v));
       ++i;
     }
   }
