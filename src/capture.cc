@@ -428,6 +428,34 @@ std::optional<CaptureRecord> ReceiveCaptured(zmq::socket_t& sub, int timeout_ms,
   return RecordFromCaptureFrames(std::move(frames));
 }
 
+std::optional<CaptureRecord> RecordFromFramesFile(std::string_view bytes, std::string* error,
+                                                  const CaptureLimits& limits) {
+  CaptureRecord record;
+  record.frames.push_back(Buffer());  // the delimiter the file leaves out
+  size_t at = 0;
+  while (at < bytes.size()) {
+    if (bytes.size() - at < 8) {
+      *error = absl::StrCat("truncated: ", bytes.size() - at, " bytes at offset ", at,
+                            " are too few for a frame length");
+      return std::nullopt;
+    }
+    uint64_t size = Load(reinterpret_cast<const unsigned char*>(bytes.data() + at), 8);
+    at += 8;
+    if (size > limits.max_frame_bytes || size > bytes.size() - at) {
+      *error = absl::StrCat("frame ", record.frames.size() - 1, " at offset ", at - 8, " claims ",
+                            size, " bytes; ", bytes.size() - at, " remain");
+      return std::nullopt;
+    }
+    if (record.frames.size() > limits.max_frames) {
+      *error = absl::StrCat("more than max_frames ", limits.max_frames, " frames");
+      return std::nullopt;
+    }
+    record.frames.push_back(CopyFrame(bytes.data() + at, static_cast<size_t>(size)));
+    at += static_cast<size_t>(size);
+  }
+  return record;
+}
+
 // ---- decoding helpers -------------------------------------------------------------------
 
 FrameSplit SplitFrames(const CaptureRecord& record) {

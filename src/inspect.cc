@@ -165,6 +165,10 @@ std::vector<capnp::StructSchema::Field> ShownFields(capnp::DynamicStruct::Reader
       }
     } else if (field.getProto().isGroup() || s.has(field, capnp::HasMode::NON_DEFAULT)) {
       out.push_back(field);
+    } else if (field.getType().isEnum() && field.getProto().getName() == "dtype") {
+      // A tensor's dtype defaults to bool, a real element type: a reader should not
+      // have to know the default to see it.
+      out.push_back(field);
     }
   }
   return out;
@@ -707,7 +711,9 @@ std::string Header(const Inspection& in) {
   const CaptureRecord& r = *in.record;
   std::string out = absl::StrCat("message ", in.number);
   if (r.offset != 0) absl::StrAppend(&out, " at offset ", r.offset);
-  absl::StrAppend(&out, ": ", IsoTime(r.time_ns), " ", DirectionName(r.direction));
+  absl::StrAppend(&out, ": ", IsoTime(r.time_ns), ", ",
+                  r.direction == Direction::kUnknown ? std::string("direction unknown")
+                                                     : DirectionName(r.direction));
   if (!r.source.empty()) absl::StrAppend(&out, " from ", Quote(r.source));
   return out;
 }

@@ -10,6 +10,7 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -255,6 +256,68 @@ TEST(InspectTest, JsonIsOneObjectPerMessage) {
     ++n;
   }
   EXPECT_EQ(n, 8);
+}
+
+// ---- golden vectors ---------------------------------------------------------------------------
+
+std::vector<std::filesystem::path> VectorFiles() {
+  std::vector<std::filesystem::path> files;
+  std::filesystem::path dir = std::filesystem::path(ZEROCAN_SOURCE_DIR) / "tests" / "vectors";
+  if (!std::filesystem::exists(dir)) return files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() == ".frames") files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(InspectTest, EveryGoldenVectorInspectsToItsSnapshot) {
+  auto files = VectorFiles();
+  ASSERT_FALSE(files.empty()) << "no tests/vectors/*.frames";
+  for (const auto& path : files) {
+    SCOPED_TRACE(path.filename().string());
+    std::string error;
+    auto record = RecordFromFramesFile(ReadFile(path), &error);
+    ASSERT_TRUE(record) << error;
+    Inspector text_inspector(InspectOptions{});
+    std::string text = text_inspector.Render(*record);
+    EXPECT_THAT(text, Not(HasSubstr("MALFORMED")));
+    EXPECT_THAT(text, HasSubstr("envelope:"));
+    ExpectSnapshot("vectors/" + path.stem().string() + ".txt", text);
+
+    InspectOptions o;
+    o.json = true;
+    Inspector json_inspector(o);
+    auto j = nlohmann::json::parse(json_inspector.Render(*record));
+    EXPECT_EQ(j["status"], "ok");
+    EXPECT_EQ(j["frames"].size(), record->frames.size());
+  }
+}
+
+TEST(InspectTest, VectorFileReaderRejectsEveryTruncation) {
+  auto files = VectorFiles();
+  ASSERT_FALSE(files.empty());
+  std::string bytes = ReadFile(files.front());
+  std::string error;
+  ASSERT_TRUE(RecordFromFramesFile(bytes, &error));
+  size_t rejected = 0;
+  for (size_t len = 1; len < bytes.size(); ++len) {
+    auto r = RecordFromFramesFile(std::string_view(bytes).substr(0, len), &error);
+    if (!r) {
+      ++rejected;
+      EXPECT_FALSE(error.empty());
+    }
+  }
+  EXPECT_GE(rejected, bytes.size() - 1 - 8);  // all but frame boundaries
+  std::string huge(8, '\xff');
+  EXPECT_FALSE(RecordFromFramesFile(huge, &error));
 }
 
 // ---- broken messages -------------------------------------------------------------------------
@@ -518,6 +581,17 @@ TEST(InspectTest, ProgramPrintsWhatTheInspectorPrints) {
   r = RunTool("inspect --schema");
   EXPECT_EQ(r.status, 0);
   EXPECT_EQ(r.out, DescribeSchema());
+
+  auto vectors = VectorFiles();
+  if (!vectors.empty()) {
+    r = RunTool("inspect " + vectors.front().string());
+    EXPECT_EQ(r.status, 0);
+    std::string error;
+    Inspector inspector(InspectOptions{});
+    std::string expected = inspector.Render(*RecordFromFramesFile(ReadFile(vectors.front()), &error));
+    expected += inspector.Summary(nullptr);
+    EXPECT_EQ(r.out, expected);
+  }
 
   EXPECT_EQ(RunTool("inspect").status, 2);
   EXPECT_EQ(RunTool("inspect --bogus x").status, 2);

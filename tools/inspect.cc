@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,7 +32,7 @@ volatile std::sig_atomic_t g_stop = 0;
 void OnSignal(int) { g_stop = 1; }
 
 constexpr const char* kInspectUsage =
-    "usage: zerocan inspect FILE|- [--json] [--full] [--function NAME] [--id ID]\n"
+    "usage: zerocan inspect FILE|-|VECTOR.frames [--json] [--full] [--function NAME] [--id ID]\n"
     "                       [--key-file F]\n"
     "       zerocan inspect --follow URL [--count N] [same options]\n"
     "       zerocan inspect --schema [--json]\n"
@@ -187,6 +188,26 @@ int RunInspect(int argc, char** argv) {
       std::fprintf(stderr, "zerocan inspect: %s\n", e.what());
       return 1;
     }
+    std::string summary = inspector.Summary(nullptr);
+    std::fputs(summary.c_str(), summary_out);
+    return 0;
+  }
+
+  if (file.size() > 7 && file.compare(file.size() - 7, 7, ".frames") == 0) {
+    // A golden vector (tests/vectors/README.md): one message's frames, no capture header.
+    std::ifstream vector_file(file, std::ios::binary);
+    if (!vector_file) {
+      std::fprintf(stderr, "zerocan inspect: cannot open %s\n", file.c_str());
+      return 2;
+    }
+    std::string bytes((std::istreambuf_iterator<char>(vector_file)), std::istreambuf_iterator<char>());
+    std::string error;
+    std::optional<CaptureRecord> record = RecordFromFramesFile(bytes, &error);
+    if (!record) {
+      std::fprintf(stderr, "zerocan inspect: %s: %s\n", file.c_str(), error.c_str());
+      return 1;
+    }
+    Emit(inspector.Render(*record));
     std::string summary = inspector.Summary(nullptr);
     std::fputs(summary.c_str(), summary_out);
     return 0;

@@ -193,6 +193,14 @@ CaptureRecord RecordFromCaptureFrames(std::vector<zmq::message_t>&& frames);
 std::optional<CaptureRecord> ReceiveCaptured(zmq::socket_t& sub, int timeout_ms,
                                              const CaptureLimits& limits = {});
 
+// Golden vector files (tests/vectors/README.md): the frames after the delimiter, each a
+// u64 little-endian length and its bytes, nothing else. Returns a record of an empty
+// delimiter and those frames (time 0, direction unknown), or nullopt with `error` set
+// when the bytes are not such a file (a length past the end, more than
+// limits.max_frames frames, a frame over limits.max_frame_bytes).
+std::optional<CaptureRecord> RecordFromFramesFile(std::string_view bytes, std::string* error,
+                                                  const CaptureLimits& limits = {});
+
 // Decoding helpers shared by inspect and the tools.
 
 // Splits a record's frames as a zerocan receiver would: frames before the first empty
