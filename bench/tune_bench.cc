@@ -1,5 +1,82 @@
+// `zerocan bench --only tune`: does the tuned policy pick well? Per transport and size,
+// interleaved in one run: always inline, always a zero-copy frame, and the tuned policy
+// (Policy::Load(transport): the thresholds `zerocan tune --write` stored, else the
+// built-in default), reported as tuned cost / min(inline, frame) (target <= 1.1 at every
+// size). Also the memory policy: 128 MiB messages over tcp, glibc defaults vs the
+// reusing allocator (target >= 3x).
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
 #include "bench.h"
+#include "bench_util.h"
+#include "tune_measure.h"
+#include "zerocan/policy.h"
+
 namespace zerocan::bench {
-// Not built yet.
-void RunTune(const Options&, std::vector<Row>*) {}
+
+void RunTune(const Options& options, std::vector<Row>* rows) {
+  double started = NowNs();
+  SweepOptions sweep;
+  sweep.quick = options.quick;
+  sweep.copied_frame = false;
+  sweep.tuned = true;
+  sweep.rounds = options.quick ? 3 : 7;
+  if (!options.json) sweep.progress = TerminalProgress();
+  std::vector<TransportResult> results = Sweep(sweep);
+  MemoryResult mem = MeasureMemoryPolicy(options.quick, sweep.progress);
+  ClearProgress();
+
+  const int kI = static_cast<int>(Placement::kInline), kF = static_cast<int>(Placement::kFrame),
+            kT = static_cast<int>(Placement::kTuned);
+  bool all_ok = true;
+  double worst = 0;
+  for (const TransportResult& tr : results) {
+    for (const PointResult& p : tr.points) {
+      double best = std::min(p.cost[kI].median, p.cost[kF].median);
+      double ratio = best > 0 ? p.cost[kT].median / best : 0;
+      worst = std::max(worst, ratio);
+      all_ok = all_ok && ratio <= 1.1;
+      rows->push_back(Row{"tune", absl::StrCat(tr.transport, " ", p.size, " B tuned"), "cpu ns/msg",
+                          p.cost[kT].median, "min(inline, frame)", best, best > 0 ? best / p.cost[kT].median : 0});
+    }
+  }
+  rows->push_back(Row{"tune", absl::StrCat("memory policy ", mem.message_bytes, " B over tcp"), "GB/s",
+                      mem.reuse_gbps.median, "glibc defaults", mem.default_gbps.median, mem.ratio});
+  if (options.json) return;
+
+  std::printf("== tune: tuned policy vs always inline / always frame (process CPU per message, median of %d "
+              "interleaved rounds) ==\n",
+              sweep.rounds);
+  for (const TransportResult& tr : results) {
+    std::string threshold = tr.tuned_threshold == std::numeric_limits<size_t>::max()
+                                ? "never"
+                                : FormatBytes(static_cast<double>(tr.tuned_threshold));
+    std::printf("\n%s (tuned threshold %s; this run's own choice would be %s)\n", tr.transport.c_str(),
+                threshold.c_str(),
+                tr.threshold == std::numeric_limits<size_t>::max() ? "never"
+                                                                   : FormatBytes(static_cast<double>(tr.threshold)).c_str());
+    Table table({"size", "always inline", "always frame", "tuned", "tuned picks", "tuned/min", "<= 1.1"});
+    for (const PointResult& p : tr.points) {
+      double best = std::min(p.cost[kI].median, p.cost[kF].median);
+      double ratio = best > 0 ? p.cost[kT].median / best : 0;
+      char r[16];
+      std::snprintf(r, sizeof r, "%.3f", ratio);
+      table.Add({FormatBytes(static_cast<double>(p.size)), FormatNs(p.cost[kI].median), FormatNs(p.cost[kF].median),
+                 FormatNs(p.cost[kT].median), p.size >= tr.tuned_threshold ? "frame" : "inline", r,
+                 ratio <= 1.1 ? "PASS" : "FAIL"});
+    }
+    table.Print();
+  }
+  std::printf("\nworst tuned/min over every size and transport: %.3f -> %s\n", worst, all_ok ? "PASS" : "FAIL");
+  std::printf("memory policy, %s over tcp: glibc defaults %.2f GB/s (%.0f faults/msg), reusing allocator %.2f GB/s "
+              "(%.0f faults/msg): %.1fx (target >= 3x) -> %s\n",
+              FormatBytes(static_cast<double>(mem.message_bytes)).c_str(), mem.default_gbps.median,
+              mem.default_faults.median, mem.reuse_gbps.median, mem.reuse_faults.median, mem.ratio,
+              mem.ratio >= 3 ? "PASS" : "FAIL");
+  std::printf("(tune section took %.1f s)\n\n", (NowNs() - started) / 1e9);
+  std::fflush(stdout);
+}
+
 }  // namespace zerocan::bench

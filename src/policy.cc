@@ -1,11 +1,14 @@
 #include "zerocan/policy.h"
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <mutex>
+#include <new>
 #include <sstream>
 #include <string>
 
@@ -257,13 +260,19 @@ bool UseReusingAllocator(bool enable) {
   std::lock_guard<std::mutex> lock(g_memory_mutex);
 #if defined(__GLIBC__)
   if (enable) {
-    // Large blocks from the heap instead of fresh mmaps (a non-main arena that cannot
-    // hold one falls back to the main heap), and freed memory kept for the next one.
+    // Large blocks from the main heap instead of fresh mmaps, and freed memory kept
+    // there for the next one. One arena: a thread's own arena (libzmq's I/O thread
+    // allocates received frames) is an mmap'd heap of at most 64 MiB, and glibc falls
+    // back to a fresh mmap for anything larger there whatever M_MMAP_MAX says. The
+    // arena limit applies to threads that have not allocated yet, hence "call early".
+    mallopt(M_ARENA_MAX, 1);
     mallopt(M_MMAP_MAX, 0);
     mallopt(M_TRIM_THRESHOLD, 0x7fffffff);
     mallopt(M_TOP_PAD, 64 << 20);
   } else {
-    // glibc's documented defaults (the dynamic mmap threshold stays off once set).
+    // glibc's documented defaults (the dynamic mmap threshold stays off once set), and
+    // what was kept given back.
+    mallopt(M_ARENA_MAX, 8 * static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
     mallopt(M_MMAP_MAX, 65536);
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
     mallopt(M_TRIM_THRESHOLD, 128 * 1024);
@@ -280,6 +289,63 @@ bool UseReusingAllocator(bool enable) {
 bool ReusingAllocatorEnabled() noexcept {
   std::lock_guard<std::mutex> lock(g_memory_mutex);
   return g_reusing;
+}
+
+namespace {
+
+// The large-buffer pool: one lock-free stack per power-of-two size class. A free buffer
+// holds its own list node in its first bytes, so returning it allocates nothing. Pushes
+// come from any thread (libzmq's I/O thread included); pops take the whole stack with
+// one exchange (no ABA), keep one buffer and push the rest back.
+constexpr int kPoolMinShift = 20;  // 1 MiB
+constexpr int kPoolClasses = 44;   // up to 2^43 bytes
+constexpr int kPoolKeepPerClass = 4;
+struct PoolNode {
+  PoolNode* next;
+};
+std::atomic<PoolNode*> g_pool[kPoolClasses];
+std::atomic<int> g_pool_count[kPoolClasses];
+
+void PoolPush(int cls, void* p) noexcept {
+  if (g_pool_count[cls].fetch_add(1, std::memory_order_relaxed) >= kPoolKeepPerClass) {
+    g_pool_count[cls].fetch_sub(1, std::memory_order_relaxed);
+    std::free(p);
+    return;
+  }
+  auto* node = static_cast<PoolNode*>(p);
+  node->next = g_pool[cls].load(std::memory_order_relaxed);
+  while (!g_pool[cls].compare_exchange_weak(node->next, node, std::memory_order_release,
+                                            std::memory_order_relaxed)) {
+  }
+}
+
+void* PoolPop(int cls) noexcept {
+  PoolNode* all = g_pool[cls].exchange(nullptr, std::memory_order_acquire);
+  if (all == nullptr) return nullptr;
+  g_pool_count[cls].fetch_sub(1, std::memory_order_relaxed);
+  for (PoolNode* rest = all->next; rest != nullptr;) {
+    PoolNode* next = rest->next;
+    rest->next = g_pool[cls].load(std::memory_order_relaxed);
+    while (!g_pool[cls].compare_exchange_weak(rest->next, rest, std::memory_order_release,
+                                              std::memory_order_relaxed)) {
+    }
+    rest = next;
+  }
+  return all;
+}
+
+}  // namespace
+
+Buffer AllocateLarge(size_t size) {
+  if (size < (size_t{1} << kPoolMinShift) || !ReusingAllocatorEnabled()) return Buffer::Allocate(size);
+  int cls = kPoolMinShift;
+  while ((size_t{1} << cls) < size) ++cls;
+  if (cls >= kPoolClasses) return Buffer::Allocate(size);
+  void* p = PoolPop(cls);
+  if (p == nullptr) p = std::aligned_alloc(64, size_t{1} << cls);
+  if (p == nullptr) throw std::bad_alloc();
+  std::shared_ptr<void> owner(p, [cls](void* q) { PoolPush(cls, q); });
+  return Buffer(static_cast<std::byte*>(p), size, std::move(owner));
 }
 
 bool ApplyMemoryPolicy() {

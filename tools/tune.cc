@@ -1,6 +1,303 @@
-// Not built yet: see the open issue for this subcommand.
+// `zerocan tune [--transport inproc|ipc|tcp|all] [--quick] [--json] [--plot FILE]
+// [--write]`: measures, on this machine and per transport, where sending a payload as its
+// own zero-copy frame starts to beat copying it into the envelope, and which memory
+// policy large buffers should use; prints the table and the crossover, plots the curves,
+// and with --write stores the thresholds where Policy::Default()/ForTransport() read
+// them (ThresholdConfigPath(), see include/zerocan/policy.h).
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "bench_util.h"
 #include "tools/commands.h"
+#include "tune_measure.h"
+#include "zerocan/policy.h"
+
 namespace zerocan::tools {
-int RunTune(int, char** argv) { std::fprintf(stderr, "zerocan %s: not implemented yet\n", argv[0]); return 3; }
+
+namespace {
+
+using bench::FormatBytes;
+using bench::FormatNs;
+using bench::Placement;
+
+std::string ThresholdText(size_t t) {
+  if (t == std::numeric_limits<size_t>::max()) return "never (always inline)";
+  if (t <= 1) return "always a frame";
+  return FormatBytes(static_cast<double>(t));
+}
+
+std::string JsonThreshold(size_t t) {
+  return t == std::numeric_limits<size_t>::max() ? "null" : absl::StrCat(t);
+}
+
+std::string StatText(const bench::Stat& s) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%s ±%.0f%%", FormatNs(s.median).c_str(), s.spread * 100);
+  return buf;
+}
+
+std::string MachineName() {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  std::string cpu;
+  std::ifstream info("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(info, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      cpu = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  return absl::StrCat(host, ", ", sysconf(_SC_NPROCESSORS_ONLN), " CPUs", cpu.empty() ? "" : ", ", cpu);
+}
+
+std::string UtcNow() {
+  std::time_t now = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return buf;
+}
+
+void PrintTable(const bench::TransportResult& tr) {
+  std::printf("\n%s: process CPU per message (median ±spread), wall per message, page faults\n",
+              tr.transport.c_str());
+  bench::Table table({"size", "inline", "copied frame", "zero-copy frame", "better", "inline/frame",
+                      "sender CPU (inl/frame)", "msgs/s (inl/frame)", "faults/msg (inl/frame)"});
+  for (const bench::PointResult& p : tr.points) {
+    const int kI = static_cast<int>(Placement::kInline), kC = static_cast<int>(Placement::kCopiedFrame),
+              kF = static_cast<int>(Placement::kFrame);
+    double ratio = p.cost[kF].median > 0 ? p.cost[kI].median / p.cost[kF].median : 0;
+    char rates[64], faults[64];
+    std::snprintf(rates, sizeof rates, "%.0f / %.0f", 1e9 / p.wall[kI].median, 1e9 / p.wall[kF].median);
+    std::snprintf(faults, sizeof faults, "%.1f / %.1f", p.faults[kI].median, p.faults[kF].median);
+    table.Add({FormatBytes(static_cast<double>(p.size)), StatText(p.cost[kI]),
+               p.measured[kC] ? StatText(p.cost[kC]) : "-", StatText(p.cost[kF]),
+               p.size >= tr.threshold ? "frame" : "inline", bench::FormatRatio(ratio),
+               absl::StrCat(FormatNs(p.sender_cpu[kI].median), " / ", FormatNs(p.sender_cpu[kF].median)), rates,
+               faults});
+  }
+  table.Print();
+  std::printf("%s crossover: inline below %s, zero-copy frame from there on", tr.transport.c_str(),
+              ThresholdText(tr.threshold).c_str());
+  if (tr.copy_crossover != 0) {
+    std::printf(" (a zero-copy frame beats a copied frame from %s)", ThresholdText(tr.copy_crossover).c_str());
+  }
+  std::printf("\n");
+}
+
+// Plots cost against size per transport (log-log), the crossover marked, with gnuplot.
+bool Plot(const std::vector<bench::TransportResult>& results, const std::string& file) {
+  std::string base = absl::StrCat("/tmp/zerocan-tune-", getpid());
+  std::string script_path = base + ".gp";
+  std::ofstream script(script_path);
+  bool svg = file.size() >= 4 && file.compare(file.size() - 4, 4, ".svg") == 0;
+  script << (svg ? "set terminal svg size 1200,450 dynamic font 'sans,11'\n"
+                 : "set terminal pngcairo size 1400,500 font 'sans,10'\n");
+  script << "set output '" << file << "'\n";
+  script << "set multiplot layout 1," << results.size()
+         << " title 'zerocan tune: CPU per message, end to end (lower is better)'\n";
+  script << "set logscale xy\nset grid\nset key top left\n";
+  script << "set xlabel 'payload bytes'\nset ylabel 'ns per message'\n";
+  script << "set format x '%.0s%cB'\n";
+  std::vector<std::string> data_files;
+  for (const bench::TransportResult& tr : results) {
+    std::string data_path = absl::StrCat(base, "-", tr.transport, ".dat");
+    data_files.push_back(data_path);
+    std::ofstream data(data_path);
+    for (const bench::PointResult& p : tr.points) {
+      data << p.size << " " << p.cost[static_cast<int>(Placement::kInline)].median << " "
+           << p.cost[static_cast<int>(Placement::kCopiedFrame)].median << " "
+           << p.cost[static_cast<int>(Placement::kFrame)].median << "\n";
+    }
+    data.close();
+    script << "set title '" << tr.transport << ": threshold " << ThresholdText(tr.threshold) << "'\n";
+    script << "unset arrow\n";
+    if (tr.threshold > 1 && tr.threshold != std::numeric_limits<size_t>::max()) {
+      script << "set arrow from " << tr.threshold << ", graph 0 to " << tr.threshold
+             << ", graph 1 nohead dashtype 2 linewidth 2 linecolor rgb '#cc0000'\n";
+      script << "set label 1 'threshold' at " << tr.threshold << ", graph 0.95 left offset 0.5,0 textcolor rgb '#cc0000'\n";
+    } else {
+      script << "unset label 1\n";
+    }
+    bool copied = !tr.points.empty() && tr.points[0].measured[static_cast<int>(Placement::kCopiedFrame)];
+    script << "plot '" << data_path << "' using 1:2 with linespoints title 'inline (copied into envelope)', '"
+           << data_path << "' using 1:4 with linespoints title 'zero-copy frame'";
+    if (copied) script << ", '" << data_path << "' using 1:3 with linespoints dashtype 3 title 'copied frame'";
+    script << "\n";
+  }
+  script << "unset multiplot\n";
+  script.close();
+  int rc = std::system(absl::StrCat("gnuplot '", script_path, "' 2>&1").c_str());
+  std::remove(script_path.c_str());
+  for (const std::string& d : data_files) std::remove(d.c_str());
+  return rc == 0;
+}
+
+void PrintJson(const std::vector<bench::TransportResult>& results, const bench::MemoryResult* memory,
+               const std::string& written) {
+  std::printf("{\n  \"machine\": \"%s\",\n  \"transports\": [\n", MachineName().c_str());
+  for (size_t t = 0; t < results.size(); ++t) {
+    const bench::TransportResult& tr = results[t];
+    std::printf("    {\"transport\": \"%s\", \"threshold\": %s, \"copy_crossover\": %s, \"points\": [\n",
+                tr.transport.c_str(), JsonThreshold(tr.threshold).c_str(), JsonThreshold(tr.copy_crossover).c_str());
+    for (size_t i = 0; i < tr.points.size(); ++i) {
+      const bench::PointResult& p = tr.points[i];
+      std::printf("      {\"size\": %zu", p.size);
+      for (int m = 0; m < bench::kPlacements; ++m) {
+        if (!p.measured[m]) continue;
+        std::string key = bench::PlacementName(static_cast<Placement>(m));
+        for (char& c : key) c = c == ' ' || c == '-' ? '_' : c;
+        std::printf(", \"%s\": {\"cpu_ns\": %.1f, \"spread\": %.3f, \"sender_cpu_ns\": %.1f, \"msgs_per_s\": %.1f, "
+                    "\"faults_per_msg\": %.2f}",
+                    key.c_str(), p.cost[m].median, p.cost[m].spread, p.sender_cpu[m].median, 1e9 / p.wall[m].median,
+                    p.faults[m].median);
+      }
+      std::printf("}%s\n", i + 1 < tr.points.size() ? "," : "");
+    }
+    std::printf("    ]}%s\n", t + 1 < results.size() ? "," : "");
+  }
+  std::printf("  ]");
+  if (memory != nullptr) {
+    std::printf(",\n  \"memory\": {\"message_bytes\": %zu, \"default_gbps\": %.3f, \"reuse_gbps\": %.3f, "
+                "\"default_faults_per_msg\": %.0f, \"reuse_faults_per_msg\": %.0f, \"ratio\": %.2f}",
+                memory->message_bytes, memory->default_gbps.median, memory->reuse_gbps.median,
+                memory->default_faults.median, memory->reuse_faults.median, memory->ratio);
+  }
+  if (!written.empty()) std::printf(",\n  \"written\": \"%s\"", written.c_str());
+  std::printf("\n}\n");
+}
+
+int Usage() {
+  std::fprintf(stderr,
+               "usage: zerocan tune [--transport inproc|ipc|tcp|all] [--quick] [--json] [--plot FILE.png|.svg]\n"
+               "                    [--write] [--no-memory]\n"
+               "  --write   store the thresholds in %s\n",
+               ThresholdConfigPath().c_str());
+  return 2;
+}
+
+}  // namespace
+
+int RunTune(int argc, char** argv) {
+  bench::SweepOptions options;
+  bool json = false, write = false, memory = true;
+  std::string plot;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--quick") {
+      options.quick = true;
+    } else if (a == "--json") {
+      json = true;
+    } else if (a == "--write") {
+      write = true;
+    } else if (a == "--no-memory") {
+      memory = false;
+    } else if (a == "--plot" && i + 1 < argc) {
+      plot = argv[++i];
+    } else if (a == "--transport" && i + 1 < argc) {
+      std::string_view t = argv[++i];
+      if (t == "all") {
+        options.transports = {"inproc", "ipc", "tcp"};
+      } else if (t == "inproc" || t == "ipc" || t == "tcp") {
+        options.transports = {std::string(t)};
+      } else {
+        std::fprintf(stderr, "zerocan tune: unknown transport \"%s\"\n", std::string(t).c_str());
+        return Usage();
+      }
+    } else if (a == "--sizes" && i + 1 < argc) {
+      // Hidden, for tests: a comma-separated list of sizes.
+      std::string list = argv[++i];
+      size_t start = 0;
+      while (start <= list.size()) {
+        size_t comma = list.find(',', start);
+        std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        long long v = Policy::ParseSize(item);
+        if (v <= 0) return Usage();
+        options.sizes.push_back(static_cast<size_t>(v));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    } else if (a == "--rounds" && i + 1 < argc) {
+      options.rounds = std::atoi(argv[++i]);  // hidden, for tests
+    } else {
+      return Usage();
+    }
+  }
+  if (options.rounds == 1 || !options.sizes.empty()) options.batch_ns = 1e6;
+  double started = bench::NowNs();
+  options.progress = bench::TerminalProgress();
+  std::vector<bench::TransportResult> results = bench::Sweep(options);
+  bench::MemoryResult mem;
+  if (memory) mem = bench::MeasureMemoryPolicy(options.quick, options.progress);
+  bench::ClearProgress();
+
+  std::string written;
+  if (write) {
+    ThresholdConfig config;
+    for (const bench::TransportResult& tr : results) config.inline_threshold[tr.transport] = tr.threshold;
+    // The default for unlisted transports and Policy::Default(): tcp's if measured (the
+    // usual network case), else the largest measured.
+    auto tcp = config.inline_threshold.find("tcp");
+    if (tcp != config.inline_threshold.end()) {
+      config.default_threshold = tcp->second;
+    } else {
+      size_t largest = 0;
+      for (const auto& [t, v] : config.inline_threshold) largest = std::max(largest, v);
+      config.default_threshold = largest;
+    }
+    if (memory) config.reuse_memory = mem.ratio >= 1.0;
+    config.machine = MachineName();
+    config.measured_at = UtcNow();
+    try {
+      WriteThresholdConfig(config, ThresholdConfigPath());
+      written = ThresholdConfigPath();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "zerocan tune: %s\n", e.what());
+      return 1;
+    }
+  }
+  bool plotted = false;
+  if (!plot.empty()) {
+    plotted = Plot(results, plot);
+    if (!plotted) std::fprintf(stderr, "zerocan tune: gnuplot failed or is missing; no plot written\n");
+  }
+
+  if (json) {
+    PrintJson(results, memory ? &mem : nullptr, written);
+    return plot.empty() || plotted ? 0 : 1;
+  }
+  std::printf("zerocan tune on %s (%s sweep, process CPU time per message, %s)\n", MachineName().c_str(),
+              options.quick ? "quick" : "full", "reusing allocator on during the sweep");
+  for (const bench::TransportResult& tr : results) PrintTable(tr);
+  std::printf("\nthresholds: ");
+  for (const bench::TransportResult& tr : results) {
+    std::printf("%s %s  ", tr.transport.c_str(), ThresholdText(tr.threshold).c_str());
+  }
+  std::printf("\n");
+  if (memory) {
+    std::printf("\nmemory policy, %s messages over tcp loopback (fresh buffer per message):\n",
+                FormatBytes(static_cast<double>(mem.message_bytes)).c_str());
+    std::printf("  glibc defaults   %.2f GB/s (±%.0f%%), %.0f page faults/msg\n", mem.default_gbps.median,
+                mem.default_gbps.spread * 100, mem.default_faults.median);
+    std::printf("  reusing allocator %.2f GB/s (±%.0f%%), %.0f page faults/msg\n", mem.reuse_gbps.median,
+                mem.reuse_gbps.spread * 100, mem.reuse_faults.median);
+    std::printf("  ratio %.1fx -> %s\n", mem.ratio,
+                mem.ratio >= 1.0 ? "reuse freed memory (zerocan::UseReusingAllocator / ApplyMemoryPolicy)"
+                                 : "keep glibc's defaults");
+  }
+  if (!written.empty()) std::printf("\nwrote %s\n", written.c_str());
+  if (plotted) std::printf("plot: %s\n", plot.c_str());
+  std::printf("(tune took %.1f s)\n", (bench::NowNs() - started) / 1e9);
+  return plot.empty() || plotted ? 0 : 1;
+}
+
 }  // namespace zerocan::tools

@@ -28,6 +28,8 @@
 #include <string>
 #include <string_view>
 
+#include "zerocan/buffer.h"
+
 namespace zerocan {
 
 // Measured on the reference machine by `zerocan tune` (see README "How the threshold is
@@ -105,5 +107,15 @@ bool ReusingAllocatorEnabled() noexcept;
 // Applies the memory policy the programs use: ZEROCAN_REUSE_MEMORY=0/1 if set, else the
 // config file's "reuse_memory", else on. Returns whether reuse is on.
 bool ApplyMemoryPolicy();
+
+// A buffer for a large payload the program is about to fill (a result tensor, a frame
+// to send). With the reusing allocator on and at least 1 MiB, it comes from a
+// process-wide pool of buffers released earlier (power-of-two size classes; pages past
+// `size` are never touched): a zero-copy send releases its buffer on libzmq's I/O thread
+// with a lock-free push, and the next AllocateLarge takes it back with its pages
+// already mapped. glibc alone does not manage this: sender buffers and libzmq's receive
+// buffers differ by a few bytes, small blocks land between them, and each large request
+// ends up on fresh pages. Otherwise, and below 1 MiB, Buffer::Allocate. Thread-safe.
+Buffer AllocateLarge(size_t size);
 
 }  // namespace zerocan
