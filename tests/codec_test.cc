@@ -178,7 +178,9 @@ TYPED_TEST(ArrayCodecTest, VectorInlineAndInFrame) {
     std::vector<T> v = Sample<T>(n);
     Outgoing out = EncodeArg(v, FixedPolicy(1024));
     bool in_frame = n * sizeof(T) >= 1024;
-    if (!in_frame) EXPECT_EQ(out.frame_count(), 1u);
+    if (!in_frame) {
+      EXPECT_EQ(out.frame_count(), 1u);
+    }
     Message m = DecodeOutgoing(std::move(out));
     Value arg = m.arg(0);
     ASSERT_EQ(arg.kind(), Kind::kTensor);

@@ -42,7 +42,9 @@ TEST_P(ThresholdTest, ArraysBelowThresholdInlineAtThresholdFrame) {
     std::vector<uint8_t> values(size, 9);
     Outgoing out = EncodeArg(values, FixedPolicy(n));
     EXPECT_EQ(out.frame_count(), size >= n ? 2u : 1u) << size;
-    if (size >= n) EXPECT_EQ(out.payload_frames()[0].size(), size);
+    if (size >= n) {
+      EXPECT_EQ(out.payload_frames()[0].size(), size);
+    }
   }
   // float64: the same rule on the byte count, n rounded to whole elements.
   size_t elements_at = (n + 7) / 8;  // smallest count whose bytes reach n
