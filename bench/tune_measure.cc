@@ -232,7 +232,7 @@ MemoryResult MeasureMemoryPolicy(bool quick, const std::function<void(double, co
   // On while the threads start, so every thread allocates from the one reusable heap
   // (see UseReusingAllocator); the "defaults" rounds then switch it off.
   UseReusingAllocator(true);
-  std::vector<double> gbps[2], faults[2];
+  std::vector<double> gbps[2], faults[2], cpu_gbps[2];
   {
     zmq::context_t ctx(1);
     Channel channel(ctx, "tcp");
@@ -255,10 +255,11 @@ MemoryResult MeasureMemoryPolicy(bool quick, const std::function<void(double, co
       };
       one(0);
       long f0 = MinorFaults();
-      double t0 = NowNs();
+      double t0 = NowNs(), c0 = CpuNs();
       for (int i = 0; i < per_batch; ++i) one(i + 1);
-      double dt = NowNs() - t0;
+      double dt = NowNs() - t0, dc = CpuNs() - c0;
       long f1 = MinorFaults();
+      cpu_gbps[reuse].push_back(static_cast<double>(result.message_bytes) * per_batch / dc);
       gbps[reuse].push_back(static_cast<double>(result.message_bytes) * per_batch / dt);
       faults[reuse].push_back(static_cast<double>(f1 - f0) / per_batch);
     }
@@ -269,6 +270,11 @@ MemoryResult MeasureMemoryPolicy(bool quick, const std::function<void(double, co
   result.default_faults = MakeStat(faults[0]);
   result.reuse_faults = MakeStat(faults[1]);
   result.ratio = result.default_gbps.median > 0 ? result.reuse_gbps.median / result.default_gbps.median : 0;
+  result.default_cpu_gbps = MakeStat(cpu_gbps[0]);
+  result.reuse_cpu_gbps = MakeStat(cpu_gbps[1]);
+  result.cpu_ratio = result.default_cpu_gbps.median > 0
+                         ? result.reuse_cpu_gbps.median / result.default_cpu_gbps.median
+                         : 0;
   if (progress) progress(1.0, "memory: done");
   return result;
 }

@@ -73,7 +73,9 @@ struct MemoryResult {
   size_t message_bytes = 0;
   Stat default_gbps, reuse_gbps;
   Stat default_faults, reuse_faults;  // minor page faults per message
-  double ratio = 0;                   // reuse / default throughput
+  Stat default_cpu_gbps, reuse_cpu_gbps;  // bytes per second of process CPU time
+  double ratio = 0;                   // reuse / default throughput (wall)
+  double cpu_ratio = 0;               // reuse / default bytes per CPU second
 };
 MemoryResult MeasureMemoryPolicy(bool quick, const std::function<void(double, const std::string&)>& progress = {});
 

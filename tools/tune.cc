@@ -105,7 +105,7 @@ bool Plot(const std::vector<bench::TransportResult>& results, const std::string&
   script << "set output '" << file << "'\n";
   script << "set multiplot layout 1," << results.size()
          << " title 'zerocan tune: CPU per message, end to end (lower is better)'\n";
-  script << "set logscale xy\nset grid\nset key top left\n";
+  script << "set logscale xy\nset grid\nset key bottom right\n";
   script << "set xlabel 'payload bytes'\nset ylabel 'ns per message'\n";
   script << "set format x '%.0s%cB'\n";
   std::vector<std::string> data_files;
@@ -168,9 +168,10 @@ void PrintJson(const std::vector<bench::TransportResult>& results, const bench::
   std::printf("  ]");
   if (memory != nullptr) {
     std::printf(",\n  \"memory\": {\"message_bytes\": %zu, \"default_gbps\": %.3f, \"reuse_gbps\": %.3f, "
-                "\"default_faults_per_msg\": %.0f, \"reuse_faults_per_msg\": %.0f, \"ratio\": %.2f}",
+                "\"default_faults_per_msg\": %.0f, \"reuse_faults_per_msg\": %.0f, \"ratio\": %.2f, "
+                "\"cpu_ratio\": %.2f}",
                 memory->message_bytes, memory->default_gbps.median, memory->reuse_gbps.median,
-                memory->default_faults.median, memory->reuse_faults.median, memory->ratio);
+                memory->default_faults.median, memory->reuse_faults.median, memory->ratio, memory->cpu_ratio);
   }
   if (!written.empty()) std::printf(",\n  \"written\": \"%s\"", written.c_str());
   std::printf("\n}\n");
@@ -286,11 +287,14 @@ int RunTune(int argc, char** argv) {
   if (memory) {
     std::printf("\nmemory policy, %s messages over tcp loopback (fresh buffer per message):\n",
                 FormatBytes(static_cast<double>(mem.message_bytes)).c_str());
-    std::printf("  glibc defaults   %.2f GB/s (±%.0f%%), %.0f page faults/msg\n", mem.default_gbps.median,
-                mem.default_gbps.spread * 100, mem.default_faults.median);
-    std::printf("  reusing allocator %.2f GB/s (±%.0f%%), %.0f page faults/msg\n", mem.reuse_gbps.median,
-                mem.reuse_gbps.spread * 100, mem.reuse_faults.median);
-    std::printf("  ratio %.1fx -> %s\n", mem.ratio,
+    std::printf("  glibc defaults    %.2f GB/s wall (±%.0f%%), %.2f GB per CPU-second, %.0f page faults/msg\n",
+                mem.default_gbps.median, mem.default_gbps.spread * 100, mem.default_cpu_gbps.median,
+                mem.default_faults.median);
+    std::printf("  reusing allocator %.2f GB/s wall (±%.0f%%), %.2f GB per CPU-second, %.0f page faults/msg\n",
+                mem.reuse_gbps.median, mem.reuse_gbps.spread * 100, mem.reuse_cpu_gbps.median,
+                mem.reuse_faults.median);
+    std::printf("  ratio %.1fx wall, %.1fx per CPU-second\n", mem.ratio, mem.cpu_ratio);
+    std::printf("  -> %s\n",
                 mem.ratio >= 1.0 ? "reuse freed memory (zerocan::UseReusingAllocator / ApplyMemoryPolicy)"
                                  : "keep glibc's defaults");
   }
