@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -23,7 +24,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
+#include "zerocan/broker.h"
 #include "zerocan/capture.h"
+#include "zerocan/client.h"
+#include "zerocan/engine.h"
 #include "zerocan/signing.h"
 #include "zerocan/zerocan.h"
 
@@ -525,6 +530,97 @@ TEST(InspectTest, SchemaListsEveryStructFieldOrdinalAndId) {
   EXPECT_EQ(j["protocol_version"], kProtocolVersion);
   EXPECT_EQ(j["structs"][0]["name"], "Envelope");
   EXPECT_EQ(j["structs"][0]["fields"][1]["ordinal"], 1);
+}
+
+// ---- a live session through a broker ---------------------------------------------------------
+
+// The demo's path in one process: a client calls an engine through a broker whose
+// capture socket is recorded; the capture, inspected, lists every call and its result.
+TEST(InspectTest, CaptureOfABrokeredSessionListsEveryCallAndResult) {
+  zmq::context_t ctx(1);
+  BrokerOptions bo;
+  bo.context = &ctx;
+  bo.heartbeat = std::chrono::milliseconds(40);
+  bo.capture = "inproc://inspect-capture";
+  Broker broker("inproc://inspect-front", "inproc://inspect-back", bo);
+  zmq::socket_t sub(ctx, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::subscribe, "");
+  sub.connect("inproc://inspect-capture");
+  broker.Start();
+  EngineOptions eo;
+  eo.context = &ctx;
+  eo.heartbeat = std::chrono::milliseconds(40);
+  eo.id = "engine-1";
+  Engine engine(eo);
+  engine.Connect("inproc://inspect-back");
+  engine.Start();
+
+  std::ostringstream file(std::ios::binary);
+  CaptureWriter writer(&file);
+  // Wait until the capture subscription is live (the engine's hello or a heartbeat
+  // comes through), so no call is published before it.
+  bool live = false;
+  for (int i = 0; i < 100 && !live; ++i) {
+    if (auto r = ReceiveCaptured(sub, 50)) {
+      writer.Write(*r);
+      live = true;
+    }
+  }
+  ASSERT_TRUE(live);
+
+  ClientOptions co;
+  co.context = &ctx;
+  Client client("inproc://inspect-front", co);
+  std::vector<uint64_t> ids;
+  {
+    auto f = client.apply("add", 1, 2);
+    ids.push_back(f.call_id());
+    EXPECT_EQ(f.get().as<int>(), 3);
+  }
+  {
+    auto f = client.apply("sum", std::vector<double>(1000, 0.25));  // 8000 bytes: a frame
+    ids.push_back(f.call_id());
+    EXPECT_EQ(f.get().as<double>(), 250.0);
+  }
+  {
+    auto f = client.apply("fail", std::string("on purpose"));
+    ids.push_back(f.call_id());
+    EXPECT_FALSE(f.get().ok());
+  }
+  // Collect until every call and every reply has come through the capture.
+  std::set<uint64_t> requests, replies;
+  for (int i = 0; i < 400 && (requests.size() < ids.size() || replies.size() < ids.size()); ++i) {
+    auto r = ReceiveCaptured(sub, 10);
+    if (!r) continue;
+    writer.Write(*r);
+    ReceivedMessage m = ToReceived(*r);
+    if (m.frames.empty()) continue;
+    try {
+      Message decoded = Message::Decode(std::move(m));
+      if (decoded.body_kind() == BodyKind::kApply) requests.insert(decoded.message_id());
+      if (decoded.body_kind() == BodyKind::kResult) replies.insert(decoded.call_id());
+    } catch (const DecodeError&) {
+    }
+  }
+  EXPECT_EQ(requests.size(), ids.size());
+  EXPECT_EQ(replies.size(), ids.size());
+
+  std::string out = InspectAll(file.str());
+  for (uint64_t id : ids) {
+    EXPECT_THAT(out, HasSubstr(absl::StrCat("apply ", id, " \"")));
+    EXPECT_THAT(out, HasSubstr(absl::StrCat(" for call ", id, " from \"engine-1\"")));
+  }
+  EXPECT_THAT(out, HasSubstr("request from \"frontend\""));
+  EXPECT_THAT(out, HasSubstr("reply from \"backend\""));
+  EXPECT_THAT(out, HasSubstr("apply.args[0]: tensor float64 [1000], 8000 bytes, frame"));
+  EXPECT_THAT(out, HasSubstr("error \"zerocan.Fail"));
+  EXPECT_THAT(out, HasSubstr(" 0 malformed"));
+
+  InspectOptions by_function;
+  by_function.function = "sum";
+  std::string sums = InspectAll(file.str(), by_function);
+  EXPECT_THAT(sums, HasSubstr(absl::StrCat(" for call ", ids[1], " ")));
+  EXPECT_THAT(sums, Not(HasSubstr("\"add\"")));
 }
 
 // ---- the program ---------------------------------------------------------------------------
