@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -692,6 +694,71 @@ TEST(InspectTest, ProgramPrintsWhatTheInspectorPrints) {
   EXPECT_EQ(RunTool("inspect").status, 2);
   EXPECT_EQ(RunTool("inspect --bogus x").status, 2);
   EXPECT_EQ(RunTool("inspect " + dir + "/does-not-exist.zcap").status, 2);
+}
+
+
+// `zerocan record` and `zerocan inspect --follow` against a capture socket published
+// from here: the recorder's file and the live output carry the published messages.
+TEST(InspectTest, RecordAndFollowReadALiveCaptureSocket) {
+  zmq::context_t ctx(1);
+  zmq::socket_t pub(ctx, zmq::socket_type::pub);
+  pub.bind("tcp://127.0.0.1:*");
+  std::string endpoint = pub.get(zmq::sockopt::last_endpoint);
+  ReceivedMessage message = LoopbackFrames(PayloadApply());
+  message.routing.emplace_back("client-3", 8);
+
+  // Publishes until `done`: the subscriber joins at some unknown moment.
+  auto publish_until = [&](std::atomic<bool>& done) {
+    for (int i = 0; i < 1000 && !done; ++i) {
+      PublishCaptured(pub, message, Direction::kRequest, "frontend");
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  };
+
+  std::string file = ::testing::TempDir() + "/inspect_test_record.zcap";
+  std::remove(file.c_str());
+  std::atomic<bool> done{false};
+  ToolRun record;
+  std::thread recorder([&] {
+    record = RunTool("record " + endpoint + " " + file + " --count 3");
+    done = true;
+  });
+  publish_until(done);
+  recorder.join();
+  EXPECT_EQ(record.status, 0) << record.out;
+  EXPECT_THAT(record.out, HasSubstr("3 messages written"));
+  std::ifstream in(file, std::ios::binary);
+  CaptureReader reader(&in);
+  int n = 0;
+  while (auto r = reader.Next()) {
+    EXPECT_EQ(r->direction, Direction::kRequest);
+    EXPECT_EQ(r->source, "frontend");
+    EXPECT_EQ(Message::Decode(ToReceived(*r)).function(), "matmul");
+    ++n;
+  }
+  EXPECT_EQ(n, 3);
+  EXPECT_EQ(reader.end(), CaptureReader::End::kClean);
+
+  done = false;
+  ToolRun follow;
+  std::thread follower([&] {
+    follow = RunTool("inspect --follow " + endpoint + " --count 2 --json");
+    done = true;
+  });
+  publish_until(done);
+  follower.join();
+  EXPECT_EQ(follow.status, 0) << follow.out;
+  std::istringstream lines(follow.out);
+  std::string line;
+  int objects = 0;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["function"], "matmul");
+    EXPECT_EQ(j["frames"][0]["role"], "routing");
+    ++objects;
+  }
+  EXPECT_EQ(objects, 2);
 }
 
 }  // namespace
