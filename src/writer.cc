@@ -260,8 +260,13 @@ void ValueWriter::Copy(const Value& value) {
     case Kind::kTensor: {
       auto t = r.getTensor();
       if (t.getPacking() != wire::Packing::NONE || t.getByteOrder() != wire::ByteOrder::LITTLE) {
-        // Forward exactly as received: the payload is inline and small.
+        // Forward as received. A packed payload is always inline (the decoder enforces
+        // it), but a big-endian one may sit in a frame of the received message, whose
+        // index means nothing in this one: place those bytes again.
         builder_.setTensor(t);
+        if (t.getData().isFrame()) {
+          message_->PlacePayload(builder_.getTensor().getData(), value.TensorBytes());
+        }
         return;
       }
       Shape shape;

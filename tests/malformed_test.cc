@@ -494,6 +494,40 @@ TEST(MalformedInputTest, OversizeFrameDroppedByLibzmqMaxMsgSize) {
   EXPECT_FALSE(testing::ReceiveWithin(router, true, std::chrono::milliseconds(200), limits));
 }
 
+// ---- forwarding what was accepted -----------------------------------------------------
+
+TEST(MalformedInputTest, ForwardedBigEndianFrameTensorKeepsItsBytes) {
+  // Found by tests/fuzz/value_fuzz: ValueWriter::Copy copied a big-endian tensor's
+  // FrameRef verbatim, so the forwarded message pointed at a frame index of the
+  // *received* message (rejected, or silently another payload of the new message).
+  Crafted c;
+  auto args = c.Apply(1).getArgs();
+  auto t = args[0].initTensor();
+  t.setDtype(wire::DType::INT32);
+  t.setByteOrder(wire::ByteOrder::BIG);
+  t.initShape(1).set(0, 300);
+  auto ref = t.getData().initFrame();
+  ref.setIndex(1);
+  ref.setLength(1200);
+  std::string payload(1200, '\0');
+  for (size_t i = 0; i < 300; ++i) payload[4 * i + 3] = static_cast<char>(i % 128);  // BE
+  ReceivedMessage received;
+  received.frames = c.Frames({payload});
+  Message in = Message::Decode(std::move(received));
+
+  Policy policy;
+  policy.inline_threshold = 64;
+  EnvelopeWriter writer(policy);
+  ApplyWriter apply = writer.StartApply("forward", 2, 0);
+  apply.arg(0).Bytes(Buffer::Adopt(std::vector<uint8_t>(500, 0xee)));  // takes frame 1
+  apply.arg(1).Copy(in.arg(0));
+  Message out = Message::Decode(LoopbackFrames(writer.Finish()));
+  Tensor forwarded = out.arg(1).AsTensor();
+  ASSERT_EQ(forwarded.size(), 300u);
+  const int32_t* values = forwarded.data_as<int32_t>();
+  for (int i = 0; i < 300; ++i) ASSERT_EQ(values[i], i % 128) << i;
+}
+
 // ---- golden vectors, truncated and bit-flipped ---------------------------------------
 
 // Runs the decoder and the accessors over every truncation and single-bit flip of the

@@ -1,0 +1,18 @@
+// Fuzz target: payload references and tensor views. After a successful decode, AsBytes,
+// AsTensor (with typed views) and TensorBytes on every value must stay inside the frames.
+#include "tests/fuzz/fuzz_common.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace zerocan;
+  ReceivedMessage received;
+  received.frames = fuzz::ParseFrames(data, size);
+  Message m;
+  try {
+    m = Message::Decode(std::move(received), fuzz::FuzzLimits());
+  } catch (const DecodeError&) {
+    return 0;
+  }
+  volatile uint64_t sink = fuzz::WalkMessage(m, /*deep=*/false);
+  (void)sink;
+  return 0;
+}
