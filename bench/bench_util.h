@@ -9,6 +9,7 @@
 #include <ctime>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace zerocan::bench {
@@ -57,6 +58,13 @@ struct Contender {
   double median() const { return Median(samples); }
 };
 
+// Lets the process's other threads (libzmq's I/O threads, a receiver) go idle. Linux
+// brings a thread's CPU time up to date when it is switched out or at a scheduler tick:
+// read while another thread is still running, the process clock misses up to a tick
+// (4 ms at HZ=250) of that thread's time, which is tens of percent of a 20 ms batch.
+// After this, every other thread has blocked and been accounted.
+inline void SettleThreads() { std::this_thread::sleep_for(std::chrono::milliseconds(2)); }
+
 // Picks iters so one batch takes about target_ns (at least 1, at most max_iters).
 inline void Calibrate(Contender& c, double target_ns, int max_iters = 1 << 20) {
   c.op(1);  // warm: first-touch, caches, lazy init
@@ -82,6 +90,7 @@ inline void Interleave(std::vector<Contender*> contenders, int rounds) {
     for (Contender* c : contenders) {
       double t0 = CpuNs();
       c->op(c->iters);
+      SettleThreads();
       c->samples.push_back((CpuNs() - t0) / c->iters);
     }
   }

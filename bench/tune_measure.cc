@@ -136,7 +136,9 @@ void RunBatch(Channel& channel, const Buffer& payload, Placement mode, size_t tu
   }
   double sender1 = ThreadCpuNs();
   channel.WaitFor(*sent);
-  double wall1 = NowNs(), cpu1 = CpuNs();
+  double wall1 = NowNs();
+  SettleThreads();
+  double cpu1 = CpuNs();
   long faults1 = MinorFaults();
   out->cost.push_back((cpu1 - cpu0) / count);
   out->sender.push_back((sender1 - sender0) / count);
@@ -150,7 +152,7 @@ std::vector<TransportResult> Sweep(const SweepOptions& options) {
   UseReusingAllocator(true);
   std::vector<size_t> sizes = options.sizes.empty() ? DefaultSizes(options.quick) : options.sizes;
   int rounds = options.rounds > 0 ? options.rounds : (options.quick ? 4 : 7);
-  double batch_ns = options.batch_ns > 0 ? options.batch_ns : (options.quick ? 3e6 : 8e6);
+  double batch_ns = options.batch_ns > 0 ? options.batch_ns : (options.quick ? 5e6 : 20e6);
   std::vector<Placement> modes = {Placement::kInline, Placement::kFrame};
   if (options.copied_frame) modes.push_back(Placement::kCopiedFrame);
   if (options.tuned) modes.push_back(Placement::kTuned);
@@ -203,6 +205,17 @@ std::vector<TransportResult> Sweep(const SweepOptions& options) {
         point.sender_cpu[k] = MakeStat(samples[k].sender);
         point.wall[k] = MakeStat(samples[k].wall);
         point.faults[k] = MakeStat(samples[k].faults);
+      }
+      if (options.tuned) {
+        const auto& inl = samples[static_cast<int>(Placement::kInline)].cost;
+        const auto& frame = samples[static_cast<int>(Placement::kFrame)].cost;
+        const auto& tuned = samples[static_cast<int>(Placement::kTuned)].cost;
+        const auto& best = Median(inl) <= Median(frame) ? inl : frame;
+        std::vector<double> ratios;
+        for (size_t r = 0; r < tuned.size() && r < best.size(); ++r) {
+          if (best[r] > 0) ratios.push_back(tuned[r] / best[r]);
+        }
+        point.tuned_paired = Median(ratios);
       }
       tr.points.push_back(point);
       step += 1;

@@ -37,6 +37,10 @@ struct PointResult {
   Stat sender_cpu[kPlacements];  // sender thread CPU ns per message
   Stat wall[kPlacements];        // wall ns per message (1e9 / messages per second)
   Stat faults[kPlacements];      // minor page faults per message
+  // With kTuned measured: the median over rounds of tuned / (the placement with the lower
+  // median) in the same round. Samples taken moments apart share the machine's load, so
+  // this cancels the drift that medians of separate samples keep.
+  double tuned_paired = 0;
 };
 
 struct TransportResult {
@@ -51,8 +55,8 @@ struct SweepOptions {
   std::vector<std::string> transports = {"inproc", "ipc", "tcp"};
   std::vector<size_t> sizes;     // empty: DefaultSizes(quick)
   bool quick = false;
-  int rounds = 0;                // 0: 5 (quick: 3)
-  double batch_ns = 0;           // target CPU time of one batch; 0: 8 ms (quick: 3 ms)
+  int rounds = 0;                // 0: 7 (quick: 4)
+  double batch_ns = 0;           // target CPU time of one batch; 0: 20 ms (quick: 5 ms)
   bool copied_frame = true;      // also measure the copied-frame mode
   bool tuned = false;            // also measure Policy::Load(transport) (the bench)
   // Called with the fraction done (0..1) and what is being measured.
