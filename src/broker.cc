@@ -16,7 +16,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "internal/kj_bridge.h"
+#include "internal/peek.h"
 #include "internal/strings.h"
 #include "zerocan/capture.h"
 #include "zerocan/frames.h"
@@ -29,52 +29,6 @@ namespace zerocan {
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-// What the broker reads of an envelope: its header, never its values.
-struct Peek {
-  wire::Envelope::Body::Which kind;
-  uint64_t message_id = 0;
-  uint64_t call_id = 0;       // results
-  std::string function;       // applies
-  uint32_t timeout_ms = 0;    // applies
-};
-
-std::optional<Peek> PeekEnvelope(const zmq::message_t& frame, const DecodeLimits& limits) {
-  size_t size = frame.size();
-  if (size < 8 || size % 8 != 0 || size > limits.max_envelope_bytes) return std::nullopt;
-  const capnp::word* words = static_cast<const capnp::word*>(frame.data());
-  std::unique_ptr<capnp::word[]> copy;
-  if (!IsAligned(words, alignof(capnp::word))) {
-    copy.reset(new capnp::word[size / 8]);
-    std::memcpy(copy.get(), frame.data(), size);
-    words = copy.get();
-  }
-  try {
-    return internal::CatchKj("envelope", [&]() -> std::optional<Peek> {
-      capnp::ReaderOptions options;
-      options.traversalLimitInWords = limits.traversal_factor * (size / 8) + 64;
-      options.nestingLimit = 16;
-      capnp::FlatArrayMessageReader reader(kj::ArrayPtr<const capnp::word>(words, size / 8),
-                                           options);
-      auto env = reader.getRoot<wire::Envelope>();
-      if (env.getVersion() != kProtocolVersion) return std::nullopt;
-      Peek p;
-      p.kind = env.getBody().which();
-      p.message_id = env.getMessageId();
-      if (p.kind == wire::Envelope::Body::APPLY) {
-        auto apply = env.getBody().getApply();
-        auto fn = apply.getFunction();
-        p.function.assign(fn.begin(), std::min<size_t>(fn.size(), 1024));
-        p.timeout_ms = apply.getTimeoutMs();
-      } else if (p.kind == wire::Envelope::Body::RESULT) {
-        p.call_id = env.getBody().getResult().getCallId();
-      }
-      return p;
-    });
-  } catch (const DecodeError&) {
-    return std::nullopt;
-  }
-}
 
 std::string FrameString(const zmq::message_t& m) {
   return std::string(static_cast<const char*>(m.data()), m.size());
@@ -99,7 +53,7 @@ struct EngineState {
 // A call waiting for an engine.
 struct Waiting {
   ReceivedMessage message;
-  Peek peek;
+  internal::Peek peek;
   Clock::time_point deadline;
 };
 
@@ -217,7 +171,7 @@ class Broker::Impl {
         ++dropped_;
         continue;
       }
-      std::optional<Peek> peek = PeekEnvelope(m->frames[0], options_.limits);
+      std::optional<internal::Peek> peek = internal::PeekEnvelope(m->frames[0], options_.limits);
       if (!peek || peek->kind != wire::Envelope::Body::APPLY) {
         ++dropped_;  // clients only send calls; anything else is noise
         continue;
@@ -283,7 +237,7 @@ class Broker::Impl {
         continue;
       }
       std::string engine = FrameString(m->routing[0]);
-      std::optional<Peek> peek = PeekEnvelope(m->frames[0], options_.limits);
+      std::optional<internal::Peek> peek = internal::PeekEnvelope(m->frames[0], options_.limits);
       if (m->routing.size() == 1) {
         // For the broker itself: hello, heartbeat, goodbye.
         Capture(*m, Direction::kReceived, "backend");

@@ -176,7 +176,7 @@ void AddBuiltins(Engine& engine) {
   engine.DefRaw("add", Add);
   engine.DefRaw("sum", Sum);
   engine.DefRaw("nbytes", NBytes);
-  engine.DefRaw("sleep", Sleep);
+  engine.DefRaw("sleep", Sleep, FunctionOptions{.may_run_inline = false});
   engine.DefRaw("fail", Fail);
 }
 

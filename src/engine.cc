@@ -23,6 +23,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "internal/peek.h"
 #include "internal/strings.h"
 #include "zerocan/frames.h"
 #include "zerocan/stats.h"
@@ -114,10 +115,34 @@ class Engine::Impl {
     ::close(wake_fd_);
   }
 
-  void Def(std::string_view name, RawFunction fn) {
+  // A registered function and what the engine has seen of its run time.
+  struct Function {
+    RawFunction fn;
+    FunctionOptions options;
+    std::atomic<uint32_t> fast_runs{0};
+    std::atomic<bool> slow{false};
+  };
+
+  void Def(std::string_view name, RawFunction fn, FunctionOptions options) {
     if (running_) throw Error(absl::StrCat("engine ", options_.id, ": def(\"", internal::Sv(name),
                                            "\") after Start()"));
-    functions_[std::string(name)] = std::make_shared<RawFunction>(std::move(fn));
+    auto f = std::make_shared<Function>();
+    f->fn = std::move(fn);
+    f->options = options;
+    functions_[std::string(name)] = std::move(f);
+  }
+
+  // True when `job` should run here on the I/O thread (see EngineOptions::inline_below).
+  bool RunsInline(const Job& job) const {
+    if (options_.inline_below.count() <= 0 || job.received.frames.size() != 1) return false;
+    std::optional<internal::Peek> peek =
+        internal::PeekEnvelope(job.received.frames[0], options_.limits);
+    if (!peek || peek->kind != wire::Envelope::Body::APPLY) return false;
+    auto it = functions_.find(peek->function);
+    if (it == functions_.end()) return false;
+    const Function& f = *it->second;
+    return f.options.may_run_inline && !f.slow.load(std::memory_order_relaxed) &&
+           f.fast_runs.load(std::memory_order_relaxed) >= options_.inline_after;
   }
 
   std::vector<std::string> Functions() const {
@@ -265,7 +290,7 @@ class Engine::Impl {
       }
       if (!received) return;
       Job job{index, std::move(*received)};
-      if (options_.threads <= 0) {
+      if (options_.threads <= 0 || RunsInline(job)) {
         std::optional<Reply> reply = Process(std::move(job));
         if (reply) SendQuiet(reply->socket, std::move(reply->message), &reply->routing);
       } else {
@@ -364,7 +389,14 @@ class Engine::Impl {
       w.SetHeader(NextHeader());
       ValueWriter out = w.StartResult(message.message_id(), options_.id);
       Call call(message, options_.id, *registry_);
-      (*it->second)(call, out);
+      Function& f = *it->second;
+      Clock::time_point t0 = Clock::now();
+      f.fn(call, out);
+      if (Clock::now() - t0 > options_.inline_below) {
+        f.slow.store(true, std::memory_order_relaxed);
+      } else {
+        f.fast_runs.fetch_add(1, std::memory_order_relaxed);
+      }
       reply.message = w.Finish();
       return reply;
     } catch (const RemoteError& e) {
@@ -424,7 +456,7 @@ class Engine::Impl {
   const Registry* registry_ = nullptr;
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;
-  std::map<std::string, std::shared_ptr<RawFunction>> functions_;
+  std::map<std::string, std::shared_ptr<Function>> functions_;
   Verifier verifier_;
   std::vector<zmq::socket_t> sockets_;
   std::vector<bool> is_dealer_;
@@ -455,8 +487,8 @@ Engine::Engine(EngineOptions options) : impl_(std::make_unique<Impl>(std::move(o
 }
 Engine::~Engine() = default;
 
-Engine& Engine::DefRaw(std::string_view name, RawFunction fn) {
-  impl_->Def(name, std::move(fn));
+Engine& Engine::DefRaw(std::string_view name, RawFunction fn, FunctionOptions options) {
+  impl_->Def(name, std::move(fn), options);
   return *this;
 }
 std::vector<std::string> Engine::functions() const { return impl_->Functions(); }

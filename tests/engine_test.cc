@@ -288,6 +288,34 @@ TEST(EngineTest, InlineModeServesOnTheIoThread) {
   EXPECT_FALSE(p.client->apply("fail", std::string("x")).get().ok());
 }
 
+TEST(EngineTest, ProvenFastFunctionsRunOnTheIoThread) {
+  zmq::context_t ctx(1);
+  EngineOptions options;
+  options.context = &ctx;
+  options.threads = 2;
+  options.inline_below = milliseconds(50);  // generous: a loaded machine stays "fast"
+  options.inline_after = 4;
+  Engine engine(options);
+  auto here = [] { return std::hash<std::thread::id>()(std::this_thread::get_id()); };
+  engine.def("fast", [&] { return static_cast<uint64_t>(here()); });
+  engine.def("slow", [&] {
+    std::this_thread::sleep_for(milliseconds(60));
+    return static_cast<uint64_t>(here());
+  });
+  engine.Bind("inproc://inline-fast");
+  engine.Start();
+  ClientOptions copts;
+  copts.context = &ctx;
+  Client client("inproc://inline-fast", copts);
+  std::vector<uint64_t> fast;
+  for (int i = 0; i < 12; ++i) fast.push_back(client.apply("fast").get().as<uint64_t>());
+  // After 4 fast runs on workers, every call runs on one thread: the I/O thread.
+  uint64_t io_thread = fast.back();
+  for (int i = 5; i < 12; ++i) EXPECT_EQ(fast[i], io_thread) << i;
+  // A slow function never leaves the workers.
+  for (int i = 0; i < 6; ++i) EXPECT_NE(client.apply("slow").get().as<uint64_t>(), io_thread);
+}
+
 TEST(EngineTest, PerCallTimeoutAndLateReplyDropped) {
   Pair p("inproc://timeout", 2);
   ResultFuture slow = p.client->apply_for(milliseconds(50), "sleep", 0.5);
