@@ -10,6 +10,7 @@
 #include <capnp/dynamic.h>
 #include <capnp/schema.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <complex>
@@ -404,12 +405,24 @@ void Place(Context& c, wire::Payload::Reader payload, PayloadRow* row) {
   }
 }
 
+// Element i of raw wire bytes: memcpy (the data may sit at any offset), then a byte
+// swap for big-endian data. Reading the wire bytes directly, rather than through
+// Value::AsTensor(), means a packed, swapped or misaligned tensor costs only the values
+// shown, not a converted copy of the whole payload.
 template <class T>
-void AppendValues(const Tensor& t, size_t n, PayloadRow* row) {
-  const auto* p = reinterpret_cast<const T*>(t.data().data());
+T ReadElement(const std::byte* p, size_t i, bool swap) {
+  unsigned char bytes[sizeof(T)];
+  std::memcpy(bytes, p + i * sizeof(T), sizeof(T));
+  if (swap) std::reverse(bytes, bytes + sizeof(T));
+  T v;
+  std::memcpy(&v, bytes, sizeof(T));
+  return v;
+}
+
+template <class T>
+void AppendValues(const std::byte* p, size_t n, bool swap, PayloadRow* row) {
   for (size_t i = 0; i < n; ++i) {
-    T v;
-    std::memcpy(&v, p + i, sizeof(T));
+    T v = ReadElement<T>(p, i, swap);
     if constexpr (std::is_same_v<T, uint8_t> || std::is_same_v<T, int8_t>) {
       row->first.push_back(absl::StrCat(static_cast<int>(v)));
       row->first_json.push_back(static_cast<int>(v));
@@ -427,57 +440,62 @@ void AppendValues(const Tensor& t, size_t n, PayloadRow* row) {
 }
 
 template <class T>
-void AppendComplex(const Tensor& t, size_t n, PayloadRow* row) {
-  const auto* p = reinterpret_cast<const T*>(t.data().data());
+void AppendComplex(const std::byte* p, size_t n, bool swap, PayloadRow* row) {
   for (size_t i = 0; i < n; ++i) {
-    T re, im;
-    std::memcpy(&re, p + 2 * i, sizeof(T));
-    std::memcpy(&im, p + 2 * i + 1, sizeof(T));
+    T re = ReadElement<T>(p, 2 * i, swap), im = ReadElement<T>(p, 2 * i + 1, swap);
     std::string r = sizeof(T) == 4 ? FormatFloat(static_cast<float>(re)) : FormatDouble(re);
     std::string m = sizeof(T) == 4 ? FormatFloat(static_cast<float>(im)) : FormatDouble(im);
-    row->first.push_back(absl::StrCat(r, im < 0 || std::signbit(im) ? "" : "+", m, "j"));
+    row->first.push_back(absl::StrCat(r, std::signbit(im) ? "" : "+", m, "j"));
     row->first_json.push_back(json::array({re, im}));
   }
 }
 
 void FirstValues(const Context& c, const Value& v, PayloadRow* row) {
-  Tensor t = v.AsTensor();  // widens packed data and byte-swaps (a copy, counted in Stats)
-  uint64_t count = t.size();
+  auto t = v.reader().getTensor();
+  Buffer raw = v.TensorBytes();  // checked by Decode: shape x item size == length
+  const std::byte* p = raw.data();
+  bool swap = t.getByteOrder() == wire::ByteOrder::BIG;
+  uint64_t count = ElementCount(v.shape()).value_or(0);
   size_t n = c.o.full ? static_cast<size_t>(count)
                       : static_cast<size_t>(std::min<uint64_t>(count, c.o.max_values));
   row->complete = n == count;
-  switch (t.dtype()) {
-    case DType::kBool: {
-      const auto* p = reinterpret_cast<const uint8_t*>(t.data().data());
+  // Packed integers are read as stored (the narrower type) and shown as their values.
+  switch (t.getPacking()) {
+    case wire::Packing::INT8: return AppendValues<int8_t>(p, n, swap, row);
+    case wire::Packing::INT16: return AppendValues<int16_t>(p, n, swap, row);
+    case wire::Packing::INT32: return AppendValues<int32_t>(p, n, swap, row);
+    case wire::Packing::UINT8: return AppendValues<uint8_t>(p, n, swap, row);
+    case wire::Packing::UINT16: return AppendValues<uint16_t>(p, n, swap, row);
+    case wire::Packing::UINT32: return AppendValues<uint32_t>(p, n, swap, row);
+    default: break;
+  }
+  switch (v.dtype()) {
+    case DType::kBool:
       for (size_t i = 0; i < n; ++i) {
-        row->first.push_back(p[i] != 0 ? "true" : "false");
-        row->first_json.push_back(p[i] != 0);
+        bool b = static_cast<uint8_t>(p[i]) != 0;
+        row->first.push_back(b ? "true" : "false");
+        row->first_json.push_back(b);
       }
       break;
-    }
-    case DType::kInt8: AppendValues<int8_t>(t, n, row); break;
-    case DType::kInt16: AppendValues<int16_t>(t, n, row); break;
-    case DType::kInt32: AppendValues<int32_t>(t, n, row); break;
-    case DType::kInt64: AppendValues<int64_t>(t, n, row); break;
-    case DType::kUInt8: AppendValues<uint8_t>(t, n, row); break;
-    case DType::kUInt16: AppendValues<uint16_t>(t, n, row); break;
-    case DType::kUInt32: AppendValues<uint32_t>(t, n, row); break;
-    case DType::kUInt64: AppendValues<uint64_t>(t, n, row); break;
-    case DType::kFloat16: {
-      const auto* p = reinterpret_cast<const uint16_t*>(t.data().data());
+    case DType::kInt8: AppendValues<int8_t>(p, n, swap, row); break;
+    case DType::kInt16: AppendValues<int16_t>(p, n, swap, row); break;
+    case DType::kInt32: AppendValues<int32_t>(p, n, swap, row); break;
+    case DType::kInt64: AppendValues<int64_t>(p, n, swap, row); break;
+    case DType::kUInt8: AppendValues<uint8_t>(p, n, swap, row); break;
+    case DType::kUInt16: AppendValues<uint16_t>(p, n, swap, row); break;
+    case DType::kUInt32: AppendValues<uint32_t>(p, n, swap, row); break;
+    case DType::kUInt64: AppendValues<uint64_t>(p, n, swap, row); break;
+    case DType::kFloat16:
       for (size_t i = 0; i < n; ++i) {
-        uint16_t bits;
-        std::memcpy(&bits, p + i, 2);
-        float f = HalfToFloat(bits);
+        float f = HalfToFloat(ReadElement<uint16_t>(p, i, swap));
         row->first.push_back(FormatFloat(f));
         row->first_json.push_back(f);
       }
       break;
-    }
-    case DType::kFloat32: AppendValues<float>(t, n, row); break;
-    case DType::kFloat64: AppendValues<double>(t, n, row); break;
-    case DType::kComplex64: AppendComplex<float>(t, n, row); break;
-    case DType::kComplex128: AppendComplex<double>(t, n, row); break;
+    case DType::kFloat32: AppendValues<float>(p, n, swap, row); break;
+    case DType::kFloat64: AppendValues<double>(p, n, swap, row); break;
+    case DType::kComplex64: AppendComplex<float>(p, n, swap, row); break;
+    case DType::kComplex128: AppendComplex<double>(p, n, swap, row); break;
   }
 }
 

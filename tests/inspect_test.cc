@@ -265,6 +265,47 @@ TEST(InspectTest, JsonIsOneObjectPerMessage) {
   EXPECT_EQ(n, 8);
 }
 
+TEST(InspectTest, BigEndianAndMisalignedTensorsShowTheirCopyAndTheirValues) {
+  EnvelopeWriter w(SmallInline());
+  w.SetHeader(Fixed(30));
+  auto a = w.StartApply("f", 3, 0);
+  // 1.0 and -2.0 as big-endian float64.
+  std::vector<unsigned char> be = {0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0xc0, 0, 0, 0, 0, 0, 0, 0};
+  a.arg(0).Array(DType::kFloat64, Shape{2}, Buffer::Adopt(std::move(be)));
+  std::vector<double> ten(10);
+  for (size_t i = 0; i < ten.size(); ++i) ten[i] = static_cast<double>(i);
+  a.arg(1).Write(std::move(ten));  // 80 bytes: its own frame
+  a.arg(2).Write(std::vector<double>(10, 1.0));  // frame 2, re-pointed below
+  auto args = w.envelope().getBody().getApply().getArgs();
+  args[0].getTensor().setByteOrder(wire::ByteOrder::BIG);
+  // Elements 1..8 of the frame, starting 4 bytes late: a misaligned view of 9 int32s.
+  auto t = args[1].getTensor();
+  t.setDtype(wire::DType::INT32);
+  t.getShape().set(0, 18);
+  t.getData().getFrame().setOffset(4);
+  t.getData().getFrame().setLength(72);
+  // The same bytes as 9 float64 at +4: misaligned for float64.
+  auto d = args[2].getTensor();
+  d.getShape().set(0, 9);
+  d.getData().getFrame().setIndex(1);
+  d.getData().getFrame().setOffset(4);
+  d.getData().getFrame().setLength(72);
+  CaptureBuilder c;
+  c.Add(w.Finish());
+  std::string out = InspectAll(c.bytes());
+  EXPECT_THAT(out, HasSubstr("copy (big-endian, swapped on receive)"));
+  EXPECT_THAT(out, HasSubstr("values: [1, -2]"));
+  EXPECT_THAT(out, HasSubstr("frame 2 at +4 (mod 8 = 4)"));
+  EXPECT_THAT(out, HasSubstr("payload        80  mod 8 = 4  apply.args[1], apply.args[2]"));
+  EXPECT_THAT(out, HasSubstr("payload        80  -          (not referenced)"));
+  EXPECT_THAT(out, HasSubstr("72 bytes, frame 2 at +4 (mod 8 = 4), copy (data at +4 is not aligned for float64)"));
+  // int32 needs 4-byte alignment: +4 is fine for it; a receiver reads it in place.
+  EXPECT_THAT(out, HasSubstr("tensor int32 [18], 72 bytes, frame 2 at +4 (mod 8 = 4), view"));
+  // From +4: the high word of 0.0, then 1.0 (0x3ff0000000000000) as little-endian int32
+  // words 0 and 1072693248, then 2.0's.
+  EXPECT_THAT(out, HasSubstr("values: [0, 0, 1072693248, 0, 1073741824, 0,"));
+}
+
 // ---- golden vectors ---------------------------------------------------------------------------
 
 std::vector<std::filesystem::path> VectorFiles() {
