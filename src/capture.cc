@@ -322,7 +322,8 @@ std::optional<CaptureRecord> CaptureReader::Next() {
   for (uint64_t i = 0; i < frame_count; ++i) {
     unsigned char len[8];
     if (!ReadExact(len, 8)) {
-      return truncated(absl::StrCat("file ends before frame ", i, " of ", frame_count));
+      return truncated(
+          absl::StrCat("file ends before frame ", i, " (frames 0..", frame_count - 1, ")"));
     }
     uint64_t size = Load(len, 8);
     if (size > limits_.max_frame_bytes) {
@@ -334,15 +335,15 @@ std::optional<CaptureRecord> CaptureReader::Next() {
     }
     total += size;
     if (auto left = remaining(); left && size > *left) {
-      // Read what is there anyway, so the reported end is where the file really ends.
+      // Nothing is read or allocated; the message still names where the file ends.
       offset_ += *left;
-      return truncated(absl::StrCat("frame ", i, " of ", frame_count, " needs ", size,
-                                    " bytes, ", *left, " remain"));
+      return truncated(absl::StrCat("frame ", i, " (frames 0..", frame_count - 1, ") needs ",
+                                    size, " bytes, ", *left, " remain"));
     }
     Buffer frame;
     if (!ReadFrame(size, &frame)) {
-      return truncated(absl::StrCat("file ends inside frame ", i, " of ", frame_count, " (",
-                                    size, " bytes)"));
+      return truncated(absl::StrCat("file ends inside frame ", i, " (frames 0..",
+                                    frame_count - 1, ", this one ", size, " bytes)"));
     }
     record.frames.push_back(std::move(frame));
   }
