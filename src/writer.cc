@@ -78,13 +78,26 @@ void CheckListLength(size_t n, const char* what) {
 template <class T>
 wire::Packing ChoosePacking(const T* p, size_t n, size_t item_size) {
   if (n == 0) return wire::Packing::NONE;
-  T lo = p[0], hi = p[0];
-  for (size_t i = 1; i < n; ++i) {
-    lo = p[i] < lo ? p[i] : lo;
-    hi = p[i] > hi ? p[i] : hi;
+  // Four independent running bounds: the loop is latency-bound otherwise (no 64-bit
+  // vector min/max in baseline x86-64).
+  T lo[4] = {p[0], p[0], p[0], p[0]}, hi[4] = {p[0], p[0], p[0], p[0]};
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (size_t k = 0; k < 4; ++k) {
+      lo[k] = p[i + k] < lo[k] ? p[i + k] : lo[k];
+      hi[k] = p[i + k] > hi[k] ? p[i + k] : hi[k];
+    }
+  }
+  for (; i < n; ++i) {
+    lo[0] = p[i] < lo[0] ? p[i] : lo[0];
+    hi[0] = p[i] > hi[0] ? p[i] : hi[0];
+  }
+  for (size_t k = 1; k < 4; ++k) {
+    lo[0] = lo[k] < lo[0] ? lo[k] : lo[0];
+    hi[0] = hi[k] > hi[0] ? hi[k] : hi[0];
   }
   auto fits = [&](long double a, long double b) {
-    return static_cast<long double>(lo) >= a && static_cast<long double>(hi) <= b;
+    return static_cast<long double>(lo[0]) >= a && static_cast<long double>(hi[0]) <= b;
   };
   struct Option {
     wire::Packing packing;

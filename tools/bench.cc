@@ -22,7 +22,7 @@ int RunBench(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: zerocan bench [--only core] [--json] [--quick]\n");
+      std::fprintf(stderr, "usage: zerocan bench [--only core|apply|tune] [--json] [--quick]\n");
       return 2;
     }
   }
