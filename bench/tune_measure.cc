@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -189,12 +190,16 @@ std::vector<TransportResult> Sweep(const SweepOptions& options) {
         count = static_cast<int>(std::clamp(per > 0 ? batch_ns / per : 1000.0, 1.0, 4000.0));
       }
       Samples samples[kPlacements];
+      // Each round runs the modes in the next permutation of their order, so every mode
+      // follows every other equally often (a batch can leave state behind: socket
+      // buffers, the allocator, caches).
+      std::vector<Placement> order = modes;
+      std::sort(order.begin(), order.end());
       for (int r = 0; r < rounds; ++r) {
-        // Rotate the order each round so no mode always runs right after another.
-        for (size_t j = 0; j < modes.size(); ++j) {
-          Placement m = modes[(j + static_cast<size_t>(r)) % modes.size()];
+        for (Placement m : order) {
           RunBatch(channel, payload, m, tr.tuned_threshold, count, &sent, &samples[static_cast<int>(m)]);
         }
+        if (!std::next_permutation(order.begin(), order.end())) std::sort(order.begin(), order.end());
       }
       PointResult point;
       point.size = size;
