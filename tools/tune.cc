@@ -105,7 +105,7 @@ bool Plot(const std::vector<bench::TransportResult>& results, const std::string&
   script << "set output '" << file << "'\n";
   script << "set multiplot layout 1," << results.size()
          << " title 'zerocan tune: CPU per message, end to end (lower is better)'\n";
-  script << "set logscale xy\nset grid\nset key bottom right\n";
+  script << "set logscale xy\nset grid\nset key top left reverse Left\n";
   script << "set xlabel 'payload bytes'\nset ylabel 'ns per message'\n";
   script << "set format x '%.0s%cB'\n";
   std::vector<std::string> data_files;
@@ -124,7 +124,7 @@ bool Plot(const std::vector<bench::TransportResult>& results, const std::string&
     if (tr.threshold > 1 && tr.threshold != std::numeric_limits<size_t>::max()) {
       script << "set arrow from " << tr.threshold << ", graph 0 to " << tr.threshold
              << ", graph 1 nohead dashtype 2 linewidth 2 linecolor rgb '#cc0000'\n";
-      script << "set label 1 'threshold' at " << tr.threshold << ", graph 0.95 left offset 0.5,0 textcolor rgb '#cc0000'\n";
+      script << "set label 1 'threshold' at " << tr.threshold << ", graph 0.05 left offset 0.5,0 textcolor rgb '#cc0000'\n";
     } else {
       script << "unset label 1\n";
     }
