@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <set>
+#include <thread>
 #include <fstream>
 #include <string>
 
@@ -58,8 +59,9 @@ FrameList SignedCall(const Signer& signer, uint64_t sequence = 1) {
 
 TEST(SigningTest, KnownAnswerMatchesSpecifiedLayout) {
   // HMAC-SHA256(key, "zerocan.hmac-sha256.v1\0" || u16le(1) || u64le(3) ||
-  //             u64le(5) "hello" || u64le(0) || u64le(6) "world!"), computed with
-  // Python's hmac module: the layout docs/SECURITY.md gives to other implementations.
+  //             u64le(5) SHA256("hello") || u64le(0) SHA256("") || u64le(6) SHA256("world!")),
+  // computed with Python's hmac and hashlib: the layout docs/SECURITY.md gives to other
+  // implementations.
   Signer signer(kKey);
   FrameList frames;
   frames.emplace_back("hello", 5);
@@ -69,7 +71,61 @@ TEST(SigningTest, KnownAnswerMatchesSpecifiedLayout) {
   ASSERT_EQ(signature.size(), kSignatureFrameSize);
   EXPECT_EQ(std::memcmp(signature.data(), kSignatureMagic, 8), 0);
   EXPECT_EQ(Hex(static_cast<const char*>(signature.data()) + 8, kMacSize),
-            "16567529c9494713a2d0561292040c39edf1aa89c6fb8012e7446d6bc0bb169f");
+            "5d7a4ffba240d3a782fba71d3bec166cb886364af82f84fdb992d439fdcf2f14");
+}
+
+TEST(SigningTest, KnownAnswerForChunkedFrames) {
+  // A 2.5 MiB + 3 byte frame (digest of its three 1 MiB chunk digests) and an exactly
+  // 1 MiB frame (plain digest); large enough for the parallel path. Expected value from
+  // Python (see docs/SECURITY.md).
+  std::string big((5 << 19) + 3, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 31 + 7) % 251);
+  FrameList frames;
+  frames.emplace_back("env", 3);
+  frames.emplace_back(big.data(), big.size());
+  frames.emplace_back(std::string(1 << 20, '\0').data(), size_t{1} << 20);
+  Signer signer(kKey);
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    zmq::message_t signature =
+        signer.SignatureFor(std::span<const zmq::message_t>(frames.data(), frames.size()));
+    EXPECT_EQ(Hex(static_cast<const char*>(signature.data()) + 8, kMacSize),
+              "e2c1651ab740ba94c4cb0fce59aef8c224e9b146364c4911e98040f34a45492c");
+  }
+  // The incremental API agrees.
+  Signer::Hasher hasher = signer.Begin(3);
+  for (const auto& f : frames) hasher.Add(f.data(), f.size());
+  zmq::message_t incremental = hasher.Finish();
+  EXPECT_EQ(Hex(static_cast<const char*>(incremental.data()) + 8, kMacSize),
+            "e2c1651ab740ba94c4cb0fce59aef8c224e9b146364c4911e98040f34a45492c");
+  // A change in the middle of a chunk is caught.
+  frames.emplace_back(signer.SignatureFor(std::span<const zmq::message_t>(frames.data(), 3)));
+  static_cast<char*>(frames[1].data())[(3 << 19) + 11] ^= 1;
+  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+            Signer::Verdict::kBadSignature);
+}
+
+TEST(SigningTest, ConcurrentSignersAgree) {
+  // Two threads signing large messages at once: one uses the pool, the other works
+  // alone; both must produce the same MAC.
+  Signer signer(kKey);
+  std::string big(size_t{6} << 20, 'q');
+  FrameList frames;
+  frames.emplace_back(big.data(), big.size());
+  std::string expected =
+      signer.SignatureFor(std::span<const zmq::message_t>(frames.data(), 1)).to_string();
+  std::atomic<int> mismatches{0};
+  auto work = [&] {
+    for (int i = 0; i < 10; ++i) {
+      if (signer.SignatureFor(std::span<const zmq::message_t>(frames.data(), 1)).to_string() !=
+          expected) {
+        ++mismatches;
+      }
+    }
+  };
+  std::thread a(work), b(work);
+  a.join();
+  b.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 TEST(SigningTest, FrameBoundariesAreBound) {

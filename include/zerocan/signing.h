@@ -4,10 +4,13 @@
 // Wire layout of a signed message (docs/SECURITY.md):
 //   [routing...] [] [envelope] [payload 1..N] [signature]
 // The signature frame is kSignatureFrameSize bytes: the 8-byte tag kSignatureMagic
-// (scheme 1 = HMAC-SHA256) and the 32-byte MAC. The MAC covers, in order:
-//   the domain string "zerocan.hmac-sha256.v1", the protocol version (u16 LE), the number
-//   of signed frames (u64 LE), then for each frame after the delimiter (envelope first,
-//   signature excluded) its length (u64 LE) and its bytes.
+// (scheme 1) and the 32-byte MAC:
+//   HMAC-SHA256(key, "zerocan.hmac-sha256.v1" NUL || version u16 LE || n u64 LE ||
+//               for each signed frame: length u64 LE || D(frame))
+// over the frames after the delimiter (envelope first, signature excluded), where
+// D(frame) = SHA-256(frame) for frames of at most 1 MiB and, for longer frames,
+// SHA-256 of the concatenated SHA-256 digests of its 1 MiB chunks (last one shorter).
+// The chunk digests of large messages are computed in parallel (see docs/SECURITY.md).
 // So changing, truncating, extending, dropping, adding or reordering any frame changes
 // the MAC. Routing frames are not signed: brokers add and remove them.
 //
@@ -25,6 +28,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <zmq.hpp>
 
@@ -34,6 +38,13 @@
 #include "zerocan/writer.h"
 
 namespace zerocan {
+
+namespace internal {
+struct FrameBytes {
+  const unsigned char* data;
+  size_t size;
+};
+}  // namespace internal
 
 inline constexpr size_t kMacSize = 32;
 inline constexpr size_t kSignatureFrameSize = 8 + kMacSize;
@@ -57,7 +68,8 @@ class Signer {
   static std::string ReadKeyFile(const std::string& path);
 
   // Incremental signing of one message: Add each frame in order (envelope first), then
-  // Finish. `frame_count` must equal the number of Add calls (checked by Finish).
+  // Finish. `frame_count` must equal the number of Add calls (checked by Finish). Each
+  // Add hashes its whole frame (chunks in parallel when large).
   class Hasher {
    public:
     Hasher(Hasher&&) noexcept;
@@ -72,6 +84,8 @@ class Signer {
    private:
     friend class Signer;
     struct Ctx;
+    // One frame by its length and D(frame) (see above).
+    void AddDigest(uint64_t size, const unsigned char digest[32]);
     Hasher(std::unique_ptr<Ctx> ctx, uint64_t frame_count);
     std::unique_ptr<Ctx> ctx_;
     uint64_t expected_ = 0;
@@ -97,6 +111,7 @@ class Signer {
 
  private:
   struct Keyed;
+  zmq::message_t SignatureOver(const std::vector<internal::FrameBytes>& frames) const;
   std::shared_ptr<const Keyed> keyed_;
 };
 
