@@ -24,7 +24,7 @@ void RunTune(const Options& options, std::vector<Row>* rows) {
   sweep.quick = options.quick;
   sweep.copied_frame = false;
   sweep.tuned = true;
-  sweep.rounds = options.quick ? 4 : 9;
+  sweep.rounds = options.quick ? 6 : 12;  // multiples of 6: every order of the 3 modes
   if (!options.json) sweep.progress = TerminalProgress();
   // Diagnostics: ZEROCAN_TUNE_TRANSPORTS=tcp,ipc limits the transports,
   // ZEROCAN_TUNE_BATCH_MS sets the batch length.

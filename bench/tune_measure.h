@@ -55,7 +55,7 @@ struct SweepOptions {
   std::vector<std::string> transports = {"inproc", "ipc", "tcp"};
   std::vector<size_t> sizes;     // empty: DefaultSizes(quick)
   bool quick = false;
-  int rounds = 0;                // 0: 7 (quick: 4)
+  int rounds = 0;                // 0: 6
   double batch_ns = 0;           // target CPU time of one batch; 0: 20 ms (quick: 5 ms)
   bool copied_frame = true;      // also measure the copied-frame mode
   bool tuned = false;            // also measure Policy::Load(transport) (the bench)
