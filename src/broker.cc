@@ -241,6 +241,11 @@ class Broker::Impl {
       if (m->routing.size() == 1) {
         // For the broker itself: hello, heartbeat, goodbye.
         Capture(*m, Direction::kReceived, "backend");
+        if (options_.signer && options_.signer->Check(std::span<const zmq::message_t>(
+                                   m->frames.data(), m->frames.size())) != Signer::Verdict::kOk) {
+          ++dropped_;  // not from an engine holding our key
+          continue;
+        }
         if (!peek) {
           ++dropped_;
           continue;
@@ -339,7 +344,7 @@ class Broker::Impl {
       absl::InlinedVector<zmq::message_t, 2> routing;
       for (const std::string& r : f.client_routing) routing.push_back(CopyFrame(r));
       try {
-        Send(frontend_, w.Finish(), &routing);
+        SendSigned(frontend_, w.Finish(), options_.signer ? &*options_.signer : nullptr, &routing);
         ++lost_;
       } catch (const TransportError&) {
         ++dropped_;

@@ -39,7 +39,7 @@ struct PendingCall {
 class ClientCore {
  public:
   ClientCore(const std::string& url, const ClientOptions& options, const Registry* registry)
-      : limits_(options.limits), registry_(registry) {
+      : limits_(options.limits), registry_(registry), signer_(options.signer) {
     if (options.context == nullptr) {
       owned_context_ = std::make_unique<zmq::context_t>(1);
       context_ = owned_context_.get();
@@ -110,7 +110,7 @@ class ClientCore {
       std::lock_guard<std::mutex> io(io_mu_);
       DoneIo();
       try {
-        tracker = Send(socket_, std::move(out));
+        tracker = SendSigned(socket_, std::move(out), signer_ ? &*signer_ : nullptr);
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu_);
         pending_.erase(call->id);
@@ -215,8 +215,9 @@ class ClientCore {
       ++n;
       Message reply;
       try {
+        if (signer_) signer_->Verify(&*received);
         reply = Message::Decode(std::move(*received), limits_);
-      } catch (const DecodeError&) {
+      } catch (const Error&) {  // DecodeError, AuthError
         rejected_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
@@ -241,6 +242,7 @@ class ClientCore {
 
   DecodeLimits limits_;
   const Registry* registry_;
+  std::optional<Signer> signer_;
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;
   std::mutex io_mu_;

@@ -25,6 +25,7 @@
 #include "absl/strings/str_join.h"
 #include "internal/peek.h"
 #include "internal/strings.h"
+#include "zerocan/auth_error.h"
 #include "zerocan/frames.h"
 #include "zerocan/stats.h"
 
@@ -108,6 +109,7 @@ class Engine::Impl {
     session_ = (uint64_t{rd()} << 32) ^ rd();
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw TransportError("engine: eventfd failed");
+    if (options_.signer) replay_ = std::make_unique<ReplayGuard>(options_.replay);
   }
 
   ~Impl() {
@@ -134,7 +136,9 @@ class Engine::Impl {
 
   // True when `job` should run here on the I/O thread (see EngineOptions::inline_below).
   bool RunsInline(const Job& job) const {
-    if (options_.inline_below.count() <= 0 || job.received.frames.size() != 1) return false;
+    // Envelope only (plus the signature frame when signing): no payload to speak of.
+    size_t small = options_.signer ? 2 : 1;
+    if (options_.inline_below.count() <= 0 || job.received.frames.size() != small) return false;
     std::optional<internal::Peek> peek =
         internal::PeekEnvelope(job.received.frames[0], options_.limits);
     if (!peek || peek->kind != wire::Envelope::Body::APPLY) return false;
@@ -324,7 +328,8 @@ class Engine::Impl {
 
   void SendQuiet(size_t socket, Outgoing&& out, absl::InlinedVector<zmq::message_t, 2>* routing) {
     try {
-      Send(sockets_[socket], std::move(out), routing);
+      SendSigned(sockets_[socket], std::move(out), options_.signer ? &*options_.signer : nullptr,
+                 routing);
     } catch (const TransportError&) {
       Bump(dropped_);  // peer gone (ROUTER with an unknown identity drops silently anyway)
     }
@@ -360,8 +365,14 @@ class Engine::Impl {
     reply.routing = std::move(job.received.routing);
     Message message;
     try {
+      if (options_.signer) options_.signer->Verify(&job.received);
       if (verifier_) verifier_(job.received);
       message = Message::Decode(std::move(job.received), options_.limits);
+      if (replay_) replay_->Check(message);
+    } catch (const AuthError& e) {
+      Bump(errors_);
+      reply.message = ErrorReply(0, {"zerocan.AuthError", e.what(), "", options_.id});
+      return reply;
     } catch (const DecodeError& e) {
       // We know who sent it (its routing frames) but not which call it was: answer
       // call id 0 so the sender learns why, and count it.
@@ -458,6 +469,7 @@ class Engine::Impl {
   zmq::context_t* context_ = nullptr;
   std::map<std::string, std::shared_ptr<Function>> functions_;
   Verifier verifier_;
+  std::unique_ptr<ReplayGuard> replay_;  // with a signer only
   std::vector<zmq::socket_t> sockets_;
   std::vector<bool> is_dealer_;
   int router_index_ = -1;

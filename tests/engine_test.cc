@@ -316,6 +316,35 @@ TEST(EngineTest, ProvenFastFunctionsRunOnTheIoThread) {
   for (int i = 0; i < 6; ++i) EXPECT_NE(client.apply("slow").get().as<uint64_t>(), io_thread);
 }
 
+TEST(EngineTest, SignedEngineServesOnlyItsKeyHolders) {
+  zmq::context_t ctx(1);
+  EngineOptions options;
+  options.context = &ctx;
+  options.signer.emplace("engine-test-key");
+  Engine engine(options);
+  engine.Bind("inproc://signed");
+  engine.Start();
+  ClientOptions good;
+  good.context = &ctx;
+  good.signer.emplace("engine-test-key");
+  Client client("inproc://signed", good);
+  EXPECT_EQ(client.apply("add", 20, 22).get().as<int>(), 42);
+  std::vector<double> big(100000, 0.5);
+  EXPECT_DOUBLE_EQ(client.apply("sum", big).get().as<double>(), 50000.0);
+  for (const char* key : {"", "another-key"}) {
+    ClientOptions bad;
+    bad.context = &ctx;
+    bad.timeout = milliseconds(200);
+    if (*key != 0) bad.signer.emplace(key);
+    Client intruder("inproc://signed", bad);
+    uint64_t errors = engine.counters().errors;
+    Result r = intruder.apply("add", 1, 1).get();
+    EXPECT_THROW(r.ThrowIfError(), CallTimeout) << key;
+    EXPECT_EQ(engine.counters().errors, errors + 1);  // answered with an AuthError
+  }
+  EXPECT_EQ(client.apply("add", 1, 1).get().as<int>(), 2);
+}
+
 TEST(EngineTest, PerCallTimeoutAndLateReplyDropped) {
   Pair p("inproc://timeout", 2);
   ResultFuture slow = p.client->apply_for(milliseconds(50), "sleep", 0.5);

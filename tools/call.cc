@@ -17,7 +17,7 @@ namespace zerocan::tools {
 namespace {
 
 constexpr char kCallHelp[] =
-    "usage: zerocan call URL FUNCTION [ARGS...] [--timeout SECONDS] [--full]\n"
+    "usage: zerocan call URL FUNCTION [ARGS...] [--timeout SECONDS] [--full] [--key-file F]\n"
     "\n"
     "Calls FUNCTION on the engine or broker frontend at URL and prints the result as one\n"
     "JSON value. ARGS are JSON (a list of numbers is sent as a typed array; an object\n"
@@ -36,6 +36,7 @@ int RunCall(int argc, char** argv) {
   double timeout_s = 30;
   bool full = false;
   bool options_done = false;
+  std::string key_file;
   try {
     for (int i = 1; i < argc; ++i) {
       std::string_view a = argv[i];
@@ -49,6 +50,8 @@ int RunCall(int argc, char** argv) {
         return 0;
       } else if (a == "--full") {
         full = true;
+      } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
+        key_file = value;
       } else if (TakeOption(argc, argv, &i, "--timeout", &value)) {
         timeout_s = std::stod(value);
         if (!(timeout_s > 0)) throw Error("--timeout must be a positive number of seconds");
@@ -71,6 +74,7 @@ int RunCall(int argc, char** argv) {
   try {
     ClientOptions options;
     options.timeout = timeout;
+    if (!key_file.empty()) options.signer = Signer::FromKeyFile(key_file);
     Client client(url, options);
     EnvelopeWriter writer(options.policy);
     ApplyWriter apply = writer.StartApply(function, positional.size() - 2, 0,

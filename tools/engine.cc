@@ -16,7 +16,7 @@ namespace {
 
 constexpr char kEngineHelp[] =
     "usage: zerocan engine (--connect URL | --bind URL)... [--threads N] [--plugin LIB.so]...\n"
-    "                      [--id ID] [--heartbeat-ms MS]\n"
+    "                      [--id ID] [--heartbeat-ms MS] [--key-file FILE]\n"
     "\n"
     "Serves functions to clients: --bind URL takes clients directly (ROUTER), --connect URL\n"
     "attaches to a broker's backend (DEALER; hello, heartbeats, goodbye). Runs until SIGINT\n"
@@ -34,7 +34,9 @@ constexpr char kEngineHelp[] =
     "--plugin LIB.so loads a shared library exporting\n"
     "    extern \"C\" void zerocan_register(zerocan::Engine& engine);\n"
     "which registers more functions with engine.def(name, callable). See examples/.\n"
-    "--threads N: worker threads (default 2; 0 runs calls on the I/O thread).\n";
+    "--threads N: worker threads (default 2; 0 runs calls on the I/O thread).\n"
+    "--key-file FILE: sign every message and accept only messages signed with this key\n"
+    "(HMAC-SHA256; JSON with a \"key\" string, or the raw key), with replay protection.\n";
 
 }  // namespace
 
@@ -59,6 +61,8 @@ int RunEngine(int argc, char** argv) {
         options.threads = std::stoi(value);
       } else if (TakeOption(argc, argv, &i, "--id", &value)) {
         options.id = value;
+      } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
+        options.signer = Signer::FromKeyFile(value);
       } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {
         options.heartbeat = std::chrono::milliseconds(std::stoi(value));
       } else {

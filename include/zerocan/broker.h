@@ -26,11 +26,13 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <zmq.hpp>
 
 #include "zerocan/limits.h"
+#include "zerocan/signing.h"
 
 namespace zerocan {
 
@@ -42,6 +44,10 @@ struct BrokerOptions {
   DecodeLimits limits;
   std::string capture;  // "" = none; else a PUB endpoint publishing every message
   zmq::context_t* context = nullptr;
+  // With a key: the broker signs the errors it makes (EngineLost) and ignores engine
+  // hellos and heartbeats that are not signed with it. Calls and replies are forwarded
+  // as they are (their signatures are checked end to end by engines and clients).
+  std::optional<Signer> signer;
 };
 
 struct BrokerCounters {

@@ -33,6 +33,7 @@
 #include "zerocan/policy.h"
 #include "zerocan/registry.h"
 #include "zerocan/remote_error.h"
+#include "zerocan/signing.h"
 #include "zerocan/writer.h"
 
 namespace zerocan {
@@ -76,6 +77,9 @@ struct ClientOptions {
   DecodeLimits limits;
   const Registry* registry = nullptr;  // nullptr = Registry::Default()
   zmq::context_t* context = nullptr;   // nullptr = the client owns one
+  // Signs every call and drops replies without a valid signature (counted in
+  // ClientCounters::rejected). Engines must hold the same key.
+  std::optional<Signer> signer;
 };
 
 struct ClientCounters {

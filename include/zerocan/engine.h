@@ -51,6 +51,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -66,6 +67,8 @@
 #include "zerocan/policy.h"
 #include "zerocan/registry.h"
 #include "zerocan/remote_error.h"
+#include "zerocan/replay.h"
+#include "zerocan/signing.h"
 #include "zerocan/writer.h"
 
 namespace zerocan {
@@ -123,6 +126,12 @@ struct EngineOptions {
   // an inlined call runs, heartbeats and other calls wait for it. 0 = never inline.
   std::chrono::microseconds inline_below{100};
   uint32_t inline_after = 8;
+  // With a signer every message is signed, and every received message must carry a
+  // valid signature (checked before anything is decoded) and pass the replay guard
+  // (session, sequence, age); a failure is answered with an error reply of type
+  // "zerocan.AuthError" (call id 0: nothing of the message is trusted). See signing.h.
+  std::optional<Signer> signer;
+  ReplayOptions replay;
 };
 
 struct EngineCounters {
