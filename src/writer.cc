@@ -273,12 +273,25 @@ void ValueWriter::Copy(const Value& value) {
     case Kind::kTensor: {
       auto t = r.getTensor();
       if (t.getPacking() != wire::Packing::NONE || t.getByteOrder() != wire::ByteOrder::LITTLE) {
-        // Forward as received. A packed payload is always inline (the decoder enforces
-        // it), but a big-endian one may sit in a frame of the received message, whose
-        // index means nothing in this one: place those bytes again.
-        builder_.setTensor(t);
-        if (t.getData().isFrame()) {
-          message_->PlacePayload(builder_.getTensor().getData(), value.TensorBytes());
+        // Forward as received, field by field. Not builder_.setTensor(t): a struct copy
+        // also follows pointers the decoder never walked (fields of a newer schema, or a
+        // hostile cycle: unbounded recursion, found by tests/fuzz/value_fuzz).
+        auto out = builder_.initTensor();
+        out.setDtype(t.getDtype());
+        out.setOrder(t.getOrder());
+        out.setByteOrder(t.getByteOrder());
+        out.setPacking(t.getPacking());
+        auto shape = t.getShape();
+        auto out_shape = out.initShape(shape.size());
+        for (unsigned i = 0; i < shape.size(); ++i) out_shape.set(i, shape[i]);
+        if (t.getPacking() != wire::Packing::NONE) {
+          // Packed payloads must stay inline (the decoder enforces it), whatever this
+          // writer's threshold.
+          out.initData().setInline(t.getData().getInline());
+        } else {
+          // A big-endian payload may sit in a frame of the received message, whose
+          // index means nothing in this one: place its bytes again.
+          message_->PlacePayload(out.initData(), value.TensorBytes());
         }
         return;
       }
