@@ -110,6 +110,24 @@ std::string Quote(std::string_view s) {
   return out;
 }
 
+// Control bytes of untrusted text escaped, the rest kept (for text that is not quoted).
+std::string Printable(std::string_view s) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += kDigits[c >> 4];
+      out += kDigits[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
 std::string IsoTime(uint64_t ns) {
   if (ns == 0) return "time unknown";
   std::time_t secs = static_cast<std::time_t>(ns / 1000000000);
@@ -621,7 +639,7 @@ void Describe(const InspectOptions& o, size_t first_message_frame, Inspection* i
         Walk(c, m.result(), "result.ok", 1);
         in->summary = absl::StrCat("result ", in->message_id, " for call ", *in->call_id,
                                    " from ", Quote(m.engine_id()), ": ok ",
-                                   m.result().Describe());
+                                   Printable(m.result().Describe()));
       } else {
         RemoteErrorInfo e = m.error();
         if (in->function.empty()) in->function = e.function;
@@ -766,7 +784,7 @@ std::string RenderText(const InspectOptions& o, const Inspection& in) {
                     "\n");
   }
   if (!in.ok) {
-    absl::StrAppend(&out, "  MALFORMED (", in.error_code, "): ", in.reason, "\n");
+    absl::StrAppend(&out, "  MALFORMED (", in.error_code, "): ", Printable(in.reason), "\n");
     if (!in.path.empty()) absl::StrAppend(&out, "    field: ", in.path, "\n");
     return out;
   }

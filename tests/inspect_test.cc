@@ -306,6 +306,20 @@ TEST(InspectTest, BigEndianAndMisalignedTensorsShowTheirCopyAndTheirValues) {
   EXPECT_THAT(out, HasSubstr("values: [0, 0, 1072693248, 0, 1073741824, 0,"));
 }
 
+TEST(InspectTest, ControlBytesInTextNeverReachTheTerminal) {
+  EnvelopeWriter w(SmallInline());
+  w.SetHeader(Fixed(31));
+  w.StartResult(1, "engine\x1b]0;title\x07").Text("\x1b[31mred\nnext line");
+  CaptureBuilder c;
+  c.AddFrames({"peer\x1b[2J", ""}, "\x1b[H");
+  c.Add(w.Finish(), Direction::kReply, "src\r\n");
+  std::string out = InspectAll(c.bytes());
+  EXPECT_EQ(out.find('\x1b'), std::string::npos);
+  EXPECT_EQ(out.find('\x07'), std::string::npos);
+  EXPECT_EQ(out.find('\r'), std::string::npos);
+  EXPECT_THAT(out, HasSubstr("ok text \"\\x1b[31mred\\nnext line\""));
+}
+
 // ---- golden vectors ---------------------------------------------------------------------------
 
 std::vector<std::filesystem::path> VectorFiles() {
