@@ -754,7 +754,7 @@ std::string Header(const Inspection& in) {
   return out;
 }
 
-std::string RenderText(const InspectOptions& o, const Inspection& in) {
+std::string RenderText(const InspectOptions&, const Inspection& in) {
   std::string out = Header(in) + "\n";
   absl::StrAppend(&out, "  frame  role        bytes  align      contents\n");
   for (size_t i = 0; i < in.frames.size(); ++i) {
