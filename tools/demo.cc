@@ -271,7 +271,7 @@ int RunDemo(int argc, char** argv) {
       rows.push_back(row);
     }
 
-    std::printf("\n%-24s %7s %9s %10s %7s %10s %10s  %s\n", "step", "calls", "bytes",
+    std::printf("\n%-24s %7s %9s %10s %7s %10s %10s  %s\n", "step", "calls", "payload",
                 "zero-copy", "inline", "rtt p50", "rtt max", "");
     std::printf("%-24s %7s %9s %10s %7s %10s %10s\n", "", "", "", "frames", "", "(us)", "(us)");
     for (const Row& r : rows) {
