@@ -370,6 +370,7 @@ struct PayloadRow {
   uint64_t bytes = 0;
   bool in_frame = false;
   size_t frame = 0;                  // index in the record's frames
+  uint32_t ref_index = 0;            // FrameRef.index (1 = first payload frame)
   uint64_t offset = 0;               // within the frame, or within the envelope when inline
   bool offset_known = true;
   std::string dtype, order, byte_order, packing;
@@ -406,6 +407,7 @@ void Place(Context& c, wire::Payload::Reader payload, PayloadRow* row) {
   if (payload.isFrame()) {
     auto ref = payload.getFrame();
     row->in_frame = true;
+    row->ref_index = ref.getIndex();
     row->frame = c.first_message_frame + ref.getIndex();
     row->offset = ref.getOffset();
     FrameRow& f = (*c.frames)[row->frame];
@@ -798,7 +800,8 @@ std::string RenderText(const InspectOptions&, const Inspection& in) {
   for (const PayloadRow& p : in.payloads) {
     std::string where =
         p.in_frame
-            ? absl::StrCat("frame ", p.frame, " at +", p.offset, " (mod 8 = ", p.offset % 8, ")")
+            ? absl::StrCat("frame ", p.frame, " (payload ", p.ref_index, ") at +", p.offset,
+                           " (mod 8 = ", p.offset % 8, ")")
         : p.offset_known
             ? absl::StrCat("inline at envelope +", p.offset, " (mod 8 = ", p.offset % 8, ")")
             : std::string("inline");
@@ -856,7 +859,10 @@ std::string RenderJson(const InspectOptions&, const Inspection& in) {
       for (const PayloadRow& p : in.payloads) {
         json row{{"path", p.path}, {"kind", p.kind}, {"bytes", p.bytes},
                  {"placement", p.in_frame ? "frame" : "inline"}, {"access", p.access}};
-        if (p.in_frame) row["frame"] = p.frame;
+        if (p.in_frame) {
+          row["frame"] = p.frame;
+          row["payload_index"] = p.ref_index;
+        }
         if (p.offset_known) {
           row["offset"] = p.offset;
           row["align_mod8"] = p.offset % 8;

@@ -230,7 +230,7 @@ TEST(InspectTest, TextShowsFramesEnvelopeAndPayloads) {
   std::string out = InspectAll(SnapshotCapture());
   EXPECT_THAT(out, HasSubstr("envelope"));
   EXPECT_THAT(out, HasSubstr("function = \"matmul\""));
-  EXPECT_THAT(out, HasSubstr("apply.args[0]: tensor float64 [100], 800 bytes, frame 2 at +0"));
+  EXPECT_THAT(out, HasSubstr("apply.args[0]: tensor float64 [100], 800 bytes, frame 2 (payload 1) at +0"));
   EXPECT_THAT(out, HasSubstr("copy (packed as uint16"));
   EXPECT_THAT(out, HasSubstr("values: [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, ...]"));
   EXPECT_THAT(out, HasSubstr("routing"));
@@ -295,12 +295,12 @@ TEST(InspectTest, BigEndianAndMisalignedTensorsShowTheirCopyAndTheirValues) {
   std::string out = InspectAll(c.bytes());
   EXPECT_THAT(out, HasSubstr("copy (big-endian, swapped on receive)"));
   EXPECT_THAT(out, HasSubstr("values: [1, -2]"));
-  EXPECT_THAT(out, HasSubstr("frame 2 at +4 (mod 8 = 4)"));
+  EXPECT_THAT(out, HasSubstr("frame 2 (payload 1) at +4 (mod 8 = 4)"));
   EXPECT_THAT(out, HasSubstr("payload        80  mod 8 = 4  apply.args[1], apply.args[2]"));
   EXPECT_THAT(out, HasSubstr("payload        80  -          (not referenced)"));
-  EXPECT_THAT(out, HasSubstr("72 bytes, frame 2 at +4 (mod 8 = 4), copy (data at +4 is not aligned for float64)"));
+  EXPECT_THAT(out, HasSubstr("72 bytes, frame 2 (payload 1) at +4 (mod 8 = 4), copy (data at +4 is not aligned for float64)"));
   // int32 needs 4-byte alignment: +4 is fine for it; a receiver reads it in place.
-  EXPECT_THAT(out, HasSubstr("tensor int32 [18], 72 bytes, frame 2 at +4 (mod 8 = 4), view"));
+  EXPECT_THAT(out, HasSubstr("tensor int32 [18], 72 bytes, frame 2 (payload 1) at +4 (mod 8 = 4), view"));
   // From +4: the high word of 0.0, then 1.0 (0x3ff0000000000000) as little-endian int32
   // words 0 and 1072693248, then 2.0's.
   EXPECT_THAT(out, HasSubstr("values: [0, 0, 1072693248, 0, 1073741824, 0,"));
