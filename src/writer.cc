@@ -32,32 +32,20 @@ constexpr uint64_t kMaxCapnpList = (uint64_t{1} << 29) - 1;
 // what it used when it is destroyed, so the next message starts from zeros without a
 // fresh allocation (the difference between ~350 ns and ~250 ns for a small apply).
 //
-// The scratch grows (to a power of two, at most kMaxScratchWords) after a message that
-// did not fit, so the next message of that shape is one segment: a multi-segment
-// envelope costs a far pointer per crossing and, in Cap'n Proto 0.9.2, a mutex lock per
-// segment lookup on every read (1000 records read 2-3x slower). calloc leaves pages
-// the messages never reach untouched.
-constexpr size_t kScratchWords = 8192;                 // 64 KiB to start
-constexpr size_t kMaxScratchWords = size_t{1} << 21;   // 16 MiB at most
+// The first segment is always exactly kScratchWords: an envelope's bytes must not depend
+// on what the thread sent before, so that every writer (C++ on any thread, Python's
+// pycapnp with num_first_segment_words = 8192) lays out the same message identically and
+// golden vectors stay byte-exact. (Growing the scratch after a large message made the
+// next large envelope one segment instead of several, which reads faster in Cap'n Proto
+// 0.9.2, but made bytes history-dependent; determinism won.)
+constexpr size_t kScratchWords = 8192;  // 64 KiB; = FIRST_SEGMENT_WORDS in clients/python
 struct Scratch {
   struct Free {
     void operator()(capnp::word* p) const noexcept { std::free(p); }
   };
   std::unique_ptr<capnp::word[], Free> words{
       static_cast<capnp::word*>(std::calloc(kScratchWords, sizeof(capnp::word)))};
-  size_t size = kScratchWords;
   bool in_use = false;
-
-  // Called with the words a message needed, after the builder re-zeroed the scratch.
-  void GrowFor(size_t needed_words) {
-    if (needed_words <= size || size >= kMaxScratchWords) return;
-    size_t want = size;
-    while (want < needed_words && want < kMaxScratchWords) want *= 2;
-    auto* fresh = static_cast<capnp::word*>(std::calloc(want, sizeof(capnp::word)));
-    if (fresh == nullptr) return;  // keep the old one; growing is only an optimisation
-    words.reset(fresh);
-    size = want;
-  }
 };
 thread_local Scratch tls_scratch;
 
@@ -334,27 +322,18 @@ EnvelopeWriter::EnvelopeWriter(const Policy& policy, const Registry* registry)
   if (!tls_scratch.in_use && tls_scratch.words != nullptr) {
     tls_scratch.in_use = true;
     scratch_taken_ = true;
-    builder_.emplace(kj::arrayPtr(tls_scratch.words.get(), tls_scratch.size));
+    builder_.emplace(kj::arrayPtr(tls_scratch.words.get(), kScratchWords));
   } else {
-    builder_.emplace();
+    // A second writer alive on this thread: same first-segment size, own allocation.
+    builder_.emplace(static_cast<unsigned>(kScratchWords));
   }
   envelope_ = builder_->initRoot<wire::Envelope>();
   envelope_.setVersion(kProtocolVersion);
 }
 
 EnvelopeWriter::~EnvelopeWriter() {
-  size_t used_words = 0;
-  if (scratch_taken_) {
-    auto segments = builder_->getSegmentsForOutput();
-    if (segments.size() > 1) {
-      for (auto& segment : segments) used_words += segment.size();
-    }
-  }
   builder_.reset();  // re-zeroes the used part of the scratch segment
-  if (scratch_taken_) {
-    tls_scratch.GrowFor(used_words);
-    tls_scratch.in_use = false;
-  }
+  if (scratch_taken_) tls_scratch.in_use = false;
 }
 
 const Registry& EnvelopeWriter::registry() const noexcept {
