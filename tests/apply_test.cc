@@ -145,11 +145,12 @@ TEST(ApplyToolsTest, KilledEngineProcessBehindBroker) {
   zmq::context_t ctx(1);
   BrokerOptions bo;
   bo.context = &ctx;
-  bo.heartbeat = milliseconds(50);
+  bo.heartbeat = milliseconds(100);
+  bo.liveness = 5;
   Broker broker(Ipc("front"), Ipc("back"), bo);
   broker.Start();
-  Process a({"engine", "--connect", Ipc("back"), "--id", "proc-a", "--heartbeat-ms", "50"});
-  Process b({"engine", "--connect", Ipc("back"), "--id", "proc-b", "--heartbeat-ms", "50"});
+  Process a({"engine", "--connect", Ipc("back"), "--id", "proc-a", "--heartbeat-ms", "100"});
+  Process b({"engine", "--connect", Ipc("back"), "--id", "proc-b", "--heartbeat-ms", "100"});
   for (int i = 0; i < 200 && broker.counters().engines_live < 2; ++i) {
     std::this_thread::sleep_for(milliseconds(10));
   }
