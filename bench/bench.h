@@ -26,5 +26,6 @@ struct Options {
 void RunCore(const Options& options, std::vector<Row>* rows);   // bench/core_bench.cc
 void RunApply(const Options& options, std::vector<Row>* rows);  // bench/apply_bench.cc
 void RunTune(const Options& options, std::vector<Row>* rows);   // bench/tune_bench.cc
+void RunSafety(const Options& options, std::vector<Row>* rows); // bench/safety_bench.cc
 
 }  // namespace zerocan::bench

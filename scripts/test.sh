@@ -37,7 +37,7 @@ PKG_CONFIG_PATH="$root/build/stage/lib/pkgconfig" pkg-config --cflags --libs zer
 if [ "${ZEROCAN_SKIP_ASAN:-0}" != 1 ]; then
   step "AddressSanitizer + UndefinedBehaviorSanitizer build and test"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DZEROCAN_SANITIZE=address,undefined \
-        -DZEROCAN_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
+        "${launcher[@]}" >/dev/null
   cmake --build build-asan -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
