@@ -11,6 +11,7 @@
 // for the walk plus a second for the accessors also saves ~15% of a small decode.
 #include "zerocan/message.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -387,10 +388,13 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
       // traversal budget is cumulative over the reader's life (later getters would
       // throw at random), so the reader is unbounded and the walk enforces the budget
       // itself (Walker::Charge) and the nesting (max_depth). Pointer bounds are still
-      // checked by the reader on every access.
+      // checked by the reader on every access. The nesting limit, unlike the traversal
+      // budget, is not spent, so it stays finite: a capnp deep copy of any received
+      // struct (setRoot, setTensor...) then cannot recurse without bound. About two
+      // pointer hops per value level (value -> list -> element), plus the envelope's own.
       capnp::ReaderOptions unbounded;
       unbounded.traversalLimitInWords = UINT64_MAX;
-      unbounded.nestingLimit = INT32_MAX;
+      unbounded.nestingLimit = static_cast<int>(2 * std::min<uint32_t>(limits.max_depth, 1u << 20) + 16);
       state->reader_.emplace(segment_words, unbounded);
       if (state->reader_->getEnd() != segment_words.end()) {
         throw DecodeError(Code::kMalformed,
