@@ -1,5 +1,7 @@
 #include "zerocan/frames.h"
 
+#include "internal/send.h"
+
 #include <cstring>
 #include <thread>
 #include <utility>
@@ -72,12 +74,13 @@ zmq::message_t ZeroCopyFrame(Buffer buffer, const std::shared_ptr<Tracker::State
 
 }  // namespace internal
 
-Tracker Send(zmq::socket_t& socket, Outgoing&& message,
-             absl::InlinedVector<zmq::message_t, 2>* routing) {
+namespace internal {
+
+Tracker SendFrames(zmq::socket_t& socket, Outgoing&& message,
+                   absl::InlinedVector<zmq::message_t, 2>* routing,
+                   std::optional<zmq::message_t> trailer) {
   auto tracker = message.payload_frames().empty() ? nullptr
                                                   : std::make_shared<Tracker::State>();
-  // Build every frame before sending the first, so a failure cannot leave half a
-  // multipart message on the socket.
   absl::InlinedVector<zmq::message_t, 8> frames;
   if (routing != nullptr) {
     for (auto& r : *routing) frames.push_back(std::move(r));
@@ -85,8 +88,9 @@ Tracker Send(zmq::socket_t& socket, Outgoing&& message,
   frames.emplace_back();  // empty delimiter
   frames.push_back(std::move(message.envelope()));
   for (const Buffer& b : message.payload_frames()) {
-    frames.push_back(internal::ZeroCopyFrame(b, tracker));
+    frames.push_back(ZeroCopyFrame(b, tracker));
   }
+  if (trailer) frames.push_back(std::move(*trailer));
   try {
     for (size_t i = 0; i < frames.size(); ++i) {
       auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
@@ -97,6 +101,13 @@ Tracker Send(zmq::socket_t& socket, Outgoing&& message,
     throw TransportError(absl::StrCat("send failed: ", e.what()));
   }
   return Tracker(std::move(tracker));
+}
+
+}  // namespace internal
+
+Tracker Send(zmq::socket_t& socket, Outgoing&& message,
+             absl::InlinedVector<zmq::message_t, 2>* routing) {
+  return internal::SendFrames(socket, std::move(message), routing, std::nullopt);
 }
 
 std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits& limits,

@@ -10,6 +10,8 @@
 // hashed) in one context; each message duplicates it instead of re-keying.
 #include "zerocan/signing.h"
 
+#include "internal/send.h"
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
@@ -34,11 +36,6 @@
 #include "zerocan/version.h"
 
 namespace zerocan {
-
-namespace internal {
-// Defined in src/frames.cc: wraps a Buffer as a zero-copy frame tracked by `tracker`.
-zmq::message_t ZeroCopyFrame(Buffer buffer, const std::shared_ptr<Tracker::State>& tracker);
-}  // namespace internal
 
 namespace {
 
@@ -422,26 +419,7 @@ Tracker SendSigned(zmq::socket_t& socket, Outgoing&& message, const Signer* sign
   // its I/O thread at the last part, so sending earlier parts first would not overlap
   // anything and would leave half a message on the socket if hashing failed.
   zmq::message_t signature = signer->SignatureFor(message);
-  auto tracker = message.payload_frames().empty() ? nullptr : std::make_shared<Tracker::State>();
-  absl::InlinedVector<zmq::message_t, 8> frames;
-  if (routing != nullptr) {
-    for (auto& r : *routing) frames.push_back(std::move(r));
-  }
-  frames.emplace_back();  // empty delimiter
-  frames.push_back(std::move(message.envelope()));
-  for (const Buffer& b : message.payload_frames()) {
-    frames.push_back(internal::ZeroCopyFrame(b, tracker));
-  }
-  frames.push_back(std::move(signature));
-  try {
-    for (size_t i = 0; i < frames.size(); ++i) {
-      auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
-      socket.send(frames[i], flags);
-    }
-  } catch (const zmq::error_t& e) {
-    throw TransportError(absl::StrCat("send failed: ", e.what()));
-  }
-  return Tracker(std::move(tracker));
+  return internal::SendFrames(socket, std::move(message), routing, std::move(signature));
 }
 
 }  // namespace zerocan
