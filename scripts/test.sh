@@ -51,7 +51,7 @@ fi
 
 if [ "${ZEROCAN_SKIP_FUZZ:-0}" != 1 ] && [ -x scripts/fuzz.sh ]; then
   step "fuzzing (fixed budget)"
-  ZEROCAN_FUZZ_SECONDS="${ZEROCAN_FUZZ_SECONDS:-30}" ./scripts/fuzz.sh
+  FUZZ_SECONDS="${ZEROCAN_FUZZ_SECONDS:-30}" ./scripts/fuzz.sh
 fi
 
 step "all tests passed"
