@@ -93,6 +93,9 @@ class Broker::Impl {
       capture_.set(zmq::sockopt::linger, 0);
       Bind(capture_, options_.capture, "capture");
     }
+    if (!options_.capture_file.empty()) {
+      capture_file_ = CaptureWriter::Open(options_.capture_file);
+    }
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw TransportError("broker: eventfd failed");
   }
@@ -343,8 +346,18 @@ class Broker::Impl {
                   f.function, "broker"});
       absl::InlinedVector<zmq::message_t, 2> routing;
       for (const std::string& r : f.client_routing) routing.push_back(CopyFrame(r));
+      Outgoing reply = w.Finish();
+      if (capture_file_ != nullptr || capture_.handle() != nullptr) {
+        // The broker's own replies are part of the conversation too: a capture lists
+        // every call and the result it got, including EngineLost.
+        ReceivedMessage copy;
+        for (const std::string& r : f.client_routing) copy.routing.push_back(CopyFrame(r));
+        copy.frames.emplace_back(reply.envelope().data(), reply.envelope().size());
+        Capture(copy, Direction::kReply, "broker");
+      }
       try {
-        SendSigned(frontend_, w.Finish(), options_.signer ? &*options_.signer : nullptr, &routing);
+        SendSigned(frontend_, std::move(reply), options_.signer ? &*options_.signer : nullptr,
+                   &routing);
         ++lost_;
       } catch (const TransportError&) {
         ++dropped_;
@@ -381,6 +394,13 @@ class Broker::Impl {
   }
 
   void Capture(const ReceivedMessage& m, Direction direction, const char* source) {
+    if (capture_file_ != nullptr) {
+      try {
+        capture_file_->Write(m, direction, source);
+      } catch (const Error&) {
+        // Best effort, like the socket: a full disk never stops the forwarding.
+      }
+    }
     if (capture_.handle() == nullptr) return;
     try {
       PublishCaptured(capture_, m, direction, source);
@@ -398,6 +418,7 @@ class Broker::Impl {
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;
   zmq::socket_t frontend_, backend_, capture_;
+  std::unique_ptr<CaptureWriter> capture_file_;
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};
   std::thread thread_;

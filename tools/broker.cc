@@ -14,14 +14,15 @@ namespace {
 
 constexpr char kBrokerHelp[] =
     "usage: zerocan broker --frontend URL --backend URL [--capture URL] [--heartbeat-ms MS]\n"
-    "                      [--liveness N] [--key-file FILE]\n"
+    "                      [--capture-file FILE] [--liveness N] [--key-file FILE]\n"
     "\n"
     "Clients connect to --frontend, engines (zerocan engine --connect) to --backend. Calls\n"
     "go to the live engine with the fewest calls in flight; frames are forwarded without\n"
     "being decoded or copied (only the envelope header is read). An engine silent for N\n"
     "(--liveness, default 3) heartbeat intervals (default 500 ms; engines must use the same interval) is lost, and\n"
     "its calls fail at once with a zerocan.EngineLost error. --capture URL publishes a copy\n"
-    "of every message (PUB) for `zerocan inspect --follow URL` / `zerocan record`.\n"
+    "of every message (PUB) for `zerocan inspect --follow URL` / `zerocan record`;\n"
+    "--capture-file FILE writes every message to a capture file for `zerocan inspect FILE`.\n"
     "--key-file FILE: sign the broker's own errors, ignore engines not holding the key.\n"
     "Runs until SIGINT or SIGTERM.\n";
 
@@ -44,6 +45,8 @@ int RunBroker(int argc, char** argv) {
         backend = value;
       } else if (TakeOption(argc, argv, &i, "--capture", &value)) {
         options.capture = value;
+      } else if (TakeOption(argc, argv, &i, "--capture-file", &value)) {
+        options.capture_file = value;
       } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
         options.signer = Signer::FromKeyFile(value);
       } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {

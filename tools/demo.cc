@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <string>
@@ -98,14 +99,31 @@ double Us(Clock::duration d) { return std::chrono::duration<double, std::micro>(
 }  // namespace
 
 int RunDemo(int argc, char** argv) {
+  std::string capture_file;
+  size_t tensor_mb = 256;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--help") == 0) {
       std::printf(
-          "usage: zerocan demo\n\nStarts a broker and two engines on 127.0.0.1 (child processes),\n"
+          "usage: zerocan demo [--capture-file FILE] [--tensor-mb N]\n\n"
+          "Starts a broker and two engines on 127.0.0.1 (child processes),\n"
           "tours them as a client (small calls, a 256 MB tensor echoed without a copy, a\n"
           "remote error, an engine killed mid-run and the calls that recover), prints a\n"
-          "table, stops everything and exits 0.\n");
+          "table, stops everything and exits 0.\n"
+          "--capture-file FILE: the broker records every message it forwards (zerocan inspect FILE).\n"
+          "--tensor-mb N: size of the echoed tensor (default 256).\n");
       return 0;
+    } else if (std::strcmp(argv[i], "--capture-file") == 0 && i + 1 < argc) {
+      capture_file = argv[++i];
+    } else if (std::strcmp(argv[i], "--tensor-mb") == 0 && i + 1 < argc) {
+      long mb = std::strtol(argv[++i], nullptr, 10);
+      if (mb < 1 || mb > 4096) {
+        std::fprintf(stderr, "zerocan demo: --tensor-mb takes 1..4096\n");
+        return 2;
+      }
+      tensor_mb = static_cast<size_t>(mb);
+    } else {
+      std::fprintf(stderr, "zerocan demo: unknown option \"%s\" (see --help)\n", argv[i]);
+      return 2;
     }
   }
   auto demo_start = Clock::now();
@@ -122,8 +140,13 @@ int RunDemo(int argc, char** argv) {
   try {
     std::printf("zerocan demo: broker at %s (engines at %s), 2 engines\n", front.c_str(),
                 back.c_str());
-    children.push_back(Spawn({"broker", "--frontend", front, "--backend", back,
-                              "--heartbeat-ms", beat}));
+    std::vector<std::string> broker_args = {"broker", "--frontend", front, "--backend", back,
+                                            "--heartbeat-ms", beat};
+    if (!capture_file.empty()) {
+      broker_args.push_back("--capture-file");
+      broker_args.push_back(capture_file);
+    }
+    children.push_back(Spawn(broker_args));
     pid_t engine_a = Spawn({"engine", "--connect", back, "--id", "engine-a", "--heartbeat-ms", beat});
     pid_t engine_b = Spawn({"engine", "--connect", back, "--id", "engine-b", "--heartbeat-ms", beat});
     children.push_back(engine_a);
@@ -183,8 +206,8 @@ int RunDemo(int argc, char** argv) {
       rows.push_back(row);
     }
     {  // 3. 256 MB tensor echoed
-      Row row{"256 MB tensor echo"};
-      std::vector<double> big(size_t{32} << 20);
+      Row row{std::to_string(tensor_mb) + " MB tensor echo"};
+      std::vector<double> big((tensor_mb << 20) / sizeof(double));
       for (size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<double>(i);
       Meter m;
       uint64_t copies_before = GlobalStats().Snapshot().buffer_copies;

@@ -43,6 +43,9 @@ struct BrokerOptions {
   int liveness = 3;
   DecodeLimits limits;
   std::string capture;  // "" = none; else a PUB endpoint publishing every message
+  // "" = none; else a capture file (docs/CAPTURE.md) receiving every message the broker
+  // forwards, written on the broker's thread (so it slows forwarding by the file's speed).
+  std::string capture_file;
   zmq::context_t* context = nullptr;
   // With a key: the broker signs the errors it makes (EngineLost) and ignores engine
   // hellos and heartbeats that are not signed with it. Calls and replies are forwarded
