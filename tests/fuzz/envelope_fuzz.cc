@@ -3,14 +3,10 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace zerocan;
-  ReceivedMessage received;
-  received.frames = fuzz::ParseFrames(data, size);
-  try {
-    Message m = Message::Decode(std::move(received), fuzz::FuzzLimits());
-    volatile uint64_t sink = m.message_id() + static_cast<uint64_t>(m.body_kind()) +
-                             m.frames().size();
+  if (std::optional<Message> m = fuzz::DecodeInput(data, size)) {
+    volatile uint64_t sink = m->message_id() + static_cast<uint64_t>(m->body_kind()) +
+                             m->frames().size();
     (void)sink;
-  } catch (const DecodeError&) {
   }
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <cstring>
 #include <map>
 #include <string>
@@ -42,6 +43,18 @@ inline DecodeLimits FuzzLimits() {
   limits.max_list_length = 1 << 16;
   limits.max_text_bytes = 1 << 16;
   return limits;
+}
+
+// The fuzz input as a decoded message, or nullopt when the decoder rejected it (the
+// only outcome allowed besides success: anything else escapes and fails the target).
+inline std::optional<Message> DecodeInput(const uint8_t* data, size_t size) {
+  ReceivedMessage received;
+  received.frames = ParseFrames(data, size);
+  try {
+    return Message::Decode(std::move(received), FuzzLimits());
+  } catch (const DecodeError&) {
+    return std::nullopt;
+  }
 }
 
 // Reads every byte (the sum is returned so the reads cannot be optimised away).

@@ -4,14 +4,9 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace zerocan;
-  ReceivedMessage received;
-  received.frames = fuzz::ParseFrames(data, size);
-  Message m;
-  try {
-    m = Message::Decode(std::move(received), fuzz::FuzzLimits());
-  } catch (const DecodeError&) {
-    return 0;
-  }
+  std::optional<Message> decoded = fuzz::DecodeInput(data, size);
+  if (!decoded) return 0;
+  const Message& m = *decoded;
   volatile uint64_t sink = fuzz::WalkMessage(m, /*deep=*/false);
   (void)sink;
   return 0;
