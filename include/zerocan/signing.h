@@ -1,21 +1,21 @@
-// Message signatures: an HMAC-SHA256 (OpenSSL libcrypto) over every frame of a message,
-// carried in one extra frame at the end.
+// Message signatures: a one-time-key Poly1305 MAC (OpenSSL libcrypto) over every frame of
+// a message, carried in one extra frame at the end.
 //
 // Wire layout of a signed message (docs/SECURITY.md):
 //   [routing...] [] [envelope] [payload 1..N] [signature]
-// The signature frame is kSignatureFrameSize bytes: the 8-byte tag kSignatureMagic
-// (scheme 1) and the 32-byte MAC:
-//   HMAC-SHA256(key, "zerocan.hmac-sha256.v1" NUL || version u16 LE || n u64 LE ||
-//               for each signed frame: length u64 LE || D(frame))
-// over the frames after the delimiter (envelope first, signature excluded), where
-// D(frame) = SHA-256(frame) for frames of at most 1 MiB and, for longer frames,
-// SHA-256 of the concatenated SHA-256 digests of its 1 MiB chunks (last one shorter).
-// The chunk digests of large messages are computed in parallel (see docs/SECURITY.md).
-// So changing, truncating, extending, dropping, adding or reordering any frame changes
-// the MAC. Routing frames are not signed: brokers add and remove them.
+// The signature frame is kSignatureFrameSize (40) bytes: the 8-byte tag kSignatureMagic
+// (scheme 2), a kNonceSize-byte nonce (random, fresh per message) and the kMacSize-byte
+// tag:
+//   K   = HMAC-SHA256(key, "zerocan.poly1305.v2" NUL || nonce)       (one-time key)
+//   tag = Poly1305(K, version u16 LE || n u64 LE ||
+//                     for each signed frame: length u64 LE || frame bytes)
+// over the frames after the delimiter (envelope first, signature excluded). So changing,
+// truncating, extending, dropping, adding or reordering any frame changes the tag.
+// Routing frames are not signed: brokers add and remove them. Scheme 1 (HMAC-SHA256 over
+// SHA-256 frame digests) is no longer produced or accepted.
 //
-// Receivers verify before anything is decoded (Signer::Verify, constant-time compare)
-// and strip the signature frame, because Message::Decode expects exactly
+// Receivers verify before anything is decoded (Signer::Verify or Check, constant-time
+// compare) and strip the signature frame, because Message::Decode expects exactly
 // 1 + payloadFrames frames.
 //
 // Threading: a Signer is immutable after construction; its const methods may run on any
@@ -40,17 +40,11 @@
 
 namespace zerocan {
 
-namespace internal {
-struct FrameBytes {
-  const unsigned char* data;
-  size_t size;
-};
-}  // namespace internal
-
-inline constexpr size_t kMacSize = 32;
-inline constexpr size_t kSignatureFrameSize = 8 + kMacSize;
-// "zcsig", scheme 1, two reserved zero bytes.
-inline constexpr char kSignatureMagic[8] = {'z', 'c', 's', 'i', 'g', 1, 0, 0};
+inline constexpr size_t kNonceSize = 16;
+inline constexpr size_t kMacSize = 16;  // Poly1305
+inline constexpr size_t kSignatureFrameSize = 8 + kNonceSize + kMacSize;
+// "zcsig", scheme 2 (one-time-key Poly1305), two reserved zero bytes.
+inline constexpr char kSignatureMagic[8] = {'z', 'c', 's', 'i', 'g', 2, 0, 0};
 
 // True when `frame` has the size and magic of a signature frame (says nothing about
 // whether the MAC is right).
@@ -70,7 +64,8 @@ class Signer {
 
   // Incremental signing of one message: Add each frame in order (envelope first), then
   // Finish. `frame_count` must equal the number of Add calls (checked by Finish). Each
-  // Add hashes its whole frame (chunks in parallel when large).
+  // Add feeds its frame's length and bytes to the MAC; nothing is copied. Begin draws a
+  // fresh random nonce (OpenSSL RAND_bytes) for the message.
   class Hasher {
    public:
     Hasher(Hasher&&) noexcept;
@@ -79,20 +74,22 @@ class Signer {
     void Add(const void* data, size_t size);
     // The signature frame. The Hasher is spent afterwards.
     zmq::message_t Finish();
-    // The raw 32-byte MAC (for Verify).
+    // The raw kMacSize-byte tag (for Check).
     void FinishMac(unsigned char out[kMacSize]);
 
    private:
     friend class Signer;
     struct Ctx;
-    // One frame by its length and D(frame) (see above).
-    void AddDigest(uint64_t size, const unsigned char digest[32]);
     Hasher(std::unique_ptr<Ctx> ctx, uint64_t frame_count);
     std::unique_ptr<Ctx> ctx_;
     uint64_t expected_ = 0;
     uint64_t added_ = 0;
   };
   Hasher Begin(uint64_t frame_count) const;
+  // Begin with a caller-chosen nonce: for known-answer tests only. Signing two different
+  // messages with one nonce reveals that nonce's one-time key and lets anyone forge
+  // messages under it (docs/SECURITY.md); real senders use Begin.
+  Hasher UnsafeBeginWithNonce(uint64_t frame_count, const unsigned char nonce[kNonceSize]) const;
 
   // The signature frame over an encoded message (envelope, then its payload frames).
   zmq::message_t SignatureFor(const Outgoing& message) const;
@@ -102,8 +99,10 @@ class Signer {
   void SignFrames(FrameList* frames) const;
 
   enum class Verdict { kOk, kUnsigned, kBadSignature };
-  // Checks the last frame of `frames` against the others, in constant time in the MAC
-  // (CRYPTO_memcmp). Does not modify anything.
+  // Checks the last frame of `frames` against the others, in constant time in the tag
+  // (CRYPTO_memcmp). Does not modify anything and throws nothing: the cheap
+  // way for a server to refuse a flood (no exception, no message text; the cheapest
+  // test, the last frame's size and magic, comes first).
   Verdict Check(std::span<const zmq::message_t> frames) const noexcept;
   // Checks `received` and, on success, removes its signature frame so that
   // Message::Decode can read it. Throws AuthError(kUnsigned or kBadSignature) and
@@ -112,14 +111,15 @@ class Signer {
 
  private:
   struct Keyed;
-  zmq::message_t SignatureOver(const std::vector<internal::FrameBytes>& frames) const;
+  template <class Frames>
+  zmq::message_t SignatureOver(const Frames& frames, size_t count) const;
   std::shared_ptr<const Keyed> keyed_;
 };
 
 // Sends like zerocan::Send and appends the signature frame. Payload frames stay zero-copy.
 // (libzmq hands a multipart message to its I/O thread only when the last part is
-// written, so hashing cannot overlap the transmission of earlier parts; see
-// docs/SECURITY.md for what was measured.) With signer == nullptr this is Send.
+// written, so the MAC cannot overlap the transmission of earlier parts; see
+// docs/SECURITY.md.) With signer == nullptr this is Send.
 Tracker SendSigned(zmq::socket_t& socket, Outgoing&& message, const Signer* signer,
                    absl::InlinedVector<zmq::message_t, 2>* routing = nullptr);
 
