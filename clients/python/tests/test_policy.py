@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -63,3 +65,46 @@ def test_corrupt_file_warns_and_uses_the_default(config_home, text):
     assert config is None and str(config_home) in warning
     with pytest.warns(UserWarning, match="threshold config"):
         assert Policy.load("tcp://x:1").inline_threshold == DEFAULT_INLINE_THRESHOLD
+
+
+# A receiver process: receives 80 MB frames over tcp (allocated by libzmq's I/O thread,
+# larger than a thread arena's 64 MiB heap) and prints the page faults of each receive.
+_RECEIVE_FAULTS = r"""
+import resource, sys, threading, numpy as np, zmq
+import zerocan.policy
+print(zerocan.policy.use_reusing_allocator() if sys.argv[1] == "1" else True, flush=True)
+ctx = zmq.Context()
+pull = ctx.socket(zmq.PULL)
+port = pull.bind_to_random_port("tcp://127.0.0.1")
+big = np.ones(80 << 17)  # 80 MiB, sent zero-copy from this process's main thread
+push = ctx.socket(zmq.PUSH)
+push.connect(f"tcp://127.0.0.1:{port}")
+for _ in range(5):
+    push.send(big, copy=False)
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    frame = pull.recv(copy=False)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, flush=True)
+    del frame
+push.close(linger=0); pull.close(linger=0); ctx.term()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_reusing_allocator_receives_large_frames_into_reused_memory():
+    """With the memory policy on, a large received frame reuses the memory the previous
+    one freed (no page faults after the first two), as zerocan::UseReusingAllocator does;
+    with glibc's defaults every receive faults in fresh pages."""
+    def faults(enable: str) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", _RECEIVE_FAULTS, enable],
+                             capture_output=True, text=True, timeout=120, check=True)
+        lines = out.stdout.split()
+        if lines[0] != "True":
+            pytest.skip("mallopt unavailable (not glibc)")
+        return [int(x) for x in lines[1:]]
+
+    pages = (80 << 20) // 4096
+    reused = faults("1")
+    assert max(reused[2:]) < pages // 100, reused
+    fresh = faults("0")
+    assert min(fresh[2:]) > pages // 2, fresh

@@ -202,6 +202,9 @@ class Client:
                         except zmq.Again:
                             break
                         self._on_reply(parts)
+                        # Drop our reference now: a large reply frame freed by the caller
+                        # goes back to the heap before the next one is received into it.
+                        del parts
                 self._expire()
         except Exception as e:  # pragma: no cover - socket failure
             self._fail_all(TransportError(f"client I/O failed: {e}"))

@@ -238,6 +238,7 @@ class Engine:
                             except zmq.Again:
                                 break
                             self._handle(s, parts)
+                            del parts  # the job holds the frames as long as needed
                             if time.monotonic() >= next_beat:
                                 break
                 if time.monotonic() >= next_beat:
@@ -260,11 +261,15 @@ class Engine:
                 return
             sock, routing, msg = job
             out = self.process(msg)
+            # Drop the request's frames before waiting for the next job, so a large
+            # received frame is freed (and its memory reused) before the next arrives.
+            job = msg = None
             with self._reply_lock:
                 self._replies.append((sock, routing, out))
                 if not self._wake_pending:
                     self._wake_pending = True
                     os.write(self._stop_w, b"r")
+            out = None
 
     def _send_replies(self) -> None:
         while True:
