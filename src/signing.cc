@@ -2,7 +2,8 @@
 // docs/SECURITY.md for why).
 //
 // Per message: a 16-byte random nonce; K = HMAC-SHA256(key, domain || nonce); the tag is
-// Poly1305 under K over the version, the frame count and each frame's length and bytes.
+// Poly1305 under K over the version, the frame count and each frame's length and bytes,
+// each padded to 16-byte blocks as in RFC 8439's AEAD construction.
 // Poly1305 runs at ~14 GB/s on one core here (AVX-512 code in OpenSSL), against ~2 GB/s
 // for SHA-256 with SHA-NI, so the bulk bytes cost little and need no thread pool; the
 // HMAC only ever reads 36 bytes.
@@ -38,6 +39,8 @@ namespace {
 constexpr char kDomain[] = "zerocan.poly1305.v2";
 // The tag of the retired scheme 1 (HMAC-SHA256 over SHA-256 frame digests), recognised
 // only to say so in the error.
+// Poly1305 block size: every field and frame starts on a block boundary.
+constexpr size_t kBlock = 16;
 constexpr char kSchemeOneMagic[8] = {'z', 'c', 's', 'i', 'g', 1, 0, 0};
 
 void PutU64(unsigned char* out, uint64_t v) {
@@ -108,10 +111,11 @@ struct Signer::Keyed {
     ok = mac.ctx != nullptr && EVP_MAC_init(mac.ctx, one_time, sizeof(one_time), nullptr) == 1;
     OPENSSL_cleanse(one_time, sizeof(one_time));
     if (!ok) return nullptr;
-    unsigned char header[2 + 8];
+    // One 16-byte block: version u16 LE, 6 zero bytes, frame count u64 LE.
+    unsigned char header[kBlock] = {};
     header[0] = static_cast<unsigned char>(kProtocolVersion & 0xff);
     header[1] = static_cast<unsigned char>(kProtocolVersion >> 8);
-    PutU64(header + 2, frame_count);
+    PutU64(header + 8, frame_count);
     if (EVP_MAC_update(mac.ctx, header, sizeof(header)) != 1) return nullptr;
     EVP_MAC_CTX* out = mac.ctx;
     mac.ctx = nullptr;
@@ -121,11 +125,18 @@ struct Signer::Keyed {
 
 namespace {
 
+// One frame: a 16-byte block holding its length (u64 LE, then 8 zero bytes), its bytes,
+// and zero bytes up to the next multiple of 16. Every frame thus starts on a Poly1305
+// block boundary, which is what keeps OpenSSL on its fast path: bulk bytes that follow
+// a partial block run at half the speed (7 vs 14 GB/s measured here).
 bool AddFrame(EVP_MAC_CTX* ctx, const void* data, size_t size) {
-  unsigned char length[8];
+  static constexpr unsigned char kZeros[kBlock] = {};
+  unsigned char length[kBlock] = {};
   PutU64(length, size);
+  size_t pad = (kBlock - size % kBlock) % kBlock;
   return EVP_MAC_update(ctx, length, sizeof(length)) == 1 &&
-         (size == 0 || EVP_MAC_update(ctx, static_cast<const unsigned char*>(data), size) == 1);
+         (size == 0 || EVP_MAC_update(ctx, static_cast<const unsigned char*>(data), size) == 1) &&
+         (pad == 0 || EVP_MAC_update(ctx, kZeros, pad) == 1);
 }
 
 bool FinalTag(EVP_MAC_CTX* ctx, unsigned char out[kMacSize]) {

@@ -7,8 +7,9 @@
 // (scheme 2), a kNonceSize-byte nonce (random, fresh per message) and the kMacSize-byte
 // tag:
 //   K   = HMAC-SHA256(key, "zerocan.poly1305.v2" NUL || nonce)       (one-time key)
-//   tag = Poly1305(K, version u16 LE || n u64 LE ||
-//                     for each signed frame: length u64 LE || frame bytes)
+//   tag = Poly1305(K, version u16 LE || 0^6 || n u64 LE ||
+//                     for each signed frame: length u64 LE || 0^8 || frame bytes ||
+//                                            zero bytes up to a multiple of 16)
 // over the frames after the delimiter (envelope first, signature excluded). So changing,
 // truncating, extending, dropping, adding or reordering any frame changes the tag.
 // Routing frames are not signed: brokers add and remove them. Scheme 1 (HMAC-SHA256 over
