@@ -1,19 +1,44 @@
 """Benchmark: zerocan's Python client side by side with ipyparallel, in one run.
 
-    python -m zerocan.bench [--quick] [--json] [--no-ipp]
+    python -m zerocan.bench [--quick] [--json] [--no-ipp] [--no-floor] [--ipp-malloc]
 
-Starts, on this machine and over tcp loopback: a Python zerocan engine (a subprocess),
-the C++ engine too when ``$ZEROCAN_BIN`` (default build/zerocan) implements
-``zerocan engine``, and a local ipyparallel cluster with one engine. Then, interleaved:
+Starts, on this machine and over tcp loopback, each in its own process:
+
+* zerocan (Python engine): ``python -m zerocan engine --allow-pickle``. The client applies
+  the same Python functions ipyparallel gets (``ident``, ``nbytes`` below), sent by value
+  with cloudpickle on every call, as ipyparallel sends them; the engine decodes the
+  arguments (arrays as views of the received frames) and calls the function.
+* zerocan (C++ engine), when ``$ZEROCAN_BIN`` (default build/zerocan) implements
+  ``zerocan engine``: its built-in ``echo`` and ``nbytes`` (C++ cannot run the Python
+  functions).
+* pyzmq floor (array workloads only): a bare pyzmq ROUTER that answers the array's
+  length or sends the received frame back, with the same sockets, memory settings and
+  zero-copy frames as zerocan, and no envelope, no decoding, no function. What tcp
+  loopback itself costs for 100 MB: the bound under any library.
+* ipyparallel: a local cluster (``ipp.Cluster(n=1)``: controller + one engine, its normal
+  defaults) and a DirectView ``apply_sync(f, x)`` of the same functions on the same
+  values. Requests and replies go through the controller (two tcp hops each way).
+
+Both clients live in this process, which applies zerocan's memory policy (a reused heap
+for large buffers; ``ZEROCAN_REUSE_MEMORY=0`` turns it off), so the ipyparallel client
+gets it too. The ipyparallel controller and engine run with glibc's defaults, as
+ipyparallel runs anywhere; ``--ipp-malloc`` gives them the same settings (through
+``GLIBC_TUNABLES``) as a control.
+
+Workloads, interleaved (each round runs every system once, in turn, with a pause after
+each call as long as the call took, at most 0.25 s, so work a system leaves behind, such as
+freeing 100 MB, does not land in the next system's time):
 
 * tiny:   1000 tiny tasks (echo of an int), all in flight, until all results are back;
-* array:  apply(echo, a 100 MB float64 array), the array coming back;
-* ints:   apply(echo, the ints 0..999), also counting the request's bytes on the wire;
-* dict10: apply(echo, a 10-field dict).
+* array:  apply(nbytes, a 100 MB float64 array): the array goes, an int comes back;
+* echo:   apply(ident, the 100 MB array), the array coming back;
+* ints:   apply(ident, the ints 0..999), also counting the request's bytes on the wire;
+* dict10: apply(ident, a 10-field dict).
 
-Times are the median of several repetitions; ratios are ipyparallel's time over
-zerocan's (above 1 means zerocan is faster). Targets from the issue: array >= 5x,
-tiny >= 3x throughput.
+Times are medians over the rounds. Ratios are ipyparallel's time over zerocan's (above 1
+means zerocan is faster): of the medians, and the median of the per-round ratios (paired:
+both measured in the same round, so slow drift in the machine's load cancels). Targets
+from the issue: array >= 5x, tiny >= 3x throughput.
 """
 
 from __future__ import annotations
@@ -22,6 +47,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -38,13 +64,19 @@ from zerocan import wire
 
 
 def ident(x: Any) -> Any:
-    """ipyparallel's echo (zerocan engines use their built-in echo)."""
+    """The echo function both sides apply (the C++ engine uses its built-in echo)."""
     return x
 
 
 def nbytes(x: Any) -> int:
-    """ipyparallel's nbytes (zerocan engines use their built-in nbytes)."""
+    """The apply function both sides apply (the C++ engine uses its built-in nbytes)."""
     return int(x.nbytes)
+
+
+# glibc.malloc tunables equal to zerocan.policy.use_reusing_allocator() (for --ipp-malloc).
+REUSING_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                    "glibc.malloc.trim_threshold=2147483647:glibc.malloc.top_pad=67108864")
+SETTLE_MAX_S = 0.25
 
 
 def _free_port() -> int:
@@ -64,6 +96,17 @@ def _cpp_engine_bin() -> Optional[str]:
     return tool
 
 
+def _process_faults(proc: Optional[subprocess.Popen]) -> int:
+    """Minor page faults of a child process so far (0 where /proc is not there)."""
+    if proc is None:
+        return 0
+    try:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _wait_ready(client: zerocan.Client, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -75,33 +118,38 @@ def _wait_ready(client: zerocan.Client, seconds: float = 30) -> None:
                 raise
 
 
-def _median_time(fn: Callable[[], Any], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _functions() -> tuple[Callable[[Any], Any], Callable[[Any], int]]:
+    """``ident`` and ``nbytes`` as ``zerocan.bench``'s (not ``__main__``'s when run with
+    ``-m``), so both sides pickle them as they would a library function."""
+    from zerocan import bench
+    return bench.ident, bench.nbytes
 
 
 class Zerocan:
-    def __init__(self, name: str, command: list[str], url: str) -> None:
+    """A zerocan engine process and a client. ``python_functions``: apply ``ident`` and
+    ``nbytes`` by value (the Python engine); else the built-ins ``echo``/``nbytes``."""
+
+    def __init__(self, name: str, command: list[str], url: str,
+                 python_functions: bool) -> None:
         self.name = name
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.client = zerocan.Client(url, timeout=120)
+        f_ident, f_nbytes = _functions()
+        self.echo_fn: Any = f_ident if python_functions else "echo"
+        self.nbytes_fn: Any = f_nbytes if python_functions else "nbytes"
         _wait_ready(self.client)
 
     def tiny(self, n: int) -> None:
-        futures = [self.client.apply("echo", i) for i in range(n)]
+        futures = [self.client.apply(self.echo_fn, i) for i in range(n)]
         for f in futures:
             f.result()
 
     def echo(self, value: Any) -> Any:
-        return self.client.apply("echo", value).result()
+        return self.client.apply(self.echo_fn, value).result()
 
     def nbytes(self, value: Any) -> int:
-        return self.client.apply("nbytes", value).result()
+        return int(self.client.apply(self.nbytes_fn, value).result())
 
     def close(self) -> None:
         self.client.close()
@@ -112,26 +160,96 @@ class Zerocan:
             self.proc.kill()
 
 
+def floor_server(url: str) -> None:
+    """``python -m zerocan.bench --floor-server URL``: the pyzmq floor's other end. A
+    message [b"nbytes", x] is answered with len(x) as text, [b"echo", x] with x itself
+    (the received frame, sent back without a copy)."""
+    import zmq
+    zerocan.policy.apply_memory_policy()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.copy_threshold = 0
+    sock.bind(url)
+    while True:
+        parts = sock.recv_multipart(copy=False)
+        op = parts[1].bytes
+        if op == b"nbytes":
+            sock.send_multipart([parts[0], str(parts[2].buffer.nbytes).encode()])
+        elif op == b"echo":
+            sock.send_multipart([parts[0], parts[2]], copy=False)
+        else:
+            sock.send_multipart([parts[0], b"?"])
+        del parts
+
+
+class PyzmqFloor:
+    name = "pyzmq floor"
+    workloads = ("array", "echo")
+
+    def __init__(self) -> None:
+        import zmq
+        url = f"tcp://127.0.0.1:{_free_port()}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "zerocan.bench",
+                                      "--floor-server", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.copy_threshold = 0
+        self.sock.connect(url)
+        self.sock.send_multipart([b"nbytes", b"x"])
+        if not self.sock.poll(30_000):
+            raise RuntimeError("pyzmq floor server did not start")
+        self.sock.recv()
+
+    def nbytes(self, value: Any) -> int:
+        self.sock.send_multipart([b"nbytes", value], copy=False)
+        return int(self.sock.recv())
+
+    def echo(self, value: Any) -> Any:
+        self.sock.send_multipart([b"echo", value], copy=False)
+        frame = self.sock.recv(copy=False)
+        return np.frombuffer(frame.buffer, dtype=value.dtype).reshape(value.shape)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 class IPyParallel:
     name = "ipyparallel"
 
-    def __init__(self) -> None:
+    def __init__(self, tuned_malloc: bool = False) -> None:
         import ipyparallel as ipp  # type: ignore[import-untyped]
-        self.cluster = ipp.Cluster(n=1, log_level=40)
-        self.rc = self.cluster.start_and_connect_sync()
-        self.rc.wait_for_engines(1, timeout=120)
+        saved = os.environ.get("GLIBC_TUNABLES")
+        if tuned_malloc:  # inherited by the controller and engine processes only
+            os.environ["GLIBC_TUNABLES"] = REUSING_TUNABLES
+        try:
+            self.cluster = ipp.Cluster(n=1, log_level=40)
+            self.rc = self.cluster.start_and_connect_sync()
+            self.rc.wait_for_engines(1, timeout=120)
+        finally:
+            if saved is None:
+                os.environ.pop("GLIBC_TUNABLES", None)
+            else:
+                os.environ["GLIBC_TUNABLES"] = saved
         self.view = self.rc[0]
+        self.ident, self.nbytes_fn = _functions()
 
     def tiny(self, n: int) -> None:
-        results = [self.view.apply_async(ident, i) for i in range(n)]
+        results = [self.view.apply_async(self.ident, i) for i in range(n)]
         for r in results:
             r.get()
 
     def echo(self, value: Any) -> Any:
-        return self.view.apply_sync(ident, value)
+        return self.view.apply_sync(self.ident, value)
 
     def nbytes(self, value: Any) -> int:
-        return self.view.apply_sync(nbytes, value)
+        return self.view.apply_sync(self.nbytes_fn, value)
 
     def close(self) -> None:
         self.rc.close()
@@ -157,91 +275,151 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-ipp", action="store_true", help="skip ipyparallel")
+    p.add_argument("--no-floor", action="store_true", help="skip the bare pyzmq floor")
+    p.add_argument("--ipp-malloc", action="store_true",
+                   help="control: run ipyparallel's controller and engine with zerocan's "
+                        "malloc settings (GLIBC_TUNABLES)")
+    p.add_argument("--array-mb", type=int, default=100, help="array size (default 100)")
+    p.add_argument("--floor-server", metavar="URL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.floor_server:
+        floor_server(args.floor_server)
+        return 0
     # The programs' memory policy (the engines we start apply it too); ipyparallel's
-    # client shares this process and so gets the same setting.
-    zerocan.policy.apply_memory_policy()
-    repeat = 3 if args.quick else 7
-    array_mb = 100
+    # client shares this process and so gets the same setting. Before any zmq context
+    # starts its threads: the arena setting applies to threads created afterwards.
+    reusing = zerocan.policy.apply_memory_policy()
+    rounds = {"tiny": 2, "array": 3, "small": 20} if args.quick else \
+        {"tiny": 5, "array": 11, "small": 140}
+    array_mb = args.array_mb
 
     systems: list[Any] = []
     port = _free_port()
     systems.append(Zerocan("zerocan (Python engine)",
-                           [sys.executable, "-m", "zerocan", "engine", "--bind",
-                            f"tcp://127.0.0.1:{port}"], f"tcp://127.0.0.1:{port}"))
+                           [sys.executable, "-m", "zerocan", "engine", "--allow-pickle",
+                            "--bind", f"tcp://127.0.0.1:{port}"],
+                           f"tcp://127.0.0.1:{port}", python_functions=True))
     cpp = _cpp_engine_bin()
     if cpp is not None:
         port = _free_port()
         systems.append(Zerocan("zerocan (C++ engine)",
                                [cpp, "engine", "--bind", f"tcp://127.0.0.1:{port}"],
-                               f"tcp://127.0.0.1:{port}"))
+                               f"tcp://127.0.0.1:{port}", python_functions=False))
+    if not args.no_floor:
+        systems.append(PyzmqFloor())
     if not args.no_ipp:
-        systems.append(IPyParallel())
+        systems.append(IPyParallel(tuned_malloc=args.ipp_malloc))
 
     big = np.random.default_rng(0).random(array_mb * (1 << 20) // 8)
     ints = list(range(1000))
     record = {f"field{i}": (i if i % 3 == 0 else f"value {i}" if i % 3 == 1 else i * 0.5)
               for i in range(10)}
-    workloads: list[tuple[str, Callable[[Any], Any], int]] = [
-        ("1000 tiny tasks", lambda s: s.tiny(1000), max(1, repeat // 2)),
-        (f"apply {array_mb} MB array", lambda s: s.nbytes(big), repeat),
-        (f"echo {array_mb} MB array", lambda s: s.echo(big), repeat),
-        ("apply ints 0..999", lambda s: s.echo(ints), repeat * 20),
-        ("apply 10-field dict", lambda s: s.echo(record), repeat * 20),
+    # (name, kind, call, rounds)
+    workloads: list[tuple[str, str, Callable[[Any], Any], int]] = [
+        ("1000 tiny tasks", "tiny", lambda s: s.tiny(1000), rounds["tiny"]),
+        (f"apply {array_mb} MB array", "array", lambda s: s.nbytes(big), rounds["array"]),
+        (f"echo {array_mb} MB array", "echo", lambda s: s.echo(big), rounds["array"]),
+        ("apply ints 0..999", "ints", lambda s: s.echo(ints), rounds["small"]),
+        ("apply 10-field dict", "dict10", lambda s: s.echo(record), rounds["small"]),
     ]
-    results: dict[str, dict[str, float]] = {}
-    best: dict[str, dict[str, float]] = {}
+    times: dict[str, dict[str, list[float]]] = {}
+    # Page faults in this process (both clients) per call: fresh memory touched.
+    faults: dict[str, dict[str, list[int]]] = {}
+    server_faults: dict[str, dict[str, list[int]]] = {}  # the engine's (not ipyparallel's)
     try:
         for s in systems:  # warm-up, and a correctness check of every system
-            assert np.array_equal(s.echo(big[:1000]), big[:1000])
+            if hasattr(s, "tiny"):
+                assert np.array_equal(s.echo(big[:1000]), big[:1000])
+                assert list(s.echo(ints)) == ints and s.echo(record) == record
             assert s.nbytes(big) == big.nbytes
-            assert list(s.echo(ints)) == ints and s.echo(record) == record
-        for name, fn, n in workloads:
-            # Interleaved: each repetition runs on every system in turn, so drift in the
-            # machine's load hits all of them alike; the median per system is reported.
-            times: dict[str, list[float]] = {s.name: [] for s in systems}
-            for _ in range(n):
-                for s in systems:
-                    times[s.name].append(_median_time(lambda: fn(s), 1))
-            results[name] = {k: statistics.median(v) for k, v in times.items()}
-            best[name] = {k: min(v) for k, v in times.items()}
+            assert np.array_equal(s.echo(big), big)
+        for name, kind, fn, n in workloads:
+            # Interleaved: each round runs on every system in turn, so drift in the
+            # machine's load hits all of them alike.
+            runs = [s for s in systems if kind in getattr(s, "workloads", (kind,))]
+            times[name] = {s.name: [] for s in runs}
+            faults[name] = {s.name: [] for s in runs}
+            server_faults[name] = {s.name: [] for s in runs
+                                   if getattr(s, "proc", None) is not None}
+            # Untimed warm-up rounds first: until every process's heap holds the buffers
+            # the workload needs (four systems' 100 MB echoes in one client process take a
+            # few rounds), the first calls after another system's pay fresh pages.
+            warm = 1 if kind == "tiny" else len(runs)
+            for r in range(-warm, n):
+                k = r % len(runs)  # rotated, so no system always follows the same one
+                for s in runs[k:] + runs[:k]:
+                    server = getattr(s, "proc", None)
+                    e0 = _process_faults(server)
+                    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                    t0 = time.perf_counter()
+                    fn(s)
+                    dt = time.perf_counter() - t0
+                    if r >= 0:
+                        times[name][s.name].append(dt)
+                        faults[name][s.name].append(
+                            resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+                        if server is not None:
+                            server_faults[name][s.name].append(_process_faults(server) - e0)
+                    time.sleep(min(SETTLE_MAX_S, dt))
     finally:
         for s in systems:
             s.close()
 
+    results = {w: {k: statistics.median(v) for k, v in per.items()} for w, per in times.items()}
+    best = {w: {k: min(v) for k, v in per.items()} for w, per in times.items()}
+    names = [s.name for s in systems]
+    ref = "ipyparallel" if not args.no_ipp else None
+    zerocans = [n for n in names if n.startswith("zerocan")]
+    paired: dict[str, dict[str, float]] = {}
+    if ref:
+        for w, per in times.items():
+            paired[w] = {n: statistics.median(a / b for a, b in zip(per[ref], per[n]))
+                         for n in zerocans}
     wire_bytes = {"zerocan": zerocan_request_bytes(ints), "ipyparallel": ipp_request_bytes(ints)}
     envelope = len(wire.encode_apply("echo", [ints]).envelope)
     targets = {"1000 tiny tasks": 3.0, f"apply {array_mb} MB array": 5.0}
     if args.json:
         print(json.dumps({"machine": platform.node(), "python": platform.python_version(),
+                          "reuse_memory": reusing, "ipp_malloc": args.ipp_malloc,
                           "seconds": results, "best_seconds": best,
+                          "paired_ratio": paired, "all_seconds": times,
+                          "client_page_faults": faults, "engine_page_faults": server_faults,
                           "request_bytes_ints": wire_bytes,
                           "envelope_bytes_ints": envelope}, indent=2))
         return 0
-    names = [s.name for s in systems]
-    ref = names[-1] if not args.no_ipp else None
     short = {n: (n.split("(")[1].rstrip(")") if "(" in n else n) for n in names}
+    short["ipyparallel"] = "ipyparallel" + (" (tuned malloc)" if args.ipp_malloc else "")
     print(f"zerocan Python benchmark on {platform.node()} ({platform.machine()}, "
           f"{os.cpu_count()} CPUs), Python {platform.python_version()}, numpy {np.__version__}, "
-          "tcp loopback; median times")
-    print("  ratios: ipyparallel's median time over zerocan's (and of the best runs)")
+          f"tcp loopback, memory policy {'on' if reusing else 'off'}; median times")
+    print("  Python engine: the bench's Python functions sent by value (as ipyparallel "
+          "sends them); C++ engine: its built-in echo/nbytes; pyzmq floor: bare frames, "
+          "no envelope")
+    print("  ratio ipp/x: ipyparallel's median time over zerocan's; (paired): median of "
+          "the per-round ratios")
     print("  apply = the argument goes to the engine, a small result comes back (nbytes); "
           "echo = it comes back too")
-    header = f"{'workload':<24}" + "".join(f"{short[n]:>16}" for n in names)
+    header = f"{'workload':<24}" + "".join(f"{short[n][:15]:>16}" for n in names)
     if ref:
-        header += "".join(f"{'ipp / ' + short[n]:>25}" for n in names[:-1]) + f"{'target':>9}"
+        header += "".join(f"{'ipp / ' + short[n]:>29}" for n in zerocans) + f"{'target':>9}"
     print(header)
     for name, per in results.items():
-        row = f"{name:<24}" + "".join(f"{per[n] * 1e3:>13.2f} ms" for n in names)
+        row = f"{name:<24}" + "".join(f"{per[n] * 1e3:>13.2f} ms" if n in per else f"{'-':>16}"
+                                      for n in names)
         if ref:
-            row += "".join(f"{per[ref] / per[n]:>12.1f}x (best {best[name][ref] / best[name][n]:4.1f}x)"
-                           for n in names[:-1])
+            row += "".join(f"{per[ref] / per[n]:>14.1f}x (paired {paired[name][n]:4.1f}x)"
+                           for n in zerocans)
             t = targets.get(name)
             row += f"{'>= %gx' % t if t else '':>9}"
         print(row)
+    for name in (f"apply {array_mb} MB array", f"echo {array_mb} MB array"):
+        print(f"page faults per call, {name} (median), client: " + ", ".join(
+            f"{short[n]} {statistics.median(v):,.0f}" for n, v in faults[name].items()) +
+            "; engine: " + ", ".join(f"{short[n]} {statistics.median(v):,.0f}"
+                                     for n, v in server_faults[name].items()))
     tiny = results["1000 tiny tasks"]
     print("throughput, 1000 tiny tasks: " + ", ".join(
-        f"{n}: {1000 / tiny[n]:,.0f} calls/s" for n in names))
+        f"{n}: {1000 / tiny[n]:,.0f} calls/s" for n in tiny))
     print(f"request bytes for the ints 0..999: zerocan {wire_bytes['zerocan']} "
           f"(envelope {envelope}; pickle's figure 2,752), ipyparallel "
           f"{wire_bytes['ipyparallel']}")

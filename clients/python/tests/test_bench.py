@@ -1,0 +1,32 @@
+"""The benchmark runs end to end (small sizes, without ipyparallel) and reports every
+system it started, with the pyzmq floor only where it applies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_quick_without_ipyparallel():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
+                                                      env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-m", "zerocan.bench", "--quick", "--no-ipp",
+                          "--array-mb", "1", "--json"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    seconds = doc["seconds"]
+    assert set(seconds) == {"1000 tiny tasks", "apply 1 MB array", "echo 1 MB array",
+                            "apply ints 0..999", "apply 10-field dict"}
+    for workload, per in seconds.items():
+        assert "zerocan (Python engine)" in per
+        assert ("pyzmq floor" in per) == ("MB array" in workload)
+        assert all(t > 0 for t in per.values())
+    assert doc["envelope_bytes_ints"] <= 2752
+    assert doc["paired_ratio"] == {}  # no ipyparallel, no ratios
