@@ -61,33 +61,85 @@ void ReplayGuard::Check(const Message& message, uint64_t now_ns) {
   Check(message.session_id(), message.sequence(), message.envelope().getSentAtNs(), now_ns);
 }
 
+std::optional<AuthError::Code> ReplayGuard::Admit(const Message& message, uint64_t now_ns) {
+  return Admit(message.session_id(), message.sequence(), message.envelope().getSentAtNs(),
+               now_ns);
+}
+
+std::optional<AuthError::Code> ReplayGuard::Admit(uint64_t session_id, uint64_t sequence,
+                                                  uint64_t sent_at_ns, uint64_t now_ns) {
+  uint64_t highest = 0;
+  size_t sessions = 0;
+  Reason reason = Decide(session_id, sequence, sent_at_ns, now_ns, &highest, &sessions);
+  if (reason == Reason::kAccepted) return std::nullopt;
+  return CodeOf(reason);
+}
+
+AuthError::Code ReplayGuard::CodeOf(Reason reason) noexcept {
+  switch (reason) {
+    case Reason::kFuture: return AuthError::Code::kClockSkew;
+    case Reason::kTooManySessions: return AuthError::Code::kTooManySessions;
+    case Reason::kSeen: return AuthError::Code::kReplayed;
+    default: return AuthError::Code::kTooOld;
+  }
+}
+
 void ReplayGuard::Check(uint64_t session_id, uint64_t sequence, uint64_t sent_at_ns,
                         uint64_t now_ns) {
   if (now_ns == 0) now_ns = WallNowNs();
-  if (sequence == 0) {
-    throw AuthError(AuthError::Code::kTooOld,
-                    absl::StrCat("sequence: ", Who(session_id, sequence),
-                                 ": sequence 0 is never valid (sequences start at 1)"));
+  uint64_t highest = 0;
+  size_t sessions = 0;
+  Reason reason = Decide(session_id, sequence, sent_at_ns, now_ns, &highest, &sessions);
+  std::string what;
+  switch (reason) {
+    case Reason::kAccepted:
+      return;
+    case Reason::kSequenceZero:
+      what = absl::StrCat("sequence: ", Who(session_id, sequence),
+                          ": sequence 0 is never valid (sequences start at 1)");
+      break;
+    case Reason::kNoSendTime:
+      what = absl::StrCat("sentAtNs: ", Who(session_id, sequence),
+                          " has no send time; replay protection needs one");
+      break;
+    case Reason::kFuture:
+      what = absl::StrCat("sentAtNs: ", Who(session_id, sequence), " was sent ",
+                          (sent_at_ns - now_ns) / 1000000, " ms in the future; max_clock_skew is ",
+                          options_.max_clock_skew_ns / 1000000, " ms");
+      break;
+    case Reason::kAged:
+      what = absl::StrCat("sentAtNs: ", Who(session_id, sequence), " was sent ",
+                          (now_ns - sent_at_ns) / 1000000, " ms ago; max_age is ",
+                          options_.max_age_ns / 1000000, " ms");
+      break;
+    case Reason::kTooManySessions:
+      what = absl::StrCat("sessionId: ", Who(session_id, sequence), ": ", sessions,
+                          " live sessions, max_sessions is ", options_.max_sessions);
+      break;
+    case Reason::kBehindWindow:
+      what = absl::StrCat("sequence: ", Who(session_id, sequence), " is ", highest - sequence,
+                          " behind the highest seen (", highest, "); the replay window is ",
+                          options_.window);
+      break;
+    case Reason::kSeen:
+      what = absl::StrCat("sequence: ", Who(session_id, sequence),
+                          " was already accepted (replayed message)");
+      break;
   }
+  throw AuthError(CodeOf(reason), what);
+}
+
+ReplayGuard::Reason ReplayGuard::Decide(uint64_t session_id, uint64_t sequence,
+                                        uint64_t sent_at_ns, uint64_t now_ns, uint64_t* highest,
+                                        size_t* sessions) {
+  if (now_ns == 0) now_ns = WallNowNs();
+  if (sequence == 0) return Reason::kSequenceZero;
   if (options_.max_age_ns != 0) {
-    if (sent_at_ns == 0) {
-      throw AuthError(AuthError::Code::kTooOld,
-                      absl::StrCat("sentAtNs: ", Who(session_id, sequence),
-                                   " has no send time; replay protection needs one"));
-    }
+    if (sent_at_ns == 0) return Reason::kNoSendTime;
     if (sent_at_ns > now_ns && sent_at_ns - now_ns > options_.max_clock_skew_ns) {
-      throw AuthError(AuthError::Code::kClockSkew,
-                      absl::StrCat("sentAtNs: ", Who(session_id, sequence), " was sent ",
-                                   (sent_at_ns - now_ns) / 1000000,
-                                   " ms in the future; max_clock_skew is ",
-                                   options_.max_clock_skew_ns / 1000000, " ms"));
+      return Reason::kFuture;
     }
-    if (now_ns > sent_at_ns && now_ns - sent_at_ns > options_.max_age_ns) {
-      throw AuthError(AuthError::Code::kTooOld,
-                      absl::StrCat("sentAtNs: ", Who(session_id, sequence), " was sent ",
-                                   (now_ns - sent_at_ns) / 1000000, " ms ago; max_age is ",
-                                   options_.max_age_ns / 1000000, " ms"));
-    }
+    if (now_ns > sent_at_ns && now_ns - sent_at_ns > options_.max_age_ns) return Reason::kAged;
   }
 
   std::lock_guard<std::mutex> lock(mu_);
@@ -96,10 +148,8 @@ void ReplayGuard::Check(uint64_t session_id, uint64_t sequence, uint64_t sent_at
   auto it = sessions_.find(session_id);
   if (it == sessions_.end()) {
     if (sessions_.size() >= options_.max_sessions) {
-      throw AuthError(AuthError::Code::kTooManySessions,
-                      absl::StrCat("sessionId: ", Who(session_id, sequence), ": ",
-                                   sessions_.size(), " live sessions, max_sessions is ",
-                                   options_.max_sessions));
+      *sessions = sessions_.size();
+      return Reason::kTooManySessions;
     }
     lru_.push_front(session_id);
     Session fresh;
@@ -126,21 +176,16 @@ void ReplayGuard::Check(uint64_t session_id, uint64_t sequence, uint64_t sent_at
     *word |= mask;
     s.highest = sequence;
   } else if (s.highest - sequence >= window) {
-    throw AuthError(AuthError::Code::kTooOld,
-                    absl::StrCat("sequence: ", Who(session_id, sequence), " is ",
-                                 s.highest - sequence, " behind the highest seen (",
-                                 s.highest, "); the replay window is ", window));
+    *highest = s.highest;
+    return Reason::kBehindWindow;
   } else {
     auto [word, mask] = bit(sequence);
-    if ((*word & mask) != 0) {
-      throw AuthError(AuthError::Code::kReplayed,
-                      absl::StrCat("sequence: ", Who(session_id, sequence),
-                                   " was already accepted (replayed message)"));
-    }
+    if ((*word & mask) != 0) return Reason::kSeen;
     *word |= mask;
   }
   s.last_seen_ns = std::max(s.last_seen_ns, now_ns);
   lru_.splice(lru_.begin(), lru_, s.lru);
+  return Reason::kAccepted;
 }
 
 }  // namespace zerocan

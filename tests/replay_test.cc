@@ -133,5 +133,37 @@ TEST(ReplayTest, WindowRoundsUpToWords) {
   EXPECT_EQ(guard.options().window, 128u);
 }
 
+TEST(ReplayTest, AdmitGivesCheckVerdictWithoutThrowing) {
+  // Two guards fed the same sequence of messages: the throwing and the verdict forms
+  // agree on every code, and Admit records what it accepts.
+  ReplayOptions options;
+  options.window = 64;
+  options.max_sessions = 2;
+  options.max_age_ns = 10 * kSecond;
+  options.max_clock_skew_ns = 2 * kSecond;
+  ReplayGuard checked(options), admitted(options);
+  struct Case {
+    uint64_t session, sequence, sent_at;
+    std::optional<AuthError::Code> want;
+  };
+  const Case cases[] = {
+      {1, 1, kNow, std::nullopt},
+      {1, 1, kNow, AuthError::Code::kReplayed},
+      {1, 0, kNow, AuthError::Code::kTooOld},
+      {1, 2, 0, AuthError::Code::kTooOld},
+      {1, 3, kNow + 5 * kSecond, AuthError::Code::kClockSkew},
+      {1, 4, kNow - 20 * kSecond, AuthError::Code::kTooOld},
+      {1, 200, kNow, std::nullopt},
+      {1, 100, kNow, AuthError::Code::kTooOld},  // behind the window
+      {2, 1, kNow, std::nullopt},
+      {3, 1, kNow, AuthError::Code::kTooManySessions},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(Outcome(checked, c.session, c.sequence, c.sent_at), c.want) << c.sequence;
+    EXPECT_EQ(admitted.Admit(c.session, c.sequence, c.sent_at, kNow), c.want) << c.sequence;
+  }
+  EXPECT_EQ(admitted.session_count(), 2u);
+}
+
 }  // namespace
 }  // namespace zerocan

@@ -20,6 +20,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -61,6 +62,13 @@ class ReplayGuard {
   // The same for a decoded message (its session_id, sequence and sentAtNs).
   void Check(const Message& message, uint64_t now_ns = 0);
 
+  // The same verdict without an exception or message text: nullopt when the message
+  // was accepted (and recorded), else the code Check would throw. For a server that
+  // drops and counts refusals under a flood. Throws only std::bad_alloc.
+  std::optional<AuthError::Code> Admit(uint64_t session_id, uint64_t sequence,
+                                       uint64_t sent_at_ns, uint64_t now_ns = 0);
+  std::optional<AuthError::Code> Admit(const Message& message, uint64_t now_ns = 0);
+
   size_t session_count() const;
   // Forgets sessions idle for longer than session_ttl (also done on each Check).
   void Expire(uint64_t now_ns = 0);
@@ -74,6 +82,16 @@ class ReplayGuard {
     std::vector<uint64_t> seen;       // bit i of the ring: sequence (highest - i) accepted
     Lru::iterator lru;
   };
+  // Why a message was refused, finer than AuthError::Code (for Check's message).
+  enum class Reason {
+    kAccepted, kSequenceZero, kNoSendTime, kFuture, kAged, kTooManySessions,
+    kBehindWindow, kSeen
+  };
+  static AuthError::Code CodeOf(Reason reason) noexcept;
+  // The one decision; records the message when accepted. *highest gets the session's
+  // highest sequence and *sessions the table size (for the messages).
+  Reason Decide(uint64_t session_id, uint64_t sequence, uint64_t sent_at_ns, uint64_t now_ns,
+                uint64_t* highest, size_t* sessions);
   void ExpireLocked(uint64_t now_ns);
 
   ReplayOptions options_;
