@@ -39,18 +39,26 @@ std::string Hex(const void* data, size_t size) {
   return out;
 }
 
-// Sends `frames` raw over tcp, receives them on the router and verifies: the error
-// code, or nullopt when verification passed.
+// Sends `frames` raw over tcp, receives them on the router and verifies (Check and
+// Verify): the error code, or nullopt when verification passed.
 std::optional<AuthError::Code> VerifyOverTcp(TcpPair& pair, const Signer& signer,
                                              const FrameList& frames) {
   SendRaw(pair.dealer, frames);
   ReceivedMessage received = MustReceive(pair.router);
+  // The verdict form (what a server under a flood uses) must agree with Verify.
+  Signer::Verdict verdict = signer.Check(
+      std::span<const zmq::message_t>(received.frames.data(), received.frames.size()));
+  std::optional<AuthError::Code> code;
   try {
     signer.Verify(&received);
-    return std::nullopt;
   } catch (const AuthError& e) {
-    return e.code();
+    code = e.code();
   }
+  std::optional<AuthError::Code> from_verdict;
+  if (verdict == Signer::Verdict::kUnsigned) from_verdict = AuthError::Code::kUnsigned;
+  if (verdict == Signer::Verdict::kBadSignature) from_verdict = AuthError::Code::kBadSignature;
+  EXPECT_EQ(code, from_verdict);
+  return code;
 }
 
 FrameList SignedCall(const Signer& signer, uint64_t sequence = 1) {
