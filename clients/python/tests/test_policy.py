@@ -79,10 +79,9 @@ port = pull.bind_to_random_port("tcp://127.0.0.1")
 big = np.ones(80 << 17)  # 80 MiB, sent zero-copy from this process's main thread
 push = ctx.socket(zmq.PUSH)
 push.connect(f"tcp://127.0.0.1:{port}")
-for _ in range(5):
-    push.send(big, copy=False)
-for _ in range(5):
+for _ in range(5):  # one message in flight at a time: the previous one is freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    push.send(big, copy=False)
     frame = pull.recv(copy=False)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, flush=True)
     del frame

@@ -22,8 +22,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--allow-pickle", action="store_true",
                    help="run functions sent by value (cloudpickle): runs arbitrary code")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds (default 0.5)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="worker threads running calls (default 1; 0 = on the I/O thread)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="worker threads running calls (0 = on the I/O thread; default: 1 "
+                        "with --connect, 0 with --bind)")
     args = p.parse_args(argv)
     from .policy import apply_memory_policy
     apply_memory_policy()
