@@ -403,7 +403,7 @@ std::string_view PackingName(wire::Packing p) {
   return "unknown";
 }
 
-void Place(Context& c, wire::Payload::Reader payload, PayloadRow* row) {
+void Place(Context& c, internal::PayloadView payload, PayloadRow* row) {
   if (payload.isFrame()) {
     auto ref = payload.getFrame();
     row->in_frame = true;
@@ -420,7 +420,7 @@ void Place(Context& c, wire::Payload::Reader payload, PayloadRow* row) {
       row->offset_known = false;
     } else {
       const auto* base = c.message.frames()[0].data<unsigned char>();
-      row->offset = static_cast<uint64_t>(data.begin() - base);
+      row->offset = static_cast<uint64_t>(reinterpret_cast<const unsigned char*>(data.begin()) - base);
     }
   }
 }

@@ -12,6 +12,8 @@
 #include "zerocan/message.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -68,6 +70,28 @@ size_t PackedSize(wire::Packing p) {
   }
 }
 
+// The two ways to read an envelope, with the same names for the same fields: the
+// generated Cap'n Proto readers (the authority: every encoding the format allows) and
+// the inline views of zerocan/internal/wire_view.h (the fast path: the encodings
+// writers produce). One Walker serves both, so both check exactly the same rules.
+struct GeneratedReaders {
+  using Envelope = wire::Envelope::Reader;
+  using Value = wire::Value::Reader;
+  using Tensor = wire::Tensor::Reader;
+  using Payload = wire::Payload::Reader;
+  using Text = capnp::Text::Reader;
+  static constexpr bool kFast = false;
+};
+struct FastViews {
+  using Envelope = internal::EnvelopeView;
+  using Value = internal::ValueView;
+  using Tensor = internal::TensorView;
+  using Payload = internal::PayloadView;
+  using Text = internal::BlobView;
+  static constexpr bool kFast = true;
+};
+
+template <class R>
 class Walker {
  public:
   Walker(const ReceivedMessage& received, uint32_t payload_frames, const DecodeLimits& limits,
@@ -88,7 +112,7 @@ class Walker {
     budget_ -= units;
   }
 
-  void Text(capnp::Text::Reader text, const Path& path) {
+  void Text(const typename R::Text& text, const Path& path) {
     Charge(text.size() / 8 + 1, path);
     if (text.size() > limits_.max_text_bytes) {
       Fail(Code::kLimitExceeded, path,
@@ -98,7 +122,7 @@ class Walker {
   }
 
   // Checks a payload reference; returns its length in bytes.
-  uint64_t Payload(wire::Payload::Reader payload, const Path& path) {
+  uint64_t Payload(const typename R::Payload& payload, const Path& path) {
     if (++payload_refs_ > limits_.max_payload_refs) {
       Fail(Code::kLimitExceeded, path,
            absl::StrCat("more than max_payload_refs ", limits_.max_payload_refs,
@@ -133,7 +157,7 @@ class Walker {
     Fail(Code::kMalformed, path, "unknown payload kind (from a newer protocol?)");
   }
 
-  void Tensor(wire::Tensor::Reader t, const Path& path) {
+  void Tensor(const typename R::Tensor& t, const Path& path) {
     uint16_t raw_dtype = static_cast<uint16_t>(t.getDtype());
     if (raw_dtype >= kDTypeCount) {
       Fail(Code::kMalformed, Child(path, "dtype"), absl::StrCat("unknown dtype ", raw_dtype));
@@ -191,7 +215,7 @@ class Walker {
     }
   }
 
-  void Value(wire::Value::Reader v, const Path& path, uint32_t depth) {
+  void Value(const typename R::Value& v, const Path& path, uint32_t depth) {
     if (depth > limits_.max_depth) {
       Fail(Code::kLimitExceeded, path,
            absl::StrCat("values nested deeper than max_depth ", limits_.max_depth));
@@ -246,7 +270,7 @@ class Walker {
 
   // Walks the whole envelope; for an apply, also hands back its argument lists (the
   // accessors' hot path) so they are not read twice.
-  void Envelope(wire::Envelope::Reader env, internal::MessageState* state) {
+  void Envelope(const typename R::Envelope& env, internal::MessageState* state) {
     Path root{nullptr, nullptr, -1};
     auto body = env.getBody();
     switch (body.which()) {
@@ -264,9 +288,11 @@ class Walker {
           Text(kwargs[i].getKey(), Child(kw, "key"));
           Value(kwargs[i].getValue(), Child(kw, "value"), 1);
         }
-        state->is_apply_ = true;
-        state->args_ = args;
-        state->kwargs_ = kwargs;
+        if constexpr (R::kFast) {
+          state->is_apply_ = true;
+          state->args_ = args;
+          state->kwargs_ = kwargs;
+        }
         return;
       }
       case wire::Envelope::Body::RESULT: {
@@ -321,6 +347,104 @@ class Walker {
   Bump(GlobalStats().messages_rejected);
   throw DecodeError(code, what);
 }
+
+uint64_t Budget(const DecodeLimits& limits, size_t word_count) {
+  return static_cast<uint64_t>(limits.traversal_factor) * word_count + 64;
+}
+
+void CheckHeader(uint16_t version, uint32_t announced_frames, size_t payload_frames) {
+  if (version != kProtocolVersion) {
+    throw DecodeError(Code::kVersion, absl::StrCat("version: protocol version ", version,
+                                                   " is not supported (this reader speaks ",
+                                                   kProtocolVersion, ")"));
+  }
+  if (announced_frames != payload_frames) {
+    throw DecodeError(Code::kMalformed,
+                      absl::StrCat("payloadFrames: envelope announces ", announced_frames,
+                                   " payload frames, message has ", payload_frames));
+  }
+}
+
+// The fast path: parses the segment table and walks the envelope through the inline
+// views. Returns false when a view refuses a pointer or the table does not add up
+// (the caller then asks Cap'n Proto); throws DecodeError for a rule the walk enforces.
+bool FastDecode(internal::MessageState* state, kj::ArrayPtr<const capnp::word> words,
+                const DecodeLimits& limits) {
+  const auto* table = reinterpret_cast<const uint32_t*>(words.begin());
+  uint64_t count = uint64_t{table[0]} + 1;  // <= 511, checked by Decode
+  uint64_t offset = (count + 2) / 2;        // the table, padded to a word
+  if (offset > words.size()) return false;
+  internal::Segments& segments = state->segments_;
+  segments.Clear();
+  for (uint64_t i = 0; i < count; ++i) {
+    uint64_t size = table[1 + i];
+    if (size > words.size() - offset) return false;
+    segments.Add(reinterpret_cast<const uint64_t*>(words.begin() + offset), size);
+    offset += size;
+  }
+  if (offset != words.size() || segments.list[0].words == 0) return false;
+  try {
+    auto env = internal::EnvelopeView::At(&segments, 0, 0);
+    size_t payload_frames = state->received_.frames.size() - 1;
+    CheckHeader(env.getVersion(), env.getPayloadFrames(), payload_frames);
+    Walker<FastViews>(state->received_, static_cast<uint32_t>(payload_frames), limits,
+                      Budget(limits, words.size()))
+        .Envelope(env, state);
+    state->envelope_ = env;
+    state->words_ = words;
+    return true;
+  } catch (const internal::ViewError&) {
+    state->is_apply_ = false;
+    return false;
+  }
+}
+
+// One generated reader for the whole walk. Cap'n Proto's own traversal budget is
+// cumulative over the reader's life, so it is off and the walk enforces the budget
+// itself (Walker::Charge) and the nesting (max_depth). The nesting limit, unlike the
+// traversal budget, is not spent, so it stays finite: a deep copy of any received
+// struct cannot recurse without bound. About two pointer hops per value level.
+capnp::ReaderOptions WalkOptions(const DecodeLimits& limits) {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = UINT64_MAX;
+  options.nestingLimit = static_cast<int>(2 * std::min<uint32_t>(limits.max_depth, 1u << 20) + 16);
+  return options;
+}
+
+// The authority: the same walk through the generated readers. Throws DecodeError for
+// anything malformed (Cap'n Proto's own pointer errors included, via the KJ bridge).
+void CheckWithGeneratedReaders(const ReceivedMessage& received, kj::ArrayPtr<const capnp::word> words,
+                               const DecodeLimits& limits) {
+  static const std::string kContext = "envelope (frame 0)";
+  internal::CatchKj(kContext, [&] {
+    capnp::FlatArrayMessageReader reader(words, WalkOptions(limits));
+    if (reader.getEnd() != words.end()) {
+      throw DecodeError(Code::kMalformed, absl::StrCat("envelope (frame 0): ",
+                                                       (words.end() - reader.getEnd()) * 8,
+                                                       " bytes after the last segment"));
+    }
+    auto env = reader.getRoot<wire::Envelope>();
+    size_t payload_frames = received.frames.size() - 1;
+    CheckHeader(env.getVersion(), env.getPayloadFrames(), payload_frames);
+    Walker<GeneratedReaders>(received, static_cast<uint32_t>(payload_frames), limits,
+                             Budget(limits, words.size()))
+        .Envelope(env, nullptr);
+  });
+}
+
+#ifdef ZEROCAN_CROSSCHECK_DECODE
+// Sanitizer and fuzz builds: the views must never accept what the generated readers
+// reject. A disagreement is our bug, so it aborts loudly for the fuzzer to keep.
+void CrossCheck(const ReceivedMessage& received, kj::ArrayPtr<const capnp::word> words,
+                const DecodeLimits& limits) {
+  try {
+    CheckWithGeneratedReaders(received, words, limits);
+  } catch (const DecodeError& e) {
+    std::fprintf(stderr, "zerocan: fast views accepted an envelope Cap'n Proto rejects: %s\n", e.what());
+    std::abort();
+  }
+}
+#endif
 
 }  // namespace
 
@@ -382,45 +506,20 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
   kj::ArrayPtr<const capnp::word> segment_words(words, word_count);
 
   try {
-    static const std::string kContext = "envelope (frame 0)";
-    internal::CatchKj(kContext, [&] {
-      // One reader for the walk and for every later accessor. Cap'n Proto's own
-      // traversal budget is cumulative over the reader's life (later getters would
-      // throw at random), so the reader is unbounded and the walk enforces the budget
-      // itself (Walker::Charge) and the nesting (max_depth). Pointer bounds are still
-      // checked by the reader on every access. The nesting limit, unlike the traversal
-      // budget, is not spent, so it stays finite: a capnp deep copy of any received
-      // struct (setRoot, setTensor...) then cannot recurse without bound. About two
-      // pointer hops per value level (value -> list -> element), plus the envelope's own.
-      capnp::ReaderOptions unbounded;
-      unbounded.traversalLimitInWords = UINT64_MAX;
-      unbounded.nestingLimit = static_cast<int>(2 * std::min<uint32_t>(limits.max_depth, 1u << 20) + 16);
-      state->reader_.emplace(segment_words, unbounded);
-      if (state->reader_->getEnd() != segment_words.end()) {
-        throw DecodeError(Code::kMalformed,
-                          absl::StrCat("envelope (frame 0): ",
-                                       (segment_words.end() - state->reader_->getEnd()) * 8,
-                                       " bytes after the last segment"));
-      }
-      auto env = state->reader_->getRoot<wire::Envelope>();
-      if (env.getVersion() != kProtocolVersion) {
-        throw DecodeError(Code::kVersion,
-                          absl::StrCat("version: protocol version ", env.getVersion(),
-                                       " is not supported (this reader speaks ",
-                                       kProtocolVersion, ")"));
-      }
-      size_t payload_frames = state->received_.frames.size() - 1;
-      if (env.getPayloadFrames() != payload_frames) {
-        throw DecodeError(Code::kMalformed,
-                          absl::StrCat("payloadFrames: envelope announces ",
-                                       env.getPayloadFrames(), " payload frames, message has ",
-                                       payload_frames));
-      }
-      uint64_t budget = static_cast<uint64_t>(limits.traversal_factor) * word_count + 64;
-      Walker(state->received_, static_cast<uint32_t>(payload_frames), limits, budget)
-          .Envelope(env, state.get());
-      state->envelope_ = env;
-    });
+    if (FastDecode(state.get(), segment_words, limits)) {
+#ifdef ZEROCAN_CROSSCHECK_DECODE
+      CrossCheck(state->received_, state->words_, limits);
+#endif
+    } else {
+      // The fast views refused a pointer: let Cap'n Proto's reader judge, for the
+      // precise error. What it accepts here is valid Cap'n Proto in a layout no writer
+      // produces (Cap'n Proto's list "upgrade" encodings), which zerocan does not read.
+      CheckWithGeneratedReaders(state->received_, segment_words, limits);
+      throw DecodeError(Code::kMalformed,
+                        "envelope (frame 0): a list or text in a layout zerocan does not read "
+                        "(struct lists must be inline-composite, List(UInt64) 8-byte elements, "
+                        "text and data byte lists; see docs/FORMAT.md, \"Layout\")");
+    }
   } catch (const DecodeError&) {
     Bump(GlobalStats().messages_rejected);
     throw;
@@ -431,7 +530,23 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
   return message;
 }
 
-wire::Envelope::Reader Message::envelope() const noexcept { return state_->envelope_; }
+namespace internal {
+wire::Envelope::Reader MessageState::GeneratedRoot() const {
+  std::call_once(reader_once_, [this] {
+    // The walk has checked every pointer of these words: the reader cannot fail.
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = UINT64_MAX;
+    reader_.emplace(words_, options);
+    root_ = reader_->getRoot<wire::Envelope>();
+  });
+  return root_;
+}
+}  // namespace internal
+
+wire::Envelope::Reader Message::envelope() const noexcept { return state_->GeneratedRoot(); }
+uint64_t Message::message_id() const noexcept { return state_->envelope_.getMessageId(); }
+uint64_t Message::session_id() const noexcept { return state_->envelope_.getSessionId(); }
+uint64_t Message::sequence() const noexcept { return state_->envelope_.getSequence(); }
 
 BodyKind Message::body_kind() const noexcept {
   switch (state_->envelope_.getBody().which()) {
@@ -445,7 +560,7 @@ BodyKind Message::body_kind() const noexcept {
 }
 
 namespace {
-std::string_view View(capnp::Text::Reader t) { return std::string_view(t.begin(), t.size()); }
+std::string_view View(internal::BlobView t) { return t.view(); }
 [[noreturn]] void WrongBody(const char* wanted) {
   throw DecodeError(Code::kTypeMismatch, absl::StrCat("message is not ", wanted));
 }

@@ -107,7 +107,7 @@ std::string_view Value::AsText() const {
   return std::string_view(t.begin(), t.size());
 }
 
-Buffer Value::ResolvePayload(wire::Payload::Reader payload) const {
+Buffer Value::ResolvePayload(internal::PayloadView payload) const {
   if (message_ == nullptr) throw Error("Value: no message behind this value");
   if (payload.isInline()) return message_->InlineBytes(payload.getInline());
   auto ref = payload.getFrame();
@@ -152,11 +152,11 @@ Value Value::value(size_t i) const {
 
 std::optional<Value> Value::Find(std::string_view key) const {
   if (kind() != Kind::kMap) Mismatch("map");
-  for (auto entry : reader_.getMap()) {
-    auto k = entry.getKey();
-    if (k.isText()) {
-      auto t = k.getText();
-      if (std::string_view(t.begin(), t.size()) == key) return Value(entry.getValue(), message_);
+  auto map = reader_.getMap();
+  for (size_t i = 0; i < map.size(); ++i) {
+    auto k = map[i].getKey();
+    if (k.which() == wire::Value::TEXT && k.getText().view() == key) {
+      return Value(map[i].getValue(), message_);
     }
   }
   return std::nullopt;

@@ -275,7 +275,9 @@ void ValueWriter::Copy(const Value& value) {
         if (t.getPacking() != wire::Packing::NONE) {
           // Packed payloads must stay inline (the decoder enforces it), whatever this
           // writer's threshold.
-          out.initData().setInline(t.getData().getInline());
+          auto packed = t.getData().getInline();
+          out.initData().setInline(
+              capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(packed.begin()), packed.size()));
         } else {
           // A big-endian payload may sit in a frame of the received message, whose
           // index means nothing in this one: place its bytes again.

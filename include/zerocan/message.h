@@ -44,12 +44,13 @@ class Message {
   // Checks and decodes. Throws DecodeError naming the frame and the field path.
   static Message Decode(ReceivedMessage&& received, const DecodeLimits& limits = {});
 
-  // The generated reader over the envelope frame's memory (in place).
+  // The generated reader over the envelope frame's memory (in place; built on first
+  // use, since the accessors below read through faster checked views).
   wire::Envelope::Reader envelope() const noexcept;
   BodyKind body_kind() const noexcept;
-  uint64_t message_id() const noexcept { return envelope().getMessageId(); }
-  uint64_t session_id() const noexcept { return envelope().getSessionId(); }
-  uint64_t sequence() const noexcept { return envelope().getSequence(); }
+  uint64_t message_id() const noexcept;
+  uint64_t session_id() const noexcept;
+  uint64_t sequence() const noexcept;
 
   // Apply accessors (body_kind() == kApply; otherwise they throw DecodeError).
   std::string_view function() const;

@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "zerocan/buffer.h"
+#include "zerocan/internal/wire_view.h"
 #include "zerocan/tensor.h"
 #include "zerocan/wire/zerocan.capnp.h"
 
@@ -43,7 +44,7 @@ std::string_view KindName(Kind kind) noexcept;
 class Value {
  public:
   Value() = default;
-  Value(wire::Value::Reader reader, const internal::MessageState* message) noexcept
+  Value(internal::ValueView reader, const internal::MessageState* message) noexcept
       : reader_(reader), message_(message) {}
 
   Kind kind() const noexcept;
@@ -100,13 +101,15 @@ class Value {
   // Throws DecodeError(kTypeMismatch): "expected <what>, got <Describe()>".
   [[noreturn]] void Mismatch(std::string_view expected) const;
 
-  wire::Value::Reader reader() const noexcept { return reader_; }
+  // The checked view this Value reads (zerocan/internal/wire_view.h). For the
+  // generated Cap'n Proto reader, navigate from Message::envelope().
+  const internal::ValueView& reader() const noexcept { return reader_; }
   const internal::MessageState* message() const noexcept { return message_; }
 
  private:
-  Buffer ResolvePayload(wire::Payload::Reader payload) const;
+  Buffer ResolvePayload(internal::PayloadView payload) const;
 
-  wire::Value::Reader reader_;
+  internal::ValueView reader_;
   const internal::MessageState* message_ = nullptr;
 };
 
