@@ -36,7 +36,7 @@ constexpr char kEngineHelp[] =
     "which registers more functions with engine.def(name, callable). See examples/.\n"
     "--threads N: worker threads (default 2; 0 runs calls on the I/O thread).\n"
     "--key-file FILE: sign every message and accept only messages signed with this key\n"
-    "(HMAC-SHA256; JSON with a \"key\" string, or the raw key), with replay protection.\n";
+    "(docs/SECURITY.md; JSON with a \"key\" string, or the raw key), with replay protection.\n";
 
 }  // namespace
 

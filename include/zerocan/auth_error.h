@@ -19,7 +19,7 @@ class AuthError : public Error {
  public:
   enum class Code {
     kUnsigned,         // a key is set but the message carries no signature frame
-    kBadSignature,     // a signature frame whose HMAC does not match the frames
+    kBadSignature,     // a signature frame whose tag does not match the frames
     kReplayed,         // (session, sequence) already accepted
     kTooOld,           // sequence behind the replay window, or sent longer ago than max_age
     kClockSkew,        // sent_at lies further in the future than max_clock_skew allows
