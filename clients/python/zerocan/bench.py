@@ -96,15 +96,16 @@ def _cpp_engine_bin() -> Optional[str]:
     return tool
 
 
-def _process_faults(proc: Optional[subprocess.Popen]) -> int:
-    """Minor page faults of a child process so far (0 where /proc is not there)."""
-    if proc is None:
-        return 0
-    try:
-        with open(f"/proc/{proc.pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[7])
-    except (OSError, ValueError, IndexError):
-        return 0
+def _process_faults(pids: list[int]) -> int:
+    """Minor page faults of these processes so far (0 where /proc is not there)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                total += int(f.read().rsplit(")", 1)[1].split()[7])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 def _wait_ready(client: zerocan.Client, seconds: float = 30) -> None:
@@ -134,6 +135,7 @@ class Zerocan:
         self.name = name
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
+        self.pids = [self.proc.pid]
         self.client = zerocan.Client(url, timeout=120)
         f_ident, f_nbytes = _functions()
         self.echo_fn: Any = f_ident if python_functions else "echo"
@@ -192,6 +194,7 @@ class PyzmqFloor:
         self.proc = subprocess.Popen([sys.executable, "-m", "zerocan.bench",
                                       "--floor-server", url],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pids = [self.proc.pid]
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.copy_threshold = 0
@@ -238,6 +241,8 @@ class IPyParallel:
             else:
                 os.environ["GLIBC_TUNABLES"] = saved
         self.view = self.rc[0]
+        # Its controller and engine processes (the engine's pid asked of the engine).
+        self.pids = [self.cluster.controller.pid, self.view.apply_sync(os.getpid)]
         self.ident, self.nbytes_fn = _functions()
 
     def tiny(self, n: int) -> None:
@@ -290,7 +295,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # starts its threads: the arena setting applies to threads created afterwards.
     reusing = zerocan.policy.apply_memory_policy()
     rounds = {"tiny": 2, "array": 3, "small": 20} if args.quick else \
-        {"tiny": 5, "array": 11, "small": 140}
+        {"tiny": 5, "array": 15, "small": 140}
     array_mb = args.array_mb
 
     systems: list[Any] = []
@@ -325,7 +330,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     times: dict[str, dict[str, list[float]]] = {}
     # Page faults in this process (both clients) per call: fresh memory touched.
     faults: dict[str, dict[str, list[int]]] = {}
-    server_faults: dict[str, dict[str, list[int]]] = {}  # the engine's (not ipyparallel's)
+    server_faults: dict[str, dict[str, list[int]]] = {}  # the other end's processes
     try:
         for s in systems:  # warm-up, and a correctness check of every system
             if hasattr(s, "tiny"):
@@ -339,8 +344,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             runs = [s for s in systems if kind in getattr(s, "workloads", (kind,))]
             times[name] = {s.name: [] for s in runs}
             faults[name] = {s.name: [] for s in runs}
-            server_faults[name] = {s.name: [] for s in runs
-                                   if getattr(s, "proc", None) is not None}
+            server_faults[name] = {s.name: [] for s in runs}
             # Untimed warm-up rounds first: until every process's heap holds the buffers
             # the workload needs (four systems' 100 MB echoes in one client process take a
             # few rounds), the first calls after another system's pay fresh pages.
@@ -348,8 +352,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for r in range(-warm, n):
                 k = r % len(runs)  # rotated, so no system always follows the same one
                 for s in runs[k:] + runs[:k]:
-                    server = getattr(s, "proc", None)
-                    e0 = _process_faults(server)
+                    e0 = _process_faults(s.pids)
                     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                     t0 = time.perf_counter()
                     fn(s)
@@ -358,8 +361,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         times[name][s.name].append(dt)
                         faults[name][s.name].append(
                             resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-                        if server is not None:
-                            server_faults[name][s.name].append(_process_faults(server) - e0)
+                        server_faults[name][s.name].append(_process_faults(s.pids) - e0)
                     time.sleep(min(SETTLE_MAX_S, dt))
     finally:
         for s in systems:
@@ -412,11 +414,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             t = targets.get(name)
             row += f"{'>= %gx' % t if t else '':>9}"
         print(row)
+    print("page faults per call (median): in this process (the clients) / in the other "
+          "end's processes (ipyparallel: controller + engine)")
     for name in (f"apply {array_mb} MB array", f"echo {array_mb} MB array"):
-        print(f"page faults per call, {name} (median), client: " + ", ".join(
-            f"{short[n]} {statistics.median(v):,.0f}" for n, v in faults[name].items()) +
-            "; engine: " + ", ".join(f"{short[n]} {statistics.median(v):,.0f}"
-                                     for n, v in server_faults[name].items()))
+        med = {n: (statistics.median(faults[name][n]),
+                   statistics.median(server_faults[name][n])) for n in faults[name]}
+        print(f"{'  ' + name:<24}" + "".join(
+            f"{med[n][0]:>8,.0f} /{med[n][1]:>7,.0f}" if n in med else f"{'-':>16}"
+            for n in names))
     tiny = results["1000 tiny tasks"]
     print("throughput, 1000 tiny tasks: " + ", ".join(
         f"{n}: {1000 / tiny[n]:,.0f} calls/s" for n in tiny))
