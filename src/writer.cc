@@ -1,9 +1,12 @@
 #include "zerocan/writer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+
+#include <capnp/serialize.h>
 
 #include "absl/strings/str_cat.h"
 #include "internal/strings.h"
@@ -28,26 +31,52 @@ constexpr uint32_t kMaxEncodeDepth = 64;
 // Cap'n Proto lists and Data hold fewer than 2^29 elements.
 constexpr uint64_t kMaxCapnpList = (uint64_t{1} << 29) - 1;
 
-// Per-thread first segment, reused message after message. MallocMessageBuilder re-zeroes
-// what it used when it is destroyed, so the next message starts from zeros without a
-// fresh allocation (the difference between ~350 ns and ~250 ns for a small apply).
+// Per-thread scratch words, reused message after message: a small envelope is written
+// here and copied once into its frame. An envelope that outgrows kHandOverWords keeps
+// its (grown) buffer as the frame instead, and the thread starts a fresh scratch.
 //
-// The first segment is always exactly kScratchWords: an envelope's bytes must not depend
-// on what the thread sent before, so that every writer (C++ on any thread, Python's
-// pycapnp with num_first_segment_words = 8192) lays out the same message identically and
-// golden vectors stay byte-exact. (Growing the scratch after a large message made the
-// next large envelope one segment instead of several, which reads faster in Cap'n Proto
-// 0.9.2, but made bytes history-dependent; determinism won.)
-constexpr size_t kScratchWords = 8192;  // 64 KiB; = FIRST_SEGMENT_WORDS in clients/python
+// The layout never depends on the scratch's size (always one segment, objects in the
+// order started), so an envelope's bytes do not depend on what the thread sent before.
+constexpr uint64_t kScratchWords = 8192;          // 64 KiB
+constexpr uint64_t kHandOverWords = 32 * 1024;    // 256 KiB: above, no copy at Finish
+// One segment's size is a 32-bit word count, and pointer offsets are 30-bit signed.
+constexpr uint64_t kMaxSegmentWords = (uint64_t{1} << 29) - 1;
+
 struct Scratch {
-  struct Free {
-    void operator()(capnp::word* p) const noexcept { std::free(p); }
-  };
-  std::unique_ptr<capnp::word[], Free> words{
-      static_cast<capnp::word*>(std::calloc(kScratchWords, sizeof(capnp::word)))};
+  uint64_t* words = nullptr;  // malloc'd; table word + capacity words
+  uint64_t capacity = 0;
   bool in_use = false;
+  ~Scratch() { std::free(words); }
 };
 thread_local Scratch tls_scratch;
+
+uint64_t* AllocateWords(uint64_t capacity) {
+  auto* p = static_cast<uint64_t*>(std::malloc((capacity + 1) * sizeof(uint64_t)));
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+// Struct sizes from the generated code.
+template <class T>
+constexpr uint32_t kDataWords = T::_capnpPrivate::dataWordSize;
+template <class T>
+constexpr uint32_t kPointers = T::_capnpPrivate::pointerCount;
+
+// Pointer words (Cap'n Proto encoding): offset in words from the word after the pointer.
+uint64_t StructPointer(int64_t offset, uint32_t data_words, uint32_t pointers) {
+  return static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2) | uint64_t{data_words} << 32 |
+         uint64_t{pointers} << 48;
+}
+uint64_t ListPointer(int64_t offset, unsigned element_size, uint64_t count) {
+  return static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2) | 1 | uint64_t{element_size} << 32 |
+         count << 35;
+}
+constexpr unsigned kByteElements = 2, kEightByteElements = 5, kPointerElements = 6, kComposite = 7;
+
+template <class T>
+void Store(uint64_t* word, uint32_t byte_offset, T value) {
+  std::memcpy(reinterpret_cast<char*>(word) + byte_offset, &value, sizeof value);
+}
 
 uint64_t NowNs() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -141,9 +170,81 @@ void WritePacked(const T* src, size_t n, wire::Packing p, std::byte* dst) {
   }
 }
 
+}  // namespace
+
+// ---- EnvelopeWriter: words ---------------------------------------------------------
+
+uint32_t EnvelopeWriter::Allocate(uint64_t count) {
+  uint64_t start = used_;
+  if (count > capacity_ - used_) Grow(count);
+  std::memset(Word(static_cast<uint32_t>(start)), 0, count * sizeof(uint64_t));
+  used_ += count;
+  return static_cast<uint32_t>(start);
+}
+
+void EnvelopeWriter::Grow(uint64_t needed) {
+  if (needed > kMaxSegmentWords - used_) {
+    throw EncodeError(absl::StrCat("envelope of more than ", kMaxSegmentWords * 8,
+                                   " bytes (put large payloads in frames: Policy::inline_threshold)"));
+  }
+  uint64_t capacity = std::max(capacity_ * 2, used_ + needed);
+  capacity = std::min(capacity, kMaxSegmentWords);
+  uint64_t* grown = AllocateWords(capacity);
+  std::memcpy(grown, words_, (used_ + 1) * sizeof(uint64_t));
+  if (scratch_taken_) {
+    // The thread's scratch grows with it (bounded: a hand-over at Finish drops it).
+    std::free(tls_scratch.words);
+    tls_scratch.words = grown;
+    tls_scratch.capacity = capacity;
+  } else {
+    std::free(words_);
+  }
+  words_ = grown;
+  capacity_ = capacity;
+}
+
+uint32_t EnvelopeWriter::NewStruct(uint32_t at, uint32_t data_words, uint32_t pointers) {
+  uint32_t s = Allocate(uint64_t{data_words} + pointers);
+  *Word(at) = StructPointer(int64_t{s} - at - 1, data_words, pointers);
+  return s;
+}
+
+uint32_t EnvelopeWriter::NewStructList(uint32_t at, uint32_t count, uint32_t data_words,
+                                       uint32_t pointers) {
+  uint64_t words = uint64_t{count} * (data_words + pointers);
+  if (words > kMaxSegmentWords) throw EncodeError(absl::StrCat("list of ", count, " values is too large"));
+  uint32_t tag = Allocate(1 + words);
+  *Word(at) = ListPointer(int64_t{tag} - at - 1, kComposite, words);
+  *Word(tag) = StructPointer(count, data_words, pointers);  // the tag: element count
+  return tag + 1;
+}
+
+uint32_t EnvelopeWriter::NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words) {
+  uint32_t first = Allocate(words);
+  *Word(at) = ListPointer(int64_t{first} - at - 1, element_size, count);
+  return first;
+}
+
+void EnvelopeWriter::NewText(uint32_t at, std::string_view text) {
+  CheckListLength(text.size() + 1, "text");
+  uint64_t bytes = text.size() + 1;  // with its NUL
+  uint32_t first = NewList(at, kByteElements, static_cast<uint32_t>(bytes), (bytes + 7) / 8);
+  if (!text.empty()) std::memcpy(Word(first), text.data(), text.size());
+}
+
+std::byte* EnvelopeWriter::NewData(uint32_t at, size_t size) {
+  CheckListLength(size, "data");
+  uint32_t first = NewList(at, kByteElements, static_cast<uint32_t>(size), (size + 7) / 8);
+  return reinterpret_cast<std::byte*>(Word(first));
+}
+
+namespace {
+
 // Tries to store an integer array packed inline; returns false to place it as is.
 template <class T>
-bool TryPack(wire::Tensor::Builder tensor, const Buffer& data, size_t threshold) {
+bool TryPack(EnvelopeWriter* w, uint32_t tensor, const Buffer& data, size_t threshold,
+             uint32_t (*new_payload)(EnvelopeWriter*, uint32_t), std::byte* (*new_inline)(EnvelopeWriter*, uint32_t, size_t),
+             void (*set_packing)(EnvelopeWriter*, uint32_t, wire::Packing)) {
   const T* p = reinterpret_cast<const T*>(data.data());
   size_t n = data.size() / sizeof(T);
   // Only worth a scan when the packed form could be inline.
@@ -152,9 +253,9 @@ bool TryPack(wire::Tensor::Builder tensor, const Buffer& data, size_t threshold)
   if (packing == wire::Packing::NONE) return false;
   size_t packed_bytes = n * PackingSize(packing);
   if (packed_bytes >= threshold) return false;
-  tensor.setPacking(packing);
-  auto out = tensor.getData().initInline(static_cast<unsigned>(packed_bytes));
-  WritePacked(p, n, packing, reinterpret_cast<std::byte*>(out.begin()));
+  set_packing(w, tensor, packing);
+  uint32_t payload = new_payload(w, tensor);
+  WritePacked(p, n, packing, new_inline(w, payload, packed_bytes));
   Bump(GlobalStats().payloads_inlined);
   return true;
 }
@@ -163,19 +264,54 @@ bool TryPack(wire::Tensor::Builder tensor, const Buffer& data, size_t threshold)
 
 // ---- ValueWriter -------------------------------------------------------------------
 
-void ValueWriter::Null() { builder_.setNull(); }
-void ValueWriter::Bool(bool v) { builder_.setBool(v); }
-void ValueWriter::Int(int64_t v) { builder_.setInt(v); }
-void ValueWriter::UInt(uint64_t v) { builder_.setUint(v); }
-void ValueWriter::Float(double v) { builder_.setFloat(v); }
+// Value: union tag (uint16 at byte 0), bool at bit 16, int/uint/float in word 1, and one
+// pointer for text/bytes/list/map/tensor/extension.
+namespace {
+constexpr uint32_t kValueData = kDataWords<wire::Value>;
+constexpr uint32_t kValuePointer = kValueData;  // pointer 0's word offset in the struct
+constexpr uint32_t kPayloadPointer = kDataWords<wire::Payload>;
+constexpr uint32_t kTensorShape = kDataWords<wire::Tensor>;
+constexpr uint32_t kTensorData = kDataWords<wire::Tensor> + 1;
+void SetTag(uint64_t* struct_words, uint32_t byte_offset, uint16_t tag) { Store(struct_words, byte_offset, tag); }
+}  // namespace
 
-void ValueWriter::Text(std::string_view v) {
-  CheckListLength(v.size(), "text");
-  auto text = builder_.initText(static_cast<unsigned>(v.size()));
-  if (!v.empty()) std::memcpy(text.begin(), v.data(), v.size());
+uint32_t ValueWriter::InitPointer(uint16_t which, uint32_t data_words, uint32_t pointers) {
+  SetTag(message_->Word(at_), 0, which);
+  return message_->NewStruct(at_ + kValuePointer, data_words, pointers);
 }
 
-void ValueWriter::Bytes(Buffer data) { message_->PlacePayload(builder_.initBytes(), std::move(data)); }
+void ValueWriter::Null() { SetTag(message_->Word(at_), 0, wire::Value::NULL_); }
+void ValueWriter::Bool(bool v) {
+  uint64_t* w = message_->Word(at_);
+  SetTag(w, 0, wire::Value::BOOL);
+  unsigned char* byte = reinterpret_cast<unsigned char*>(w) + 2;
+  *byte = static_cast<unsigned char>((*byte & ~1u) | (v ? 1u : 0u));
+}
+void ValueWriter::Int(int64_t v) {
+  uint64_t* w = message_->Word(at_);
+  SetTag(w, 0, wire::Value::INT);
+  Store(w, 8, v);
+}
+void ValueWriter::UInt(uint64_t v) {
+  uint64_t* w = message_->Word(at_);
+  SetTag(w, 0, wire::Value::UINT);
+  Store(w, 8, v);
+}
+void ValueWriter::Float(double v) {
+  uint64_t* w = message_->Word(at_);
+  SetTag(w, 0, wire::Value::FLOAT);
+  Store(w, 8, v);
+}
+
+void ValueWriter::Text(std::string_view v) {
+  SetTag(message_->Word(at_), 0, wire::Value::TEXT);
+  message_->NewText(at_ + kValuePointer, v);
+}
+
+void ValueWriter::Bytes(Buffer data) {
+  uint32_t payload = InitPointer(wire::Value::BYTES, kDataWords<wire::Payload>, kPointers<wire::Payload>);
+  message_->PlacePayload(payload, std::move(data));
+}
 
 void ValueWriter::Array(DType dtype, const Shape& shape, Buffer data, Order order) {
   auto count = ElementCount(shape);
@@ -186,27 +322,41 @@ void ValueWriter::Array(DType dtype, const Shape& shape, Buffer data, Order orde
                                    count ? absl::StrCat(*count * item) : "overflowing", " bytes, ",
                                    "buffer has ", data.size()));
   }
-  auto tensor = builder_.initTensor();
-  tensor.setDtype(static_cast<wire::DType>(dtype));
-  auto dims = tensor.initShape(static_cast<unsigned>(shape.size()));
-  for (size_t i = 0; i < shape.size(); ++i) dims.set(static_cast<unsigned>(i), shape[i]);
-  tensor.setOrder(order == Order::kC ? wire::Order::C : wire::Order::FORTRAN);
-  // tensor.byteOrder stays LITTLE: every supported host is little-endian.
-  const Policy& policy = message_->policy();
+  CheckListLength(shape.size(), "shape");
+  EnvelopeWriter& m = *message_;
+  uint32_t tensor = InitPointer(wire::Value::TENSOR, kDataWords<wire::Tensor>, kPointers<wire::Tensor>);
+  Store(m.Word(tensor), 0, static_cast<uint16_t>(dtype));
+  uint32_t dims = m.NewList(tensor + kTensorShape, kEightByteElements, static_cast<uint32_t>(shape.size()),
+                            shape.size());
+  for (size_t i = 0; i < shape.size(); ++i) Store(m.Word(dims + static_cast<uint32_t>(i)), 0, uint64_t{shape[i]});
+  Store(m.Word(tensor), 2, static_cast<uint16_t>(order == Order::kC ? wire::Order::C : wire::Order::FORTRAN));
+  // byteOrder stays LITTLE: every supported host is little-endian.
+  auto new_payload = [](EnvelopeWriter* w, uint32_t t) {
+    return w->NewStruct(t + kTensorData, kDataWords<wire::Payload>, kPointers<wire::Payload>);
+  };
+  const Policy& policy = m.policy();
   if (policy.pack_integers && IsInteger(dtype) && item > 1 && data.size() < 8 * policy.inline_threshold) {
+    auto set_packing = [](EnvelopeWriter* w, uint32_t t, wire::Packing p) {
+      Store(w->Word(t), 6, static_cast<uint16_t>(p));
+    };
+    auto new_inline = [](EnvelopeWriter* w, uint32_t payload, size_t bytes) {
+      SetTag(w->Word(payload), 0, wire::Payload::INLINE);
+      return w->NewData(payload + kPayloadPointer, bytes);
+    };
     bool packed = false;
+    size_t t = policy.inline_threshold;
     switch (dtype) {
-      case DType::kInt16: packed = TryPack<int16_t>(tensor, data, policy.inline_threshold); break;
-      case DType::kInt32: packed = TryPack<int32_t>(tensor, data, policy.inline_threshold); break;
-      case DType::kInt64: packed = TryPack<int64_t>(tensor, data, policy.inline_threshold); break;
-      case DType::kUInt16: packed = TryPack<uint16_t>(tensor, data, policy.inline_threshold); break;
-      case DType::kUInt32: packed = TryPack<uint32_t>(tensor, data, policy.inline_threshold); break;
-      case DType::kUInt64: packed = TryPack<uint64_t>(tensor, data, policy.inline_threshold); break;
+      case DType::kInt16: packed = TryPack<int16_t>(&m, tensor, data, t, new_payload, new_inline, set_packing); break;
+      case DType::kInt32: packed = TryPack<int32_t>(&m, tensor, data, t, new_payload, new_inline, set_packing); break;
+      case DType::kInt64: packed = TryPack<int64_t>(&m, tensor, data, t, new_payload, new_inline, set_packing); break;
+      case DType::kUInt16: packed = TryPack<uint16_t>(&m, tensor, data, t, new_payload, new_inline, set_packing); break;
+      case DType::kUInt32: packed = TryPack<uint32_t>(&m, tensor, data, t, new_payload, new_inline, set_packing); break;
+      case DType::kUInt64: packed = TryPack<uint64_t>(&m, tensor, data, t, new_payload, new_inline, set_packing); break;
       default: break;
     }
     if (packed) return;
   }
-  message_->PlacePayload(tensor.getData(), std::move(data));
+  m.PlacePayload(new_payload(&m, tensor), std::move(data));
 }
 
 ListWriter ValueWriter::List(size_t length) {
@@ -214,7 +364,10 @@ ListWriter ValueWriter::List(size_t length) {
     throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
   }
   CheckListLength(length, "list");
-  return ListWriter(builder_.initList(static_cast<unsigned>(length)), message_, depth_ + 1);
+  SetTag(message_->Word(at_), 0, wire::Value::LIST);
+  uint32_t first = message_->NewStructList(at_ + kValuePointer, static_cast<uint32_t>(length),
+                                           kDataWords<wire::Value>, kPointers<wire::Value>);
+  return ListWriter(message_, first, static_cast<uint32_t>(length), depth_ + 1);
 }
 
 MapWriter ValueWriter::Map(size_t length) {
@@ -222,21 +375,24 @@ MapWriter ValueWriter::Map(size_t length) {
     throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
   }
   CheckListLength(length, "map");
-  return MapWriter(builder_.initMap(static_cast<unsigned>(length)), message_, depth_ + 1);
+  SetTag(message_->Word(at_), 0, wire::Value::MAP);
+  uint32_t first = message_->NewStructList(at_ + kValuePointer, static_cast<uint32_t>(length),
+                                           kDataWords<wire::Entry>, kPointers<wire::Entry>);
+  return MapWriter(message_, first, static_cast<uint32_t>(length), depth_ + 1);
 }
 
 ValueWriter ValueWriter::Extension(std::string_view type_name) {
   if (depth_ + 1 >= kMaxEncodeDepth) {
     throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
   }
-  auto ext = builder_.initExtension();
-  auto name = ext.initTypeName(static_cast<unsigned>(type_name.size()));
-  if (!type_name.empty()) std::memcpy(name.begin(), type_name.data(), type_name.size());
-  return ValueWriter(ext.initState(), message_, depth_ + 1);
+  uint32_t ext = InitPointer(wire::Value::EXTENSION, kDataWords<wire::Extension>, kPointers<wire::Extension>);
+  message_->NewText(ext, type_name);  // pointer 0: typeName
+  uint32_t state = message_->NewStruct(ext + 1, kDataWords<wire::Value>, kPointers<wire::Value>);
+  return ValueWriter(message_, state, depth_ + 1);
 }
 
 void ValueWriter::Copy(const Value& value) {
-  auto r = value.reader();
+  const auto& r = value.reader();
   switch (value.kind()) {
     case Kind::kNull: return Null();
     case Kind::kBool: return Bool(r.getBool());
@@ -260,37 +416,36 @@ void ValueWriter::Copy(const Value& value) {
     }
     case Kind::kTensor: {
       auto t = r.getTensor();
+      Shape shape;
+      for (uint64_t d : t.getShape()) shape.push_back(d);
+      auto order = t.getOrder() == wire::Order::FORTRAN ? Order::kFortran : Order::kC;
       if (t.getPacking() != wire::Packing::NONE || t.getByteOrder() != wire::ByteOrder::LITTLE) {
-        // Forward as received, field by field. Not builder_.setTensor(t): a struct copy
-        // also follows pointers the decoder never walked (fields of a newer schema, or a
-        // hostile cycle: unbounded recursion, found by tests/fuzz/value_fuzz).
-        auto out = builder_.initTensor();
-        out.setDtype(t.getDtype());
-        out.setOrder(t.getOrder());
-        out.setByteOrder(t.getByteOrder());
-        out.setPacking(t.getPacking());
-        auto shape = t.getShape();
-        auto out_shape = out.initShape(shape.size());
-        for (unsigned i = 0; i < shape.size(); ++i) out_shape.set(i, shape[i]);
+        // Forward as received, field by field. Packed payloads stay inline (the decoder
+        // enforces it) whatever this writer's threshold; a big-endian payload may sit in
+        // a frame of the received message, whose index means nothing in this one, so its
+        // bytes are placed again.
+        EnvelopeWriter& m = *message_;
+        uint32_t out = InitPointer(wire::Value::TENSOR, kDataWords<wire::Tensor>, kPointers<wire::Tensor>);
+        Store(m.Word(out), 0, static_cast<uint16_t>(t.getDtype()));
+        Store(m.Word(out), 2, static_cast<uint16_t>(t.getOrder()));
+        Store(m.Word(out), 4, static_cast<uint16_t>(t.getByteOrder()));
+        Store(m.Word(out), 6, static_cast<uint16_t>(t.getPacking()));
+        uint32_t dims = m.NewList(out + kTensorShape, kEightByteElements, static_cast<uint32_t>(shape.size()),
+                                  shape.size());
+        for (size_t i = 0; i < shape.size(); ++i) Store(m.Word(dims + static_cast<uint32_t>(i)), 0, uint64_t{shape[i]});
+        uint32_t payload = m.NewStruct(out + kTensorData, kDataWords<wire::Payload>, kPointers<wire::Payload>);
         if (t.getPacking() != wire::Packing::NONE) {
-          // Packed payloads must stay inline (the decoder enforces it), whatever this
-          // writer's threshold.
           auto packed = t.getData().getInline();
-          out.initData().setInline(
-              capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(packed.begin()), packed.size()));
+          SetTag(m.Word(payload), 0, wire::Payload::INLINE);
+          std::byte* dst = m.NewData(payload + kPayloadPointer, packed.size());
+          if (packed.size() != 0) std::memcpy(dst, packed.begin(), packed.size());
         } else {
-          // A big-endian payload may sit in a frame of the received message, whose
-          // index means nothing in this one: place its bytes again.
-          message_->PlacePayload(out.initData(), value.TensorBytes());
+          m.PlacePayload(payload, value.TensorBytes());
         }
         return;
       }
-      Shape shape;
-      for (uint64_t d : t.getShape()) shape.push_back(d);
       // The bytes as they are (no realignment copy: we only forward them).
-      Buffer data = value.TensorBytes();
-      auto order = t.getOrder() == wire::Order::FORTRAN ? Order::kFortran : Order::kC;
-      return Array(static_cast<DType>(t.getDtype()), shape, std::move(data), order);
+      return Array(static_cast<DType>(t.getDtype()), shape, value.TensorBytes(), order);
     }
     case Kind::kExtension: {
       ValueWriter state = Extension(value.extension_name());
@@ -300,42 +455,69 @@ void ValueWriter::Copy(const Value& value) {
   }
 }
 
+ValueWriter ListWriter::operator[](size_t i) const {
+  return ValueWriter(message_, first_ + static_cast<uint32_t>(i) * (kDataWords<wire::Value> + kPointers<wire::Value>),
+                     depth_);
+}
+
+// Entry: pointer 0 = key, pointer 1 = value (each a Value struct, made when started).
 ValueWriter MapWriter::key(size_t i) const {
-  return ValueWriter(entries_[static_cast<unsigned>(i)].initKey(), message_, depth_);
+  uint32_t entry = first_ + static_cast<uint32_t>(i) * kPointers<wire::Entry>;
+  return ValueWriter(message_, message_->NewStruct(entry, kDataWords<wire::Value>, kPointers<wire::Value>), depth_);
 }
 ValueWriter MapWriter::value(size_t i) const {
-  return ValueWriter(entries_[static_cast<unsigned>(i)].initValue(), message_, depth_);
+  uint32_t entry = first_ + static_cast<uint32_t>(i) * kPointers<wire::Entry>;
+  return ValueWriter(message_, message_->NewStruct(entry + 1, kDataWords<wire::Value>, kPointers<wire::Value>),
+                     depth_);
 }
 
 ValueWriter ApplyWriter::arg(size_t i) const {
-  return ValueWriter(args_[static_cast<unsigned>(i)], message_, 0);
+  return ValueWriter(message_, args_ + static_cast<uint32_t>(i) * (kDataWords<wire::Value> + kPointers<wire::Value>), 0);
 }
+// Field: pointer 0 = key (text), pointer 1 = value.
 ValueWriter ApplyWriter::kwarg(size_t i, std::string_view name) const {
-  auto field = kwargs_[static_cast<unsigned>(i)];
-  auto key = field.initKey(static_cast<unsigned>(name.size()));
-  if (!name.empty()) std::memcpy(key.begin(), name.data(), name.size());
-  return ValueWriter(field.initValue(), message_, 0);
+  uint32_t field = kwargs_ + static_cast<uint32_t>(i) * kPointers<wire::Field>;
+  message_->NewText(field, name);
+  return ValueWriter(message_, message_->NewStruct(field + 1, kDataWords<wire::Value>, kPointers<wire::Value>), 0);
 }
 
 // ---- EnvelopeWriter ----------------------------------------------------------------
 
+// Envelope: version u16 @0, body tag u16 @2, payloadFrames u32 @4, messageId @8,
+// sessionId @16, sequence @24, sentAtNs @32; pointer 0 = the body's struct.
+namespace {
+constexpr uint32_t kRoot = 0;
+constexpr uint32_t kEnvelope = 1;  // the root struct follows the root pointer
+constexpr uint32_t kBodyPointer = kEnvelope + kDataWords<wire::Envelope>;
+}  // namespace
+
 EnvelopeWriter::EnvelopeWriter(const Policy& policy, const Registry* registry)
     : policy_(policy), registry_(registry) {
-  if (!tls_scratch.in_use && tls_scratch.words != nullptr) {
+  if (!tls_scratch.in_use) {
+    if (tls_scratch.words == nullptr) {
+      tls_scratch.words = AllocateWords(kScratchWords);
+      tls_scratch.capacity = kScratchWords;
+    }
     tls_scratch.in_use = true;
     scratch_taken_ = true;
-    builder_.emplace(kj::arrayPtr(tls_scratch.words.get(), kScratchWords));
+    words_ = tls_scratch.words;
+    capacity_ = tls_scratch.capacity;
   } else {
-    // A second writer alive on this thread: same first-segment size, own allocation.
-    builder_.emplace(static_cast<unsigned>(kScratchWords));
+    // A second writer alive on this thread: its own words.
+    words_ = AllocateWords(kScratchWords);
+    capacity_ = kScratchWords;
   }
-  envelope_ = builder_->initRoot<wire::Envelope>();
-  envelope_.setVersion(kProtocolVersion);
+  Allocate(1);  // the root pointer
+  NewStruct(kRoot, kDataWords<wire::Envelope>, kPointers<wire::Envelope>);
+  Store(Word(kEnvelope), 0, static_cast<uint16_t>(kProtocolVersion));
 }
 
 EnvelopeWriter::~EnvelopeWriter() {
-  builder_.reset();  // re-zeroes the used part of the scratch segment
-  if (scratch_taken_) tls_scratch.in_use = false;
+  if (scratch_taken_) {
+    tls_scratch.in_use = false;
+  } else {
+    std::free(words_);
+  }
 }
 
 const Registry& EnvelopeWriter::registry() const noexcept {
@@ -343,68 +525,86 @@ const Registry& EnvelopeWriter::registry() const noexcept {
 }
 
 void EnvelopeWriter::SetHeader(const Header& h) {
-  envelope_.setMessageId(h.message_id);
-  envelope_.setSessionId(h.session_id);
-  envelope_.setSequence(h.sequence);
-  envelope_.setSentAtNs(h.sent_at_ns);
+  uint64_t* e = Word(kEnvelope);
+  Store(e, 8, h.message_id);
+  Store(e, 16, h.session_id);
+  Store(e, 24, h.sequence);
+  Store(e, 32, h.sent_at_ns);
 }
+
+namespace {
+void SetBody(uint64_t* envelope, wire::Envelope::Body::Which which) {
+  Store(envelope, 2, static_cast<uint16_t>(which));
+}
+}  // namespace
 
 ApplyWriter EnvelopeWriter::StartApply(std::string_view function, size_t arg_count,
                                        size_t kwarg_count, uint32_t timeout_ms) {
   CheckListLength(arg_count, "args");
   CheckListLength(kwarg_count, "kwargs");
-  auto apply = envelope_.getBody().initApply();
-  auto name = apply.initFunction(static_cast<unsigned>(function.size()));
-  if (!function.empty()) std::memcpy(name.begin(), function.data(), function.size());
-  auto args = apply.initArgs(static_cast<unsigned>(arg_count));
-  auto kwargs = apply.initKwargs(static_cast<unsigned>(kwarg_count));
-  apply.setTimeoutMs(timeout_ms);
-  return ApplyWriter(apply, args, kwargs, this);
+  SetBody(Word(kEnvelope), wire::Envelope::Body::APPLY);
+  // Apply: timeoutMs u32 @0; pointers function, args, kwargs.
+  uint32_t apply = NewStruct(kBodyPointer, kDataWords<wire::Apply>, kPointers<wire::Apply>);
+  uint32_t p = apply + kDataWords<wire::Apply>;
+  NewText(p, function);
+  uint32_t args = NewStructList(p + 1, static_cast<uint32_t>(arg_count), kDataWords<wire::Value>,
+                                kPointers<wire::Value>);
+  uint32_t kwargs = NewStructList(p + 2, static_cast<uint32_t>(kwarg_count), kDataWords<wire::Field>,
+                                  kPointers<wire::Field>);
+  Store(Word(apply), 0, timeout_ms);
+  return ApplyWriter(this, args, static_cast<uint32_t>(arg_count), kwargs, static_cast<uint32_t>(kwarg_count));
 }
 
-namespace {
-capnp::Text::Reader AsCapnpText(const std::string& s) { return capnp::Text::Reader(s.c_str(), s.size()); }
-}  // namespace
-
+// Result: callId @0, union tag u16 @8; pointers engineId, then ok/error.
 ValueWriter EnvelopeWriter::StartResult(uint64_t call_id, std::string_view engine_id) {
-  auto result = envelope_.getBody().initResult();
-  result.setCallId(call_id);
-  result.setEngineId(AsCapnpText(std::string(engine_id)));
-  return ValueWriter(result.initOk(), this, 0);
+  SetBody(Word(kEnvelope), wire::Envelope::Body::RESULT);
+  uint32_t result = NewStruct(kBodyPointer, kDataWords<wire::Result>, kPointers<wire::Result>);
+  Store(Word(result), 0, call_id);
+  uint32_t p = result + kDataWords<wire::Result>;
+  NewText(p, engine_id);
+  Store(Word(result), 8, static_cast<uint16_t>(wire::Result::OK));
+  return ValueWriter(this, NewStruct(p + 1, kDataWords<wire::Value>, kPointers<wire::Value>), 0);
 }
 
 void EnvelopeWriter::SetError(uint64_t call_id, std::string_view engine_id,
                               const RemoteErrorInfo& error) {
-  auto result = envelope_.getBody().initResult();
-  result.setCallId(call_id);
-  result.setEngineId(AsCapnpText(std::string(engine_id)));
-  auto e = result.initError();
-  e.setType(AsCapnpText(error.type));
-  e.setMessage(AsCapnpText(error.message));
-  e.setFunction(AsCapnpText(error.function));
-  e.setWhere(AsCapnpText(error.where));
+  SetBody(Word(kEnvelope), wire::Envelope::Body::RESULT);
+  uint32_t result = NewStruct(kBodyPointer, kDataWords<wire::Result>, kPointers<wire::Result>);
+  Store(Word(result), 0, call_id);
+  uint32_t p = result + kDataWords<wire::Result>;
+  NewText(p, engine_id);
+  Store(Word(result), 8, static_cast<uint16_t>(wire::Result::ERROR));
+  uint32_t e = NewStruct(p + 1, kDataWords<wire::RemoteError>, kPointers<wire::RemoteError>);
+  NewText(e, error.type);
+  NewText(e + 1, error.message);
+  NewText(e + 2, error.function);
+  NewText(e + 3, error.where);
 }
 
 void EnvelopeWriter::SetHello(std::string_view peer_id, std::string_view role,
                               const std::vector<std::string>& functions) {
-  auto hello = envelope_.getBody().initHello();
-  hello.setPeerId(AsCapnpText(std::string(peer_id)));
-  hello.setRole(AsCapnpText(std::string(role)));
-  auto list = hello.initFunctions(static_cast<unsigned>(functions.size()));
-  for (size_t i = 0; i < functions.size(); ++i) {
-    list.set(static_cast<unsigned>(i), AsCapnpText(functions[i]));
-  }
+  CheckListLength(functions.size(), "functions");
+  SetBody(Word(kEnvelope), wire::Envelope::Body::HELLO);
+  uint32_t hello = NewStruct(kBodyPointer, kDataWords<wire::Hello>, kPointers<wire::Hello>);
+  uint32_t p = hello + kDataWords<wire::Hello>;
+  NewText(p, peer_id);
+  NewText(p + 1, role);
+  uint32_t list = NewList(p + 2, kPointerElements, static_cast<uint32_t>(functions.size()), functions.size());
+  for (size_t i = 0; i < functions.size(); ++i) NewText(list + static_cast<uint32_t>(i), functions[i]);
 }
 
 void EnvelopeWriter::SetHeartbeat(std::string_view peer_id, uint64_t now_ns) {
-  auto hb = envelope_.getBody().initHeartbeat();
-  hb.setPeerId(AsCapnpText(std::string(peer_id)));
-  hb.setNowNs(now_ns);
+  SetBody(Word(kEnvelope), wire::Envelope::Body::HEARTBEAT);
+  uint32_t hb = NewStruct(kBodyPointer, kDataWords<wire::Heartbeat>, kPointers<wire::Heartbeat>);
+  NewText(hb + kDataWords<wire::Heartbeat>, peer_id);
+  Store(Word(hb), 0, now_ns);
 }
 
-void EnvelopeWriter::SetGoodbye() { envelope_.getBody().setGoodbye(); }
+void EnvelopeWriter::SetGoodbye() { SetBody(Word(kEnvelope), wire::Envelope::Body::GOODBYE); }
 
-void EnvelopeWriter::PlacePayload(wire::Payload::Builder payload, Buffer data) {
+// Payload: union tag u16 @0; pointer 0 = inline data or the FrameRef struct
+// (index u32 @0, offset @8, length @16).
+void EnvelopeWriter::PlacePayload(uint32_t payload, Buffer data) {
   size_t size = data.size();
   bool as_frame = size > 0 && (size >= policy_.inline_threshold || size > kMaxCapnpList);
   if (as_frame) {
@@ -412,41 +612,67 @@ void EnvelopeWriter::PlacePayload(wire::Payload::Builder payload, Buffer data) {
       throw EncodeError("too many payload frames in one message");
     }
     payloads_.push_back(std::move(data));
-    auto ref = payload.initFrame();
-    ref.setIndex(static_cast<uint32_t>(payloads_.size()));
-    ref.setOffset(0);
-    ref.setLength(size);
+    SetTag(Word(payload), 0, wire::Payload::FRAME);
+    uint32_t ref = NewStruct(payload + kPayloadPointer, kDataWords<wire::FrameRef>, kPointers<wire::FrameRef>);
+    Store(Word(ref), 0, static_cast<uint32_t>(payloads_.size()));
+    Store(Word(ref), 16, uint64_t{size});
   } else {
-    auto bytes = payload.initInline(static_cast<unsigned>(size));
-    if (size != 0) std::memcpy(bytes.begin(), data.data(), size);
+    SetTag(Word(payload), 0, wire::Payload::INLINE);
+    std::byte* bytes = NewData(payload + kPayloadPointer, size);
+    if (size != 0) std::memcpy(bytes, data.data(), size);
     Bump(GlobalStats().payloads_inlined);
   }
 }
 
+wire::Envelope::Builder EnvelopeWriter::envelope() {
+  if (generated_ == nullptr) {
+    // Copy what is written so far into a generated builder; Finish() serialises that.
+    kj::ArrayPtr<const capnp::word> segment(reinterpret_cast<const capnp::word*>(Word(0)), used_);
+    capnp::SegmentArrayMessageReader reader(kj::arrayPtr(&segment, 1));
+    generated_ = std::make_unique<capnp::MallocMessageBuilder>();
+    generated_->setRoot(reader.getRoot<wire::Envelope>());
+  }
+  return generated_->getRoot<wire::Envelope>();
+}
+
+namespace {
+void FreeWords(void* data, void*) noexcept { std::free(data); }
+}  // namespace
+
 Outgoing EnvelopeWriter::Finish() {
   if (finished_) throw EncodeError("EnvelopeWriter::Finish called twice");
   finished_ = true;
-  envelope_.setPayloadFrames(static_cast<uint32_t>(payloads_.size()));
-  if (envelope_.getSentAtNs() == 0) envelope_.setSentAtNs(NowNs());
-
-  // Standard Cap'n Proto framing: (segment count - 1), each segment's size in words,
-  // padded to a word; then the segments.
-  auto segments = builder_->getSegmentsForOutput();
-  size_t count = segments.size();
-  size_t table_words = (count + 2) / 2;
-  size_t total_words = table_words;
-  for (auto& s : segments) total_words += s.size();
-
   Outgoing out;
-  out.envelope_.rebuild(total_words * sizeof(capnp::word));
-  auto* table = static_cast<uint32_t*>(out.envelope_.data());
-  table[0] = static_cast<uint32_t>(count - 1);
-  for (size_t i = 0; i < count; ++i) table[i + 1] = static_cast<uint32_t>(segments[i].size());
-  if (count % 2 == 0) table[count + 1] = 0;
-  auto* cursor = static_cast<std::byte*>(out.envelope_.data()) + table_words * sizeof(capnp::word);
-  for (auto& s : segments) {
-    std::memcpy(cursor, s.begin(), s.size() * sizeof(capnp::word));
-    cursor += s.size() * sizeof(capnp::word);
+  if (generated_ != nullptr) {
+    auto env = generated_->getRoot<wire::Envelope>();
+    env.setPayloadFrames(static_cast<uint32_t>(payloads_.size()));
+    if (env.getSentAtNs() == 0) env.setSentAtNs(NowNs());
+    kj::Array<capnp::word> flat = capnp::messageToFlatArray(*generated_);
+    out.envelope_.rebuild(flat.begin(), flat.size() * sizeof(capnp::word));
+    out.payloads_ = std::move(payloads_);
+    return out;
+  }
+  uint64_t* e = Word(kEnvelope);
+  Store(e, 4, static_cast<uint32_t>(payloads_.size()));
+  uint64_t sent_at;
+  std::memcpy(&sent_at, reinterpret_cast<char*>(e) + 32, sizeof sent_at);
+  if (sent_at == 0) Store(e, 32, NowNs());
+
+  // Standard Cap'n Proto framing of one segment: (count - 1) = 0, then its size in words.
+  words_[0] = used_ << 32;
+  size_t bytes = (used_ + 1) * sizeof(uint64_t);
+  if (used_ > kHandOverWords) {
+    // Large: these words become the frame; the thread's scratch starts afresh.
+    out.envelope_.rebuild(words_, bytes, FreeWords, nullptr);
+    if (scratch_taken_) {
+      tls_scratch.words = nullptr;
+      tls_scratch.capacity = 0;
+      tls_scratch.in_use = false;
+      scratch_taken_ = false;
+    }
+    words_ = nullptr;  // owned by the frame now (the destructor frees nothing)
+  } else {
+    out.envelope_.rebuild(words_, bytes);
   }
   out.payloads_ = std::move(payloads_);
   return out;

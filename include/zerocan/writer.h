@@ -3,9 +3,16 @@
 // inline threshold they become their own ZeroMQ frame (no copy: the Buffer's owner is
 // kept until libzmq releases the frame), below it they are copied into the envelope.
 //
+// The envelope is written straight in Cap'n Proto's wire format, one segment, objects in
+// the order they are started (what Cap'n Proto's own builder lays out for a message that
+// fits its first segment, so small envelopes match pycapnp's byte for byte). Why not the
+// generated builders: in Cap'n Proto 0.9.2 each init/set of a pointer field is an
+// out-of-line call of 100+ instructions; a small apply spent ~2,000 instructions there.
+//
 // Threading: an EnvelopeWriter and its ValueWriters belong to one thread. The envelope's
-// first segment comes from a reusable, per-thread scratch area, so building a small
-// message allocates nothing until Finish() makes the frame.
+// words come from a reusable, per-thread scratch area, so building a small message
+// allocates nothing until Finish() makes the frame; a large envelope's words become the
+// frame itself (no copy).
 #pragma once
 
 #include <cstdint>
@@ -16,6 +23,7 @@
 #include <vector>
 
 #include <capnp/message.h>
+#include <memory>
 #include <zmq.hpp>
 
 #include "absl/container/inlined_vector.h"
@@ -65,9 +73,6 @@ class MapWriter;
 // Writes one Value. Cheap to copy; valid while its EnvelopeWriter lives.
 class ValueWriter {
  public:
-  ValueWriter(wire::Value::Builder builder, EnvelopeWriter* message, uint32_t depth) noexcept
-      : builder_(builder), message_(message), depth_(depth) {}
-
   void Null();
   void Bool(bool value);
   void Int(int64_t value);
@@ -99,61 +104,67 @@ class ValueWriter {
 
   EnvelopeWriter& message() const noexcept { return *message_; }
   uint32_t depth() const noexcept { return depth_; }
-  wire::Value::Builder builder() const noexcept { return builder_; }
 
  private:
-  wire::Value::Builder builder_;
+  friend class EnvelopeWriter;
+  friend class ListWriter;
+  friend class MapWriter;
+  friend class ApplyWriter;
+  // `at`: word index of the Value struct in the envelope's segment.
+  ValueWriter(EnvelopeWriter* message, uint32_t at, uint32_t depth) noexcept
+      : message_(message), at_(at), depth_(depth) {}
+  uint32_t InitPointer(uint16_t which, uint32_t data_words, uint32_t pointers);
+
   EnvelopeWriter* message_;
+  uint32_t at_;
   uint32_t depth_;
 };
 
 class ListWriter {
  public:
-  ListWriter(capnp::List<wire::Value>::Builder list, EnvelopeWriter* message, uint32_t depth)
-      : list_(list), message_(message), depth_(depth) {}
-  size_t size() const noexcept { return list_.size(); }
-  ValueWriter operator[](size_t i) const {
-    return ValueWriter(list_[static_cast<unsigned>(i)], message_, depth_);
-  }
+  size_t size() const noexcept { return count_; }
+  ValueWriter operator[](size_t i) const;
 
  private:
-  mutable capnp::List<wire::Value>::Builder list_;
+  friend class ValueWriter;
+  ListWriter(EnvelopeWriter* message, uint32_t first, uint32_t count, uint32_t depth) noexcept
+      : message_(message), first_(first), count_(count), depth_(depth) {}
   EnvelopeWriter* message_;
+  uint32_t first_;  // word index of element 0
+  uint32_t count_;
   uint32_t depth_;
 };
 
 class MapWriter {
  public:
-  MapWriter(capnp::List<wire::Entry>::Builder entries, EnvelopeWriter* message, uint32_t depth)
-      : entries_(entries), message_(message), depth_(depth) {}
-  size_t size() const noexcept { return entries_.size(); }
+  size_t size() const noexcept { return count_; }
   ValueWriter key(size_t i) const;
   ValueWriter value(size_t i) const;
 
  private:
-  mutable capnp::List<wire::Entry>::Builder entries_;
+  friend class ValueWriter;
+  MapWriter(EnvelopeWriter* message, uint32_t first, uint32_t count, uint32_t depth) noexcept
+      : message_(message), first_(first), count_(count), depth_(depth) {}
   EnvelopeWriter* message_;
+  uint32_t first_;  // word index of entry 0
+  uint32_t count_;
   uint32_t depth_;
 };
 
 // Arguments of an apply being written.
 class ApplyWriter {
  public:
-  ApplyWriter(wire::Apply::Builder apply, EnvelopeWriter* message)
-      : apply_(apply), args_(apply.getArgs()), kwargs_(apply.getKwargs()), message_(message) {}
-  // With the argument lists already at hand (saves re-reading them per argument).
-  ApplyWriter(wire::Apply::Builder apply, capnp::List<wire::Value>::Builder args,
-              capnp::List<wire::Field>::Builder kwargs, EnvelopeWriter* message)
-      : apply_(apply), args_(args), kwargs_(kwargs), message_(message) {}
   ValueWriter arg(size_t i) const;
   // Sets keyword i's name and returns its value writer.
   ValueWriter kwarg(size_t i, std::string_view name) const;
 
  private:
-  mutable wire::Apply::Builder apply_;
-  mutable capnp::List<wire::Value>::Builder args_;
-  mutable capnp::List<wire::Field>::Builder kwargs_;
+  friend class EnvelopeWriter;
+  ApplyWriter(EnvelopeWriter* message, uint32_t args, uint32_t arg_count, uint32_t kwargs,
+              uint32_t kwarg_count) noexcept
+      : message_(message), args_(args), arg_count_(arg_count), kwargs_(kwargs), kwarg_count_(kwarg_count) {}
   EnvelopeWriter* message_;
+  uint32_t args_, arg_count_, kwargs_, kwarg_count_;  // first element's word index, count
 };
 
 struct RemoteErrorInfo {
@@ -183,24 +194,46 @@ class EnvelopeWriter {
   void SetHeartbeat(std::string_view peer_id, uint64_t now_ns);
   void SetGoodbye();
 
-  // Raw generated builder, for fields this API does not wrap.
-  wire::Envelope::Builder envelope() noexcept { return envelope_; }
+  // The generated builder, for fields this API does not wrap (and for tests that craft
+  // malformed messages). The first call copies what has been written into a Cap'n Proto
+  // builder; from then on only that builder may be used, then Finish().
+  wire::Envelope::Builder envelope();
 
-  // Serialises the envelope into its frame (the one copy of envelope bytes) and hands
-  // over the payload frames. The writer is spent afterwards.
+  // Makes the envelope frame and hands over the payload frames. Small envelopes are
+  // copied once into the frame; large ones become the frame (no copy). The writer is
+  // spent afterwards.
   Outgoing Finish();
 
-  // Places `data` inline or as a frame, per policy. Used by ValueWriter and codecs.
-  void PlacePayload(wire::Payload::Builder payload, Buffer data);
   const Policy& policy() const noexcept { return policy_; }
   const Registry& registry() const noexcept;
 
  private:
+  friend class ValueWriter;
+  friend class ListWriter;
+  friend class MapWriter;
+  friend class ApplyWriter;
+
+  // Words of the envelope's one segment; index 0 is the root pointer.
+  uint64_t* Word(uint32_t index) noexcept { return words_ + 1 + index; }
+  // Appends `count` zeroed words; returns the index of the first.
+  uint32_t Allocate(uint64_t count);
+  void Grow(uint64_t needed);
+  // Points pointer word `at` at a new struct / list / text / data; returns its index.
+  uint32_t NewStruct(uint32_t at, uint32_t data_words, uint32_t pointers);
+  uint32_t NewStructList(uint32_t at, uint32_t count, uint32_t data_words, uint32_t pointers);
+  uint32_t NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words);
+  void NewText(uint32_t at, std::string_view text);
+  std::byte* NewData(uint32_t at, size_t size);
+  // Places `data` inline or as a frame, per policy, into the Payload struct at `payload`.
+  void PlacePayload(uint32_t payload, Buffer data);
+
   Policy policy_;
   const Registry* registry_;
+  uint64_t* words_ = nullptr;  // word 0: the segment table; then the segment
+  uint64_t capacity_ = 0;      // words after the table
+  uint64_t used_ = 0;
   bool scratch_taken_ = false;
-  std::optional<capnp::MallocMessageBuilder> builder_;
-  wire::Envelope::Builder envelope_{nullptr};
+  std::unique_ptr<capnp::MallocMessageBuilder> generated_;
   std::vector<Buffer> payloads_;
   bool finished_ = false;
 };
