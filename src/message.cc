@@ -547,6 +547,7 @@ wire::Envelope::Reader Message::envelope() const noexcept { return state_->Gener
 uint64_t Message::message_id() const noexcept { return state_->envelope_.getMessageId(); }
 uint64_t Message::session_id() const noexcept { return state_->envelope_.getSessionId(); }
 uint64_t Message::sequence() const noexcept { return state_->envelope_.getSequence(); }
+uint64_t Message::sent_at_ns() const noexcept { return state_->envelope_.getSentAtNs(); }
 
 BodyKind Message::body_kind() const noexcept {
   switch (state_->envelope_.getBody().which()) {

@@ -58,11 +58,11 @@ void ReplayGuard::ExpireLocked(uint64_t now_ns) {
 }
 
 void ReplayGuard::Check(const Message& message, uint64_t now_ns) {
-  Check(message.session_id(), message.sequence(), message.envelope().getSentAtNs(), now_ns);
+  Check(message.session_id(), message.sequence(), message.sent_at_ns(), now_ns);
 }
 
 std::optional<AuthError::Code> ReplayGuard::Admit(const Message& message, uint64_t now_ns) {
-  return Admit(message.session_id(), message.sequence(), message.envelope().getSentAtNs(),
+  return Admit(message.session_id(), message.sequence(), message.sent_at_ns(),
                now_ns);
 }
 

@@ -177,7 +177,13 @@ void WritePacked(const T* src, size_t n, wire::Packing p, std::byte* dst) {
 uint32_t EnvelopeWriter::Allocate(uint64_t count) {
   uint64_t start = used_;
   if (count > capacity_ - used_) Grow(count);
-  std::memset(Word(static_cast<uint32_t>(start)), 0, count * sizeof(uint64_t));
+  uint64_t* w = Word(static_cast<uint32_t>(start));
+  if (count <= 4) {
+    // Most objects are a few words: a call to memset costs more than the stores.
+    for (uint64_t i = 0; i < count; ++i) w[i] = 0;
+  } else {
+    std::memset(w, 0, count * sizeof(uint64_t));
+  }
   used_ += count;
   return static_cast<uint32_t>(start);
 }

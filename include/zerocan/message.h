@@ -51,6 +51,7 @@ class Message {
   uint64_t message_id() const noexcept;
   uint64_t session_id() const noexcept;
   uint64_t sequence() const noexcept;
+  uint64_t sent_at_ns() const noexcept;
 
   // Apply accessors (body_kind() == kApply; otherwise they throw DecodeError).
   std::string_view function() const;
