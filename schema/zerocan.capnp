@@ -36,7 +36,8 @@ struct Envelope {
   # Number of payload frames that follow the envelope (bound: DecodeLimits.maxFrames - 1).
 
   sentAtNs @5 :UInt64;
-  # Sender's wall clock, nanoseconds since the Unix epoch (0 = unknown). Informative only.
+  # Sender's wall clock, nanoseconds since the Unix epoch (0 = unknown). Informative only;
+  # the C++ writer stamps the coarse clock (resolution 1-4 ms).
 
   body :union {
     apply @6 :Apply;

@@ -290,6 +290,7 @@ class Walker {
         }
         if constexpr (R::kFast) {
           state->is_apply_ = true;
+          state->function_ = a.getFunction();
           state->args_ = args;
           state->kwargs_ = kwargs;
         }
@@ -577,8 +578,8 @@ std::string_view View(internal::BlobView t) { return t.view(); }
   auto result = body.getResult()
 
 std::string_view Message::function() const {
-  ZEROCAN_APPLY();
-  return View(apply.getFunction());
+  if (!state_->is_apply_) WrongBody("an apply");
+  return state_->function_.view();
 }
 size_t Message::arg_count() const {
   if (!state_->is_apply_) WrongBody("an apply");

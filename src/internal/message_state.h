@@ -28,8 +28,9 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   kj::ArrayPtr<const capnp::word> words_;
   Segments segments_;
   EnvelopeView envelope_;
-  // For an apply, its argument lists (read once by Message::Decode; the hot accessors).
+  // For an apply, its function and argument lists (read once by Message::Decode; the hot accessors).
   bool is_apply_ = false;
+  BlobView function_;
   StructListView<ValueView> args_;
   StructListView<FieldView> kwargs_;
 
