@@ -39,7 +39,7 @@ from .errors import DecodeError, EncodeError
 from .policy import Policy
 
 PROTOCOL_VERSION = 1
-FIRST_SEGMENT_WORDS = 8192  # = kScratchWords in src/writer.cc
+FIRST_SEGMENT_WORDS = 8192  # envelopes within 64 KiB are one segment, as the C++ writer makes them
 MAX_ENCODE_DEPTH = 64  # = kMaxEncodeDepth
 MAX_CAPNP_LIST = (1 << 29) - 1
 
