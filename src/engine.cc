@@ -369,10 +369,11 @@ class Engine::Impl {
       if (verifier_) verifier_(job.received);
       message = Message::Decode(std::move(job.received), options_.limits);
       if (replay_) replay_->Check(message);
-    } catch (const AuthError& e) {
+    } catch (const AuthError&) {
+      // Unsigned, forged or replayed: counted and dropped, never answered (docs/SECURITY.md).
+      // A reply would cost a signature per flood message and tell a forger what failed.
       Bump(errors_);
-      reply.message = ErrorReply(0, {"zerocan.AuthError", e.what(), "", options_.id});
-      return reply;
+      return std::nullopt;
     } catch (const DecodeError& e) {
       // We know who sent it (its routing frames) but not which call it was: answer
       // call id 0 so the sender learns why, and count it.
