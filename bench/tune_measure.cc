@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -147,6 +148,37 @@ void RunBatch(Channel& channel, const Buffer& payload, Placement mode, size_t tu
   out->faults.push_back(static_cast<double>(faults1 - faults0) / count);
 }
 
+// The most messages in one batch: 64 Ki messages of the cheapest kind (inproc, ~1 us
+// each) make a batch of about 65 ms.
+constexpr int kMaxBatch = 1 << 16;
+
+// Sizes a batch of `mode` so it costs about `batch_ns` of process CPU. Batches of 1, 4,
+// 16, ... messages run until one costs at least a quarter of that (the first ones also
+// warm the path: first touch, socket buffers, the allocator); two more batches of the
+// count that implies follow, and the median of the three costs per message sets the
+// count. A probe of a message or two would not do: the first messages of a batch pay for
+// waking the receiver and libzmq's I/O thread, which overstates a cheap message's cost
+// tens of times, and the resulting sub-millisecond batches measure thread wake-ups, not
+// placements. One probe alone is noisy too, and two modes doing the same work (the tuned
+// policy and the placement it picks) should get about the same count.
+int CalibrateCount(Channel& channel, const Buffer& payload, Placement mode, size_t tuned_threshold,
+                   double batch_ns, uint64_t* sent) {
+  auto count_for = [&](double per) {
+    return static_cast<int>(std::clamp(per > 0 ? batch_ns / per : 1.0, 1.0, static_cast<double>(kMaxBatch)));
+  };
+  Samples probe;
+  for (int n = 1;; n *= 4) {
+    RunBatch(channel, payload, mode, tuned_threshold, n, sent, &probe);
+    if (probe.cost.back() * n >= batch_ns / 4 || n >= kMaxBatch) break;
+  }
+  std::vector<double> per = {probe.cost.back()};
+  for (int i = 0; i < 2; ++i) {
+    RunBatch(channel, payload, mode, tuned_threshold, count_for(per.back()), sent, &probe);
+    per.push_back(probe.cost.back());
+  }
+  return count_for(Median(per));
+}
+
 }  // namespace
 
 std::vector<TransportResult> Sweep(const SweepOptions& options) {
@@ -179,16 +211,11 @@ std::vector<TransportResult> Sweep(const SweepOptions& options) {
         options.progress(step / total_steps, absl::StrCat(transport, " ", FormatBytes(static_cast<double>(size))));
       }
       Buffer payload = source.Slice(0, size);
-      // Calibrate: one message per mode warms the path, a second one sizes the batch.
-      int count = 1;
-      {
-        Samples warm;
-        for (Placement m : modes) RunBatch(channel, payload, m, tr.tuned_threshold, 1, &sent, &warm);
-        Samples probe;
-        for (Placement m : modes) RunBatch(channel, payload, m, tr.tuned_threshold, 2, &sent, &probe);
-        double per = 0;
-        for (double c : probe.cost) per = std::max(per, c);
-        count = static_cast<int>(std::clamp(per > 0 ? batch_ns / per : 1000.0, 1.0, 4000.0));
+      // Each mode's batch is sized on its own, so every batch costs about batch_ns of
+      // process CPU whatever the placement costs (see CalibrateCount).
+      int count[kPlacements] = {};
+      for (Placement m : modes) {
+        count[static_cast<int>(m)] = CalibrateCount(channel, payload, m, tr.tuned_threshold, batch_ns, &sent);
       }
       Samples samples[kPlacements];
       // Each round runs the modes in the next permutation of their order, so every mode
@@ -198,9 +225,20 @@ std::vector<TransportResult> Sweep(const SweepOptions& options) {
       std::sort(order.begin(), order.end());
       for (int r = 0; r < rounds; ++r) {
         for (Placement m : order) {
-          RunBatch(channel, payload, m, tr.tuned_threshold, count, &sent, &samples[static_cast<int>(m)]);
+          RunBatch(channel, payload, m, tr.tuned_threshold, count[static_cast<int>(m)], &sent,
+                   &samples[static_cast<int>(m)]);
         }
         if (!std::next_permutation(order.begin(), order.end())) std::sort(order.begin(), order.end());
+      }
+      if (std::getenv("ZEROCAN_TUNE_SAMPLES") != nullptr) {
+        // Diagnostics: every round's sample (process CPU ns per message) per mode.
+        std::fprintf(stderr, "%s %zu B\n", transport.c_str(), size);
+        for (Placement m : modes) {
+          std::fprintf(stderr, "  %-16s %6d:", PlacementName(m), count[static_cast<int>(m)]);
+          for (double c : samples[static_cast<int>(m)].cost) std::fprintf(stderr, " %8.0f", c);
+          std::fprintf(stderr, "  faults/msg %.1f", Median(samples[static_cast<int>(m)].faults));
+          std::fprintf(stderr, "\n");
+        }
       }
       PointResult point;
       point.size = size;
