@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
+# Test the package next to these tests, not whatever copy an editable install elsewhere
+# points at (a path entry is searched before setuptools' editable finder).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def zerocan_bin() -> Path:
