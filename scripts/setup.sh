@@ -24,6 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# Python side (clients/python): pycapnp, pyzmq, numpy; pytest; ipyparallel for the baseline.
+# Python side (clients/python): pycapnp, pyzmq, numpy, cryptography (Poly1305 for signed
+# messages); pytest; ipyparallel for the baseline.
 python3 -m pip install -q --disable-pip-version-check \
-  "pycapnp>=1.3,<3" pyzmq numpy pytest ipyparallel cloudpickle 2>&1 | grep -v "^\[notice\]" || true
+  "pycapnp>=1.3,<3" pyzmq numpy "cryptography>=3.4" pytest ipyparallel cloudpickle 2>&1 | grep -v "^\[notice\]" || true

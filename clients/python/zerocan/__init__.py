@@ -15,9 +15,10 @@ library.
 
 from .client import CallFuture, Client
 from .engine import Call, Engine
-from .errors import (ArgumentError, DecodeError, EncodeError, Error, RemoteError,
+from .errors import (ArgumentError, AuthError, DecodeError, EncodeError, Error, RemoteError,
                      TimeoutError, TransportError)
 from .policy import Policy
+from .signing import ReplayGuard, Signer
 from .wire import (Codec, DecodeLimits, Extension, Header, Message, Outgoing, Registry,
                    Writer, decode, encode_apply, encode_error, encode_result, received_frame,
                    register)
@@ -26,9 +27,9 @@ from ._schema import schema_path
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArgumentError", "Call", "CallFuture", "Client", "Codec", "DecodeError", "DecodeLimits",
-    "EncodeError", "Engine", "Error", "Extension", "Header", "Message", "Outgoing", "Policy",
-    "Registry", "RemoteError", "TimeoutError", "TransportError", "Writer", "decode",
-    "encode_apply", "encode_error", "encode_result", "received_frame", "register",
-    "schema_path",
+    "ArgumentError", "AuthError", "Call", "CallFuture", "Client", "Codec", "DecodeError",
+    "DecodeLimits", "EncodeError", "Engine", "Error", "Extension", "Header", "Message",
+    "Outgoing", "Policy", "Registry", "RemoteError", "ReplayGuard", "Signer", "TimeoutError",
+    "TransportError", "Writer", "decode", "encode_apply", "encode_error", "encode_result",
+    "received_frame", "register", "schema_path",
 ]

@@ -9,7 +9,8 @@ from .engine import Engine
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m zerocan engine --bind URL | --connect URL [--id ID] [--allow-pickle]``"""
+    """``python -m zerocan engine --bind URL | --connect URL [--id ID] [--allow-pickle]
+    [--key-file FILE]``"""
     import argparse
     import signal
     p = argparse.ArgumentParser(prog="python -m zerocan engine",
@@ -25,12 +26,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="worker threads running calls (0 = on the I/O thread; default: 1 "
                         "with --connect, 0 with --bind)")
+    p.add_argument("--key-file", metavar="FILE", default=None,
+                   help="sign every message and accept only messages signed with this key "
+                        "(docs/SECURITY.md; JSON with a \"key\" string, or the raw key), with "
+                        "replay protection")
     args = p.parse_args(argv)
     from .policy import apply_memory_policy
     apply_memory_policy()
     engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
                     allow_pickle=args.allow_pickle, heartbeat=args.heartbeat,
-                    threads=args.threads)
+                    threads=args.threads, key_file=args.key_file)
     signal.signal(signal.SIGTERM, lambda *_: engine.request_stop())
     print(f"zerocan python engine {engine.id} at {engine.endpoint or args.connect}",
           file=sys.stderr, flush=True)
@@ -46,6 +51,7 @@ if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "bench":
         from . import bench
         raise SystemExit(bench.main(sys.argv[2:]))
-    print("usage: python -m zerocan engine (--bind URL | --connect URL) [--allow-pickle]\n"
+    print("usage: python -m zerocan engine (--bind URL | --connect URL) [--allow-pickle] "
+          "[--key-file FILE]\n"
           "       python -m zerocan bench [--quick]", file=sys.stderr)
     raise SystemExit(2)

@@ -28,9 +28,10 @@ from typing import Any, Callable, Optional, Union
 
 import zmq
 
-from . import wire
+from . import signing, wire
 from .errors import DecodeError, RemoteError, TimeoutError, TransportError
 from .policy import Policy
+from .signing import KeyLike, Signer, make_signer
 from .wire import DecodeLimits, Registry
 
 PICKLED_FUNCTION = "zerocan.pickled"  # apply(callable, ...) sends the function by value
@@ -71,13 +72,21 @@ class Client:
 
     ``timeout``: default per-call deadline in seconds (None = wait forever). A call
     without a reply by then fails with ``zerocan.TimeoutError``; a late reply is dropped.
+
+    ``key`` (bytes or str) or ``key_file`` (a path, read as ``zerocan call --key-file``
+    reads it: JSON with a "key" string, or the raw key): sign every call (scheme 2,
+    docs/SECURITY.md) and accept only replies signed with that key. A reply that fails
+    the check is counted in ``counters["rejected"]`` and ignored, as the C++ client does,
+    so its call ends with ``TimeoutError``. Without a key nothing is signed or checked.
     """
 
     def __init__(self, url: str, *, timeout: Optional[float] = 60.0,
                  policy: Optional[Policy] = None, registry: Optional[Registry] = None,
                  limits: DecodeLimits = wire.DEFAULT_LIMITS,
-                 context: Optional[zmq.Context] = None) -> None:
+                 context: Optional[zmq.Context] = None,
+                 key: Optional[KeyLike] = None, key_file: Optional[str] = None) -> None:
         self.url = url
+        self.signer: Optional[Signer] = make_signer(key, key_file)
         self.timeout = timeout
         self.policy = policy if policy is not None else Policy.for_transport(url)
         self.registry = registry if registry is not None else Registry.default()
@@ -135,11 +144,16 @@ class Client:
         fut.call_id = header.message_id
         fut.tracker = tracker
         fut.sent_buffers = [(wire._address(f.buffer), f.buffer.nbytes) for f in frames]
+        parts: list[Any] = [b"", out.envelope, *frames]
+        if self.signer is not None:
+            # On the caller's thread, like the encoding. The frames' buffers are read in
+            # place (no copy) and no view of them is kept, so the tracker can complete.
+            parts.append(self.signer.signature(parts[1:]))
         deadline = None if t is None else time.monotonic() + t
         with self._lock:
             if self._closed:
                 raise TransportError("client closed")
-            self._outbox.append(([b"", out.envelope, *frames], fut, deadline))
+            self._outbox.append((parts, fut, deadline))
             if not self._wake_pending:  # one wake-up byte per batch of calls
                 self._wake_pending = True
                 os.write(self._wake_w, b"x")
@@ -240,8 +254,17 @@ class Client:
         if not parts or parts[0].buffer.nbytes != 0 or len(parts) < 2:
             self.counters["rejected"] += 1
             return
+        frames = parts[1:]
+        if self.signer is not None:
+            # Verified before a byte of the envelope is parsed; refused replies are
+            # ignored (their call times out), as zerocan::Client does.
+            if len(frames) > self.limits.max_frames + 1 or \
+                    self.signer.check(frames) != signing.OK:
+                self.counters["rejected"] += 1
+                return
+            frames = frames[:-1]
         try:
-            msg = wire.Message(parts[1:], (), self.limits, self.registry)
+            msg = wire.Message(frames, (), self.limits, self.registry)
             if msg.kind != "result":
                 return  # hellos/heartbeats are not for clients
             call_id = msg.call_id

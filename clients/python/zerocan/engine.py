@@ -37,10 +37,11 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import zmq
 
-from . import wire
+from . import signing, wire
 from .client import PICKLED_FUNCTION, _configure, payload_frames
 from .errors import ArgumentError, DecodeError, RemoteError
 from .policy import Policy
+from .signing import KeyLike, ReplayGuard, Signer, make_signer
 from .wire import DecodeLimits, Message, Registry, Writer
 
 # A raw function reads its call from the decoded message and writes its result itself:
@@ -91,6 +92,14 @@ class Engine:
 
     ``allow_pickle``: run functions sent by value with cloudpickle (``client.apply(fn)``).
     Off by default: unpickling runs arbitrary code.
+
+    ``key`` (bytes or str) or ``key_file`` (a path, read as ``zerocan engine --key-file``
+    reads it): sign every message sent (replies, hellos, heartbeats, goodbyes) and accept
+    only messages signed with that key, then pass them through a replay guard
+    (``replay``: a ``ReplayGuard``; default: the C++ defaults). A message that fails
+    either check is dropped and counted in ``counters["refused"]`` (and ``"errors"``, as
+    the C++ engine counts it), never answered (docs/SECURITY.md). Without a key nothing
+    is signed or checked.
     """
 
     def __init__(self, url: Optional[str] = None, bind: bool = False, *,
@@ -99,8 +108,13 @@ class Engine:
                  policy: Optional[Policy] = None,
                  registry: Optional[Registry] = None,
                  limits: DecodeLimits = wire.DEFAULT_LIMITS,
-                 context: Optional[zmq.Context] = None) -> None:
+                 context: Optional[zmq.Context] = None,
+                 key: Optional[KeyLike] = None, key_file: Optional[str] = None,
+                 replay: Optional[ReplayGuard] = None) -> None:
         self.id = id or _default_id()
+        self.signer: Optional[Signer] = make_signer(key, key_file)
+        self.replay: Optional[ReplayGuard] = (replay if replay is not None else ReplayGuard()) \
+            if self.signer is not None else None
         self.policy = policy if policy is not None else (
             Policy.for_transport(url) if url else Policy.default())
         self.registry = registry if registry is not None else Registry.default()
@@ -114,7 +128,7 @@ class Engine:
         self._reply_lock = threading.Lock()
         self._wake_pending = False
         self._fds_closed = False
-        self.counters = {"calls": 0, "errors": 0, "dropped": 0}
+        self.counters = {"calls": 0, "errors": 0, "dropped": 0, "refused": 0}
         self._functions: dict[str, tuple[Callable[..., Any], bool]] = {}
         self._session = wire.Session()
         self._context = context if context is not None else zmq.Context.instance()
@@ -312,7 +326,10 @@ class Engine:
             w.set_header(self._session.next_header())
             build(w)
             out = w.finish()
-            s.send_multipart([b"", out.envelope])
+            parts = [b"", out.envelope]
+            if self.signer is not None:
+                parts.append(self.signer.signature(parts[1:]))
+            s.send_multipart(parts)
 
     def _handle(self, sock: zmq.Socket, parts: list[zmq.Frame]) -> None:
         delimiter = next((i for i, p in enumerate(parts) if p.buffer.nbytes == 0), None)
@@ -320,11 +337,25 @@ class Engine:
             self.counters["dropped"] += 1
             return
         routing = parts[:delimiter]
+        frames = parts[delimiter + 1:]
+        if self.signer is not None:
+            # Before a byte of the envelope is parsed: unsigned or forged messages are
+            # dropped and counted, never answered (a reply would tell a forger what failed).
+            if len(frames) > self.limits.max_frames + 1 or \
+                    self.signer.check(frames) != signing.OK:
+                self._refuse()
+                return
+            frames = frames[:-1]
         try:
-            msg = Message(parts[delimiter + 1:], routing, self.limits, self.registry)
+            msg = Message(frames, routing, self.limits, self.registry)
         except DecodeError as e:
+            # From a key holder when signed: a buggy peer, not an attacker; answered.
             self.counters["errors"] += 1
             self._reply(sock, routing, self._error(0, "zerocan.DecodeError", str(e), ""))
+            return
+        if self.replay is not None and self.replay.admit(msg.session_id, msg.sequence,
+                                                         msg.sent_at_ns) is not None:
+            self._refuse()  # replayed, too old, from the future, or a table full
             return
         if msg.kind != "apply":
             return  # not a call
@@ -333,6 +364,10 @@ class Engine:
             self._jobs.put((sock, routing, msg))
         else:
             self._reply(sock, routing, self.process(msg))
+
+    def _refuse(self) -> None:
+        self.counters["refused"] += 1
+        self.counters["errors"] += 1
 
     def process(self, msg: Message) -> wire.Outgoing:
         """Runs the call in ``msg`` and returns the encoded reply."""
@@ -389,15 +424,19 @@ class Engine:
 
     def _reply(self, sock: zmq.Socket, routing: list[Any], out: wire.Outgoing) -> None:
         frames, _ = payload_frames(out)
+        signature = self.signer.signature([out.envelope, *frames]) \
+            if self.signer is not None else None
         try:
             for r in routing:
                 sock.send(r, zmq.SNDMORE, copy=False)
             sock.send(b"", zmq.SNDMORE)
             if frames:
                 sock.send(out.envelope, zmq.SNDMORE)
-                sock.send_multipart(frames, copy=False)
+                sock.send_multipart(frames, zmq.SNDMORE if signature else 0, copy=False)
             else:
-                sock.send(out.envelope)
+                sock.send(out.envelope, zmq.SNDMORE if signature else 0)
+            if signature is not None:
+                sock.send(signature)
         except zmq.ZMQError:
             self.counters["dropped"] += 1  # the peer went away
 

@@ -51,3 +51,16 @@ class RemoteError(Error):
 class ArgumentError(Error):
     """Raised inside an engine function when an argument has the wrong count or type;
     the client sees a RemoteError of type "zerocan.ArgumentError"."""
+
+
+class AuthError(Error):
+    """A message was refused by the signature check or the replay guard, or a key is
+    unusable. ``code`` is the C++ ``AuthCodeName``: "unsigned", "bad signature",
+    "replayed", "too old", "clock skew", "too many sessions" or "bad key"."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self):
+        return (AuthError, (self.code, str(self)))
