@@ -123,6 +123,7 @@ class Engine::Impl {
     FunctionOptions options;
     std::atomic<uint32_t> fast_runs{0};
     std::atomic<bool> slow{false};
+    std::atomic<uint32_t> strikes{0};  // net count of runs over inline_below (see Process)
   };
 
   void Def(std::string_view name, RawFunction fn, FunctionOptions options) {
@@ -133,6 +134,8 @@ class Engine::Impl {
     f->options = options;
     functions_[std::string(name)] = std::move(f);
   }
+
+  static constexpr uint32_t kInlineStrikes = 3;
 
   // True when `job` should run here on the I/O thread (see EngineOptions::inline_below).
   bool RunsInline(const Job& job) const {
@@ -404,10 +407,18 @@ class Engine::Impl {
       Function& f = *it->second;
       Clock::time_point t0 = Clock::now();
       f.fn(call, out);
-      if (Clock::now() - t0 > options_.inline_below) {
-        f.slow.store(true, std::memory_order_relaxed);
+      auto took = Clock::now() - t0;
+      if (took > options_.inline_below) {
+        // Over 10x the bound is a slow function: never inline again. Between 1x and 10x
+        // may be this VM preempting a fast one; only a net three such runs count.
+        if (took > 10 * options_.inline_below ||
+            f.strikes.fetch_add(1, std::memory_order_relaxed) + 1 >= kInlineStrikes) {
+          f.slow.store(true, std::memory_order_relaxed);
+        }
       } else {
         f.fast_runs.fetch_add(1, std::memory_order_relaxed);
+        uint32_t strikes = f.strikes.load(std::memory_order_relaxed);
+        if (strikes > 0) f.strikes.compare_exchange_weak(strikes, strikes - 1, std::memory_order_relaxed);
       }
       reply.message = w.Finish();
       return reply;

@@ -316,6 +316,41 @@ TEST(EngineTest, ProvenFastFunctionsRunOnTheIoThread) {
   for (int i = 0; i < 6; ++i) EXPECT_NE(client.apply("slow").get().as<uint64_t>(), io_thread);
 }
 
+// A fast function that is once a little slow (a preempted run: between 1x and 10x the
+// bound) stays inline; one that once takes over 10x the bound leaves the I/O thread.
+TEST(EngineTest, OneHiccupKeepsInliningOneLongRunEndsIt) {
+  zmq::context_t ctx(1);
+  EngineOptions options;
+  options.context = &ctx;
+  options.threads = 2;
+  options.inline_below = milliseconds(20);
+  options.inline_after = 4;
+  Engine engine(options);
+  auto here = [] { return std::hash<std::thread::id>()(std::this_thread::get_id()); };
+  std::atomic<int> hiccup_calls{0}, long_calls{0};
+  engine.def("hiccup", [&] {
+    if (++hiccup_calls == 6) std::this_thread::sleep_for(milliseconds(30));  // 1.5x
+    return static_cast<uint64_t>(here());
+  });
+  engine.def("long", [&] {
+    if (++long_calls == 6) std::this_thread::sleep_for(milliseconds(300));  // 15x
+    return static_cast<uint64_t>(here());
+  });
+  engine.Bind("inproc://inline-strikes");
+  engine.Start();
+  ClientOptions copts;
+  copts.context = &ctx;
+  Client client("inproc://inline-strikes", copts);
+  std::vector<uint64_t> h, l;
+  for (int i = 0; i < 12; ++i) h.push_back(client.apply("hiccup").get().as<uint64_t>());
+  for (int i = 0; i < 12; ++i) l.push_back(client.apply("long").get().as<uint64_t>());
+  // Both ran inline from their 5th call (the I/O thread is the same for both).
+  uint64_t io_thread = h[4];
+  EXPECT_EQ(l[4], io_thread);
+  for (int i = 6; i < 12; ++i) EXPECT_EQ(h[i], io_thread) << "hiccup call " << i;
+  for (int i = 6; i < 12; ++i) EXPECT_NE(l[i], io_thread) << "long call " << i;
+}
+
 TEST(EngineTest, SignedEngineServesOnlyItsKeyHolders) {
   zmq::context_t ctx(1);
   EngineOptions options;
