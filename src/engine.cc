@@ -311,12 +311,15 @@ class Engine::Impl {
   }
 
   void SendReplies() {
-    std::deque<Reply> ready;
+    // Called once per loop turn: no allocation when there is nothing to send (an empty
+    // std::deque allocates), and the queue's storage is reused turn after turn.
     {
       std::lock_guard<std::mutex> lock(mu_);
-      ready.swap(replies_);
+      if (replies_.empty()) return;
+      ready_.swap(replies_);
     }
-    for (Reply& r : ready) SendQuiet(r.socket, std::move(r.message), &r.routing);
+    for (Reply& r : ready_) SendQuiet(r.socket, std::move(r.message), &r.routing);
+    ready_.clear();
   }
 
   void Heartbeat() {
@@ -497,6 +500,7 @@ class Engine::Impl {
   std::condition_variable jobs_cv_;
   std::deque<Job> jobs_;       // mu_
   std::deque<Reply> replies_;  // mu_
+  std::deque<Reply> ready_;    // the I/O thread's: replies being sent
   bool stop_ = false;          // mu_
   bool kill_ = false;          // mu_
   bool workers_stop_ = false;  // mu_
