@@ -3,8 +3,8 @@
 // Two locks. `io_mu_` owns the socket: a sender takes it for the length of one Send, a
 // waiter takes it to receive ("leader"). `mu_` guards the table of pending calls. A
 // leader blocks in zmq_poll on the socket *and* an eventfd; a thread that wants to send
-// while a leader waits bumps `senders_` and writes the eventfd, so the leader steps
-// aside at once. Waiters that are not the leader sleep on `cv_`; the leader wakes them
+// while a leader waits bumps `senders_` and, if the leader is polling, writes the
+// eventfd, so the leader steps aside at once. Waiters that are not the leader sleep on `cv_`; the leader wakes them
 // after every batch it receives.
 #include "zerocan/client.h"
 
@@ -170,11 +170,16 @@ class ClientCore {
 
  private:
   void WantIo() {
-    senders_.fetch_add(1, std::memory_order_acq_rel);
-    uint64_t one = 1;
+    senders_.fetch_add(1, std::memory_order_seq_cst);
     // Wakes a leader blocked in poll; a full counter (impossible in practice) only
-    // means it is already signalled.
-    [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+    // means it is already signalled. Only when one may be polling: a thread that sends
+    // and then waits itself (the common call-and-wait) pays no write, read and extra
+    // poll round per call. Both sides use seq_cst (store, then load the other's flag),
+    // so either the leader sees this sender before it polls or this sees the leader.
+    if (polling_.load(std::memory_order_seq_cst)) {
+      uint64_t one = 1;
+      [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+    }
   }
   void DoneIo() { senders_.fetch_sub(1, std::memory_order_acq_rel); }
 
@@ -189,8 +194,14 @@ class ClientCore {
       if (left.count() < 0) return;
       zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
                                  {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+      polling_.store(true, std::memory_order_seq_cst);
+      if (senders_.load(std::memory_order_seq_cst) > 0) {
+        polling_.store(false, std::memory_order_seq_cst);
+        return;
+      }
       // +1: poll has millisecond granularity; never spin on a 0 ms timeout.
       zmq::poll(items, 2, std::chrono::milliseconds(left.count() + 1));
+      polling_.store(false, std::memory_order_seq_cst);
       if (items[1].revents & ZMQ_POLLIN) {
         uint64_t value;
         [[maybe_unused]] ssize_t n = ::read(wake_fd_, &value, sizeof(value));
@@ -249,6 +260,7 @@ class ClientCore {
   zmq::socket_t socket_;
   int wake_fd_ = -1;
   std::atomic<int> senders_{0};
+  std::atomic<bool> polling_{false};  // a leader is in (or about to enter) zmq_poll
   std::condition_variable cv_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<PendingCall>> pending_;  // mu_
   bool closed_ = false;                                                  // mu_

@@ -412,9 +412,12 @@ class Engine::Impl {
       f.fn(call, out);
       auto took = Clock::now() - t0;
       if (took > options_.inline_below) {
-        // Over 10x the bound is a slow function: never inline again. Between 1x and 10x
-        // may be this VM preempting a fast one; only a net three such runs count.
-        if (took > 10 * options_.inline_below ||
+        // A run that held the I/O thread for over a tenth of the heartbeat interval (and
+        // over 10x the bound) is a slow function: never inline again. Shorter overruns
+        // may be a fast function preempted on a loaded machine (a time slice is several
+        // ms); only a net three of those end inlining.
+        auto long_run = std::max<Clock::duration>(10 * options_.inline_below, options_.heartbeat / 10);
+        if (took > long_run ||
             f.strikes.fetch_add(1, std::memory_order_relaxed) + 1 >= kInlineStrikes) {
           f.slow.store(true, std::memory_order_relaxed);
         }

@@ -122,10 +122,11 @@ struct EngineOptions {
   // frame (no payload frames) to a function whose every run so far took less than
   // `inline_below`, after at least `inline_after` runs, runs on the I/O thread. This
   // saves two thread wake-ups per call (the difference between ~0.7x and ~0.9x of a raw
-  // libzmq round trip). A function that once takes over 10x inline_below is never
-  // inlined again; runs between 1x and 10x (a preempted fast function, on a loaded VM)
-  // count as strikes that fast runs pay back, and a net three also end inlining. While
-  // an inlined call runs, heartbeats and other calls wait for it. 0 = never inline.
+  // libzmq round trip). A function that once takes over max(10 x inline_below,
+  // heartbeat / 10) is never inlined again; shorter overruns (often a fast function
+  // preempted on a loaded machine) count as strikes that fast runs pay back, and a net
+  // three also end inlining. While an inlined call runs, heartbeats and other calls wait
+  // for it. 0 = never inline.
   std::chrono::microseconds inline_below{100};
   uint32_t inline_after = 8;
   // With a signer every message is signed, and every received message must carry a
