@@ -82,6 +82,7 @@ class Broker::Impl {
       s->set(zmq::sockopt::rcvhwm, 0);
       s->set(zmq::sockopt::linger, 0);
       ApplyLimits(*s, options_.limits);
+      if (options_.curve) ConfigureCurveServer(*s, *options_.curve);
     }
     // A dead engine reconnecting (after a restart) under the same identity would
     // otherwise be refused; engines have no fixed identity, but be safe.
@@ -91,6 +92,7 @@ class Broker::Impl {
     if (!options_.capture.empty()) {
       capture_ = zmq::socket_t(*context_, zmq::socket_type::pub);
       capture_.set(zmq::sockopt::linger, 0);
+      if (options_.curve) ConfigureCurveServer(capture_, *options_.curve);
       Bind(capture_, options_.capture, "capture");
     }
     if (!options_.capture_file.empty()) {

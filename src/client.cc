@@ -53,6 +53,13 @@ class ClientCore {
     socket_.set(zmq::sockopt::sndhwm, 0);
     socket_.set(zmq::sockopt::rcvhwm, 0);
     ApplyLimits(socket_, limits_);
+    // With unbounded queues a send only waits when the DEALER has no pipe at all (after a
+    // failed handshake: Curve on one end only). Drop the call then; it times out.
+    socket_.set(zmq::sockopt::sndtimeo, 0);
+    if (!options.curve_server_key.empty()) {
+      ConfigureCurveClient(socket_, options.curve ? *options.curve : GenerateCurveKeyPair(),
+                           options.curve_server_key);
+    }
     try {
       socket_.connect(url);
     } catch (const zmq::error_t& e) {

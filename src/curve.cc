@@ -94,6 +94,17 @@ CurveKeyPair ReadCurveKeyFile(const std::string& path) {
   return keys;
 }
 
+std::string ReadCurvePublicKey(const std::string& key_or_path) {
+  struct stat st;
+  if (::stat(key_or_path.c_str(), &st) == 0) return ReadCurveKeyFile(key_or_path).public_key;
+  if (key_or_path.size() != kZ85KeySize) {
+    throw Error(absl::StrCat("curve server key \"", key_or_path,
+                             "\": neither a key file nor a 40-character Z85 key"));
+  }
+  CheckZ85(key_or_path, "curve server key");
+  return key_or_path;
+}
+
 void WriteCurveKeyFile(const std::string& path, const CurveKeyPair& keys) {
   nlohmann::json json = {{"public_key", keys.public_key}, {"secret_key", keys.secret_key}};
   {

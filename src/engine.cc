@@ -162,9 +162,11 @@ class Engine::Impl {
   void Bind(const std::string& url) {
     if (running_) throw Error("engine: Bind() after Start()");
     if (router_index_ < 0) {
+      zmq::socket_t router(*context_, zmq::socket_type::router);
+      Configure(router);
+      if (options_.curve) ConfigureCurveServer(router, *options_.curve);  // may throw
       router_index_ = static_cast<int>(sockets_.size());
-      sockets_.emplace_back(*context_, zmq::socket_type::router);
-      Configure(sockets_.back());
+      sockets_.push_back(std::move(router));
       is_dealer_.push_back(false);
     }
     try {
@@ -177,11 +179,21 @@ class Engine::Impl {
 
   void Connect(const std::string& url) {
     if (running_) throw Error("engine: Connect() after Start()");
-    sockets_.emplace_back(*context_, zmq::socket_type::dealer);
-    Configure(sockets_.back());
+    zmq::socket_t dealer(*context_, zmq::socket_type::dealer);
+    Configure(dealer);
     // The broker knows an engine by its routing id: make that the engine id, so its
     // errors ("engine host:123:0 sent no heartbeat...") name something a person knows.
-    sockets_.back().set(zmq::sockopt::routing_id, zmq::buffer(options_.id.substr(0, 255)));
+    dealer.set(zmq::sockopt::routing_id, zmq::buffer(options_.id.substr(0, 255)));
+    // Queues are unbounded, so a send only waits when the DEALER has no pipe at all: after
+    // a failed handshake (a Curve or plain-text mismatch with the broker) libzmq drops
+    // it. Waiting there would stall heartbeats and Stop() for ever; drop the message.
+    dealer.set(zmq::sockopt::sndtimeo, 0);
+    if (!options_.curve_server_key.empty()) {  // may throw: configure before keeping it
+      if (!options_.curve && !curve_client_) curve_client_ = GenerateCurveKeyPair();
+      ConfigureCurveClient(dealer, options_.curve ? *options_.curve : *curve_client_,
+                           options_.curve_server_key);
+    }
+    sockets_.push_back(std::move(dealer));
     is_dealer_.push_back(true);
     try {
       sockets_.back().connect(url);
@@ -491,6 +503,7 @@ class Engine::Impl {
   std::vector<zmq::socket_t> sockets_;
   std::vector<bool> is_dealer_;
   int router_index_ = -1;
+  std::optional<CurveKeyPair> curve_client_;  // a fresh pair, when connecting without `curve`
   std::string last_endpoint_;
   uint64_t session_ = 0;
   std::atomic<uint64_t> next_id_{1};

@@ -1,4 +1,5 @@
-// `zerocan broker --frontend URL --backend URL [--capture URL] [--heartbeat-ms MS]`.
+// `zerocan broker --frontend URL --backend URL [--capture URL] [--heartbeat-ms MS]
+//  [--curve-secret-key-file FILE] ...`.
 #include <cstdio>
 #include <string>
 #include <string_view>
@@ -6,6 +7,7 @@
 #include "tools/apply_util.h"
 #include "tools/commands.h"
 #include "zerocan/broker.h"
+#include "zerocan/curve.h"
 #include "zerocan/policy.h"
 
 namespace zerocan::tools {
@@ -15,6 +17,7 @@ namespace {
 constexpr char kBrokerHelp[] =
     "usage: zerocan broker --frontend URL --backend URL [--capture URL] [--heartbeat-ms MS]\n"
     "                      [--capture-file FILE] [--liveness N] [--key-file FILE]\n"
+    "                      [--curve-secret-key-file FILE]\n"
     "\n"
     "Clients connect to --frontend, engines (zerocan engine --connect) to --backend. Calls\n"
     "go to the live engine with the fewest calls in flight; frames are forwarded without\n"
@@ -24,6 +27,10 @@ constexpr char kBrokerHelp[] =
     "of every message (PUB) for `zerocan inspect --follow URL` / `zerocan record`;\n"
     "--capture-file FILE writes every message to a capture file for `zerocan inspect FILE`.\n"
     "--key-file FILE: sign the broker's own errors, ignore engines not holding the key.\n"
+    "--curve-secret-key-file FILE: encrypt with CurveZMQ; --frontend, --backend and\n"
+    "--capture are Curve servers with this key pair (zerocan keygen --curve FILE): clients\n"
+    "(zerocan call --curve-server-key) and engines (zerocan engine --curve-server-key)\n"
+    "need its public key.\n"
     "Runs until SIGINT or SIGTERM.\n";
 
 }  // namespace
@@ -49,6 +56,11 @@ int RunBroker(int argc, char** argv) {
         options.capture_file = value;
       } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
         options.signer = Signer::FromKeyFile(value);
+      } else if (TakeOption(argc, argv, &i, "--curve-secret-key-file", &value)) {
+        options.curve = ReadCurveKeyFile(value);
+        if (options.curve->secret_key.empty()) {
+          throw Error("--curve-secret-key-file " + value + ": no secret_key");
+        }
       } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {
         options.heartbeat = std::chrono::milliseconds(std::stoi(value));
       } else if (TakeOption(argc, argv, &i, "--liveness", &value)) {

@@ -1,4 +1,5 @@
-// `zerocan call URL FUNCTION [ARGS...] [--timeout SECONDS] [--full]`: a command-line
+// `zerocan call URL FUNCTION [ARGS...] [--timeout SECONDS] [--full] [--key-file F]
+//  [--curve-server-key KEY_OR_FILE]`: a command-line
 // client. Each argument is a JSON value (an argument that is not valid JSON is sent as
 // text, so `zerocan call URL echo hello` works); the result prints as one bare JSON
 // value on stdout. A remote error or a timeout goes to stderr with a non-zero exit.
@@ -11,6 +12,7 @@
 #include "tools/apply_util.h"
 #include "tools/commands.h"
 #include "zerocan/client.h"
+#include "zerocan/curve.h"
 
 namespace zerocan::tools {
 
@@ -18,6 +20,7 @@ namespace {
 
 constexpr char kCallHelp[] =
     "usage: zerocan call URL FUNCTION [ARGS...] [--timeout SECONDS] [--full] [--key-file F]\n"
+    "                    [--curve-server-key KEY_OR_FILE]\n"
     "\n"
     "Calls FUNCTION on the engine or broker frontend at URL and prints the result as one\n"
     "JSON value. ARGS are JSON (a list of numbers is sent as a typed array; an object\n"
@@ -25,6 +28,9 @@ constexpr char kCallHelp[] =
     "not JSON as text). Typed arrays print as {\"dtype\", \"shape\", \"data\"}, with data cut\n"
     "after 100 elements (\"elided\": how many more) unless --full. Options may stand\n"
     "anywhere; `--` ends them.\n"
+    "--curve-server-key KEY_OR_FILE: encrypt with CurveZMQ; the engine's or broker's public\n"
+    "key (40-character Z85, or a key file whose public_key is used). A wrong key never\n"
+    "gets through: the call times out.\n"
     "\n"
     "Exit status: 0 on a result; 1 on a remote error (stderr: its type, message and engine)\n"
     "or no reply within --timeout (default 30 s); 2 on a usage error.\n";
@@ -37,6 +43,7 @@ int RunCall(int argc, char** argv) {
   bool full = false;
   bool options_done = false;
   std::string key_file;
+  std::string curve_server_key;
   try {
     for (int i = 1; i < argc; ++i) {
       std::string_view a = argv[i];
@@ -52,6 +59,8 @@ int RunCall(int argc, char** argv) {
         full = true;
       } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
         key_file = value;
+      } else if (TakeOption(argc, argv, &i, "--curve-server-key", &value)) {
+        curve_server_key = ReadCurvePublicKey(value);
       } else if (TakeOption(argc, argv, &i, "--timeout", &value)) {
         timeout_s = std::stod(value);
         if (!(timeout_s > 0)) throw Error("--timeout must be a positive number of seconds");
@@ -75,6 +84,7 @@ int RunCall(int argc, char** argv) {
     ClientOptions options;
     options.timeout = timeout;
     if (!key_file.empty()) options.signer = Signer::FromKeyFile(key_file);
+    options.curve_server_key = curve_server_key;
     Client client(url, options);
     EnvelopeWriter writer(options.policy);
     ApplyWriter apply = writer.StartApply(function, positional.size() - 2, 0,

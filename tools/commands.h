@@ -10,6 +10,7 @@ int RunCall(int argc, char** argv);     // tools/call.cc
 int RunDemo(int argc, char** argv);     // tools/demo.cc
 int RunEngine(int argc, char** argv);   // tools/engine.cc
 int RunInspect(int argc, char** argv);  // tools/inspect.cc
+int RunKeygen(int argc, char** argv);   // tools/keygen.cc
 int RunRecord(int argc, char** argv);   // tools/inspect.cc
 int RunSchema(int argc, char** argv);   // tools/schema.cc
 int RunTune(int argc, char** argv);     // tools/tune.cc

@@ -1,5 +1,6 @@
 // `zerocan engine --connect|--bind URL [--threads N] [--plugin LIB.so]... [--id ID]
-//  [--heartbeat-ms MS]`: an engine process serving the built-ins and plugin functions.
+//  [--heartbeat-ms MS] [--key-file F] [--curve-secret-key-file F] [--curve-server-key K]`:
+// an engine process serving the built-ins and plugin functions.
 #include <cstdio>
 #include <string>
 #include <string_view>
@@ -7,6 +8,7 @@
 
 #include "tools/apply_util.h"
 #include "tools/commands.h"
+#include "zerocan/curve.h"
 #include "zerocan/engine.h"
 #include "zerocan/policy.h"
 
@@ -17,6 +19,7 @@ namespace {
 constexpr char kEngineHelp[] =
     "usage: zerocan engine (--connect URL | --bind URL)... [--threads N] [--plugin LIB.so]...\n"
     "                      [--id ID] [--heartbeat-ms MS] [--key-file FILE]\n"
+    "                      [--curve-secret-key-file FILE] [--curve-server-key KEY_OR_FILE]\n"
     "\n"
     "Serves functions to clients: --bind URL takes clients directly (ROUTER), --connect URL\n"
     "attaches to a broker's backend (DEALER; hello, heartbeats, goodbye). Runs until SIGINT\n"
@@ -36,7 +39,11 @@ constexpr char kEngineHelp[] =
     "which registers more functions with engine.def(name, callable). See examples/.\n"
     "--threads N: worker threads (default 2; 0 runs calls on the I/O thread).\n"
     "--key-file FILE: sign every message and accept only messages signed with this key\n"
-    "(docs/SECURITY.md; JSON with a \"key\" string, or the raw key), with replay protection.\n";
+    "(docs/SECURITY.md; JSON with a \"key\" string, or the raw key), with replay protection.\n"
+    "--curve-secret-key-file FILE: encrypt with CurveZMQ; every --bind URL is a Curve server\n"
+    "with this key pair (zerocan keygen --curve FILE), so clients need its public key.\n"
+    "--curve-server-key KEY_OR_FILE: the broker backend's public key (40-character Z85, or\n"
+    "a key file whose public_key is used); every --connect URL is then a Curve client.\n";
 
 }  // namespace
 
@@ -63,6 +70,13 @@ int RunEngine(int argc, char** argv) {
         options.id = value;
       } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
         options.signer = Signer::FromKeyFile(value);
+      } else if (TakeOption(argc, argv, &i, "--curve-secret-key-file", &value)) {
+        options.curve = ReadCurveKeyFile(value);
+        if (options.curve->secret_key.empty()) {
+          throw Error("--curve-secret-key-file " + value + ": no secret_key");
+        }
+      } else if (TakeOption(argc, argv, &i, "--curve-server-key", &value)) {
+        options.curve_server_key = ReadCurvePublicKey(value);
       } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {
         options.heartbeat = std::chrono::milliseconds(std::stoi(value));
       } else {

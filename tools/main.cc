@@ -25,6 +25,7 @@ constexpr Command kCommands[] = {
     {"schema", zerocan::tools::RunSchema, "print the schema's path (--path) or text"},
     {"tune", zerocan::tools::RunTune, "measure the inline/zero-copy threshold of this machine"},
     {"bench", zerocan::tools::RunBench, "run the benchmarks side by side with their baselines"},
+    {"keygen", zerocan::tools::RunKeygen, "write a CurveZMQ key pair (--curve FILE)"},
     {"version", zerocan::tools::RunVersion, "print library and protocol versions"},
 };
 

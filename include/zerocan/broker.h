@@ -31,6 +31,7 @@
 
 #include <zmq.hpp>
 
+#include "zerocan/curve.h"
 #include "zerocan/limits.h"
 #include "zerocan/signing.h"
 
@@ -51,6 +52,12 @@ struct BrokerOptions {
   // hellos and heartbeats that are not signed with it. Calls and replies are forwarded
   // as they are (their signatures are checked end to end by engines and clients).
   std::optional<Signer> signer;
+  // CurveZMQ encryption (curve.h): with a key pair, every socket the broker binds
+  // (frontend, backend, capture) is a Curve server with it, so clients and engines
+  // (EngineOptions::curve_server_key) and capture subscribers must set curve.public_key
+  // as their server key. Unset = plain text (the default). Curve ends here: the broker
+  // sees calls in clear, so keep signatures on end to end.
+  std::optional<CurveKeyPair> curve;
 };
 
 struct BrokerCounters {

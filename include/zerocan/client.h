@@ -27,6 +27,7 @@
 #include <zmq.hpp>
 
 #include "zerocan/codec.h"
+#include "zerocan/curve.h"
 #include "zerocan/frames.h"
 #include "zerocan/limits.h"
 #include "zerocan/message.h"
@@ -80,6 +81,12 @@ struct ClientOptions {
   // Signs every call and drops replies without a valid signature (counted in
   // ClientCounters::rejected). Engines must hold the same key.
   std::optional<Signer> signer;
+  // CurveZMQ encryption (curve.h): the Z85 public key of the engine or broker frontend
+  // at `url` ("" = plain text, the default). `curve` is this client's own key pair,
+  // unset = a fresh one. A client whose server key is wrong never gets a message
+  // through: its calls fail with CallTimeout.
+  std::string curve_server_key;
+  std::optional<CurveKeyPair> curve;
 };
 
 struct ClientCounters {

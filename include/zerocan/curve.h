@@ -34,6 +34,9 @@ std::string CurvePublicKey(std::string_view secret_key);
 // missing; the public key is derived from the secret one), or a bare 40-character
 // secret key. Throws Error naming the path and what is wrong.
 CurveKeyPair ReadCurveKeyFile(const std::string& path);
+// A server public key given on a command line: a 40-character Z85 key, or the path of a
+// key file (ReadCurveKeyFile) whose public_key is used. Throws Error naming what is wrong.
+std::string ReadCurvePublicKey(const std::string& key_or_path);
 // Writes `keys` as JSON, readable by the owner only (mode 0600).
 void WriteCurveKeyFile(const std::string& path, const CurveKeyPair& keys);
 

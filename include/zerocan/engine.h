@@ -62,6 +62,7 @@
 #include <zmq.hpp>
 
 #include "zerocan/codec.h"
+#include "zerocan/curve.h"
 #include "zerocan/limits.h"
 #include "zerocan/message.h"
 #include "zerocan/policy.h"
@@ -135,6 +136,13 @@ struct EngineOptions {
   // never answered. See signing.h.
   std::optional<Signer> signer;
   ReplayOptions replay;
+  // CurveZMQ encryption (curve.h; docs/SECURITY.md), applied before bind/connect. With
+  // `curve` (this engine's key pair) every socket it binds is a Curve server: clients
+  // must set curve.public_key as their server key. With `curve_server_key` (the broker
+  // backend's Z85 public key) every socket it connects is a Curve client, using `curve`
+  // as its own pair or, when unset, a fresh one. Neither = plain text (the default).
+  std::optional<CurveKeyPair> curve;
+  std::string curve_server_key;
 };
 
 struct EngineCounters {

@@ -1,0 +1,242 @@
+// CurveZMQ through Engine, Client and Broker options and the `zerocan engine|call|keygen`
+// programs: a call over tcp gets through only with the right server key.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "zerocan/broker.h"
+#include "zerocan/client.h"
+#include "zerocan/curve.h"
+#include "zerocan/engine.h"
+
+namespace zerocan {
+namespace {
+
+using ::testing::HasSubstr;
+using std::chrono::milliseconds;
+
+const std::string kTool = ZEROCAN_TOOL_PATH;
+
+class CurveProgramsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!CurveAvailable()) GTEST_SKIP() << "libzmq built without CurveZMQ";
+  }
+  void TearDown() override {
+    for (const std::string& p : paths_) std::remove(p.c_str());
+  }
+  std::string TempPath(const std::string& suffix) {
+    paths_.push_back(::testing::TempDir() + "zerocan_curve_programs_" + std::to_string(getpid()) +
+                     "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name() +
+                     suffix);
+    return paths_.back();
+  }
+  std::vector<std::string> paths_;
+};
+
+// Calls add(1, 2) on `url` and says whether 3 came back within `timeout`.
+bool Adds(zmq::context_t& ctx, const std::string& url, const std::string& server_key,
+          milliseconds timeout, std::optional<CurveKeyPair> own = std::nullopt) {
+  ClientOptions options;
+  options.context = &ctx;
+  options.curve_server_key = server_key;
+  options.curve = own;
+  Client client(url, options);
+  Result r = client.apply_for(timeout, "add", 1, 2).get();
+  if (!r.ok()) {
+    EXPECT_THROW(r.ThrowIfError(), CallTimeout);
+    return false;
+  }
+  return r.as<int>() == 3;
+}
+
+TEST_F(CurveProgramsTest, ReadCurvePublicKeyTakesAKeyOrAFile) {
+  CurveKeyPair keys = GenerateCurveKeyPair();
+  EXPECT_EQ(ReadCurvePublicKey(keys.public_key), keys.public_key);
+  std::string path = TempPath(".key");
+  WriteCurveKeyFile(path, keys);
+  EXPECT_EQ(ReadCurvePublicKey(path), keys.public_key);
+  EXPECT_THROW(ReadCurvePublicKey("/nonexistent/zerocan.key"), Error);
+  EXPECT_THROW(ReadCurvePublicKey(std::string(40, '"')), Error);  // 40 chars, not Z85
+}
+
+TEST_F(CurveProgramsTest, EngineAndClientOverTcp) {
+  zmq::context_t ctx(1);
+  CurveKeyPair server = GenerateCurveKeyPair();
+  EngineOptions eo;
+  eo.context = &ctx;
+  eo.curve = server;
+  Engine engine(eo);
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  std::string url = engine.last_endpoint();
+  EXPECT_TRUE(Adds(ctx, url, server.public_key, milliseconds(10000)));
+  EXPECT_TRUE(Adds(ctx, url, server.public_key, milliseconds(10000), GenerateCurveKeyPair()));
+  EXPECT_FALSE(Adds(ctx, url, "", milliseconds(300)));  // plain text
+  {  // After the failed handshake its calls still time out instead of blocking.
+    ClientOptions co;
+    co.context = &ctx;
+    Client plain(url, co);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_FALSE(plain.apply_for(milliseconds(200), "add", 1, 2).get().ok());
+      std::this_thread::sleep_for(milliseconds(50));
+    }
+  }
+  EXPECT_FALSE(Adds(ctx, url, GenerateCurveKeyPair().public_key, milliseconds(300)));
+  EXPECT_EQ(engine.counters().calls, 2u);
+  engine.Stop();
+}
+
+TEST_F(CurveProgramsTest, ThroughABrokerWithCurve) {
+  zmq::context_t ctx(1);
+  CurveKeyPair broker_keys = GenerateCurveKeyPair();
+  BrokerOptions bo;
+  bo.context = &ctx;
+  bo.heartbeat = milliseconds(100);
+  bo.curve = broker_keys;
+  Broker broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", bo);
+  broker.Start();
+
+  // An engine without the broker's key never registers.
+  EngineOptions plain;
+  plain.context = &ctx;
+  plain.heartbeat = milliseconds(100);
+  plain.id = "plain";
+  Engine outsider(plain);
+  outsider.Connect(broker.backend_endpoint());
+  outsider.Start();
+
+  EngineOptions eo = plain;
+  eo.id = "curve";
+  eo.curve_server_key = broker_keys.public_key;  // own pair: a fresh one
+  Engine engine(eo);
+  engine.Connect(broker.backend_endpoint());
+  engine.Start();
+  for (int i = 0; i < 500 && broker.counters().engines_live < 1; ++i) {
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  ASSERT_EQ(broker.counters().engines_live, 1u);
+
+  std::string url = broker.frontend_endpoint();
+  EXPECT_TRUE(Adds(ctx, url, broker_keys.public_key, milliseconds(10000)));
+  EXPECT_FALSE(Adds(ctx, url, "", milliseconds(300)));
+  EXPECT_FALSE(Adds(ctx, url, GenerateCurveKeyPair().public_key, milliseconds(300)));
+  EXPECT_EQ(broker.counters().engines_live, 1u);
+  EXPECT_EQ(engine.counters().calls, 1u);
+  EXPECT_EQ(outsider.counters().calls, 0u);
+  engine.Stop();
+  outsider.Stop();
+  broker.Stop();
+}
+
+// A child process running `zerocan ARGS...`, stopped (SIGTERM) and reaped on destruction.
+class Process {
+ public:
+  explicit Process(const std::vector<std::string>& args) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      argv.push_back(const_cast<char*>(kTool.c_str()));
+      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(kTool.c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  ~Process() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+struct Output {
+  int status = -1;
+  std::string out, err;
+};
+
+// Runs `zerocan ARGS...` to completion.
+Output RunTool(const std::vector<std::string>& args) {
+  std::string err_path = "/tmp/zerocan-curve-programs-err-" + std::to_string(getpid());
+  std::string command = "'" + kTool + "'";
+  for (const std::string& a : args) command += " '" + a + "'";
+  command += " 2>" + err_path;
+  Output result;
+  FILE* pipe = popen(command.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) result.out.append(buf.data(), n);
+  int status = pclose(pipe);
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream err(err_path);
+  std::stringstream ss;
+  ss << err.rdbuf();
+  result.err = ss.str();
+  unlink(err_path.c_str());
+  return result;
+}
+
+// A tcp port on 127.0.0.1 that was free a moment ago.
+int FreePort() {
+  zmq::context_t ctx(1);
+  zmq::socket_t s(ctx, zmq::socket_type::router);
+  s.set(zmq::sockopt::linger, 0);
+  s.bind("tcp://127.0.0.1:*");
+  std::string endpoint = s.get(zmq::sockopt::last_endpoint);
+  return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+}
+
+TEST_F(CurveProgramsTest, EngineAndCallPrograms) {
+  std::string key_file = TempPath(".key");
+  Output keygen = RunTool({"keygen", "--curve", key_file});
+  ASSERT_EQ(keygen.status, 0) << keygen.err;
+  std::string public_key = keygen.out.substr(0, keygen.out.find('\n'));
+  EXPECT_EQ(ReadCurveKeyFile(key_file).public_key, public_key);
+
+  std::string url = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  Process engine({"engine", "--bind", url, "--curve-secret-key-file", key_file});
+  zmq::context_t ctx(1);
+  bool serving = false;
+  for (int i = 0; i < 100 && !serving; ++i) {
+    serving = Adds(ctx, url, public_key, milliseconds(100));
+  }
+  ASSERT_TRUE(serving) << "engine at " << url << " never answered";
+
+  Output r = RunTool({"call", url, "add", "1", "2", "--curve-server-key", public_key});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "3\n");
+  r = RunTool({"call", url, "add", "2", "3", "--curve-server-key=" + key_file});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "5\n");
+  r = RunTool({"call", url, "add", "1", "2", "--timeout", "0.3"});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("no reply within"));
+  r = RunTool({"call", url, "add", "1", "2", "--timeout", "0.3", "--curve-server-key",
+               GenerateCurveKeyPair().public_key});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("no reply within"));
+  r = RunTool({"call", url, "add", "1", "2", "--curve-server-key", "not-a-key"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.err, HasSubstr("curve server key"));
+  r = RunTool({"engine", "--bind", url, "--curve-secret-key-file", "/nonexistent/zerocan.key"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.err, HasSubstr("cannot open"));
+}
+
+}  // namespace
+}  // namespace zerocan
