@@ -185,11 +185,14 @@ void WritePacked(const T* src, size_t n, wire::Packing p, std::byte* dst) {
 
 // ---- EnvelopeWriter: words ---------------------------------------------------------
 
-uint32_t EnvelopeWriter::Allocate(uint64_t count) {
+uint32_t EnvelopeWriter::Allocate(uint64_t count, bool zero) {
   uint64_t start = used_;
   if (count > capacity_ - used_) Grow(count);
   uint64_t* w = Word(static_cast<uint32_t>(start));
-  if (count <= 4) {
+  if (!zero) {
+    // The caller fills every byte but the padding: only the last word needs zeroes.
+    if (count != 0) w[count - 1] = 0;
+  } else if (count <= 4) {
     // Most objects are a few words: a call to memset costs more than the stores.
     for (uint64_t i = 0; i < count; ++i) w[i] = 0;
   } else {
@@ -236,8 +239,9 @@ uint32_t EnvelopeWriter::NewStructList(uint32_t at, uint32_t count, uint32_t dat
   return tag + 1;
 }
 
-uint32_t EnvelopeWriter::NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words) {
-  uint32_t first = Allocate(words);
+uint32_t EnvelopeWriter::NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words,
+                                 bool zero) {
+  uint32_t first = Allocate(words, zero);
   *Word(at) = ListPointer(int64_t{first} - at - 1, element_size, count);
   return first;
 }
@@ -245,13 +249,16 @@ uint32_t EnvelopeWriter::NewList(uint32_t at, unsigned element_size, uint32_t co
 void EnvelopeWriter::NewText(uint32_t at, std::string_view text) {
   CheckListLength(text.size() + 1, "text");
   uint64_t bytes = text.size() + 1;  // with its NUL
-  uint32_t first = NewList(at, kByteElements, static_cast<uint32_t>(bytes), (bytes + 7) / 8);
+  // Not zeroed first: the text fills it, and the last word (NUL, padding) is zeroed.
+  uint32_t first = NewList(at, kByteElements, static_cast<uint32_t>(bytes), (bytes + 7) / 8, false);
   if (!text.empty()) std::memcpy(Word(first), text.data(), text.size());
 }
 
 std::byte* EnvelopeWriter::NewData(uint32_t at, size_t size) {
   CheckListLength(size, "data");
-  uint32_t first = NewList(at, kByteElements, static_cast<uint32_t>(size), (size + 7) / 8);
+  // Not zeroed first: the caller writes all `size` bytes (the last word's padding is
+  // zeroed), which saves clearing an inline payload just before copying it in.
+  uint32_t first = NewList(at, kByteElements, static_cast<uint32_t>(size), (size + 7) / 8, false);
   return reinterpret_cast<std::byte*>(Word(first));
 }
 

@@ -215,13 +215,15 @@ class EnvelopeWriter {
 
   // Words of the envelope's one segment; index 0 is the root pointer.
   uint64_t* Word(uint32_t index) noexcept { return words_ + 1 + index; }
-  // Appends `count` zeroed words; returns the index of the first.
-  uint32_t Allocate(uint64_t count);
+  // Appends `count` words, zeroed (or, with zero = false, only the last one: for blobs
+  // the caller fills); returns the index of the first.
+  uint32_t Allocate(uint64_t count, bool zero = true);
   void Grow(uint64_t needed);
   // Points pointer word `at` at a new struct / list / text / data; returns its index.
+  // NewData's bytes are not zeroed: the caller writes all of them.
   uint32_t NewStruct(uint32_t at, uint32_t data_words, uint32_t pointers);
   uint32_t NewStructList(uint32_t at, uint32_t count, uint32_t data_words, uint32_t pointers);
-  uint32_t NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words);
+  uint32_t NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words, bool zero = true);
   void NewText(uint32_t at, std::string_view text);
   std::byte* NewData(uint32_t at, size_t size);
   // Places `data` inline or as a frame, per policy, into the Payload struct at `payload`.
