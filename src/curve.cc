@@ -94,6 +94,12 @@ CurveKeyPair ReadCurveKeyFile(const std::string& path) {
   return keys;
 }
 
+CurveKeyPair ReadCurveServerKeys(const std::string& path) {
+  CurveKeyPair keys = ReadCurveKeyFile(path);
+  if (keys.secret_key.empty()) throw Error("--curve-secret-key-file " + path + ": no secret_key");
+  return keys;
+}
+
 std::string ReadCurvePublicKey(const std::string& key_or_path) {
   struct stat st;
   if (::stat(key_or_path.c_str(), &st) == 0) return ReadCurveKeyFile(key_or_path).public_key;

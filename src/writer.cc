@@ -580,25 +580,25 @@ ApplyWriter EnvelopeWriter::StartApply(std::string_view function, size_t arg_cou
 }
 
 // Result: callId @0, union tag u16 @8; pointers engineId, then ok/error.
-ValueWriter EnvelopeWriter::StartResult(uint64_t call_id, std::string_view engine_id) {
+uint32_t EnvelopeWriter::NewResult(uint64_t call_id, std::string_view engine_id, uint16_t which) {
   SetBody(Word(kEnvelope), wire::Envelope::Body::RESULT);
   uint32_t result = NewStruct(kBodyPointer, kDataWords<wire::Result>, kPointers<wire::Result>);
   Store(Word(result), 0, call_id);
   uint32_t p = result + kDataWords<wire::Result>;
   NewText(p, engine_id);
-  Store(Word(result), 8, static_cast<uint16_t>(wire::Result::OK));
-  return ValueWriter(this, NewStruct(p + 1, kDataWords<wire::Value>, kPointers<wire::Value>), 0);
+  Store(Word(result), 8, which);
+  return p + 1;
+}
+
+ValueWriter EnvelopeWriter::StartResult(uint64_t call_id, std::string_view engine_id) {
+  uint32_t ok = NewResult(call_id, engine_id, wire::Result::OK);
+  return ValueWriter(this, NewStruct(ok, kDataWords<wire::Value>, kPointers<wire::Value>), 0);
 }
 
 void EnvelopeWriter::SetError(uint64_t call_id, std::string_view engine_id,
                               const RemoteErrorInfo& error) {
-  SetBody(Word(kEnvelope), wire::Envelope::Body::RESULT);
-  uint32_t result = NewStruct(kBodyPointer, kDataWords<wire::Result>, kPointers<wire::Result>);
-  Store(Word(result), 0, call_id);
-  uint32_t p = result + kDataWords<wire::Result>;
-  NewText(p, engine_id);
-  Store(Word(result), 8, static_cast<uint16_t>(wire::Result::ERROR));
-  uint32_t e = NewStruct(p + 1, kDataWords<wire::RemoteError>, kPointers<wire::RemoteError>);
+  uint32_t at = NewResult(call_id, engine_id, wire::Result::ERROR);
+  uint32_t e = NewStruct(at, kDataWords<wire::RemoteError>, kPointers<wire::RemoteError>);
   NewText(e, error.type);
   NewText(e + 1, error.message);
   NewText(e + 2, error.function);

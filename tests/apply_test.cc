@@ -16,6 +16,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tool_process.h"
 #include "zerocan/broker.h"
 #include "zerocan/client.h"
 
@@ -25,70 +26,22 @@ namespace {
 using ::testing::HasSubstr;
 using std::chrono::milliseconds;
 
-const std::string kTool = ZEROCAN_TOOL_PATH;
 
 std::string PluginPath() {
-  return kTool.substr(0, kTool.rfind('/')) + "/examples/libzerocan_example_plugin.so";
+  return testing::ToolPath().substr(0, testing::ToolPath().rfind('/')) + "/examples/libzerocan_example_plugin.so";
 }
 
 std::string Ipc(const std::string& name) {
   return "ipc:///tmp/zerocan-apply-test-" + std::to_string(getpid()) + "-" + name;
 }
 
-// A child process running `zerocan ARGS...`, stopped (SIGTERM) and reaped on destruction.
-class Process {
- public:
-  explicit Process(const std::vector<std::string>& args) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::vector<char*> argv;
-      argv.push_back(const_cast<char*>(kTool.c_str()));
-      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execv(kTool.c_str(), argv.data());
-      _exit(127);
-    }
-  }
-  ~Process() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  void Kill() {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
-struct CallOutput {
-  int status = -1;
-  std::string out, err;
-};
+using Process = testing::ToolProcess;
+using CallOutput = testing::ToolOutput;
 
 // Runs `zerocan call ARGS...` to completion.
-CallOutput RunCall(const std::vector<std::string>& args) {
-  std::string err_path = "/tmp/zerocan-apply-test-err-" + std::to_string(getpid());
-  std::string command = "'" + kTool + "' call";
-  for (const std::string& a : args) command += " '" + a + "'";
-  command += " 2>" + err_path;
-  CallOutput result;
-  FILE* pipe = popen(command.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) result.out.append(buf.data(), n);
-  int status = pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream err(err_path);
-  std::stringstream ss;
-  ss << err.rdbuf();
-  result.err = ss.str();
-  unlink(err_path.c_str());
-  return result;
+CallOutput RunCall(std::vector<std::string> args) {
+  args.insert(args.begin(), "call");
+  return testing::RunTool(args);
 }
 
 // Waits until the engine at `url` answers.

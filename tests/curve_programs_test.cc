@@ -15,6 +15,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tool_process.h"
 #include "zerocan/broker.h"
 #include "zerocan/client.h"
 #include "zerocan/curve.h"
@@ -26,7 +27,6 @@ namespace {
 using ::testing::HasSubstr;
 using std::chrono::milliseconds;
 
-const std::string kTool = ZEROCAN_TOOL_PATH;
 
 class CurveProgramsTest : public ::testing::Test {
  protected:
@@ -140,56 +140,9 @@ TEST_F(CurveProgramsTest, ThroughABrokerWithCurve) {
   broker.Stop();
 }
 
-// A child process running `zerocan ARGS...`, stopped (SIGTERM) and reaped on destruction.
-class Process {
- public:
-  explicit Process(const std::vector<std::string>& args) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::vector<char*> argv;
-      argv.push_back(const_cast<char*>(kTool.c_str()));
-      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execv(kTool.c_str(), argv.data());
-      _exit(127);
-    }
-  }
-  ~Process() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
-struct Output {
-  int status = -1;
-  std::string out, err;
-};
-
-// Runs `zerocan ARGS...` to completion.
-Output RunTool(const std::vector<std::string>& args) {
-  std::string err_path = "/tmp/zerocan-curve-programs-err-" + std::to_string(getpid());
-  std::string command = "'" + kTool + "'";
-  for (const std::string& a : args) command += " '" + a + "'";
-  command += " 2>" + err_path;
-  Output result;
-  FILE* pipe = popen(command.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) result.out.append(buf.data(), n);
-  int status = pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream err(err_path);
-  std::stringstream ss;
-  ss << err.rdbuf();
-  result.err = ss.str();
-  unlink(err_path.c_str());
-  return result;
-}
+using Process = testing::ToolProcess;
+using Output = testing::ToolOutput;
+using testing::RunTool;
 
 // A tcp port on 127.0.0.1 that was free a moment ago.
 int FreePort() {

@@ -57,10 +57,7 @@ int RunBroker(int argc, char** argv) {
       } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
         options.signer = Signer::FromKeyFile(value);
       } else if (TakeOption(argc, argv, &i, "--curve-secret-key-file", &value)) {
-        options.curve = ReadCurveKeyFile(value);
-        if (options.curve->secret_key.empty()) {
-          throw Error("--curve-secret-key-file " + value + ": no secret_key");
-        }
+        options.curve = ReadCurveServerKeys(value);
       } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {
         options.heartbeat = std::chrono::milliseconds(std::stoi(value));
       } else if (TakeOption(argc, argv, &i, "--liveness", &value)) {

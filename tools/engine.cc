@@ -71,10 +71,7 @@ int RunEngine(int argc, char** argv) {
       } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
         options.signer = Signer::FromKeyFile(value);
       } else if (TakeOption(argc, argv, &i, "--curve-secret-key-file", &value)) {
-        options.curve = ReadCurveKeyFile(value);
-        if (options.curve->secret_key.empty()) {
-          throw Error("--curve-secret-key-file " + value + ": no secret_key");
-        }
+        options.curve = ReadCurveServerKeys(value);
       } else if (TakeOption(argc, argv, &i, "--curve-server-key", &value)) {
         options.curve_server_key = ReadCurvePublicKey(value);
       } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {

@@ -37,6 +37,9 @@ CurveKeyPair ReadCurveKeyFile(const std::string& path);
 // A server public key given on a command line: a 40-character Z85 key, or the path of a
 // key file (ReadCurveKeyFile) whose public_key is used. Throws Error naming what is wrong.
 std::string ReadCurvePublicKey(const std::string& key_or_path);
+// A server's key pair from a key file, which must hold a secret key (the programs'
+// --curve-secret-key-file). Throws Error naming the path otherwise.
+CurveKeyPair ReadCurveServerKeys(const std::string& path);
 // Writes `keys` as JSON, readable by the owner only (mode 0600).
 void WriteCurveKeyFile(const std::string& path, const CurveKeyPair& keys);
 

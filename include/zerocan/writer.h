@@ -226,6 +226,9 @@ class EnvelopeWriter {
   uint32_t NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words, bool zero = true);
   void NewText(uint32_t at, std::string_view text);
   std::byte* NewData(uint32_t at, size_t size);
+  // Starts the Result body (callId, engineId, union tag `which`); returns the word index
+  // of its ok/error pointer.
+  uint32_t NewResult(uint64_t call_id, std::string_view engine_id, uint16_t which);
   // Places `data` inline or as a frame, per policy, into the Payload struct at `payload`.
   void PlacePayload(uint32_t payload, Buffer data);
 

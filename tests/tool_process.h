@@ -1,0 +1,82 @@
+// Running the `zerocan` program from tests: a child process kept for the length of a
+// test, and a run to completion with its output. ZEROCAN_TOOL_PATH comes from CMake.
+#pragma once
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace zerocan::testing {
+
+inline const std::string& ToolPath() {
+  static const std::string path = ZEROCAN_TOOL_PATH;
+  return path;
+}
+
+// A child process running `zerocan ARGS...`, stopped (SIGTERM) and reaped on destruction.
+class ToolProcess {
+ public:
+  explicit ToolProcess(const std::vector<std::string>& args) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      argv.push_back(const_cast<char*>(ToolPath().c_str()));
+      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(ToolPath().c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  ToolProcess(const ToolProcess&) = delete;
+  ToolProcess& operator=(const ToolProcess&) = delete;
+  ~ToolProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  // Stops it now, without a chance to clean up.
+  void Kill() {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+struct ToolOutput {
+  int status = -1;
+  std::string out, err;
+};
+
+// Runs `zerocan ARGS...` to completion; its stdout, stderr and exit status.
+inline ToolOutput RunTool(const std::vector<std::string>& args) {
+  std::string err_path = "/tmp/zerocan-test-tool-err-" + std::to_string(getpid());
+  std::string command = "'" + ToolPath() + "'";
+  for (const std::string& a : args) command += " '" + a + "'";
+  command += " 2>" + err_path;
+  ToolOutput result;
+  FILE* pipe = popen(command.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) result.out.append(buf.data(), n);
+  int status = pclose(pipe);
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream err(err_path);
+  std::stringstream ss;
+  ss << err.rdbuf();
+  result.err = ss.str();
+  unlink(err_path.c_str());
+  return result;
+}
+
+}  // namespace zerocan::testing
