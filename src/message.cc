@@ -350,8 +350,18 @@ class Walker {
 // instead of a malloc/free pair of ~700 bytes (about a sixth of a small decode). A
 // block released on another thread joins that thread's cache; each cache keeps at most
 // kMaxCachedStates blocks and frees the rest.
+#if defined(__SANITIZE_ADDRESS__)
+#define ZEROCAN_STATE_CACHE_SIZE 0  // let AddressSanitizer see every use after free
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ZEROCAN_STATE_CACHE_SIZE 0
+#endif
+#endif
+#ifndef ZEROCAN_STATE_CACHE_SIZE
+#define ZEROCAN_STATE_CACHE_SIZE 16
+#endif
 struct StateBlockCache {
-  static constexpr int kMaxCachedStates = 16;
+  static constexpr int kMaxCachedStates = ZEROCAN_STATE_CACHE_SIZE;
   void* head = nullptr;
   int count = 0;
   size_t block_size = 0;
