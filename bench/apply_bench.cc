@@ -16,6 +16,7 @@
 //
 // Wall-clock time: a round trip is a latency, and the machine's other load shows up in
 // every contender alike because they alternate (several rounds, medians).
+#include <algorithm>
 #include <malloc.h>
 
 #include <atomic>
@@ -229,7 +230,12 @@ void Add(std::vector<Row>* rows, Table* table, const std::string& name, double v
 void RunApply(const Options& options, std::vector<Row>* rows) {
   const bool quick = options.quick;
   Table table({"measurement", "zerocan", "baseline", "baseline value", "ratio", "target"});
-  zmq::context_t ctx(2);
+  // One libzmq I/O thread, as zerocan's engine, client and broker programs each use
+  // (and libzmq's default). With two, which sockets shared an I/O thread decided the
+  // small-apply ratios on this 2-core machine (0.59-1.12x run to run, against
+  // 0.97-1.03x with one). ZEROCAN_APPLY_IO_THREADS overrides it (diagnostics).
+  const char* io_threads = std::getenv("ZEROCAN_APPLY_IO_THREADS");
+  zmq::context_t ctx(io_threads != nullptr ? std::max(1, std::atoi(io_threads)) : 1);
   SmallBytes bytes = EncodeSmall();
   const int per_round = quick ? 500 : 2000;
   const int rounds = quick ? 3 : 7;
