@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <capnp/message.h>
@@ -121,6 +122,41 @@ TEST(MessageTest, PayloadOutlivesMessage) {
   EXPECT_EQ(bytes.size(), 5000u);
   EXPECT_EQ(bytes.data()[4999], std::byte{1});
   EXPECT_EQ(tensor.data_as<double>()[2], 3.0);
+}
+
+// Message states are recycled through a per-thread cache (src/message.cc): a message
+// decoded on one thread and dropped on another (a worker pool's usual path) must leave
+// both threads' caches sound, and a recycled state must not carry the last message's
+// views. Each message here differs, so a stale view would read the wrong value.
+TEST(MessageTest, StatesRecycleAcrossThreads) {
+  constexpr int kMessages = 200;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Message> decoded;
+    std::vector<Buffer> payloads;
+    for (int i = 0; i < kMessages; ++i) {
+      EnvelopeWriter w(FixedPolicy(64));
+      ApplyWriter a = w.StartApply(i % 2 == 0 ? "even" : "odd", 2, 0);
+      a.arg(0).Int(round * kMessages + i);
+      a.arg(1).Write(std::vector<std::byte>(100 + static_cast<size_t>(i), std::byte{static_cast<uint8_t>(i)}));
+      decoded.push_back(DecodeOutgoing(w.Finish()));
+    }
+    // Half the payloads outlive their message and are dropped on this thread later.
+    for (int i = 0; i < kMessages; i += 2) payloads.push_back(decoded[static_cast<size_t>(i)].arg(1).AsBytes());
+    std::thread other([moved = std::move(decoded)]() mutable { moved.clear(); });
+    other.join();
+    for (int i = 0; i < kMessages; ++i) {
+      EnvelopeWriter w(FixedPolicy(64));
+      w.StartApply("again", 1, 0).arg(0).Int(-i);
+      Message m = DecodeOutgoing(w.Finish());
+      ASSERT_EQ(m.function(), "again");
+      ASSERT_EQ(m.arg_count(), 1u);
+      ASSERT_EQ(m.arg(0).AsInt(), -i);
+    }
+    for (size_t k = 0; k < payloads.size(); ++k) {
+      ASSERT_EQ(payloads[k].size(), 100 + 2 * k);
+      ASSERT_EQ(payloads[k].data()[0], std::byte{static_cast<uint8_t>(2 * k)});
+    }
+  }
 }
 
 // ---- alignment ----------------------------------------------------------------------
