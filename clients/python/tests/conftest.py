@@ -15,6 +15,12 @@ REPO = Path(__file__).resolve().parents[3]
 # Test the package next to these tests, not whatever copy an editable install elsewhere
 # points at (a path entry is searched before setuptools' editable finder).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The tests expect the built-in threshold policy, in this process and in the C++ programs
+# they start: a `zerocan tune --write` on this machine must not move payloads between
+# envelope and frames under them (tests that exercise the config set their own).
+_NO_USER_CONFIG = Path(__file__).resolve().parent / ".no-user-config"
+os.environ["XDG_CONFIG_HOME"] = str(_NO_USER_CONFIG)
+os.environ.pop("ZEROCAN_INLINE_THRESHOLD", None)
 
 
 def zerocan_bin() -> Path:
