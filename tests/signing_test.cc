@@ -8,10 +8,12 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <set>
-#include <thread>
 #include <fstream>
+#include <optional>
+#include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "tests/safety_util.h"
 #include "zerocan/replay.h"
@@ -87,8 +89,8 @@ zmq::message_t SignWithNonce(const Signer& signer, const FrameList& frames,
 }
 
 TEST(SigningTest, KnownAnswerMatchesSpecifiedLayout) {
-  // K = HMAC-SHA256(key, "zerocan.poly1305.v2\0" || nonce 00..0f),
-  // tag = Poly1305(K, u16le(1) 0^6 u64le(3) || u64le(5) 0^8 "hello" 0^11 ||
+  // K = HMAC-SHA256(key, "zerocan.poly1305.v3\0" || nonce 00..0f),
+  // tag = Poly1305(K, u16le(1) 0^2 u32le(1 MiB) u64le(3) || u64le(5) 0^8 "hello" 0^11 ||
   //                   u64le(0) 0^8 || u64le(6) 0^8 "world!" 0^10)
   Signer signer(kKey);
   FrameList frames;
@@ -97,9 +99,10 @@ TEST(SigningTest, KnownAnswerMatchesSpecifiedLayout) {
   frames.emplace_back("world!", 6);
   zmq::message_t signature = SignWithNonce(signer, frames, kTestNonce);
   ASSERT_EQ(signature.size(), kSignatureFrameSize);
+  EXPECT_EQ(std::memcmp(signature.data(), "zcsig\x03\0\0", 8), 0);
   EXPECT_EQ(std::memcmp(signature.data(), kSignatureMagic, 8), 0);
   EXPECT_EQ(std::memcmp(static_cast<const char*>(signature.data()) + 8, kTestNonce, kNonceSize), 0);
-  EXPECT_EQ(TagHex(signature), "4d7f4bf8a77040a3450d273850434124");
+  EXPECT_EQ(TagHex(signature), "99e13fd75e0e8b7612f6a8722528e703");
   frames.push_back(std::move(signature));
   EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
             Signer::Verdict::kOk);
@@ -108,12 +111,14 @@ TEST(SigningTest, KnownAnswerMatchesSpecifiedLayout) {
   unsigned char ones[kNonceSize];
   std::memset(ones, 0xff, sizeof(ones));
   frames.pop_back();
-  EXPECT_EQ(TagHex(SignWithNonce(signer, frames, ones)), "a06549ec3bcf225093867b3b874b08de");
+  EXPECT_EQ(TagHex(SignWithNonce(signer, frames, ones)), "8e6ef6d85b8a751b455ae14ad0f7a651");
 }
 
-TEST(SigningTest, KnownAnswerForLargeUnalignedFrames) {
-  // A 2.5 MiB + 3 byte frame, then an exactly 1 MiB frame: lengths that leave partial
-  // Poly1305 blocks between frames, and enough bytes for the bulk (vector) code.
+TEST(SigningTest, KnownAnswerForChunkedFrames) {
+  // A 2.5 MiB + 3 byte frame: three chunks under keys K(1, 0..2), the last one 0.5 MiB
+  // + 3 bytes (a partial Poly1305 block); then an exactly 1 MiB frame, which is not
+  // chunked (its bytes enter the outer MAC).
+  ASSERT_EQ(kSignatureChunkSize, size_t{1} << 20);
   std::string big((5 << 19) + 3, '\0');
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 31 + 7) % 251);
   FrameList frames;
@@ -121,14 +126,53 @@ TEST(SigningTest, KnownAnswerForLargeUnalignedFrames) {
   frames.emplace_back(big.data(), big.size());
   frames.emplace_back(std::string(1 << 20, '\0').data(), size_t{1} << 20);
   Signer signer(kKey);
-  EXPECT_EQ(TagHex(SignWithNonce(signer, frames, kTestNonce)), "747a38fc4fa72e225b5e7b3860821be0");
-  // Signing with a fresh nonce verifies; a change in the middle of the big frame does not.
+  EXPECT_EQ(TagHex(SignWithNonce(signer, frames, kTestNonce)), "5532e9980477413bb2114da37650c8b8");
+  // Signing with a fresh nonce verifies; a change in the middle of the big frame, in
+  // its last byte (the partial last chunk) or in the unchunked frame does not.
   signer.SignFrames(&frames);
   EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
             Signer::Verdict::kOk);
-  static_cast<char*>(frames[1].data())[(3 << 19) + 11] ^= 1;
+  for (auto [frame, at] : {std::pair<size_t, size_t>{1, (3 << 19) + 11}, {1, (5 << 19) + 2},
+                           {1, 0}, {2, (1 << 20) - 1}}) {
+    static_cast<char*>(frames[frame].data())[at] ^= 1;
+    EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+              Signer::Verdict::kBadSignature)
+        << frame << " " << at;
+    static_cast<char*>(frames[frame].data())[at] ^= 1;
+  }
   EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+            Signer::Verdict::kOk);
+
+  // One byte over the chunk size: two chunks, the second of one byte.
+  FrameList edge;
+  edge.emplace_back(std::string(1 << 20, '\0').data(), size_t{1} << 20);
+  edge.emplace_back(std::string((1 << 20) + 1, '\x01').data(), (size_t{1} << 20) + 1);
+  EXPECT_EQ(TagHex(SignWithNonce(signer, edge, kTestNonce)), "d2efcbd282f0dac63adc321c57f95a0f");
+}
+
+TEST(SigningTest, SwappedChunksAreRejected) {
+  // Chunk keys depend on the chunk's position: exchanging two equal-sized chunks of a
+  // frame, or moving a chunked frame's bytes to another frame index, fails.
+  const size_t c = kSignatureChunkSize;
+  std::string a(3 * c, '\0');
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<char>(i / c + 1);
+  Signer signer(kKey);
+  FrameList frames;
+  frames.emplace_back("env", 3);
+  frames.emplace_back(a.data(), a.size());
+  signer.SignFrames(&frames);
+  std::string swapped = a.substr(c, c) + a.substr(0, c) + a.substr(2 * c);
+  FrameList tampered = CopyFrames(frames);
+  tampered[1] = zmq::message_t(swapped.data(), swapped.size());
+  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(tampered.data(), tampered.size())),
             Signer::Verdict::kBadSignature);
+  // Same bytes at frame index 0 with the envelope second: another frame's chunk keys.
+  FrameList moved = CopyFrames(frames);
+  std::swap(moved[0], moved[1]);
+  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(moved.data(), moved.size())),
+            Signer::Verdict::kBadSignature);
+  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+            Signer::Verdict::kOk);
 }
 
 TEST(SigningTest, EachSignatureHasAFreshNonce) {
@@ -161,27 +205,38 @@ TEST(SigningTest, TagUnderAnotherNonceIsRejected) {
             Signer::Verdict::kBadSignature);
 }
 
-TEST(SigningTest, SchemeOneSignatureIsRefusedByName) {
-  // A 40-byte frame with the retired scheme-1 tag is not a signature of this version.
+TEST(SigningTest, RetiredSchemesAreRefusedByName) {
+  // A 40-byte frame with the retired scheme-1 or scheme-2 tag is not a signature of this
+  // version: kUnsigned (as cheap as any unsigned message), and Verify names the scheme.
   Signer signer(kKey);
   TcpPair pair;
-  FrameList frames = FramesOf(MakeCall(7, 1));
-  std::string old(kSignatureFrameSize, '\x11');
-  std::memcpy(old.data(), "zcsig\x01\0\0", 8);
-  frames.emplace_back(old.data(), old.size());
-  SendRaw(pair.dealer, frames);
-  ReceivedMessage received = MustReceive(pair.router);
-  try {
-    signer.Verify(&received);
-    FAIL() << "scheme-1 frame accepted";
-  } catch (const AuthError& e) {
-    EXPECT_EQ(e.code(), AuthError::Code::kUnsigned);
-    EXPECT_NE(std::string(e.what()).find("scheme-1"), std::string::npos) << e.what();
+  for (char scheme : {'\x01', '\x02'}) {
+    FrameList frames = FramesOf(MakeCall(7, 1));
+    std::string old(kSignatureFrameSize, '\x11');
+    std::memcpy(old.data(), "zcsig\0\0\0", 8);
+    old[5] = scheme;
+    frames.emplace_back(old.data(), old.size());
+    EXPECT_FALSE(LooksLikeSignature(frames.back()));
+    SendRaw(pair.dealer, frames);
+    ReceivedMessage received = MustReceive(pair.router);
+    EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(received.frames.data(),
+                                                           received.frames.size())),
+              Signer::Verdict::kUnsigned);
+    try {
+      signer.Verify(&received);
+      FAIL() << "scheme " << int{scheme} << " frame accepted";
+    } catch (const AuthError& e) {
+      EXPECT_EQ(e.code(), AuthError::Code::kUnsigned);
+      std::string name = std::string("scheme-") + static_cast<char>('0' + scheme);
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("scheme 3"), std::string::npos) << e.what();
+    }
   }
 }
 
 TEST(SigningTest, ConcurrentSignersAndVerifiers) {
-  // Threads share one Signer: fixed-nonce signatures agree, fresh ones verify.
+  // Threads share one Signer: fixed-nonce signatures agree, fresh ones verify (6 chunks
+  // per frame).
   Signer signer(kKey);
   std::string big(size_t{6} << 20, 'q');
   FrameList frames;
@@ -199,9 +254,11 @@ TEST(SigningTest, ConcurrentSignersAndVerifiers) {
       }
     }
   };
-  std::thread a(work), b(work);
-  a.join();
-  b.join();
+  // More threads than this machine's cores: batches of chunks from several callers
+  // share the pool at once.
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) threads.emplace_back(work);
+  for (auto& t : threads) t.join();
   EXPECT_EQ(mismatches.load(), 0);
 }
 
@@ -210,6 +267,24 @@ TEST(SigningTest, HasherCountsItsFrames) {
   Signer::Hasher hasher = signer.Begin(2);
   hasher.Add("a", 1);
   EXPECT_THROW(hasher.Finish(), Error);  // one frame short: our bug, not a wrong MAC
+  Signer::Hasher more = signer.Begin(1);
+  more.Add("a", 1);
+  EXPECT_THROW(more.Add("b", 1), Error);  // one frame too many
+}
+
+TEST(SigningTest, HasherMatchesSignatureForAndOutlivesItsSigner) {
+  // Add per frame, large frames included, gives the tag SignatureFor gives; the Hasher
+  // keeps the keyed state alive after its Signer is gone.
+  std::string big(3 * kSignatureChunkSize + 5, 'z');
+  FrameList frames;
+  frames.emplace_back("env", 3);
+  frames.emplace_back(big.data(), big.size());
+  std::optional<Signer> signer(std::in_place, kKey);
+  Signer::Hasher hasher = signer->UnsafeBeginWithNonce(frames.size(), kTestNonce);
+  std::string want = SignWithNonce(*signer, frames, kTestNonce).to_string();
+  signer.reset();
+  for (const auto& f : frames) hasher.Add(f.data(), f.size());
+  EXPECT_EQ(hasher.Finish().to_string(), want);
 }
 
 TEST(SigningTest, FrameBoundariesAreBound) {

@@ -1,4 +1,4 @@
-"""Signature scheme 2 and replay protection in Python (zerocan/signing.py), and signed
+"""Signature scheme 3 and replay protection in Python (zerocan/signing.py), and signed
 calls across languages: a Python client with the key calls a C++ engine with the key,
 the C++ client (`zerocan call --key-file`) calls a Python engine with the key, and
 anything without the right key is dropped, never answered.
@@ -46,20 +46,33 @@ def rfc_poly1305(key: bytes, msg: bytes) -> bytes:  # RFC 8439, 2.5.1, in Python
     return ((acc + s) % (1 << 128)).to_bytes(16, "little")
 
 
+C = 1 << 20  # chunk size
+
+
 def reference_tag(key, nonce, frames, version=1):
     """docs/SECURITY.md's script: shares no code with zerocan/signing.py."""
-    one_time = hmac.new(key, b"zerocan.poly1305.v2\x00" + nonce, hashlib.sha256).digest()
-    msg = struct.pack("<H6xQ", version, len(frames))
-    for f in frames:
-        msg += struct.pack("<Q8x", len(f)) + f + bytes(-len(f) % 16)
-    return rfc_poly1305(one_time, msg)
+    def one_time(*position):  # the outer key, or chunk (frame, chunk)'s key
+        return hmac.new(key, b"zerocan.poly1305.v3\x00" + nonce +
+                        struct.pack("<%dQ" % len(position), *position), hashlib.sha256).digest()
+    msg = struct.pack("<H2xIQ", version, C, len(frames))
+    for i, f in enumerate(frames):
+        msg += struct.pack("<Q8x", len(f))
+        if len(f) <= C:
+            msg += f + bytes(-len(f) % 16)
+        else:
+            for j in range(0, (len(f) + C - 1) // C):
+                msg += rfc_poly1305(one_time(i, j), f[j * C:(j + 1) * C])
+    return rfc_poly1305(one_time(), msg)
 
 
 BIG = bytes((i * 31 + 7) % 251 for i in range((5 << 19) + 3))
 KNOWN = [
-    (NONCE, [b"hello", b"", b"world!"], "4d7f4bf8a77040a3450d273850434124"),
-    (b"\xff" * 16, [b"hello", b"", b"world!"], "a06549ec3bcf225093867b3b874b08de"),
-    (NONCE, [b"env", BIG, bytes(1 << 20)], "747a38fc4fa72e225b5e7b3860821be0"),
+    (NONCE, [b"hello", b"", b"world!"], "99e13fd75e0e8b7612f6a8722528e703"),
+    (b"\xff" * 16, [b"hello", b"", b"world!"], "8e6ef6d85b8a751b455ae14ad0f7a651"),
+    # Three chunks, the last 0.5 MiB + 3 bytes; then exactly C bytes (not chunked).
+    (NONCE, [b"env", BIG, bytes(1 << 20)], "5532e9980477413bb2114da37650c8b8"),
+    # C bytes (not chunked), then C + 1 bytes: two chunks, the second of one byte.
+    (NONCE, [bytes(1 << 20), b"\x01" * ((1 << 20) + 1)], "d2efcbd282f0dac63adc321c57f95a0f"),
 ]
 
 
@@ -74,10 +87,9 @@ def test_known_answers(i):
     nonce, frames, want = KNOWN[i]
     signer = zerocan.Signer(KEY)
     assert signer.tag(frames, nonce).hex() == want
-    if len(BIG) not in map(len, frames):  # the big one is slow in Python integers
-        assert reference_tag(KEY, nonce, frames).hex() == want
+    assert reference_tag(KEY, nonce, frames).hex() == want
     frame = signer.unsafe_signature_with_nonce(frames, nonce)
-    assert frame == b"zcsig\x02\x00\x00" + nonce + bytes.fromhex(want)
+    assert frame == b"zcsig\x03\x00\x00" + nonce + bytes.fromhex(want)
     assert signer.check([*frames, frame]) == signing.OK
     # Any buffer works: zmq.Frames, memoryviews, numpy arrays (no copy needed).
     assert signer.check([zmq.Frame(f) for f in frames] + [memoryview(frame)]) == signing.OK
@@ -131,6 +143,21 @@ def test_structural_changes_are_refused():
     assert zerocan.Signer(b"another key").check(frames) == signing.BAD_SIGNATURE
 
 
+def test_chunked_frames_are_bound_by_position():
+    c = signing.CHUNK_SIZE
+    big = b"".join(bytes([k + 1]) * c for k in range(3)) + b"tail"
+    frames = signed([b"env", big])
+    s = zerocan.Signer(KEY)
+    assert s.check(frames) == signing.OK
+    swapped = big[c:2 * c] + big[:c] + big[2 * c:]
+    for altered in ([b"env", swapped, frames[-1]], [big, b"env", frames[-1]],
+                    [b"env", big[:-1] + b"T", frames[-1]], [b"env", big[:-1], frames[-1]]):
+        assert s.check(altered) == signing.BAD_SIGNATURE
+    # Any buffer type gives the same chunk tags.
+    assert s.check([b"env", memoryview(bytearray(big)), frames[-1]]) == signing.OK
+    assert s.check([b"env", np.frombuffer(big, np.uint8), frames[-1]]) == signing.OK
+
+
 def test_verify_strips_or_raises_with_the_cpp_codes():
     s = zerocan.Signer(KEY)
     frames = signed([b"env", b"data"])
@@ -138,9 +165,13 @@ def test_verify_strips_or_raises_with_the_cpp_codes():
     with pytest.raises(zerocan.AuthError) as e:
         s.verify([b"env", b"data"])
     assert e.value.code == "unsigned" and "not a signature frame" in str(e.value)
-    with pytest.raises(zerocan.AuthError) as e:
-        s.verify([b"env", b"data", b"zcsig\x01\x00\x00" + bytes(32)])
-    assert e.value.code == "unsigned" and "scheme-1" in str(e.value)
+    for scheme in (1, 2):  # retired schemes: unsigned, named
+        old = b"zcsig" + bytes([scheme, 0, 0]) + bytes(32)
+        assert s.check([b"env", b"data", old]) == signing.UNSIGNED
+        with pytest.raises(zerocan.AuthError) as e:
+            s.verify([b"env", b"data", old])
+        assert e.value.code == "unsigned" and f"scheme-{scheme}" in str(e.value) and \
+            "scheme 3" in str(e.value)
     with pytest.raises(zerocan.AuthError) as e:
         s.verify([b"env", b"datA", frames[-1]])
     assert e.value.code == "bad signature"

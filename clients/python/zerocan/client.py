@@ -74,7 +74,7 @@ class Client:
     without a reply by then fails with ``zerocan.TimeoutError``; a late reply is dropped.
 
     ``key`` (bytes or str) or ``key_file`` (a path, read as ``zerocan call --key-file``
-    reads it: JSON with a "key" string, or the raw key): sign every call (scheme 2,
+    reads it: JSON with a "key" string, or the raw key): sign every call (scheme 3,
     docs/SECURITY.md) and accept only replies signed with that key. A reply that fails
     the check is counted in ``counters["rejected"]`` and ignored, as the C++ client does,
     so its call ends with ``TimeoutError``. Without a key nothing is signed or checked.

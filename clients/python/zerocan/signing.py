@@ -1,18 +1,23 @@
-"""Message signatures (scheme 2) and replay protection, as the C++ library does them
+"""Message signatures (scheme 3) and replay protection, as the C++ library does them
 (include/zerocan/signing.h, include/zerocan/replay.h; docs/SECURITY.md).
 
 A signed message carries one more frame after its payload frames:
 ``[routing...] [b""] [envelope] [payload 1..N] [signature]``. The signature frame is 40
-bytes: ``b"zcsig\\x02\\x00\\x00"``, a 16-byte random nonce and a 16-byte Poly1305 tag::
+bytes: ``b"zcsig\\x03\\x00\\x00"``, a 16-byte random nonce and a 16-byte Poly1305 tag.
+With C = 1 MiB (CHUNK_SIZE) and D = b"zerocan.poly1305.v3\\0"::
 
-    K   = HMAC-SHA256(key, b"zerocan.poly1305.v2\\0" + nonce)           one-time key
-    tag = Poly1305(K, u16le(version) || 0^6 || u64le(n)
-                      || for each of the n frames: u64le(len) || 0^8 || bytes || 0^pad16)
+    K       = HMAC-SHA256(key, D + nonce)                            outer one-time key
+    K(i, j) = HMAC-SHA256(key, D + nonce + u64le(i) + u64le(j))      chunk j of frame i
+    tag = Poly1305(K, u16le(version) || 0^2 || u32le(C) || u64le(n)
+                      || for each of the n frames i: u64le(len) || 0^8 ||
+                           len <= C: bytes || 0^pad16
+                           len >  C: Poly1305(K(i, j), bytes[j*C:(j+1)*C]) for each chunk j)
 
 over every frame after the delimiter (envelope first, signature excluded). HMAC comes
 from Python's ``hmac``, Poly1305 from the ``cryptography`` package (OpenSSL), nonces
 from ``os.urandom``; tags are compared with ``hmac.compare_digest`` before a byte of the
-envelope is parsed. Nothing here is hand-written cryptography.
+envelope is parsed. Nothing here is hand-written cryptography. Chunks are MACed one
+after another here (the C++ library spreads them over threads; the tags are the same).
 
 Threading: a Signer is immutable; its methods may run on any number of threads at once.
 A ReplayGuard locks an internal mutex.
@@ -35,14 +40,19 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 from .errors import AuthError
 from .wire import PROTOCOL_VERSION
 
-SIGNATURE_MAGIC = b"zcsig\x02\x00\x00"  # "zcsig", scheme 2, two reserved zero bytes
+SIGNATURE_MAGIC = b"zcsig\x03\x00\x00"  # "zcsig", scheme 3, two reserved zero bytes
 NONCE_SIZE = 16
 MAC_SIZE = 16
 SIGNATURE_FRAME_SIZE = len(SIGNATURE_MAGIC) + NONCE_SIZE + MAC_SIZE  # 40
-_SCHEME_ONE_MAGIC = b"zcsig\x01\x00\x00"
-_DOMAIN = b"zerocan.poly1305.v2\x00"  # NUL included, as the C++ sizeof(kDomain)
+CHUNK_SIZE = 1 << 20  # zerocan::kSignatureChunkSize: longer frames are MACed in chunks
+# Retired schemes, recognised only to name them in the error.
+_RETIRED = {b"zcsig\x01\x00\x00": "scheme-1 (HMAC-SHA256)",
+            b"zcsig\x02\x00\x00": "scheme-2 (single-pass Poly1305)"}
+_DOMAIN = b"zerocan.poly1305.v3\x00"  # NUL included, as the C++ sizeof(kDomain)
 _ZEROS = bytes(16)
 _LENGTH = struct.Struct("<Q8x")
+_HEADER = struct.Struct("<H2xIQ")
+_POSITION = struct.Struct("<QQ")
 
 # Verdicts of Signer.check (Signer::Verdict).
 OK = "ok"
@@ -115,12 +125,19 @@ class Signer:
         kdf = self._kdf.copy()
         kdf.update(_DOMAIN)
         kdf.update(nonce)
-        mac = Poly1305(kdf.digest())
-        mac.update(struct.pack("<H6xQ", PROTOCOL_VERSION, len(frames)))
-        for f in frames:
+        mac = Poly1305(kdf.copy().digest())
+        mac.update(_HEADER.pack(PROTOCOL_VERSION, CHUNK_SIZE, len(frames)))
+        for i, f in enumerate(frames):
             mv = _bytes_view(f)
             n = mv.nbytes
             mac.update(_LENGTH.pack(n))
+            if n > CHUNK_SIZE:
+                for j, start in enumerate(range(0, n, CHUNK_SIZE)):
+                    chunk_kdf = kdf.copy()
+                    chunk_kdf.update(_POSITION.pack(i, j))
+                    mac.update(Poly1305.generate_tag(chunk_kdf.digest(),
+                                                     mv[start:start + CHUNK_SIZE]))
+                continue
             if n:
                 mac.update(mv)
             if n % 16:
@@ -160,11 +177,12 @@ class Signer:
         n = len(frames)
         if verdict == UNSIGNED:
             last = _bytes_view(frames[-1]) if frames else None
-            if last is not None and last.nbytes == SIGNATURE_FRAME_SIZE and \
-                    last[:8] == _SCHEME_ONE_MAGIC:
+            retired = _RETIRED.get(bytes(last[:8])) \
+                if last is not None and last.nbytes == SIGNATURE_FRAME_SIZE else None
+            if retired is not None:
                 raise AuthError("unsigned", f"unsigned message: the last of its {n} frames is a "
-                                            "scheme-1 (HMAC-SHA256) signature, which this version "
-                                            "no longer accepts (scheme 2: Poly1305)")
+                                            f"{retired} signature, which this version no longer "
+                                            "accepts (scheme 3: chunked Poly1305)")
             raise AuthError("unsigned", f"unsigned message: a key is set but the last of its {n} "
                                         "frames is not a signature frame")
         raise AuthError("bad signature",
