@@ -311,21 +311,6 @@ void ValueWriter::Bool(bool v) {
   unsigned char* byte = reinterpret_cast<unsigned char*>(w) + 2;
   *byte = static_cast<unsigned char>((*byte & ~1u) | (v ? 1u : 0u));
 }
-void ValueWriter::Int(int64_t v) {
-  uint64_t* w = message_->Word(at_);
-  SetTag(w, 0, wire::Value::INT);
-  Store(w, 8, v);
-}
-void ValueWriter::UInt(uint64_t v) {
-  uint64_t* w = message_->Word(at_);
-  SetTag(w, 0, wire::Value::UINT);
-  Store(w, 8, v);
-}
-void ValueWriter::Float(double v) {
-  uint64_t* w = message_->Word(at_);
-  SetTag(w, 0, wire::Value::FLOAT);
-  Store(w, 8, v);
-}
 
 void ValueWriter::Text(std::string_view v) {
   SetTag(message_->Word(at_), 0, wire::Value::TEXT);
@@ -479,27 +464,29 @@ void ValueWriter::Copy(const Value& value) {
   }
 }
 
-ValueWriter ListWriter::operator[](size_t i) const {
-  return ValueWriter(message_, first_ + static_cast<uint32_t>(i) * (kDataWords<wire::Value> + kPointers<wire::Value>),
-                     depth_);
+namespace internal {
+void ThrowIndexOutOfRange(const char* what, size_t i, size_t n) {
+  throw EncodeError(absl::StrCat(what, " index ", i, " out of range (size ", n, ")"));
 }
+}  // namespace internal
+static_assert(internal::kValueWords == kDataWords<wire::Value> + kPointers<wire::Value>);
 
 // Entry: pointer 0 = key, pointer 1 = value (each a Value struct, made when started).
 ValueWriter MapWriter::key(size_t i) const {
+  if (i >= count_) internal::ThrowIndexOutOfRange("map entry", i, count_);
   uint32_t entry = first_ + static_cast<uint32_t>(i) * kPointers<wire::Entry>;
   return ValueWriter(message_, message_->NewStruct(entry, kDataWords<wire::Value>, kPointers<wire::Value>), depth_);
 }
 ValueWriter MapWriter::value(size_t i) const {
+  if (i >= count_) internal::ThrowIndexOutOfRange("map entry", i, count_);
   uint32_t entry = first_ + static_cast<uint32_t>(i) * kPointers<wire::Entry>;
   return ValueWriter(message_, message_->NewStruct(entry + 1, kDataWords<wire::Value>, kPointers<wire::Value>),
                      depth_);
 }
 
-ValueWriter ApplyWriter::arg(size_t i) const {
-  return ValueWriter(message_, args_ + static_cast<uint32_t>(i) * (kDataWords<wire::Value> + kPointers<wire::Value>), 0);
-}
 // Field: pointer 0 = key (text), pointer 1 = value.
 ValueWriter ApplyWriter::kwarg(size_t i, std::string_view name) const {
+  if (i >= kwarg_count_) internal::ThrowIndexOutOfRange("keyword argument", i, kwarg_count_);
   uint32_t field = kwargs_ + static_cast<uint32_t>(i) * kPointers<wire::Field>;
   message_->NewText(field, name);
   return ValueWriter(message_, message_->NewStruct(field + 1, kDataWords<wire::Value>, kPointers<wire::Value>), 0);

@@ -143,6 +143,37 @@ TEST(WriterTest, FinishTwiceThrows) {
   EXPECT_THROW((void)w.Finish(), EncodeError);
 }
 
+// Writers index into the envelope's words: an index past what was started must throw,
+// not write over a neighbouring value.
+TEST(WriterTest, IndexPastTheStartedCountThrows) {
+  EnvelopeWriter w;
+  ApplyWriter apply = w.StartApply("f", 2, 1);
+  apply.arg(1).Int(7);
+  EXPECT_THROW(apply.arg(2), EncodeError);
+  EXPECT_THROW(apply.kwarg(1, "k"), EncodeError);
+  ListWriter list = apply.arg(0).List(3);
+  list[2].Int(1);
+  EXPECT_THROW(list[3], EncodeError);
+  MapWriter map = apply.kwarg(0, "m").Map(1);
+  map.key(0).Text("a");
+  map.value(0).Int(2);
+  EXPECT_THROW(map.key(1), EncodeError);
+  EXPECT_THROW(map.value(1), EncodeError);
+  try {
+    apply.arg(5);
+    ADD_FAILURE() << "arg(5) of 2 did not throw";
+  } catch (const EncodeError& e) {
+    EXPECT_STREQ(e.what(), "argument index 5 out of range (size 2)");
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (i != 2) list[static_cast<size_t>(i)].Null();
+  }
+  Message m = testing::DecodeOutgoing(w.Finish());
+  EXPECT_EQ(m.arg(1).AsInt(), 7);
+  EXPECT_EQ(m.arg(0)[2].AsInt(), 1);
+  EXPECT_EQ(m.kwarg(0).Find("a")->AsInt(), 2);
+}
+
 TEST(WriterTest, NestedWritersOnOneThread) {
   // The first writer takes the thread's scratch segment; a second, alive at the same
   // time, must work on its own allocation.

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -114,6 +115,10 @@ class ValueWriter {
   ValueWriter(EnvelopeWriter* message, uint32_t at, uint32_t depth) noexcept
       : message_(message), at_(at), depth_(depth) {}
   uint32_t InitPointer(uint16_t which, uint32_t data_words, uint32_t pointers);
+  // Sets the union tag and the 8-byte scalar of the Value struct (inline below: these
+  // are the calls an encode makes most).
+  template <class T>
+  void SetScalar(uint16_t which, T value) noexcept;
 
   EnvelopeWriter* message_;
   uint32_t at_;
@@ -242,5 +247,36 @@ class EnvelopeWriter {
   std::vector<Buffer> payloads_;
   bool finished_ = false;
 };
+
+// ---- inline hot paths ----------------------------------------------------------------
+
+namespace internal {
+// Words of one Value struct in a list of them (data section, then its pointer).
+inline constexpr uint32_t kValueWords =
+    wire::Value::_capnpPrivate::dataWordSize + wire::Value::_capnpPrivate::pointerCount;
+// Throws EncodeError: "<what> index <i> out of range (size <n>)".
+[[noreturn]] void ThrowIndexOutOfRange(const char* what, size_t i, size_t n);
+}  // namespace internal
+
+template <class T>
+void ValueWriter::SetScalar(uint16_t which, T value) noexcept {
+  static_assert(sizeof(T) == 8);
+  char* v = reinterpret_cast<char*>(message_->Word(at_));
+  std::memcpy(v, &which, sizeof which);    // union tag: bytes 0-1
+  std::memcpy(v + 8, &value, sizeof value);  // int, uint, float: word 1
+}
+inline void ValueWriter::Int(int64_t value) { SetScalar(wire::Value::INT, value); }
+inline void ValueWriter::UInt(uint64_t value) { SetScalar(wire::Value::UINT, value); }
+inline void ValueWriter::Float(double value) { SetScalar(wire::Value::FLOAT, value); }
+
+inline ValueWriter ApplyWriter::arg(size_t i) const {
+  if (i >= arg_count_) internal::ThrowIndexOutOfRange("argument", i, arg_count_);
+  return ValueWriter(message_, args_ + static_cast<uint32_t>(i) * internal::kValueWords, 0);
+}
+
+inline ValueWriter ListWriter::operator[](size_t i) const {
+  if (i >= count_) internal::ThrowIndexOutOfRange("list element", i, count_);
+  return ValueWriter(message_, first_ + static_cast<uint32_t>(i) * internal::kValueWords, depth_);
+}
 
 }  // namespace zerocan
