@@ -368,10 +368,18 @@ void ValueWriter::Array(DType dtype, const Shape& shape, Buffer data, Order orde
   m.PlacePayload(new_payload(&m, tensor), std::move(data));
 }
 
-ListWriter ValueWriter::List(size_t length) {
-  if (depth_ + 1 >= kMaxEncodeDepth) {
+namespace {
+// A container sits one level below its writer and its elements one more; an empty one
+// has no elements, so it may sit at the last level (as the decoder allows).
+void CheckContainerDepth(uint32_t depth, size_t length) {
+  if (depth + (length > 0 ? 2 : 1) > kMaxEncodeDepth) {
     throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
   }
+}
+}  // namespace
+
+ListWriter ValueWriter::List(size_t length) {
+  CheckContainerDepth(depth_, length);
   CheckListLength(length, "list");
   SetTag(message_->Word(at_), 0, wire::Value::LIST);
   uint32_t first = message_->NewStructList(at_ + kValuePointer, static_cast<uint32_t>(length),
@@ -380,9 +388,7 @@ ListWriter ValueWriter::List(size_t length) {
 }
 
 MapWriter ValueWriter::Map(size_t length) {
-  if (depth_ + 1 >= kMaxEncodeDepth) {
-    throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
-  }
+  CheckContainerDepth(depth_, length);
   CheckListLength(length, "map");
   SetTag(message_->Word(at_), 0, wire::Value::MAP);
   uint32_t first = message_->NewStructList(at_ + kValuePointer, static_cast<uint32_t>(length),

@@ -428,6 +428,36 @@ TEST(CodecTest, DeepNestingWithinDefaultLimit) {
   EXPECT_LT(deepest_encoded, 80);
 }
 
+// What the decoder accepts, Copy re-encodes (found by the value fuzz target): an empty
+// list or map at the deepest level the decoder allows has no elements below it.
+TEST(CodecTest, CopyReencodesTheDeepestEmptyContainers) {
+  // The argument is level 1, so `steps` one-element lists put a value at the last level.
+  const int steps = static_cast<int>(DecodeLimits{}.max_depth) - 1;
+  for (bool map : {false, true}) {
+    EnvelopeWriter w(FixedPolicy());
+    ValueWriter v = w.StartApply("f", 1, 0).arg(0);
+    for (int i = 0; i < steps; ++i) v = v.List(1)[0];
+    if (map) {
+      v.Map(0);
+    } else {
+      v.List(0);
+    }
+    Message received = DecodeOutgoing(w.Finish());
+    EnvelopeWriter again(FixedPolicy());
+    again.StartApply("f", 1, 0).arg(0).Copy(received.arg(0));
+    Message copied = DecodeOutgoing(again.Finish());
+    Value c = copied.arg(0);
+    for (int i = 0; i < steps; ++i) c = c[0];
+    EXPECT_EQ(c.kind(), map ? Kind::kMap : Kind::kList);
+    EXPECT_EQ(c.size(), 0u);
+    // One element there would sit past the limit: refused when written.
+    EnvelopeWriter deeper(FixedPolicy());
+    ValueWriter d = deeper.StartApply("f", 1, 0).arg(0);
+    for (int i = 0; i < steps; ++i) d = d.List(1)[0];
+    EXPECT_THROW(map ? (void)d.Map(1) : (void)d.List(1), EncodeError);
+  }
+}
+
 TEST(CodecTest, NoCodecIsEncodeError) {
   struct Unknown {
     int x;
