@@ -269,6 +269,9 @@ template <class T>
 bool TryPack(EnvelopeWriter* w, uint32_t tensor, const Buffer& data, size_t threshold,
              uint32_t (*new_payload)(EnvelopeWriter*, uint32_t), std::byte* (*new_inline)(EnvelopeWriter*, uint32_t, size_t),
              void (*set_packing)(EnvelopeWriter*, uint32_t, wire::Packing)) {
+  // Bytes forwarded as received (ValueWriter::Copy) may sit at any offset in their frame;
+  // reading them as T would be a misaligned load. They are placed as they are instead.
+  if (!IsAligned(data.data(), alignof(T))) return false;
   const T* p = reinterpret_cast<const T*>(data.data());
   size_t n = data.size() / sizeof(T);
   // Only worth a scan when the packed form could be inline.
