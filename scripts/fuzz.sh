@@ -55,12 +55,15 @@ for t in "${targets[@]}"; do
   if [[ $jobs -gt 1 ]]; then
     args+=(-jobs="$jobs" -workers="$jobs")
   fi
-  if ! "$build/tests/fuzz/${t}_fuzz" "${args[@]}" "$dir/corpus" "${seeds[@]}" >"$log" 2>&1; then
+  # Run inside the target's work directory: with -jobs, libFuzzer writes fuzz-N.log there.
+  if ! (cd "$dir" && "$build/tests/fuzz/${t}_fuzz" "${args[@]}" "$dir/corpus" "${seeds[@]}") >"$log" 2>&1; then
     echo "!! $t failed; see $log and $dir/crash-*" >&2
     tail -30 "$log" >&2
     status=1
   fi
-  runs=$( { grep -h 'stat::number_of_executed_units' "$log" "$dir"/fuzz-*.log 2>/dev/null || true; } |
+  # With -jobs, libFuzzer copies each job's fuzz-N.log into its own output as the job
+  # ends, so the log holds every job's final stats once.
+  runs=$( { grep -h 'stat::number_of_executed_units' "$log" 2>/dev/null || true; } |
          awk '{s += $2} END {print s + 0}')
   echo "   $t: $runs executions"
   total=$((total + runs))
