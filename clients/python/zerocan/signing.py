@@ -125,7 +125,7 @@ class Signer:
         kdf = self._kdf.copy()
         kdf.update(_DOMAIN)
         kdf.update(nonce)
-        mac = Poly1305(kdf.copy().digest())
+        mac = Poly1305(kdf.digest())  # digest() leaves kdf usable for the chunk keys
         mac.update(_HEADER.pack(PROTOCOL_VERSION, CHUNK_SIZE, len(frames)))
         for i, f in enumerate(frames):
             mv = _bytes_view(f)
