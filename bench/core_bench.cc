@@ -269,10 +269,11 @@ CaseResult TenFieldMap(const Config& cfg) {
     return w.Finish();
   };
   auto zc_read = [](const Message& m) {
-    Value v = m.arg(0);
+    ValueMap map = m.arg(0).AsMap();
     uint64_t sum = 0;
-    size_t n = v.size();
-    for (size_t i = 0; i < n; ++i) sum += v.key(i).AsText().size() + static_cast<uint64_t>(v.value(i).AsInt());
+    for (size_t i = 0; i < map.size(); ++i) {
+      sum += map.key(i).AsText().size() + static_cast<uint64_t>(map.value(i).AsInt());
+    }
     return sum;
   };
   auto sbuf = std::make_shared<msgpack::sbuffer>();

@@ -29,23 +29,6 @@ std::string_view KindName(Kind kind) noexcept {
   return "unknown";
 }
 
-Kind Value::kind() const noexcept {
-  // Message::Decode rejected unknown union members, so every case is covered.
-  switch (reader_.which()) {
-    case wire::Value::NULL_: return Kind::kNull;
-    case wire::Value::BOOL: return Kind::kBool;
-    case wire::Value::INT: return Kind::kInt;
-    case wire::Value::UINT: return Kind::kUInt;
-    case wire::Value::FLOAT: return Kind::kFloat;
-    case wire::Value::TEXT: return Kind::kText;
-    case wire::Value::BYTES: return Kind::kBytes;
-    case wire::Value::LIST: return Kind::kList;
-    case wire::Value::MAP: return Kind::kMap;
-    case wire::Value::TENSOR: return Kind::kTensor;
-    case wire::Value::EXTENSION: return Kind::kExtension;
-  }
-  return Kind::kNull;
-}
 
 std::string Value::Describe() const {
   switch (kind()) {
@@ -67,44 +50,25 @@ void Value::Mismatch(std::string_view expected) const {
                     absl::StrCat("expected ", internal::Sv(expected), ", got ", Describe()));
 }
 
-bool Value::AsBool() const {
-  if (kind() != Kind::kBool) Mismatch("bool");
-  return reader_.getBool();
-}
 
-int64_t Value::AsInt() const {
-  switch (kind()) {
-    case Kind::kInt: return reader_.getInt();
-    case Kind::kUInt:
-      if (reader_.getUint() > static_cast<uint64_t>(INT64_MAX)) Mismatch("int64 (value too large)");
-      return static_cast<int64_t>(reader_.getUint());
-    default: Mismatch("int");
+
+
+
+
+namespace internal {
+void ThrowValueIndex(const char* what, size_t i, size_t n) {
+  throw std::out_of_range(absl::StrCat(what, " index ", i, " out of range (size ", n, ")"));
+}
+}  // namespace internal
+
+std::optional<Value> ValueMap::Find(std::string_view key) const {
+  for (size_t i = 0; i < map_.size(); ++i) {
+    internal::ValueView k = map_[i].walkedKey();
+    if (k.which() == wire::Value::TEXT && k.walkedText().view() == key) {
+      return Value(map_[i].walkedValue(), message_);
+    }
   }
-}
-
-uint64_t Value::AsUInt() const {
-  switch (kind()) {
-    case Kind::kUInt: return reader_.getUint();
-    case Kind::kInt:
-      if (reader_.getInt() < 0) Mismatch("uint (non-negative)");
-      return static_cast<uint64_t>(reader_.getInt());
-    default: Mismatch("uint");
-  }
-}
-
-double Value::AsDouble() const {
-  switch (kind()) {
-    case Kind::kFloat: return reader_.getFloat();
-    case Kind::kInt: return static_cast<double>(reader_.getInt());
-    case Kind::kUInt: return static_cast<double>(reader_.getUint());
-    default: Mismatch("float64");
-  }
-}
-
-std::string_view Value::AsText() const {
-  if (kind() != Kind::kText) Mismatch("text");
-  auto t = reader_.getText();
-  return std::string_view(t.begin(), t.size());
+  return std::nullopt;
 }
 
 Buffer Value::ResolvePayload(internal::PayloadView payload) const {
@@ -116,80 +80,42 @@ Buffer Value::ResolvePayload(internal::PayloadView payload) const {
 
 Buffer Value::AsBytes() const {
   if (kind() != Kind::kBytes) Mismatch("bytes");
-  return ResolvePayload(reader_.getBytes());
+  return ResolvePayload(internal::PayloadView(reader_.walkedPointer()));
 }
 
-size_t Value::size() const {
-  switch (kind()) {
-    case Kind::kList: return reader_.getList().size();
-    case Kind::kMap: return reader_.getMap().size();
-    default: Mismatch("list or map");
-  }
-}
 
-Value Value::operator[](size_t i) const {
-  if (kind() != Kind::kList) Mismatch("list");
-  auto list = reader_.getList();
-  if (i >= list.size()) {
-    throw std::out_of_range(absl::StrCat("list index ", i, " out of range (size ", list.size(), ")"));
-  }
-  return Value(list[static_cast<unsigned>(i)], message_);
-}
 
-Value Value::key(size_t i) const {
-  if (kind() != Kind::kMap) Mismatch("map");
-  auto map = reader_.getMap();
-  if (i >= map.size()) throw std::out_of_range(absl::StrCat("map index ", i, " out of range"));
-  return Value(map[static_cast<unsigned>(i)].getKey(), message_);
-}
 
-Value Value::value(size_t i) const {
-  if (kind() != Kind::kMap) Mismatch("map");
-  auto map = reader_.getMap();
-  if (i >= map.size()) throw std::out_of_range(absl::StrCat("map index ", i, " out of range"));
-  return Value(map[static_cast<unsigned>(i)].getValue(), message_);
-}
 
-std::optional<Value> Value::Find(std::string_view key) const {
-  if (kind() != Kind::kMap) Mismatch("map");
-  auto map = reader_.getMap();
-  for (size_t i = 0; i < map.size(); ++i) {
-    auto k = map[i].getKey();
-    if (k.which() == wire::Value::TEXT && k.getText().view() == key) {
-      return Value(map[i].getValue(), message_);
-    }
-  }
-  return std::nullopt;
-}
 
 DType Value::dtype() const {
   if (kind() != Kind::kTensor) Mismatch("tensor");
-  return static_cast<DType>(reader_.getTensor().getDtype());
+  return static_cast<DType>(internal::TensorView(reader_.walkedPointer()).getDtype());
 }
 
 Shape Value::shape() const {
   if (kind() != Kind::kTensor) Mismatch("tensor");
   Shape out;
-  for (uint64_t d : reader_.getTensor().getShape()) out.push_back(d);
+  for (uint64_t d : internal::TensorView(reader_.walkedPointer()).getShape()) out.push_back(d);
   return out;
 }
 
 Buffer Value::TensorBytes() const {
   if (kind() != Kind::kTensor) Mismatch("tensor");
-  return ResolvePayload(reader_.getTensor().getData());
+  return ResolvePayload(internal::TensorView(reader_.walkedPointer()).getData());
 }
 
 bool Value::InFrame() const {
   switch (kind()) {
-    case Kind::kTensor: return reader_.getTensor().getData().isFrame();
-    case Kind::kBytes: return reader_.getBytes().isFrame();
+    case Kind::kTensor: return internal::TensorView(reader_.walkedPointer()).getData().isFrame();
+    case Kind::kBytes: return internal::PayloadView(reader_.walkedPointer()).isFrame();
     default: return false;
   }
 }
 
 bool Value::TensorIsZeroCopy() const {
   if (kind() != Kind::kTensor) return false;
-  auto t = reader_.getTensor();
+  auto t = internal::TensorView(reader_.walkedPointer());
   if (t.getPacking() != wire::Packing::NONE || t.getByteOrder() != wire::ByteOrder::LITTLE) {
     return false;
   }
@@ -234,7 +160,7 @@ void Unpack(wire::Packing p, const std::byte* src, size_t n, std::byte* dst) {
 
 Tensor Value::AsTensor() const {
   if (kind() != Kind::kTensor) Mismatch("tensor");
-  auto t = reader_.getTensor();
+  auto t = internal::TensorView(reader_.walkedPointer());
   DType dtype = static_cast<DType>(t.getDtype());
   Shape dims;
   for (uint64_t d : t.getShape()) dims.push_back(d);
@@ -279,13 +205,13 @@ Tensor Value::AsTensor() const {
 
 std::string_view Value::extension_name() const {
   if (kind() != Kind::kExtension) Mismatch("extension");
-  auto t = reader_.getExtension().getTypeName();
+  auto t = internal::ExtensionView(reader_.walkedPointer()).getTypeName();
   return std::string_view(t.begin(), t.size());
 }
 
 Value Value::extension_state() const {
   if (kind() != Kind::kExtension) Mismatch("extension");
-  return Value(reader_.getExtension().getState(), message_);
+  return Value(internal::ExtensionView(reader_.walkedPointer()).getState(), message_);
 }
 
 }  // namespace zerocan

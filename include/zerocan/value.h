@@ -9,7 +9,9 @@
 // DecodeError(kTypeMismatch) when asked for a kind the value is not.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,8 +24,12 @@
 namespace zerocan {
 
 class Registry;
+class ValueList;
+class ValueMap;
 namespace internal {
 class MessageState;
+// Throws std::out_of_range: "<what> index <i> out of range (size <n>)".
+[[noreturn]] void ThrowValueIndex(const char* what, size_t i, size_t n);
 }
 
 enum class Kind : uint8_t {
@@ -47,7 +53,8 @@ class Value {
   Value(internal::ValueView reader, const internal::MessageState* message) noexcept
       : reader_(reader), message_(message) {}
 
-  Kind kind() const noexcept;
+  // The union tag as read (the walk rejected members this reader does not know).
+  Kind kind() const noexcept { return static_cast<Kind>(reader_.which()); }
   bool is_null() const noexcept { return kind() == Kind::kNull; }
 
   bool AsBool() const;
@@ -62,11 +69,15 @@ class Value {
   // Shares ownership of the frame (or of the envelope, for an inline payload).
   Buffer AsBytes() const;
 
+  // A list's elements or a map's entries, resolved once: the way to loop over them.
+  // Throw kTypeMismatch for other kinds.
+  ValueList AsList() const;
+  ValueMap AsMap() const;
   // Lists and maps: element count. Throws kTypeMismatch for other kinds.
   size_t size() const;
-  // List element i (checked; throws std::out_of_range).
+  // One element or entry (checked; throws std::out_of_range). Each call resolves the
+  // list again: prefer AsList()/AsMap() in loops.
   Value operator[](size_t i) const;
-  // Map entry i.
   Value key(size_t i) const;
   Value value(size_t i) const;
   // First map entry whose key is the text `key`.
@@ -112,5 +123,145 @@ class Value {
   internal::ValueView reader_;
   const internal::MessageState* message_ = nullptr;
 };
+
+// Kind mirrors the schema's union order, so kind() is the tag itself.
+static_assert(static_cast<int>(Kind::kNull) == wire::Value::NULL_ &&
+              static_cast<int>(Kind::kBool) == wire::Value::BOOL &&
+              static_cast<int>(Kind::kInt) == wire::Value::INT &&
+              static_cast<int>(Kind::kUInt) == wire::Value::UINT &&
+              static_cast<int>(Kind::kFloat) == wire::Value::FLOAT &&
+              static_cast<int>(Kind::kText) == wire::Value::TEXT &&
+              static_cast<int>(Kind::kBytes) == wire::Value::BYTES &&
+              static_cast<int>(Kind::kList) == wire::Value::LIST &&
+              static_cast<int>(Kind::kMap) == wire::Value::MAP &&
+              static_cast<int>(Kind::kTensor) == wire::Value::TENSOR &&
+              static_cast<int>(Kind::kExtension) == wire::Value::EXTENSION);
+
+// The elements of a list value (Value::AsList), borrowed from the message like a Value.
+class ValueList {
+ public:
+  ValueList() = default;
+  size_t size() const noexcept { return list_.size(); }
+  bool empty() const noexcept { return list_.size() == 0; }
+  // Checked: throws std::out_of_range.
+  Value operator[](size_t i) const {
+    if (i >= list_.size()) internal::ThrowValueIndex("list", i, list_.size());
+    return Value(list_[i], message_);
+  }
+
+  class iterator {
+   public:
+    using iterator_category = std::forward_iterator_tag;
+    using value_type = Value;
+    using difference_type = std::ptrdiff_t;
+    using pointer = void;
+    using reference = Value;
+    iterator(const ValueList* list, size_t i) noexcept : list_(list), i_(i) {}
+    Value operator*() const noexcept { return Value(list_->list_[i_], list_->message_); }
+    iterator& operator++() noexcept {
+      ++i_;
+      return *this;
+    }
+    bool operator==(const iterator& o) const noexcept { return i_ == o.i_; }
+    bool operator!=(const iterator& o) const noexcept { return i_ != o.i_; }
+
+   private:
+    const ValueList* list_;
+    size_t i_;
+  };
+  iterator begin() const noexcept { return iterator(this, 0); }
+  iterator end() const noexcept { return iterator(this, list_.size()); }
+
+ private:
+  friend class Value;
+  ValueList(internal::StructListView<internal::ValueView> list, const internal::MessageState* message) noexcept
+      : list_(list), message_(message) {}
+  internal::StructListView<internal::ValueView> list_;
+  const internal::MessageState* message_ = nullptr;
+};
+
+// The entries of a map value (Value::AsMap), in the sender's order.
+class ValueMap {
+ public:
+  ValueMap() = default;
+  size_t size() const noexcept { return map_.size(); }
+  bool empty() const noexcept { return map_.size() == 0; }
+  // Checked: throw std::out_of_range.
+  Value key(size_t i) const {
+    if (i >= map_.size()) internal::ThrowValueIndex("map", i, map_.size());
+    return Value(map_[i].walkedKey(), message_);
+  }
+  Value value(size_t i) const {
+    if (i >= map_.size()) internal::ThrowValueIndex("map", i, map_.size());
+    return Value(map_[i].walkedValue(), message_);
+  }
+  // First entry whose key is the text `key`.
+  std::optional<Value> Find(std::string_view key) const;
+
+ private:
+  friend class Value;
+  ValueMap(internal::StructListView<internal::EntryView> map, const internal::MessageState* message) noexcept
+      : map_(map), message_(message) {}
+  internal::StructListView<internal::EntryView> map_;
+  const internal::MessageState* message_ = nullptr;
+};
+
+// ---- inline hot paths (the walk has checked every pointer they follow) ----------------
+
+inline bool Value::AsBool() const {
+  if (kind() != Kind::kBool) Mismatch("bool");
+  return reader_.getBool();
+}
+
+inline int64_t Value::AsInt() const {
+  if (kind() == Kind::kInt) return reader_.getInt();
+  if (kind() != Kind::kUInt || reader_.getUint() > static_cast<uint64_t>(INT64_MAX)) {
+    Mismatch(kind() == Kind::kUInt ? "int64 (value too large)" : "int");
+  }
+  return static_cast<int64_t>(reader_.getUint());
+}
+
+inline uint64_t Value::AsUInt() const {
+  if (kind() == Kind::kUInt) return reader_.getUint();
+  if (kind() != Kind::kInt || reader_.getInt() < 0) {
+    Mismatch(kind() == Kind::kInt ? "uint (non-negative)" : "uint");
+  }
+  return static_cast<uint64_t>(reader_.getInt());
+}
+
+inline double Value::AsDouble() const {
+  switch (kind()) {
+    case Kind::kFloat: return reader_.getFloat();
+    case Kind::kInt: return static_cast<double>(reader_.getInt());
+    case Kind::kUInt: return static_cast<double>(reader_.getUint());
+    default: Mismatch("float64");
+  }
+}
+
+inline std::string_view Value::AsText() const {
+  if (kind() != Kind::kText) Mismatch("text");
+  return reader_.walkedText().view();
+}
+
+inline ValueList Value::AsList() const {
+  if (kind() != Kind::kList) Mismatch("list");
+  return ValueList(reader_.walkedList(), message_);
+}
+
+inline ValueMap Value::AsMap() const {
+  if (kind() != Kind::kMap) Mismatch("map");
+  return ValueMap(reader_.walkedMap(), message_);
+}
+
+inline size_t Value::size() const {
+  if (kind() == Kind::kList) return reader_.walkedList().size();
+  if (kind() != Kind::kMap) Mismatch("list or map");
+  return reader_.walkedMap().size();
+}
+
+inline Value Value::operator[](size_t i) const { return AsList()[i]; }
+inline Value Value::key(size_t i) const { return AsMap().key(i); }
+inline Value Value::value(size_t i) const { return AsMap().value(i); }
+inline std::optional<Value> Value::Find(std::string_view key) const { return AsMap().Find(key); }
 
 }  // namespace zerocan

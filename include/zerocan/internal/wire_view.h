@@ -160,6 +160,20 @@ class StructView {
     return At(segs_, segment_, PointerIndex(i));
   }
 
+  // The same struct as Struct(i), for a pointer Message::Decode's walk has already
+  // checked: only where it leads is computed (a near pointer is a few instructions; a
+  // far one takes the checked path, which cannot fail for a walked pointer). For the
+  // accessors of a decoded Message, never for the walk itself.
+  StructView WalkedStruct(uint32_t i) const {
+    if (!HasPointer(i)) return StructView(segs_);
+    const uint64_t* p = data_ + data_words_ + i;
+    uint64_t w = view_detail::Load(p);
+    if (w == 0) return StructView(segs_);
+    if ((w & 3) == 2) return At(segs_, segment_, PointerIndex(i));
+    return StructView(segs_, segment_, p + 1 + view_detail::PointerOffset(w),
+                      static_cast<uint16_t>(w >> 32), static_cast<uint16_t>(w >> 48));
+  }
+
  protected:
   StructView(const Segments* segs, uint32_t segment, const uint64_t* data, uint16_t data_words,
              uint16_t pointers) noexcept
@@ -235,6 +249,36 @@ class ListViewBase {
     return out;
   }
 
+  // Read() for a pointer Message::Decode's walk has already checked with the same
+  // `want` (see StructView::WalkedStruct).
+  static ListViewBase ReadWalked(const StructView& owner, uint32_t i, unsigned want) {
+    if (!owner.HasPointer(i)) return Empty(owner);
+    const uint64_t* p = owner.data_ + owner.data_words_ + i;
+    uint64_t w = view_detail::Load(p);
+    if (w == 0) return Empty(owner);
+    if ((w & 3) == 2) return Read(owner, i, want);  // far pointer
+    const uint64_t* first = p + 1 + view_detail::PointerOffset(w);
+    ListViewBase out;
+    out.segs_ = owner.segs_;
+    out.segment_ = owner.segment_;
+    if (want == kComposite) {
+      uint64_t element_tag = view_detail::Load(first);
+      out.first_ = first + 1;
+      out.count_ = static_cast<uint32_t>(element_tag) >> 2;
+      out.data_words_ = static_cast<uint16_t>(element_tag >> 32);
+      out.pointers_ = static_cast<uint16_t>(element_tag >> 48);
+    } else {
+      out.first_ = first;
+      out.count_ = static_cast<uint32_t>(w >> 35);
+    }
+    return out;
+  }
+  static ListViewBase Empty(const StructView& owner) noexcept {
+    ListViewBase out;
+    out.segs_ = owner.segs_;
+    return out;
+  }
+
   StructView Element(size_t i) const noexcept {
     uint64_t step = uint64_t{data_words_} + pointers_;
     return StructView(segs_, segment_, first_ + i * step, data_words_, pointers_);
@@ -261,6 +305,11 @@ class BytesListView : public ListViewBase {
     static_cast<ListViewBase&>(out) = ListViewBase::Read(owner, i, kByte);
     return out;
   }
+  static BytesListView ReadWalked(const StructView& owner, uint32_t i) {
+    BytesListView out;
+    static_cast<ListViewBase&>(out) = ListViewBase::ReadWalked(owner, i, kByte);
+    return out;
+  }
   const char* data() const noexcept {
     return count_ == 0 ? "" : reinterpret_cast<const char*>(Words());
   }
@@ -280,6 +329,13 @@ inline BlobView ReadText(const StructView& owner, uint32_t i) {
 inline BlobView ReadData(const StructView& owner, uint32_t i) {
   BytesListView bytes = BytesListView::Read(owner, i);
   return BlobView(bytes.data(), bytes.size());
+}
+
+// ReadText for a walked pointer (the walk checked the byte list and its NUL).
+inline BlobView ReadWalkedText(const StructView& owner, uint32_t i) {
+  BytesListView bytes = BytesListView::ReadWalked(owner, i);
+  if (bytes.size() == 0) return BlobView();
+  return BlobView(bytes.data(), bytes.size() - 1);
 }
 
 // List(UInt64).
@@ -349,6 +405,11 @@ class StructListView : public ListViewBase {
     static_cast<ListViewBase&>(out) = ListViewBase::Read(owner, i, kComposite);
     return out;
   }
+  static StructListView ReadWalked(const StructView& owner, uint32_t i) {
+    StructListView out;
+    static_cast<ListViewBase&>(out) = ListViewBase::ReadWalked(owner, i, kComposite);
+    return out;
+  }
   Elem operator[](size_t i) const noexcept { return Elem(Element(i)); }
 };
 
@@ -399,11 +460,19 @@ ZEROCAN_VIEW(ValueView)
   inline StructListView<EntryView> getMap() const;
   TensorView getTensor() const { return TensorView(Struct(0)); }
   inline ExtensionView getExtension() const;
+
+  // The accessors of a decoded Message read its walked pointers (see WalkedStruct).
+  BlobView walkedText() const { return ReadWalkedText(*this, 0); }
+  StructListView<ValueView> walkedList() const { return StructListView<ValueView>::ReadWalked(*this, 0); }
+  inline StructListView<EntryView> walkedMap() const;
+  StructView walkedPointer() const { return WalkedStruct(0); }
 };
 
 ZEROCAN_VIEW(EntryView)
   ValueView getKey() const { return ValueView(Struct(0)); }
   ValueView getValue() const { return ValueView(Struct(1)); }
+  ValueView walkedKey() const { return ValueView(WalkedStruct(0)); }
+  ValueView walkedValue() const { return ValueView(WalkedStruct(1)); }
 };
 
 ZEROCAN_VIEW(ExtensionView)
@@ -412,6 +481,9 @@ ZEROCAN_VIEW(ExtensionView)
 };
 
 inline StructListView<EntryView> ValueView::getMap() const { return StructListView<EntryView>::Read(*this, 0); }
+inline StructListView<EntryView> ValueView::walkedMap() const {
+  return StructListView<EntryView>::ReadWalked(*this, 0);
+}
 inline ExtensionView ValueView::getExtension() const { return ExtensionView(Struct(0)); }
 
 ZEROCAN_VIEW(FieldView)
