@@ -30,7 +30,7 @@ namespace {
 // argument as level 1 while a ValueWriter's depth starts at 0, hence `depth_ + 1` below.
 constexpr uint32_t kMaxEncodeDepth = 64;
 // Cap'n Proto lists and Data hold fewer than 2^29 elements.
-constexpr uint64_t kMaxCapnpList = (uint64_t{1} << 29) - 1;
+constexpr uint64_t kMaxCapnpList = internal::kMaxListElements;
 
 // Per-thread scratch words, reused message after message: a small envelope is written
 // here and copied once into its frame. An envelope that outgrows kHandOverWords keeps
@@ -63,16 +63,12 @@ constexpr uint32_t kDataWords = T::_capnpPrivate::dataWordSize;
 template <class T>
 constexpr uint32_t kPointers = T::_capnpPrivate::pointerCount;
 
-// Pointer words (Cap'n Proto encoding): offset in words from the word after the pointer.
-uint64_t StructPointer(int64_t offset, uint32_t data_words, uint32_t pointers) {
-  return static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2) | uint64_t{data_words} << 32 |
-         uint64_t{pointers} << 48;
-}
-uint64_t ListPointer(int64_t offset, unsigned element_size, uint64_t count) {
-  return static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2) | 1 | uint64_t{element_size} << 32 |
-         count << 35;
-}
-constexpr unsigned kByteElements = 2, kEightByteElements = 5, kPointerElements = 6, kComposite = 7;
+using internal::StructPointer;
+using internal::ListPointer;
+using internal::kByteElements;
+using internal::kEightByteElements;
+using internal::kPointerElements;
+using internal::kComposite;
 
 template <class T>
 void Store(uint64_t* word, uint32_t byte_offset, T value) {
@@ -96,10 +92,7 @@ uint64_t NowNs() {
 }
 
 void CheckListLength(size_t n, const char* what) {
-  if (n > kMaxCapnpList) {
-    throw EncodeError(absl::StrCat(what, " of ", n, " elements exceeds the format's bound of ",
-                                   kMaxCapnpList));
-  }
+  if (n > kMaxCapnpList) internal::ThrowListTooLong(what, n);
 }
 
 // Smallest integer packing that holds [lo, hi], or NONE when it would not be narrower.
@@ -185,22 +178,6 @@ void WritePacked(const T* src, size_t n, wire::Packing p, std::byte* dst) {
 
 // ---- EnvelopeWriter: words ---------------------------------------------------------
 
-uint32_t EnvelopeWriter::Allocate(uint64_t count, bool zero) {
-  uint64_t start = used_;
-  if (count > capacity_ - used_) Grow(count);
-  uint64_t* w = Word(static_cast<uint32_t>(start));
-  if (!zero) {
-    // The caller fills every byte but the padding: only the last word needs zeroes.
-    if (count != 0) w[count - 1] = 0;
-  } else if (count <= 4) {
-    // Most objects are a few words: a call to memset costs more than the stores.
-    for (uint64_t i = 0; i < count; ++i) w[i] = 0;
-  } else {
-    std::memset(w, 0, count * sizeof(uint64_t));
-  }
-  used_ += count;
-  return static_cast<uint32_t>(start);
-}
 
 void EnvelopeWriter::Grow(uint64_t needed) {
   if (needed > kMaxSegmentWords - used_) {
@@ -223,11 +200,6 @@ void EnvelopeWriter::Grow(uint64_t needed) {
   capacity_ = capacity;
 }
 
-uint32_t EnvelopeWriter::NewStruct(uint32_t at, uint32_t data_words, uint32_t pointers) {
-  uint32_t s = Allocate(uint64_t{data_words} + pointers);
-  *Word(at) = StructPointer(int64_t{s} - at - 1, data_words, pointers);
-  return s;
-}
 
 uint32_t EnvelopeWriter::NewStructList(uint32_t at, uint32_t count, uint32_t data_words,
                                        uint32_t pointers) {
@@ -239,20 +211,7 @@ uint32_t EnvelopeWriter::NewStructList(uint32_t at, uint32_t count, uint32_t dat
   return tag + 1;
 }
 
-uint32_t EnvelopeWriter::NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words,
-                                 bool zero) {
-  uint32_t first = Allocate(words, zero);
-  *Word(at) = ListPointer(int64_t{first} - at - 1, element_size, count);
-  return first;
-}
 
-void EnvelopeWriter::NewText(uint32_t at, std::string_view text) {
-  CheckListLength(text.size() + 1, "text");
-  uint64_t bytes = text.size() + 1;  // with its NUL
-  // Not zeroed first: the text fills it, and the last word (NUL, padding) is zeroed.
-  uint32_t first = NewList(at, kByteElements, static_cast<uint32_t>(bytes), (bytes + 7) / 8, false);
-  if (!text.empty()) std::memcpy(Word(first), text.data(), text.size());
-}
 
 std::byte* EnvelopeWriter::NewData(uint32_t at, size_t size) {
   CheckListLength(size, "data");
@@ -315,10 +274,6 @@ void ValueWriter::Bool(bool v) {
   *byte = static_cast<unsigned char>((*byte & ~1u) | (v ? 1u : 0u));
 }
 
-void ValueWriter::Text(std::string_view v) {
-  SetTag(message_->Word(at_), 0, wire::Value::TEXT);
-  message_->NewText(at_ + kValuePointer, v);
-}
 
 void ValueWriter::Bytes(Buffer data) {
   uint32_t payload = InitPointer(wire::Value::BYTES, kDataWords<wire::Payload>, kPointers<wire::Payload>);
@@ -477,21 +432,14 @@ namespace internal {
 void ThrowIndexOutOfRange(const char* what, size_t i, size_t n) {
   throw EncodeError(absl::StrCat(what, " index ", i, " out of range (size ", n, ")"));
 }
+void ThrowListTooLong(const char* what, uint64_t n) {
+  throw EncodeError(absl::StrCat(what, " of ", n, " elements exceeds the format's bound of ",
+                                 kMaxCapnpList));
+}
 }  // namespace internal
 static_assert(internal::kValueWords == kDataWords<wire::Value> + kPointers<wire::Value>);
 
 // Entry: pointer 0 = key, pointer 1 = value (each a Value struct, made when started).
-ValueWriter MapWriter::key(size_t i) const {
-  if (i >= count_) internal::ThrowIndexOutOfRange("map entry", i, count_);
-  uint32_t entry = first_ + static_cast<uint32_t>(i) * kPointers<wire::Entry>;
-  return ValueWriter(message_, message_->NewStruct(entry, kDataWords<wire::Value>, kPointers<wire::Value>), depth_);
-}
-ValueWriter MapWriter::value(size_t i) const {
-  if (i >= count_) internal::ThrowIndexOutOfRange("map entry", i, count_);
-  uint32_t entry = first_ + static_cast<uint32_t>(i) * kPointers<wire::Entry>;
-  return ValueWriter(message_, message_->NewStruct(entry + 1, kDataWords<wire::Value>, kPointers<wire::Value>),
-                     depth_);
-}
 
 // Field: pointer 0 = key (text), pointer 1 = value.
 ValueWriter ApplyWriter::kwarg(size_t i, std::string_view name) const {

@@ -256,7 +256,59 @@ inline constexpr uint32_t kValueWords =
     wire::Value::_capnpPrivate::dataWordSize + wire::Value::_capnpPrivate::pointerCount;
 // Throws EncodeError: "<what> index <i> out of range (size <n>)".
 [[noreturn]] void ThrowIndexOutOfRange(const char* what, size_t i, size_t n);
+// Throws EncodeError: "<what> of <n> elements exceeds the format's bound of ...".
+[[noreturn]] void ThrowListTooLong(const char* what, uint64_t n);
+// A list's element count is 29 bits in a Cap'n Proto list pointer.
+inline constexpr uint64_t kMaxListElements = (uint64_t{1} << 29) - 1;
+
+// Pointer words (Cap'n Proto encoding): offset in words from the word after the pointer.
+constexpr uint64_t StructPointer(int64_t offset, uint32_t data_words, uint32_t pointers) noexcept {
+  return static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2) | uint64_t{data_words} << 32 |
+         uint64_t{pointers} << 48;
+}
+constexpr uint64_t ListPointer(int64_t offset, unsigned element_size, uint64_t count) noexcept {
+  return static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2) | 1 | uint64_t{element_size} << 32 |
+         count << 35;
+}
+inline constexpr unsigned kByteElements = 2, kEightByteElements = 5, kPointerElements = 6, kComposite = 7;
 }  // namespace internal
+
+// The word allocator and the calls an encode makes per value are inline: with the
+// sizes known at the call site, a struct's zeroing is a few stores, not a loop.
+inline uint32_t EnvelopeWriter::Allocate(uint64_t count, bool zero) {
+  uint64_t start = used_;
+  if (count > capacity_ - used_) Grow(count);
+  uint64_t* w = Word(static_cast<uint32_t>(start));
+  if (!zero) {
+    // The caller fills every byte but the padding: only the last word needs zeroes.
+    if (count != 0) w[count - 1] = 0;
+  } else {
+    std::memset(w, 0, count * sizeof(uint64_t));
+  }
+  used_ += count;
+  return static_cast<uint32_t>(start);
+}
+
+inline uint32_t EnvelopeWriter::NewStruct(uint32_t at, uint32_t data_words, uint32_t pointers) {
+  uint32_t s = Allocate(uint64_t{data_words} + pointers);
+  *Word(at) = internal::StructPointer(int64_t{s} - at - 1, data_words, pointers);
+  return s;
+}
+
+inline uint32_t EnvelopeWriter::NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words,
+                                        bool zero) {
+  uint32_t first = Allocate(words, zero);
+  *Word(at) = internal::ListPointer(int64_t{first} - at - 1, element_size, count);
+  return first;
+}
+
+inline void EnvelopeWriter::NewText(uint32_t at, std::string_view text) {
+  uint64_t bytes = uint64_t{text.size()} + 1;  // with its NUL
+  if (bytes > internal::kMaxListElements) internal::ThrowListTooLong("text", bytes);
+  // Not zeroed first: the text fills it, and the last word (NUL, padding) is zeroed.
+  uint32_t first = NewList(at, internal::kByteElements, static_cast<uint32_t>(bytes), (bytes + 7) / 8, false);
+  if (!text.empty()) std::memcpy(Word(first), text.data(), text.size());
+}
 
 template <class T>
 void ValueWriter::SetScalar(uint16_t which, T value) noexcept {
@@ -266,12 +318,35 @@ void ValueWriter::SetScalar(uint16_t which, T value) noexcept {
   std::memcpy(v + 8, &value, sizeof value);  // int, uint, float: word 1
 }
 inline void ValueWriter::Int(int64_t value) { SetScalar(wire::Value::INT, value); }
+inline void ValueWriter::Text(std::string_view value) {
+  uint16_t which = wire::Value::TEXT;
+  std::memcpy(message_->Word(at_), &which, sizeof which);
+  message_->NewText(at_ + wire::Value::_capnpPrivate::dataWordSize, value);
+}
 inline void ValueWriter::UInt(uint64_t value) { SetScalar(wire::Value::UINT, value); }
 inline void ValueWriter::Float(double value) { SetScalar(wire::Value::FLOAT, value); }
 
 inline ValueWriter ApplyWriter::arg(size_t i) const {
   if (i >= arg_count_) internal::ThrowIndexOutOfRange("argument", i, arg_count_);
   return ValueWriter(message_, args_ + static_cast<uint32_t>(i) * internal::kValueWords, 0);
+}
+
+// Entry: pointer 0 = key, pointer 1 = value (each a Value struct, made when started).
+inline ValueWriter MapWriter::key(size_t i) const {
+  if (i >= count_) internal::ThrowIndexOutOfRange("map entry", i, count_);
+  uint32_t entry = first_ + static_cast<uint32_t>(i) * wire::Entry::_capnpPrivate::pointerCount;
+  return ValueWriter(message_,
+                     message_->NewStruct(entry, wire::Value::_capnpPrivate::dataWordSize,
+                                         wire::Value::_capnpPrivate::pointerCount),
+                     depth_);
+}
+inline ValueWriter MapWriter::value(size_t i) const {
+  if (i >= count_) internal::ThrowIndexOutOfRange("map entry", i, count_);
+  uint32_t entry = first_ + static_cast<uint32_t>(i) * wire::Entry::_capnpPrivate::pointerCount;
+  return ValueWriter(message_,
+                     message_->NewStruct(entry + 1, wire::Value::_capnpPrivate::dataWordSize,
+                                         wire::Value::_capnpPrivate::pointerCount),
+                     depth_);
 }
 
 inline ValueWriter ListWriter::operator[](size_t i) const {
