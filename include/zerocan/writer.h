@@ -271,6 +271,24 @@ constexpr uint64_t ListPointer(int64_t offset, unsigned element_size, uint64_t c
          count << 35;
 }
 inline constexpr unsigned kByteElements = 2, kEightByteElements = 5, kPointerElements = 6, kComposite = 7;
+
+// memcpy for the short strings most messages carry (names, keys): two overlapping
+// fixed-size copies instead of a call into libc that dispatches on the size.
+inline void CopyShort(void* dst, const void* src, size_t n) noexcept {
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  if (n >= 8 && n <= 16) {
+    std::memcpy(d, s, 8);
+    std::memcpy(d + n - 8, s + n - 8, 8);
+  } else if (n >= 4 && n < 8) {
+    std::memcpy(d, s, 4);
+    std::memcpy(d + n - 4, s + n - 4, 4);
+  } else if (n > 16) {
+    std::memcpy(d, s, n);
+  } else {
+    for (size_t i = 0; i < n; ++i) d[i] = s[i];
+  }
+}
 }  // namespace internal
 
 // The word allocator and the calls an encode makes per value are inline: with the
@@ -307,7 +325,7 @@ inline void EnvelopeWriter::NewText(uint32_t at, std::string_view text) {
   if (bytes > internal::kMaxListElements) internal::ThrowListTooLong("text", bytes);
   // Not zeroed first: the text fills it, and the last word (NUL, padding) is zeroed.
   uint32_t first = NewList(at, internal::kByteElements, static_cast<uint32_t>(bytes), (bytes + 7) / 8, false);
-  if (!text.empty()) std::memcpy(Word(first), text.data(), text.size());
+  internal::CopyShort(Word(first), text.data(), text.size());
 }
 
 template <class T>

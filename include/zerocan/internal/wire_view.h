@@ -60,6 +60,14 @@ struct Segments {
   }
 };
 
+// The walk's hot helpers are forced inline: at -O3 g++ otherwise keeps StructView::At
+// and ReadText out of line, and the calls cost more than the checks they make.
+#if defined(__GNUC__)
+#define ZEROCAN_VIEW_INLINE inline __attribute__((always_inline))
+#else
+#define ZEROCAN_VIEW_INLINE inline
+#endif
+
 namespace view_detail {
 
 inline uint64_t Load(const uint64_t* p) noexcept {
@@ -81,33 +89,20 @@ struct Target {
   int64_t index;  // may be out of range: the caller checks it against the extent
 };
 
+// Far pointer `w` (src/wire_view.cc): only multi-segment envelopes (from Cap'n Proto's
+// own builders) have them, so it stays out of the inline path.
+Target ResolveFar(const Segments& segs, uint64_t w);
+
 // `at` is the word index of the pointer in `segment`.
-inline Target Resolve(const Segments& segs, uint32_t segment, uint64_t at) {
+ZEROCAN_VIEW_INLINE Target Resolve(const Segments& segs, uint32_t segment, uint64_t at) {
   uint64_t w = Load(segs.list[segment].begin + at);
   if ((w & 3) != 2) return Target{w, segment, static_cast<int64_t>(at) + 1 + PointerOffset(w)};
-  // Far pointer: landing pad of one word (a normal pointer) or two (a far pointer to
-  // the content's start, then the tag).
-  bool two_words = (w >> 2) & 1;
-  uint64_t pad_at = static_cast<uint32_t>(w) >> 3;
-  uint64_t pad_segment = w >> 32;
-  if (pad_segment >= segs.count) ViewFail();
-  const Segments::Segment& ps = segs.list[pad_segment];
-  if (pad_at + (two_words ? 2 : 1) > ps.words) ViewFail();
-  uint64_t pad = Load(ps.begin + pad_at);
-  if (!two_words) {
-    if ((pad & 3) == 2) ViewFail();
-    return Target{pad, static_cast<uint32_t>(pad_segment), static_cast<int64_t>(pad_at) + 1 + PointerOffset(pad)};
-  }
-  if ((pad & 7) != 2) ViewFail();  // a single far pointer to the content
-  uint64_t content_segment = pad >> 32;
-  if (content_segment >= segs.count) ViewFail();
-  uint64_t tag = Load(ps.begin + pad_at + 1);
-  if ((tag & 3) == 2) ViewFail();
-  return Target{tag, static_cast<uint32_t>(content_segment), static_cast<int64_t>(static_cast<uint32_t>(pad) >> 3)};
+  return ResolveFar(segs, w);
 }
 
+
 // Content [index, index + words) must lie inside the segment.
-inline void CheckExtent(const Segments& segs, const Target& t, uint64_t words) {
+ZEROCAN_VIEW_INLINE void CheckExtent(const Segments& segs, const Target& t, uint64_t words) {
   uint64_t size = segs.list[t.segment].words;
   if (t.index < 0 || static_cast<uint64_t>(t.index) > size || words > size - static_cast<uint64_t>(t.index)) {
     ViewFail();
@@ -124,7 +119,7 @@ class StructView {
   StructView() = default;
 
   // The struct a pointer at word `at` of `segment` leads to.
-  static StructView At(const Segments* segs, uint32_t segment, uint64_t at) {
+  ZEROCAN_VIEW_INLINE static StructView At(const Segments* segs, uint32_t segment, uint64_t at) {
     if (view_detail::Load(segs->list[segment].begin + at) == 0) return StructView(segs);
     view_detail::Target t = view_detail::Resolve(*segs, segment, at);
     if ((t.tag & 3) != 0) ViewFail();  // a list or capability where a struct belongs
@@ -155,9 +150,20 @@ class StructView {
   }
   uint64_t PointerWord(uint32_t i) const noexcept { return view_detail::Load(data_ + data_words_ + i); }
 
-  StructView Struct(uint32_t i) const {
+  ZEROCAN_VIEW_INLINE StructView Struct(uint32_t i) const {
     if (!HasPointer(i)) return StructView(segs_);
-    return At(segs_, segment_, PointerIndex(i));
+    const uint64_t* p = data_ + data_words_ + i;
+    uint64_t w = view_detail::Load(p);
+    if (w == 0) return StructView(segs_);
+    if ((w & 3) == 2) return At(segs_, segment_, PointerIndex(i));  // far: the general path
+    if ((w & 3) != 0) ViewFail();  // a list or capability where a struct belongs
+    // A near pointer: the content is in this struct's segment (checked in word indices).
+    const Segments::Segment& seg = segs_->list[segment_];
+    view_detail::Target t{w, segment_, (p - seg.begin) + 1 + view_detail::PointerOffset(w)};
+    uint16_t data_words = static_cast<uint16_t>(w >> 32);
+    uint16_t pointers = static_cast<uint16_t>(w >> 48);
+    view_detail::CheckExtent(*segs_, t, uint64_t{data_words} + pointers);
+    return StructView(segs_, segment_, seg.begin + t.index, data_words, pointers);
   }
 
   // The same struct as Struct(i), for a pointer Message::Decode's walk has already
@@ -216,7 +222,7 @@ class ListViewBase {
   static constexpr unsigned kByte = 2, kEightBytes = 5, kPointer = 6, kComposite = 7;
 
   // Reads pointer `i` of `owner` as a list whose elements have size tag `want`.
-  static ListViewBase Read(const StructView& owner, uint32_t i, unsigned want) {
+  ZEROCAN_VIEW_INLINE static ListViewBase Read(const StructView& owner, uint32_t i, unsigned want) {
     ListViewBase out;
     out.segs_ = owner.segs_;
     if (!owner.HasPointer(i) || owner.PointerWord(i) == 0) return out;
@@ -294,7 +300,7 @@ class ListViewBase {
 };
 
 // Text at pointer `i`: a byte list ending in NUL.
-inline BlobView ReadText(const StructView& owner, uint32_t i);
+ZEROCAN_VIEW_INLINE BlobView ReadText(const StructView& owner, uint32_t i);
 inline BlobView ReadData(const StructView& owner, uint32_t i);
 
 class BytesListView : public ListViewBase {
@@ -315,7 +321,7 @@ class BytesListView : public ListViewBase {
   }
 };
 
-inline BlobView ReadText(const StructView& owner, uint32_t i) {
+ZEROCAN_VIEW_INLINE BlobView ReadText(const StructView& owner, uint32_t i) {
   BytesListView bytes = BytesListView::Read(owner, i);
   if (bytes.size() == 0) {
     // A null pointer is the empty text; a present but empty list lacks its NUL.
