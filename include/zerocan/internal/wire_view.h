@@ -225,9 +225,16 @@ class ListViewBase {
   ZEROCAN_VIEW_INLINE static ListViewBase Read(const StructView& owner, uint32_t i, unsigned want) {
     ListViewBase out;
     out.segs_ = owner.segs_;
-    if (!owner.HasPointer(i) || owner.PointerWord(i) == 0) return out;
+    if (!owner.HasPointer(i)) return out;
+    const uint64_t* p = owner.data_ + owner.data_words_ + i;
+    uint64_t w = view_detail::Load(p);
+    if (w == 0) return out;
     const Segments& segs = *owner.segs_;
-    view_detail::Target t = view_detail::Resolve(segs, owner.segment_, owner.PointerIndex(i));
+    // A near pointer resolves in this segment directly; a far one takes the general path.
+    view_detail::Target t =
+        (w & 3) != 2 ? view_detail::Target{w, owner.segment_,
+                                           (p - segs.list[owner.segment_].begin) + 1 + view_detail::PointerOffset(w)}
+                     : view_detail::ResolveFar(segs, w);
     if ((t.tag & 3) != 1) ViewFail();
     unsigned tag_size = (t.tag >> 32) & 7;
     uint64_t count = t.tag >> 35;
@@ -306,7 +313,7 @@ inline BlobView ReadData(const StructView& owner, uint32_t i);
 class BytesListView : public ListViewBase {
  public:
   BytesListView() = default;
-  static BytesListView Read(const StructView& owner, uint32_t i) {
+  ZEROCAN_VIEW_INLINE static BytesListView Read(const StructView& owner, uint32_t i) {
     BytesListView out;
     static_cast<ListViewBase&>(out) = ListViewBase::Read(owner, i, kByte);
     return out;
@@ -348,7 +355,7 @@ inline BlobView ReadWalkedText(const StructView& owner, uint32_t i) {
 class U64ListView : public ListViewBase {
  public:
   U64ListView() = default;
-  static U64ListView Read(const StructView& owner, uint32_t i) {
+  ZEROCAN_VIEW_INLINE static U64ListView Read(const StructView& owner, uint32_t i) {
     U64ListView out;
     static_cast<ListViewBase&>(out) = ListViewBase::Read(owner, i, kEightBytes);
     return out;
@@ -406,7 +413,7 @@ template <class Elem>
 class StructListView : public ListViewBase {
  public:
   StructListView() = default;
-  static StructListView Read(const StructView& owner, uint32_t i) {
+  ZEROCAN_VIEW_INLINE static StructListView Read(const StructView& owner, uint32_t i) {
     StructListView out;
     static_cast<ListViewBase&>(out) = ListViewBase::Read(owner, i, kComposite);
     return out;
@@ -460,10 +467,10 @@ ZEROCAN_VIEW(ValueView)
   int64_t getInt() const noexcept { return Data<int64_t>(8); }
   uint64_t getUint() const noexcept { return Data<uint64_t>(8); }
   double getFloat() const noexcept { return Data<double>(8); }
-  BlobView getText() const { return ReadText(*this, 0); }
+  ZEROCAN_VIEW_INLINE BlobView getText() const { return ReadText(*this, 0); }
   PayloadView getBytes() const { return PayloadView(Struct(0)); }
-  StructListView<ValueView> getList() const { return StructListView<ValueView>::Read(*this, 0); }
-  inline StructListView<EntryView> getMap() const;
+  ZEROCAN_VIEW_INLINE StructListView<ValueView> getList() const { return StructListView<ValueView>::Read(*this, 0); }
+  ZEROCAN_VIEW_INLINE StructListView<EntryView> getMap() const;
   TensorView getTensor() const { return TensorView(Struct(0)); }
   inline ExtensionView getExtension() const;
 
@@ -475,8 +482,8 @@ ZEROCAN_VIEW(ValueView)
 };
 
 ZEROCAN_VIEW(EntryView)
-  ValueView getKey() const { return ValueView(Struct(0)); }
-  ValueView getValue() const { return ValueView(Struct(1)); }
+  ZEROCAN_VIEW_INLINE ValueView getKey() const { return ValueView(Struct(0)); }
+  ZEROCAN_VIEW_INLINE ValueView getValue() const { return ValueView(Struct(1)); }
   ValueView walkedKey() const { return ValueView(WalkedStruct(0)); }
   ValueView walkedValue() const { return ValueView(WalkedStruct(1)); }
 };
@@ -486,7 +493,7 @@ ZEROCAN_VIEW(ExtensionView)
   ValueView getState() const { return ValueView(Struct(1)); }
 };
 
-inline StructListView<EntryView> ValueView::getMap() const { return StructListView<EntryView>::Read(*this, 0); }
+ZEROCAN_VIEW_INLINE StructListView<EntryView> ValueView::getMap() const { return StructListView<EntryView>::Read(*this, 0); }
 inline StructListView<EntryView> ValueView::walkedMap() const {
   return StructListView<EntryView>::ReadWalked(*this, 0);
 }
@@ -498,9 +505,9 @@ ZEROCAN_VIEW(FieldView)
 };
 
 ZEROCAN_VIEW(ApplyView)
-  BlobView getFunction() const { return ReadText(*this, 0); }
-  StructListView<ValueView> getArgs() const { return StructListView<ValueView>::Read(*this, 1); }
-  StructListView<FieldView> getKwargs() const { return StructListView<FieldView>::Read(*this, 2); }
+  ZEROCAN_VIEW_INLINE BlobView getFunction() const { return ReadText(*this, 0); }
+  ZEROCAN_VIEW_INLINE StructListView<ValueView> getArgs() const { return StructListView<ValueView>::Read(*this, 1); }
+  ZEROCAN_VIEW_INLINE StructListView<FieldView> getKwargs() const { return StructListView<FieldView>::Read(*this, 2); }
   uint32_t getTimeoutMs() const noexcept { return Data<uint32_t>(0); }
 };
 
