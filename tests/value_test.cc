@@ -2,6 +2,7 @@
 // indexing, maps, tensors incl. packed and big-endian ones, Describe, forwarding).
 #include <cstdint>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,62 @@ TEST(ValueTest, KindsAndAccessors) {
   EXPECT_FALSE(m.arg(9).InFrame());
   EXPECT_EQ(m.arg(10).extension_name(), "x.Y");
   EXPECT_EQ(m.arg(10).extension_state().AsText(), "state");
+}
+
+// AsList/AsMap resolve the list once; they agree with the per-index accessors, check
+// their indices and refuse other kinds.
+TEST(ValueTest, ListAndMapViews) {
+  Message m = EveryKind();
+  ValueList list = m.arg(7).AsList();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_FALSE(list.empty());
+  std::vector<Kind> kinds;
+  for (Value v : list) kinds.push_back(v.kind());
+  EXPECT_THAT(kinds, ElementsAre(Kind::kInt, Kind::kText));
+  EXPECT_EQ(list[1].AsText(), "two");
+  EXPECT_EQ(m.arg(7)[1].AsText(), "two");
+  try {
+    list[2];
+    ADD_FAILURE() << "no exception";
+  } catch (const std::out_of_range& e) {
+    EXPECT_STREQ(e.what(), "list index 2 out of range (size 2)");
+  }
+
+  ValueMap map = m.arg(8).AsMap();
+  ASSERT_EQ(map.size(), 2u);
+  EXPECT_EQ(map.key(0).AsText(), "a");
+  EXPECT_EQ(map.value(0).AsInt(), 1);
+  EXPECT_EQ(map.key(1).AsInt(), 5);
+  EXPECT_EQ(map.value(1).AsText(), "five");
+  EXPECT_EQ(map.Find("a")->AsInt(), 1);
+  EXPECT_FALSE(map.Find("five").has_value());  // values are not keys
+  EXPECT_FALSE(map.Find("5").has_value());     // an int key is not the text "5"
+  EXPECT_THROW(map.key(2), std::out_of_range);
+  EXPECT_THROW(map.value(7), std::out_of_range);
+  EXPECT_THROW(m.arg(8).key(2), std::out_of_range);
+
+  for (size_t i : {size_t{0}, size_t{5}, size_t{9}}) {
+    try {
+      m.arg(i).AsList();
+      ADD_FAILURE() << "no exception for arg " << i;
+    } catch (const DecodeError& e) {
+      EXPECT_EQ(e.code(), DecodeError::Code::kTypeMismatch);
+      EXPECT_THAT(e.what(), HasSubstr("expected list, got"));
+    }
+    EXPECT_THROW(m.arg(i).AsMap(), DecodeError);
+  }
+  EXPECT_THROW(m.arg(7).AsMap(), DecodeError);
+  EXPECT_THROW(m.arg(8).AsList(), DecodeError);
+
+  EnvelopeWriter w;
+  ApplyWriter a = w.StartApply("empty", 2, 0);
+  a.arg(0).List(0);
+  a.arg(1).Map(0);
+  Message empty = DecodeOutgoing(w.Finish());
+  EXPECT_TRUE(empty.arg(0).AsList().empty());
+  EXPECT_EQ(empty.arg(0).AsList().begin(), empty.arg(0).AsList().end());
+  EXPECT_TRUE(empty.arg(1).AsMap().empty());
+  EXPECT_FALSE(empty.arg(1).AsMap().Find("a").has_value());
 }
 
 TEST(ValueTest, Describe) {

@@ -122,8 +122,15 @@ TEST(WireViewTest, MultiSegmentEnvelopeIsReadInPlace) {
   env.setVersion(kProtocolVersion);
   auto apply = env.getBody().initApply();
   apply.setFunction("f");
-  auto list = apply.initArgs(1)[0].initList(static_cast<unsigned>(texts.size()));
+  auto args = apply.initArgs(2);
+  auto list = args[0].initList(static_cast<unsigned>(texts.size()));
   for (size_t i = 0; i < texts.size(); ++i) list[static_cast<unsigned>(i)].setText(texts[i]);
+  const size_t entry_count = 60;  // the segment count stays under 511
+  auto map = args[1].initMap(static_cast<unsigned>(entry_count));
+  for (size_t i = 0; i < entry_count; ++i) {
+    map[static_cast<unsigned>(i)].initKey().setText(texts[i]);
+    map[static_cast<unsigned>(i)].initValue().setInt(static_cast<int64_t>(i));
+  }
   apply.initKwargs(0);
   ASSERT_GT(builder.getSegmentsForOutput().size(), 10u);
   kj::Array<capnp::word> flat = capnp::messageToFlatArray(builder);
@@ -132,6 +139,18 @@ TEST(WireViewTest, MultiSegmentEnvelopeIsReadInPlace) {
   EXPECT_EQ(m.function(), "f");
   ASSERT_EQ(m.arg(0).size(), texts.size());
   for (size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(m.arg(0)[i].AsText(), texts[i]) << i;
+  // The accessors' unchecked path (pointers the walk checked) follows far pointers too.
+  size_t i = 0;
+  for (Value v : m.arg(0).AsList()) EXPECT_EQ(v.AsText(), texts[i++]);
+  EXPECT_EQ(i, texts.size());
+  ValueMap entries = m.arg(1).AsMap();
+  ASSERT_EQ(entries.size(), entry_count);
+  for (i = 0; i < entry_count; ++i) {
+    EXPECT_EQ(entries.key(i).AsText(), texts[i]) << i;
+    EXPECT_EQ(entries.value(i).AsInt(), static_cast<int64_t>(i)) << i;
+  }
+  EXPECT_EQ(entries.Find(texts[59])->AsInt(), 59);
+  EXPECT_EQ(entries.Find("")->AsInt(), 0);  // texts 0 and 50 are empty: the first wins
 }
 
 // The writer keeps any envelope in one segment (no far pointers to follow), however big.

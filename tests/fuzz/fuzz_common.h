@@ -125,6 +125,23 @@ inline uint64_t Walk(const Value& v, int depth = 0) {
       sum += v.Find("key").has_value();
     }
   });
+  // The resolved-once views must agree with the per-index accessors.
+  Tolerant([&] {
+    ValueList list = v.AsList();
+    size_t i = 0;
+    for (Value element : list) {
+      if (element.kind() != v[i].kind()) __builtin_trap();
+      ++i;
+    }
+    if (i != v.size()) __builtin_trap();
+  });
+  Tolerant([&] {
+    ValueMap map = v.AsMap();
+    if (map.size() != v.size()) __builtin_trap();
+    for (size_t i = 0; i < map.size(); ++i) {
+      if (map.key(i).kind() != v.key(i).kind() || map.value(i).kind() != v.value(i).kind()) __builtin_trap();
+    }
+  });
   // Built-in codecs over whatever the value is.
   Tolerant([&] { sum += v.As<std::string>().size(); });
   Tolerant([&] { sum += v.As<std::vector<double>>().size(); });
