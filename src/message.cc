@@ -239,6 +239,19 @@ class Walker {
         auto map = v.getMap();
         CheckLength(map.size(), path);
         for (unsigned i = 0; i < map.size(); ++i) {
+          if constexpr (R::kFast) {
+            // Most entries: a scalar or text key and value in a one-segment envelope.
+            const internal::StructView& e = map[i];
+            if (e.pointer_count() >= 2 && e.segments()->count == 1 && depth + 1 <= limits_.max_depth) {
+              const uint64_t* slots = e.data() + e.data_words();
+              bool key_done = QuickPointer(slots, e.segments()->list[0]);
+              if (key_done && QuickPointer(slots + 1, e.segments()->list[0])) continue;
+              Path entry = Child(path, nullptr, i);
+              if (!key_done) Visit(map[i].getKey(), Child(entry, "key"), depth + 1);
+              Visit(map[i].getValue(), Child(entry, "value"), depth + 1);
+              continue;
+            }
+          }
           Path entry = Child(path, nullptr, i);
           Visit(map[i].getKey(), Child(entry, "key"), depth + 1);
           Visit(map[i].getValue(), Child(entry, "value"), depth + 1);
@@ -266,10 +279,59 @@ class Walker {
   __attribute__((always_inline))
 #endif
   void Visit(const typename R::Value& v, const Path& path, uint32_t depth) {
+    if constexpr (R::kFast) {
+      const internal::Segments* segs = v.segments();
+      if (depth <= limits_.max_depth && segs != nullptr && segs->count == 1 &&
+          QuickValue(v.data(), v.data_words(), v.pointer_count(), segs->list[0])) {
+        return;
+      }
+    }
     auto which = v.which();
     if (which > wire::Value::TEXT || depth > limits_.max_depth) return Value(v, path, depth);
     Charge(1, path);
     if (which == wire::Value::TEXT) Text(v.getText(), Child(path, "text"));
+  }
+
+  // The one-segment fast path (FastViews only). A Value struct at words [s, s + dw + pc)
+  // of `seg`, already inside it: a null, a scalar or a text is checked here, straight
+  // from the words, with the general path's rules and charges (no views, no Path).
+  // Anything else, or anything wrong, returns false before charging, and the caller
+  // walks the value the general way, which also names the error precisely.
+  bool QuickValue(const uint64_t* s, uint64_t dw, uint64_t pc, const internal::Segments::Segment& seg) {
+    uint16_t which = dw != 0 ? static_cast<uint16_t>(internal::view_detail::Load(s)) : 0;
+    if (which <= wire::Value::FLOAT) return QuickCharge(1);
+    if (which != wire::Value::TEXT) return false;
+    uint64_t size = 0;  // a missing or null text pointer is the empty text
+    if (pc != 0) {
+      const uint64_t* at = s + dw;
+      uint64_t w = internal::view_detail::Load(at);
+      if (w != 0) {
+        if ((w & 3) != 1 || ((w >> 32) & 7) != 2) return false;  // not a near byte list
+        uint64_t count = w >> 35;
+        uint64_t index = static_cast<uint64_t>((at - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
+        if (count == 0 || index > seg.words || (count + 7) / 8 > seg.words - index) return false;
+        if (reinterpret_cast<const char*>(seg.begin + index)[count - 1] != '\0') return false;
+        size = count - 1;
+      }
+    }
+    if (size > limits_.max_text_bytes) return false;
+    uint64_t units = 1 + size / 8 + 1;
+    return QuickCharge(units);
+  }
+  // A pointer slot to a Value struct.
+  bool QuickPointer(const uint64_t* slot, const internal::Segments::Segment& seg) {
+    uint64_t w = internal::view_detail::Load(slot);
+    if (w == 0) return QuickCharge(1);  // a null pointer reads as the null value
+    if ((w & 3) != 0) return false;      // far pointers and errors: the general path
+    uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
+    uint64_t dw = (w >> 32) & 0xffff, pc = w >> 48;
+    if (index > seg.words || dw + pc > seg.words - index) return false;
+    return QuickValue(seg.begin + index, dw, pc, seg);
+  }
+  bool QuickCharge(uint64_t units) {
+    if (units > budget_) return false;
+    budget_ -= units;
+    return true;
   }
 
   void CheckLength(uint64_t n, const Path& path) {

@@ -142,6 +142,10 @@ class StructView {
   }
 
   bool HasPointer(uint32_t i) const noexcept { return i < pointers_; }
+  // The raw section (for the decoder's one-segment fast path).
+  const uint64_t* data() const noexcept { return data_; }
+  uint16_t data_words() const noexcept { return data_words_; }
+  uint16_t pointer_count() const noexcept { return pointers_; }
   const Segments* segments() const noexcept { return segs_; }
   uint32_t segment() const noexcept { return segment_; }
   // Word index, in its segment, of pointer i (i < pointer count).
