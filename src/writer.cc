@@ -201,15 +201,6 @@ void EnvelopeWriter::Grow(uint64_t needed) {
 }
 
 
-uint32_t EnvelopeWriter::NewStructList(uint32_t at, uint32_t count, uint32_t data_words,
-                                       uint32_t pointers) {
-  uint64_t words = uint64_t{count} * (data_words + pointers);
-  if (words > kMaxSegmentWords) throw EncodeError(absl::StrCat("list of ", count, " values is too large"));
-  uint32_t tag = Allocate(1 + words);
-  *Word(at) = ListPointer(int64_t{tag} - at - 1, kComposite, words);
-  *Word(tag) = StructPointer(count, data_words, pointers);  // the tag: element count
-  return tag + 1;
-}
 
 
 

@@ -375,7 +375,7 @@ struct MapCodec {
     MapWriter map = w.Map(m.size());
     size_t i = 0;
     for (const auto& [k, v] : m) {
-      map.key(i).Text(k);
+      map.TextKey(i, k);
       map.value(i).Write(v);
       ++i;
     }
@@ -386,7 +386,7 @@ struct MapCodec {
     MapWriter map = w.Map(m.size());
     size_t i = 0;
     for (auto& [k, v] : m) {
-      map.key(i).Text(k);
+      map.TextKey(i, k);
       map.value(i).Write(std::move(v));
       ++i;
     }

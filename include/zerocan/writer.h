@@ -145,6 +145,8 @@ class MapWriter {
   size_t size() const noexcept { return count_; }
   ValueWriter key(size_t i) const;
   ValueWriter value(size_t i) const;
+  // key(i).Text(text) in one step (one bounds and capacity check): the common key.
+  void TextKey(size_t i, std::string_view text) const;
 
  private:
   friend class ValueWriter;
@@ -313,6 +315,17 @@ inline uint32_t EnvelopeWriter::NewStruct(uint32_t at, uint32_t data_words, uint
   return s;
 }
 
+inline uint32_t EnvelopeWriter::NewStructList(uint32_t at, uint32_t count, uint32_t data_words,
+                                              uint32_t pointers) {
+  uint64_t words = uint64_t{count} * (data_words + pointers);
+  // The list pointer's 29-bit count is the words after the tag.
+  if (words > internal::kMaxListElements) internal::ThrowListTooLong("list (in words)", words);
+  uint32_t tag = Allocate(1 + words);
+  *Word(at) = internal::ListPointer(int64_t{tag} - at - 1, internal::kComposite, words);
+  *Word(tag) = internal::StructPointer(count, data_words, pointers);  // the tag: element count
+  return tag + 1;
+}
+
 inline uint32_t EnvelopeWriter::NewList(uint32_t at, unsigned element_size, uint32_t count, uint64_t words,
                                         bool zero) {
   uint32_t first = Allocate(words, zero);
@@ -365,6 +378,27 @@ inline ValueWriter MapWriter::value(size_t i) const {
                      message_->NewStruct(entry + 1, wire::Value::_capnpPrivate::dataWordSize,
                                          wire::Value::_capnpPrivate::pointerCount),
                      depth_);
+}
+
+inline void MapWriter::TextKey(size_t i, std::string_view text) const {
+  if (i >= count_) internal::ThrowIndexOutOfRange("map entry", i, count_);
+  uint64_t bytes = uint64_t{text.size()} + 1;  // with its NUL
+  if (bytes > internal::kMaxListElements) internal::ThrowListTooLong("text", bytes);
+  constexpr uint32_t kData = wire::Value::_capnpPrivate::dataWordSize;
+  constexpr uint32_t kPointers = wire::Value::_capnpPrivate::pointerCount;
+  // The same words, in the same order, as key(i) then Text(): the Value struct, then
+  // the text's bytes right after it.
+  uint64_t text_words = (bytes + 7) / 8;
+  uint32_t entry = first_ + static_cast<uint32_t>(i) * wire::Entry::_capnpPrivate::pointerCount;
+  uint32_t key = message_->Allocate(kData + kPointers + text_words, false);
+  uint64_t* k = message_->Word(key);
+  for (uint32_t w = 0; w < kData + kPointers; ++w) k[w] = 0;
+  k[kData + kPointers + text_words - 1] = 0;  // the text's last word: NUL and padding
+  uint16_t which = wire::Value::TEXT;
+  std::memcpy(k, &which, sizeof which);
+  *message_->Word(entry) = internal::StructPointer(int64_t{key} - entry - 1, kData, kPointers);
+  k[kData] = internal::ListPointer(kPointers - 1, internal::kByteElements, bytes);  // text follows at once
+  internal::CopyShort(k + kData + kPointers, text.data(), text.size());
 }
 
 inline ValueWriter ListWriter::operator[](size_t i) const {
