@@ -363,10 +363,10 @@ class Walker {
           Value(kwargs[i].getValue(), Child(kw, "value"), 1);
         }
         if constexpr (R::kFast) {
-          state->is_apply_ = true;
-          state->function_ = a.getFunction();
-          state->args_ = args;
-          state->kwargs_ = kwargs;
+          state->apply_index_.is_apply = true;
+          state->apply_index_.function = a.getFunction();
+          state->apply_index_.args = args;
+          state->apply_index_.kwargs = kwargs;
         }
         return;
       }
@@ -536,7 +536,7 @@ bool FastDecode(internal::MessageState* state, kj::ArrayPtr<const capnp::word> w
     state->words_ = words;
     return true;
   } catch (const internal::ViewError&) {
-    state->is_apply_ = false;
+    state->apply_index_.is_apply = false;
     return false;
   }
 }
@@ -675,6 +675,7 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
   }
   Bump(GlobalStats().messages_decoded);
   Message message;
+  message.apply_ = &state->apply_index_;
   message.state_ = std::move(state);
   return message;
 }
@@ -725,38 +726,13 @@ std::string_view View(internal::BlobView t) { return t.view(); }
   if (!body.isResult()) WrongBody("a result");                              \
   auto result = body.getResult()
 
-std::string_view Message::function() const {
-  if (!state_->is_apply_) WrongBody("an apply");
-  return state_->function_.view();
+namespace internal {
+void ThrowWrongBody(const char* wanted) { WrongBody(wanted); }
+void ThrowArgIndex(const char* what, size_t i, size_t n) {
+  throw std::out_of_range(absl::StrCat(what, " ", i, " of ", n));
 }
-size_t Message::arg_count() const {
-  if (!state_->is_apply_) WrongBody("an apply");
-  return state_->args_.size();
-}
-Value Message::arg(size_t i) const {
-  if (!state_->is_apply_) WrongBody("an apply");
-  const auto& args = state_->args_;
-  if (i >= args.size()) {
-    throw std::out_of_range(absl::StrCat("argument ", i, " of ", args.size()));
-  }
-  return Value(args[static_cast<unsigned>(i)], state_.get());
-}
-size_t Message::kwarg_count() const {
-  if (!state_->is_apply_) WrongBody("an apply");
-  return state_->kwargs_.size();
-}
-std::string_view Message::kwarg_name(size_t i) const {
-  if (!state_->is_apply_) WrongBody("an apply");
-  const auto& kwargs = state_->kwargs_;
-  if (i >= kwargs.size()) throw std::out_of_range(absl::StrCat("keyword argument ", i));
-  return View(kwargs[static_cast<unsigned>(i)].getKey());
-}
-Value Message::kwarg(size_t i) const {
-  if (!state_->is_apply_) WrongBody("an apply");
-  const auto& kwargs = state_->kwargs_;
-  if (i >= kwargs.size()) throw std::out_of_range(absl::StrCat("keyword argument ", i));
-  return Value(kwargs[static_cast<unsigned>(i)].getValue(), state_.get());
-}
+}  // namespace internal
+
 uint32_t Message::timeout_ms() const {
   ZEROCAN_APPLY();
   return apply.getTimeoutMs();
@@ -772,7 +748,7 @@ bool Message::ok() const {
 Value Message::result() const {
   ZEROCAN_RESULT();
   if (!result.isOk()) WrongBody("a successful result");
-  return Value(result.getOk(), state_.get());
+  return Value(result.walkedOk(), state_.get());
 }
 RemoteErrorInfo Message::error() const {
   ZEROCAN_RESULT();

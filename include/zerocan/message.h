@@ -23,6 +23,20 @@ namespace zerocan {
 
 using FrameList = absl::InlinedVector<zmq::message_t, 4>;
 
+namespace internal {
+// Where an apply's accessors look, filled by Message::Decode: part of the message's
+// shared state, reachable from the inline accessors without its full definition.
+struct ApplyIndex {
+  bool is_apply = false;
+  BlobView function;
+  StructListView<ValueView> args;
+  StructListView<FieldView> kwargs;
+};
+// Throw DecodeError(kTypeMismatch) "message is not <wanted>" / std::out_of_range.
+[[noreturn]] void ThrowWrongBody(const char* wanted);
+[[noreturn]] void ThrowArgIndex(const char* what, size_t i, size_t n);
+}  // namespace internal
+
 // The frames of one multipart message, owned. Move-only.
 struct ReceivedMessage {
   // Frames before the empty delimiter (ROUTER identities); sent back with a reply.
@@ -77,7 +91,33 @@ class Message {
   explicit operator bool() const noexcept { return state_ != nullptr; }
 
  private:
+  const internal::ApplyIndex& Apply() const {
+    if (apply_ == nullptr || !apply_->is_apply) internal::ThrowWrongBody("an apply");
+    return *apply_;
+  }
+
   std::shared_ptr<internal::MessageState> state_;
+  const internal::ApplyIndex* apply_ = nullptr;  // inside *state_
 };
+
+// The apply accessors are inline: an engine calls them once per argument.
+inline std::string_view Message::function() const { return Apply().function.view(); }
+inline size_t Message::arg_count() const { return Apply().args.size(); }
+inline Value Message::arg(size_t i) const {
+  const internal::ApplyIndex& a = Apply();
+  if (i >= a.args.size()) internal::ThrowArgIndex("argument", i, a.args.size());
+  return Value(a.args[i], state_.get());
+}
+inline size_t Message::kwarg_count() const { return Apply().kwargs.size(); }
+inline std::string_view Message::kwarg_name(size_t i) const {
+  const internal::ApplyIndex& a = Apply();
+  if (i >= a.kwargs.size()) internal::ThrowArgIndex("keyword argument", i, a.kwargs.size());
+  return a.kwargs[i].walkedKey().view();
+}
+inline Value Message::kwarg(size_t i) const {
+  const internal::ApplyIndex& a = Apply();
+  if (i >= a.kwargs.size()) internal::ThrowArgIndex("keyword argument", i, a.kwargs.size());
+  return Value(a.kwargs[i].walkedValue(), state_.get());
+}
 
 }  // namespace zerocan

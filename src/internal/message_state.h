@@ -28,11 +28,9 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   kj::ArrayPtr<const capnp::word> words_;
   Segments segments_;
   EnvelopeView envelope_;
-  // For an apply, its function and argument lists (read once by Message::Decode; the hot accessors).
-  bool is_apply_ = false;
-  BlobView function_;
-  StructListView<ValueView> args_;
-  StructListView<FieldView> kwargs_;
+  // For an apply, its function and argument lists (read once by Message::Decode; the
+  // Message's inline accessors read them through Message::apply_).
+  ApplyIndex apply_index_;
 
   // The generated reader over the same words, built on the first Message::envelope()
   // call (most messages never need it). Thread-safe through the once flag.

@@ -506,6 +506,8 @@ inline ExtensionView ValueView::getExtension() const { return ExtensionView(Stru
 ZEROCAN_VIEW(FieldView)
   BlobView getKey() const { return ReadText(*this, 0); }
   ValueView getValue() const { return ValueView(Struct(1)); }
+  BlobView walkedKey() const { return ReadWalkedText(*this, 0); }
+  ValueView walkedValue() const { return ValueView(WalkedStruct(1)); }
 };
 
 ZEROCAN_VIEW(ApplyView)
@@ -529,6 +531,7 @@ ZEROCAN_VIEW(ResultView)
   bool isOk() const noexcept { return which() == wire::Result::OK; }
   bool isError() const noexcept { return which() == wire::Result::ERROR; }
   ValueView getOk() const { return ValueView(Struct(1)); }
+  ValueView walkedOk() const { return ValueView(WalkedStruct(1)); }
   RemoteErrorView getError() const { return RemoteErrorView(Struct(1)); }
 };
 
