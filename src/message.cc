@@ -238,20 +238,25 @@ class Walker {
       case wire::Value::MAP: {
         auto map = v.getMap();
         CheckLength(map.size(), path);
-        for (unsigned i = 0; i < map.size(); ++i) {
-          if constexpr (R::kFast) {
-            // Most entries: a scalar or text key and value in a one-segment envelope.
-            const internal::StructView& e = map[i];
-            if (e.pointer_count() >= 2 && e.segments()->count == 1 && depth + 1 <= limits_.max_depth) {
-              const uint64_t* slots = e.data() + e.data_words();
-              bool key_done = QuickPointer(slots, e.segments()->list[0]);
-              if (key_done && QuickPointer(slots + 1, e.segments()->list[0])) continue;
+        unsigned i = 0;
+        if constexpr (R::kFast) {
+          // Most entries: a scalar or text key and value in a one-segment envelope. The
+          // entries share one layout (the list's tag), so the conditions are checked once.
+          if (map.size() != 0 && map[0].pointer_count() >= 2 && map[0].segments()->count == 1 &&
+              depth + 1 <= limits_.max_depth) {
+            const internal::Segments::Segment& seg = map[0].segments()->list[0];
+            const uint64_t* slots = map[0].data() + map[0].data_words();
+            const uint64_t step = uint64_t{map[0].data_words()} + map[0].pointer_count();
+            for (; i < map.size(); ++i, slots += step) {
+              bool key_done = QuickPointer(slots, seg);
+              if (key_done && QuickPointer(slots + 1, seg)) continue;
               Path entry = Child(path, nullptr, i);
               if (!key_done) Visit(map[i].getKey(), Child(entry, "key"), depth + 1);
               Visit(map[i].getValue(), Child(entry, "value"), depth + 1);
-              continue;
             }
           }
+        }
+        for (; i < map.size(); ++i) {
           Path entry = Child(path, nullptr, i);
           Visit(map[i].getKey(), Child(entry, "key"), depth + 1);
           Visit(map[i].getValue(), Child(entry, "value"), depth + 1);
@@ -297,7 +302,8 @@ class Walker {
   // from the words, with the general path's rules and charges (no views, no Path).
   // Anything else, or anything wrong, returns false before charging, and the caller
   // walks the value the general way, which also names the error precisely.
-  bool QuickValue(const uint64_t* s, uint64_t dw, uint64_t pc, const internal::Segments::Segment& seg) {
+  ZEROCAN_VIEW_INLINE bool QuickValue(const uint64_t* s, uint64_t dw, uint64_t pc,
+                                      const internal::Segments::Segment& seg) {
     uint16_t which = dw != 0 ? static_cast<uint16_t>(internal::view_detail::Load(s)) : 0;
     if (which <= wire::Value::FLOAT) return QuickCharge(1);
     if (which != wire::Value::TEXT) return false;
@@ -319,7 +325,7 @@ class Walker {
     return QuickCharge(units);
   }
   // A pointer slot to a Value struct.
-  bool QuickPointer(const uint64_t* slot, const internal::Segments::Segment& seg) {
+  ZEROCAN_VIEW_INLINE bool QuickPointer(const uint64_t* slot, const internal::Segments::Segment& seg) {
     uint64_t w = internal::view_detail::Load(slot);
     if (w == 0) return QuickCharge(1);  // a null pointer reads as the null value
     if ((w & 3) != 0) return false;      // far pointers and errors: the general path
@@ -328,7 +334,7 @@ class Walker {
     if (index > seg.words || dw + pc > seg.words - index) return false;
     return QuickValue(seg.begin + index, dw, pc, seg);
   }
-  bool QuickCharge(uint64_t units) {
+  ZEROCAN_VIEW_INLINE bool QuickCharge(uint64_t units) {
     if (units > budget_) return false;
     budget_ -= units;
     return true;
