@@ -98,6 +98,9 @@ TEST(ValueTest, ListAndMapViews) {
   EXPECT_EQ(map.value(0).AsInt(), 1);
   EXPECT_EQ(map.key(1).AsInt(), 5);
   EXPECT_EQ(map.value(1).AsText(), "five");
+  std::vector<std::string> seen;
+  for (auto [k, v] : map) seen.push_back(k.Describe() + "=" + v.Describe());
+  EXPECT_THAT(seen, ElementsAre("text \"a\"=int 1", "int 5=text \"five\""));
   EXPECT_EQ(map.Find("a")->AsInt(), 1);
   EXPECT_FALSE(map.Find("five").has_value());  // values are not keys
   EXPECT_FALSE(map.Find("5").has_value());     // an int key is not the text "5"

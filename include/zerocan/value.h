@@ -198,6 +198,37 @@ class ValueMap {
   // First entry whose key is the text `key`.
   std::optional<Value> Find(std::string_view key) const;
 
+  // Range-for over the entries: `for (auto [k, v] : value.AsMap())`.
+  struct Entry {
+    Value key;
+    Value value;
+  };
+  class iterator {
+   public:
+    using iterator_category = std::forward_iterator_tag;
+    using value_type = Entry;
+    using difference_type = std::ptrdiff_t;
+    using pointer = void;
+    using reference = Entry;
+    iterator(const ValueMap* map, size_t i) noexcept : map_(map), i_(i) {}
+    Entry operator*() const {
+      internal::EntryView e = map_->map_[i_];
+      return Entry{Value(e.walkedKey(), map_->message_), Value(e.walkedValue(), map_->message_)};
+    }
+    iterator& operator++() noexcept {
+      ++i_;
+      return *this;
+    }
+    bool operator==(const iterator& o) const noexcept { return i_ == o.i_; }
+    bool operator!=(const iterator& o) const noexcept { return i_ != o.i_; }
+
+   private:
+    const ValueMap* map_;
+    size_t i_;
+  };
+  iterator begin() const noexcept { return iterator(this, 0); }
+  iterator end() const noexcept { return iterator(this, map_.size()); }
+
  private:
   friend class Value;
   ValueMap(internal::StructListView<internal::EntryView> map, const internal::MessageState* message) noexcept

@@ -141,6 +141,11 @@ inline uint64_t Walk(const Value& v, int depth = 0) {
     for (size_t i = 0; i < map.size(); ++i) {
       if (map.key(i).kind() != v.key(i).kind() || map.value(i).kind() != v.value(i).kind()) __builtin_trap();
     }
+    size_t i = 0;
+    for (auto [key, value] : map) {
+      if (key.kind() != map.key(i).kind() || value.kind() != map.value(i).kind()) __builtin_trap();
+      ++i;
+    }
   });
   // Built-in codecs over whatever the value is.
   Tolerant([&] { sum += v.As<std::string>().size(); });
