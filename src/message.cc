@@ -245,9 +245,10 @@ class Walker {
           if (map.size() != 0 && map[0].pointer_count() >= 2 && map[0].segments()->count == 1 &&
               depth + 1 <= limits_.max_depth) {
             const internal::Segments::Segment& seg = map[0].segments()->list[0];
-            const uint64_t* slots = map[0].data() + map[0].data_words();
+            const uint64_t* first_slots = map[0].data() + map[0].data_words();
             const uint64_t step = uint64_t{map[0].data_words()} + map[0].pointer_count();
-            for (; i < map.size(); ++i, slots += step) {
+            for (; i < map.size(); ++i) {
+              const uint64_t* slots = first_slots + i * step;  // never formed past the end
               bool key_done = QuickPointer(slots, seg);
               if (key_done && QuickPointer(slots + 1, seg)) continue;
               Path entry = Child(path, nullptr, i);

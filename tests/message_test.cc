@@ -51,6 +51,33 @@ void ExpectRejected(ReceivedMessage&& r, Code code, std::vector<std::string> sub
 
 // ---- body kinds ---------------------------------------------------------------------
 
+// A default or moved-from Message has no body: the apply accessors throw, even after
+// its old state was recycled for another message (reviewer's finding: they used to read
+// through a stale pointer).
+TEST(MessageTest, EmptyAndMovedFromMessagesThrow) {
+  Message none;
+  EXPECT_THROW(none.arg(0), DecodeError);
+  EXPECT_THROW(none.function(), DecodeError);
+
+  Message a = DecodeOutgoing(EncodeArg(std::string("secret-of-a")));
+  Message b = std::move(a);
+  EXPECT_EQ(b.arg(0).AsText(), "secret-of-a");
+  b = Message();  // frees a's state, which the next decode may reuse
+  Message c = DecodeOutgoing(EncodeArg(std::string("secret-of-c")));
+  for (const Message* moved : {&a, &b}) {
+    try {
+      (void)moved->arg(0);
+      ADD_FAILURE() << "no exception";
+    } catch (const DecodeError& e) {
+      EXPECT_EQ(e.code(), Code::kTypeMismatch);
+      EXPECT_THAT(e.what(), HasSubstr("not an apply"));
+    }
+    EXPECT_THROW(moved->function(), DecodeError);
+    EXPECT_THROW(moved->kwarg_name(0), DecodeError);
+  }
+  EXPECT_EQ(c.arg(0).AsText(), "secret-of-c");
+}
+
 TEST(MessageTest, ResultOk) {
   EnvelopeWriter w(FixedPolicy());
   w.SetHeader(Header{5, 6, 7, 8});

@@ -92,7 +92,8 @@ class Message {
 
  private:
   const internal::ApplyIndex& Apply() const {
-    if (apply_ == nullptr || !apply_->is_apply) internal::ThrowWrongBody("an apply");
+    // state_ first: a moved-from Message keeps its apply_ but not the state it points into.
+    if (state_ == nullptr || !apply_->is_apply) internal::ThrowWrongBody("an apply");
     return *apply_;
   }
 
