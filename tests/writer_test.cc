@@ -136,6 +136,52 @@ TEST(WriterTest, HeaderKeptAndClockStampedOnlyWhenZero) {
   }
 }
 
+// MapWriter::TextKey (what the map codecs use) writes the same words, in the same order,
+// as key(i).Text(k): short keys around the word boundaries, embedded NULs, long keys and
+// enough entries to grow the writer's buffer.
+TEST(WriterTest, TextKeyIsByteIdenticalToKeyThenText) {
+  std::vector<std::string> keys;
+  for (size_t n = 0; n <= 17; ++n) keys.push_back(std::string(n, static_cast<char>('a' + n)));
+  keys.push_back(std::string(64, 'x'));
+  keys.push_back(std::string("nul\0inside", 10));
+  keys.push_back(std::string(5000, 'y'));
+  for (int i = 0; i < 20000; ++i) keys.push_back("k" + std::to_string(i));
+  auto encode = [&](bool fused) {
+    EnvelopeWriter w;
+    w.SetHeader(Header{1, 2, 3, 4});
+    MapWriter map = w.StartApply("f", 1, 0).arg(0).Map(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (fused) {
+        map.TextKey(i, keys[i]);
+      } else {
+        map.key(i).Text(keys[i]);
+      }
+      map.value(i).Int(static_cast<int64_t>(i));
+    }
+    Outgoing out = w.Finish();
+    const auto* p = static_cast<const char*>(out.envelope().data());
+    return std::string(p, out.envelope().size());
+  };
+  std::string fused = encode(true), separate = encode(false);
+  EXPECT_EQ(fused.size(), separate.size());
+  EXPECT_TRUE(fused == separate);
+  Message m = DecodeOutgoing([&] {
+    EnvelopeWriter w;
+    MapWriter map = w.StartApply("f", 1, 0).arg(0).Map(3);
+    for (size_t i = 0; i < 3; ++i) {
+      map.TextKey(i, keys[i + 16]);
+      map.value(i).Int(static_cast<int64_t>(i));
+    }
+    return w.Finish();
+  }());
+  std::vector<std::string> read;
+  for (auto [k, v] : m.arg(0).AsMap()) read.push_back(std::string(k.AsText()));
+  EXPECT_EQ(read, (std::vector<std::string>{keys[16], keys[17], keys[18]}));
+  EnvelopeWriter w;
+  MapWriter one = w.StartApply("f", 1, 0).arg(0).Map(1);
+  EXPECT_THROW(one.TextKey(1, "past the end"), EncodeError);
+}
+
 TEST(WriterTest, FinishTwiceThrows) {
   EnvelopeWriter w(FixedPolicy());
   w.SetGoodbye();
