@@ -137,6 +137,32 @@ static_assert(static_cast<int>(Kind::kNull) == wire::Value::NULL_ &&
               static_cast<int>(Kind::kTensor) == wire::Value::TENSOR &&
               static_cast<int>(Kind::kExtension) == wire::Value::EXTENSION);
 
+namespace internal {
+// Forward iterator over positions 0..size-1 of a ValueList or ValueMap; the container
+// makes each element (Unchecked: the position is in range by construction).
+template <class Container, class Element>
+class IndexIterator {
+ public:
+  using iterator_category = std::forward_iterator_tag;
+  using value_type = Element;
+  using difference_type = std::ptrdiff_t;
+  using pointer = void;
+  using reference = Element;
+  IndexIterator(const Container* container, size_t i) noexcept : container_(container), i_(i) {}
+  Element operator*() const { return container_->Unchecked(i_); }
+  IndexIterator& operator++() noexcept {
+    ++i_;
+    return *this;
+  }
+  bool operator==(const IndexIterator& o) const noexcept { return i_ == o.i_; }
+  bool operator!=(const IndexIterator& o) const noexcept { return i_ != o.i_; }
+
+ private:
+  const Container* container_;
+  size_t i_;
+};
+}  // namespace internal
+
 // The elements of a list value (Value::AsList), borrowed from the message like a Value.
 class ValueList {
  public:
@@ -149,31 +175,14 @@ class ValueList {
     return Value(list_[i], message_);
   }
 
-  class iterator {
-   public:
-    using iterator_category = std::forward_iterator_tag;
-    using value_type = Value;
-    using difference_type = std::ptrdiff_t;
-    using pointer = void;
-    using reference = Value;
-    iterator(const ValueList* list, size_t i) noexcept : list_(list), i_(i) {}
-    Value operator*() const noexcept { return Value(list_->list_[i_], list_->message_); }
-    iterator& operator++() noexcept {
-      ++i_;
-      return *this;
-    }
-    bool operator==(const iterator& o) const noexcept { return i_ == o.i_; }
-    bool operator!=(const iterator& o) const noexcept { return i_ != o.i_; }
-
-   private:
-    const ValueList* list_;
-    size_t i_;
-  };
+  using iterator = internal::IndexIterator<ValueList, Value>;
   iterator begin() const noexcept { return iterator(this, 0); }
   iterator end() const noexcept { return iterator(this, list_.size()); }
 
  private:
   friend class Value;
+  friend class internal::IndexIterator<ValueList, Value>;
+  Value Unchecked(size_t i) const noexcept { return Value(list_[i], message_); }
   ValueList(internal::StructListView<internal::ValueView> list, const internal::MessageState* message) noexcept
       : list_(list), message_(message) {}
   internal::StructListView<internal::ValueView> list_;
@@ -203,34 +212,17 @@ class ValueMap {
     Value key;
     Value value;
   };
-  class iterator {
-   public:
-    using iterator_category = std::forward_iterator_tag;
-    using value_type = Entry;
-    using difference_type = std::ptrdiff_t;
-    using pointer = void;
-    using reference = Entry;
-    iterator(const ValueMap* map, size_t i) noexcept : map_(map), i_(i) {}
-    Entry operator*() const {
-      internal::EntryView e = map_->map_[i_];
-      return Entry{Value(e.walkedKey(), map_->message_), Value(e.walkedValue(), map_->message_)};
-    }
-    iterator& operator++() noexcept {
-      ++i_;
-      return *this;
-    }
-    bool operator==(const iterator& o) const noexcept { return i_ == o.i_; }
-    bool operator!=(const iterator& o) const noexcept { return i_ != o.i_; }
-
-   private:
-    const ValueMap* map_;
-    size_t i_;
-  };
+  using iterator = internal::IndexIterator<ValueMap, Entry>;
   iterator begin() const noexcept { return iterator(this, 0); }
   iterator end() const noexcept { return iterator(this, map_.size()); }
 
  private:
   friend class Value;
+  friend class internal::IndexIterator<ValueMap, Entry>;
+  Entry Unchecked(size_t i) const noexcept {
+    internal::EntryView e = map_[i];
+    return Entry{Value(e.walkedKey(), message_), Value(e.walkedValue(), message_)};
+  }
   ValueMap(internal::StructListView<internal::EntryView> map, const internal::MessageState* message) noexcept
       : map_(map), message_(message) {}
   internal::StructListView<internal::EntryView> map_;
