@@ -93,13 +93,12 @@ struct Target {
 // own builders) have them, so it stays out of the inline path.
 Target ResolveFar(const Segments& segs, uint64_t w);
 
-// `at` is the word index of the pointer in `segment`.
-ZEROCAN_VIEW_INLINE Target Resolve(const Segments& segs, uint32_t segment, uint64_t at) {
-  uint64_t w = Load(segs.list[segment].begin + at);
-  if ((w & 3) != 2) return Target{w, segment, static_cast<int64_t>(at) + 1 + PointerOffset(w)};
+// The pointer at `p`, a word of `segment`. A near pointer leads into that segment.
+ZEROCAN_VIEW_INLINE Target Resolve(const Segments& segs, uint32_t segment, const uint64_t* p) {
+  uint64_t w = Load(p);
+  if ((w & 3) != 2) return Target{w, segment, (p - segs.list[segment].begin) + 1 + PointerOffset(w)};
   return ResolveFar(segs, w);
 }
-
 
 // Content [index, index + words) must lie inside the segment.
 ZEROCAN_VIEW_INLINE void CheckExtent(const Segments& segs, const Target& t, uint64_t words) {
@@ -120,8 +119,12 @@ class StructView {
 
   // The struct a pointer at word `at` of `segment` leads to.
   ZEROCAN_VIEW_INLINE static StructView At(const Segments* segs, uint32_t segment, uint64_t at) {
-    if (view_detail::Load(segs->list[segment].begin + at) == 0) return StructView(segs);
-    view_detail::Target t = view_detail::Resolve(*segs, segment, at);
+    return FromPointer(segs, segment, segs->list[segment].begin + at);
+  }
+  // The struct the pointer at `p` (a word of `segment`) leads to, checked.
+  ZEROCAN_VIEW_INLINE static StructView FromPointer(const Segments* segs, uint32_t segment, const uint64_t* p) {
+    if (view_detail::Load(p) == 0) return StructView(segs);
+    view_detail::Target t = view_detail::Resolve(*segs, segment, p);
     if ((t.tag & 3) != 0) ViewFail();  // a list or capability where a struct belongs
     uint16_t data_words = static_cast<uint16_t>(t.tag >> 32);
     uint16_t pointers = static_cast<uint16_t>(t.tag >> 48);
@@ -148,26 +151,11 @@ class StructView {
   uint16_t pointer_count() const noexcept { return pointers_; }
   const Segments* segments() const noexcept { return segs_; }
   uint32_t segment() const noexcept { return segment_; }
-  // Word index, in its segment, of pointer i (i < pointer count).
-  uint64_t PointerIndex(uint32_t i) const noexcept {
-    return static_cast<uint64_t>(data_ - segs_->list[segment_].begin) + data_words_ + i;
-  }
   uint64_t PointerWord(uint32_t i) const noexcept { return view_detail::Load(data_ + data_words_ + i); }
 
   ZEROCAN_VIEW_INLINE StructView Struct(uint32_t i) const {
     if (!HasPointer(i)) return StructView(segs_);
-    const uint64_t* p = data_ + data_words_ + i;
-    uint64_t w = view_detail::Load(p);
-    if (w == 0) return StructView(segs_);
-    if ((w & 3) == 2) return At(segs_, segment_, PointerIndex(i));  // far: the general path
-    if ((w & 3) != 0) ViewFail();  // a list or capability where a struct belongs
-    // A near pointer: the content is in this struct's segment (checked in word indices).
-    const Segments::Segment& seg = segs_->list[segment_];
-    view_detail::Target t{w, segment_, (p - seg.begin) + 1 + view_detail::PointerOffset(w)};
-    uint16_t data_words = static_cast<uint16_t>(w >> 32);
-    uint16_t pointers = static_cast<uint16_t>(w >> 48);
-    view_detail::CheckExtent(*segs_, t, uint64_t{data_words} + pointers);
-    return StructView(segs_, segment_, seg.begin + t.index, data_words, pointers);
+    return FromPointer(segs_, segment_, data_ + data_words_ + i);
   }
 
   // The same struct as Struct(i), for a pointer Message::Decode's walk has already
@@ -179,7 +167,7 @@ class StructView {
     const uint64_t* p = data_ + data_words_ + i;
     uint64_t w = view_detail::Load(p);
     if (w == 0) return StructView(segs_);
-    if ((w & 3) == 2) return At(segs_, segment_, PointerIndex(i));
+    if ((w & 3) == 2) return FromPointer(segs_, segment_, p);  // far: the checked path
     return StructView(segs_, segment_, p + 1 + view_detail::PointerOffset(w),
                       static_cast<uint16_t>(w >> 32), static_cast<uint16_t>(w >> 48));
   }
@@ -234,11 +222,7 @@ class ListViewBase {
     uint64_t w = view_detail::Load(p);
     if (w == 0) return out;
     const Segments& segs = *owner.segs_;
-    // A near pointer resolves in this segment directly; a far one takes the general path.
-    view_detail::Target t =
-        (w & 3) != 2 ? view_detail::Target{w, owner.segment_,
-                                           (p - segs.list[owner.segment_].begin) + 1 + view_detail::PointerOffset(w)}
-                     : view_detail::ResolveFar(segs, w);
+    view_detail::Target t = view_detail::Resolve(segs, owner.segment_, p);
     if ((t.tag & 3) != 1) ViewFail();
     unsigned tag_size = (t.tag >> 32) & 7;
     uint64_t count = t.tag >> 35;
