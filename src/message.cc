@@ -719,22 +719,21 @@ BodyKind Message::body_kind() const noexcept {
 
 namespace {
 std::string_view View(internal::BlobView t) { return t.view(); }
-[[noreturn]] void WrongBody(const char* wanted) {
-  throw DecodeError(Code::kTypeMismatch, absl::StrCat("message is not ", wanted));
-}
 }  // namespace
 
 #define ZEROCAN_APPLY()                                                     \
   auto body = state_->envelope_.getBody();                                  \
-  if (!body.isApply()) WrongBody("an apply");                               \
+  if (!body.isApply()) internal::ThrowWrongBody("an apply");               \
   auto apply = body.getApply()
 #define ZEROCAN_RESULT()                                                    \
   auto body = state_->envelope_.getBody();                                  \
-  if (!body.isResult()) WrongBody("a result");                              \
+  if (!body.isResult()) internal::ThrowWrongBody("a result");              \
   auto result = body.getResult()
 
 namespace internal {
-void ThrowWrongBody(const char* wanted) { WrongBody(wanted); }
+void ThrowWrongBody(const char* wanted) {
+  throw DecodeError(Code::kTypeMismatch, absl::StrCat("message is not ", wanted));
+}
 void ThrowArgIndex(const char* what, size_t i, size_t n) {
   throw std::out_of_range(absl::StrCat(what, " ", i, " of ", n));
 }
@@ -754,12 +753,12 @@ bool Message::ok() const {
 }
 Value Message::result() const {
   ZEROCAN_RESULT();
-  if (!result.isOk()) WrongBody("a successful result");
+  if (!result.isOk()) internal::ThrowWrongBody("a successful result");
   return Value(result.walkedOk(), state_.get());
 }
 RemoteErrorInfo Message::error() const {
   ZEROCAN_RESULT();
-  if (!result.isError()) WrongBody("an error result");
+  if (!result.isError()) internal::ThrowWrongBody("an error result");
   auto e = result.getError();
   return RemoteErrorInfo{std::string(View(e.getType())), std::string(View(e.getMessage())),
                          std::string(View(e.getFunction())), std::string(View(e.getWhere()))};
