@@ -645,11 +645,15 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
     }
   }
 
+  // A very small frame keeps its bytes inside the zmq::message_t itself, so they move
+  // with it: only then is the address asked again after the move (a libzmq call).
+  const auto frame_at = reinterpret_cast<uintptr_t>(&frames[0]);
+  const auto data_at = reinterpret_cast<uintptr_t>(envelope_data);
+  const bool bytes_inside_frame = data_at >= frame_at && data_at < frame_at + sizeof(zmq::message_t);
   auto state = std::allocate_shared<internal::MessageState>(
       StateAllocator<internal::MessageState>(), std::move(received));
-  // Asked again after the move: a very small frame keeps its bytes inside the
-  // zmq::message_t itself, so they move with it.
-  const capnp::word* words = static_cast<const capnp::word*>(state->received_.frames[0].data());
+  const capnp::word* words = static_cast<const capnp::word*>(
+      bytes_inside_frame ? state->received_.frames[0].data() : envelope_data);
   size_t word_count = envelope_size / sizeof(capnp::word);
   if (!IsAligned(words, alignof(capnp::word))) {
     // libzmq hands out small tcp/ipc frames at any address inside its receive batch;

@@ -601,15 +601,12 @@ void FreeWords(void* data, void*) noexcept { std::free(data); }
 Outgoing EnvelopeWriter::Finish() {
   if (finished_) throw EncodeError("EnvelopeWriter::Finish called twice");
   finished_ = true;
-  Outgoing out;
   if (generated_ != nullptr) {
     auto env = generated_->getRoot<wire::Envelope>();
     env.setPayloadFrames(static_cast<uint32_t>(payloads_.size()));
     if (env.getSentAtNs() == 0) env.setSentAtNs(NowNs());
     kj::Array<capnp::word> flat = capnp::messageToFlatArray(*generated_);
-    out.envelope_.rebuild(flat.begin(), flat.size() * sizeof(capnp::word));
-    out.payloads_ = std::move(payloads_);
-    return out;
+    return Outgoing(flat.begin(), flat.size() * sizeof(capnp::word), std::move(payloads_));
   }
   uint64_t* e = Word(kEnvelope);
   Store(e, 4, static_cast<uint32_t>(payloads_.size()));
@@ -620,20 +617,16 @@ Outgoing EnvelopeWriter::Finish() {
   // Standard Cap'n Proto framing of one segment: (count - 1) = 0, then its size in words.
   words_[0] = used_ << 32;
   size_t bytes = (used_ + 1) * sizeof(uint64_t);
-  if (used_ > kHandOverWords) {
-    // Large: these words become the frame; the thread's scratch starts afresh.
-    out.envelope_.rebuild(words_, bytes, FreeWords, nullptr);
-    if (scratch_taken_) {
-      tls_scratch.words = nullptr;
-      tls_scratch.capacity = 0;
-      tls_scratch.in_use = false;
-      scratch_taken_ = false;
-    }
-    words_ = nullptr;  // owned by the frame now (the destructor frees nothing)
-  } else {
-    out.envelope_.rebuild(words_, bytes);
+  if (used_ <= kHandOverWords) return Outgoing(words_, bytes, std::move(payloads_));
+  // Large: these words become the frame; the thread's scratch starts afresh.
+  Outgoing out(words_, bytes, FreeWords, std::move(payloads_));
+  if (scratch_taken_) {
+    tls_scratch.words = nullptr;
+    tls_scratch.capacity = 0;
+    tls_scratch.in_use = false;
+    scratch_taken_ = false;
   }
-  out.payloads_ = std::move(payloads_);
+  words_ = nullptr;  // owned by the frame now (the destructor frees nothing)
   return out;
 }
 

@@ -93,7 +93,14 @@ T Value::As(const Registry& registry) const {
 }
 template <class T>
 T Value::As() const {
-  return Codec<std::remove_cv_t<T>>::Decode(*this, Registry::Default());
+  using D = std::remove_cv_t<T>;
+  // Scalars never consult a registry: skip the call that finds the default one (an
+  // engine converts every argument through here).
+  if constexpr (std::is_arithmetic_v<D>) {
+    return Codec<D>::Decode(*this);
+  } else {
+    return Codec<D>::Decode(*this, Registry::Default());
+  }
 }
 
 // ---- scalars --------------------------------------------------------------------
@@ -101,7 +108,8 @@ T Value::As() const {
 template <>
 struct Codec<bool> {
   static void Encode(ValueWriter& w, bool v) { w.Bool(v); }
-  static bool Decode(const Value& v, const Registry&) { return v.AsBool(); }
+  static bool Decode(const Value& v, const Registry&) { return Decode(v); }
+  static bool Decode(const Value& v) { return v.AsBool(); }
 };
 
 template <class T>
@@ -113,7 +121,8 @@ struct Codec<T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, boo
       w.UInt(static_cast<uint64_t>(v));
     }
   }
-  static T Decode(const Value& v, const Registry&) {
+  static T Decode(const Value& v, const Registry&) { return Decode(v); }
+  static T Decode(const Value& v) {
     if constexpr (std::is_signed_v<T>) {
       int64_t x = v.AsInt();
       if (x < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
@@ -134,7 +143,8 @@ struct Codec<T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, boo
 template <class T>
 struct Codec<T, std::enable_if_t<std::is_floating_point_v<T>>> {
   static void Encode(ValueWriter& w, T v) { w.Float(static_cast<double>(v)); }
-  static T Decode(const Value& v, const Registry&) { return static_cast<T>(v.AsDouble()); }
+  static T Decode(const Value& v, const Registry&) { return Decode(v); }
+  static T Decode(const Value& v) { return static_cast<T>(v.AsDouble()); }
 };
 
 template <>

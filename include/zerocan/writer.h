@@ -64,6 +64,12 @@ class Outgoing {
  private:
   friend class EnvelopeWriter;
   friend class Sender;
+  // Finish() builds the envelope frame in place: a zmq::message_t default-constructed
+  // and then rebuilt, or moved in, costs libzmq calls per message.
+  Outgoing(const void* envelope, size_t bytes, std::vector<Buffer>&& payloads)
+      : envelope_(envelope, bytes), payloads_(std::move(payloads)) {}
+  Outgoing(void* envelope, size_t bytes, zmq::free_fn* release, std::vector<Buffer>&& payloads)
+      : envelope_(envelope, bytes, release, nullptr), payloads_(std::move(payloads)) {}
   zmq::message_t envelope_;
   std::vector<Buffer> payloads_;
 };
