@@ -56,7 +56,7 @@ struct SmallBytes {
 SmallBytes EncodeSmall() {
   SmallBytes b;
   auto bytes = [](Outgoing&& out) {
-    return std::string(static_cast<const char*>(out.envelope().data()), out.envelope().size());
+    return std::string(reinterpret_cast<const char*>(out.envelope().data()), out.envelope().size());
   };
   {
     EnvelopeWriter w;
@@ -350,7 +350,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     EnvelopeWriter w;
     w.StartApply("echo", 1, 0).arg(0).Array(DType::kUInt8, Shape{n}, Buffer::Borrow(big.data(), n));
     Outgoing proto = w.Finish();
-    std::string env(static_cast<const char*>(proto.envelope().data()), proto.envelope().size());
+    std::string env(reinterpret_cast<const char*>(proto.envelope().data()), proto.envelope().size());
     auto zc_call = [&] {
       ResultFuture f = client.apply("echo", std::span<const uint8_t>(big));
       Result r = f.get();

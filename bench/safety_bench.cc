@@ -226,7 +226,7 @@ void Flood(const std::string& endpoint, const Signer* signer, bool remote,
   w.SetHeader(Header{1, 999, 1, 0});
   w.StartApply("f", 1, 0).arg(0).Array(DType::kUInt8, Shape{8},
                                        Buffer::Adopt(std::vector<uint8_t>(8, 1)));
-  FrameList captured = LoopbackFrames(w.Finish()).frames;
+  FrameList captured = DetachFrames(LoopbackFrames(w.Finish()));
   signer->SignFrames(&captured);
   auto send = [&](const FrameList& frames) {
     zmq::message_t delimiter;

@@ -151,7 +151,7 @@ void CaptureWriter::Write(const Outgoing& message, Direction direction, std::str
   std::vector<std::string_view> frames;
   frames.reserve(2 + message.payload_frames().size());
   frames.emplace_back();
-  frames.emplace_back(message.envelope().data<char>(), message.envelope().size());
+  frames.emplace_back(reinterpret_cast<const char*>(message.envelope().data()), message.envelope().size());
   for (const Buffer& b : message.payload_frames()) {
     frames.emplace_back(reinterpret_cast<const char*>(b.data()), b.size());
   }

@@ -56,6 +56,8 @@ void ReleaseFrame(void* /*data*/, void* hint) noexcept {
   }
 }
 
+void ReleaseEnvelope(void* /*data*/, void* hint) noexcept { delete static_cast<FrameHold*>(hint); }
+
 zmq::message_t ZeroCopyFrame(Buffer buffer, const std::shared_ptr<Tracker::State>& tracker) {
   if (buffer.size() == 0) return zmq::message_t();
   void* data = const_cast<std::byte*>(buffer.data());
@@ -69,6 +71,24 @@ zmq::message_t ZeroCopyFrame(Buffer buffer, const std::shared_ptr<Tracker::State
     throw TransportError("zmq_msg_init_data failed: out of memory");
   }
   Bump(GlobalStats().frames_sent_zero_copy);
+  return frame;
+}
+
+// The envelope as a frame: copied when small (cheaper than a zero-copy frame's two
+// allocations, and libzmq copies small frames into its batch anyway), else handed over
+// like a payload, without a tracker and without counting as a payload frame.
+zmq::message_t EnvelopeFrame(Buffer envelope) {
+  if (envelope.size() < Outgoing::kEnvelopeCopyBelow) {
+    return zmq::message_t(envelope.data(), envelope.size());
+  }
+  void* data = envelope.mutable_data();
+  size_t size = envelope.size();
+  auto* hold = new FrameHold{std::move(envelope), nullptr};
+  zmq::message_t frame;
+  if (zmq_msg_init_data(frame.handle(), data, size, &ReleaseEnvelope, hold) != 0) {
+    delete hold;
+    throw TransportError("zmq_msg_init_data failed: out of memory");
+  }
   return frame;
 }
 
@@ -86,7 +106,7 @@ Tracker SendFrames(zmq::socket_t& socket, Outgoing&& message,
     for (auto& r : *routing) frames.push_back(std::move(r));
   }
   frames.emplace_back();  // empty delimiter
-  frames.push_back(std::move(message.envelope()));
+  frames.push_back(EnvelopeFrame(message.TakeEnvelope()));
   for (const Buffer& b : message.payload_frames()) {
     frames.push_back(ZeroCopyFrame(b, tracker));
   }
@@ -190,11 +210,22 @@ namespace zerocan {
 
 ReceivedMessage LoopbackFrames(Outgoing&& outgoing) {
   ReceivedMessage out;
-  out.frames.push_back(std::move(outgoing.envelope()));
+  out.envelope_owner = outgoing.TakeEnvelope();
+  // A constant frame (no free function): libzmq neither allocates nor counts references
+  // for it; envelope_owner keeps the bytes alive as long as the frame.
+  out.frames.emplace_back(out.envelope_owner.mutable_data(), out.envelope_owner.size(), nullptr);
   for (const Buffer& b : outgoing.payload_frames()) {
     out.frames.push_back(internal::ZeroCopyFrame(b, nullptr));
   }
   return out;
+}
+
+FrameList DetachFrames(ReceivedMessage&& received) {
+  FrameList frames = std::move(received.frames);
+  if (!received.envelope_owner.empty() && !frames.empty()) {
+    frames[0] = zmq::message_t(frames[0].data(), frames[0].size());
+  }
+  return frames;
 }
 
 }  // namespace zerocan

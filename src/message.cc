@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "internal/strings.h"
 #include "absl/strings/str_join.h"
+#include "internal/block_cache.h"
 #include "internal/kj_bridge.h"
 #include "internal/message_state.h"
 #include "zerocan/error.h"
@@ -341,6 +342,92 @@ class Walker {
     return true;
   }
 
+  // The whole apply in a one-segment envelope whose arguments and keyword values are
+  // nulls, scalars or texts (every small call): the apply struct, its function and both
+  // lists are checked straight from the words, with the general path's rules and
+  // charges, in its order, and the elements through QuickValue/QuickPointer. Returns
+  // false for anything else or anything wrong, and the caller walks the general way from
+  // the same budget (it also names the error). Touches no payload references.
+  bool QuickApply(const internal::StructView& env, internal::MessageState* state) {
+    const internal::Segments* segs = env.segments();
+    if (segs->count != 1 || env.pointer_count() < 1 || limits_.max_depth < 1) return false;
+    const internal::Segments::Segment& seg = segs->list[0];
+    // Body pointer 0: the Apply struct, with its three pointers present.
+    const uint64_t* slot = env.data() + env.data_words();
+    uint64_t w = internal::view_detail::Load(slot);
+    if (w == 0 || (w & 3) != 0) return false;
+    uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
+    uint64_t data_words = (w >> 32) & 0xffff, pointers = w >> 48;
+    if (pointers < 3 || index > seg.words || data_words + pointers > seg.words - index) return false;
+    const uint64_t* apply_pointers = seg.begin + index + data_words;
+
+    uint64_t size;
+    if (!QuickText(apply_pointers, seg, &size) || size > limits_.max_text_bytes ||
+        !QuickCharge(size / 8 + 1)) {
+      return false;
+    }
+    QuickList args, kwargs;
+    if (!QuickStructList(apply_pointers + 1, seg, &args)) return false;
+    for (uint64_t i = 0; i < args.count; ++i) {
+      if (!QuickValue(args.first + i * args.step, args.data_words, args.pointers, seg)) return false;
+    }
+    if (!QuickStructList(apply_pointers + 2, seg, &kwargs)) return false;
+    if (kwargs.count != 0 && kwargs.pointers < 2) return false;
+    for (uint64_t i = 0; i < kwargs.count; ++i) {
+      const uint64_t* field_pointers = kwargs.first + i * kwargs.step + kwargs.data_words;
+      if (!QuickText(field_pointers, seg, &size) || size > limits_.max_text_bytes ||
+          !QuickCharge(size / 8 + 1) || !QuickPointer(field_pointers + 1, seg)) {
+        return false;
+      }
+    }
+    // Checked: the walked readers (a few instructions each) make the accessors' views.
+    internal::ApplyView apply(env.WalkedStruct(0));
+    state->apply_index_.is_apply = true;
+    state->apply_index_.function = internal::ReadWalkedText(apply, 0);
+    state->apply_index_.args = internal::StructListView<internal::ValueView>::ReadWalked(apply, 1);
+    state->apply_index_.kwargs = internal::StructListView<internal::FieldView>::ReadWalked(apply, 2);
+    return true;
+  }
+  // A text pointer slot: null (the empty text) or a near byte list ending in NUL inside
+  // the segment; its size without the NUL.
+  ZEROCAN_VIEW_INLINE bool QuickText(const uint64_t* slot, const internal::Segments::Segment& seg,
+                                     uint64_t* size) {
+    uint64_t w = internal::view_detail::Load(slot);
+    *size = 0;
+    if (w == 0) return true;
+    if ((w & 3) != 1 || ((w >> 32) & 7) != 2) return false;
+    uint64_t count = w >> 35;
+    uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
+    if (count == 0 || index > seg.words || (count + 7) / 8 > seg.words - index) return false;
+    if (reinterpret_cast<const char*>(seg.begin + index)[count - 1] != '\0') return false;
+    *size = count - 1;
+    return true;
+  }
+  struct QuickList {
+    const uint64_t* first = nullptr;
+    uint64_t count = 0, data_words = 0, pointers = 0, step = 0;
+  };
+  // A struct-list pointer slot: null (empty) or a near inline-composite list inside the
+  // segment, as ListViewBase::Read checks it; then CheckLength's limit and charge.
+  ZEROCAN_VIEW_INLINE bool QuickStructList(const uint64_t* slot, const internal::Segments::Segment& seg,
+                                           QuickList* out) {
+    uint64_t w = internal::view_detail::Load(slot);
+    if (w == 0) return QuickCharge(0);
+    if ((w & 3) != 1 || ((w >> 32) & 7) != 7) return false;
+    uint64_t words = w >> 35;
+    uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
+    if (index > seg.words || words + 1 > seg.words - index) return false;
+    uint64_t tag = internal::view_detail::Load(seg.begin + index);
+    if ((tag & 3) != 0) return false;
+    out->count = static_cast<uint32_t>(tag) >> 2;
+    out->data_words = (tag >> 32) & 0xffff;
+    out->pointers = tag >> 48;
+    out->step = out->data_words + out->pointers;
+    if (out->count * out->step > words) return false;
+    out->first = seg.begin + index + 1;
+    return out->count <= limits_.max_list_length && QuickCharge(out->count);
+  }
+
   void CheckLength(uint64_t n, const Path& path) {
     if (n > limits_.max_list_length) {
       Fail(Code::kLimitExceeded, path,
@@ -356,6 +443,11 @@ class Walker {
     auto body = env.getBody();
     switch (body.which()) {
       case wire::Envelope::Body::APPLY: {
+        if constexpr (R::kFast) {
+          const uint64_t budget = budget_;
+          if (QuickApply(env, state)) return;
+          budget_ = budget;  // the general walk starts over, from the same budget
+        }
         Path apply = Child(root, "apply");
         auto a = body.getApply();
         Text(a.getFunction(), Child(apply, "function"));
@@ -423,73 +515,6 @@ class Walker {
   const DecodeLimits& limits_;
   uint64_t budget_;
   uint64_t payload_refs_ = 0;
-};
-
-// Message states are allocated from a small per-thread cache of blocks (control block
-// and state together, as allocate_shared lays them out): a server decodes and drops
-// messages on the same thread, so a decode reuses the block the last Message released
-// instead of a malloc/free pair of ~700 bytes (about a sixth of a small decode). A
-// block released on another thread joins that thread's cache; each cache keeps at most
-// kMaxCachedStates blocks and frees the rest.
-#if defined(__SANITIZE_ADDRESS__)
-#define ZEROCAN_STATE_CACHE_SIZE 0  // let AddressSanitizer see every use after free
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ZEROCAN_STATE_CACHE_SIZE 0
-#endif
-#endif
-#ifndef ZEROCAN_STATE_CACHE_SIZE
-#define ZEROCAN_STATE_CACHE_SIZE 16
-#endif
-struct StateBlockCache {
-  static constexpr int kMaxCachedStates = ZEROCAN_STATE_CACHE_SIZE;
-  void* head = nullptr;
-  int count = 0;
-  size_t block_size = 0;
-  bool alive = true;
-  ~StateBlockCache() {
-    alive = false;
-    while (head != nullptr) {
-      void* next = *static_cast<void**>(head);
-      ::operator delete(head);
-      head = next;
-    }
-  }
-};
-thread_local StateBlockCache tls_state_blocks;
-
-template <class T>
-struct StateAllocator {
-  using value_type = T;
-  StateAllocator() = default;
-  template <class U>
-  StateAllocator(const StateAllocator<U>&) noexcept {}
-  T* allocate(size_t n) {
-    StateBlockCache& cache = tls_state_blocks;
-    if (n == 1 && cache.head != nullptr && cache.block_size == sizeof(T)) {
-      void* block = cache.head;
-      cache.head = *static_cast<void**>(block);
-      --cache.count;
-      return static_cast<T*>(block);
-    }
-    return static_cast<T*>(::operator new(n * sizeof(T)));
-  }
-  void deallocate(T* p, size_t n) noexcept {
-    StateBlockCache& cache = tls_state_blocks;
-    if (n == 1 && cache.alive && cache.count < StateBlockCache::kMaxCachedStates &&
-        (cache.block_size == 0 || cache.block_size == sizeof(T))) {
-      cache.block_size = sizeof(T);
-      *reinterpret_cast<void**>(p) = cache.head;
-      cache.head = p;
-      ++cache.count;
-      return;
-    }
-    ::operator delete(p);
-  }
-  template <class U>
-  bool operator==(const StateAllocator<U>&) const noexcept { return true; }
-  template <class U>
-  bool operator!=(const StateAllocator<U>&) const noexcept { return false; }
 };
 
 [[noreturn]] void Reject(Code code, const std::string& what) {
@@ -651,7 +676,7 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
   const auto data_at = reinterpret_cast<uintptr_t>(envelope_data);
   const bool bytes_inside_frame = data_at >= frame_at && data_at < frame_at + sizeof(zmq::message_t);
   auto state = std::allocate_shared<internal::MessageState>(
-      StateAllocator<internal::MessageState>(), std::move(received));
+      internal::CachingAllocator<internal::MessageState>(), std::move(received));
   const capnp::word* words = static_cast<const capnp::word*>(
       bytes_inside_frame ? state->received_.frames[0].data() : envelope_data);
   size_t word_count = envelope_size / sizeof(capnp::word);

@@ -10,6 +10,7 @@
 #include <capnp/serialize.h>
 
 #include "absl/strings/str_cat.h"
+#include "internal/block_cache.h"
 #include "internal/strings.h"
 #include "absl/strings/str_join.h"
 #include "zerocan/codec.h"
@@ -595,7 +596,32 @@ wire::Envelope::Builder EnvelopeWriter::envelope() {
 }
 
 namespace {
-void FreeWords(void* data, void*) noexcept { std::free(data); }
+
+// A small envelope's block: with its shared_ptr control block, one allocation from the
+// thread's block cache. The constructor leaves the words uninitialised (Finish fills them).
+struct SmallEnvelope {
+  SmallEnvelope() noexcept {}
+  uint64_t words[Outgoing::kEnvelopeCopyBelow / sizeof(uint64_t)];
+};
+
+// The envelope's bytes, owned: a cached block when small, else a fresh aligned buffer.
+// Not a Buffer::CopyOf: this is the envelope's one copy, as it was into its frame.
+Buffer OwnedEnvelope(const void* words, size_t bytes) {
+  if (bytes <= sizeof(SmallEnvelope::words)) {
+    auto block = std::allocate_shared<SmallEnvelope>(internal::CachingAllocator<SmallEnvelope>());
+    std::memcpy(block->words, words, bytes);
+    auto* data = reinterpret_cast<std::byte*>(block->words);
+    return Buffer(data, bytes, std::move(block));
+  }
+  Buffer out = Buffer::Allocate(bytes);
+  std::memcpy(out.mutable_data(), words, bytes);
+  return out;
+}
+
+struct FreeWords {
+  void operator()(void* words) const noexcept { std::free(words); }
+};
+
 }  // namespace
 
 Outgoing EnvelopeWriter::Finish() {
@@ -606,7 +632,7 @@ Outgoing EnvelopeWriter::Finish() {
     env.setPayloadFrames(static_cast<uint32_t>(payloads_.size()));
     if (env.getSentAtNs() == 0) env.setSentAtNs(NowNs());
     kj::Array<capnp::word> flat = capnp::messageToFlatArray(*generated_);
-    return Outgoing(flat.begin(), flat.size() * sizeof(capnp::word), std::move(payloads_));
+    return Outgoing(OwnedEnvelope(flat.begin(), flat.size() * sizeof(capnp::word)), std::move(payloads_));
   }
   uint64_t* e = Word(kEnvelope);
   Store(e, 4, static_cast<uint32_t>(payloads_.size()));
@@ -617,17 +643,19 @@ Outgoing EnvelopeWriter::Finish() {
   // Standard Cap'n Proto framing of one segment: (count - 1) = 0, then its size in words.
   words_[0] = used_ << 32;
   size_t bytes = (used_ + 1) * sizeof(uint64_t);
-  if (used_ <= kHandOverWords) return Outgoing(words_, bytes, std::move(payloads_));
-  // Large: these words become the frame; the thread's scratch starts afresh.
-  Outgoing out(words_, bytes, FreeWords, std::move(payloads_));
+  if (used_ <= kHandOverWords) return Outgoing(OwnedEnvelope(words_, bytes), std::move(payloads_));
+  // Large: these words become the envelope; the thread's scratch starts afresh.
+  uint64_t* words = words_;
+  words_ = nullptr;  // the envelope's from here on (the destructor frees nothing)
   if (scratch_taken_) {
     tls_scratch.words = nullptr;
     tls_scratch.capacity = 0;
     tls_scratch.in_use = false;
     scratch_taken_ = false;
   }
-  words_ = nullptr;  // owned by the frame now (the destructor frees nothing)
-  return out;
+  std::shared_ptr<void> owner(words, FreeWords());  // frees them if it cannot allocate
+  return Outgoing(Buffer(reinterpret_cast<std::byte*>(words), bytes, std::move(owner)),
+                  std::move(payloads_));
 }
 
 }  // namespace zerocan

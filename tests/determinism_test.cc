@@ -22,7 +22,7 @@ std::string EnvelopeBytes(size_t inline_items) {
     list[i].Write(std::vector<double>(100, static_cast<double>(i)));  // 800 B: inline
   }
   Outgoing out = writer.Finish();
-  return std::string(static_cast<const char*>(out.envelope().data()), out.envelope().size());
+  return std::string(reinterpret_cast<const char*>(out.envelope().data()), out.envelope().size());
 }
 
 TEST(DeterminismTest, LargeEnvelopeSameBytesTwiceOnOneThread) {

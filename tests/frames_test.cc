@@ -202,6 +202,62 @@ TEST(FramesTest, LoopbackSharesBuffersAndReleasesOnce) {
   EXPECT_EQ(*released.count, 1);
 }
 
+TEST(FramesTest, LoopbackEnvelopeIsTheWritersBytesAndDetachCopiesIt) {
+  EnvelopeWriter w(FixedPolicy());
+  w.StartApply("scale", 1, 0).arg(0).Text("in place");
+  Outgoing out = w.Finish();
+  const std::byte* envelope = out.envelope().data();
+  std::vector<std::byte> bytes = testing::Bytes(out.envelope());
+
+  ReceivedMessage received = LoopbackFrames(std::move(out));
+  ASSERT_EQ(received.frames.size(), 1u);
+  EXPECT_EQ(received.frames[0].data(), static_cast<const void*>(envelope)) << "no copy";
+  EXPECT_EQ(received.envelope_owner.data(), envelope);
+  ReceivedMessage moved = std::move(received);  // the owner moves with the frames
+  Message m = Message::Decode(std::move(moved));
+  EXPECT_EQ(m.function(), "scale");
+  EXPECT_EQ(m.arg(0).AsText(), "in place");
+  EXPECT_EQ(m.frames()[0].data(), static_cast<const void*>(envelope));
+
+  // Detached frames own their bytes: frame 0 is a copy that outlives the message.
+  EnvelopeWriter w2(FixedPolicy());
+  w2.StartApply("scale", 1, 0).arg(0).Text("in place");
+  Outgoing out2 = w2.Finish();
+  const void* envelope2 = out2.envelope().data();
+  std::vector<std::byte> bytes2 = testing::Bytes(out2.envelope());
+  FrameList detached = DetachFrames(LoopbackFrames(std::move(out2)));
+  ASSERT_EQ(detached.size(), 1u);
+  EXPECT_NE(detached[0].data(), envelope2);
+  EXPECT_EQ(testing::Bytes(detached[0]), bytes2);
+  EXPECT_EQ(bytes2.size(), bytes.size());
+  ReceivedMessage again;
+  again.frames = std::move(detached);
+  EXPECT_EQ(Message::Decode(std::move(again)).arg(0).AsText(), "in place");
+}
+
+// Envelopes below Outgoing::kEnvelopeCopyBelow are copied into their frame (cheaper
+// than a zero-copy frame); larger ones travel zero-copy like payloads.
+TEST(FramesTest, InprocLargeEnvelopeArrivesAtTheWritersAddress) {
+  SocketPair pair("inproc");
+  for (size_t texts : {1, 200}) {
+    EnvelopeWriter w(FixedPolicy());
+    ApplyWriter a = w.StartApply("f", texts, 0);
+    for (size_t i = 0; i < texts; ++i) a.arg(i).Text("0123456789abcdef");
+    Outgoing out = w.Finish();
+    const bool large = out.envelope().size() >= Outgoing::kEnvelopeCopyBelow;
+    EXPECT_EQ(large, texts == 200) << out.envelope().size();
+    const void* address = out.envelope().data();
+    uint64_t zero_copy_before = GlobalStats().Snapshot().frames_sent_zero_copy;
+    Tracker t = Send(pair.a, std::move(out));
+    EXPECT_TRUE(t.done()) << "the envelope is not a tracked payload";
+    Message m = ReceiveMessage(pair.b);
+    EXPECT_EQ(m.arg_count(), texts);
+    EXPECT_EQ(m.frames()[0].data() == address, large);
+    EXPECT_EQ(GlobalStats().Snapshot().frames_sent_zero_copy, zero_copy_before)
+        << "only payload frames count as zero-copy sends";
+  }
+}
+
 TEST(FramesTest, RouterRoutingFramesRoundTrip) {
   zmq::context_t ctx;
   zmq::socket_t router(ctx, zmq::socket_type::router);

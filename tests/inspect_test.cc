@@ -103,7 +103,9 @@ std::string InspectAll(const std::string& capture, const InspectOptions& options
   return out;
 }
 
-std::string Envelope(const Outgoing& m) { return m.envelope().to_string(); }
+std::string Envelope(const Outgoing& m) {
+  return std::string(reinterpret_cast<const char*>(m.envelope().data()), m.envelope().size());
+}
 
 // ---- the messages of the snapshot capture ------------------------------------------------------
 

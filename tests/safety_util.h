@@ -44,7 +44,7 @@ inline FrameList CopyFrames(const FrameList& frames) {
   return out;
 }
 
-inline FrameList FramesOf(Outgoing&& out) { return LoopbackFrames(std::move(out)).frames; }
+inline FrameList FramesOf(Outgoing&& out) { return DetachFrames(LoopbackFrames(std::move(out))); }
 
 // A ROUTER bound on tcp loopback and a DEALER connected to it.
 struct TcpPair {

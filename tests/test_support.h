@@ -62,6 +62,9 @@ inline zmq::message_t FrameAt(const void* bytes, size_t size, size_t misalign) {
 inline zmq::message_t FrameAt(const zmq::message_t& source, size_t misalign) {
   return FrameAt(source.data(), source.size(), misalign);
 }
+inline zmq::message_t FrameAt(const Buffer& source, size_t misalign) {
+  return FrameAt(source.data(), source.size(), misalign);
+}
 
 inline std::vector<std::byte> Bytes(const zmq::message_t& m) {
   auto* p = static_cast<const std::byte*>(m.data());

@@ -160,7 +160,7 @@ TEST(WireViewTest, WriterProducesOneSegmentAtAnySize) {
   w.StartApply("f", 1, 0).arg(0).Write(texts);
   Outgoing out = w.Finish();
   ASSERT_GT(out.envelope().size(), 64u * 1024);
-  EXPECT_EQ(static_cast<const uint32_t*>(out.envelope().data())[0], 0u) << "segment count - 1";
+  EXPECT_EQ(reinterpret_cast<const uint32_t*>(out.envelope().data())[0], 0u) << "segment count - 1";
   Message m = Message::Decode(LoopbackFrames(std::move(out)));
   ASSERT_EQ(m.arg(0).size(), texts.size());
   EXPECT_EQ(m.arg(0)[2999].AsText(), texts[2999]);

@@ -159,7 +159,7 @@ TEST(WriterTest, TextKeyIsByteIdenticalToKeyThenText) {
       map.value(i).Int(static_cast<int64_t>(i));
     }
     Outgoing out = w.Finish();
-    const auto* p = static_cast<const char*>(out.envelope().data());
+    const auto* p = reinterpret_cast<const char*>(out.envelope().data());
     return std::string(p, out.envelope().size());
   };
   std::string fused = encode(true), separate = encode(false);

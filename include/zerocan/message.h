@@ -43,11 +43,21 @@ struct ReceivedMessage {
   absl::InlinedVector<zmq::message_t, 2> routing;
   // Frames after the delimiter: envelope, payload frames, then a signature if signed.
   FrameList frames;
+  // Owns frame 0's bytes when libzmq does not: LoopbackFrames makes frame 0 a constant
+  // frame over the Outgoing's envelope and keeps that envelope here. Empty for frames
+  // received from a socket. Move a ReceivedMessage whole, or use DetachFrames.
+  Buffer envelope_owner;
 };
 
-// Turns an encoded message into received frames without a socket: the payload frames
-// share the Outgoing's buffers (no copy). For tests, benchmarks and in-process calls.
+// Turns an encoded message into received frames without a socket and without a copy:
+// frame 0 refers to the Outgoing's envelope (kept in envelope_owner), the payload frames
+// share its buffers. For tests, benchmarks and in-process calls.
 ReceivedMessage LoopbackFrames(Outgoing&& outgoing);
+
+// The frames alone, each owning its bytes: frame 0 is copied when it borrows
+// envelope_owner. For code that keeps frames without their ReceivedMessage (taking
+// `.frames` by itself would leave such a frame 0 pointing at freed bytes).
+FrameList DetachFrames(ReceivedMessage&& received);
 
 enum class BodyKind : uint8_t { kApply, kResult, kHello, kHeartbeat, kGoodbye, kUnknown };
 

@@ -47,30 +47,35 @@ struct Header {
   uint64_t sent_at_ns = 0;  // 0 = let Finish() stamp the wall clock
 };
 
-// An encoded message, ready to send or to hand to a decoder: the envelope frame and the
-// payloads that travel as frames of their own (still owned, not yet given to libzmq).
-// Move-only.
+// An encoded message, ready to send or to hand to a decoder: the envelope's bytes and
+// the payloads that travel as frames of their own (all still owned, none yet given to
+// libzmq). Move-only.
+//
+// The envelope is a Buffer rather than a libzmq frame: a small one sits in a block from
+// a per-thread cache, and becomes a frame only where it meets a socket (Send copies it
+// into one, below kEnvelopeCopyBelow bytes, as cheaper than a zero-copy frame; larger
+// ones go zero-copy). A message decoded in process (LoopbackFrames) never pays for a
+// libzmq allocation.
 class Outgoing {
  public:
   Outgoing() = default;
   Outgoing(Outgoing&&) noexcept = default;
   Outgoing& operator=(Outgoing&&) noexcept = default;
 
-  zmq::message_t& envelope() noexcept { return envelope_; }
-  const zmq::message_t& envelope() const noexcept { return envelope_; }
+  const Buffer& envelope() const noexcept { return envelope_; }
   const std::vector<Buffer>& payload_frames() const noexcept { return payloads_; }
   size_t frame_count() const noexcept { return 1 + payloads_.size(); }
+  // Moves the envelope out, for whoever turns this message into frames.
+  Buffer TakeEnvelope() noexcept { return std::move(envelope_); }
+
+  // Envelopes smaller than this are copied into their frame at Send.
+  static constexpr size_t kEnvelopeCopyBelow = 1024;
 
  private:
   friend class EnvelopeWriter;
-  friend class Sender;
-  // Finish() builds the envelope frame in place: a zmq::message_t default-constructed
-  // and then rebuilt, or moved in, costs libzmq calls per message.
-  Outgoing(const void* envelope, size_t bytes, std::vector<Buffer>&& payloads)
-      : envelope_(envelope, bytes), payloads_(std::move(payloads)) {}
-  Outgoing(void* envelope, size_t bytes, zmq::free_fn* release, std::vector<Buffer>&& payloads)
-      : envelope_(envelope, bytes, release, nullptr), payloads_(std::move(payloads)) {}
-  zmq::message_t envelope_;
+  Outgoing(Buffer envelope, std::vector<Buffer>&& payloads)
+      : envelope_(std::move(envelope)), payloads_(std::move(payloads)) {}
+  Buffer envelope_;
   std::vector<Buffer> payloads_;
 };
 

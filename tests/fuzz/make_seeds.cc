@@ -26,7 +26,7 @@ std::string Encode(const FrameList& frames) {
   return out;
 }
 
-FrameList Frames(Outgoing&& out) { return LoopbackFrames(std::move(out)).frames; }
+FrameList Frames(Outgoing&& out) { return DetachFrames(LoopbackFrames(std::move(out))); }
 
 FrameList ManyFrames() {
   Policy policy;

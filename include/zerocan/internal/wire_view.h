@@ -162,7 +162,7 @@ class StructView {
   // checked: only where it leads is computed (a near pointer is a few instructions; a
   // far one takes the checked path, which cannot fail for a walked pointer). For the
   // accessors of a decoded Message, never for the walk itself.
-  StructView WalkedStruct(uint32_t i) const {
+  ZEROCAN_VIEW_INLINE StructView WalkedStruct(uint32_t i) const {
     if (!HasPointer(i)) return StructView(segs_);
     const uint64_t* p = data_ + data_words_ + i;
     uint64_t w = view_detail::Load(p);
@@ -252,7 +252,7 @@ class ListViewBase {
 
   // Read() for a pointer Message::Decode's walk has already checked with the same
   // `want` (see StructView::WalkedStruct).
-  static ListViewBase ReadWalked(const StructView& owner, uint32_t i, unsigned want) {
+  ZEROCAN_VIEW_INLINE static ListViewBase ReadWalked(const StructView& owner, uint32_t i, unsigned want) {
     if (!owner.HasPointer(i)) return Empty(owner);
     const uint64_t* p = owner.data_ + owner.data_words_ + i;
     uint64_t w = view_detail::Load(p);
@@ -306,7 +306,7 @@ class BytesListView : public ListViewBase {
     static_cast<ListViewBase&>(out) = ListViewBase::Read(owner, i, kByte);
     return out;
   }
-  static BytesListView ReadWalked(const StructView& owner, uint32_t i) {
+  ZEROCAN_VIEW_INLINE static BytesListView ReadWalked(const StructView& owner, uint32_t i) {
     BytesListView out;
     static_cast<ListViewBase&>(out) = ListViewBase::ReadWalked(owner, i, kByte);
     return out;
@@ -333,7 +333,7 @@ inline BlobView ReadData(const StructView& owner, uint32_t i) {
 }
 
 // ReadText for a walked pointer (the walk checked the byte list and its NUL).
-inline BlobView ReadWalkedText(const StructView& owner, uint32_t i) {
+ZEROCAN_VIEW_INLINE BlobView ReadWalkedText(const StructView& owner, uint32_t i) {
   BytesListView bytes = BytesListView::ReadWalked(owner, i);
   if (bytes.size() == 0) return BlobView();
   return BlobView(bytes.data(), bytes.size() - 1);
@@ -406,7 +406,7 @@ class StructListView : public ListViewBase {
     static_cast<ListViewBase&>(out) = ListViewBase::Read(owner, i, kComposite);
     return out;
   }
-  static StructListView ReadWalked(const StructView& owner, uint32_t i) {
+  ZEROCAN_VIEW_INLINE static StructListView ReadWalked(const StructView& owner, uint32_t i) {
     StructListView out;
     static_cast<ListViewBase&>(out) = ListViewBase::ReadWalked(owner, i, kComposite);
     return out;

@@ -1,0 +1,82 @@
+// A per-thread cache of same-sized blocks for objects that live about as long as one
+// message (a decoded message's state, a small envelope), so that encoding or decoding
+// a message reuses the block the last one released instead of a malloc/free pair.
+//
+// CachingAllocator<T> is a std allocator for allocate_shared: the control block and the
+// object come as one block of sizeof(rebound T), cached by that size. A block released
+// on another thread joins that thread's cache (a server decodes on one thread and drops
+// on another only at its edges); each cache keeps at most kMaxCachedBlocks blocks and
+// frees the rest. Off under AddressSanitizer, so it sees every use after free.
+#pragma once
+
+#include <cstddef>
+#include <new>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define ZEROCAN_BLOCK_CACHE_SIZE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ZEROCAN_BLOCK_CACHE_SIZE 0
+#endif
+#endif
+#ifndef ZEROCAN_BLOCK_CACHE_SIZE
+#define ZEROCAN_BLOCK_CACHE_SIZE 16
+#endif
+
+namespace zerocan::internal {
+
+template <size_t kBlockSize>
+struct BlockCache {
+  static constexpr int kMaxCachedBlocks = ZEROCAN_BLOCK_CACHE_SIZE;
+  void* head = nullptr;
+  int count = 0;
+  bool alive = true;  // false once the thread's cache is destroyed (thread exit)
+  ~BlockCache() {
+    alive = false;
+    while (head != nullptr) {
+      void* next = *static_cast<void**>(head);
+      ::operator delete(head);
+      head = next;
+    }
+  }
+  static BlockCache& Mine() {
+    thread_local BlockCache cache;
+    return cache;
+  }
+};
+
+template <class T>
+struct CachingAllocator {
+  using value_type = T;
+  CachingAllocator() = default;
+  template <class U>
+  CachingAllocator(const CachingAllocator<U>&) noexcept {}
+
+  T* allocate(size_t n) {
+    static_assert(sizeof(T) >= sizeof(void*));
+    BlockCache<sizeof(T)>& cache = BlockCache<sizeof(T)>::Mine();
+    if (n == 1 && cache.head != nullptr) {
+      void* block = cache.head;
+      cache.head = *static_cast<void**>(block);
+      --cache.count;
+      return static_cast<T*>(block);
+    }
+    return static_cast<T*>(::operator new(n * sizeof(T)));
+  }
+  void deallocate(T* p, size_t n) noexcept {
+    BlockCache<sizeof(T)>& cache = BlockCache<sizeof(T)>::Mine();
+    if (n == 1 && cache.alive && cache.count < BlockCache<sizeof(T)>::kMaxCachedBlocks) {
+      *reinterpret_cast<void**>(p) = cache.head;
+      cache.head = p;
+      ++cache.count;
+      return;
+    }
+    ::operator delete(p);
+  }
+  template <class U>
+  bool operator==(const CachingAllocator<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const CachingAllocator<U>&) const noexcept { return false; }
+};
+
+}  // namespace zerocan::internal
