@@ -250,8 +250,8 @@ class Walker {
             const uint64_t step = uint64_t{map[0].data_words()} + map[0].pointer_count();
             for (; i < map.size(); ++i) {
               const uint64_t* slots = first_slots + i * step;  // never formed past the end
-              bool key_done = QuickPointer(slots, seg);
-              if (key_done && QuickPointer(slots + 1, seg)) continue;
+              bool key_done = QuickCharge(QuickPointer(slots, seg));
+              if (key_done && QuickCharge(QuickPointer(slots + 1, seg))) continue;
               Path entry = Child(path, nullptr, i);
               if (!key_done) Visit(map[i].getKey(), Child(entry, "key"), depth + 1);
               Visit(map[i].getValue(), Child(entry, "value"), depth + 1);
@@ -289,7 +289,7 @@ class Walker {
     if constexpr (R::kFast) {
       const internal::Segments* segs = v.segments();
       if (depth <= limits_.max_depth && segs != nullptr && segs->count == 1 &&
-          QuickValue(v.data(), v.data_words(), v.pointer_count(), segs->list[0])) {
+          QuickCharge(QuickValue(v.data(), v.data_words(), v.pointer_count(), segs->list[0]))) {
         return;
       }
     }
@@ -301,43 +301,33 @@ class Walker {
 
   // The one-segment fast path (FastViews only). A Value struct at words [s, s + dw + pc)
   // of `seg`, already inside it: a null, a scalar or a text is checked here, straight
-  // from the words, with the general path's rules and charges (no views, no Path).
-  // Anything else, or anything wrong, returns false before charging, and the caller
-  // walks the value the general way, which also names the error precisely.
-  ZEROCAN_VIEW_INLINE bool QuickValue(const uint64_t* s, uint64_t dw, uint64_t pc,
-                                      const internal::Segments::Segment& seg) {
+  // from the words, with the general path's rules (no views, no Path). Returns the units
+  // the general path would charge for it, or 0 (no value costs 0) for anything else or
+  // anything wrong: the caller then walks the value the general way, which also names
+  // the error precisely. Charges nothing itself.
+  ZEROCAN_VIEW_INLINE uint64_t QuickValue(const uint64_t* s, uint64_t dw, uint64_t pc,
+                                          const internal::Segments::Segment& seg) {
     uint16_t which = dw != 0 ? static_cast<uint16_t>(internal::view_detail::Load(s)) : 0;
-    if (which <= wire::Value::FLOAT) return QuickCharge(1);
-    if (which != wire::Value::TEXT) return false;
+    if (which <= wire::Value::FLOAT) return 1;
+    if (which != wire::Value::TEXT) return 0;
     uint64_t size = 0;  // a missing or null text pointer is the empty text
-    if (pc != 0) {
-      const uint64_t* at = s + dw;
-      uint64_t w = internal::view_detail::Load(at);
-      if (w != 0) {
-        if ((w & 3) != 1 || ((w >> 32) & 7) != 2) return false;  // not a near byte list
-        uint64_t count = w >> 35;
-        uint64_t index = static_cast<uint64_t>((at - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
-        if (count == 0 || index > seg.words || (count + 7) / 8 > seg.words - index) return false;
-        if (reinterpret_cast<const char*>(seg.begin + index)[count - 1] != '\0') return false;
-        size = count - 1;
-      }
-    }
-    if (size > limits_.max_text_bytes) return false;
-    uint64_t units = 1 + size / 8 + 1;
-    return QuickCharge(units);
+    if (pc != 0 && !QuickText(s + dw, seg, &size)) return 0;
+    if (size > limits_.max_text_bytes) return 0;
+    return 1 + size / 8 + 1;
   }
-  // A pointer slot to a Value struct.
-  ZEROCAN_VIEW_INLINE bool QuickPointer(const uint64_t* slot, const internal::Segments::Segment& seg) {
+  // A pointer slot to a Value struct; as QuickValue.
+  ZEROCAN_VIEW_INLINE uint64_t QuickPointer(const uint64_t* slot, const internal::Segments::Segment& seg) {
     uint64_t w = internal::view_detail::Load(slot);
-    if (w == 0) return QuickCharge(1);  // a null pointer reads as the null value
-    if ((w & 3) != 0) return false;      // far pointers and errors: the general path
+    if (w == 0) return 1;            // a null pointer reads as the null value
+    if ((w & 3) != 0) return 0;      // far pointers and errors: the general path
     uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
     uint64_t dw = (w >> 32) & 0xffff, pc = w >> 48;
-    if (index > seg.words || dw + pc > seg.words - index) return false;
+    if (index > seg.words || dw + pc > seg.words - index) return 0;
     return QuickValue(seg.begin + index, dw, pc, seg);
   }
+  // Spends `units` (0: a refused value, never charged) if the budget has them.
   ZEROCAN_VIEW_INLINE bool QuickCharge(uint64_t units) {
-    if (units > budget_) return false;
+    if (units == 0 || units > budget_) return false;
     budget_ -= units;
     return true;
   }
@@ -361,25 +351,31 @@ class Walker {
     if (pointers < 3 || index > seg.words || data_words + pointers > seg.words - index) return false;
     const uint64_t* apply_pointers = seg.begin + index + data_words;
 
-    uint64_t size;
-    if (!QuickText(apply_pointers, seg, &size) || size > limits_.max_text_bytes ||
-        !QuickCharge(size / 8 + 1)) {
-      return false;
-    }
+    // The units add up here and are spent once: the general path, spending them one by
+    // one, runs out exactly when their sum exceeds the budget.
+    const uint64_t max_text = limits_.max_text_bytes;
+    uint64_t size, units;
+    if (!QuickText(apply_pointers, seg, &size) || size > max_text) return false;
+    units = size / 8 + 1;
     QuickList args, kwargs;
     if (!QuickStructList(apply_pointers + 1, seg, &args)) return false;
+    units += args.count;
     for (uint64_t i = 0; i < args.count; ++i) {
-      if (!QuickValue(args.first + i * args.step, args.data_words, args.pointers, seg)) return false;
+      uint64_t u = QuickValue(args.first + i * args.step, args.data_words, args.pointers, seg);
+      if (u == 0) return false;
+      units += u;
     }
     if (!QuickStructList(apply_pointers + 2, seg, &kwargs)) return false;
+    units += kwargs.count;
     if (kwargs.count != 0 && kwargs.pointers < 2) return false;
     for (uint64_t i = 0; i < kwargs.count; ++i) {
       const uint64_t* field_pointers = kwargs.first + i * kwargs.step + kwargs.data_words;
-      if (!QuickText(field_pointers, seg, &size) || size > limits_.max_text_bytes ||
-          !QuickCharge(size / 8 + 1) || !QuickPointer(field_pointers + 1, seg)) {
-        return false;
-      }
+      if (!QuickText(field_pointers, seg, &size) || size > max_text) return false;
+      uint64_t u = QuickPointer(field_pointers + 1, seg);
+      if (u == 0) return false;
+      units += size / 8 + 1 + u;
     }
+    if (!QuickCharge(units)) return false;
     // Checked: the walked readers (a few instructions each) make the accessors' views.
     internal::ApplyView apply(env.WalkedStruct(0));
     state->apply_index_.is_apply = true;
@@ -408,11 +404,11 @@ class Walker {
     uint64_t count = 0, data_words = 0, pointers = 0, step = 0;
   };
   // A struct-list pointer slot: null (empty) or a near inline-composite list inside the
-  // segment, as ListViewBase::Read checks it; then CheckLength's limit and charge.
+  // segment, as ListViewBase::Read checks it, within CheckLength's limit.
   ZEROCAN_VIEW_INLINE bool QuickStructList(const uint64_t* slot, const internal::Segments::Segment& seg,
                                            QuickList* out) {
     uint64_t w = internal::view_detail::Load(slot);
-    if (w == 0) return QuickCharge(0);
+    if (w == 0) return true;  // the empty list
     if ((w & 3) != 1 || ((w >> 32) & 7) != 7) return false;
     uint64_t words = w >> 35;
     uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
@@ -425,7 +421,7 @@ class Walker {
     out->step = out->data_words + out->pointers;
     if (out->count * out->step > words) return false;
     out->first = seg.begin + index + 1;
-    return out->count <= limits_.max_list_length && QuickCharge(out->count);
+    return out->count <= limits_.max_list_length;
   }
 
   void CheckLength(uint64_t n, const Path& path) {
@@ -516,6 +512,9 @@ class Walker {
   uint64_t budget_;
   uint64_t payload_refs_ = 0;
 };
+
+// This thread's share of Stats::messages_decoded (see internal::ThreadCounter).
+thread_local internal::ThreadCounter tls_decoded(&GlobalStats().messages_decoded);
 
 [[noreturn]] void Reject(Code code, const std::string& what) {
   Bump(GlobalStats().messages_rejected);
@@ -709,7 +708,7 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
     Bump(GlobalStats().messages_rejected);
     throw;
   }
-  Bump(GlobalStats().messages_decoded);
+  tls_decoded.Bump();
   Message message;
   message.apply_ = &state->apply_index_;
   message.state_ = std::move(state);

@@ -78,6 +78,33 @@ TEST(MessageTest, EmptyAndMovedFromMessagesThrow) {
   EXPECT_EQ(c.arg(0).AsText(), "secret-of-c");
 }
 
+// messages_decoded is counted per thread (no shared atomic per decode): the snapshot
+// must still see every decode, from live threads and from threads that have exited.
+TEST(MessageTest, MessagesDecodedCountsEveryThread) {
+  auto decode = [](int n) {
+    for (int i = 0; i < n; ++i) {
+      EnvelopeWriter w(FixedPolicy());
+      w.StartApply("f", 1, 0).arg(0).Int(i);
+      ASSERT_EQ(Message::Decode(LoopbackFrames(w.Finish())).arg(0).AsInt(), i);
+    }
+  };
+  const uint64_t before = GlobalStats().Snapshot().messages_decoded;
+  decode(5);  // this thread
+  std::thread exited(decode, 7);
+  exited.join();  // its count moved to the shared counter when it exited
+  std::atomic<bool> done{false}, stop{false};
+  std::thread alive([&] {
+    decode(11);
+    done = true;
+    while (!stop) std::this_thread::yield();
+  });
+  while (!done) std::this_thread::yield();
+  EXPECT_EQ(GlobalStats().Snapshot().messages_decoded - before, 5u + 7u + 11u);
+  stop = true;
+  alive.join();
+  EXPECT_EQ(GlobalStats().Snapshot().messages_decoded - before, 5u + 7u + 11u);
+}
+
 TEST(MessageTest, ResultOk) {
   EnvelopeWriter w(FixedPolicy());
   w.SetHeader(Header{5, 6, 7, 8});
