@@ -33,9 +33,10 @@ constexpr uint32_t kMaxEncodeDepth = 64;
 // Cap'n Proto lists and Data hold fewer than 2^29 elements.
 constexpr uint64_t kMaxCapnpList = internal::kMaxListElements;
 
-// Per-thread scratch words, reused message after message: a small envelope is written
-// here and copied once into its frame. An envelope that outgrows kHandOverWords keeps
-// its (grown) buffer as the frame instead, and the thread starts a fresh scratch.
+// Per-thread scratch words, reused message after message, for an envelope that outgrows
+// its blocks (below): it is written here and copied once into its own buffer. One
+// that outgrows kHandOverWords keeps its (grown) words instead, and the thread starts a
+// fresh scratch.
 //
 // The layout never depends on the scratch's size (always one segment, objects in the
 // order started), so an envelope's bytes do not depend on what the thread sent before.
@@ -51,6 +52,27 @@ struct Scratch {
   ~Scratch() { std::free(words); }
 };
 thread_local Scratch tls_scratch;
+
+// Where every envelope starts: a block from the thread's block cache, with its
+// shared_ptr control block in the same allocation. Most envelopes (every small call and
+// result) fit one, and Finish hands the block itself over as the envelope: no copy, no
+// malloc. Three sizes, so that a message kept alive holds at most about four times its
+// envelope's bytes; an envelope moves up a size as it grows, then to the thread's
+// scratch. The constructor leaves the words uninitialised (the writer zeroes what it uses).
+template <uint64_t kWords>
+struct EnvelopeBlock {
+  EnvelopeBlock() noexcept {}
+  uint64_t words[kWords];  // the segment table, then the segment
+};
+constexpr uint64_t kBlockWords[] = {32, 128, 512};  // 256 B, 1 KiB, 4 KiB
+
+template <uint64_t kWords>
+std::shared_ptr<void> NewBlock(uint64_t** words) {
+  auto block = std::allocate_shared<EnvelopeBlock<kWords>>(
+      internal::CachingAllocator<EnvelopeBlock<kWords>>());
+  *words = block->words;
+  return block;
+}
 
 uint64_t* AllocateWords(uint64_t capacity) {
   auto* p = static_cast<uint64_t*>(std::malloc((capacity + 1) * sizeof(uint64_t)));
@@ -184,6 +206,38 @@ void EnvelopeWriter::Grow(uint64_t needed) {
   if (needed > kMaxSegmentWords - used_) {
     throw EncodeError(absl::StrCat("envelope of more than ", kMaxSegmentWords * 8,
                                    " bytes (put large payloads in frames: Policy::inline_threshold)"));
+  }
+  if (block_ != nullptr) {
+    // Outgrew its block: on in the smallest larger block that fits, else in the thread's
+    // scratch, or in words of its own when another writer on this thread holds it.
+    uint64_t* to;
+    uint64_t capacity;
+    std::shared_ptr<void> block;
+    const uint64_t want = used_ + needed;  // words after the table
+    if (want < kBlockWords[1] && capacity_ < kBlockWords[1] - 1) {
+      block = NewBlock<kBlockWords[1]>(&to);
+      capacity = kBlockWords[1] - 1;
+    } else if (want < kBlockWords[2]) {
+      block = NewBlock<kBlockWords[2]>(&to);
+      capacity = kBlockWords[2] - 1;
+    } else if (!tls_scratch.in_use) {
+      if (tls_scratch.words == nullptr) {
+        tls_scratch.words = AllocateWords(kScratchWords);
+        tls_scratch.capacity = kScratchWords;
+      }
+      tls_scratch.in_use = true;
+      scratch_taken_ = true;
+      to = tls_scratch.words;
+      capacity = tls_scratch.capacity;
+    } else {
+      to = AllocateWords(kScratchWords);
+      capacity = kScratchWords;
+    }
+    std::memcpy(to, words_, (used_ + 1) * sizeof(uint64_t));
+    words_ = to;
+    capacity_ = capacity;
+    block_ = std::move(block);
+    if (needed <= capacity_ - used_) return;
   }
   uint64_t capacity = std::max(capacity_ * 2, used_ + needed);
   capacity = std::min(capacity, kMaxSegmentWords);
@@ -453,20 +507,8 @@ constexpr uint32_t kBodyPointer = kEnvelope + kDataWords<wire::Envelope>;
 
 EnvelopeWriter::EnvelopeWriter(const Policy& policy, const Registry* registry)
     : policy_(policy), registry_(registry) {
-  if (!tls_scratch.in_use) {
-    if (tls_scratch.words == nullptr) {
-      tls_scratch.words = AllocateWords(kScratchWords);
-      tls_scratch.capacity = kScratchWords;
-    }
-    tls_scratch.in_use = true;
-    scratch_taken_ = true;
-    words_ = tls_scratch.words;
-    capacity_ = tls_scratch.capacity;
-  } else {
-    // A second writer alive on this thread: its own words.
-    words_ = AllocateWords(kScratchWords);
-    capacity_ = kScratchWords;
-  }
+  block_ = NewBlock<kBlockWords[0]>(&words_);
+  capacity_ = kBlockWords[0] - 1;
   Allocate(1);  // the root pointer
   NewStruct(kRoot, kDataWords<wire::Envelope>, kPointers<wire::Envelope>);
   Store(Word(kEnvelope), 0, static_cast<uint16_t>(kProtocolVersion));
@@ -475,8 +517,8 @@ EnvelopeWriter::EnvelopeWriter(const Policy& policy, const Registry* registry)
 EnvelopeWriter::~EnvelopeWriter() {
   if (scratch_taken_) {
     tls_scratch.in_use = false;
-  } else {
-    std::free(words_);
+  } else if (block_ == nullptr) {
+    std::free(words_);  // words of its own (null once handed over)
   }
 }
 
@@ -620,22 +662,9 @@ wire::Envelope::Builder EnvelopeWriter::envelope() {
 
 namespace {
 
-// A small envelope's block: with its shared_ptr control block, one allocation from the
-// thread's block cache. The constructor leaves the words uninitialised (Finish fills them).
-struct SmallEnvelope {
-  SmallEnvelope() noexcept {}
-  uint64_t words[Outgoing::kEnvelopeCopyBelow / sizeof(uint64_t)];
-};
-
-// The envelope's bytes, owned: a cached block when small, else a fresh aligned buffer.
-// Not a Buffer::CopyOf: this is the envelope's one copy, as it was into its frame.
+// The envelope's bytes, owned, for one that outgrew the blocks: a fresh aligned
+// buffer. Not a Buffer::CopyOf: this is the envelope's one copy, as it was into its frame.
 Buffer OwnedEnvelope(const void* words, size_t bytes) {
-  if (bytes <= sizeof(SmallEnvelope::words)) {
-    auto block = std::allocate_shared<SmallEnvelope>(internal::CachingAllocator<SmallEnvelope>());
-    std::memcpy(block->words, words, bytes);
-    auto* data = reinterpret_cast<std::byte*>(block->words);
-    return Buffer(data, bytes, std::move(block));
-  }
   Buffer out = Buffer::Allocate(bytes);
   std::memcpy(out.mutable_data(), words, bytes);
   return out;
@@ -666,6 +695,12 @@ Outgoing EnvelopeWriter::Finish() {
   // Standard Cap'n Proto framing of one segment: (count - 1) = 0, then its size in words.
   words_[0] = used_ << 32;
   size_t bytes = (used_ + 1) * sizeof(uint64_t);
+  if (block_ != nullptr) {
+    // Still in a block: the block becomes the envelope.
+    auto* data = reinterpret_cast<std::byte*>(words_);
+    words_ = nullptr;
+    return Outgoing(Buffer(data, bytes, std::move(block_)), std::move(payloads_));
+  }
   if (used_ <= kHandOverWords) return Outgoing(OwnedEnvelope(words_, bytes), std::move(payloads_));
   // Large: these words become the envelope; the thread's scratch starts afresh.
   uint64_t* words = words_;

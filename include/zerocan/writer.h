@@ -252,9 +252,13 @@ class EnvelopeWriter {
 
   Policy policy_;
   const Registry* registry_;
-  uint64_t* words_ = nullptr;  // word 0: the segment table; then the segment
+  // Word 0: the segment table; then the segment. In `block_` while the envelope fits a
+  // pooled block (then Finish hands the block over, no copy), else in the thread's scratch
+  // (scratch_taken_) or in words of its own.
+  uint64_t* words_ = nullptr;
   uint64_t capacity_ = 0;      // words after the table
   uint64_t used_ = 0;
+  std::shared_ptr<void> block_;
   bool scratch_taken_ = false;
   std::unique_ptr<capnp::MallocMessageBuilder> generated_;
   std::vector<Buffer> payloads_;
