@@ -391,10 +391,12 @@ class Walker {
     uint64_t w = internal::view_detail::Load(slot);
     *size = 0;
     if (w == 0) return true;
-    if ((w & 3) != 1 || ((w >> 32) & 7) != 2) return false;
+    // A near list pointer (tag 1) of byte elements (size 2), in one comparison.
+    if ((w & 0x700000003) != 0x200000001) return false;
     uint64_t count = w >> 35;
     uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
-    if (count == 0 || index > seg.words || (count + 7) / 8 > seg.words - index) return false;
+    // count >= 1 (its NUL), and bytes [index*8, index*8 + count) inside the segment.
+    if (count - 1 >= (seg.words - index) * 8 || index > seg.words) return false;
     if (reinterpret_cast<const char*>(seg.begin + index)[count - 1] != '\0') return false;
     *size = count - 1;
     return true;
@@ -409,7 +411,8 @@ class Walker {
                                            QuickList* out) {
     uint64_t w = internal::view_detail::Load(slot);
     if (w == 0) return true;  // the empty list
-    if ((w & 3) != 1 || ((w >> 32) & 7) != 7) return false;
+    // A near list pointer (tag 1) of inline-composite elements (size 7).
+    if ((w & 0x700000003) != 0x700000001) return false;
     uint64_t words = w >> 35;
     uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
     if (index > seg.words || words + 1 > seg.words - index) return false;
