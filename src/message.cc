@@ -713,7 +713,7 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
   }
   tls_decoded.Bump();
   Message message;
-  message.apply_ = &state->apply_index_;
+  message.apply_ = state->apply_index_.is_apply ? &state->apply_index_ : nullptr;
   message.state_ = std::move(state);
   return message;
 }

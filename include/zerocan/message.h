@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <utility>
 
 #include <zmq.hpp>
 
@@ -64,6 +65,15 @@ enum class BodyKind : uint8_t { kApply, kResult, kHello, kHeartbeat, kGoodbye, k
 class Message {
  public:
   Message() = default;
+  Message(const Message&) = default;
+  Message& operator=(const Message&) = default;
+  Message(Message&& other) noexcept
+      : state_(std::move(other.state_)), apply_(std::exchange(other.apply_, nullptr)) {}
+  Message& operator=(Message&& other) noexcept {
+    state_ = std::move(other.state_);
+    apply_ = std::exchange(other.apply_, nullptr);
+    return *this;
+  }
 
   // Checks and decodes. Throws DecodeError naming the frame and the field path.
   static Message Decode(ReceivedMessage&& received, const DecodeLimits& limits = {});
@@ -102,13 +112,13 @@ class Message {
 
  private:
   const internal::ApplyIndex& Apply() const {
-    // state_ first: a moved-from Message keeps its apply_ but not the state it points into.
-    if (state_ == nullptr || !apply_->is_apply) internal::ThrowWrongBody("an apply");
+    if (apply_ == nullptr) internal::ThrowWrongBody("an apply");
     return *apply_;
   }
 
   std::shared_ptr<internal::MessageState> state_;
-  const internal::ApplyIndex* apply_ = nullptr;  // inside *state_
+  // Inside *state_, for an apply only (null otherwise, and in a moved-from Message).
+  const internal::ApplyIndex* apply_ = nullptr;
 };
 
 // The apply accessors are inline: an engine calls them once per argument.
