@@ -241,15 +241,14 @@ void EnvelopeWriter::Grow(uint64_t needed) {
   }
   uint64_t capacity = std::max(capacity_ * 2, used_ + needed);
   capacity = std::min(capacity, kMaxSegmentWords);
-  uint64_t* grown = AllocateWords(capacity);
-  std::memcpy(grown, words_, (used_ + 1) * sizeof(uint64_t));
+  // realloc: a large block at the top of the heap (or a mapped one) grows in place
+  // instead of being copied at every doubling.
+  auto* grown = static_cast<uint64_t*>(std::realloc(words_, (capacity + 1) * sizeof(uint64_t)));
+  if (grown == nullptr) throw std::bad_alloc();
   if (scratch_taken_) {
     // The thread's scratch grows with it (bounded: a hand-over at Finish drops it).
-    std::free(tls_scratch.words);
     tls_scratch.words = grown;
     tls_scratch.capacity = capacity;
-  } else {
-    std::free(words_);
   }
   words_ = grown;
   capacity_ = capacity;
