@@ -73,8 +73,8 @@ std::optional<Value> ValueMap::Find(std::string_view key) const {
 
 Buffer Value::ResolvePayload(internal::PayloadView payload) const {
   if (message_ == nullptr) throw Error("Value: no message behind this value");
-  if (payload.isInline()) return message_->InlineBytes(payload.getInline());
-  auto ref = payload.getFrame();
+  if (payload.isInline()) return message_->InlineBytes(payload.walkedInline());
+  auto ref = payload.walkedFrame();
   return message_->FrameSlice(ref.getIndex(), ref.getOffset(), ref.getLength());
 }
 
@@ -82,10 +82,6 @@ Buffer Value::AsBytes() const {
   if (kind() != Kind::kBytes) Mismatch("bytes");
   return ResolvePayload(internal::PayloadView(reader_.walkedPointer()));
 }
-
-
-
-
 
 
 DType Value::dtype() const {
@@ -96,13 +92,13 @@ DType Value::dtype() const {
 Shape Value::shape() const {
   if (kind() != Kind::kTensor) Mismatch("tensor");
   Shape out;
-  for (uint64_t d : internal::TensorView(reader_.walkedPointer()).getShape()) out.push_back(d);
+  for (uint64_t d : internal::TensorView(reader_.walkedPointer()).walkedShape()) out.push_back(d);
   return out;
 }
 
 Buffer Value::TensorBytes() const {
   if (kind() != Kind::kTensor) Mismatch("tensor");
-  return ResolvePayload(internal::TensorView(reader_.walkedPointer()).getData());
+  return ResolvePayload(internal::TensorView(reader_.walkedPointer()).walkedData());
 }
 
 bool Value::InFrame() const {
@@ -119,7 +115,7 @@ bool Value::TensorIsZeroCopy() const {
   if (t.getPacking() != wire::Packing::NONE || t.getByteOrder() != wire::ByteOrder::LITTLE) {
     return false;
   }
-  Buffer raw = ResolvePayload(t.getData());
+  Buffer raw = ResolvePayload(t.walkedData());
   return IsAligned(raw.data(), ItemAlignment(static_cast<DType>(t.getDtype())));
 }
 
@@ -163,9 +159,9 @@ Tensor Value::AsTensor() const {
   auto t = internal::TensorView(reader_.walkedPointer());
   DType dtype = static_cast<DType>(t.getDtype());
   Shape dims;
-  for (uint64_t d : t.getShape()) dims.push_back(d);
+  for (uint64_t d : t.walkedShape()) dims.push_back(d);
   Order order = t.getOrder() == wire::Order::FORTRAN ? Order::kFortran : Order::kC;
-  Buffer raw = ResolvePayload(t.getData());
+  Buffer raw = ResolvePayload(t.walkedData());
   size_t item = ItemSize(dtype);
 
   if (t.getPacking() != wire::Packing::NONE) {

@@ -348,6 +348,11 @@ class U64ListView : public ListViewBase {
     static_cast<ListViewBase&>(out) = ListViewBase::Read(owner, i, kEightBytes);
     return out;
   }
+  ZEROCAN_VIEW_INLINE static U64ListView ReadWalked(const StructView& owner, uint32_t i) {
+    U64ListView out;
+    static_cast<ListViewBase&>(out) = ListViewBase::ReadWalked(owner, i, kEightBytes);
+    return out;
+  }
   uint64_t operator[](size_t i) const noexcept { return view_detail::Load(Words() + i); }
 
   class Iterator {
@@ -435,6 +440,12 @@ ZEROCAN_VIEW(PayloadView)
   bool isFrame() const noexcept { return which() == wire::Payload::FRAME; }
   BlobView getInline() const { return ReadData(*this, 0); }
   FrameRefView getFrame() const { return FrameRefView(Struct(0)); }
+  // For a payload Message::Decode's walk has checked (see WalkedStruct).
+  BlobView walkedInline() const {
+    BytesListView bytes = BytesListView::ReadWalked(*this, 0);
+    return BlobView(bytes.data(), bytes.size());
+  }
+  FrameRefView walkedFrame() const { return FrameRefView(WalkedStruct(0)); }
 };
 
 ZEROCAN_VIEW(TensorView)
@@ -444,6 +455,8 @@ ZEROCAN_VIEW(TensorView)
   wire::Packing getPacking() const noexcept { return static_cast<wire::Packing>(Data<uint16_t>(6)); }
   U64ListView getShape() const { return U64ListView::Read(*this, 0); }
   PayloadView getData() const { return PayloadView(Struct(1)); }
+  U64ListView walkedShape() const { return U64ListView::ReadWalked(*this, 0); }
+  PayloadView walkedData() const { return PayloadView(WalkedStruct(1)); }
 };
 
 class EntryView;
