@@ -386,7 +386,18 @@ void PublishCaptured(zmq::socket_t& pub, const ReceivedMessage& message, Directi
   std::vector<const zmq::message_t*> frames;
   for (const auto& f : message.routing) frames.push_back(&f);
   frames.push_back(&delimiter);
-  for (const auto& f : message.frames) frames.push_back(&f);
+  // A borrowed frame 0 (LoopbackFrames: a constant frame over envelope_owner) would be
+  // shared, not owned, by the queued copy, and could outlive its bytes: publish a copy.
+  zmq::message_t owned_envelope;
+  for (size_t i = 0; i < message.frames.size(); ++i) {
+    const zmq::message_t& f = message.frames[i];
+    if (i == 0 && !message.envelope_owner.empty()) {
+      owned_envelope = zmq::message_t(f.data(), f.size());
+      frames.push_back(&owned_envelope);
+    } else {
+      frames.push_back(&f);
+    }
+  }
   PublishCaptured(pub, frames, direction, source);
 }
 

@@ -360,6 +360,10 @@ class Walker {
     QuickList args, kwargs;
     if (!QuickStructList(apply_pointers + 1, seg, &args)) return false;
     units += args.count;
+    // The budget before the elements, as CheckLength charges a list's length before
+    // walking it: else a list of 2^24 empty structs in 120 bytes would be looped over
+    // here before the general walk refused it.
+    if (units > budget_) return false;
     for (uint64_t i = 0; i < args.count; ++i) {
       uint64_t u = QuickValue(args.first + i * args.step, args.data_words, args.pointers, seg);
       if (u == 0) return false;
@@ -367,6 +371,7 @@ class Walker {
     }
     if (!QuickStructList(apply_pointers + 2, seg, &kwargs)) return false;
     units += kwargs.count;
+    if (units > budget_) return false;
     if (kwargs.count != 0 && kwargs.pointers < 2) return false;
     for (uint64_t i = 0; i < kwargs.count; ++i) {
       const uint64_t* field_pointers = kwargs.first + i * kwargs.step + kwargs.data_words;

@@ -289,6 +289,42 @@ TEST(CaptureTest, LiveCaptureSocketCarriesTagAndFrames) {
   EXPECT_NE(plain->time_ns, 0u);
 }
 
+// Frame 0 of a LoopbackFrames message borrows its envelope_owner's bytes: what was
+// published must not depend on them once the message is gone.
+TEST(CaptureTest, PublishedLoopbackEnvelopeOutlivesTheMessage) {
+  zmq::context_t ctx;
+  zmq::socket_t pub(ctx, zmq::socket_type::pub);
+  pub.bind("inproc://capture-loopback-test");
+  zmq::socket_t sub(ctx, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::subscribe, "");
+  sub.connect("inproc://capture-loopback-test");
+  // The subscription reaches the publisher asynchronously: wait until one arrives.
+  std::optional<CaptureRecord> first;
+  for (int attempt = 0; attempt < 200 && !first; ++attempt) {
+    pub.send(zmq::str_buffer("ping"), zmq::send_flags::none);
+    first = ReceiveCaptured(sub, 10);
+  }
+  ASSERT_TRUE(first);
+  while (ReceiveCaptured(sub, 0)) {
+  }
+  std::string envelope;
+  {
+    ReceivedMessage message = LoopbackFrames(SampleMessage(11));
+    envelope.assign(static_cast<const char*>(message.frames[0].data()), message.frames[0].size());
+    PublishCaptured(pub, message, Direction::kRequest, "loopback");
+  }  // the envelope's block goes back to this thread's cache...
+  {
+    EnvelopeWriter reuse;  // ...and the next writer takes and overwrites it
+    reuse.StartApply(std::string(64, 'x'), 0, 0);
+    (void)reuse.Finish();
+  }
+  auto got = ReceiveCaptured(sub, 2000);
+  ASSERT_TRUE(got);
+  ASSERT_EQ(got->frames.size(), 3u);
+  EXPECT_EQ(AsString(got->frames[1]), envelope);
+  EXPECT_EQ(Message::Decode(ToReceived(*got)).message_id(), 11u);
+}
+
 TEST(CaptureTest, DirectionNames) {
   EXPECT_EQ(DirectionName(Direction::kRequest), "request");
   EXPECT_EQ(DirectionName(static_cast<Direction>(77)), "direction 77");

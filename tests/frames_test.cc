@@ -210,6 +210,8 @@ TEST(FramesTest, LoopbackEnvelopeIsTheWritersBytesAndDetachCopiesIt) {
   std::vector<std::byte> bytes = testing::Bytes(out.envelope());
 
   ReceivedMessage received = LoopbackFrames(std::move(out));
+  EXPECT_EQ(out.envelope().size(), 0u) << "a spent Outgoing shows no envelope";
+  EXPECT_EQ(out.envelope().data(), nullptr);
   ASSERT_EQ(received.frames.size(), 1u);
   EXPECT_EQ(received.frames[0].data(), static_cast<const void*>(envelope)) << "no copy";
   EXPECT_EQ(received.envelope_owner.data(), envelope);

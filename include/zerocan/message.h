@@ -46,7 +46,9 @@ struct ReceivedMessage {
   FrameList frames;
   // Owns frame 0's bytes when libzmq does not: LoopbackFrames makes frame 0 a constant
   // frame over the Outgoing's envelope and keeps that envelope here. Empty for frames
-  // received from a socket. Move a ReceivedMessage whole, or use DetachFrames.
+  // received from a socket. Move a ReceivedMessage whole, or use DetachFrames. Such a
+  // frame 0 is a constant libzmq frame: a zmq copy() or send of it shares the bytes
+  // without owning them (PublishCaptured copies it for that reason).
   Buffer envelope_owner;
 };
 

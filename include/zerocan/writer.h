@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <capnp/message.h>
@@ -65,8 +66,9 @@ class Outgoing {
   const Buffer& envelope() const noexcept { return envelope_; }
   const std::vector<Buffer>& payload_frames() const noexcept { return payloads_; }
   size_t frame_count() const noexcept { return 1 + payloads_.size(); }
-  // Moves the envelope out, for whoever turns this message into frames.
-  Buffer TakeEnvelope() noexcept { return std::move(envelope_); }
+  // Moves the envelope out, for whoever turns this message into frames; envelope() is
+  // empty afterwards.
+  Buffer TakeEnvelope() noexcept { return std::exchange(envelope_, Buffer()); }
 
   // Envelopes smaller than this are copied into their frame at Send.
   static constexpr size_t kEnvelopeCopyBelow = 1024;
