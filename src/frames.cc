@@ -58,18 +58,25 @@ void ReleaseFrame(void* /*data*/, void* hint) noexcept {
 
 void ReleaseEnvelope(void* /*data*/, void* hint) noexcept { delete static_cast<FrameHold*>(hint); }
 
-zmq::message_t ZeroCopyFrame(Buffer buffer, const std::shared_ptr<Tracker::State>& tracker) {
-  if (buffer.size() == 0) return zmq::message_t();
-  void* data = const_cast<std::byte*>(buffer.data());
+// A frame over `buffer`'s bytes, without a copy: `release` (ReleaseFrame or
+// ReleaseEnvelope) drops the hold when libzmq is done, or here if it cannot take it.
+zmq::message_t FrameOver(Buffer buffer, std::shared_ptr<Tracker::State> tracker, zmq_free_fn* release) {
+  void* data = buffer.mutable_data();
   size_t size = buffer.size();
-  auto* hold = new FrameHold{std::move(buffer), tracker};
-  if (tracker != nullptr) tracker->pending.fetch_add(1, std::memory_order_relaxed);
+  auto* hold = new FrameHold{std::move(buffer), std::move(tracker)};
   zmq::message_t frame;
   // zmq_msg_init_data only fails on allocation failure; then it has not taken the hint.
-  if (zmq_msg_init_data(frame.handle(), data, size, &ReleaseFrame, hold) != 0) {
-    ReleaseFrame(data, hold);
+  if (zmq_msg_init_data(frame.handle(), data, size, release, hold) != 0) {
+    release(data, hold);
     throw TransportError("zmq_msg_init_data failed: out of memory");
   }
+  return frame;
+}
+
+zmq::message_t ZeroCopyFrame(Buffer buffer, const std::shared_ptr<Tracker::State>& tracker) {
+  if (buffer.size() == 0) return zmq::message_t();
+  if (tracker != nullptr) tracker->pending.fetch_add(1, std::memory_order_relaxed);
+  zmq::message_t frame = FrameOver(std::move(buffer), tracker, &ReleaseFrame);
   Bump(GlobalStats().frames_sent_zero_copy);
   return frame;
 }
@@ -81,15 +88,7 @@ zmq::message_t EnvelopeFrame(Buffer envelope) {
   if (envelope.size() < Outgoing::kEnvelopeCopyBelow) {
     return zmq::message_t(envelope.data(), envelope.size());
   }
-  void* data = envelope.mutable_data();
-  size_t size = envelope.size();
-  auto* hold = new FrameHold{std::move(envelope), nullptr};
-  zmq::message_t frame;
-  if (zmq_msg_init_data(frame.handle(), data, size, &ReleaseEnvelope, hold) != 0) {
-    delete hold;
-    throw TransportError("zmq_msg_init_data failed: out of memory");
-  }
-  return frame;
+  return FrameOver(std::move(envelope), nullptr, &ReleaseEnvelope);
 }
 
 }  // namespace internal

@@ -318,12 +318,19 @@ class Walker {
   // A pointer slot to a Value struct; as QuickValue.
   ZEROCAN_VIEW_INLINE uint64_t QuickPointer(const uint64_t* slot, const internal::Segments::Segment& seg) {
     uint64_t w = internal::view_detail::Load(slot);
-    if (w == 0) return 1;            // a null pointer reads as the null value
-    if ((w & 3) != 0) return 0;      // far pointers and errors: the general path
+    if (w == 0) return 1;  // a null pointer reads as the null value
+    const uint64_t* at = QuickStruct(slot, w, seg);
+    return at == nullptr ? 0 : QuickValue(at, (w >> 32) & 0xffff, w >> 48, seg);
+  }
+  // Struct pointer `w`, read from `slot`: a near, non-null struct pointer whose struct
+  // lies inside the segment (far pointers and errors: the general path). The struct's
+  // first word, or null. Its sections are w's data words (bits 32-47) and pointers (48-63).
+  ZEROCAN_VIEW_INLINE const uint64_t* QuickStruct(const uint64_t* slot, uint64_t w,
+                                                  const internal::Segments::Segment& seg) {
+    if (w == 0 || (w & 3) != 0) return nullptr;
     uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
-    uint64_t dw = (w >> 32) & 0xffff, pc = w >> 48;
-    if (index > seg.words || dw + pc > seg.words - index) return 0;
-    return QuickValue(seg.begin + index, dw, pc, seg);
+    if (index > seg.words || ((w >> 32) & 0xffff) + (w >> 48) > seg.words - index) return nullptr;
+    return seg.begin + index;
   }
   // Spends `units` (0: a refused value, never charged) if the budget has them.
   ZEROCAN_VIEW_INLINE bool QuickCharge(uint64_t units) {
@@ -344,12 +351,10 @@ class Walker {
     const internal::Segments::Segment& seg = segs->list[0];
     // Body pointer 0: the Apply struct, with its three pointers present.
     const uint64_t* slot = env.data() + env.data_words();
-    uint64_t w = internal::view_detail::Load(slot);
-    if (w == 0 || (w & 3) != 0) return false;
-    uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
-    uint64_t data_words = (w >> 32) & 0xffff, pointers = w >> 48;
-    if (pointers < 3 || index > seg.words || data_words + pointers > seg.words - index) return false;
-    const uint64_t* apply_pointers = seg.begin + index + data_words;
+    const uint64_t w = internal::view_detail::Load(slot);
+    const uint64_t* apply_struct = QuickStruct(slot, w, seg);
+    if (apply_struct == nullptr || (w >> 48) < 3) return false;
+    const uint64_t* apply_pointers = apply_struct + ((w >> 32) & 0xffff);
 
     // The units add up here and are spent once: the general path, spending them one by
     // one, runs out exactly when their sum exceeds the budget.
