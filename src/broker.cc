@@ -21,6 +21,7 @@
 #include "zerocan/capture.h"
 #include "zerocan/frames.h"
 #include "zerocan/remote_error.h"
+#include "zerocan/placement.h"
 #include "zerocan/version.h"
 #include "zerocan/writer.h"
 
@@ -69,12 +70,7 @@ class Broker::Impl {
  public:
   Impl(const std::string& frontend, const std::string& backend, BrokerOptions options)
       : options_(std::move(options)) {
-    if (options_.context == nullptr) {
-      owned_context_ = std::make_unique<zmq::context_t>(1);
-      context_ = owned_context_.get();
-    } else {
-      context_ = options_.context;
-    }
+    context_ = &ChannelContext(options_.context, options_.io_cpus, "broker", &owned_context_);
     frontend_ = zmq::socket_t(*context_, zmq::socket_type::router);
     backend_ = zmq::socket_t(*context_, zmq::socket_type::router);
     for (zmq::socket_t* s : {&frontend_, &backend_}) {

@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "internal/strings.h"
+#include "zerocan/placement.h"
 #include "zerocan/stats.h"
 
 namespace zerocan {
@@ -40,12 +41,7 @@ class ClientCore {
  public:
   ClientCore(const std::string& url, const ClientOptions& options, const Registry* registry)
       : limits_(options.limits), registry_(registry), signer_(options.signer) {
-    if (options.context == nullptr) {
-      owned_context_ = std::make_unique<zmq::context_t>(1);
-      context_ = owned_context_.get();
-    } else {
-      context_ = options.context;
-    }
+    context_ = &ChannelContext(options.context, options.io_cpus, "client", &owned_context_);
     socket_ = zmq::socket_t(*context_, zmq::socket_type::dealer);
     socket_.set(zmq::sockopt::linger, 0);
     // Unbounded queues: the number of calls in flight is the caller's choice, and a

@@ -27,6 +27,7 @@
 #include "internal/strings.h"
 #include "zerocan/auth_error.h"
 #include "zerocan/frames.h"
+#include "zerocan/placement.h"
 #include "zerocan/stats.h"
 
 namespace zerocan {
@@ -99,12 +100,7 @@ class Engine::Impl {
   explicit Impl(EngineOptions options) : options_(std::move(options)) {
     if (options_.id.empty()) options_.id = DefaultId();
     registry_ = options_.registry != nullptr ? options_.registry : &Registry::Default();
-    if (options_.context == nullptr) {
-      owned_context_ = std::make_unique<zmq::context_t>(1);
-      context_ = owned_context_.get();
-    } else {
-      context_ = options_.context;
-    }
+    context_ = &ChannelContext(options_.context, options_.io_cpus, "engine", &owned_context_);
     std::random_device rd;
     session_ = (uint64_t{rd()} << 32) ^ rd();
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -8,6 +8,7 @@
 #include "tools/commands.h"
 #include "zerocan/broker.h"
 #include "zerocan/curve.h"
+#include "zerocan/placement.h"
 #include "zerocan/policy.h"
 
 namespace zerocan::tools {
@@ -17,7 +18,7 @@ namespace {
 constexpr char kBrokerHelp[] =
     "usage: zerocan broker --frontend URL --backend URL [--capture URL] [--heartbeat-ms MS]\n"
     "                      [--capture-file FILE] [--liveness N] [--key-file FILE]\n"
-    "                      [--curve-secret-key-file FILE]\n"
+    "                      [--curve-secret-key-file FILE] [--io-cpus LIST]\n"
     "\n"
     "Clients connect to --frontend, engines (zerocan engine --connect) to --backend. Calls\n"
     "go to the live engine with the fewest calls in flight; frames are forwarded without\n"
@@ -31,6 +32,7 @@ constexpr char kBrokerHelp[] =
     "--capture are Curve servers with this key pair (zerocan keygen --curve FILE): clients\n"
     "(zerocan call --curve-server-key) and engines (zerocan engine --curve-server-key)\n"
     "need its public key.\n"
+    "--io-cpus LIST: run the broker's I/O thread only on these CPUs (\"1\", \"0,2\", \"2-3\").\n"
     "Runs until SIGINT or SIGTERM.\n";
 
 }  // namespace
@@ -62,6 +64,8 @@ int RunBroker(int argc, char** argv) {
         options.heartbeat = std::chrono::milliseconds(std::stoi(value));
       } else if (TakeOption(argc, argv, &i, "--liveness", &value)) {
         options.liveness = std::stoi(value);
+      } else if (TakeOption(argc, argv, &i, "--io-cpus", &value)) {
+        options.io_cpus = ParseCpuList(value);
       } else {
         std::fprintf(stderr, "zerocan broker: unknown option \"%s\"\n\n%s", argv[i], kBrokerHelp);
         return 2;

@@ -1,5 +1,6 @@
 // `zerocan engine --connect|--bind URL [--threads N] [--plugin LIB.so]... [--id ID]
-//  [--heartbeat-ms MS] [--key-file F] [--curve-secret-key-file F] [--curve-server-key K]`:
+//  [--heartbeat-ms MS] [--key-file F] [--curve-secret-key-file F] [--curve-server-key K]
+//  [--io-cpus LIST]`:
 // an engine process serving the built-ins and plugin functions.
 #include <cstdio>
 #include <string>
@@ -10,6 +11,7 @@
 #include "tools/commands.h"
 #include "zerocan/curve.h"
 #include "zerocan/engine.h"
+#include "zerocan/placement.h"
 #include "zerocan/policy.h"
 
 namespace zerocan::tools {
@@ -20,6 +22,7 @@ constexpr char kEngineHelp[] =
     "usage: zerocan engine (--connect URL | --bind URL)... [--threads N] [--plugin LIB.so]...\n"
     "                      [--id ID] [--heartbeat-ms MS] [--key-file FILE]\n"
     "                      [--curve-secret-key-file FILE] [--curve-server-key KEY_OR_FILE]\n"
+    "                      [--io-cpus LIST]\n"
     "\n"
     "Serves functions to clients: --bind URL takes clients directly (ROUTER), --connect URL\n"
     "attaches to a broker's backend (DEALER; hello, heartbeats, goodbye). Runs until SIGINT\n"
@@ -43,7 +46,10 @@ constexpr char kEngineHelp[] =
     "--curve-secret-key-file FILE: encrypt with CurveZMQ; every --bind URL is a Curve server\n"
     "with this key pair (zerocan keygen --curve FILE), so clients need its public key.\n"
     "--curve-server-key KEY_OR_FILE: the broker backend's public key (40-character Z85, or\n"
-    "a key file whose public_key is used); every --connect URL is then a Curve client.\n";
+    "a key file whose public_key is used); every --connect URL is then a Curve client.\n"
+    "--io-cpus LIST: run the engine's I/O thread (which receives and sends every frame) only\n"
+    "on these CPUs (\"1\", \"0,2\", \"2-3\"). On one host, giving the engine and its clients\n"
+    "different CPUs keeps a large transfer's two kernel copies running side by side.\n";
 
 }  // namespace
 
@@ -76,6 +82,8 @@ int RunEngine(int argc, char** argv) {
         options.curve_server_key = ReadCurvePublicKey(value);
       } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {
         options.heartbeat = std::chrono::milliseconds(std::stoi(value));
+      } else if (TakeOption(argc, argv, &i, "--io-cpus", &value)) {
+        options.io_cpus = ParseCpuList(value);
       } else {
         std::fprintf(stderr, "zerocan engine: unknown option \"%s\"\n\n%s", argv[i], kEngineHelp);
         return 2;

@@ -28,6 +28,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <zmq.hpp>
 
@@ -48,6 +49,9 @@ struct BrokerOptions {
   // forwards, written on the broker's thread (so it slows forwarding by the file's speed).
   std::string capture_file;
   zmq::context_t* context = nullptr;
+  // CPUs the broker's own context's I/O thread may run on (placement.h). Empty =
+  // anywhere; not with `context`.
+  std::vector<int> io_cpus;
   // With a key: the broker signs the errors it makes (EngineLost) and ignores engine
   // hellos and heartbeats that are not signed with it. Calls and replies are forwarded
   // as they are (their signatures are checked end to end by engines and clients).

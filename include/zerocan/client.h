@@ -23,6 +23,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <zmq.hpp>
 
@@ -78,6 +79,9 @@ struct ClientOptions {
   DecodeLimits limits;
   const Registry* registry = nullptr;  // nullptr = Registry::Default()
   zmq::context_t* context = nullptr;   // nullptr = the client owns one
+  // CPUs the client's own context's I/O thread may run on (placement.h). Empty =
+  // anywhere; not with `context`.
+  std::vector<int> io_cpus;
   // Signs every call and drops replies without a valid signature (counted in
   // ClientCounters::rejected). Engines must hold the same key.
   std::optional<Signer> signer;

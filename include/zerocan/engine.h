@@ -118,6 +118,9 @@ struct EngineOptions {
   // The ZeroMQ context; required to share inproc:// endpoints with clients in the same
   // process. nullptr = the engine owns a context of its own.
   zmq::context_t* context = nullptr;
+  // CPUs the engine's own context's I/O thread may run on (placement.h): keeps a large
+  // transfer's receive off the sending client's CPU. Empty = anywhere; not with `context`.
+  std::vector<int> io_cpus;
   bool builtins = true;  // echo, add, sum, nbytes, sleep, fail
   // Small calls skip the hand-off to a worker thread: a call that arrives as a single
   // frame (no payload frames) to a function whose every run so far took less than

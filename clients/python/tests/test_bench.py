@@ -24,9 +24,16 @@ def test_bench_quick_without_ipyparallel():
     seconds = doc["seconds"]
     assert set(seconds) == {"1000 tiny tasks", "apply 1 MB array", "echo 1 MB array",
                             "apply ints 0..999", "apply 10-field dict"}
+    cpus = sorted(os.sched_getaffinity(0))
+    placed = len(cpus) >= 2
+    assert doc["placement"] == ({"client_cpu": cpus[0], "engine_cpu": cpus[-1]}
+                                if placed else None)
     for workload, per in seconds.items():
         assert "zerocan (Python engine)" in per
         assert ("pyzmq floor" in per) == ("MB array" in workload)
+        # The unplaced control runs beside the placed C++ engine, on the array workloads.
+        if "zerocan (C++ engine)" in per and placed:
+            assert ("zerocan (C++, unplaced)" in per) == ("MB array" in workload)
         assert all(t > 0 for t in per.values())
     assert doc["envelope_bytes_ints"] <= 2752
     assert doc["paired_ratio"] == {}  # no ipyparallel, no ratios

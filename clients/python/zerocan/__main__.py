@@ -10,7 +10,7 @@ from .engine import Engine
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m zerocan engine --bind URL | --connect URL [--id ID] [--allow-pickle]
-    [--key-file FILE]``"""
+    [--key-file FILE] [--io-cpus LIST]``"""
     import argparse
     import signal
     p = argparse.ArgumentParser(prog="python -m zerocan engine",
@@ -30,12 +30,21 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="sign every message and accept only messages signed with this key "
                         "(docs/SECURITY.md; JSON with a \"key\" string, or the raw key), with "
                         "replay protection")
+    p.add_argument("--io-cpus", metavar="LIST", default=None,
+                   help="run the engine's libzmq I/O thread only on these CPUs (\"1\", "
+                        "\"0,2\", \"2-3\"), as zerocan engine --io-cpus")
     args = p.parse_args(argv)
+    from .placement import parse_cpu_list
+    from .errors import Error
+    try:
+        io_cpus = parse_cpu_list(args.io_cpus) if args.io_cpus is not None else None
+    except Error as e:
+        p.error(str(e))
     from .policy import apply_memory_policy
     apply_memory_policy()
     engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
                     allow_pickle=args.allow_pickle, heartbeat=args.heartbeat,
-                    threads=args.threads, key_file=args.key_file)
+                    threads=args.threads, key_file=args.key_file, io_cpus=io_cpus)
     signal.signal(signal.SIGTERM, lambda *_: engine.request_stop())
     print(f"zerocan python engine {engine.id} at {engine.endpoint or args.connect}",
           file=sys.stderr, flush=True)

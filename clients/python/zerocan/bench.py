@@ -1,6 +1,7 @@
 """Benchmark: zerocan's Python client side by side with ipyparallel, in one run.
 
     python -m zerocan.bench [--quick] [--json] [--no-ipp] [--no-floor] [--ipp-malloc]
+                            [--no-placement]
 
 Starts, on this machine and over tcp loopback, each in its own process:
 
@@ -15,6 +16,12 @@ Starts, on this machine and over tcp loopback, each in its own process:
   length or sends the received frame back, with the same sockets, memory settings and
   zero-copy frames as zerocan, and no envelope, no decoding, no function. What tcp
   loopback itself costs for 100 MB: the bound under any library.
+* zerocan (C++, unplaced), array workloads only: the same C++ engine and client with
+  their I/O threads left where the scheduler puts them. The rows above are placed
+  (``io_cpus``, see ``Placement``): on a 2-CPU machine an unplaced client/engine pair
+  runs a 100 MB transfer at either ~21 or ~36 ms from run to run, depending on whether
+  the kernel put the two I/O threads on different CPUs. ``--no-placement`` leaves every
+  system unplaced.
 * ipyparallel: a local cluster (``ipp.Cluster(n=1)``: controller + one engine, its normal
   defaults) and a DirectView ``apply_sync(f, x)`` of the same functions on the same
   values. Requests and replies go through the controller (two tcp hops each way).
@@ -126,17 +133,40 @@ def _functions() -> tuple[Callable[[Any], Any], Callable[[Any], int]]:
     return bench.ident, bench.nbytes
 
 
+class Placement:
+    """Where the bench puts libzmq I/O threads (``io_cpus``, zerocan.placement): every
+    zerocan client's on the first CPU this process may use, every zerocan engine's on the
+    last, so a 100 MB frame's two kernel copies (out of the client, into the engine) run
+    side by side instead of taking turns on one CPU. The floor gets the same placement;
+    ipyparallel keeps its defaults (pinning its processes made it slower here)."""
+
+    def __init__(self, client_cpu: int, engine_cpu: int) -> None:
+        self.client_cpu = client_cpu
+        self.engine_cpu = engine_cpu
+
+    @staticmethod
+    def for_this_machine() -> Optional["Placement"]:
+        cpus = sorted(os.sched_getaffinity(0))
+        return Placement(cpus[0], cpus[-1]) if len(cpus) >= 2 else None
+
+
 class Zerocan:
     """A zerocan engine process and a client. ``python_functions``: apply ``ident`` and
     ``nbytes`` by value (the Python engine); else the built-ins ``echo``/``nbytes``."""
 
     def __init__(self, name: str, command: list[str], url: str,
-                 python_functions: bool) -> None:
+                 python_functions: bool, placement: Optional["Placement"] = None,
+                 workloads: Optional[tuple[str, ...]] = None) -> None:
         self.name = name
+        if workloads is not None:
+            self.workloads = workloads
+        if placement is not None:
+            command = [*command, "--io-cpus", str(placement.engine_cpu)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.pids = [self.proc.pid]
-        self.client = zerocan.Client(url, timeout=120)
+        self.client = zerocan.Client(
+            url, timeout=120, io_cpus=[placement.client_cpu] if placement else None)
         f_ident, f_nbytes = _functions()
         self.echo_fn: Any = f_ident if python_functions else "echo"
         self.nbytes_fn: Any = f_nbytes if python_functions else "nbytes"
@@ -162,13 +192,15 @@ class Zerocan:
             self.proc.kill()
 
 
-def floor_server(url: str) -> None:
-    """``python -m zerocan.bench --floor-server URL``: the pyzmq floor's other end. A
-    message [b"nbytes", x] is answered with len(x) as text, [b"echo", x] with x itself
-    (the received frame, sent back without a copy)."""
+def floor_server(url: str, io_cpu: Optional[int]) -> None:
+    """``python -m zerocan.bench --floor-server URL [--floor-io-cpu N]``: the pyzmq floor's
+    other end. A message [b"nbytes", x] is answered with len(x) as text, [b"echo", x]
+    with x itself (the received frame, sent back without a copy)."""
     import zmq
     zerocan.policy.apply_memory_policy()
     ctx = zmq.Context()
+    if io_cpu is not None:
+        ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, io_cpu)
     sock = ctx.socket(zmq.ROUTER)
     sock.copy_threshold = 0
     sock.bind(url)
@@ -188,14 +220,17 @@ class PyzmqFloor:
     name = "pyzmq floor"
     workloads = ("array", "echo")
 
-    def __init__(self) -> None:
+    def __init__(self, placement: Optional["Placement"]) -> None:
         import zmq
         url = f"tcp://127.0.0.1:{_free_port()}"
+        server_cpu = [] if placement is None else ["--floor-io-cpu", str(placement.engine_cpu)]
         self.proc = subprocess.Popen([sys.executable, "-m", "zerocan.bench",
-                                      "--floor-server", url],
+                                      "--floor-server", url, *server_cpu],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pids = [self.proc.pid]
         self.ctx = zmq.Context()
+        if placement is not None:  # the same placement as zerocan's: the bound under it
+            self.ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, placement.client_cpu)
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.copy_threshold = 0
         self.sock.connect(url)
@@ -285,10 +320,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="control: run ipyparallel's controller and engine with zerocan's "
                         "malloc settings (GLIBC_TUNABLES)")
     p.add_argument("--array-mb", type=int, default=100, help="array size (default 100)")
+    p.add_argument("--no-placement", action="store_true",
+                   help="leave every I/O thread unplaced (no io_cpus)")
     p.add_argument("--floor-server", metavar="URL", help=argparse.SUPPRESS)
+    p.add_argument("--floor-io-cpu", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.floor_server:
-        floor_server(args.floor_server)
+        floor_server(args.floor_server, args.floor_io_cpu)
         return 0
     # The programs' memory policy (the engines we start apply it too); ipyparallel's
     # client shares this process and so gets the same setting. Before any zmq context
@@ -298,20 +336,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         {"tiny": 5, "array": 15, "small": 140}
     array_mb = args.array_mb
 
+    placement = None if args.no_placement else Placement.for_this_machine()
     systems: list[Any] = []
     port = _free_port()
     systems.append(Zerocan("zerocan (Python engine)",
                            [sys.executable, "-m", "zerocan", "engine", "--allow-pickle",
                             "--bind", f"tcp://127.0.0.1:{port}"],
-                           f"tcp://127.0.0.1:{port}", python_functions=True))
+                           f"tcp://127.0.0.1:{port}", python_functions=True,
+                           placement=placement))
     cpp = _cpp_engine_bin()
     if cpp is not None:
         port = _free_port()
         systems.append(Zerocan("zerocan (C++ engine)",
                                [cpp, "engine", "--bind", f"tcp://127.0.0.1:{port}"],
-                               f"tcp://127.0.0.1:{port}", python_functions=False))
+                               f"tcp://127.0.0.1:{port}", python_functions=False,
+                               placement=placement))
+        if placement is not None:
+            # The same engine with every I/O thread left where the scheduler puts it: what
+            # placement buys, in the same run.
+            port = _free_port()
+            systems.append(Zerocan("zerocan (C++, unplaced)",
+                                   [cpp, "engine", "--bind", f"tcp://127.0.0.1:{port}"],
+                                   f"tcp://127.0.0.1:{port}", python_functions=False,
+                                   workloads=("array", "echo")))
     if not args.no_floor:
-        systems.append(PyzmqFloor())
+        systems.append(PyzmqFloor(placement))
     if not args.no_ipp:
         systems.append(IPyParallel(tuned_malloc=args.ipp_malloc))
 
@@ -376,13 +425,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if ref:
         for w, per in times.items():
             paired[w] = {n: statistics.median(a / b for a, b in zip(per[ref], per[n]))
-                         for n in zerocans}
+                         for n in zerocans if n in per}
     wire_bytes = {"zerocan": zerocan_request_bytes(ints), "ipyparallel": ipp_request_bytes(ints)}
     envelope = len(wire.encode_apply("echo", [ints]).envelope)
     targets = {"1000 tiny tasks": 3.0, f"apply {array_mb} MB array": 5.0}
     if args.json:
         print(json.dumps({"machine": platform.node(), "python": platform.python_version(),
                           "reuse_memory": reusing, "ipp_malloc": args.ipp_malloc,
+                          "placement": None if placement is None else
+                          {"client_cpu": placement.client_cpu,
+                           "engine_cpu": placement.engine_cpu},
                           "seconds": results, "best_seconds": best,
                           "paired_ratio": paired, "all_seconds": times,
                           "client_page_faults": faults, "engine_page_faults": server_faults,
@@ -399,6 +451,12 @@ def main(argv: Optional[list[str]] = None) -> int:
           "no envelope")
     print("  ratio ipp/x: ipyparallel's median time over zerocan's; (paired): median of "
           "the per-round ratios")
+    if placement is not None:
+        print(f"  placement: zerocan clients' libzmq I/O threads on CPU {placement.client_cpu}, "
+              f"engines' on CPU {placement.engine_cpu} (io_cpus; the floor too); "
+              "'C++, unplaced' and ipyparallel: anywhere")
+    else:
+        print("  placement: none (every I/O thread anywhere)")
     print("  apply = the argument goes to the engine, a small result comes back (nbytes); "
           "echo = it comes back too")
     header = f"{'workload':<24}" + "".join(f"{short[n][:15]:>16}" for n in names)
@@ -410,7 +468,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                       for n in names)
         if ref:
             row += "".join(f"{per[ref] / per[n]:>14.1f}x (paired {paired[name][n]:4.1f}x)"
-                           for n in zerocans)
+                           if n in per else f"{'-':>29}" for n in zerocans)
             t = targets.get(name)
             row += f"{'>= %gx' % t if t else '':>9}"
         print(row)

@@ -24,12 +24,13 @@ import heapq
 import os
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import zmq
 
 from . import signing, wire
 from .errors import DecodeError, RemoteError, TimeoutError, TransportError
+from .placement import channel_context
 from .policy import Policy
 from .signing import KeyLike, Signer, make_signer
 from .wire import DecodeLimits, Registry
@@ -78,12 +79,16 @@ class Client:
     docs/SECURITY.md) and accept only replies signed with that key. A reply that fails
     the check is counted in ``counters["rejected"]`` and ignored, as the C++ client does,
     so its call ends with ``TimeoutError``. Without a key nothing is signed or checked.
+
+    ``io_cpus``: the CPUs the client's libzmq I/O thread may run on (``zerocan.placement``),
+    in a context of its own; default: the shared ``zmq.Context.instance()``, anywhere.
     """
 
     def __init__(self, url: str, *, timeout: Optional[float] = 60.0,
                  policy: Optional[Policy] = None, registry: Optional[Registry] = None,
                  limits: DecodeLimits = wire.DEFAULT_LIMITS,
                  context: Optional[zmq.Context] = None,
+                 io_cpus: Optional[Iterable[int]] = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None) -> None:
         self.url = url
         self.signer: Optional[Signer] = make_signer(key, key_file)
@@ -91,7 +96,7 @@ class Client:
         self.policy = policy if policy is not None else Policy.for_transport(url)
         self.registry = registry if registry is not None else Registry.default()
         self.limits = limits
-        self._context = context if context is not None else zmq.Context.instance()
+        self._context, self._owns_context = channel_context(context, io_cpus, "client")
         self._session = wire.Session()
         self._lock = threading.Lock()
         self._outbox: collections.deque[tuple[list[Any], CallFuture, Optional[float]]] = \
@@ -225,6 +230,8 @@ class Client:
         finally:
             self._fail_all(TransportError("client closed"))
             sock.close(linger=0)
+            if self._owns_context:
+                self._context.term()
             with self._lock:
                 self._closed = True
                 os.close(self._wake_r)

@@ -32,7 +32,7 @@ import queue
 import socket as _socket
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 import zmq
@@ -40,6 +40,7 @@ import zmq
 from . import signing, wire
 from .client import PICKLED_FUNCTION, _configure, payload_frames
 from .errors import ArgumentError, DecodeError, RemoteError
+from .placement import channel_context
 from .policy import Policy
 from .signing import KeyLike, ReplayGuard, Signer, make_signer
 from .wire import DecodeLimits, Message, Registry, Writer
@@ -100,6 +101,10 @@ class Engine:
     either check is dropped and counted in ``counters["refused"]`` (and ``"errors"``, as
     the C++ engine counts it), never answered (docs/SECURITY.md). Without a key nothing
     is signed or checked.
+
+    ``io_cpus``: the CPUs the engine's libzmq I/O thread may run on (``zerocan.placement``),
+    in a context of its own, ended when the engine stops; default: the shared
+    ``zmq.Context.instance()``, anywhere.
     """
 
     def __init__(self, url: Optional[str] = None, bind: bool = False, *,
@@ -109,6 +114,7 @@ class Engine:
                  registry: Optional[Registry] = None,
                  limits: DecodeLimits = wire.DEFAULT_LIMITS,
                  context: Optional[zmq.Context] = None,
+                 io_cpus: Optional[Iterable[int]] = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
                  replay: Optional[ReplayGuard] = None) -> None:
         self.id = id or _default_id()
@@ -131,7 +137,7 @@ class Engine:
         self.counters = {"calls": 0, "errors": 0, "dropped": 0, "refused": 0}
         self._functions: dict[str, tuple[Callable[..., Any], bool]] = {}
         self._session = wire.Session()
-        self._context = context if context is not None else zmq.Context.instance()
+        self._context, self._owns_context = channel_context(context, io_cpus, "engine")
         self._sockets: list[tuple[zmq.Socket, bool]] = []  # (socket, is_dealer)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -309,6 +315,9 @@ class Engine:
         for s, _ in self._sockets:
             s.close(linger=100 if goodbye else 0)
         self._sockets = []
+        if self._owns_context:
+            self._context.term()  # waits for the goodbye's linger
+            self._owns_context = False
         with self._reply_lock:
             for fd in (self._stop_r, self._stop_w):
                 try:
