@@ -85,6 +85,20 @@ REUSING_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                     "glibc.malloc.trim_threshold=2147483647:glibc.malloc.top_pad=67108864")
 SETTLE_MAX_S = 0.25
 
+# sitecustomize for ipyparallel's controller and engine under --ipp-placement: every
+# zmq.Context they make runs its I/O thread on $ZEROCAN_BENCH_IO_CPU.
+IPP_PLACEMENT_SITE = """\
+import os
+_cpu = os.environ.get("ZEROCAN_BENCH_IO_CPU")
+if _cpu is not None:
+    import zmq
+    _init = zmq.Context.__init__
+    def _placed(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        self.set(zmq.THREAD_AFFINITY_CPU_ADD, int(_cpu))
+    zmq.Context.__init__ = _placed
+"""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -113,6 +127,20 @@ def _process_faults(pids: list[int]) -> int:
         except (OSError, ValueError, IndexError):
             pass
     return total
+
+
+def _io_thread_cpus(pid: int) -> list[str]:
+    """Cpus_allowed_list of each libzmq I/O thread ("ZMQbg/IO/<n>") of a process."""
+    out = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            if (task / "comm").read_text().startswith("ZMQbg/IO/"):
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("Cpus_allowed_list:"):
+                        out.append(line.split(":", 1)[1].strip())
+    except OSError:
+        pass
+    return out
 
 
 def _wait_ready(client: zerocan.Client, seconds: float = 30) -> None:
@@ -261,23 +289,51 @@ class PyzmqFloor:
 class IPyParallel:
     name = "ipyparallel"
 
-    def __init__(self, tuned_malloc: bool = False) -> None:
+    def __init__(self, tuned_malloc: bool = False,
+                 placement: Optional[Placement] = None) -> None:
         import ipyparallel as ipp  # type: ignore[import-untyped]
-        saved = os.environ.get("GLIBC_TUNABLES")
-        if tuned_malloc:  # inherited by the controller and engine processes only
-            os.environ["GLIBC_TUNABLES"] = REUSING_TUNABLES
+        import tempfile
+        import zmq
+        # Inherited by the controller and engine processes only.
+        env = {"GLIBC_TUNABLES": REUSING_TUNABLES if tuned_malloc else None,
+               "PYTHONPATH": None, "ZEROCAN_BENCH_IO_CPU": None}
+        self._site: Optional[tempfile.TemporaryDirectory[str]] = None
+        self._context: Optional[zmq.Context] = None
+        if placement is not None:
+            # A control: ipyparallel's own I/O threads placed as zerocan's. Its client
+            # gets a placed context of its own; its controller and engine get every
+            # zmq.Context they make placed, through a sitecustomize module.
+            self._context = zmq.Context()
+            self._context.set(zmq.THREAD_AFFINITY_CPU_ADD, placement.client_cpu)
+            self._site = tempfile.TemporaryDirectory(prefix="zerocan-bench-ipp-")
+            Path(self._site.name, "sitecustomize.py").write_text(IPP_PLACEMENT_SITE)
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [self._site.name, os.environ.get("PYTHONPATH")]))
+            env["ZEROCAN_BENCH_IO_CPU"] = str(placement.engine_cpu)
+        saved = {k: os.environ.get(k) for k in env}
+        for k, v in env.items():
+            if v is not None:
+                os.environ[k] = v
         try:
             self.cluster = ipp.Cluster(n=1, log_level=40)
-            self.rc = self.cluster.start_and_connect_sync()
+            if self._context is None:
+                self.rc = self.cluster.start_and_connect_sync()
+            else:
+                self.cluster.start_cluster_sync()
+                self.rc = self.cluster.connect_client_sync(context=self._context)
             self.rc.wait_for_engines(1, timeout=120)
         finally:
-            if saved is None:
-                os.environ.pop("GLIBC_TUNABLES", None)
-            else:
-                os.environ["GLIBC_TUNABLES"] = saved
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self.view = self.rc[0]
         # Its controller and engine processes (the engine's pid asked of the engine).
         self.pids = [self.cluster.controller.pid, self.view.apply_sync(os.getpid)]
+        self.placed = placement is not None
+        # Where their libzmq I/O threads may run, read back (shows the control took).
+        self.io_thread_cpus = [cpus for pid in self.pids for cpus in _io_thread_cpus(pid)]
         self.ident, self.nbytes_fn = _functions()
 
     def tiny(self, n: int) -> None:
@@ -294,6 +350,10 @@ class IPyParallel:
     def close(self) -> None:
         self.rc.close()
         self.cluster.stop_cluster_sync()
+        if self._site is not None:
+            self._site.cleanup()
+        if self._context is not None:
+            self._context.destroy(linger=0)
 
 
 def ipp_request_bytes(value: Any) -> Optional[int]:
@@ -322,6 +382,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--array-mb", type=int, default=100, help="array size (default 100)")
     p.add_argument("--no-placement", action="store_true",
                    help="leave every I/O thread unplaced (no io_cpus)")
+    p.add_argument("--ipp-placement", action="store_true",
+                   help="control: place ipyparallel's I/O threads as zerocan's (client's on "
+                        "the first CPU, controller's and engine's on the last)")
     p.add_argument("--floor-server", metavar="URL", help=argparse.SUPPRESS)
     p.add_argument("--floor-io-cpu", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -361,8 +424,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    workloads=("array", "echo")))
     if not args.no_floor:
         systems.append(PyzmqFloor(placement))
+    ipp: Optional[IPyParallel] = None
     if not args.no_ipp:
-        systems.append(IPyParallel(tuned_malloc=args.ipp_malloc))
+        ipp = IPyParallel(tuned_malloc=args.ipp_malloc,
+                          placement=placement if args.ipp_placement else None)
+        systems.append(ipp)
 
     big = np.random.default_rng(0).random(array_mb * (1 << 20) // 8)
     ints = list(range(1000))
@@ -432,6 +498,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         print(json.dumps({"machine": platform.node(), "python": platform.python_version(),
                           "reuse_memory": reusing, "ipp_malloc": args.ipp_malloc,
+                          "ipp_placement": bool(args.ipp_placement and placement),
+                          "ipp_io_thread_cpus": ipp.io_thread_cpus if ipp else None,
                           "placement": None if placement is None else
                           {"client_cpu": placement.client_cpu,
                            "engine_cpu": placement.engine_cpu},
@@ -442,7 +510,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                           "envelope_bytes_ints": envelope}, indent=2))
         return 0
     short = {n: (n.split("(")[1].rstrip(")") if "(" in n else n) for n in names}
-    short["ipyparallel"] = "ipyparallel" + (" (tuned malloc)" if args.ipp_malloc else "")
+    short["ipyparallel"] = "ipyparallel" + (" (tuned malloc)" if args.ipp_malloc else "") + \
+        (" (placed)" if args.ipp_placement and placement else "")
     print(f"zerocan Python benchmark on {platform.node()} ({platform.machine()}, "
           f"{os.cpu_count()} CPUs), Python {platform.python_version()}, numpy {np.__version__}, "
           f"tcp loopback, memory policy {'on' if reusing else 'off'}; median times")
@@ -452,9 +521,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("  ratio ipp/x: ipyparallel's median time over zerocan's; (paired): median of "
           "the per-round ratios")
     if placement is not None:
+        ipp_where = "anywhere"
+        if ipp is not None and ipp.placed:
+            ipp_where = "placed the same way (--ipp-placement; its controller's and engine's " \
+                f"I/O threads ran on CPUs {', '.join(ipp.io_thread_cpus) or '?'})"
         print(f"  placement: zerocan clients' libzmq I/O threads on CPU {placement.client_cpu}, "
               f"engines' on CPU {placement.engine_cpu} (io_cpus; the floor too); "
-              "'C++, unplaced' and ipyparallel: anywhere")
+              f"'C++, unplaced': anywhere; ipyparallel: {ipp_where}")
     else:
         print("  placement: none (every I/O thread anywhere)")
     print("  apply = the argument goes to the engine, a small result comes back (nbytes); "
@@ -463,23 +536,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     if ref:
         header += "".join(f"{'ipp / ' + short[n]:>29}" for n in zerocans) + f"{'target':>9}"
     print(header)
-    for name, per in results.items():
-        row = f"{name:<24}" + "".join(f"{per[n] * 1e3:>13.2f} ms" if n in per else f"{'-':>16}"
+    for name, med in results.items():
+        row = f"{name:<24}" + "".join(f"{med[n] * 1e3:>13.2f} ms" if n in med else f"{'-':>16}"
                                       for n in names)
         if ref:
-            row += "".join(f"{per[ref] / per[n]:>14.1f}x (paired {paired[name][n]:4.1f}x)"
-                           if n in per else f"{'-':>29}" for n in zerocans)
+            row += "".join(f"{med[ref] / med[n]:>14.1f}x (paired {paired[name][n]:4.1f}x)"
+                           if n in med else f"{'-':>29}" for n in zerocans)
             t = targets.get(name)
             row += f"{'>= %gx' % t if t else '':>9}"
         print(row)
     print("page faults per call (median): in this process (the clients) / in the other "
           "end's processes (ipyparallel: controller + engine)")
     for name in (f"apply {array_mb} MB array", f"echo {array_mb} MB array"):
-        med = {n: (statistics.median(faults[name][n]),
-                   statistics.median(server_faults[name][n])) for n in faults[name]}
+        fault_med = {n: (statistics.median(faults[name][n]),
+                         statistics.median(server_faults[name][n])) for n in faults[name]}
         print(f"{'  ' + name:<24}" + "".join(
-            f"{med[n][0]:>8,.0f} /{med[n][1]:>7,.0f}" if n in med else f"{'-':>16}"
-            for n in names))
+            f"{fault_med[n][0]:>8,.0f} /{fault_med[n][1]:>7,.0f}" if n in fault_med
+            else f"{'-':>16}" for n in names))
     tiny = results["1000 tiny tasks"]
     print("throughput, 1000 tiny tasks: " + ", ".join(
         f"{n}: {1000 / tiny[n]:,.0f} calls/s" for n in tiny))

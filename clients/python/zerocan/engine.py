@@ -295,7 +295,7 @@ class Engine:
                 if not self._wake_pending:
                     self._wake_pending = True
                     os.write(self._stop_w, b"r")
-            out = None
+            del out  # the reply is the I/O thread's now
 
     def _send_replies(self) -> None:
         while True:
