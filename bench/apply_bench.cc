@@ -375,13 +375,22 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
       Sink(got);
       while (!released) std::this_thread::yield();
     };
-    int reps = quick ? 3 : 5;
-    // Alternates zerocan and raw, `reps` times each after a warm-up of each; returns
+    int reps = quick ? 3 : 7;
+    // Warm-up calls of each before timing. One primes the heap (with the reusing
+    // allocator); more let each connection reach its steady rate: on this machine the
+    // first echoes after a switch of allocator often ran at 3.2-4.5 GB/s, then ~6 GB/s,
+    // for zerocan and raw alike (Linux grows a tcp connection's receive window with the
+    // rate it sees). With one warm-up, a median of five still caught that ramp in some
+    // runs, zerocan's or raw's, and the ratios swung from 0.70x to 1.34x.
+    int warm = quick ? 1 : 4;
+    // Alternates zerocan and raw, `reps` times each after `warm` calls of each; returns
     // the medians in GB/s (bytes both ways over wall time).
     auto time_pair = [&](double* zc, double* raw) {
       std::vector<double> zs, rs;
-      zc_call();  // warm (with the reusing allocator this also primes the heap)
-      raw_call();
+      for (int i = 0; i < warm; ++i) {
+        zc_call();
+        raw_call();
+      }
       for (int i = 0; i < reps; ++i) {
         double t0 = WallNs();
         zc_call();
