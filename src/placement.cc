@@ -1,10 +1,13 @@
 #include "zerocan/placement.h"
 
+#include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "internal/strings.h"
@@ -66,29 +69,38 @@ std::string FormatCpuList(const std::vector<int>& cpus) {
   return out;
 }
 
-std::vector<int> AllowedCpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> cpus;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
-  for (int c = 0; c < CPU_SETSIZE; ++c) {
-    if (CPU_ISSET(c, &set)) cpus.push_back(c);
-  }
-  return cpus;
+std::vector<int> UsableCpus() {
+  long configured = sysconf(_SC_NPROCESSORS_CONF);
+  const int limit = configured > 0 && configured < CPU_SETSIZE ? static_cast<int>(configured)
+                                                                : CPU_SETSIZE;
+  std::vector<int> usable;
+  // On a thread of its own: placing it changes nothing else, and the caller's mask may
+  // be narrower than what the process's other threads may use.
+  std::thread probe([&usable, limit] {
+    for (int cpu = 0; cpu < limit; ++cpu) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      if (pthread_setaffinity_np(pthread_self(), sizeof(one), &one) == 0) usable.push_back(cpu);
+    }
+  });
+  probe.join();
+  return usable;
 }
 
 std::unique_ptr<zmq::context_t> MakeContext(const std::vector<int>& io_cpus,
                                             std::string_view who) {
   auto context = std::make_unique<zmq::context_t>(1);
   if (io_cpus.empty()) return context;
-  std::vector<int> allowed = AllowedCpus();
+  std::vector<int> usable = UsableCpus();
   for (int cpu : io_cpus) {
-    // libzmq applies the set when its I/O thread starts (the first socket) and aborts
-    // the process if the kernel refuses it, so refuse here, where it can be reported.
-    if (!std::binary_search(allowed.begin(), allowed.end(), cpu)) {
+    // libzmq applies the set when its threads start (the first socket) and aborts the
+    // process if the kernel refuses all of it (it drops unusable CPUs silently), so
+    // refuse each unusable CPU here, where it can be named.
+    if (!std::binary_search(usable.begin(), usable.end(), cpu)) {
       throw Error(absl::StrCat(internal::Sv(who), ": io_cpus: CPU ", cpu,
                                " is not one this process may run on (",
-                               FormatCpuList(allowed), ")"));
+                               FormatCpuList(usable), ")"));
     }
     if (zmq_ctx_set(context->handle(), ZMQ_THREAD_AFFINITY_CPU_ADD, cpu) != 0) {
       throw Error(absl::StrCat(internal::Sv(who), ": io_cpus: libzmq refused CPU ", cpu, ": ",
@@ -105,7 +117,7 @@ zmq::context_t& ChannelContext(zmq::context_t* given, const std::vector<int>& io
     return **owned;
   }
   if (!io_cpus.empty()) {
-    throw Error(absl::StrCat(internal::Sv(who), ": io_cpus places the I/O thread of a context ",
+    throw Error(absl::StrCat(internal::Sv(who), ": io_cpus places the threads of a context the ",
                              internal::Sv(who), " makes; with options.context given, set "
                              "ZMQ_THREAD_AFFINITY_CPU_ADD on that context instead"));
   }

@@ -2,6 +2,7 @@
 #include "zerocan/placement.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <sched.h>
 
 #include <chrono>
@@ -26,6 +27,7 @@ namespace zerocan {
 namespace {
 
 using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
 std::string ErrorOf(const std::function<void()>& f) {
@@ -98,12 +100,11 @@ std::vector<std::string> NewIoThreadCpus(const std::map<std::string, std::string
 }
 
 TEST(PlacementTest, EngineClientAndBrokerIoThreadsRunOnlyOnTheirCpus) {
-  std::vector<int> allowed = AllowedCpus();
-  ASSERT_FALSE(allowed.empty());
+  std::vector<int> usable = UsableCpus();
+  ASSERT_FALSE(usable.empty());
   // Distinct CPUs where there are two, so a mix-up between channels shows.
-  const int engine_cpu = allowed.back();
-  const int client_cpu = allowed.front();
-  const std::string everywhere = FormatCpuList(allowed);
+  const int engine_cpu = usable.back();
+  const int client_cpu = usable.front();
 
   auto before = IoThreads();
   BrokerOptions bo;
@@ -132,23 +133,59 @@ TEST(PlacementTest, EngineClientAndBrokerIoThreadsRunOnlyOnTheirCpus) {
   EXPECT_EQ(client.apply("nbytes", xs).get().as<uint64_t>(), xs.size() * 8);
   EXPECT_DOUBLE_EQ(client.apply("sum", xs).get().as<double>(), 2.5 * xs.size());
 
-  // Unplaced: anywhere this process may run.
+  // Unplaced: wherever the thread that made it may run (libzmq's threads inherit its mask).
+  cpu_set_t mine;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(mine), &mine), 0);
+  std::vector<int> inherited;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &mine)) inherited.push_back(c);
+  }
   before = IoThreads();
   Client unplaced(engine.last_endpoint());
-  EXPECT_THAT(NewIoThreadCpus(before, everywhere), ElementsAre(everywhere));
+  EXPECT_THAT(NewIoThreadCpus(before, FormatCpuList(inherited)),
+              ElementsAre(FormatCpuList(inherited)));
+}
+
+TEST(PlacementTest, AThreadPinnedToOneCpuCanPlaceAChannelOnAnother) {
+  std::vector<int> usable = UsableCpus();
+  if (usable.size() < 2) GTEST_SKIP() << "one usable CPU: nothing else to place on";
+  // The caller's own mask is narrower than the process's: a client pinned to its CPU
+  // asks for its channel's I/O thread on another, as placement.h advises.
+  std::string seen, error;
+  std::thread caller([&] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(usable.front(), &one);
+    ASSERT_EQ(pthread_setaffinity_np(pthread_self(), sizeof(one), &one), 0);
+    EXPECT_THAT(UsableCpus(), ElementsAreArray(usable));
+    auto before = IoThreads();
+    try {
+      ClientOptions co;
+      co.io_cpus = {usable.back()};
+      Client client("tcp://127.0.0.1:1", co);
+      std::vector<std::string> cpus = NewIoThreadCpus(before, std::to_string(usable.back()));
+      seen = cpus.size() == 1 ? cpus[0] : "(" + std::to_string(cpus.size()) + " threads)";
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  });
+  caller.join();
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(seen, std::to_string(usable.back()));
 }
 
 TEST(PlacementTest, CpusOutsideTheAffinityMaskAreRefusedBeforeLibzmqSeesThem) {
-  std::vector<int> allowed = AllowedCpus();
-  ASSERT_FALSE(allowed.empty());
-  // libzmq would abort the process on a CPU the kernel refuses; zerocan refuses first.
-  const int outside = allowed.back() + 1;
+  std::vector<int> usable = UsableCpus();
+  ASSERT_FALSE(usable.empty());
+  // libzmq would abort the process on a set the kernel refuses, and drop a refused CPU
+  // from a set it accepts; zerocan names it instead.
+  const int outside = usable.back() + 1;
   ASSERT_LT(outside, CPU_SETSIZE);
   EngineOptions eo;
-  eo.io_cpus = {allowed.front(), outside};
+  eo.io_cpus = {usable.front(), outside};
   EXPECT_THAT(ErrorOf([&] { Engine engine(eo); }),
               HasSubstr("engine: io_cpus: CPU " + std::to_string(outside) +
-                        " is not one this process may run on (" + FormatCpuList(allowed) +
+                        " is not one this process may run on (" + FormatCpuList(usable) +
                         ")"));
   ClientOptions co;
   co.io_cpus = {outside};
@@ -160,14 +197,14 @@ TEST(PlacementTest, IoCpusWithTheCallersContextIsRefused) {
   zmq::context_t context(1);
   EngineOptions eo;
   eo.context = &context;
-  eo.io_cpus = {AllowedCpus().front()};
+  eo.io_cpus = {UsableCpus().front()};
   EXPECT_THAT(ErrorOf([&] { Engine engine(eo); }),
               HasSubstr("with options.context given, set ZMQ_THREAD_AFFINITY_CPU_ADD"));
   BrokerOptions bo;
   bo.context = &context;
   bo.io_cpus = eo.io_cpus;
   EXPECT_THAT(ErrorOf([&] { Broker broker("inproc://a", "inproc://b", bo); }),
-              HasSubstr("broker: io_cpus places"));
+              HasSubstr("broker: io_cpus places the threads of a context the broker makes"));
 }
 
 TEST(PlacementTest, EngineProgramReportsABadCpuList) {
@@ -175,7 +212,7 @@ TEST(PlacementTest, EngineProgramReportsABadCpuList) {
   auto bad = RunTool({"engine", "--bind", "tcp://127.0.0.1:*", "--io-cpus", "2-x"});
   EXPECT_EQ(bad.status, 2);
   EXPECT_THAT(bad.err, HasSubstr("CPU list \"2-x\": \"x\" is not a CPU number"));
-  const int outside = AllowedCpus().back() + 1;
+  const int outside = UsableCpus().back() + 1;
   auto refused = RunTool({"engine", "--bind", "tcp://127.0.0.1:*", "--io-cpus",
                           std::to_string(outside)});
   EXPECT_EQ(refused.status, 1);

@@ -8,12 +8,16 @@
 // ~36 ms on one, and an unplaced pair flips between the two from run to run. Giving the
 // client and the engine disjoint `io_cpus` (EngineOptions, ClientOptions, BrokerOptions;
 // `--io-cpus` on the command line; `io_cpus=` in Python) keeps them apart. Only the
-// I/O thread is placed: worker threads and the caller's threads run where they may.
+// threads of the channel's own context are placed (its I/O thread, and the reaper that
+// closes its sockets): worker threads and the caller's threads run where they may.
 //
-// Empty = anywhere (libzmq's default). The CPUs must be in this process's affinity
-// mask, checked when the channel is made, since libzmq aborts the process if it cannot
-// apply them. A channel given a context of its own (`context` option) cannot be placed
-// by zerocan: set ZMQ_THREAD_AFFINITY_CPU_ADD on that context before its first socket.
+// Empty = anywhere (libzmq's default). Each CPU must be one a thread of this process can
+// run on (online and within its cpuset: UsableCpus(), which may be wider than the
+// calling thread's own mask), checked when the channel is made, since libzmq aborts the
+// process when it cannot place its threads. A placed channel owns its context, so it
+// shares no inproc:// endpoints with channels on other contexts. A channel given a
+// context (`context` option) cannot be placed by zerocan: set
+// ZMQ_THREAD_AFFINITY_CPU_ADD on that context before its first socket.
 #pragma once
 
 #include <memory>
@@ -32,12 +36,14 @@ std::vector<int> ParseCpuList(std::string_view text);
 // Formats a CPU list back ("0-3,8").
 std::string FormatCpuList(const std::vector<int>& cpus);
 
-// The CPUs this process may run on (sched_getaffinity), sorted.
-std::vector<int> AllowedCpus();
+// The CPUs a thread of this process can be placed on: online and within its cpuset,
+// found by placing a short-lived thread on each in turn (the calling thread's own mask,
+// narrowed by taskset or sched_setaffinity, does not bound the others'). Sorted.
+std::vector<int> UsableCpus();
 
 // A context with one I/O thread that runs only on `io_cpus` (empty = anywhere). Throws
-// zerocan::Error if a CPU is not in AllowedCpus(), naming it and the allowed set;
-// `who` starts the message ("engine: io_cpus: CPU 5 is not ...").
+// zerocan::Error if a CPU is not in UsableCpus(), naming it and the usable set; `who`
+// starts the message ("engine: io_cpus: CPU 5 is not ...").
 std::unique_ptr<zmq::context_t> MakeContext(const std::vector<int>& io_cpus,
                                             std::string_view who);
 

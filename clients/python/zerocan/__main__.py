@@ -42,9 +42,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error(str(e))
     from .policy import apply_memory_policy
     apply_memory_policy()
-    engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
-                    allow_pickle=args.allow_pickle, heartbeat=args.heartbeat,
-                    threads=args.threads, key_file=args.key_file, io_cpus=io_cpus)
+    try:
+        engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
+                        allow_pickle=args.allow_pickle, heartbeat=args.heartbeat,
+                        threads=args.threads, key_file=args.key_file, io_cpus=io_cpus)
+    except Error as e:  # a refused CPU, an unreadable key file: one line, as zerocan engine
+        print(f"python -m zerocan engine: {e}", file=sys.stderr)
+        return 1
     signal.signal(signal.SIGTERM, lambda *_: engine.request_stop())
     print(f"zerocan python engine {engine.id} at {engine.endpoint or args.connect}",
           file=sys.stderr, flush=True)

@@ -66,6 +66,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 import zerocan
+import zerocan.placement
 import zerocan.policy
 from zerocan import wire
 
@@ -88,8 +89,11 @@ SETTLE_MAX_S = 0.25
 # sitecustomize for ipyparallel's controller and engine under --ipp-placement: every
 # zmq.Context they make runs its I/O thread on $ZEROCAN_BENCH_IO_CPU.
 IPP_PLACEMENT_SITE = """\
-import os
-_cpu = os.environ.get("ZEROCAN_BENCH_IO_CPU")
+import os, sys
+_argv = " ".join(getattr(sys, "orig_argv", sys.argv))
+_role = "ENGINE" if "ipyparallel.engine" in _argv else \\
+    "CONTROLLER" if "ipyparallel.controller" in _argv else None
+_cpu = os.environ.get("ZEROCAN_BENCH_IO_CPU_" + _role) if _role else None
 if _cpu is not None:
     import zmq
     _init = zmq.Context.__init__
@@ -143,6 +147,15 @@ def _io_thread_cpus(pid: int) -> list[str]:
     return out
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of a process (from /proc; [] where that is not there)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
 def _wait_ready(client: zerocan.Client, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -166,7 +179,7 @@ class Placement:
     zerocan client's on the first CPU this process may use, every zerocan engine's on the
     last, so a 100 MB frame's two kernel copies (out of the client, into the engine) run
     side by side instead of taking turns on one CPU. The floor gets the same placement;
-    ipyparallel keeps its defaults (pinning its processes made it slower here)."""
+    ipyparallel keeps its defaults (``--ipp-placement`` places it too, as a control)."""
 
     def __init__(self, client_cpu: int, engine_cpu: int) -> None:
         self.client_cpu = client_cpu
@@ -174,7 +187,7 @@ class Placement:
 
     @staticmethod
     def for_this_machine() -> Optional["Placement"]:
-        cpus = sorted(os.sched_getaffinity(0))
+        cpus = zerocan.placement.usable_cpus()
         return Placement(cpus[0], cpus[-1]) if len(cpus) >= 2 else None
 
 
@@ -184,21 +197,32 @@ class Zerocan:
 
     def __init__(self, name: str, command: list[str], url: str,
                  python_functions: bool, placement: Optional["Placement"] = None,
-                 workloads: Optional[tuple[str, ...]] = None) -> None:
+                 workloads: Optional[tuple[str, ...]] = None,
+                 own_context: bool = False) -> None:
+        """``placement``: the engine's and the client's I/O threads placed; else, with
+        ``own_context``, the client on an unplaced context of its own (not sharing
+        ``zmq.Context.instance()``'s I/O thread with ipyparallel's client)."""
+        import zmq
         self.name = name
         if workloads is not None:
             self.workloads = workloads
         if placement is not None:
             command = [*command, "--io-cpus", str(placement.engine_cpu)]
+        self._context = zmq.Context() if own_context and placement is None else None
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.pids = [self.proc.pid]
-        self.client = zerocan.Client(
-            url, timeout=120, io_cpus=[placement.client_cpu] if placement else None)
-        f_ident, f_nbytes = _functions()
-        self.echo_fn: Any = f_ident if python_functions else "echo"
-        self.nbytes_fn: Any = f_nbytes if python_functions else "nbytes"
-        _wait_ready(self.client)
+        try:
+            self.client = zerocan.Client(
+                url, timeout=120, context=self._context,
+                io_cpus=[placement.client_cpu] if placement else None)
+            f_ident, f_nbytes = _functions()
+            self.echo_fn: Any = f_ident if python_functions else "echo"
+            self.nbytes_fn: Any = f_nbytes if python_functions else "nbytes"
+            _wait_ready(self.client)
+        except BaseException:
+            self.close()
+            raise
 
     def tiny(self, n: int) -> None:
         futures = [self.client.apply(self.echo_fn, i) for i in range(n)]
@@ -212,7 +236,11 @@ class Zerocan:
         return int(self.client.apply(self.nbytes_fn, value).result())
 
     def close(self) -> None:
-        self.client.close()
+        client: Optional[zerocan.Client] = getattr(self, "client", None)  # None: failed start
+        if client is not None:
+            client.close()
+        if self._context is not None:
+            self._context.term()
         self.proc.terminate()
         try:
             self.proc.wait(10)
@@ -296,20 +324,27 @@ class IPyParallel:
         import zmq
         # Inherited by the controller and engine processes only.
         env = {"GLIBC_TUNABLES": REUSING_TUNABLES if tuned_malloc else None,
-               "PYTHONPATH": None, "ZEROCAN_BENCH_IO_CPU": None}
+               "PYTHONPATH": None, "ZEROCAN_BENCH_IO_CPU_CONTROLLER": None,
+               "ZEROCAN_BENCH_IO_CPU_ENGINE": None}
         self._site: Optional[tempfile.TemporaryDirectory[str]] = None
         self._context: Optional[zmq.Context] = None
+        self.cluster: Any = None
         if placement is not None:
-            # A control: ipyparallel's own I/O threads placed as zerocan's. Its client
-            # gets a placed context of its own; its controller and engine get every
-            # zmq.Context they make placed, through a sitecustomize module.
+            # A control: ipyparallel's I/O threads placed along its path, each hop's two
+            # ends on different CPUs as zerocan's are: its client on the client CPU, its
+            # controller (and the scheduler processes it forks, which forward the calls)
+            # on the engine CPU, its engine on the client CPU again. The client gets a
+            # placed context of its own; the controller and engine get every zmq.Context
+            # they make placed, through a sitecustomize module (which hides any other
+            # sitecustomize for those processes).
             self._context = zmq.Context()
             self._context.set(zmq.THREAD_AFFINITY_CPU_ADD, placement.client_cpu)
             self._site = tempfile.TemporaryDirectory(prefix="zerocan-bench-ipp-")
             Path(self._site.name, "sitecustomize.py").write_text(IPP_PLACEMENT_SITE)
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [self._site.name, os.environ.get("PYTHONPATH")]))
-            env["ZEROCAN_BENCH_IO_CPU"] = str(placement.engine_cpu)
+            env["ZEROCAN_BENCH_IO_CPU_CONTROLLER"] = str(placement.engine_cpu)
+            env["ZEROCAN_BENCH_IO_CPU_ENGINE"] = str(placement.client_cpu)
         saved = {k: os.environ.get(k) for k in env}
         for k, v in env.items():
             if v is not None:
@@ -322,6 +357,9 @@ class IPyParallel:
                 self.cluster.start_cluster_sync()
                 self.rc = self.cluster.connect_client_sync(context=self._context)
             self.rc.wait_for_engines(1, timeout=120)
+        except BaseException:
+            self._cleanup()
+            raise
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -329,11 +367,18 @@ class IPyParallel:
                 else:
                     os.environ[k] = v
         self.view = self.rc[0]
-        # Its controller and engine processes (the engine's pid asked of the engine).
-        self.pids = [self.cluster.controller.pid, self.view.apply_sync(os.getpid)]
+        # Its controller (with the scheduler processes it forks) and engine processes
+        # (the engine's pid asked of the engine).
+        controller = self.cluster.controller.pid
+        self.controller_pids = [controller, *_children(controller)]
+        self.engine_pid = self.view.apply_sync(os.getpid)
+        self.pids = [*self.controller_pids, self.engine_pid]
         self.placed = placement is not None
         # Where their libzmq I/O threads may run, read back (shows the control took).
-        self.io_thread_cpus = [cpus for pid in self.pids for cpus in _io_thread_cpus(pid)]
+        self.io_thread_cpus = {
+            "controller": sorted({c for pid in self.controller_pids
+                                  for c in _io_thread_cpus(pid)}),
+            "engine": sorted(set(_io_thread_cpus(self.engine_pid)))}
         self.ident, self.nbytes_fn = _functions()
 
     def tiny(self, n: int) -> None:
@@ -349,7 +394,14 @@ class IPyParallel:
 
     def close(self) -> None:
         self.rc.close()
-        self.cluster.stop_cluster_sync()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.cluster is not None:
+            try:
+                self.cluster.stop_cluster_sync()
+            except Exception:  # pragma: no cover - best effort on a failed start
+                pass
         if self._site is not None:
             self._site.cleanup()
         if self._context is not None:
@@ -401,34 +453,39 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     placement = None if args.no_placement else Placement.for_this_machine()
     systems: list[Any] = []
-    port = _free_port()
-    systems.append(Zerocan("zerocan (Python engine)",
-                           [sys.executable, "-m", "zerocan", "engine", "--allow-pickle",
-                            "--bind", f"tcp://127.0.0.1:{port}"],
-                           f"tcp://127.0.0.1:{port}", python_functions=True,
-                           placement=placement))
-    cpp = _cpp_engine_bin()
-    if cpp is not None:
+    ipp: Optional[IPyParallel] = None
+    try:  # a system that fails to start stops the ones already started
         port = _free_port()
-        systems.append(Zerocan("zerocan (C++ engine)",
-                               [cpp, "engine", "--bind", f"tcp://127.0.0.1:{port}"],
-                               f"tcp://127.0.0.1:{port}", python_functions=False,
+        systems.append(Zerocan("zerocan (Python engine)",
+                               [sys.executable, "-m", "zerocan", "engine", "--allow-pickle",
+                                "--bind", f"tcp://127.0.0.1:{port}"],
+                               f"tcp://127.0.0.1:{port}", python_functions=True,
                                placement=placement))
-        if placement is not None:
-            # The same engine with every I/O thread left where the scheduler puts it: what
-            # placement buys, in the same run.
+        cpp = _cpp_engine_bin()
+        if cpp is not None:
             port = _free_port()
-            systems.append(Zerocan("zerocan (C++, unplaced)",
+            systems.append(Zerocan("zerocan (C++ engine)",
                                    [cpp, "engine", "--bind", f"tcp://127.0.0.1:{port}"],
                                    f"tcp://127.0.0.1:{port}", python_functions=False,
-                                   workloads=("array", "echo")))
-    if not args.no_floor:
-        systems.append(PyzmqFloor(placement))
-    ipp: Optional[IPyParallel] = None
-    if not args.no_ipp:
-        ipp = IPyParallel(tuned_malloc=args.ipp_malloc,
-                          placement=placement if args.ipp_placement else None)
-        systems.append(ipp)
+                                   placement=placement))
+            if placement is not None:
+                # The same engine with every I/O thread left where the scheduler puts it: what
+                # placement buys, in the same run.
+                port = _free_port()
+                systems.append(Zerocan("zerocan (C++, unplaced)",
+                                       [cpp, "engine", "--bind", f"tcp://127.0.0.1:{port}"],
+                                       f"tcp://127.0.0.1:{port}", python_functions=False,
+                                       workloads=("array", "echo"), own_context=True))
+        if not args.no_floor:
+            systems.append(PyzmqFloor(placement))
+        if not args.no_ipp:
+            ipp = IPyParallel(tuned_malloc=args.ipp_malloc,
+                              placement=placement if args.ipp_placement else None)
+            systems.append(ipp)
+    except BaseException:
+        for s in systems:
+            s.close()
+        raise
 
     big = np.random.default_rng(0).random(array_mb * (1 << 20) // 8)
     ints = list(range(1000))
@@ -523,8 +580,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if placement is not None:
         ipp_where = "anywhere"
         if ipp is not None and ipp.placed:
-            ipp_where = "placed the same way (--ipp-placement; its controller's and engine's " \
-                f"I/O threads ran on CPUs {', '.join(ipp.io_thread_cpus) or '?'})"
+            where = ipp.io_thread_cpus
+            ipp_where = ("placed along its path (--ipp-placement): client's I/O thread on CPU "
+                         f"{placement.client_cpu}, controller's on "
+                         f"{'/'.join(where['controller']) or '?'}, engine's on "
+                         f"{'/'.join(where['engine']) or '?'} (read back)")
         print(f"  placement: zerocan clients' libzmq I/O threads on CPU {placement.client_cpu}, "
               f"engines' on CPU {placement.engine_cpu} (io_cpus; the floor too); "
               f"'C++, unplaced': anywhere; ipyparallel: {ipp_where}")

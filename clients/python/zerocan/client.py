@@ -30,7 +30,7 @@ import zmq
 
 from . import signing, wire
 from .errors import DecodeError, RemoteError, TimeoutError, TransportError
-from .placement import channel_context
+from .placement import IoCpus, channel_context
 from .policy import Policy
 from .signing import KeyLike, Signer, make_signer
 from .wire import DecodeLimits, Registry
@@ -80,15 +80,16 @@ class Client:
     the check is counted in ``counters["rejected"]`` and ignored, as the C++ client does,
     so its call ends with ``TimeoutError``. Without a key nothing is signed or checked.
 
-    ``io_cpus``: the CPUs the client's libzmq I/O thread may run on (``zerocan.placement``),
-    in a context of its own; default: the shared ``zmq.Context.instance()``, anywhere.
+    ``io_cpus``: the CPUs the client's libzmq threads may run on (CPU numbers or a list
+    such as ``"0,2-3"``; ``zerocan.placement``), in a context of its own; default: the
+    shared ``zmq.Context.instance()``, anywhere.
     """
 
     def __init__(self, url: str, *, timeout: Optional[float] = 60.0,
                  policy: Optional[Policy] = None, registry: Optional[Registry] = None,
                  limits: DecodeLimits = wire.DEFAULT_LIMITS,
                  context: Optional[zmq.Context] = None,
-                 io_cpus: Optional[Iterable[int]] = None,
+                 io_cpus: IoCpus = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None) -> None:
         self.url = url
         self.signer: Optional[Signer] = make_signer(key, key_file)
@@ -106,8 +107,14 @@ class Client:
         self._closed = False
         self.counters = {"sent": 0, "received": 0, "late": 0, "rejected": 0}
         self._socket = self._context.socket(zmq.DEALER)
-        _configure(self._socket, limits)
-        self._socket.connect(url)
+        try:
+            _configure(self._socket, limits)
+            self._socket.connect(url)
+        except BaseException:  # a bad URL: leave no socket or owned context running
+            self._socket.close(linger=0)
+            if self._owns_context:
+                self._context.term()
+            raise
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._wake_pending = False

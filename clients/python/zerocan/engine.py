@@ -40,7 +40,7 @@ import zmq
 from . import signing, wire
 from .client import PICKLED_FUNCTION, _configure, payload_frames
 from .errors import ArgumentError, DecodeError, RemoteError
-from .placement import channel_context
+from .placement import IoCpus, channel_context
 from .policy import Policy
 from .signing import KeyLike, ReplayGuard, Signer, make_signer
 from .wire import DecodeLimits, Message, Registry, Writer
@@ -102,9 +102,9 @@ class Engine:
     the C++ engine counts it), never answered (docs/SECURITY.md). Without a key nothing
     is signed or checked.
 
-    ``io_cpus``: the CPUs the engine's libzmq I/O thread may run on (``zerocan.placement``),
-    in a context of its own, ended when the engine stops; default: the shared
-    ``zmq.Context.instance()``, anywhere.
+    ``io_cpus``: the CPUs the engine's libzmq threads may run on (CPU numbers or a list
+    such as ``"0,2-3"``; ``zerocan.placement``), in a context of its own, ended when the
+    engine stops; default: the shared ``zmq.Context.instance()``, anywhere.
     """
 
     def __init__(self, url: Optional[str] = None, bind: bool = False, *,
@@ -114,7 +114,7 @@ class Engine:
                  registry: Optional[Registry] = None,
                  limits: DecodeLimits = wire.DEFAULT_LIMITS,
                  context: Optional[zmq.Context] = None,
-                 io_cpus: Optional[Iterable[int]] = None,
+                 io_cpus: IoCpus = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
                  replay: Optional[ReplayGuard] = None) -> None:
         self.id = id or _default_id()
@@ -144,13 +144,18 @@ class Engine:
         self._stop_r, self._stop_w = os.pipe()  # stop requests and worker replies wake run()
         os.set_blocking(self._stop_r, False)
         self.endpoint: Optional[str] = None
+        self._serving = False
         if builtins:
             add_builtins(self)
         if url is not None:
-            if bind:
-                self.bind(url)
-            else:
-                self.connect(url)
+            try:
+                if bind:
+                    self.bind(url)
+                else:
+                    self.connect(url)
+            except BaseException:  # a bad URL or a port in use: leave nothing running
+                self._shutdown(goodbye=False)
+                raise
 
     # ---- functions ----------------------------------------------------------------
 
@@ -177,23 +182,24 @@ class Engine:
 
     def bind(self, url: str) -> str:
         s = self._context.socket(zmq.ROUTER)
+        self._sockets.append((s, False))  # closed by _shutdown even if bind fails
         _configure(s, self.limits)
         s.bind(url)
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._sockets.append((s, False))
         return self.endpoint
 
     def connect(self, url: str) -> None:
         s = self._context.socket(zmq.DEALER)
+        self._sockets.append((s, True))  # closed by _shutdown even if connect fails
         _configure(s, self.limits)
         s.connect(url)
-        self._sockets.append((s, True))
 
     # ---- serving ------------------------------------------------------------------
 
     def run(self) -> None:
         """Serves until interrupted (Ctrl-C) or ``stop()``; then says goodbye to the
         broker and closes the sockets."""
+        self._serving = True
         try:
             self._serve()
         except KeyboardInterrupt:
@@ -220,10 +226,13 @@ class Engine:
             pass
 
     def stop(self) -> None:
-        """Stops serving (after the call being run) and waits for the serving thread."""
+        """Stops serving (after the call being run) and waits for the serving thread. An
+        engine that never served closes its sockets (and its own context) here."""
         self.request_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        elif not self._serving and not self._fds_closed:
+            self._shutdown(goodbye=False)
 
     def __enter__(self) -> "Engine":
         return self.start()
