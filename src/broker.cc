@@ -20,8 +20,8 @@
 #include "internal/strings.h"
 #include "zerocan/capture.h"
 #include "zerocan/frames.h"
-#include "zerocan/remote_error.h"
 #include "zerocan/placement.h"
+#include "zerocan/remote_error.h"
 #include "zerocan/version.h"
 #include "zerocan/writer.h"
 
