@@ -20,6 +20,7 @@
 #include "internal/strings.h"
 #include "zerocan/capture.h"
 #include "zerocan/frames.h"
+#include "zerocan/pacing.h"
 #include "zerocan/placement.h"
 #include "zerocan/remote_error.h"
 #include "zerocan/version.h"
@@ -108,7 +109,11 @@ class Broker::Impl {
 
   void Bind(zmq::socket_t& s, const std::string& url, const char* what) {
     try {
-      s.bind(url);
+      if (options_.unpace_local_tcp) {
+        BindUnpaced(*context_, s, url);
+      } else {
+        s.bind(url);
+      }
     } catch (const zmq::error_t& e) {
       throw TransportError(absl::StrCat("broker: cannot bind ", what, " ", url, ": ", e.what()));
     }

@@ -27,6 +27,7 @@
 #include "internal/strings.h"
 #include "zerocan/auth_error.h"
 #include "zerocan/frames.h"
+#include "zerocan/pacing.h"
 #include "zerocan/placement.h"
 #include "zerocan/stats.h"
 
@@ -166,7 +167,11 @@ class Engine::Impl {
       is_dealer_.push_back(false);
     }
     try {
-      sockets_[router_index_].bind(url);
+      if (options_.unpace_local_tcp) {
+        BindUnpaced(*context_, sockets_[router_index_], url);
+      } else {
+        sockets_[router_index_].bind(url);
+      }
     } catch (const zmq::error_t& e) {
       throw TransportError(absl::StrCat("engine: cannot bind ", url, ": ", e.what()));
     }

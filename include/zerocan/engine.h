@@ -121,6 +121,9 @@ struct EngineOptions {
   // CPUs the engine's own context's I/O thread may run on (placement.h): keeps a large
   // transfer's receive off the sending client's CPU. Empty = anywhere; not with `context`.
   std::vector<int> io_cpus;
+  // A tcp:// bind to a loopback address takes its connections off BBR's pacing
+  // (pacing.h).
+  bool unpace_local_tcp = true;
   bool builtins = true;  // echo, add, sum, nbytes, sleep, fail
   // Small calls skip the hand-off to a worker thread: a call that arrives as a single
   // frame (no payload frames) to a function whose every run so far took less than

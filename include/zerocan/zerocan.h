@@ -15,6 +15,7 @@
 #include "zerocan/inspect.h"
 #include "zerocan/limits.h"
 #include "zerocan/message.h"
+#include "zerocan/pacing.h"
 #include "zerocan/placement.h"
 #include "zerocan/policy.h"
 #include "zerocan/registry.h"

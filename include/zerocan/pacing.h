@@ -1,0 +1,54 @@
+// Pacing: why zerocan's loopback listeners take connections off BBR.
+//
+// Linux hosts increasingly default to BBR (net.ipv4.tcp_congestion_control), which paces
+// each connection at its own running estimate of the path's bandwidth. Between two
+// processes on one host there is no path to estimate (no queue, no loss), and the
+// estimate comes from bursty, application-limited traffic: a 256 MB frame, then a pause
+// for the reply. It settles wherever the first bursts put it and caps the connection
+// there for good. On the 2-vCPU machines we measure on, a 256 MB echo over tcp loopback
+// ran at ~6 GB/s on most connections and at 3.4-5.4 GB/s on about one in four (`ss -ti`
+// showed pacing_rate 37 Gbps on a slow one, ~100 Gbps on the others); with the host on
+// cubic or reno, 20 runs out of 20 ran at ~6 GB/s.
+//
+// What a program can change: a connection's congestion control is fixed when the
+// connection is made, from its listener's (when set with TCP_CONGESTION) or the host's
+// default. Switching a BBR connection to reno afterwards does not help: the kernel goes
+// on pacing a socket BBR has run on, at reno's cwnd/rtt rate, which left some connections
+// slower still (4.2 GB/s). So zerocan sets "reno" (never paced; every process may choose
+// it) on the listening socket of each tcp:// bind to a loopback address (127.0.0.0/8,
+// ::1), when its congestion control is a "bbr..." one: every connection it accepts is
+// born unpaced. Connections zerocan makes (connect) keep the host's choice, as do
+// listeners on other addresses, whose peers may be remote and where pacing is what BBR
+// is for. Engines and brokers bind this way unless `unpace_local_tcp = false`.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <zmq.hpp>
+
+namespace zerocan {
+
+// What BindUnpaced did with the listener.
+enum class Unpacing {
+  kSwitched,      // a loopback tcp:// listener, moved from bbr... to reno
+  kNotPaced,      // a loopback tcp:// listener on a congestion control that does not pace
+  kNotLoopback,   // a tcp:// listener on another address: left as it is
+  kNoTcpListener, // not a tcp:// bind (ipc://, inproc://...)
+  kRefused,       // the kernel refused reno
+};
+
+std::string_view UnpacingName(Unpacing u);
+
+// The congestion control of TCP socket `fd` ("" if it has none: not a TCP socket).
+std::string CongestionControl(int fd);
+
+// Binds `socket` to `url` as socket.bind(url) does (throws zmq::error_t alike), then,
+// for a tcp:// listener on a loopback address whose congestion control is "bbr...",
+// sets "reno" on it, so that the connections it accepts are never paced. The listener's
+// descriptor comes from a libzmq socket monitor that lives only for this call (a socket
+// has at most one monitor). A connection accepted in the microseconds between the bind
+// and the switch keeps the host's default.
+Unpacing BindUnpaced(zmq::context_t& context, zmq::socket_t& socket, const std::string& url);
+
+}  // namespace zerocan
