@@ -445,10 +445,11 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     // low on about one connection in four, for the connection's life. That decided the
     // 256 MB ratios of earlier sessions (0.67-1.43x with one connection each, for
     // zerocan and raw libzmq alike); with the host on cubic or reno every connection
-    // ran at the same ~6 GB/s (20 runs of 20). A library cannot opt out: a connecting
-    // socket runs BBR's start-up before libzmq reports it, and switching it afterwards
-    // leaves the kernel pacing it. Best of four puts each contender on a connection
-    // BBR did not throttle; the spread rows show how far apart the connections were.
+    // ran at the same ~6 GB/s (20 runs of 20). zerocan's engine binds its loopback
+    // listener on reno (pacing.h), so its replies are never paced; its client's calls
+    // are, as raw libzmq's are both ways: a connection's congestion control is fixed
+    // before libzmq reports the connection to anyone. Best of four puts each contender
+    // on a connection BBR did not throttle; the spread rows show the slowest.
     constexpr int kConnections = 4;
     struct ZcPair {
       std::unique_ptr<Engine> engine;

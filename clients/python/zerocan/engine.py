@@ -40,6 +40,7 @@ import zmq
 from . import signing, wire
 from .client import PICKLED_FUNCTION, _configure, payload_frames
 from .errors import ArgumentError, DecodeError, RemoteError
+from .pacing import bind_unpaced
 from .placement import IoCpus, channel_context
 from .policy import Policy
 from .signing import KeyLike, ReplayGuard, Signer, make_signer
@@ -105,6 +106,9 @@ class Engine:
     ``io_cpus``: the CPUs the engine's libzmq threads may run on (CPU numbers or a list
     such as ``"0,2-3"``; ``zerocan.placement``), in a context of its own, ended when the
     engine stops; default: the shared ``zmq.Context.instance()``, anywhere.
+
+    ``unpace_local_tcp``: a tcp:// bind to a loopback address sets "reno" on its listener
+    when the host runs BBR, so accepted connections are never paced (``zerocan.pacing``).
     """
 
     def __init__(self, url: Optional[str] = None, bind: bool = False, *,
@@ -116,8 +120,10 @@ class Engine:
                  context: Optional[zmq.Context] = None,
                  io_cpus: IoCpus = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
-                 replay: Optional[ReplayGuard] = None) -> None:
+                 replay: Optional[ReplayGuard] = None,
+                 unpace_local_tcp: bool = True) -> None:
         self.id = id or _default_id()
+        self.unpace_local_tcp = unpace_local_tcp
         self.signer: Optional[Signer] = make_signer(key, key_file)
         self.replay: Optional[ReplayGuard] = (replay if replay is not None else ReplayGuard()) \
             if self.signer is not None else None
@@ -184,7 +190,10 @@ class Engine:
         s = self._context.socket(zmq.ROUTER)
         self._sockets.append((s, False))  # closed by _shutdown even if bind fails
         _configure(s, self.limits)
-        s.bind(url)
+        if self.unpace_local_tcp:
+            bind_unpaced(self._context, s, url)
+        else:
+            s.bind(url)
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
 
