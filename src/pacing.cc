@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 
 namespace zerocan {
 
@@ -58,6 +59,7 @@ std::string_view UnpacingName(Unpacing u) {
     case Unpacing::kNotLoopback: return "not a loopback address";
     case Unpacing::kNoTcpListener: return "not a tcp listener";
     case Unpacing::kRefused: return "reno refused";
+    case Unpacing::kNotSeen: return "listener not seen";
   }
   return "?";
 }
@@ -75,47 +77,57 @@ Unpacing BindUnpaced(zmq::context_t& context, zmq::socket_t& socket, const std::
     return Unpacing::kNoTcpListener;
   }
   // libzmq makes the listener inside bind(), on this thread, and reports it (with its
-  // descriptor) to the monitor before bind() returns.
-  // A name of its own per call: a stopped monitor's endpoint is released only later,
-  // by libzmq's reaper, so a second bind of the same socket cannot reuse it.
+  // descriptor) to the monitor before bind() returns. A name of its own per call: a
+  // stopped monitor's endpoint is released only later, by libzmq's reaper, so a second
+  // bind of the same socket cannot reuse it.
   static std::atomic<uint64_t> calls{0};
   std::string endpoint = "inproc://zerocan-bind-" +
                          std::to_string(reinterpret_cast<uintptr_t>(socket.handle())) + "-" +
                          std::to_string(calls.fetch_add(1, std::memory_order_relaxed));
   if (zmq_socket_monitor(socket.handle(), endpoint.c_str(), ZMQ_EVENT_LISTENING) != 0) {
-    socket.bind(url);  // no monitor (an old libzmq?): bind as it is
-    return Unpacing::kNoTcpListener;
+    socket.bind(url);  // no monitor to be had: bind as it is
+    return Unpacing::kNotSeen;
   }
-  zmq::socket_t monitor(context, zmq::socket_type::pair);
-  monitor.set(zmq::sockopt::linger, 0);
-  monitor.connect(endpoint);
+  // From here the monitor must go whatever happens: libzmq's monitor sends block, so one
+  // left without its reader would hang the socket's next bind.
   struct StopMonitor {
     void* socket;
     ~StopMonitor() { zmq_socket_monitor(socket, nullptr, 0); }
   } stop{socket.handle()};
-  socket.bind(url);  // throws as socket.bind does
-  Unpacing result = Unpacing::kNoTcpListener;
-  // The event is queued already; the short wait only covers an inproc pipe that has
-  // not been activated yet.
-  zmq::pollitem_t item{monitor.handle(), 0, ZMQ_POLLIN, 0};
-  auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
-  while (std::chrono::steady_clock::now() < give_up) {
-    zmq::poll(&item, 1, std::chrono::milliseconds(20));
-    // An event is two frames: 2 bytes of event and 4 of value (the descriptor), then
-    // the endpoint.
-    zmq::message_t head, address;
-    if (!monitor.recv(head, zmq::recv_flags::dontwait)) continue;
-    if (head.more()) (void)monitor.recv(address, zmq::recv_flags::dontwait);
-    if (head.size() < 6) continue;
-    uint16_t event;
-    uint32_t value;
-    std::memcpy(&event, head.data(), sizeof(event));
-    std::memcpy(&value, static_cast<const char*>(head.data()) + 2, sizeof(value));
-    if (event != ZMQ_EVENT_LISTENING) continue;
-    result = UnpaceListener(static_cast<int>(value));
-    break;
+  std::optional<zmq::socket_t> monitor;
+  try {
+    monitor.emplace(context, zmq::socket_type::pair);
+    monitor->set(zmq::sockopt::linger, 0);
+    monitor->connect(endpoint);
+  } catch (const zmq::error_t&) {
+    monitor.reset();  // no reader (out of sockets?): bind as it is
   }
-  return result;
+  socket.bind(url);  // throws as socket.bind does
+  if (!monitor) return Unpacing::kNotSeen;
+  // The socket is bound now: nothing below may throw (a caller would take it for a
+  // failed bind). The event is queued already; the short wait only covers an inproc
+  // pipe that has not been activated yet.
+  try {
+    zmq::pollitem_t item{monitor->handle(), 0, ZMQ_POLLIN, 0};
+    auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while (std::chrono::steady_clock::now() < give_up) {
+      zmq::poll(&item, 1, std::chrono::milliseconds(20));
+      // An event is two frames: 2 bytes of event and 4 of value (the descriptor), then
+      // the endpoint.
+      zmq::message_t head, address;
+      if (!monitor->recv(head, zmq::recv_flags::dontwait)) continue;
+      if (head.more()) (void)monitor->recv(address, zmq::recv_flags::dontwait);
+      if (head.size() < 6) continue;
+      uint16_t event;
+      uint32_t value;
+      std::memcpy(&event, head.data(), sizeof(event));
+      std::memcpy(&value, static_cast<const char*>(head.data()) + 2, sizeof(value));
+      if (event == ZMQ_EVENT_LISTENING) return UnpaceListener(static_cast<int>(value));
+    }
+  } catch (const zmq::error_t&) {
+    // interrupted, or the context is ending: the bind stands, unswitched
+  }
+  return Unpacing::kNotSeen;
 }
 
 }  // namespace zerocan

@@ -52,8 +52,8 @@ struct BrokerOptions {
   // CPUs the broker's own context's I/O thread may run on (placement.h). Empty =
   // anywhere; not with `context`.
   std::vector<int> io_cpus;
-  // A tcp:// bind to a loopback address takes its connections off BBR's pacing
-  // (pacing.h).
+  // A tcp:// bind to a loopback address (frontend, backend, capture) takes its
+  // connections off BBR's pacing (pacing.h).
   bool unpace_local_tcp = true;
   // With a key: the broker signs the errors it makes (EngineLost) and ignores engine
   // hellos and heartbeats that are not signed with it. Calls and replies are forwarded

@@ -14,8 +14,9 @@
 // connection is made, from its listener's (when set with TCP_CONGESTION) or the host's
 // default. Switching a BBR connection to reno afterwards does not help: the kernel goes
 // on pacing a socket BBR has run on, at reno's cwnd/rtt rate, which left some connections
-// slower still (4.2 GB/s). So zerocan sets "reno" (never paced; every process may choose
-// it) on the listening socket of each tcp:// bind to a loopback address (127.0.0.0/8,
+// slower still (4.2 GB/s). So zerocan sets "reno" (not paced unless something asks for
+// it: an fq qdisc on lo, SO_MAX_PACING_RATE; every process may choose it) on the
+// listening socket of each tcp:// bind to a loopback address (127.0.0.0/8,
 // ::1), when its congestion control is a "bbr..." one: every connection it accepts is
 // born unpaced. Connections zerocan makes (connect) keep the host's choice, as do
 // listeners on other addresses, whose peers may be remote and where pacing is what BBR
@@ -36,6 +37,8 @@ enum class Unpacing {
   kNotLoopback,   // a tcp:// listener on another address: left as it is
   kNoTcpListener, // not a tcp:// bind (ipc://, inproc://...)
   kRefused,       // the kernel refused reno
+  kNotSeen,       // bound, but libzmq did not report the listener (no monitor to be had,
+                  // or interrupted): left as it is
 };
 
 std::string_view UnpacingName(Unpacing u);
@@ -43,12 +46,16 @@ std::string_view UnpacingName(Unpacing u);
 // The congestion control of TCP socket `fd` ("" if it has none: not a TCP socket).
 std::string CongestionControl(int fd);
 
-// Binds `socket` to `url` as socket.bind(url) does (throws zmq::error_t alike), then,
-// for a tcp:// listener on a loopback address whose congestion control is "bbr...",
-// sets "reno" on it, so that the connections it accepts are never paced. The listener's
-// descriptor comes from a libzmq socket monitor that lives only for this call (a socket
-// has at most one monitor). A connection accepted in the microseconds between the bind
-// and the switch keeps the host's default.
+// Binds `socket` to `url` as socket.bind(url) does (throws zmq::error_t alike, and
+// nothing else once bound), then, for a tcp:// listener on a loopback address whose
+// congestion control is "bbr...", sets "reno" on it, so that the connections it accepts
+// are never paced. The listener's descriptor comes from a libzmq socket monitor that
+// lives only for this call: a socket has at most one, so a monitor the caller had on
+// `socket` is replaced and then gone. Call it on the thread that owns `socket`. A
+// connection accepted in the microseconds between the bind and the switch keeps the
+// host's default (with a fixed port and peers already retrying, a real window; closing
+// it means making the listener yourself, reno before listen(), and ZMQ_USE_FD). A
+// route's own congestion control (`ip route ... congctl`) overrides the listener's.
 Unpacing BindUnpaced(zmq::context_t& context, zmq::socket_t& socket, const std::string& url);
 
 }  // namespace zerocan

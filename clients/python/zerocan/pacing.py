@@ -11,14 +11,16 @@ made with connect(), keep the host's choice.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
 import struct
+from typing import Iterator, Optional
 
 import zmq
 
-__all__ = ["SWITCHED", "NOT_PACED", "NOT_LOOPBACK", "NO_TCP_LISTENER", "REFUSED",
+__all__ = ["SWITCHED", "NOT_PACED", "NOT_LOOPBACK", "NO_TCP_LISTENER", "REFUSED", "NOT_SEEN",
            "bind_unpaced", "congestion_control"]
 
 # What bind_unpaced did (the names of the C++ Unpacing values).
@@ -27,40 +29,51 @@ NOT_PACED = "not a pacing congestion control"
 NOT_LOOPBACK = "not a loopback address"
 NO_TCP_LISTENER = "not a tcp listener"
 REFUSED = "reno refused"
+NOT_SEEN = "listener not seen"  # bound, but libzmq did not report the listener: left as is
 
 _calls = 0
+
+
+@contextlib.contextmanager
+def _borrowed(fd: int) -> Iterator[socket.socket]:
+    """A socket object over ``fd`` that leaves it open (no duplicate to leak: CPython
+    keeps a dup()ed descriptor that turns out not to be a socket)."""
+    s = socket.socket(fileno=fd)
+    try:
+        yield s
+    finally:
+        s.detach()
 
 
 def congestion_control(fd: int) -> str:
     """The congestion control of TCP socket ``fd`` ("" if it is not one)."""
     try:
-        with socket.socket(fileno=os.dup(fd)) as s:
+        with _borrowed(fd) as s:
             name: bytes = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
-    except OSError:
+    except (OSError, AttributeError):  # not a socket / not TCP / not Linux
         return ""
     return name.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 def _unpace_listener(fd: int) -> str:
     try:
-        s = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return NO_TCP_LISTENER
-    with s:
-        if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
-            return NO_TCP_LISTENER
-        host = s.getsockname()[0]
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-        mapped = getattr(address, "ipv4_mapped", None)
-        if not (address.is_loopback or (mapped is not None and mapped.is_loopback)):
-            return NOT_LOOPBACK
-        name = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
-        if not name.startswith(b"bbr"):
-            return NOT_PACED
-        try:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")
-        except OSError:
-            return REFUSED
+        with _borrowed(fd) as s:
+            if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
+                return NO_TCP_LISTENER
+            host = s.getsockname()[0]
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+            mapped = getattr(address, "ipv4_mapped", None)
+            if not (address.is_loopback or (mapped is not None and mapped.is_loopback)):
+                return NOT_LOOPBACK
+            name = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+            if not name.startswith(b"bbr"):
+                return NOT_PACED
+            try:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")
+            except OSError:
+                return REFUSED
+    except (OSError, AttributeError, ValueError):
+        return NOT_SEEN
     return SWITCHED
 
 
@@ -75,19 +88,31 @@ def bind_unpaced(context: zmq.Context, sock: zmq.Socket, url: str) -> str:
     _calls += 1
     # libzmq reports the listener (with its descriptor) to a monitor inside bind().
     endpoint = f"inproc://zerocan-py-bind-{id(sock)}-{os.getpid()}-{_calls}"
-    sock.monitor(endpoint, zmq.EVENT_LISTENING)
-    monitor = context.socket(zmq.PAIR)
-    monitor.linger = 0
-    result = NO_TCP_LISTENER
     try:
-        monitor.connect(endpoint)
-        sock.bind(url)
-        if monitor.poll(200):
-            frames = monitor.recv_multipart()
-            event, value = struct.unpack("=HI", frames[0][:6])
-            if event == zmq.EVENT_LISTENING:
-                result = _unpace_listener(value)
+        sock.monitor(endpoint, zmq.EVENT_LISTENING)
+    except zmq.ZMQError:
+        sock.bind(url)  # no monitor to be had: bind as it is
+        return NOT_SEEN
+    monitor: Optional[zmq.Socket] = None
+    try:  # from here the monitor must go whatever happens: its sends block
+        try:
+            monitor = context.socket(zmq.PAIR)
+            monitor.linger = 0
+            monitor.connect(endpoint)
+        except zmq.ZMQError:
+            monitor = None
+        sock.bind(url)  # raises as bind does
+        # Bound: nothing below may raise (a caller would take it for a failed bind).
+        try:
+            if monitor is not None and monitor.poll(200):
+                frames = monitor.recv_multipart()
+                event, value = struct.unpack("=HI", frames[0][:6])
+                if event == zmq.EVENT_LISTENING:
+                    return _unpace_listener(value)
+        except (zmq.ZMQError, struct.error):
+            pass
+        return NOT_SEEN
     finally:
         sock.disable_monitor()
-        monitor.close(0)
-    return result
+        if monitor is not None:
+            monitor.close(0)
