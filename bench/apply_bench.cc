@@ -238,12 +238,12 @@ double FreshPageMicros() {
 
 // The glibc-defaults half of the 256 MB echo runs in a child process (section 2 says
 // why): this program again, with this variable set; it prints one line, kDefaultsChildLine
-// and four numbers in GB/s: zerocan's best and slowest connection, raw's best and slowest.
+// and two numbers in GB/s: zerocan's best connection and raw's.
 constexpr char kDefaultsChildEnv[] = "ZEROCAN_APPLY_DEFAULTS_CHILD";
 constexpr char kDefaultsChildLine[] = "apply-defaults-echo";
 
 struct DefaultsEcho {
-  double zc_best = 0, zc_worst = 0, raw_best = 0, raw_worst = 0;
+  double zc_best = 0, raw_best = 0;
 };
 
 std::optional<DefaultsEcho> MeasureDefaultsInChild(bool quick, std::string* error) {
@@ -268,8 +268,7 @@ std::optional<DefaultsEcho> MeasureDefaultsInChild(bool quick, std::string* erro
     all += line;
     DefaultsEcho e;
     char tag[64];
-    if (std::sscanf(line, "%63s %lf %lf %lf %lf", tag, &e.zc_best, &e.zc_worst, &e.raw_best,
-                    &e.raw_worst) == 5 &&
+    if (std::sscanf(line, "%63s %lf %lf", tag, &e.zc_best, &e.raw_best) == 3 &&
         std::string(tag) == kDefaultsChildLine) {
       result = e;
     }
@@ -536,8 +535,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     if (defaults_child) {
       Echo zc_default, raw_default;
       time_both(&zc_default, &raw_default);
-      std::printf("%s %.6f %.6f %.6f %.6f\n", kDefaultsChildLine, zc_default.best(),
-                  zc_default.worst(), raw_default.best(), raw_default.worst());
+      std::printf("%s %.6f %.6f\n", kDefaultsChildLine, zc_default.best(), raw_default.best());
       return;
     }
     Echo zc_reuse, raw_reuse;
