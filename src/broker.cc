@@ -16,7 +16,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "internal/peek.h"
+#include "wire/peek.h"
 #include "internal/strings.h"
 #include "zerocan/capture.h"
 #include "zerocan/frames.h"
@@ -178,7 +178,7 @@ class Broker::Impl {
         continue;
       }
       std::optional<internal::Peek> peek = internal::PeekEnvelope(m->frames[0], options_.limits);
-      if (!peek || peek->kind != wire::Envelope::Body::APPLY) {
+      if (!peek || peek->kind != BodyKind::kApply) {
         ++dropped_;  // clients only send calls; anything else is noise
         continue;
       }
@@ -256,7 +256,7 @@ class Broker::Impl {
           ++dropped_;
           continue;
         }
-        if (peek->kind == wire::Envelope::Body::GOODBYE) {
+        if (peek->kind == BodyKind::kGoodbye) {
           Lose(engine, "said goodbye");
         } else {
           bool known = engines_.contains(engine);
@@ -268,7 +268,7 @@ class Broker::Impl {
       Capture(*m, Direction::kReply, "backend");
       auto it = engines_.find(engine);
       if (it != engines_.end()) it->second.last_seen = Clock::now();
-      if (!peek || peek->kind != wire::Envelope::Body::RESULT) {
+      if (!peek || peek->kind != BodyKind::kResult) {
         ++dropped_;
         continue;
       }

@@ -23,7 +23,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "internal/peek.h"
+#include "wire/peek.h"
 #include "internal/strings.h"
 #include "zerocan/auth_error.h"
 #include "zerocan/frames.h"
@@ -141,7 +141,7 @@ class Engine::Impl {
     if (options_.inline_below.count() <= 0 || job.received.frames.size() != small) return false;
     std::optional<internal::Peek> peek =
         internal::PeekEnvelope(job.received.frames[0], options_.limits);
-    if (!peek || peek->kind != wire::Envelope::Body::APPLY) return false;
+    if (!peek || peek->kind != BodyKind::kApply) return false;
     auto it = functions_.find(peek->function);
     if (it == functions_.end()) return false;
     const Function& f = *it->second;

@@ -28,6 +28,7 @@
 #include "zerocan/dtype.h"
 #include "zerocan/error.h"
 #include "zerocan/tensor.h"
+#include "zerocan/generated.h"
 #include "zerocan/value.h"
 #include "zerocan/version.h"
 #include "zerocan/wire/zerocan.capnp.h"
@@ -403,7 +404,7 @@ std::string_view PackingName(wire::Packing p) {
   return "unknown";
 }
 
-void Place(Context& c, internal::PayloadView payload, PayloadRow* row) {
+void Place(Context& c, wire::Payload::Reader payload, PayloadRow* row) {
   if (payload.isFrame()) {
     auto ref = payload.getFrame();
     row->in_frame = true;
@@ -471,7 +472,7 @@ void AppendComplex(const std::byte* p, size_t n, bool swap, PayloadRow* row) {
 }
 
 void FirstValues(const Context& c, const Value& v, PayloadRow* row) {
-  auto t = v.reader().getTensor();
+  auto t = GeneratedValue(v).getTensor();
   Buffer raw = v.TensorBytes();  // checked by Decode: shape x item size == length
   const std::byte* p = raw.data();
   bool swap = t.getByteOrder() == wire::ByteOrder::BIG;
@@ -526,7 +527,7 @@ void Walk(Context& c, const Value& v, const std::string& path, uint32_t depth) {
       PayloadRow row;
       row.path = path;
       row.kind = "bytes";
-      auto payload = v.reader().getBytes();
+      auto payload = GeneratedValue(v).getBytes();
       Place(c, payload, &row);
       Buffer b = v.AsBytes();
       row.bytes = b.size();
@@ -542,7 +543,7 @@ void Walk(Context& c, const Value& v, const std::string& path, uint32_t depth) {
       PayloadRow row;
       row.path = path;
       row.kind = "tensor";
-      auto t = v.reader().getTensor();
+      auto t = GeneratedValue(v).getTensor();
       Place(c, t.getData(), &row);
       DType dtype = v.dtype();
       row.dtype = std::string(DTypeName(dtype));
@@ -622,7 +623,7 @@ void Describe(const InspectOptions& o, size_t first_message_frame, Inspection* i
   in->kind = KindOf(m.body_kind());
   in->message_id = m.message_id();
   Context c{o, m, first_message_frame, &in->frames, &in->payloads};
-  auto body = m.envelope().getBody();
+  auto body = GeneratedEnvelope(m).getBody();
   switch (m.body_kind()) {
     case BodyKind::kApply: {
       in->function = std::string(m.function());
@@ -666,7 +667,7 @@ void Describe(const InspectOptions& o, size_t first_message_frame, Inspection* i
     case BodyKind::kUnknown: in->summary = "unknown body"; break;
   }
   in->inline_payloads = c.inline_payloads;
-  capnp::DynamicStruct::Reader env = m.envelope();
+  capnp::DynamicStruct::Reader env = GeneratedEnvelope(m);
   if (o.json) {
     in->envelope_json = ToJson(env, o);
   } else {

@@ -126,12 +126,53 @@ TEST(CodecTest, BytesInlineAndInFrame) {
   EXPECT_EQ(m.arg(0).AsBytes().data(), address);
 }
 
-TEST(CodecTest, BorrowedLvalueIsNotCopied) {
+// A plain lvalue is copied once into a frame the message owns: clearing or freeing the
+// vector right after the call cannot reach the bytes being sent.
+TEST(CodecTest, LvalueArrayIsCopiedIntoAnOwnedFrame) {
   std::vector<double> values(1000, 2.5);  // 8000 bytes: a frame at threshold 1024
+  uint64_t copies = GlobalStats().Snapshot().buffer_copies;
   Outgoing out = EncodeArg(values, FixedPolicy(1024));
+  ASSERT_EQ(out.payload_frames().size(), 1u);
+  EXPECT_FALSE(out.payload_frames()[0].borrowed());
+  EXPECT_NE(out.payload_frames()[0].data(), reinterpret_cast<const std::byte*>(values.data()));
+  EXPECT_EQ(GlobalStats().Snapshot().buffer_copies, copies + 1);
+  values.assign(values.size(), -1.0);
+  values.clear();
+  values.shrink_to_fit();
+  Message m = DecodeOutgoing(std::move(out));
+  auto view = m.arg(0).As<TensorView<const double>>();
+  ASSERT_EQ(view.size(), 1000u);
+  EXPECT_EQ(view[999], 2.5);
+}
+
+TEST(CodecTest, LvalueSpanAndBytesAreCopied) {
+  std::vector<int32_t> ints(4096, 7);
+  Outgoing a = EncodeArg(std::span<const int32_t>(ints), FixedPolicy(1024));
+  ASSERT_EQ(a.payload_frames().size(), 1u);
+  EXPECT_NE(a.payload_frames()[0].data(), reinterpret_cast<const std::byte*>(ints.data()));
+  std::vector<std::byte> bytes(4096, std::byte{3});
+  Outgoing b = EncodeArg(bytes, FixedPolicy(1024));
+  ASSERT_EQ(b.payload_frames().size(), 1u);
+  EXPECT_FALSE(b.payload_frames()[0].borrowed());
+  EXPECT_NE(b.payload_frames()[0].data(), bytes.data());
+}
+
+// zerocan::Borrow lends without a copy: the frame is the caller's own bytes.
+TEST(CodecTest, BorrowLendsWithoutACopy) {
+  std::vector<double> values(1000, 2.5);
+  uint64_t copies = GlobalStats().Snapshot().buffer_copies;
+  Outgoing out = EncodeArg(Borrow(values), FixedPolicy(1024));
   ASSERT_EQ(out.payload_frames().size(), 1u);
   EXPECT_TRUE(out.payload_frames()[0].borrowed());
   EXPECT_EQ(out.payload_frames()[0].data(), reinterpret_cast<const std::byte*>(values.data()));
+  EXPECT_EQ(GlobalStats().Snapshot().buffer_copies, copies);
+  std::vector<std::byte> bytes(4096, std::byte{3});
+  Outgoing b = EncodeArg(Borrow(bytes), FixedPolicy(1024));
+  ASSERT_EQ(b.payload_frames().size(), 1u);
+  EXPECT_EQ(b.payload_frames()[0].data(), bytes.data());
+  // Below the threshold a lent array is copied inline like any other.
+  std::vector<double> small(4, 1.0);
+  EXPECT_EQ(EncodeArg(Borrow(small), FixedPolicy(1024)).payload_frames().size(), 0u);
 }
 
 // ---- typed arrays -------------------------------------------------------------------

@@ -250,14 +250,14 @@ TEST(EngineTest, InprocIsZeroCopyBothWays) {
   copts.policy = TestPolicy();
   Client client("inproc://zerocopy", copts);
   std::vector<double> arg(1 << 16, 2.0);
-  ResultFuture f = client.apply("look", arg);
+  ResultFuture f = client.apply("look", Borrow(arg));
   Result r = f.get();
   EXPECT_EQ(seen.load(), reinterpret_cast<uintptr_t>(arg.data()));
   auto view = r.as<TensorView<const double>>();
   EXPECT_EQ(reinterpret_cast<uintptr_t>(view.data()), returned.load());
   EXPECT_EQ(view[0], 1.5);
   // echo forwards the received frame: the reply points at the client's own bytes.
-  Result echoed = client.apply("echo", arg).get();
+  Result echoed = client.apply("echo", Borrow(arg)).get();
   EXPECT_EQ(echoed.as<TensorView<const double>>().data(), arg.data());
   EXPECT_TRUE(f.tracker().WaitFor(std::chrono::seconds(5)));
 }

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include "zerocan/generated.h"
 #include "zerocan/version.h"
 #include "zerocan/wire/zerocan.capnp.h"
 

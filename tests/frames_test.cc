@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "test_support.h"
+#include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 
 namespace zerocan {

@@ -6,6 +6,7 @@
 // To regenerate the snapshots after an intended change of the output:
 //   ZEROCAN_UPDATE_SNAPSHOTS=1 build/tests/zerocan_tests --gtest_filter='InspectTest.*'
 // then review the diff of tests/inspect_snapshots/.
+#include "zerocan/generated.h"
 #include "zerocan/inspect.h"
 
 #include <sys/wait.h>
@@ -278,7 +279,7 @@ TEST(InspectTest, BigEndianAndMisalignedTensorsShowTheirCopyAndTheirValues) {
   for (size_t i = 0; i < ten.size(); ++i) ten[i] = static_cast<double>(i);
   a.arg(1).Write(std::move(ten));  // 80 bytes: its own frame
   a.arg(2).Write(std::vector<double>(10, 1.0));  // frame 2, re-pointed below
-  auto args = w.envelope().getBody().getApply().getArgs();
+  auto args = GeneratedEnvelope(w).getBody().getApply().getArgs();
   args[0].getTensor().setByteOrder(wire::ByteOrder::BIG);
   // Elements 1..8 of the frame, starting 4 bytes late: a misaligned view of 9 int32s.
   auto t = args[1].getTensor();
@@ -405,21 +406,21 @@ std::string BrokenCapture() {
     EnvelopeWriter w(SmallInline());                                       // 5 bad reference
     w.SetHeader(Fixed(20));
     w.StartApply("f", 1, 0).arg(0).Write(std::vector<double>(10, 1.0));
-    w.envelope().getBody().getApply().getArgs()[0].getTensor().getData().getFrame().setIndex(5);
+    GeneratedEnvelope(w).getBody().getApply().getArgs()[0].getTensor().getData().getFrame().setIndex(5);
     c.Add(w.Finish(), Direction::kSent, "bad reference");
   }
   {
     EnvelopeWriter w(SmallInline());                                       // 6 past the frame
     w.SetHeader(Fixed(21));
     w.StartApply("f", 1, 0).arg(0).Write(std::vector<double>(10, 1.0));
-    w.envelope().getBody().getApply().getArgs()[0].getTensor().getData().getFrame().setOffset(8);
+    GeneratedEnvelope(w).getBody().getApply().getArgs()[0].getTensor().getData().getFrame().setOffset(8);
     c.Add(w.Finish(), Direction::kSent, "offset past end");
   }
   {
     EnvelopeWriter w(SmallInline());                                       // 7 wrong version
     w.SetHeader(Fixed(22));
     w.StartApply("f", 0, 0);
-    w.envelope().setVersion(2);
+    GeneratedEnvelope(w).setVersion(2);
     c.Add(w.Finish(), Direction::kSent, "wrong version");
   }
   c.AddFrames({"client-9", ""}, "no envelope");                            // 8
@@ -427,7 +428,7 @@ std::string BrokenCapture() {
     EnvelopeWriter w(SmallInline());                                       // 9 bad shape
     w.SetHeader(Fixed(23));
     w.StartApply("f", 1, 0).arg(0).Write(std::vector<double>(3, 1.0));
-    w.envelope().getBody().getApply().getArgs()[0].getTensor().getShape().set(0, 4);
+    GeneratedEnvelope(w).getBody().getApply().getArgs()[0].getTensor().getShape().set(0, 4);
     c.Add(w.Finish(), Direction::kSent, "bad shape");
   }
   c.Add(ErrorResult(), Direction::kReply);                                 // 10 ok

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tests/safety_util.h"
+#include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 
 namespace zerocan {

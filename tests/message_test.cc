@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "test_support.h"
+#include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 
 namespace zerocan {
@@ -144,7 +145,7 @@ TEST(MessageTest, HelloHeartbeatGoodbye) {
     w.SetHello("peer", "engine", {"f", "g"});
     Message m = DecodeOutgoing(w.Finish());
     EXPECT_EQ(m.body_kind(), BodyKind::kHello);
-    auto h = m.envelope().getBody().getHello();
+    auto h = GeneratedEnvelope(m).getBody().getHello();
     EXPECT_EQ(std::string(h.getPeerId().cStr()), "peer");
     EXPECT_EQ(std::string(h.getRole().cStr()), "engine");
     ASSERT_EQ(h.getFunctions().size(), 2u);
@@ -156,7 +157,7 @@ TEST(MessageTest, HelloHeartbeatGoodbye) {
     w.SetHeartbeat("p", 123);
     Message m = DecodeOutgoing(w.Finish());
     EXPECT_EQ(m.body_kind(), BodyKind::kHeartbeat);
-    EXPECT_EQ(m.envelope().getBody().getHeartbeat().getNowNs(), 123u);
+    EXPECT_EQ(GeneratedEnvelope(m).getBody().getHeartbeat().getNowNs(), 123u);
   }
 }
 
@@ -266,7 +267,7 @@ ReceivedMessage TensorAtOffset(DType dtype, size_t count, size_t offset) {
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::byte>(i * 13 + 1);
   EnvelopeWriter w(FixedPolicy(1));
   w.StartApply("f", 1, 0).arg(0).Array(dtype, Shape{count}, Buffer::Borrow(data.data(), data.size()));
-  w.envelope().getBody().getApply().getArgs()[0].getTensor().getData().getFrame().setOffset(offset);
+  GeneratedEnvelope(w).getBody().getApply().getArgs()[0].getTensor().getData().getFrame().setOffset(offset);
   Outgoing out = w.Finish();
   std::vector<std::byte> frame(offset, std::byte{0xee});
   frame.insert(frame.end(), data.begin(), data.end());
@@ -364,7 +365,7 @@ ReceivedMessage BytesRef(Edit edit, size_t size = 100) {
   std::vector<std::byte> data(size, std::byte{2});
   EnvelopeWriter w(FixedPolicy(1));
   w.StartApply("f", 1, 0).arg(0).Bytes(Buffer::Borrow(data.data(), data.size()));
-  edit(w.envelope().getBody().getApply().getArgs()[0].getBytes().getFrame());
+  edit(GeneratedEnvelope(w).getBody().getApply().getArgs()[0].getBytes().getFrame());
   Outgoing out = w.Finish();
   return Received(out);
 }
@@ -411,7 +412,7 @@ ReceivedMessage TensorEdit(Edit edit, size_t threshold = 1) {
   a.arg(0).Write(int64_t{0});
   a.arg(1).Write(data);
   a.kwarg(0, "t").Write(data);
-  edit(w.envelope().getBody().getApply());
+  edit(GeneratedEnvelope(w).getBody().getApply());
   Outgoing out = w.Finish();
   return Received(out);
 }
@@ -489,7 +490,7 @@ TEST(MalformedTest, NestingTooDeep) {
   for (int levels : {65, 100, 300}) {
     EnvelopeWriter w(FixedPolicy());
     w.StartApply("f", 1, 0);
-    wire::Value::Builder v = w.envelope().getBody().getApply().getArgs()[0];
+    wire::Value::Builder v = GeneratedEnvelope(w).getBody().getApply().getArgs()[0];
     for (int i = 0; i < levels; ++i) v = v.initList(1)[0];
     v.setInt(1);
     Outgoing out = w.Finish();
@@ -524,7 +525,7 @@ TEST(MalformedTest, WrongProtocolVersion) {
   for (uint16_t version : {uint16_t{0}, uint16_t{kProtocolVersion + 1}, uint16_t{65535}}) {
     EnvelopeWriter w(FixedPolicy());
     w.SetGoodbye();
-    w.envelope().setVersion(version);
+    GeneratedEnvelope(w).setVersion(version);
     Outgoing out = w.Finish();
     ExpectRejected(Received(out), Code::kVersion,
                    {"version", std::to_string(version), "speaks " + std::to_string(kProtocolVersion)});

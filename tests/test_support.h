@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <zmq.hpp>
 
+#include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 
 namespace zerocan::testing {
@@ -210,12 +211,12 @@ inline void WalkMessage(const Message& m) {
       }
       break;
     case BodyKind::kHello: {
-      auto h = m.envelope().getBody().getHello();
+      auto h = GeneratedEnvelope(m).getBody().getHello();
       for (auto f : h.getFunctions()) (void)f.size();
       (void)h.getPeerId().size();
       break;
     }
-    case BodyKind::kHeartbeat: (void)m.envelope().getBody().getHeartbeat().getPeerId().size(); break;
+    case BodyKind::kHeartbeat: (void)GeneratedEnvelope(m).getBody().getHeartbeat().getPeerId().size(); break;
     case BodyKind::kGoodbye:
     case BodyKind::kUnknown: break;
   }

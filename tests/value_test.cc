@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "test_support.h"
+#include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 
 namespace zerocan {
@@ -203,8 +204,8 @@ TEST(ValueTest, BigEndianTensorsAreSwapped) {
                                std::byte{0x00}, std::byte{0x05}};
   EnvelopeWriter w(FixedPolicy());
   w.StartApply("f", 1, 0).arg(0).Array(DType::kUInt32, Shape{2}, Buffer::Borrow(be.data(), 8));
-  w.envelope().getBody().getApply().getArgs()[0].getTensor().setPacking(wire::Packing::NONE);
-  w.envelope().getBody().getApply().getArgs()[0].getTensor().setByteOrder(wire::ByteOrder::BIG);
+  GeneratedEnvelope(w).getBody().getApply().getArgs()[0].getTensor().setPacking(wire::Packing::NONE);
+  GeneratedEnvelope(w).getBody().getApply().getArgs()[0].getTensor().setByteOrder(wire::ByteOrder::BIG);
   Message m = DecodeOutgoing(w.Finish());
   EXPECT_FALSE(m.arg(0).TensorIsZeroCopy());
   Tensor t = m.arg(0).AsTensor();

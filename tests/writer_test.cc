@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "test_support.h"
+#include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 
 namespace zerocan {
@@ -124,15 +125,15 @@ TEST(WriterTest, HeaderKeptAndClockStampedOnlyWhenZero) {
     EXPECT_EQ(m.message_id(), 11u);
     EXPECT_EQ(m.session_id(), 22u);
     EXPECT_EQ(m.sequence(), 33u);
-    EXPECT_EQ(m.envelope().getSentAtNs(), 44u);
-    EXPECT_EQ(m.envelope().getVersion(), kProtocolVersion);
+    EXPECT_EQ(GeneratedEnvelope(m).getSentAtNs(), 44u);
+    EXPECT_EQ(GeneratedEnvelope(m).getVersion(), kProtocolVersion);
     EXPECT_EQ(m.body_kind(), BodyKind::kGoodbye);
   }
   {
     EnvelopeWriter w(FixedPolicy());
     w.SetGoodbye();
     Message m = DecodeOutgoing(w.Finish());
-    EXPECT_GT(m.envelope().getSentAtNs(), uint64_t{1'600'000'000} * 1'000'000'000);
+    EXPECT_GT(GeneratedEnvelope(m).getSentAtNs(), uint64_t{1'600'000'000} * 1'000'000'000);
   }
 }
 

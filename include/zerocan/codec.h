@@ -9,8 +9,16 @@
 //
 // Mapping: bool, integers and floats are scalars; std::string / string_view / const
 // char* are text; Buffer and std::vector<std::byte> are bytes; std::vector and
-// std::span of arithmetic types are typed arrays (zero-copy at or above the threshold:
-// an rvalue vector is adopted, an lvalue is BORROWED until the Tracker completes);
+// std::span of arithmetic types are typed arrays.
+//
+// Ownership is chosen at the call site. At or above the inline threshold an array goes
+// as a frame of its own: an rvalue vector is ADOPTED (moved into the message, no copy);
+// an lvalue vector or a span is COPIED (once, counted in Stats::buffer_copies), so the
+// caller may change or free it as soon as the call returns; zerocan::Borrow(v) LENDS
+// it without a copy, and the caller keeps it alive and unchanged until the send's
+// Tracker completes. Below the threshold every array is copied into the envelope.
+// A Buffer or Tensor goes with the ownership its Buffer already states.
+//
 // std::vector of anything else is a list; std::pair/std::tuple are lists; maps with
 // string keys are maps (order of iteration kept); std::optional is the value or null;
 // Tensor and TensorView are tensors; Value re-encodes a received value.
@@ -49,8 +57,9 @@ void ConvertElements(const Tensor& source, DType target, void* out);
 const Registry& RegistryOf(const ValueWriter& writer);
 }  // namespace internal
 
-// Fallback: a type without a built-in codec goes through the registry.
-template <class T, class Enable = void>
+// Fallback: a type without a built-in codec goes through the registry. (Declared, with
+// its default argument, in writer.h.)
+template <class T, class Enable>
 struct Codec {
   static void Encode(ValueWriter& w, const T& value) {
     const Registry::Entry* entry = internal::RegistryOf(w).FindType(typeid(T));
@@ -69,39 +78,6 @@ struct Codec {
     return std::move(*out);
   }
 };
-
-template <class T, class = void>
-struct HasEncodeOwned : std::false_type {};
-template <class T>
-struct HasEncodeOwned<T, std::void_t<decltype(Codec<T>::EncodeOwned(
-                             std::declval<ValueWriter&>(), std::declval<T&&>()))>>
-    : std::true_type {};
-
-template <class T>
-void ValueWriter::Write(T&& value) {
-  using D = std::decay_t<T>;
-  if constexpr (!std::is_lvalue_reference_v<T> && HasEncodeOwned<D>::value) {
-    Codec<D>::EncodeOwned(*this, std::move(value));
-  } else {
-    Codec<D>::Encode(*this, value);
-  }
-}
-
-template <class T>
-T Value::As(const Registry& registry) const {
-  return Codec<std::remove_cv_t<T>>::Decode(*this, registry);
-}
-template <class T>
-T Value::As() const {
-  using D = std::remove_cv_t<T>;
-  // Scalars never consult a registry: skip the call that finds the default one (an
-  // engine converts every argument through here).
-  if constexpr (std::is_arithmetic_v<D>) {
-    return Codec<D>::Decode(*this);
-  } else {
-    return Codec<D>::Decode(*this, Registry::Default());
-  }
-}
 
 // ---- scalars --------------------------------------------------------------------
 
@@ -186,7 +162,7 @@ struct Codec<Buffer> {
 template <>
 struct Codec<std::vector<std::byte>> {
   static void Encode(ValueWriter& w, const std::vector<std::byte>& v) {
-    w.Bytes(Buffer::Borrow(v.data(), v.size()));
+    w.CopyBytes(std::span<const std::byte>(v.data(), v.size()));
   }
   static void EncodeOwned(ValueWriter& w, std::vector<std::byte>&& v) {
     w.Bytes(Buffer::Adopt(std::move(v)));
@@ -206,7 +182,7 @@ inline constexpr bool kIsArrayElement =
 template <class T>
 struct Codec<std::vector<T>, std::enable_if_t<kIsArrayElement<T>>> {
   static void Encode(ValueWriter& w, const std::vector<T>& v) {
-    w.Array(DTypeOf<T>::value, Shape{v.size()}, Buffer::Borrow(v.data(), v.size() * sizeof(T)));
+    w.CopyArray(DTypeOf<T>::value, Shape{v.size()}, std::as_bytes(std::span<const T>(v)));
   }
   static void EncodeOwned(ValueWriter& w, std::vector<T>&& v) {
     size_t n = v.size();
@@ -234,10 +210,46 @@ struct Codec<std::vector<T>, std::enable_if_t<kIsArrayElement<T>>> {
 
 template <class T>
 struct Codec<std::span<T>, std::enable_if_t<kIsArrayElement<T>>> {
-  // Borrowed: the caller keeps the bytes alive until the Tracker completes.
+  // Copied: a span says nothing about how long its bytes live (zerocan::Borrow lends).
   static void Encode(ValueWriter& w, std::span<T> v) {
-    w.Array(DTypeOf<std::remove_cv_t<T>>::value, Shape{v.size()},
-            Buffer::Borrow(v.data(), v.size_bytes()));
+    w.CopyArray(DTypeOf<std::remove_cv_t<T>>::value, Shape{v.size()}, std::as_bytes(v));
+  }
+};
+
+// ---- lending --------------------------------------------------------------------
+
+// A contiguous array or byte container lent to a send without a copy: made by
+// zerocan::Borrow. The caller keeps the container alive and unchanged until the
+// Tracker of the send that carries it completes (Tracker::Wait, or Client futures: the
+// call's result has arrived).
+template <class T>
+class Borrowed {
+ public:
+  explicit Borrowed(std::span<const T> items) noexcept : items_(items) {}
+  std::span<const T> items() const noexcept { return items_; }
+
+ private:
+  std::span<const T> items_;
+};
+
+// Lends `container` (a std::vector, std::array or span of numbers or std::byte) to the
+// next send without copying it; see Borrowed for the caller's promise.
+template <class Container>
+auto Borrow(const Container& container) noexcept {
+  using T = std::remove_cv_t<std::remove_reference_t<decltype(*std::data(container))>>;
+  return Borrowed<T>(std::span<const T>(std::data(container), std::size(container)));
+}
+
+template <class T>
+struct Codec<Borrowed<T>> {
+  static void Encode(ValueWriter& w, const Borrowed<T>& v) {
+    Buffer lent = Buffer::Borrow(v.items().data(), v.items().size_bytes());
+    if constexpr (std::is_same_v<T, std::byte>) {
+      w.Bytes(std::move(lent));
+    } else {
+      static_assert(kIsArrayElement<T>, "zerocan::Borrow lends arrays of numbers or bytes");
+      w.Array(DTypeOf<T>::value, Shape{v.items().size()}, std::move(lent));
+    }
   }
 };
 

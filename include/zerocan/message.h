@@ -1,9 +1,10 @@
 // Decoding: ReceivedMessage (the frames as they came off the socket) and Message (the
 // checked, decoded envelope with views into the frames).
 //
-// Message::Decode walks the whole envelope once, bounded by DecodeLimits, and checks
-// every payload reference, tensor shape and dtype. After it returns, accessors on the
-// Message and on its Values do not throw for malformed input. Nothing is copied except
+// Message::Decode walks the whole envelope once through the generated Cap'n Proto
+// readers, bounded by DecodeLimits, and checks every payload reference, tensor shape
+// and dtype. After it returns, accessors on the Message and on its Values do not throw
+// for malformed input. Nothing is copied except
 // a misaligned envelope (one copy into word-aligned storage, counted in
 // Stats::envelope_realigned).
 #pragma once
@@ -16,6 +17,7 @@
 #include <zmq.hpp>
 
 #include "absl/container/inlined_vector.h"
+#include "zerocan/buffer.h"
 #include "zerocan/limits.h"
 #include "zerocan/value.h"
 #include "zerocan/writer.h"
@@ -25,17 +27,7 @@ namespace zerocan {
 using FrameList = absl::InlinedVector<zmq::message_t, 4>;
 
 namespace internal {
-// Where an apply's accessors look, filled by Message::Decode: part of the message's
-// shared state, reachable from the inline accessors without its full definition.
-struct ApplyIndex {
-  bool is_apply = false;
-  BlobView function;
-  StructListView<ValueView> args;
-  StructListView<FieldView> kwargs;
-};
-// Throw DecodeError(kTypeMismatch) "message is not <wanted>" / std::out_of_range.
-[[noreturn]] void ThrowWrongBody(const char* wanted);
-[[noreturn]] void ThrowArgIndex(const char* what, size_t i, size_t n);
+class MessageState;
 }  // namespace internal
 
 // The frames of one multipart message, owned. Move-only.
@@ -67,22 +59,11 @@ enum class BodyKind : uint8_t { kApply, kResult, kHello, kHeartbeat, kGoodbye, k
 class Message {
  public:
   Message() = default;
-  Message(const Message&) = default;
-  Message& operator=(const Message&) = default;
-  Message(Message&& other) noexcept
-      : state_(std::move(other.state_)), apply_(std::exchange(other.apply_, nullptr)) {}
-  Message& operator=(Message&& other) noexcept {
-    state_ = std::move(other.state_);
-    apply_ = std::exchange(other.apply_, nullptr);
-    return *this;
-  }
 
   // Checks and decodes. Throws DecodeError naming the frame and the field path.
   static Message Decode(ReceivedMessage&& received, const DecodeLimits& limits = {});
 
-  // The generated reader over the envelope frame's memory (in place; built on first
-  // use, since the accessors below read through faster checked views).
-  wire::Envelope::Reader envelope() const noexcept;
+  // (The generated Cap'n Proto reader over the envelope: zerocan/generated.h.)
   BodyKind body_kind() const noexcept;
   uint64_t message_id() const noexcept;
   uint64_t session_id() const noexcept;
@@ -113,34 +94,8 @@ class Message {
   explicit operator bool() const noexcept { return state_ != nullptr; }
 
  private:
-  const internal::ApplyIndex& Apply() const {
-    if (apply_ == nullptr) internal::ThrowWrongBody("an apply");
-    return *apply_;
-  }
-
+  friend struct internal::WireAccess;
   std::shared_ptr<internal::MessageState> state_;
-  // Inside *state_, for an apply only (null otherwise, and in a moved-from Message).
-  const internal::ApplyIndex* apply_ = nullptr;
 };
-
-// The apply accessors are inline: an engine calls them once per argument.
-inline std::string_view Message::function() const { return Apply().function.view(); }
-inline size_t Message::arg_count() const { return Apply().args.size(); }
-inline Value Message::arg(size_t i) const {
-  const internal::ApplyIndex& a = Apply();
-  if (i >= a.args.size()) internal::ThrowArgIndex("argument", i, a.args.size());
-  return Value(a.args[i], state_.get());
-}
-inline size_t Message::kwarg_count() const { return Apply().kwargs.size(); }
-inline std::string_view Message::kwarg_name(size_t i) const {
-  const internal::ApplyIndex& a = Apply();
-  if (i >= a.kwargs.size()) internal::ThrowArgIndex("keyword argument", i, a.kwargs.size());
-  return a.kwargs[i].walkedKey().view();
-}
-inline Value Message::kwarg(size_t i) const {
-  const internal::ApplyIndex& a = Apply();
-  if (i >= a.kwargs.size()) internal::ThrowArgIndex("keyword argument", i, a.kwargs.size());
-  return Value(a.kwargs[i].walkedValue(), state_.get());
-}
 
 }  // namespace zerocan

@@ -15,17 +15,20 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "zerocan/buffer.h"
-#include "zerocan/internal/wire_view.h"
+#include "zerocan/opaque.h"
+#include "zerocan/registry.h"
 #include "zerocan/tensor.h"
-#include "zerocan/wire/zerocan.capnp.h"
 
 namespace zerocan {
 
 class Registry;
 class ValueList;
 class ValueMap;
+template <class T, class Enable>
+struct Codec;
 namespace internal {
 class MessageState;
 // Throws std::out_of_range: "<what> index <i> out of range (size <n>)".
@@ -50,11 +53,9 @@ std::string_view KindName(Kind kind) noexcept;
 class Value {
  public:
   Value() = default;
-  Value(internal::ValueView reader, const internal::MessageState* message) noexcept
-      : reader_(reader), message_(message) {}
 
-  // The union tag as read (the walk rejected members this reader does not know).
-  Kind kind() const noexcept { return static_cast<Kind>(reader_.which()); }
+  // The union tag as read (the decoder rejected members this reader does not know).
+  Kind kind() const noexcept { return kind_; }
   bool is_null() const noexcept { return kind() == Kind::kNull; }
 
   bool AsBool() const;
@@ -112,30 +113,19 @@ class Value {
   // Throws DecodeError(kTypeMismatch): "expected <what>, got <Describe()>".
   [[noreturn]] void Mismatch(std::string_view expected) const;
 
-  // The checked view this Value reads (zerocan/internal/wire_view.h). For the
-  // generated Cap'n Proto reader, navigate from Message::envelope().
-  const internal::ValueView& reader() const noexcept { return reader_; }
   const internal::MessageState* message() const noexcept { return message_; }
 
  private:
-  Buffer ResolvePayload(internal::PayloadView payload) const;
+  friend struct internal::WireAccess;
+  friend class ValueList;
+  friend class ValueMap;
+  Value(const internal::OpaqueWire& reader, Kind kind, const internal::MessageState* message) noexcept
+      : reader_(reader), message_(message), kind_(kind) {}
 
-  internal::ValueView reader_;
+  internal::OpaqueWire reader_;  // wire::Value::Reader (src/wire/access.h)
   const internal::MessageState* message_ = nullptr;
+  Kind kind_ = Kind::kNull;
 };
-
-// Kind mirrors the schema's union order, so kind() is the tag itself.
-static_assert(static_cast<int>(Kind::kNull) == wire::Value::NULL_ &&
-              static_cast<int>(Kind::kBool) == wire::Value::BOOL &&
-              static_cast<int>(Kind::kInt) == wire::Value::INT &&
-              static_cast<int>(Kind::kUInt) == wire::Value::UINT &&
-              static_cast<int>(Kind::kFloat) == wire::Value::FLOAT &&
-              static_cast<int>(Kind::kText) == wire::Value::TEXT &&
-              static_cast<int>(Kind::kBytes) == wire::Value::BYTES &&
-              static_cast<int>(Kind::kList) == wire::Value::LIST &&
-              static_cast<int>(Kind::kMap) == wire::Value::MAP &&
-              static_cast<int>(Kind::kTensor) == wire::Value::TENSOR &&
-              static_cast<int>(Kind::kExtension) == wire::Value::EXTENSION);
 
 namespace internal {
 // Forward iterator over positions 0..size-1 of a ValueList or ValueMap; the container
@@ -167,25 +157,26 @@ class IndexIterator {
 class ValueList {
  public:
   ValueList() = default;
-  size_t size() const noexcept { return list_.size(); }
-  bool empty() const noexcept { return list_.size() == 0; }
+  size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
   // Checked: throws std::out_of_range.
   Value operator[](size_t i) const {
-    if (i >= list_.size()) internal::ThrowValueIndex("list", i, list_.size());
-    return Value(list_[i], message_);
+    if (i >= size_) internal::ThrowValueIndex("list", i, size_);
+    return Unchecked(i);
   }
 
   using iterator = internal::IndexIterator<ValueList, Value>;
   iterator begin() const noexcept { return iterator(this, 0); }
-  iterator end() const noexcept { return iterator(this, list_.size()); }
+  iterator end() const noexcept { return iterator(this, size_); }
 
  private:
-  friend class Value;
+  friend struct internal::WireAccess;
   friend class internal::IndexIterator<ValueList, Value>;
-  Value Unchecked(size_t i) const noexcept { return Value(list_[i], message_); }
-  ValueList(internal::StructListView<internal::ValueView> list, const internal::MessageState* message) noexcept
-      : list_(list), message_(message) {}
-  internal::StructListView<internal::ValueView> list_;
+  Value Unchecked(size_t i) const noexcept;
+  ValueList(const internal::OpaqueWire& list, size_t size, const internal::MessageState* message) noexcept
+      : list_(list), size_(size), message_(message) {}
+  internal::OpaqueWire list_;  // capnp::List<wire::Value>::Reader
+  size_t size_ = 0;
   const internal::MessageState* message_ = nullptr;
 };
 
@@ -193,16 +184,16 @@ class ValueList {
 class ValueMap {
  public:
   ValueMap() = default;
-  size_t size() const noexcept { return map_.size(); }
-  bool empty() const noexcept { return map_.size() == 0; }
+  size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
   // Checked: throw std::out_of_range.
   Value key(size_t i) const {
-    if (i >= map_.size()) internal::ThrowValueIndex("map", i, map_.size());
-    return Value(map_[i].walkedKey(), message_);
+    if (i >= size_) internal::ThrowValueIndex("map", i, size_);
+    return UncheckedKey(i);
   }
   Value value(size_t i) const {
-    if (i >= map_.size()) internal::ThrowValueIndex("map", i, map_.size());
-    return Value(map_[i].walkedValue(), message_);
+    if (i >= size_) internal::ThrowValueIndex("map", i, size_);
+    return UncheckedValue(i);
   }
   // First entry whose key is the text `key`.
   std::optional<Value> Find(std::string_view key) const;
@@ -214,77 +205,45 @@ class ValueMap {
   };
   using iterator = internal::IndexIterator<ValueMap, Entry>;
   iterator begin() const noexcept { return iterator(this, 0); }
-  iterator end() const noexcept { return iterator(this, map_.size()); }
+  iterator end() const noexcept { return iterator(this, size_); }
 
  private:
-  friend class Value;
+  friend struct internal::WireAccess;
   friend class internal::IndexIterator<ValueMap, Entry>;
-  Entry Unchecked(size_t i) const noexcept {
-    internal::EntryView e = map_[i];
-    return Entry{Value(e.walkedKey(), message_), Value(e.walkedValue(), message_)};
-  }
-  ValueMap(internal::StructListView<internal::EntryView> map, const internal::MessageState* message) noexcept
-      : map_(map), message_(message) {}
-  internal::StructListView<internal::EntryView> map_;
+  Entry Unchecked(size_t i) const noexcept { return Entry{UncheckedKey(i), UncheckedValue(i)}; }
+  Value UncheckedKey(size_t i) const noexcept;
+  Value UncheckedValue(size_t i) const noexcept;
+  ValueMap(const internal::OpaqueWire& entries, size_t size, const internal::MessageState* message) noexcept
+      : entries_(entries), size_(size), message_(message) {}
+  internal::OpaqueWire entries_;  // capnp::List<wire::Entry>::Reader
+  size_t size_ = 0;
   const internal::MessageState* message_ = nullptr;
 };
-
-// ---- inline hot paths (the walk has checked every pointer they follow) ----------------
-
-inline bool Value::AsBool() const {
-  if (kind() != Kind::kBool) Mismatch("bool");
-  return reader_.getBool();
-}
-
-inline int64_t Value::AsInt() const {
-  if (kind() == Kind::kInt) return reader_.getInt();
-  if (kind() != Kind::kUInt || reader_.getUint() > static_cast<uint64_t>(INT64_MAX)) {
-    Mismatch(kind() == Kind::kUInt ? "int64 (value too large)" : "int");
-  }
-  return static_cast<int64_t>(reader_.getUint());
-}
-
-inline uint64_t Value::AsUInt() const {
-  if (kind() == Kind::kUInt) return reader_.getUint();
-  if (kind() != Kind::kInt || reader_.getInt() < 0) {
-    Mismatch(kind() == Kind::kInt ? "uint (non-negative)" : "uint");
-  }
-  return static_cast<uint64_t>(reader_.getInt());
-}
-
-inline double Value::AsDouble() const {
-  switch (kind()) {
-    case Kind::kFloat: return reader_.getFloat();
-    case Kind::kInt: return static_cast<double>(reader_.getInt());
-    case Kind::kUInt: return static_cast<double>(reader_.getUint());
-    default: Mismatch("float64");
-  }
-}
-
-inline std::string_view Value::AsText() const {
-  if (kind() != Kind::kText) Mismatch("text");
-  return reader_.walkedText().view();
-}
-
-inline ValueList Value::AsList() const {
-  if (kind() != Kind::kList) Mismatch("list");
-  return ValueList(reader_.walkedList(), message_);
-}
-
-inline ValueMap Value::AsMap() const {
-  if (kind() != Kind::kMap) Mismatch("map");
-  return ValueMap(reader_.walkedMap(), message_);
-}
-
-inline size_t Value::size() const {
-  if (kind() == Kind::kList) return reader_.walkedList().size();
-  if (kind() != Kind::kMap) Mismatch("list or map");
-  return reader_.walkedMap().size();
-}
 
 inline Value Value::operator[](size_t i) const { return AsList()[i]; }
 inline Value Value::key(size_t i) const { return AsMap().key(i); }
 inline Value Value::value(size_t i) const { return AsMap().value(i); }
 inline std::optional<Value> Value::Find(std::string_view key) const { return AsMap().Find(key); }
 
+// ---- As<T> ----------------------------------------------------------------------------
+
+template <class T>
+T Value::As(const Registry& registry) const {
+  return Codec<std::remove_cv_t<T>, void>::Decode(*this, registry);
+}
+template <class T>
+T Value::As() const {
+  using D = std::remove_cv_t<T>;
+  // Scalars never consult a registry: skip finding the default one (an engine converts
+  // every argument through here).
+  if constexpr (std::is_arithmetic_v<D>) {
+    return Codec<D, void>::Decode(*this);
+  } else {
+    return Codec<D, void>::Decode(*this, Registry::Default());
+  }
+}
+
 }  // namespace zerocan
+
+// The codecs As<T> dispatches on.
+#include "zerocan/codec.h"

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <numeric>
 
+#include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 
 namespace {

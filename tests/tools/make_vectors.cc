@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/tools/vectors.h"
+#include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 
 namespace {

@@ -1,14 +1,14 @@
-// Message::Decode: the one walk over an untrusted envelope.
+// Reading an envelope: Message::Decode (the one checked walk over an untrusted
+// envelope), the Message and Value accessors, and the header peek, all through the
+// generated Cap'n Proto readers.
 //
 // Order (docs/FORMAT.md, "Decoding"): frame count and sizes; envelope alignment (one
 // counted copy when misaligned); one Cap'n Proto reader (pointer bounds checked on every
 // access); a full walk that checks the version, every union member, every payload
 // reference, every tensor's shape against its bytes, the nesting depth, and a traversal
 // budget scaled to the envelope's real size (Walker::Charge). The walk enforces the
-// budget itself rather than through capnp's traversal limit because capnp's is spent
-// cumulatively over the reader's life: the accessors reuse this reader, and with capnp's
-// limit they would throw at random after the walk. One reader instead of a bounded one
-// for the walk plus a second for the accessors also saves ~15% of a small decode.
+// budget itself rather than through Cap'n Proto's traversal limit because that one is
+// spent cumulatively over the reader's life, and the accessors keep using this reader.
 #include "zerocan/message.h"
 
 #include <algorithm>
@@ -22,8 +22,11 @@
 #include "absl/strings/str_join.h"
 #include "internal/block_cache.h"
 #include "internal/kj_bridge.h"
-#include "internal/message_state.h"
+#include "wire/access.h"
+#include "wire/message_state.h"
+#include "wire/peek.h"
 #include "zerocan/error.h"
+#include "zerocan/generated.h"
 #include "zerocan/stats.h"
 #include "zerocan/version.h"
 
@@ -71,28 +74,6 @@ size_t PackedSize(wire::Packing p) {
   }
 }
 
-// The two ways to read an envelope, with the same names for the same fields: the
-// generated Cap'n Proto readers (the authority: every encoding the format allows) and
-// the inline views of zerocan/internal/wire_view.h (the fast path: the encodings
-// writers produce). One Walker serves both, so both check exactly the same rules.
-struct GeneratedReaders {
-  using Envelope = wire::Envelope::Reader;
-  using Value = wire::Value::Reader;
-  using Tensor = wire::Tensor::Reader;
-  using Payload = wire::Payload::Reader;
-  using Text = capnp::Text::Reader;
-  static constexpr bool kFast = false;
-};
-struct FastViews {
-  using Envelope = internal::EnvelopeView;
-  using Value = internal::ValueView;
-  using Tensor = internal::TensorView;
-  using Payload = internal::PayloadView;
-  using Text = internal::BlobView;
-  static constexpr bool kFast = true;
-};
-
-template <class R>
 class Walker {
  public:
   Walker(const ReceivedMessage& received, uint32_t payload_frames, const DecodeLimits& limits,
@@ -113,7 +94,7 @@ class Walker {
     budget_ -= units;
   }
 
-  void Text(const typename R::Text& text, const Path& path) {
+  void Text(const capnp::Text::Reader& text, const Path& path) {
     Charge(text.size() / 8 + 1, path);
     if (text.size() > limits_.max_text_bytes) {
       Fail(Code::kLimitExceeded, path,
@@ -123,7 +104,7 @@ class Walker {
   }
 
   // Checks a payload reference; returns its length in bytes.
-  uint64_t Payload(const typename R::Payload& payload, const Path& path) {
+  uint64_t Payload(const wire::Payload::Reader& payload, const Path& path) {
     if (++payload_refs_ > limits_.max_payload_refs) {
       Fail(Code::kLimitExceeded, path,
            absl::StrCat("more than max_payload_refs ", limits_.max_payload_refs,
@@ -158,7 +139,7 @@ class Walker {
     Fail(Code::kMalformed, path, "unknown payload kind (from a newer protocol?)");
   }
 
-  void Tensor(const typename R::Tensor& t, const Path& path) {
+  void Tensor(const wire::Tensor::Reader& t, const Path& path) {
     uint16_t raw_dtype = static_cast<uint16_t>(t.getDtype());
     if (raw_dtype >= kDTypeCount) {
       Fail(Code::kMalformed, Child(path, "dtype"), absl::StrCat("unknown dtype ", raw_dtype));
@@ -216,7 +197,7 @@ class Walker {
     }
   }
 
-  void Value(const typename R::Value& v, const Path& path, uint32_t depth) {
+  void Value(const wire::Value::Reader& v, const Path& path, uint32_t depth) {
     if (depth > limits_.max_depth) {
       Fail(Code::kLimitExceeded, path,
            absl::StrCat("values nested deeper than max_depth ", limits_.max_depth));
@@ -240,24 +221,6 @@ class Walker {
         auto map = v.getMap();
         CheckLength(map.size(), path);
         unsigned i = 0;
-        if constexpr (R::kFast) {
-          // Most entries: a scalar or text key and value in a one-segment envelope. The
-          // entries share one layout (the list's tag), so the conditions are checked once.
-          if (map.size() != 0 && map[0].pointer_count() >= 2 && map[0].segments()->count == 1 &&
-              depth + 1 <= limits_.max_depth) {
-            const internal::Segments::Segment& seg = map[0].segments()->list[0];
-            const uint64_t* first_slots = map[0].data() + map[0].data_words();
-            const uint64_t step = uint64_t{map[0].data_words()} + map[0].pointer_count();
-            for (; i < map.size(); ++i) {
-              const uint64_t* slots = first_slots + i * step;  // never formed past the end
-              bool key_done = QuickCharge(QuickPointer(slots, seg));
-              if (key_done && QuickCharge(QuickPointer(slots + 1, seg))) continue;
-              Path entry = Child(path, nullptr, i);
-              if (!key_done) Visit(map[i].getKey(), Child(entry, "key"), depth + 1);
-              Visit(map[i].getValue(), Child(entry, "value"), depth + 1);
-            }
-          }
-        }
         for (; i < map.size(); ++i) {
           Path entry = Child(path, nullptr, i);
           Visit(map[i].getKey(), Child(entry, "key"), depth + 1);
@@ -285,158 +248,12 @@ class Walker {
 #if defined(__GNUC__)
   __attribute__((always_inline))
 #endif
-  void Visit(const typename R::Value& v, const Path& path, uint32_t depth) {
-    if constexpr (R::kFast) {
-      const internal::Segments* segs = v.segments();
-      if (depth <= limits_.max_depth && segs != nullptr && segs->count == 1 &&
-          QuickCharge(QuickValue(v.data(), v.data_words(), v.pointer_count(), segs->list[0]))) {
-        return;
-      }
-    }
+  void Visit(const wire::Value::Reader& v, const Path& path, uint32_t depth) {
     auto which = v.which();
     if (which > wire::Value::TEXT || depth > limits_.max_depth) return Value(v, path, depth);
     Charge(1, path);
     if (which == wire::Value::TEXT) Text(v.getText(), Child(path, "text"));
   }
-
-  // The one-segment fast path (FastViews only). A Value struct at words [s, s + dw + pc)
-  // of `seg`, already inside it: a null, a scalar or a text is checked here, straight
-  // from the words, with the general path's rules (no views, no Path). Returns the units
-  // the general path would charge for it, or 0 (no value costs 0) for anything else or
-  // anything wrong: the caller then walks the value the general way, which also names
-  // the error precisely. Charges nothing itself.
-  ZEROCAN_VIEW_INLINE uint64_t QuickValue(const uint64_t* s, uint64_t dw, uint64_t pc,
-                                          const internal::Segments::Segment& seg) {
-    uint16_t which = dw != 0 ? static_cast<uint16_t>(internal::view_detail::Load(s)) : 0;
-    if (which <= wire::Value::FLOAT) return 1;
-    if (which != wire::Value::TEXT) return 0;
-    uint64_t size = 0;  // a missing or null text pointer is the empty text
-    if (pc != 0 && !QuickText(s + dw, seg, &size)) return 0;
-    if (size > limits_.max_text_bytes) return 0;
-    return 1 + size / 8 + 1;
-  }
-  // A pointer slot to a Value struct; as QuickValue.
-  ZEROCAN_VIEW_INLINE uint64_t QuickPointer(const uint64_t* slot, const internal::Segments::Segment& seg) {
-    uint64_t w = internal::view_detail::Load(slot);
-    if (w == 0) return 1;  // a null pointer reads as the null value
-    const uint64_t* at = QuickStruct(slot, w, seg);
-    return at == nullptr ? 0 : QuickValue(at, (w >> 32) & 0xffff, w >> 48, seg);
-  }
-  // Struct pointer `w`, read from `slot`: a near, non-null struct pointer whose struct
-  // lies inside the segment (far pointers and errors: the general path). The struct's
-  // first word, or null. Its sections are w's data words (bits 32-47) and pointers (48-63).
-  ZEROCAN_VIEW_INLINE const uint64_t* QuickStruct(const uint64_t* slot, uint64_t w,
-                                                  const internal::Segments::Segment& seg) {
-    if (w == 0 || (w & 3) != 0) return nullptr;
-    uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
-    if (index > seg.words || ((w >> 32) & 0xffff) + (w >> 48) > seg.words - index) return nullptr;
-    return seg.begin + index;
-  }
-  // Spends `units` (0: a refused value, never charged) if the budget has them.
-  ZEROCAN_VIEW_INLINE bool QuickCharge(uint64_t units) {
-    if (units == 0 || units > budget_) return false;
-    budget_ -= units;
-    return true;
-  }
-
-  // The whole apply in a one-segment envelope whose arguments and keyword values are
-  // nulls, scalars or texts (every small call): the apply struct, its function and both
-  // lists are checked straight from the words, with the general path's rules and
-  // charges, in its order, and the elements through QuickValue/QuickPointer. Returns
-  // false for anything else or anything wrong, and the caller walks the general way from
-  // the same budget (it also names the error). Touches no payload references.
-  bool QuickApply(const internal::StructView& env, internal::MessageState* state) {
-    const internal::Segments* segs = env.segments();
-    if (segs->count != 1 || env.pointer_count() < 1 || limits_.max_depth < 1) return false;
-    const internal::Segments::Segment& seg = segs->list[0];
-    // Body pointer 0: the Apply struct, with its three pointers present.
-    const uint64_t* slot = env.data() + env.data_words();
-    const uint64_t w = internal::view_detail::Load(slot);
-    const uint64_t* apply_struct = QuickStruct(slot, w, seg);
-    if (apply_struct == nullptr || (w >> 48) < 3) return false;
-    const uint64_t* apply_pointers = apply_struct + ((w >> 32) & 0xffff);
-
-    // The units add up here and are spent once: the general path, spending them one by
-    // one, runs out exactly when their sum exceeds the budget.
-    const uint64_t max_text = limits_.max_text_bytes;
-    uint64_t size, units;
-    if (!QuickText(apply_pointers, seg, &size) || size > max_text) return false;
-    units = size / 8 + 1;
-    QuickList args, kwargs;
-    if (!QuickStructList(apply_pointers + 1, seg, &args)) return false;
-    units += args.count;
-    // The budget before the elements, as CheckLength charges a list's length before
-    // walking it: else a list of 2^24 empty structs in 120 bytes would be looped over
-    // here before the general walk refused it.
-    if (units > budget_) return false;
-    for (uint64_t i = 0; i < args.count; ++i) {
-      uint64_t u = QuickValue(args.first + i * args.step, args.data_words, args.pointers, seg);
-      if (u == 0) return false;
-      units += u;
-    }
-    if (!QuickStructList(apply_pointers + 2, seg, &kwargs)) return false;
-    units += kwargs.count;
-    if (units > budget_) return false;
-    if (kwargs.count != 0 && kwargs.pointers < 2) return false;
-    for (uint64_t i = 0; i < kwargs.count; ++i) {
-      const uint64_t* field_pointers = kwargs.first + i * kwargs.step + kwargs.data_words;
-      if (!QuickText(field_pointers, seg, &size) || size > max_text) return false;
-      uint64_t u = QuickPointer(field_pointers + 1, seg);
-      if (u == 0) return false;
-      units += size / 8 + 1 + u;
-    }
-    if (!QuickCharge(units)) return false;
-    // Checked: the walked readers (a few instructions each) make the accessors' views.
-    internal::ApplyView apply(env.WalkedStruct(0));
-    state->apply_index_.is_apply = true;
-    state->apply_index_.function = internal::ReadWalkedText(apply, 0);
-    state->apply_index_.args = internal::StructListView<internal::ValueView>::ReadWalked(apply, 1);
-    state->apply_index_.kwargs = internal::StructListView<internal::FieldView>::ReadWalked(apply, 2);
-    return true;
-  }
-  // A text pointer slot: null (the empty text) or a near byte list ending in NUL inside
-  // the segment; its size without the NUL.
-  ZEROCAN_VIEW_INLINE bool QuickText(const uint64_t* slot, const internal::Segments::Segment& seg,
-                                     uint64_t* size) {
-    uint64_t w = internal::view_detail::Load(slot);
-    *size = 0;
-    if (w == 0) return true;
-    // A near list pointer (tag 1) of byte elements (size 2), in one comparison.
-    if ((w & 0x700000003) != 0x200000001) return false;
-    uint64_t count = w >> 35;
-    uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
-    // count >= 1 (its NUL), and bytes [index*8, index*8 + count) inside the segment.
-    if (count - 1 >= (seg.words - index) * 8 || index > seg.words) return false;
-    if (reinterpret_cast<const char*>(seg.begin + index)[count - 1] != '\0') return false;
-    *size = count - 1;
-    return true;
-  }
-  struct QuickList {
-    const uint64_t* first = nullptr;
-    uint64_t count = 0, data_words = 0, pointers = 0, step = 0;
-  };
-  // A struct-list pointer slot: null (empty) or a near inline-composite list inside the
-  // segment, as ListViewBase::Read checks it, within CheckLength's limit.
-  ZEROCAN_VIEW_INLINE bool QuickStructList(const uint64_t* slot, const internal::Segments::Segment& seg,
-                                           QuickList* out) {
-    uint64_t w = internal::view_detail::Load(slot);
-    if (w == 0) return true;  // the empty list
-    // A near list pointer (tag 1) of inline-composite elements (size 7).
-    if ((w & 0x700000003) != 0x700000001) return false;
-    uint64_t words = w >> 35;
-    uint64_t index = static_cast<uint64_t>((slot - seg.begin) + 1 + internal::view_detail::PointerOffset(w));
-    if (index > seg.words || words + 1 > seg.words - index) return false;
-    uint64_t tag = internal::view_detail::Load(seg.begin + index);
-    if ((tag & 3) != 0) return false;
-    out->count = static_cast<uint32_t>(tag) >> 2;
-    out->data_words = (tag >> 32) & 0xffff;
-    out->pointers = tag >> 48;
-    out->step = out->data_words + out->pointers;
-    if (out->count * out->step > words) return false;
-    out->first = seg.begin + index + 1;
-    return out->count <= limits_.max_list_length;
-  }
-
   void CheckLength(uint64_t n, const Path& path) {
     if (n > limits_.max_list_length) {
       Fail(Code::kLimitExceeded, path,
@@ -445,18 +262,12 @@ class Walker {
     Charge(n, path);
   }
 
-  // Walks the whole envelope; for an apply, also hands back its argument lists (the
-  // accessors' hot path) so they are not read twice.
-  void Envelope(const typename R::Envelope& env, internal::MessageState* state) {
+  // Walks the whole envelope.
+  void Envelope(const wire::Envelope::Reader& env) {
     Path root{nullptr, nullptr, -1};
     auto body = env.getBody();
     switch (body.which()) {
       case wire::Envelope::Body::APPLY: {
-        if constexpr (R::kFast) {
-          const uint64_t budget = budget_;
-          if (QuickApply(env, state)) return;
-          budget_ = budget;  // the general walk starts over, from the same budget
-        }
         Path apply = Child(root, "apply");
         auto a = body.getApply();
         Text(a.getFunction(), Child(apply, "function"));
@@ -469,12 +280,6 @@ class Walker {
           Path kw = Child(apply, "kwargs", i);
           Text(kwargs[i].getKey(), Child(kw, "key"));
           Value(kwargs[i].getValue(), Child(kw, "value"), 1);
-        }
-        if constexpr (R::kFast) {
-          state->apply_index_.is_apply = true;
-          state->apply_index_.function = a.getFunction();
-          state->apply_index_.args = args;
-          state->apply_index_.kwargs = kwargs;
         }
         return;
       }
@@ -551,40 +356,6 @@ void CheckHeader(uint16_t version, uint32_t announced_frames, size_t payload_fra
   }
 }
 
-// The fast path: parses the segment table and walks the envelope through the inline
-// views. Returns false when a view refuses a pointer or the table does not add up
-// (the caller then asks Cap'n Proto); throws DecodeError for a rule the walk enforces.
-bool FastDecode(internal::MessageState* state, kj::ArrayPtr<const capnp::word> words,
-                const DecodeLimits& limits) {
-  const auto* table = reinterpret_cast<const uint32_t*>(words.begin());
-  uint64_t count = uint64_t{table[0]} + 1;  // <= 511, checked by Decode
-  uint64_t offset = (count + 2) / 2;        // the table, padded to a word
-  if (offset > words.size()) return false;
-  internal::Segments& segments = state->segments_;
-  segments.Clear();
-  for (uint64_t i = 0; i < count; ++i) {
-    uint64_t size = table[1 + i];
-    if (size > words.size() - offset) return false;
-    segments.Add(reinterpret_cast<const uint64_t*>(words.begin() + offset), size);
-    offset += size;
-  }
-  if (offset != words.size() || segments.list[0].words == 0) return false;
-  try {
-    auto env = internal::EnvelopeView::At(&segments, 0, 0);
-    size_t payload_frames = state->received_.frames.size() - 1;
-    CheckHeader(env.getVersion(), env.getPayloadFrames(), payload_frames);
-    Walker<FastViews>(state->received_, static_cast<uint32_t>(payload_frames), limits,
-                      Budget(limits, words.size()))
-        .Envelope(env, state);
-    state->envelope_ = env;
-    state->words_ = words;
-    return true;
-  } catch (const internal::ViewError&) {
-    state->apply_index_.is_apply = false;
-    return false;
-  }
-}
-
 // One generated reader for the whole walk. Cap'n Proto's own traversal budget is
 // cumulative over the reader's life, so it is off and the walk enforces the budget
 // itself (Walker::Charge) and the nesting (max_depth). The nesting limit, unlike the
@@ -596,41 +367,6 @@ capnp::ReaderOptions WalkOptions(const DecodeLimits& limits) {
   options.nestingLimit = static_cast<int>(2 * std::min<uint32_t>(limits.max_depth, 1u << 20) + 16);
   return options;
 }
-
-// The authority: the same walk through the generated readers. Throws DecodeError for
-// anything malformed (Cap'n Proto's own pointer errors included, via the KJ bridge).
-void CheckWithGeneratedReaders(const ReceivedMessage& received, kj::ArrayPtr<const capnp::word> words,
-                               const DecodeLimits& limits) {
-  static const std::string kContext = "envelope (frame 0)";
-  internal::CatchKj(kContext, [&] {
-    capnp::FlatArrayMessageReader reader(words, WalkOptions(limits));
-    if (reader.getEnd() != words.end()) {
-      throw DecodeError(Code::kMalformed, absl::StrCat("envelope (frame 0): ",
-                                                       (words.end() - reader.getEnd()) * 8,
-                                                       " bytes after the last segment"));
-    }
-    auto env = reader.getRoot<wire::Envelope>();
-    size_t payload_frames = received.frames.size() - 1;
-    CheckHeader(env.getVersion(), env.getPayloadFrames(), payload_frames);
-    Walker<GeneratedReaders>(received, static_cast<uint32_t>(payload_frames), limits,
-                             Budget(limits, words.size()))
-        .Envelope(env, nullptr);
-  });
-}
-
-#ifdef ZEROCAN_CROSSCHECK_DECODE
-// Sanitizer and fuzz builds: the views must never accept what the generated readers
-// reject. A disagreement is our bug, so it aborts loudly for the fuzzer to keep.
-void CrossCheck(const ReceivedMessage& received, kj::ArrayPtr<const capnp::word> words,
-                const DecodeLimits& limits) {
-  try {
-    CheckWithGeneratedReaders(received, words, limits);
-  } catch (const DecodeError& e) {
-    std::fprintf(stderr, "zerocan: fast views accepted an envelope Cap'n Proto rejects: %s\n", e.what());
-    std::abort();
-  }
-}
-#endif
 
 }  // namespace
 
@@ -703,52 +439,64 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
   kj::ArrayPtr<const capnp::word> segment_words(words, word_count);
 
   try {
-    if (FastDecode(state.get(), segment_words, limits)) {
-#ifdef ZEROCAN_CROSSCHECK_DECODE
-      CrossCheck(state->received_, state->words_, limits);
-#endif
-    } else {
-      // The fast views refused a pointer: let Cap'n Proto's reader judge, for the
-      // precise error. What it accepts here is valid Cap'n Proto in a layout no writer
-      // produces (Cap'n Proto's list "upgrade" encodings), which zerocan does not read.
-      CheckWithGeneratedReaders(state->received_, segment_words, limits);
-      throw DecodeError(Code::kMalformed,
-                        "envelope (frame 0): a list or text in a layout zerocan does not read "
-                        "(struct lists must be inline-composite, List(UInt64) 8-byte elements, "
-                        "text and data byte lists; see docs/FORMAT.md, \"Layout\")");
-    }
+    internal::CatchKj("envelope (frame 0)", [&] {
+      state->reader_.emplace(segment_words, WalkOptions(limits));
+      if (state->reader_->getEnd() != segment_words.end()) {
+        throw DecodeError(Code::kMalformed,
+                          absl::StrCat("envelope (frame 0): ",
+                                       (segment_words.end() - state->reader_->getEnd()) * 8,
+                                       " bytes after the last segment"));
+      }
+      auto env = state->reader_->getRoot<wire::Envelope>();
+      size_t payload_frames = state->received_.frames.size() - 1;
+      CheckHeader(env.getVersion(), env.getPayloadFrames(), payload_frames);
+      Walker(state->received_, static_cast<uint32_t>(payload_frames), limits,
+             Budget(limits, word_count))
+          .Envelope(env);
+      state->root_ = env;
+    });
   } catch (const DecodeError&) {
     Bump(GlobalStats().messages_rejected);
     throw;
   }
   tls_decoded.Bump();
   Message message;
-  message.apply_ = state->apply_index_.is_apply ? &state->apply_index_ : nullptr;
   message.state_ = std::move(state);
   return message;
 }
 
-namespace internal {
-wire::Envelope::Reader MessageState::GeneratedRoot() const {
-  std::call_once(reader_once_, [this] {
-    // The walk has checked every pointer of these words: the reader cannot fail.
-    capnp::ReaderOptions options;
-    options.traversalLimitInWords = UINT64_MAX;
-    reader_.emplace(words_, options);
-    root_ = reader_->getRoot<wire::Envelope>();
-  });
-  return root_;
+// ---- Message accessors -------------------------------------------------------------
+
+namespace {
+std::string_view View(capnp::Text::Reader t) { return std::string_view(t.begin(), t.size()); }
+
+[[noreturn]] void ThrowWrongBody(const char* wanted) {
+  throw DecodeError(Code::kTypeMismatch, absl::StrCat("message is not ", wanted));
 }
+[[noreturn]] void ThrowArgIndex(const char* what, size_t i, size_t n) {
+  throw std::out_of_range(absl::StrCat(what, " ", i, " of ", n));
+}
+}  // namespace
+
+namespace internal {
+wire::Envelope::Reader WireAccess::Root(const Message& m) noexcept { return m.state_->root_; }
 }  // namespace internal
 
-wire::Envelope::Reader Message::envelope() const noexcept { return state_->GeneratedRoot(); }
-uint64_t Message::message_id() const noexcept { return state_->envelope_.getMessageId(); }
-uint64_t Message::session_id() const noexcept { return state_->envelope_.getSessionId(); }
-uint64_t Message::sequence() const noexcept { return state_->envelope_.getSequence(); }
-uint64_t Message::sent_at_ns() const noexcept { return state_->envelope_.getSentAtNs(); }
+wire::Envelope::Reader GeneratedEnvelope(const Message& message) {
+  return internal::WireAccess::Root(message);
+}
+wire::Envelope::Builder GeneratedEnvelope(EnvelopeWriter& writer) {
+  return internal::WireAccess::Root(writer);
+}
+wire::Value::Reader GeneratedValue(const Value& value) { return internal::WireAccess::Reader(value); }
+
+uint64_t Message::message_id() const noexcept { return state_->root_.getMessageId(); }
+uint64_t Message::session_id() const noexcept { return state_->root_.getSessionId(); }
+uint64_t Message::sequence() const noexcept { return state_->root_.getSequence(); }
+uint64_t Message::sent_at_ns() const noexcept { return state_->root_.getSentAtNs(); }
 
 BodyKind Message::body_kind() const noexcept {
-  switch (state_->envelope_.getBody().which()) {
+  switch (state_->root_.getBody().which()) {
     case wire::Envelope::Body::APPLY: return BodyKind::kApply;
     case wire::Envelope::Body::RESULT: return BodyKind::kResult;
     case wire::Envelope::Body::HELLO: return BodyKind::kHello;
@@ -758,28 +506,47 @@ BodyKind Message::body_kind() const noexcept {
   return BodyKind::kUnknown;
 }
 
-namespace {
-std::string_view View(internal::BlobView t) { return t.view(); }
-}  // namespace
-
-#define ZEROCAN_APPLY()                                                     \
-  auto body = state_->envelope_.getBody();                                  \
-  if (!body.isApply()) internal::ThrowWrongBody("an apply");               \
+#define ZEROCAN_APPLY()                                     \
+  if (state_ == nullptr) ThrowWrongBody("an apply");        \
+  auto body = state_->root_.getBody();                      \
+  if (!body.isApply()) ThrowWrongBody("an apply");          \
   auto apply = body.getApply()
-#define ZEROCAN_RESULT()                                                    \
-  auto body = state_->envelope_.getBody();                                  \
-  if (!body.isResult()) internal::ThrowWrongBody("a result");              \
+#define ZEROCAN_RESULT()                                    \
+  if (state_ == nullptr) ThrowWrongBody("a result");        \
+  auto body = state_->root_.getBody();                      \
+  if (!body.isResult()) ThrowWrongBody("a result");         \
   auto result = body.getResult()
 
-namespace internal {
-void ThrowWrongBody(const char* wanted) {
-  throw DecodeError(Code::kTypeMismatch, absl::StrCat("message is not ", wanted));
+std::string_view Message::function() const {
+  ZEROCAN_APPLY();
+  return View(apply.getFunction());
 }
-void ThrowArgIndex(const char* what, size_t i, size_t n) {
-  throw std::out_of_range(absl::StrCat(what, " ", i, " of ", n));
+size_t Message::arg_count() const {
+  ZEROCAN_APPLY();
+  return apply.getArgs().size();
 }
-}  // namespace internal
-
+Value Message::arg(size_t i) const {
+  ZEROCAN_APPLY();
+  auto args = apply.getArgs();
+  if (i >= args.size()) ThrowArgIndex("argument", i, args.size());
+  return internal::WireAccess::MakeValue(args[static_cast<unsigned>(i)], state_.get());
+}
+size_t Message::kwarg_count() const {
+  ZEROCAN_APPLY();
+  return apply.getKwargs().size();
+}
+std::string_view Message::kwarg_name(size_t i) const {
+  ZEROCAN_APPLY();
+  auto kwargs = apply.getKwargs();
+  if (i >= kwargs.size()) ThrowArgIndex("keyword argument", i, kwargs.size());
+  return View(kwargs[static_cast<unsigned>(i)].getKey());
+}
+Value Message::kwarg(size_t i) const {
+  ZEROCAN_APPLY();
+  auto kwargs = apply.getKwargs();
+  if (i >= kwargs.size()) ThrowArgIndex("keyword argument", i, kwargs.size());
+  return internal::WireAccess::MakeValue(kwargs[static_cast<unsigned>(i)].getValue(), state_.get());
+}
 uint32_t Message::timeout_ms() const {
   ZEROCAN_APPLY();
   return apply.getTimeoutMs();
@@ -794,12 +561,12 @@ bool Message::ok() const {
 }
 Value Message::result() const {
   ZEROCAN_RESULT();
-  if (!result.isOk()) internal::ThrowWrongBody("a successful result");
-  return Value(result.walkedOk(), state_.get());
+  if (!result.isOk()) ThrowWrongBody("a successful result");
+  return internal::WireAccess::MakeValue(result.getOk(), state_.get());
 }
 RemoteErrorInfo Message::error() const {
   ZEROCAN_RESULT();
-  if (!result.isError()) internal::ThrowWrongBody("an error result");
+  if (!result.isError()) ThrowWrongBody("an error result");
   auto e = result.getError();
   return RemoteErrorInfo{std::string(View(e.getType())), std::string(View(e.getMessage())),
                          std::string(View(e.getFunction())), std::string(View(e.getWhere()))};
@@ -815,4 +582,311 @@ const FrameList& Message::frames() const noexcept { return state_->received_.fra
 const ReceivedMessage& Message::received() const noexcept { return state_->received_; }
 bool Message::envelope_copied() const noexcept { return state_->aligned_copy_ != nullptr; }
 
+// ---- Value accessors ---------------------------------------------------------------
+
+namespace {
+using internal::WireAccess;
+wire::Value::Reader R(const Value& v) { return WireAccess::Reader(v); }
+}  // namespace
+
+std::string_view KindName(Kind kind) noexcept {
+  switch (kind) {
+    case Kind::kNull: return "null";
+    case Kind::kBool: return "bool";
+    case Kind::kInt: return "int";
+    case Kind::kUInt: return "uint";
+    case Kind::kFloat: return "float64";
+    case Kind::kText: return "text";
+    case Kind::kBytes: return "bytes";
+    case Kind::kList: return "list";
+    case Kind::kMap: return "map";
+    case Kind::kTensor: return "tensor";
+    case Kind::kExtension: return "extension";
+  }
+  return "unknown";
+}
+
+bool Value::AsBool() const {
+  if (kind() != Kind::kBool) Mismatch("bool");
+  return R(*this).getBool();
+}
+
+int64_t Value::AsInt() const {
+  if (kind() == Kind::kInt) return R(*this).getInt();
+  uint64_t u = kind() == Kind::kUInt ? R(*this).getUint() : 0;
+  if (kind() != Kind::kUInt || u > static_cast<uint64_t>(INT64_MAX)) {
+    Mismatch(kind() == Kind::kUInt ? "int64 (value too large)" : "int");
+  }
+  return static_cast<int64_t>(u);
+}
+
+uint64_t Value::AsUInt() const {
+  if (kind() == Kind::kUInt) return R(*this).getUint();
+  int64_t i = kind() == Kind::kInt ? R(*this).getInt() : 0;
+  if (kind() != Kind::kInt || i < 0) Mismatch(kind() == Kind::kInt ? "uint (non-negative)" : "uint");
+  return static_cast<uint64_t>(i);
+}
+
+double Value::AsDouble() const {
+  switch (kind()) {
+    case Kind::kFloat: return R(*this).getFloat();
+    case Kind::kInt: return static_cast<double>(R(*this).getInt());
+    case Kind::kUInt: return static_cast<double>(R(*this).getUint());
+    default: Mismatch("float64");
+  }
+}
+
+std::string_view Value::AsText() const {
+  if (kind() != Kind::kText) Mismatch("text");
+  return View(R(*this).getText());
+}
+
+ValueList Value::AsList() const {
+  if (kind() != Kind::kList) Mismatch("list");
+  return WireAccess::MakeList(R(*this).getList(), message_);
+}
+
+ValueMap Value::AsMap() const {
+  if (kind() != Kind::kMap) Mismatch("map");
+  return WireAccess::MakeMap(R(*this).getMap(), message_);
+}
+
+size_t Value::size() const {
+  if (kind() == Kind::kList) return R(*this).getList().size();
+  if (kind() != Kind::kMap) Mismatch("list or map");
+  return R(*this).getMap().size();
+}
+
+Value ValueList::Unchecked(size_t i) const noexcept {
+  return WireAccess::MakeValue(WireAccess::Reader(*this)[static_cast<unsigned>(i)], message_);
+}
+Value ValueMap::UncheckedKey(size_t i) const noexcept {
+  return WireAccess::MakeValue(WireAccess::Reader(*this)[static_cast<unsigned>(i)].getKey(), message_);
+}
+Value ValueMap::UncheckedValue(size_t i) const noexcept {
+  return WireAccess::MakeValue(WireAccess::Reader(*this)[static_cast<unsigned>(i)].getValue(), message_);
+}
+
+std::optional<Value> ValueMap::Find(std::string_view key) const {
+  auto entries = WireAccess::Reader(*this);
+  for (auto entry : entries) {
+    auto k = entry.getKey();
+    if (k.isText() && View(k.getText()) == key) return WireAccess::MakeValue(entry.getValue(), message_);
+  }
+  return std::nullopt;
+}
+
+namespace internal {
+void ThrowValueIndex(const char* what, size_t i, size_t n) {
+  throw std::out_of_range(absl::StrCat(what, " index ", i, " out of range (size ", n, ")"));
+}
+}  // namespace internal
+
+std::string Value::Describe() const {
+  switch (kind()) {
+    case Kind::kText: return absl::StrCat("text \"", internal::Sv(AsText().substr(0, 32)), "\"");
+    case Kind::kInt: return absl::StrCat("int ", R(*this).getInt());
+    case Kind::kUInt: return absl::StrCat("uint ", R(*this).getUint());
+    case Kind::kBytes: return absl::StrCat("bytes[", AsBytes().size(), "]");
+    case Kind::kList: return absl::StrCat("list[", size(), "]");
+    case Kind::kMap: return absl::StrCat("map[", size(), "]");
+    case Kind::kTensor:
+      return absl::StrCat("tensor ", absl::StrJoin(shape(), "x"), " ", internal::Sv(DTypeName(dtype())));
+    case Kind::kExtension: return absl::StrCat("extension ", internal::Sv(extension_name()));
+    default: return std::string(KindName(kind()));
+  }
+}
+
+void Value::Mismatch(std::string_view expected) const {
+  throw DecodeError(DecodeError::Code::kTypeMismatch,
+                    absl::StrCat("expected ", internal::Sv(expected), ", got ", Describe()));
+}
+
+namespace {
+Buffer Resolve(const internal::MessageState* message, wire::Payload::Reader payload) {
+  if (message == nullptr) throw Error("Value: no message behind this value");
+  if (payload.isInline()) return message->InlineBytes(payload.getInline());
+  auto ref = payload.getFrame();
+  return message->FrameSlice(ref.getIndex(), ref.getOffset(), ref.getLength());
+}
+}  // namespace
+
+Buffer Value::AsBytes() const {
+  if (kind() != Kind::kBytes) Mismatch("bytes");
+  return Resolve(message_, R(*this).getBytes());
+}
+
+DType Value::dtype() const {
+  if (kind() != Kind::kTensor) Mismatch("tensor");
+  return static_cast<DType>(R(*this).getTensor().getDtype());
+}
+
+Shape Value::shape() const {
+  if (kind() != Kind::kTensor) Mismatch("tensor");
+  Shape out;
+  for (uint64_t d : R(*this).getTensor().getShape()) out.push_back(d);
+  return out;
+}
+
+Buffer Value::TensorBytes() const {
+  if (kind() != Kind::kTensor) Mismatch("tensor");
+  return Resolve(message_, R(*this).getTensor().getData());
+}
+
+bool Value::InFrame() const {
+  switch (kind()) {
+    case Kind::kTensor: return R(*this).getTensor().getData().isFrame();
+    case Kind::kBytes: return R(*this).getBytes().isFrame();
+    default: return false;
+  }
+}
+
+bool Value::TensorIsZeroCopy() const {
+  if (kind() != Kind::kTensor) return false;
+  auto t = R(*this).getTensor();
+  if (t.getPacking() != wire::Packing::NONE || t.getByteOrder() != wire::ByteOrder::LITTLE) {
+    return false;
+  }
+  Buffer raw = Resolve(message_, t.getData());
+  return IsAligned(raw.data(), ItemAlignment(static_cast<DType>(t.getDtype())));
+}
+
+namespace {
+
+template <class From, class To>
+void Widen(const std::byte* src, size_t n, std::byte* dst) {
+  if (IsAligned(src, alignof(From)) && IsAligned(dst, alignof(To))) {
+    const From* s = reinterpret_cast<const From*>(src);
+    To* d = reinterpret_cast<To*>(dst);
+    for (size_t i = 0; i < n; ++i) d[i] = static_cast<To>(s[i]);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    From v;
+    std::memcpy(&v, src + i * sizeof(From), sizeof(From));
+    To w = static_cast<To>(v);
+    std::memcpy(dst + i * sizeof(To), &w, sizeof(To));
+  }
+}
+
+template <class To>
+void Unpack(wire::Packing p, const std::byte* src, size_t n, std::byte* dst) {
+  switch (p) {
+    case wire::Packing::INT8: return Widen<int8_t, To>(src, n, dst);
+    case wire::Packing::UINT8: return Widen<uint8_t, To>(src, n, dst);
+    case wire::Packing::INT16: return Widen<int16_t, To>(src, n, dst);
+    case wire::Packing::UINT16: return Widen<uint16_t, To>(src, n, dst);
+    case wire::Packing::INT32: return Widen<int32_t, To>(src, n, dst);
+    case wire::Packing::UINT32: return Widen<uint32_t, To>(src, n, dst);
+    default: return;
+  }
+}
+
+}  // namespace
+
+Tensor Value::AsTensor() const {
+  if (kind() != Kind::kTensor) Mismatch("tensor");
+  auto t = R(*this).getTensor();
+  DType dtype = static_cast<DType>(t.getDtype());
+  Shape dims;
+  for (uint64_t d : t.getShape()) dims.push_back(d);
+  Order order = t.getOrder() == wire::Order::FORTRAN ? Order::kFortran : Order::kC;
+  Buffer raw = Resolve(message_, t.getData());
+  size_t item = ItemSize(dtype);
+
+  if (t.getPacking() != wire::Packing::NONE) {
+    // Validated: integer dtype, count * packed size == raw.size().
+    size_t n = static_cast<size_t>(*ElementCount(dims));
+    Buffer wide = Buffer::Allocate(n * item);
+    switch (dtype) {
+      case DType::kInt16: Unpack<int16_t>(t.getPacking(), raw.data(), n, wide.mutable_data()); break;
+      case DType::kInt32: Unpack<int32_t>(t.getPacking(), raw.data(), n, wide.mutable_data()); break;
+      case DType::kInt64: Unpack<int64_t>(t.getPacking(), raw.data(), n, wide.mutable_data()); break;
+      case DType::kUInt16: Unpack<uint16_t>(t.getPacking(), raw.data(), n, wide.mutable_data()); break;
+      case DType::kUInt32: Unpack<uint32_t>(t.getPacking(), raw.data(), n, wide.mutable_data()); break;
+      case DType::kUInt64: Unpack<uint64_t>(t.getPacking(), raw.data(), n, wide.mutable_data()); break;
+      default: break;
+    }
+    Bump(GlobalStats().payload_converted);
+    return Tensor(dtype, std::move(dims), std::move(wide), order);
+  }
+  if (t.getByteOrder() == wire::ByteOrder::BIG) {
+    Buffer swapped = Buffer::Allocate(raw.size());
+    // Complex values swap each component.
+    size_t unit = (dtype == DType::kComplex64 || dtype == DType::kComplex128) ? item / 2 : item;
+    for (size_t i = 0; i + unit <= raw.size(); i += unit) {
+      for (size_t b = 0; b < unit; ++b) swapped.mutable_data()[i + b] = raw.data()[i + unit - 1 - b];
+    }
+    Bump(GlobalStats().payload_converted);
+    return Tensor(dtype, std::move(dims), std::move(swapped), order);
+  }
+  if (!IsAligned(raw.data(), ItemAlignment(dtype))) {
+    Buffer aligned = Buffer::Allocate(raw.size());
+    if (raw.size() != 0) std::memcpy(aligned.mutable_data(), raw.data(), raw.size());
+    Bump(GlobalStats().payload_realigned);
+    return Tensor(dtype, std::move(dims), std::move(aligned), order);
+  }
+  return Tensor(dtype, std::move(dims), std::move(raw), order);
+}
+
+std::string_view Value::extension_name() const {
+  if (kind() != Kind::kExtension) Mismatch("extension");
+  return View(R(*this).getExtension().getTypeName());
+}
+
+Value Value::extension_state() const {
+  if (kind() != Kind::kExtension) Mismatch("extension");
+  return WireAccess::MakeValue(R(*this).getExtension().getState(), message_);
+}
+
+// ---- the header peek ---------------------------------------------------------------
+
+namespace internal {
+
+std::optional<Peek> PeekEnvelope(const zmq::message_t& frame, const DecodeLimits& limits) {
+  size_t size = frame.size();
+  if (size < 8 || size % 8 != 0 || size > limits.max_envelope_bytes) return std::nullopt;
+  const capnp::word* words = static_cast<const capnp::word*>(frame.data());
+  std::unique_ptr<capnp::word[]> copy;
+  if (!IsAligned(words, alignof(capnp::word))) {
+    copy.reset(new capnp::word[size / 8]);
+    std::memcpy(copy.get(), frame.data(), size);
+    words = copy.get();
+  }
+  try {
+    return CatchKj("envelope", [&]() -> std::optional<Peek> {
+      capnp::ReaderOptions options;
+      options.traversalLimitInWords = limits.traversal_factor * (size / 8) + 64;
+      options.nestingLimit = 16;
+      capnp::FlatArrayMessageReader reader(kj::ArrayPtr<const capnp::word>(words, size / 8),
+                                           options);
+      auto env = reader.getRoot<wire::Envelope>();
+      if (env.getVersion() != kProtocolVersion) return std::nullopt;
+      Peek p;
+      switch (env.getBody().which()) {
+        case wire::Envelope::Body::APPLY: {
+          p.kind = BodyKind::kApply;
+          auto apply = env.getBody().getApply();
+          auto fn = apply.getFunction();
+          p.function.assign(fn.begin(), std::min<size_t>(fn.size(), 1024));
+          p.timeout_ms = apply.getTimeoutMs();
+          break;
+        }
+        case wire::Envelope::Body::RESULT:
+          p.kind = BodyKind::kResult;
+          p.call_id = env.getBody().getResult().getCallId();
+          break;
+        case wire::Envelope::Body::HELLO: p.kind = BodyKind::kHello; break;
+        case wire::Envelope::Body::HEARTBEAT: p.kind = BodyKind::kHeartbeat; break;
+        case wire::Envelope::Body::GOODBYE: p.kind = BodyKind::kGoodbye; break;
+      }
+      p.message_id = env.getMessageId();
+      return p;
+    });
+  } catch (const DecodeError&) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace internal
 }  // namespace zerocan

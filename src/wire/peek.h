@@ -1,0 +1,29 @@
+// Reading an envelope's header (body kind, ids, function name) without the full checked
+// decode: for routing decisions (the broker; the engine). Safe on untrusted bytes: Cap'n
+// Proto bounds-checks every read, the traversal budget is scaled to the frame's size,
+// and any failure is just "no peek". Defined beside Message::Decode (src/wire/reader.cc).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <zmq.hpp>
+
+#include "zerocan/limits.h"
+#include "zerocan/message.h"
+
+namespace zerocan::internal {
+
+// What the broker reads of an envelope: its header, never its values.
+struct Peek {
+  BodyKind kind = BodyKind::kUnknown;
+  uint64_t message_id = 0;
+  uint64_t call_id = 0;       // results
+  std::string function;       // applies
+  uint32_t timeout_ms = 0;    // applies
+};
+
+std::optional<Peek> PeekEnvelope(const zmq::message_t& frame, const DecodeLimits& limits);
+
+}  // namespace zerocan::internal
