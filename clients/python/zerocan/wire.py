@@ -1,21 +1,17 @@
-"""Encoding and decoding zerocan messages, byte for byte as the C++ library does.
+"""Encoding and decoding zerocan messages (docs/FORMAT.md).
 
 A message on the wire is ``[routing...] [b""] [envelope] [payload frame 1..N]``; the
 envelope is one standard Cap'n Proto message (segment table + segments) built with the
-generated schema (``_schema.load()``). Payloads below the policy's inline threshold are
-copied into the envelope; the rest travel as frames of their own without a copy.
+builders generated from the schema (``_schema.load()``). Payloads below the policy's
+inline threshold are copied into the envelope; the rest travel as frames of their own
+without a copy.
 
-Byte compatibility with C++ (src/writer.cc) rests on three things done identically:
-
-* the same first segment: 8192 words (the C++ writer's per-thread 64 KiB scratch),
-  growing the same way when a message outgrows it;
-* the same allocation order: every ``init``/text/data call happens in the order the
-  C++ ``EnvelopeWriter``/``ValueWriter`` makes it (e.g. an apply allocates its function
-  name, then the args list, then the kwargs list, then each argument in turn; a tensor
-  allocates itself, its shape, its payload struct, then its data);
-* the same choices: typed arrays for homogeneous lists of numbers, the narrowest
-  integer packing of small integer arrays (``_choose_packing`` = ``ChoosePacking``),
-  and the same threshold comparisons (``PlacePayload``, ``TryPack``).
+Bytes are identical to every other zerocan writer's because this writer follows the
+canonical encoding of docs/FORMAT.md ("Canonical encoding"): a first segment of 8192
+words, every ``init``/text/data call in the order listed there (an apply allocates its
+function name, then the args list, then the kwargs list, then each argument in turn; a
+tensor allocates itself, its shape, its payload struct, then its data), and the
+placement and packing rules written there.
 
 Decoding reads the envelope in place (pycapnp over the received frame's memory, one
 copy when the frame is not word-aligned) and turns payload frames into numpy arrays or
@@ -39,7 +35,7 @@ from .errors import DecodeError, EncodeError
 from .policy import Policy
 
 PROTOCOL_VERSION = 1
-FIRST_SEGMENT_WORDS = 8192  # envelopes within 64 KiB are one segment, as the C++ writer makes them
+FIRST_SEGMENT_WORDS = 8192  # the canonical first segment (docs/FORMAT.md): 64 KiB
 MAX_ENCODE_DEPTH = 64  # = kMaxEncodeDepth
 MAX_CAPNP_LIST = (1 << 29) - 1
 
