@@ -165,7 +165,7 @@ class ClientCore {
 
   void Expire(PendingCall& call) {  // mu_ held
     pending_.erase(call.id);
-    Finish(call, Result::Failed(std::make_exception_ptr(CallTimeout(absl::StrCat(
+    Finish(call, Result::Failed(std::make_exception_ptr(TimeoutError(absl::StrCat(
                      internal::Sv(call.function), ": no reply within the call's timeout")))));
   }
 

@@ -42,6 +42,43 @@ void ThrowArgCount(std::string_view function, size_t want, size_t got) {
                                    want == 1 ? "" : "s", ", got ", got));
 }
 
+void CheckArguments(const Call& call, std::string_view function, size_t want,
+                    const std::vector<std::string>& names) {
+  size_t given = call.arg_count();
+  if (given > want || call.kwarg_count() == 0) ThrowArgCount(function, want, given);
+  std::vector<bool> filled(want, false);
+  for (size_t i = 0; i < given; ++i) filled[i] = true;
+  for (size_t k = 0; k < call.kwarg_count(); ++k) {
+    std::string_view key = call.kwarg_name(k);
+    size_t i = 0;
+    while (i < want && (i >= names.size() || names[i] != key)) ++i;
+    if (i == want) {
+      throw ArgumentError(absl::StrCat(Sv(function), ": unexpected keyword argument '", Sv(key), "'",
+                                       names.empty() ? " (the function names no parameters)" : ""));
+    }
+    if (filled[i]) {
+      throw ArgumentError(absl::StrCat(Sv(function), ": argument ", i, " (", names[i], ") given twice"));
+    }
+    filled[i] = true;
+  }
+  for (size_t i = 0; i < want; ++i) {
+    if (!filled[i]) {
+      std::string name = i < names.size() ? absl::StrCat(" (", names[i], ")") : "";
+      throw ArgumentError(absl::StrCat(Sv(function), ": missing argument ", i, name, " (expected ",
+                                       want, " argument", want == 1 ? "" : "s", ", got ", given,
+                                       " positional and ", call.kwarg_count(), " keyword)"));
+    }
+  }
+}
+
+Value ArgumentAt(const Call& call, size_t i, const std::vector<std::string>& names) {
+  if (i < call.arg_count()) return call.arg(i);
+  for (size_t k = 0; k < call.kwarg_count(); ++k) {
+    if (i < names.size() && call.kwarg_name(k) == names[i]) return call.kwarg(k);
+  }
+  throw ArgumentError("argument " + std::to_string(i) + " missing");  // CheckArguments ran first
+}
+
 void ThrowArgType(std::string_view function, size_t index, const std::vector<std::string>& names,
                   const Error& cause) {
   std::string name = index < names.size() ? absl::StrCat(" (", names[index], ")") : "";

@@ -119,7 +119,7 @@ TEST(BrokerTest, CallWithoutEngineTimesOut) {
   Cluster c(0);
   Client& client = c.AddClient();
   Result r = client.apply_for(milliseconds(100), "add", 1, 2).get();
-  EXPECT_THROW(r.ThrowIfError(), CallTimeout);
+  EXPECT_THROW(r.ThrowIfError(), TimeoutError);
 }
 
 TEST(BrokerTest, LostEngineFailsItsCallsOnceAndOthersCarryOn) {
@@ -191,7 +191,7 @@ TEST(BrokerTest, SurvivesABrokerRestart) {
   EXPECT_EQ(client.apply("add", 1, 2).get().as<int>(), 3);
   c.broker.reset();
   Result during = client.apply_for(milliseconds(100), "add", 1, 2).get();
-  EXPECT_THROW(during.ThrowIfError(), CallTimeout);
+  EXPECT_THROW(during.ThrowIfError(), TimeoutError);
   BrokerOptions bo;
   bo.context = &c.context;
   bo.heartbeat = kBeat;

@@ -49,7 +49,7 @@ TEST(ClientTest, NobodyListeningTimesOut) {
   Client client("tcp://127.0.0.1:1", options);  // nothing listens on port 1
   auto start = std::chrono::steady_clock::now();
   Result r = client.apply("add", 1, 2).get();
-  EXPECT_THROW(r.ThrowIfError(), CallTimeout);
+  EXPECT_THROW(r.ThrowIfError(), TimeoutError);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 }
 
@@ -102,6 +102,68 @@ TEST(ClientTest, OneThreadReceivesForAnother) {
   b.join();
   EXPECT_TRUE(b_done.load());
   a.join();
+}
+
+// A plain lvalue argument is copied when it becomes a frame, so clearing and freeing it
+// right after apply() cannot reach the bytes libzmq is still sending.
+TEST(ClientTest, LvalueArgumentClearedRightAfterApplyIsSafe) {
+  EngineOptions eo;
+  eo.builtins = true;
+  Engine engine(eo);
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  Client client(engine.last_endpoint());
+  std::vector<double> v(8 << 20, 1.0);  // 64 MiB: a frame at any threshold
+  uint64_t copies = GlobalStats().Snapshot().buffer_copies;
+  ResultFuture f = client.apply("sum", v);
+  std::fill(v.begin(), v.end(), -7.0);
+  v.clear();
+  v.shrink_to_fit();
+  EXPECT_DOUBLE_EQ(f.get().as<double>(), double(8 << 20));
+  EXPECT_EQ(GlobalStats().Snapshot().buffer_copies - copies, 1u);
+  // Borrow lends without a copy; the tracker says when the bytes may change.
+  std::vector<double> lent(8 << 20, 2.0);
+  copies = GlobalStats().Snapshot().buffer_copies;
+  ResultFuture g = client.apply("sum", Borrow(lent));
+  EXPECT_DOUBLE_EQ(g.get().as<double>(), 2.0 * (8 << 20));
+  EXPECT_TRUE(g.tracker().WaitFor(std::chrono::seconds(5)));
+  EXPECT_EQ(GlobalStats().Snapshot().buffer_copies, copies);
+}
+
+TEST(ClientTest, KeywordArgumentsBindByParameterName) {
+  zmq::context_t ctx(1);
+  EngineOptions eo;
+  eo.context = &ctx;
+  Engine engine(eo);
+  engine.def("affine", [](double x, double k, double b) { return k * x + b; }, {"x", "k", "b"});
+  engine.def("unnamed", [](double x) { return x; });
+  engine.Bind("inproc://client-kwargs");
+  engine.Start();
+  ClientOptions co;
+  co.context = &ctx;
+  Client client("inproc://client-kwargs", co);
+  EXPECT_EQ(client.apply("affine", 2.0, 3.0, 1.0).get().as<double>(), 7.0);
+  EXPECT_EQ(client.apply("affine", 2.0, Kw("b", 1.0), Kw("k", 3.0)).get().as<double>(), 7.0);
+  EXPECT_EQ(client.apply("affine", Kw("x", 2.0), Kw("k", 3.0), Kw("b", 1.0)).get().as<double>(), 7.0);
+  auto error_of = [](Result r) {
+    try {
+      r.ThrowIfError();
+    } catch (const RemoteError& e) {
+      EXPECT_EQ(e.type(), kErrorArgument);
+      return e.message();
+    }
+    ADD_FAILURE() << "no error";
+    return std::string();
+  };
+  using testing::HasSubstr;
+  EXPECT_THAT(error_of(client.apply("affine", 2.0, Kw("q", 1.0), Kw("k", 3.0)).get()),
+              HasSubstr("unexpected keyword argument 'q'"));
+  EXPECT_THAT(error_of(client.apply("affine", 2.0, 3.0, Kw("k", 3.0)).get()),
+              HasSubstr("argument 1 (k) given twice"));
+  EXPECT_THAT(error_of(client.apply("affine", 2.0, Kw("k", 3.0)).get()),
+              HasSubstr("missing argument 2 (b)"));
+  EXPECT_THAT(error_of(client.apply("unnamed", Kw("x", 1.0)).get()),
+              HasSubstr("unexpected keyword argument 'x' (the function names no parameters)"));
 }
 
 }  // namespace

@@ -55,7 +55,7 @@ bool Adds(zmq::context_t& ctx, const std::string& url, const std::string& server
   Client client(url, options);
   Result r = client.apply_for(timeout, "add", 1, 2).get();
   if (!r.ok()) {
-    EXPECT_THROW(r.ThrowIfError(), CallTimeout);
+    EXPECT_THROW(r.ThrowIfError(), TimeoutError);
     return false;
   }
   return r.as<int>() == 3;

@@ -374,19 +374,19 @@ TEST(EngineTest, SignedEngineServesOnlyItsKeyHolders) {
     Client intruder("inproc://signed", bad);
     uint64_t errors = engine.counters().errors;
     Result r = intruder.apply("add", 1, 1).get();
-    EXPECT_THROW(r.ThrowIfError(), CallTimeout) << key;
+    EXPECT_THROW(r.ThrowIfError(), TimeoutError) << key;
     EXPECT_EQ(engine.counters().errors, errors + 1);  // counted and dropped, not answered
   }
   EXPECT_EQ(client.apply("add", 1, 1).get().as<int>(), 2);
 }
 
-TEST(EngineTest, PerCallTimeoutAndLateReplyDropped) {
+TEST(EngineTest, PerTimeoutErrorAndLateReplyDropped) {
   Pair p("inproc://timeout", 2);
   ResultFuture slow = p.client->apply_for(milliseconds(50), "sleep", 0.5);
   ResultFuture fast = p.client->apply("add", 1, 1);
   Result r = slow.get();
   EXPECT_FALSE(r.ok());
-  EXPECT_THROW(r.as<double>(), CallTimeout);
+  EXPECT_THROW(r.as<double>(), TimeoutError);
   EXPECT_EQ(fast.get().as<int>(), 2);
   // The late reply to the timed-out call arrives and is dropped, not delivered.
   Result after = p.client->apply("sleep", 0.6).get();
@@ -438,7 +438,7 @@ TEST(EngineTest, KilledEngineLeavesCallsToTimeOut) {
   std::this_thread::sleep_for(milliseconds(20));
   p.engine->Kill();
   Result r = f.get();
-  EXPECT_THROW(r.ThrowIfError(), CallTimeout);
+  EXPECT_THROW(r.ThrowIfError(), TimeoutError);
 }
 
 }  // namespace

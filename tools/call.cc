@@ -108,7 +108,7 @@ int RunCall(int argc, char** argv) {
     std::fprintf(stderr, "zerocan call: %s: %s: %s%s\n", e.function().c_str(), e.type().c_str(),
                  e.message().c_str(), where.c_str());
     return 1;
-  } catch (const CallTimeout& e) {
+  } catch (const TimeoutError& e) {
     std::fprintf(stderr, "zerocan call: %s (%.3g s)\n", e.what(), timeout_s);
     return 1;
   } catch (const std::exception& e) {

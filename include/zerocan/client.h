@@ -6,9 +6,11 @@
 // are matched by call id and handed to their own futures), so a call-and-wait costs no
 // thread hand-off. Several threads may apply and wait on one Client at the same time.
 //
-// Large arguments leave as zero-copy frames. An lvalue argument (a std::vector, a
-// TensorView, a borrowed Buffer) is BORROWED: keep it alive and unchanged until the
-// future's tracker() is done (an rvalue is adopted and needs no care).
+// Arguments are positional, or keywords written Kw("name", value). Large arguments leave
+// as frames of their own: an rvalue container is adopted (no copy), an lvalue one is
+// copied once, and zerocan::Borrow(v) lends it without a copy (keep it alive and
+// unchanged until the future's tracker() is done). A Buffer or Tensor goes with the
+// ownership its Buffer states (Buffer::Borrow lends).
 //
 // A Result views the received frames: result.as<TensorView<const double>>() points into
 // the reply frame (over inproc:// that is the engine's own buffer).
@@ -22,6 +24,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -50,7 +53,7 @@ class Result {
 
   bool ok() const noexcept { return error_ == nullptr; }
   // Rethrows the failure: RemoteError (the engine or broker answered with an error) or
-  // CallTimeout / TransportError (local).
+  // TimeoutError / TransportError (local).
   void ThrowIfError() const {
     if (error_ != nullptr) std::rethrow_exception(error_);
   }
@@ -73,7 +76,7 @@ class Result {
 
 struct ClientOptions {
   // Per-call deadline unless apply_for() gives one. A call without reply by then fails
-  // with CallTimeout; a late reply is dropped.
+  // with TimeoutError; a late reply is dropped.
   std::chrono::milliseconds timeout{60000};
   Policy policy = Policy::Default();
   DecodeLimits limits;
@@ -88,7 +91,7 @@ struct ClientOptions {
   // CurveZMQ encryption (curve.h): the Z85 public key of the engine or broker frontend
   // at `url` ("" = plain text, the default). `curve` is this client's own key pair,
   // unset = a fresh one. A client whose server key is wrong never gets a message
-  // through: its calls fail with CallTimeout.
+  // through: its calls fail with TimeoutError.
   std::string curve_server_key;
   std::optional<CurveKeyPair> curve;
 };
@@ -103,6 +106,36 @@ struct ClientCounters {
 namespace internal {
 class ClientCore;
 struct PendingCall;
+}  // namespace internal
+
+// A keyword argument of an apply: client.apply("scale", x, Kw("k", 2.0)). Holds a
+// reference to `value` for the duration of the apply call that encodes it; ownership of
+// its payloads follows the usual rule (an rvalue is adopted, an lvalue copied,
+// Borrow(v) lent). Keywords travel in the caller's order.
+template <class T>
+struct Keyword {
+  std::string_view name;
+  T&& value;
+};
+template <class T>
+Keyword<T> Kw(std::string_view name, T&& value) noexcept {
+  return Keyword<T>{name, std::forward<T>(value)};
+}
+
+namespace internal {
+template <class T>
+struct IsKeyword : std::false_type {};
+template <class T>
+struct IsKeyword<Keyword<T>> : std::true_type {};
+
+template <class Arg>
+void WriteArgument(const ApplyWriter& apply, size_t& positional, size_t& keyword, Arg&& arg) {
+  if constexpr (IsKeyword<std::decay_t<Arg>>::value) {
+    apply.kwarg(keyword++, arg.name).Write(std::forward<decltype(arg.value)>(arg.value));
+  } else {
+    apply.arg(positional++).Write(std::forward<Arg>(arg));
+  }
+}
 }  // namespace internal
 
 // The future of one call. get() waits (receiving for every call of its Client while it
@@ -150,10 +183,12 @@ class Client {
   template <class... Args>
   ResultFuture apply_for(std::chrono::milliseconds timeout, std::string_view function,
                          Args&&... args) {
+    constexpr size_t kKeywords = (size_t{internal::IsKeyword<std::decay_t<Args>>::value} + ... + 0);
     EnvelopeWriter writer(options_.policy, registry_);
-    ApplyWriter apply = writer.StartApply(function, sizeof...(Args), 0, TimeoutMs(timeout));
-    size_t i = 0;
-    (apply.arg(i++).Write(std::forward<Args>(args)), ...);
+    ApplyWriter apply =
+        writer.StartApply(function, sizeof...(Args) - kKeywords, kKeywords, TimeoutMs(timeout));
+    size_t positional = 0, keyword = 0;
+    (internal::WriteArgument(apply, positional, keyword, std::forward<Args>(args)), ...);
     return Submit(writer, function, timeout);
   }
   // For callers that build the apply themselves (zerocan call, forwarding): `writer`

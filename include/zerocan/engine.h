@@ -86,6 +86,8 @@ class Call {
   size_t arg_count() const { return message_.arg_count(); }
   Value arg(size_t i) const { return message_.arg(i); }
   size_t kwarg_count() const { return message_.kwarg_count(); }
+  std::string_view kwarg_name(size_t i) const { return message_.kwarg_name(i); }
+  Value kwarg(size_t i) const { return message_.kwarg(i); }
   const std::string& engine_id() const noexcept { return engine_id_; }
   const Registry& registry() const noexcept { return registry_; }
   // Bytes in payload frames (not counting the envelope).
@@ -178,6 +180,15 @@ template <class C, class R, class... A>
 struct FnTraits<R (C::*)(A...) const noexcept> : FnTraits<R (*)(A...)> {};
 
 [[noreturn]] void ThrowArgCount(std::string_view function, size_t want, size_t got);
+// Checks that the call's positional and keyword arguments fill each of `want`
+// parameters exactly once (keywords bind by `names`); throws ArgumentError naming the
+// first that does not ("scale: unexpected keyword argument 'q'", "... missing argument
+// 1 (k)", "... argument 0 (x) given twice").
+void CheckArguments(const Call& call, std::string_view function, size_t want,
+                    const std::vector<std::string>& names);
+// Parameter i's value: positional i, else the keyword named names[i] (after
+// CheckArguments).
+Value ArgumentAt(const Call& call, size_t i, const std::vector<std::string>& names);
 [[noreturn]] void ThrowArgType(std::string_view function, size_t index,
                                const std::vector<std::string>& names, const Error& cause);
 
@@ -185,7 +196,7 @@ template <class T>
 std::decay_t<T> ConvertArg(const Call& call, size_t i, std::string_view function,
                            const std::vector<std::string>& names) {
   try {
-    return call.arg(i).template As<std::decay_t<T>>(call.registry());
+    return ArgumentAt(call, i, names).template As<std::decay_t<T>>(call.registry());
   } catch (const DecodeError& e) {
     ThrowArgType(function, i, names, e);
   } catch (const EncodeError& e) {  // no codec for the parameter type
@@ -196,7 +207,9 @@ std::decay_t<T> ConvertArg(const Call& call, size_t i, std::string_view function
 template <class F, class... A, size_t... I>
 void InvokeTyped(F& fn, const Call& call, ValueWriter& out, const std::string& function,
                  const std::vector<std::string>& names, std::index_sequence<I...>) {
-  if (call.arg_count() != sizeof...(A)) ThrowArgCount(function, sizeof...(A), call.arg_count());
+  if (call.arg_count() != sizeof...(A) || call.kwarg_count() != 0) {
+    CheckArguments(call, function, sizeof...(A), names);
+  }
   // Braced init: arguments are converted left to right, so the first bad one is named.
   std::tuple<std::decay_t<A>...> args{ConvertArg<A>(call, I, function, names)...};
   using R = std::invoke_result_t<F&, A...>;
@@ -230,9 +243,10 @@ class Engine {
   // Registers `fn` (any callable with an ordinary C++ signature) under `name`. Each
   // argument converts through Value::As<T> (codec.h, then the registry); the return
   // value is encoded the same way (a returned std::vector or Tensor leaves as a zero-copy
-  // frame). `arg_names`, when given, name the parameters in error replies:
-  // "scale: argument 1 (k): expected float64, got text \"a\"". Before Start() only;
-  // replaces an earlier function of that name.
+  // frame). `arg_names`, when given, name the parameters: callers may then pass them as
+  // keyword arguments (Kw("k", 2.0) in C++, k=2.0 in Python), and error replies name
+  // them: "scale: argument 1 (k): expected float64, got text \"a\"". Before Start()
+  // only; replaces an earlier function of that name.
   template <class F>
   Engine& def(std::string_view name, F fn, std::vector<std::string> arg_names = {}) {
     using Traits = internal::FnTraits<std::decay_t<F>>;

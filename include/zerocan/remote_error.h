@@ -1,7 +1,7 @@
 // Errors of apply calls: what a client sees when a call did not produce a value.
 //
 // RemoteError: the engine (or the broker on its behalf) answered with an error reply.
-// It carries the remote details as data (type, message, function, where). CallTimeout:
+// It carries the remote details as data (type, message, function, where). TimeoutError:
 // no reply came within the call's deadline; the client gave up and will drop a late
 // reply. ArgumentError: an engine could not convert an argument to the parameter type
 // of the function (sent back as a RemoteError of type "zerocan.ArgumentError").
@@ -37,7 +37,8 @@ class RemoteError : public Error {
   RemoteErrorInfo info_;
 };
 
-class CallTimeout : public Error {
+// No reply within the call's deadline (zerocan.TimeoutError in Python, the same name).
+class TimeoutError : public Error {
  public:
   using Error::Error;
 };
