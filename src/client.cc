@@ -339,6 +339,7 @@ uint64_t ResultFuture::call_id() const noexcept { return call_ ? call_->id : 0; 
 
 Client::Client(const std::string& url, ClientOptions options)
     : options_(std::move(options)),
+      policy_(options_.policy ? *options_.policy : Policy::ForTransport(url)),
       registry_(options_.registry != nullptr ? options_.registry : &Registry::Default()),
       core_(std::make_shared<internal::ClientCore>(url, options_, registry_)) {}
 

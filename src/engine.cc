@@ -193,8 +193,14 @@ class Engine::Impl {
     return out;
   }
 
+  void ChoosePolicy(const std::string& url) {
+    if (!policy_chosen_) policy_ = options_.policy ? *options_.policy : Policy::ForTransport(url);
+    policy_chosen_ = true;
+  }
+
   void Bind(const std::string& url) {
     if (running_) throw Error("engine: Bind() after Start()");
+    ChoosePolicy(url);
     if (router_index_ < 0) {
       zmq::socket_t router(*context_, zmq::socket_type::router);
       Configure(router);
@@ -217,6 +223,7 @@ class Engine::Impl {
 
   void Connect(const std::string& url) {
     if (running_) throw Error("engine: Connect() after Start()");
+    ChoosePolicy(url);
     zmq::socket_t dealer(*context_, zmq::socket_type::dealer);
     Configure(dealer);
     // The broker knows an engine by its routing id: make that the engine id, so its
@@ -269,7 +276,7 @@ class Engine::Impl {
     std::vector<std::string> names = Functions();
     for (size_t i = 0; i < sockets_.size(); ++i) {
       if (!is_dealer_[i]) continue;
-      EnvelopeWriter w(options_.policy, registry_);
+      EnvelopeWriter w(policy_, registry_);
       w.SetHeader(NextHeader());
       w.SetHello(options_.id, "engine", names);
       SendQuiet(i, w.Finish(), nullptr);
@@ -314,7 +321,7 @@ class Engine::Impl {
       SendReplies();
       for (size_t i = 0; i < sockets_.size(); ++i) {
         if (!is_dealer_[i]) continue;
-        EnvelopeWriter w(options_.policy, registry_);
+        EnvelopeWriter w(policy_, registry_);
         w.SetHeader(NextHeader());
         w.SetGoodbye();
         SendQuiet(i, w.Finish(), nullptr);
@@ -375,7 +382,7 @@ class Engine::Impl {
   void Heartbeat() {
     for (size_t i = 0; i < sockets_.size(); ++i) {
       if (!is_dealer_[i]) continue;
-      EnvelopeWriter w(options_.policy, registry_);
+      EnvelopeWriter w(policy_, registry_);
       w.SetHeader(NextHeader());
       w.SetHeartbeat(options_.id, WallNs());
       SendQuiet(i, w.Finish(), nullptr);
@@ -453,7 +460,7 @@ class Engine::Impl {
     }
     RemoteErrorInfo error;
     try {
-      EnvelopeWriter w(options_.policy, registry_);
+      EnvelopeWriter w(policy_, registry_);
       w.SetHeader(NextHeader());
       ValueWriter out = w.StartResult(message.message_id(), options_.id);
       Call call(message, options_.id, *registry_);
@@ -502,7 +509,7 @@ class Engine::Impl {
   }
 
   Outgoing ErrorReply(uint64_t call_id, const RemoteErrorInfo& error) {
-    EnvelopeWriter w(options_.policy, registry_);
+    EnvelopeWriter w(policy_, registry_);
     w.SetHeader(NextHeader());
     w.SetError(call_id, options_.id, error);
     return w.Finish();
@@ -532,6 +539,8 @@ class Engine::Impl {
   static void Bump(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 
   EngineOptions options_;
+  Policy policy_ = Policy::Default();  // ChoosePolicy: options_.policy or the first endpoint's
+  bool policy_chosen_ = false;
   const Registry* registry_ = nullptr;
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;

@@ -62,7 +62,7 @@ TEST(ClientTest, BorrowedArgumentIsTrackedAdoptedOneNeedsNoCare) {
   engine.Start();
   ClientOptions co;
   co.context = &ctx;
-  co.policy.inline_threshold = 1024;
+  co.policy = Policy{.inline_threshold = 1024};
   Client client("inproc://client-track", co);
   uint64_t zero_copy_before = GlobalStats().Snapshot().frames_sent_zero_copy;
   std::vector<double> borrowed(100000, 1.0);

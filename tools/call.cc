@@ -86,7 +86,7 @@ int RunCall(int argc, char** argv) {
     if (!key_file.empty()) options.signer = Signer::FromKeyFile(key_file);
     options.curve_server_key = curve_server_key;
     Client client(url, options);
-    EnvelopeWriter writer(options.policy);
+    EnvelopeWriter writer(client.policy());
     ApplyWriter apply = writer.StartApply(function, positional.size() - 2, 0,
                                           static_cast<uint32_t>(timeout.count()));
     for (size_t i = 2; i < positional.size(); ++i) {

@@ -78,7 +78,9 @@ struct ClientOptions {
   // Per-call deadline unless apply_for() gives one. A call without reply by then fails
   // with TimeoutError; a late reply is dropped.
   std::chrono::milliseconds timeout{60000};
-  Policy policy = Policy::Default();
+  // Where argument bytes travel (inline threshold, packing). Unset: the policy tuned for
+  // the transport of `url` (Policy::ForTransport), as the Python client does.
+  std::optional<Policy> policy;
   DecodeLimits limits;
   const Registry* registry = nullptr;  // nullptr = Registry::Default()
   zmq::context_t* context = nullptr;   // nullptr = the client owns one
@@ -184,7 +186,7 @@ class Client {
   ResultFuture apply_for(std::chrono::milliseconds timeout, std::string_view function,
                          Args&&... args) {
     constexpr size_t kKeywords = (size_t{internal::IsKeyword<std::decay_t<Args>>::value} + ... + 0);
-    EnvelopeWriter writer(options_.policy, registry_);
+    EnvelopeWriter writer(policy_, registry_);
     ApplyWriter apply =
         writer.StartApply(function, sizeof...(Args) - kKeywords, kKeywords, TimeoutMs(timeout));
     size_t positional = 0, keyword = 0;
@@ -198,11 +200,14 @@ class Client {
 
   ClientCounters counters() const;
   const ClientOptions& options() const noexcept { return options_; }
+  // The policy calls are encoded with (ClientOptions::policy, or the transport's).
+  const Policy& policy() const noexcept { return policy_; }
 
  private:
   static uint32_t TimeoutMs(std::chrono::milliseconds t) noexcept;
 
   ClientOptions options_;
+  Policy policy_;
   const Registry* registry_;
   std::shared_ptr<internal::ClientCore> core_;
 };

@@ -114,7 +114,9 @@ struct EngineOptions {
   std::string id;  // "" = "<hostname>:<pid>:<n>"
   int threads = 2;
   std::chrono::milliseconds heartbeat{500};
-  Policy policy = Policy::Default();
+  // Where result bytes travel. Unset: the policy tuned for the transport of the first
+  // Bind() or Connect() endpoint (Policy::ForTransport), as the Python engine does.
+  std::optional<Policy> policy;
   DecodeLimits limits;
   const Registry* registry = nullptr;  // nullptr = Registry::Default()
   // The ZeroMQ context; required to share inproc:// endpoints with clients in the same
