@@ -1,36 +1,340 @@
-// Reading an envelope: Message::Decode (the one checked walk over an untrusted
-// envelope), the Message and Value accessors, and the header peek, all through the
-// generated Cap'n Proto readers.
-//
-// Order (docs/FORMAT.md, "Decoding"): frame count and sizes; envelope alignment (one
-// counted copy when misaligned); one Cap'n Proto reader (pointer bounds checked on every
-// access); a full walk that checks the version, every union member, every payload
-// reference, every tensor's shape against its bytes, the nesting depth, and a traversal
-// budget scaled to the envelope's real size (Walker::Charge). The walk enforces the
-// budget itself rather than through Cap'n Proto's traversal limit because that one is
-// spent cumulatively over the reader's life, and the accessors keep using this reader.
-#include "zerocan/message.h"
-
+// Every value's wire form, both ways, in one place: how ValueWriter writes each kind of
+// value (and where its payload bytes go), how the decoder's walk checks it, and how
+// Value reads it back. All through the generated Cap'n Proto builders and readers; the
+// canonical order of each object's allocations is that of docs/FORMAT.md ("Canonical
+// encoding"), which clients/python/zerocan/wire.py follows too.
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <stdexcept>
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "internal/strings.h"
 #include "absl/strings/str_join.h"
-#include "internal/block_cache.h"
-#include "internal/kj_bridge.h"
+#include "internal/strings.h"
 #include "wire/access.h"
+#include "wire/encoding.h"
+#include "wire/handles.h"
 #include "wire/message_state.h"
-#include "wire/peek.h"
+#include "zerocan/codec.h"
 #include "zerocan/error.h"
-#include "zerocan/generated.h"
 #include "zerocan/stats.h"
-#include "zerocan/version.h"
+#include "zerocan/value.h"
+#include "zerocan/writer.h"
 
 namespace zerocan {
+
+static_assert(static_cast<int>(wire::DType::COMPLEX128) == static_cast<int>(DType::kComplex128),
+              "zerocan::DType must number its members as the schema does");
+
+namespace {
+
+using internal::AsText;
+using internal::CheckedLength;
+using internal::kMaxCapnpList;
+using internal::kMaxEncodeDepth;
+using internal::ThrowIndex;
+using internal::Unwrap;
+using internal::Wrap;
+
+// Smallest integer packing that holds every element, or NONE when none is narrower.
+// Preference (docs/FORMAT.md, "Packing"): uint8, int8, uint16, int16, uint32, int32.
+template <class T>
+wire::Packing ChoosePacking(const T* p, size_t n) {
+  if (n == 0) return wire::Packing::NONE;
+  T lo = p[0], hi = p[0];
+  for (size_t i = 1; i < n; ++i) {
+    lo = p[i] < lo ? p[i] : lo;
+    hi = p[i] > hi ? p[i] : hi;
+  }
+  struct Option {
+    wire::Packing packing;
+    size_t size;
+    long double lo, hi;
+  };
+  static constexpr Option kOptions[] = {
+      {wire::Packing::UINT8, 1, 0, 255},
+      {wire::Packing::INT8, 1, -128, 127},
+      {wire::Packing::UINT16, 2, 0, 65535},
+      {wire::Packing::INT16, 2, -32768, 32767},
+      {wire::Packing::UINT32, 4, 0, 4294967295.0L},
+      {wire::Packing::INT32, 4, -2147483648.0L, 2147483647.0L},
+  };
+  for (const Option& o : kOptions) {
+    if (o.size < sizeof(T) && static_cast<long double>(lo) >= o.lo &&
+        static_cast<long double>(hi) <= o.hi) {
+      return o.packing;
+    }
+  }
+  return wire::Packing::NONE;
+}
+
+size_t PackingSize(wire::Packing p) {
+  switch (p) {
+    case wire::Packing::INT8:
+    case wire::Packing::UINT8: return 1;
+    case wire::Packing::INT16:
+    case wire::Packing::UINT16: return 2;
+    case wire::Packing::INT32:
+    case wire::Packing::UINT32: return 4;
+    default: return 0;
+  }
+}
+
+template <class From, class To>
+void Narrow(const From* src, size_t n, std::byte* dst) {
+  To* out = reinterpret_cast<To*>(dst);
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<To>(src[i]);
+}
+
+template <class T>
+void WritePacked(const T* src, size_t n, wire::Packing p, std::byte* dst) {
+  switch (p) {
+    case wire::Packing::INT8: return Narrow<T, int8_t>(src, n, dst);
+    case wire::Packing::UINT8: return Narrow<T, uint8_t>(src, n, dst);
+    case wire::Packing::INT16: return Narrow<T, int16_t>(src, n, dst);
+    case wire::Packing::UINT16: return Narrow<T, uint16_t>(src, n, dst);
+    case wire::Packing::INT32: return Narrow<T, int32_t>(src, n, dst);
+    case wire::Packing::UINT32: return Narrow<T, uint32_t>(src, n, dst);
+    default: return;
+  }
+}
+
+// A container sits one level below its writer and its elements one more; an empty one
+// has no elements, so it may sit at the last level (as the decoder allows).
+void CheckContainerDepth(uint32_t depth, size_t length) {
+  if (depth + (length > 0 ? 2 : 1) > kMaxEncodeDepth) {
+    throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
+  }
+}
+
+
+}  // namespace
+
+// ---- payload placement -------------------------------------------------------------------
+
+namespace {
+
+// Payload: a frame of its own at or above the threshold (or beyond what Data holds),
+// else inline. `copy_for_frame`: the bytes are only valid during the call.
+void Place(std::vector<Buffer>& payloads, const Policy& policy, wire::Payload::Builder payload,
+           Buffer data, bool copy_for_frame) {
+  size_t size = data.size();
+  bool as_frame = size > 0 && (size >= policy.inline_threshold || size > kMaxCapnpList);
+  if (as_frame) {
+    if (payloads.size() >= std::numeric_limits<uint32_t>::max() - 1) {
+      throw EncodeError("too many payload frames in one message");
+    }
+    payloads.push_back(copy_for_frame ? Buffer::CopyOf(data.data(), size) : std::move(data));
+    auto ref = payload.initFrame();
+    ref.setIndex(static_cast<uint32_t>(payloads.size()));
+    ref.setLength(size);
+  } else {
+    auto bytes = payload.initInline(static_cast<unsigned>(size));
+    if (size != 0) std::memcpy(bytes.begin(), data.data(), size);
+    Bump(GlobalStats().payloads_inlined);
+  }
+}
+
+// Stores an integer array packed inline when that is narrower and fits under the
+// threshold (packed size); returns false to place it as is.
+template <class T>
+bool TryPack(wire::Tensor::Builder tensor, const Buffer& data, size_t threshold) {
+  // Bytes forwarded as received may sit at any offset in their frame: reading them as T
+  // would be a misaligned load. They are placed as they are instead.
+  if (!IsAligned(data.data(), alignof(T))) return false;
+  const T* p = reinterpret_cast<const T*>(data.data());
+  size_t n = data.size() / sizeof(T);
+  if (n == 0 || n >= threshold) return false;  // only worth a scan when it could be inline
+  wire::Packing packing = ChoosePacking(p, n);
+  if (packing == wire::Packing::NONE) return false;
+  size_t packed_bytes = n * PackingSize(packing);
+  if (packed_bytes >= threshold) return false;
+  tensor.setPacking(packing);
+  auto bytes = tensor.initData().initInline(static_cast<unsigned>(packed_bytes));
+  WritePacked(p, n, packing, reinterpret_cast<std::byte*>(bytes.begin()));
+  Bump(GlobalStats().payloads_inlined);
+  return true;
+}
+
+}  // namespace
+
+// ---- ValueWriter -------------------------------------------------------------------------
+
+namespace {
+wire::Value::Builder V(const internal::OpaqueWire& w) { return Unwrap<wire::Value::Builder>(w); }
+}  // namespace
+
+void ValueWriter::Null() { V(builder_).setNull(); }
+void ValueWriter::Bool(bool v) { V(builder_).setBool(v); }
+void ValueWriter::Int(int64_t v) { V(builder_).setInt(v); }
+void ValueWriter::UInt(uint64_t v) { V(builder_).setUint(v); }
+void ValueWriter::Float(double v) { V(builder_).setFloat(v); }
+void ValueWriter::Text(std::string_view v) { V(builder_).setText(AsText(v)); }
+
+void ValueWriter::Bytes(Buffer data) {
+  Place(message_->impl_->payloads, message_->policy(), V(builder_).initBytes(), std::move(data), false);
+}
+
+void ValueWriter::CopyBytes(std::span<const std::byte> data) {
+  Place(message_->impl_->payloads, message_->policy(), V(builder_).initBytes(),
+        Buffer::Borrow(data.data(), data.size()), true);
+}
+
+namespace {
+void WriteArray(std::vector<Buffer>& payloads, const Policy& policy, wire::Value::Builder v, DType dtype,
+                const Shape& shape, Buffer data, Order order, bool copy_for_frame) {
+  auto count = ElementCount(shape);
+  size_t item = ItemSize(dtype);
+  if (!count || *count > UINT64_MAX / item || *count * item != data.size()) {
+    throw EncodeError(absl::StrCat("array: shape ", absl::StrJoin(shape, "x"), " ",
+                                   internal::Sv(DTypeName(dtype)), " needs ",
+                                   count ? absl::StrCat(*count * item) : "overflowing", " bytes, ",
+                                   "buffer has ", data.size()));
+  }
+  unsigned rank = CheckedLength(shape.size(), "shape");
+  // Canonical order: Tensor struct, shape list, payload struct, inline data.
+  auto tensor = v.initTensor();
+  tensor.setDtype(static_cast<wire::DType>(dtype));
+  auto dims = tensor.initShape(rank);
+  for (unsigned i = 0; i < rank; ++i) dims.set(i, shape[i]);
+  tensor.setOrder(order == Order::kC ? wire::Order::C : wire::Order::FORTRAN);
+  // byteOrder stays LITTLE: every supported host is little-endian.
+  if (policy.pack_integers && IsInteger(dtype) && item > 1 &&
+      data.size() < 8 * policy.inline_threshold) {
+    size_t t = policy.inline_threshold;
+    bool packed = false;
+    switch (dtype) {
+      case DType::kInt16: packed = TryPack<int16_t>(tensor, data, t); break;
+      case DType::kInt32: packed = TryPack<int32_t>(tensor, data, t); break;
+      case DType::kInt64: packed = TryPack<int64_t>(tensor, data, t); break;
+      case DType::kUInt16: packed = TryPack<uint16_t>(tensor, data, t); break;
+      case DType::kUInt32: packed = TryPack<uint32_t>(tensor, data, t); break;
+      case DType::kUInt64: packed = TryPack<uint64_t>(tensor, data, t); break;
+      default: break;
+    }
+    if (packed) return;
+  }
+  Place(payloads, policy, tensor.initData(), std::move(data), copy_for_frame);
+}
+}  // namespace
+
+void ValueWriter::Array(DType dtype, const Shape& shape, Buffer data, Order order) {
+  WriteArray(message_->impl_->payloads, message_->policy(), V(builder_), dtype, shape, std::move(data),
+             order, false);
+}
+
+void ValueWriter::CopyArray(DType dtype, const Shape& shape, std::span<const std::byte> data,
+                            Order order) {
+  WriteArray(message_->impl_->payloads, message_->policy(), V(builder_), dtype, shape,
+             Buffer::Borrow(data.data(), data.size()), order, true);
+}
+
+ListWriter ValueWriter::List(size_t length) {
+  CheckContainerDepth(depth_, length);
+  unsigned n = CheckedLength(length, "list");
+  return ListWriter(message_, Wrap(V(builder_).initList(n)), length, depth_ + 1);
+}
+
+MapWriter ValueWriter::Map(size_t length) {
+  CheckContainerDepth(depth_, length);
+  unsigned n = CheckedLength(length, "map");
+  return MapWriter(message_, Wrap(V(builder_).initMap(n)), length, depth_ + 1);
+}
+
+// Canonical order: Extension struct, typeName text, state value struct.
+ValueWriter ValueWriter::Extension(std::string_view type_name) {
+  if (depth_ + 1 >= kMaxEncodeDepth) {
+    throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
+  }
+  auto ext = V(builder_).initExtension();
+  ext.setTypeName(AsText(type_name));
+  return ValueWriter(message_, Wrap(ext.initState()), depth_ + 1);
+}
+
+ValueWriter ListWriter::operator[](size_t i) const {
+  if (i >= count_) ThrowIndex("list element", i, count_);
+  auto list = Unwrap<capnp::List<wire::Value>::Builder>(list_);
+  return ValueWriter(message_, Wrap(list[static_cast<unsigned>(i)]), depth_);
+}
+
+// A map entry: key value struct (and its contents), then the value struct.
+ValueWriter MapWriter::key(size_t i) const {
+  if (i >= count_) ThrowIndex("map entry", i, count_);
+  auto entries = Unwrap<capnp::List<wire::Entry>::Builder>(entries_);
+  return ValueWriter(message_, Wrap(entries[static_cast<unsigned>(i)].initKey()), depth_);
+}
+
+ValueWriter MapWriter::value(size_t i) const {
+  if (i >= count_) ThrowIndex("map entry", i, count_);
+  auto entries = Unwrap<capnp::List<wire::Entry>::Builder>(entries_);
+  return ValueWriter(message_, Wrap(entries[static_cast<unsigned>(i)].initValue()), depth_);
+}
+
+void MapWriter::TextKey(size_t i, std::string_view text) const { key(i).Text(text); }
+
+void ValueWriter::Copy(const Value& value) {
+  wire::Value::Reader r = internal::WireAccess::Reader(value);
+  switch (value.kind()) {
+    case Kind::kNull: return Null();
+    case Kind::kBool: return Bool(r.getBool());
+    case Kind::kInt: return Int(r.getInt());
+    case Kind::kUInt: return UInt(r.getUint());
+    case Kind::kFloat: return Float(r.getFloat());
+    case Kind::kText: return Text(value.AsText());
+    case Kind::kBytes: return Bytes(value.AsBytes());
+    case Kind::kList: {
+      ValueList items = value.AsList();
+      ListWriter list = List(items.size());
+      for (size_t i = 0; i < items.size(); ++i) list[i].Copy(items[i]);
+      return;
+    }
+    case Kind::kMap: {
+      ValueMap entries = value.AsMap();
+      MapWriter map = Map(entries.size());
+      for (size_t i = 0; i < entries.size(); ++i) {
+        map.key(i).Copy(entries.key(i));
+        map.value(i).Copy(entries.value(i));
+      }
+      return;
+    }
+    case Kind::kTensor: {
+      auto t = r.getTensor();
+      Shape shape;
+      for (uint64_t d : t.getShape()) shape.push_back(d);
+      auto order = t.getOrder() == wire::Order::FORTRAN ? Order::kFortran : Order::kC;
+      if (t.getPacking() != wire::Packing::NONE || t.getByteOrder() != wire::ByteOrder::LITTLE) {
+        // Forward as received, field by field. Packed payloads stay inline (the decoder
+        // enforces it) whatever this writer's threshold; a big-endian payload may sit in
+        // a frame of the received message, whose index means nothing in this one, so its
+        // bytes are placed again.
+        auto out = V(builder_).initTensor();
+        out.setDtype(t.getDtype());
+        unsigned rank = static_cast<unsigned>(shape.size());
+        auto dims = out.initShape(rank);
+        for (unsigned i = 0; i < rank; ++i) dims.set(i, shape[i]);
+        out.setOrder(t.getOrder());
+        out.setByteOrder(t.getByteOrder());
+        out.setPacking(t.getPacking());
+        if (t.getPacking() != wire::Packing::NONE) {
+          out.initData().setInline(t.getData().getInline());
+        } else {
+          Place(message_->impl_->payloads, message_->policy(), out.initData(), value.TensorBytes(), false);
+        }
+        return;
+      }
+      // The bytes as they are (no realignment copy: we only forward them).
+      return Array(static_cast<DType>(t.getDtype()), shape, value.TensorBytes(), order);
+    }
+    case Kind::kExtension: {
+      ValueWriter state = Extension(value.extension_name());
+      state.Copy(value.extension_state());
+      return;
+    }
+  }
+}
+
+// ---- the checked walk ----------------------------------------------------------------
 
 namespace {
 
@@ -331,261 +635,20 @@ class Walker {
   uint64_t payload_refs_ = 0;
 };
 
-// This thread's share of Stats::messages_decoded (see internal::ThreadCounter).
-thread_local internal::ThreadCounter tls_decoded(&GlobalStats().messages_decoded);
-
-[[noreturn]] void Reject(Code code, const std::string& what) {
-  Bump(GlobalStats().messages_rejected);
-  throw DecodeError(code, what);
-}
-
-uint64_t Budget(const DecodeLimits& limits, size_t word_count) {
-  return static_cast<uint64_t>(limits.traversal_factor) * word_count + 64;
-}
-
-void CheckHeader(uint16_t version, uint32_t announced_frames, size_t payload_frames) {
-  if (version != kProtocolVersion) {
-    throw DecodeError(Code::kVersion, absl::StrCat("version: protocol version ", version,
-                                                   " is not supported (this reader speaks ",
-                                                   kProtocolVersion, ")"));
-  }
-  if (announced_frames != payload_frames) {
-    throw DecodeError(Code::kMalformed,
-                      absl::StrCat("payloadFrames: envelope announces ", announced_frames,
-                                   " payload frames, message has ", payload_frames));
-  }
-}
-
-// One generated reader for the whole walk. Cap'n Proto's own traversal budget is
-// cumulative over the reader's life, so it is off and the walk enforces the budget
-// itself (Walker::Charge) and the nesting (max_depth). The nesting limit, unlike the
-// traversal budget, is not spent, so it stays finite: a deep copy of any received
-// struct cannot recurse without bound. About two pointer hops per value level.
-capnp::ReaderOptions WalkOptions(const DecodeLimits& limits) {
-  capnp::ReaderOptions options;
-  options.traversalLimitInWords = UINT64_MAX;
-  options.nestingLimit = static_cast<int>(2 * std::min<uint32_t>(limits.max_depth, 1u << 20) + 16);
-  return options;
-}
-
-}  // namespace
-
-Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) {
-  FrameList& frames = received.frames;
-  if (frames.empty()) Reject(Code::kMalformed, "message has no envelope frame");
-  if (frames.size() > limits.max_frames) {
-    Reject(Code::kLimitExceeded, absl::StrCat("message has ", frames.size(),
-                                              " frames; max_frames is ", limits.max_frames));
-  }
-  // zmq::message_t::size() and data() are calls into libzmq: each frame is asked once.
-  uint64_t total = 0;
-  size_t envelope_size = 0;
-  for (size_t i = 0; i < frames.size(); ++i) {
-    size_t size = frames[i].size();
-    if (size > limits.max_frame_bytes) {
-      Reject(Code::kLimitExceeded, absl::StrCat("frame ", i, " has ", size,
-                                                " bytes; max_frame_bytes is ",
-                                                limits.max_frame_bytes));
-    }
-    if (i == 0) envelope_size = size;
-    total += size;
-  }
-  if (total > limits.max_message_bytes) {
-    Reject(Code::kLimitExceeded, absl::StrCat("message has ", total,
-                                              " bytes; max_message_bytes is ",
-                                              limits.max_message_bytes));
-  }
-  if (envelope_size > limits.max_envelope_bytes) {
-    Reject(Code::kLimitExceeded, absl::StrCat("envelope (frame 0) has ", envelope_size,
-                                              " bytes; max_envelope_bytes is ",
-                                              limits.max_envelope_bytes));
-  }
-  if (envelope_size < sizeof(capnp::word) || envelope_size % sizeof(capnp::word) != 0) {
-    Reject(Code::kMalformed, absl::StrCat("envelope (frame 0): ", envelope_size,
-                                          " bytes is not a whole number of 8-byte words "
-                                          "(truncated?)"));
-  }
-  const void* envelope_data = frames[0].data();
-  {
-    // capnp reads the segment count as (first u32 + 1) in 32 bits: 0xffffffff wraps to
-    // 0 and is then parsed as one segment. Refuse any count beyond capnp's own bound.
-    const auto* table = static_cast<const unsigned char*>(envelope_data);
-    uint64_t segments = (uint64_t{table[0]} | uint64_t{table[1]} << 8 |
-                         uint64_t{table[2]} << 16 | uint64_t{table[3]} << 24) + 1;
-    if (segments > 511) {
-      Reject(Code::kMalformed, absl::StrCat("envelope (frame 0): segment table announces ",
-                                            segments, " segments; at most 511 are allowed"));
-    }
-  }
-
-  // A very small frame keeps its bytes inside the zmq::message_t itself, so they move
-  // with it: only then is the address asked again after the move (a libzmq call).
-  const auto frame_at = reinterpret_cast<uintptr_t>(&frames[0]);
-  const auto data_at = reinterpret_cast<uintptr_t>(envelope_data);
-  const bool bytes_inside_frame = data_at >= frame_at && data_at < frame_at + sizeof(zmq::message_t);
-  auto state = std::allocate_shared<internal::MessageState>(
-      internal::CachingAllocator<internal::MessageState>(), std::move(received));
-  const capnp::word* words = static_cast<const capnp::word*>(
-      bytes_inside_frame ? state->received_.frames[0].data() : envelope_data);
-  size_t word_count = envelope_size / sizeof(capnp::word);
-  if (!IsAligned(words, alignof(capnp::word))) {
-    // libzmq hands out small tcp/ipc frames at any address inside its receive batch;
-    // Cap'n Proto needs word alignment. One copy, counted.
-    state->aligned_copy_.reset(new capnp::word[word_count]);
-    std::memcpy(state->aligned_copy_.get(), words, envelope_size);
-    words = state->aligned_copy_.get();
-    Bump(GlobalStats().envelope_realigned);
-  }
-  kj::ArrayPtr<const capnp::word> segment_words(words, word_count);
-
-  try {
-    internal::CatchKj("envelope (frame 0)", [&] {
-      state->reader_.emplace(segment_words, WalkOptions(limits));
-      if (state->reader_->getEnd() != segment_words.end()) {
-        throw DecodeError(Code::kMalformed,
-                          absl::StrCat("envelope (frame 0): ",
-                                       (segment_words.end() - state->reader_->getEnd()) * 8,
-                                       " bytes after the last segment"));
-      }
-      auto env = state->reader_->getRoot<wire::Envelope>();
-      size_t payload_frames = state->received_.frames.size() - 1;
-      CheckHeader(env.getVersion(), env.getPayloadFrames(), payload_frames);
-      Walker(state->received_, static_cast<uint32_t>(payload_frames), limits,
-             Budget(limits, word_count))
-          .Envelope(env);
-      state->root_ = env;
-    });
-  } catch (const DecodeError&) {
-    Bump(GlobalStats().messages_rejected);
-    throw;
-  }
-  tls_decoded.Bump();
-  Message message;
-  message.state_ = std::move(state);
-  return message;
-}
-
-// ---- Message accessors -------------------------------------------------------------
-
-namespace {
-std::string_view View(capnp::Text::Reader t) { return std::string_view(t.begin(), t.size()); }
-
-[[noreturn]] void ThrowWrongBody(const char* wanted) {
-  throw DecodeError(Code::kTypeMismatch, absl::StrCat("message is not ", wanted));
-}
-[[noreturn]] void ThrowArgIndex(const char* what, size_t i, size_t n) {
-  throw std::out_of_range(absl::StrCat(what, " ", i, " of ", n));
-}
 }  // namespace
 
 namespace internal {
-wire::Envelope::Reader WireAccess::Root(const Message& m) noexcept { return m.state_->root_; }
+void WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
+                  const DecodeLimits& limits, uint64_t budget, wire::Envelope::Reader envelope) {
+  Walker(received, payload_frames, limits, budget).Envelope(envelope);
+}
 }  // namespace internal
-
-wire::Envelope::Reader GeneratedEnvelope(const Message& message) {
-  return internal::WireAccess::Root(message);
-}
-wire::Envelope::Builder GeneratedEnvelope(EnvelopeWriter& writer) {
-  return internal::WireAccess::Root(writer);
-}
-wire::Value::Reader GeneratedValue(const Value& value) { return internal::WireAccess::Reader(value); }
-
-uint64_t Message::message_id() const noexcept { return state_->root_.getMessageId(); }
-uint64_t Message::session_id() const noexcept { return state_->root_.getSessionId(); }
-uint64_t Message::sequence() const noexcept { return state_->root_.getSequence(); }
-uint64_t Message::sent_at_ns() const noexcept { return state_->root_.getSentAtNs(); }
-
-BodyKind Message::body_kind() const noexcept {
-  switch (state_->root_.getBody().which()) {
-    case wire::Envelope::Body::APPLY: return BodyKind::kApply;
-    case wire::Envelope::Body::RESULT: return BodyKind::kResult;
-    case wire::Envelope::Body::HELLO: return BodyKind::kHello;
-    case wire::Envelope::Body::HEARTBEAT: return BodyKind::kHeartbeat;
-    case wire::Envelope::Body::GOODBYE: return BodyKind::kGoodbye;
-  }
-  return BodyKind::kUnknown;
-}
-
-#define ZEROCAN_APPLY()                                     \
-  if (state_ == nullptr) ThrowWrongBody("an apply");        \
-  auto body = state_->root_.getBody();                      \
-  if (!body.isApply()) ThrowWrongBody("an apply");          \
-  auto apply = body.getApply()
-#define ZEROCAN_RESULT()                                    \
-  if (state_ == nullptr) ThrowWrongBody("a result");        \
-  auto body = state_->root_.getBody();                      \
-  if (!body.isResult()) ThrowWrongBody("a result");         \
-  auto result = body.getResult()
-
-std::string_view Message::function() const {
-  ZEROCAN_APPLY();
-  return View(apply.getFunction());
-}
-size_t Message::arg_count() const {
-  ZEROCAN_APPLY();
-  return apply.getArgs().size();
-}
-Value Message::arg(size_t i) const {
-  ZEROCAN_APPLY();
-  auto args = apply.getArgs();
-  if (i >= args.size()) ThrowArgIndex("argument", i, args.size());
-  return internal::WireAccess::MakeValue(args[static_cast<unsigned>(i)], state_.get());
-}
-size_t Message::kwarg_count() const {
-  ZEROCAN_APPLY();
-  return apply.getKwargs().size();
-}
-std::string_view Message::kwarg_name(size_t i) const {
-  ZEROCAN_APPLY();
-  auto kwargs = apply.getKwargs();
-  if (i >= kwargs.size()) ThrowArgIndex("keyword argument", i, kwargs.size());
-  return View(kwargs[static_cast<unsigned>(i)].getKey());
-}
-Value Message::kwarg(size_t i) const {
-  ZEROCAN_APPLY();
-  auto kwargs = apply.getKwargs();
-  if (i >= kwargs.size()) ThrowArgIndex("keyword argument", i, kwargs.size());
-  return internal::WireAccess::MakeValue(kwargs[static_cast<unsigned>(i)].getValue(), state_.get());
-}
-uint32_t Message::timeout_ms() const {
-  ZEROCAN_APPLY();
-  return apply.getTimeoutMs();
-}
-uint64_t Message::call_id() const {
-  ZEROCAN_RESULT();
-  return result.getCallId();
-}
-bool Message::ok() const {
-  ZEROCAN_RESULT();
-  return result.isOk();
-}
-Value Message::result() const {
-  ZEROCAN_RESULT();
-  if (!result.isOk()) ThrowWrongBody("a successful result");
-  return internal::WireAccess::MakeValue(result.getOk(), state_.get());
-}
-RemoteErrorInfo Message::error() const {
-  ZEROCAN_RESULT();
-  if (!result.isError()) ThrowWrongBody("an error result");
-  auto e = result.getError();
-  return RemoteErrorInfo{std::string(View(e.getType())), std::string(View(e.getMessage())),
-                         std::string(View(e.getFunction())), std::string(View(e.getWhere()))};
-}
-std::string_view Message::engine_id() const {
-  ZEROCAN_RESULT();
-  return View(result.getEngineId());
-}
-#undef ZEROCAN_APPLY
-#undef ZEROCAN_RESULT
-
-const FrameList& Message::frames() const noexcept { return state_->received_.frames; }
-const ReceivedMessage& Message::received() const noexcept { return state_->received_; }
-bool Message::envelope_copied() const noexcept { return state_->aligned_copy_ != nullptr; }
 
 // ---- Value accessors ---------------------------------------------------------------
 
 namespace {
 using internal::WireAccess;
+std::string_view View(capnp::Text::Reader t) { return std::string_view(t.begin(), t.size()); }
 wire::Value::Reader R(const Value& v) { return WireAccess::Reader(v); }
 }  // namespace
 
@@ -839,54 +902,4 @@ Value Value::extension_state() const {
   return WireAccess::MakeValue(R(*this).getExtension().getState(), message_);
 }
 
-// ---- the header peek ---------------------------------------------------------------
-
-namespace internal {
-
-std::optional<Peek> PeekEnvelope(const zmq::message_t& frame, const DecodeLimits& limits) {
-  size_t size = frame.size();
-  if (size < 8 || size % 8 != 0 || size > limits.max_envelope_bytes) return std::nullopt;
-  const capnp::word* words = static_cast<const capnp::word*>(frame.data());
-  std::unique_ptr<capnp::word[]> copy;
-  if (!IsAligned(words, alignof(capnp::word))) {
-    copy.reset(new capnp::word[size / 8]);
-    std::memcpy(copy.get(), frame.data(), size);
-    words = copy.get();
-  }
-  try {
-    return CatchKj("envelope", [&]() -> std::optional<Peek> {
-      capnp::ReaderOptions options;
-      options.traversalLimitInWords = limits.traversal_factor * (size / 8) + 64;
-      options.nestingLimit = 16;
-      capnp::FlatArrayMessageReader reader(kj::ArrayPtr<const capnp::word>(words, size / 8),
-                                           options);
-      auto env = reader.getRoot<wire::Envelope>();
-      if (env.getVersion() != kProtocolVersion) return std::nullopt;
-      Peek p;
-      switch (env.getBody().which()) {
-        case wire::Envelope::Body::APPLY: {
-          p.kind = BodyKind::kApply;
-          auto apply = env.getBody().getApply();
-          auto fn = apply.getFunction();
-          p.function.assign(fn.begin(), std::min<size_t>(fn.size(), 1024));
-          p.timeout_ms = apply.getTimeoutMs();
-          break;
-        }
-        case wire::Envelope::Body::RESULT:
-          p.kind = BodyKind::kResult;
-          p.call_id = env.getBody().getResult().getCallId();
-          break;
-        case wire::Envelope::Body::HELLO: p.kind = BodyKind::kHello; break;
-        case wire::Envelope::Body::HEARTBEAT: p.kind = BodyKind::kHeartbeat; break;
-        case wire::Envelope::Body::GOODBYE: p.kind = BodyKind::kGoodbye; break;
-      }
-      p.message_id = env.getMessageId();
-      return p;
-    });
-  } catch (const DecodeError&) {
-    return std::nullopt;
-  }
-}
-
-}  // namespace internal
 }  // namespace zerocan

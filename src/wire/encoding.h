@@ -1,0 +1,58 @@
+// What src/wire/'s files share: the encoder's bounds and helpers, the EnvelopeWriter's
+// state, and the one checked walk of a received envelope. Internal.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include <capnp/message.h>
+
+#include "zerocan/buffer.h"
+#include "zerocan/limits.h"
+#include "zerocan/message.h"
+#include "zerocan/writer.h"
+#include "zerocan/wire/zerocan.capnp.h"
+
+namespace zerocan {
+
+namespace internal {
+
+// Deeper values are refused at encode time, matching DecodeLimits' default, so we never
+// produce a message a default receiver would reject for depth. The decoder counts an
+// argument as level 1 while a ValueWriter's depth starts at 0.
+inline constexpr uint32_t kMaxEncodeDepth = 64;
+// Cap'n Proto lists, text and data hold fewer than 2^29 elements.
+inline constexpr uint64_t kMaxCapnpList = (uint64_t{1} << 29) - 1;
+
+// `n` as a Cap'n Proto element count; throws EncodeError naming `what` beyond the bound.
+unsigned CheckedLength(size_t n, const char* what);
+// `text` for a generated setter (its length checked).
+capnp::Text::Reader AsText(std::string_view text);
+// Throws EncodeError: "<what> index <i> out of range (size <n>)".
+[[noreturn]] void ThrowIndex(const char* what, size_t i, size_t n);
+
+// The checked walk of a received envelope (src/wire/values.cc): every rule of
+// docs/FORMAT.md "Decoding", within a traversal budget of `budget` units. Throws
+// DecodeError naming the field path.
+void WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
+                  const DecodeLimits& limits, uint64_t budget, wire::Envelope::Reader envelope);
+
+}  // namespace internal
+
+// The message being built: a generated builder over the thread's first segment (or one
+// of its own), and the payloads that will travel as frames.
+struct EnvelopeWriter::Impl {
+  explicit Impl(capnp::word* first_segment);
+  ~Impl();
+
+  capnp::word* first_segment;  // the thread's, or null when the builder allocates its own
+  std::optional<capnp::MallocMessageBuilder> builder;
+  wire::Envelope::Builder root = nullptr;
+  std::vector<Buffer> payloads;
+  bool finished = false;
+};
+
+}  // namespace zerocan

@@ -1,0 +1,543 @@
+// The envelope: EnvelopeWriter (a generated builder over a reusable first segment),
+// Message::Decode (frames, alignment, the one reader, then the checked walk of
+// values.cc), the Message accessors, the raw generated access of zerocan/generated.h,
+// and the broker's header peek.
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <string>
+#include <time.h>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include "absl/strings/str_cat.h"
+#include "internal/block_cache.h"
+#include "internal/kj_bridge.h"
+#include "internal/strings.h"
+#include "wire/access.h"
+#include "wire/encoding.h"
+#include "wire/handles.h"
+#include "wire/message_state.h"
+#include "wire/peek.h"
+#include "zerocan/error.h"
+#include "zerocan/generated.h"
+#include "zerocan/message.h"
+#include "zerocan/registry.h"
+#include "zerocan/stats.h"
+#include "zerocan/version.h"
+#include "zerocan/writer.h"
+
+namespace zerocan {
+
+namespace internal {
+
+unsigned CheckedLength(size_t n, const char* what) {
+  if (n > kMaxCapnpList) {
+    throw EncodeError(absl::StrCat(what, " of ", n, " elements exceeds the format's bound of ",
+                                   kMaxCapnpList));
+  }
+  return static_cast<unsigned>(n);
+}
+
+capnp::Text::Reader AsText(std::string_view text) {
+  CheckedLength(text.size() + 1, "text");
+  return capnp::Text::Reader(text.data(), text.size());
+}
+
+void ThrowIndex(const char* what, size_t i, size_t n) {
+  throw EncodeError(absl::StrCat(what, " index ", i, " out of range (size ", n, ")"));
+}
+
+}  // namespace internal
+
+namespace {
+
+using internal::AsText;
+using internal::CheckedLength;
+using internal::ThrowIndex;
+using internal::Unwrap;
+using internal::Wrap;
+using Code = DecodeError::Code;
+
+// The canonical first segment (docs/FORMAT.md): 64 KiB.
+constexpr size_t kFirstSegmentWords = 8192;
+
+// Each thread keeps one zeroed first segment for the envelopes it writes, so a small
+// envelope costs no allocation until Finish copies it out. MallocMessageBuilder zeroes
+// what it used when it is destroyed, leaving the segment ready for the next message. A
+// second writer alive on the same thread gets a segment of its own.
+struct FirstSegment {
+  capnp::word* words = nullptr;
+  bool in_use = false;
+  ~FirstSegment() { std::free(words); }
+};
+thread_local FirstSegment tls_first_segment;
+
+// The stamp for sentAtNs: the coarse wall clock (a scheduler tick, 1-4 ms); sentAtNs
+// only serves windows of seconds (replay max_age, clock skew) and millisecond deadlines.
+uint64_t NowNs() {
+#ifdef CLOCK_REALTIME_COARSE
+  timespec now;
+  if (clock_gettime(CLOCK_REALTIME_COARSE, &now) == 0) {
+    return static_cast<uint64_t>(now.tv_sec) * 1000000000u + static_cast<uint64_t>(now.tv_nsec);
+  }
+#endif
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+}  // namespace
+
+// ---- EnvelopeWriter::Impl ---------------------------------------------------------------
+
+EnvelopeWriter::Impl::Impl(capnp::word* first) : first_segment(first) {
+  if (first != nullptr) {
+    builder.emplace(kj::arrayPtr(first, kFirstSegmentWords));
+  } else {
+    builder.emplace(kFirstSegmentWords);
+  }
+  root = builder->initRoot<wire::Envelope>();
+  root.setVersion(kProtocolVersion);
+}
+
+EnvelopeWriter::Impl::~Impl() {
+  builder.reset();  // zeroes what it used of the first segment
+  if (first_segment != nullptr) tls_first_segment.in_use = false;
+}
+
+EnvelopeWriter::EnvelopeWriter(const Policy& policy, const Registry* registry)
+    : policy_(policy), registry_(registry) {
+  capnp::word* first = nullptr;
+  if (!tls_first_segment.in_use) {
+    if (tls_first_segment.words == nullptr) {
+      tls_first_segment.words =
+          static_cast<capnp::word*>(std::calloc(kFirstSegmentWords, sizeof(capnp::word)));
+      if (tls_first_segment.words == nullptr) throw std::bad_alloc();
+    }
+    tls_first_segment.in_use = true;
+    first = tls_first_segment.words;
+  }
+  impl_ = std::make_unique<Impl>(first);
+}
+
+EnvelopeWriter::~EnvelopeWriter() = default;
+
+const Registry& EnvelopeWriter::registry() const noexcept {
+  return registry_ != nullptr ? *registry_ : Registry::Default();
+}
+
+namespace internal {
+wire::Envelope::Builder WireAccess::Root(EnvelopeWriter& writer) {
+  return writer.impl_->root;
+}
+}  // namespace internal
+
+void EnvelopeWriter::SetHeader(const Header& h) {
+  auto e = impl_->root;
+  e.setMessageId(h.message_id);
+  e.setSessionId(h.session_id);
+  e.setSequence(h.sequence);
+  e.setSentAtNs(h.sent_at_ns);
+}
+
+// Canonical order: Apply struct, function text, args list, kwargs list, then each
+// argument's contents in order, then each keyword (key text, value).
+ApplyWriter EnvelopeWriter::StartApply(std::string_view function, size_t arg_count,
+                                       size_t kwarg_count, uint32_t timeout_ms) {
+  unsigned args_n = CheckedLength(arg_count, "args");
+  unsigned kwargs_n = CheckedLength(kwarg_count, "kwargs");
+  auto apply = impl_->root.getBody().initApply();
+  apply.setFunction(AsText(function));
+  auto args = apply.initArgs(args_n);
+  auto kwargs = apply.initKwargs(kwargs_n);
+  apply.setTimeoutMs(timeout_ms);
+  return ApplyWriter(this, Wrap(args), arg_count, Wrap(kwargs), kwarg_count);
+}
+
+ValueWriter ApplyWriter::arg(size_t i) const {
+  if (i >= arg_count_) ThrowIndex("argument", i, arg_count_);
+  auto args = Unwrap<capnp::List<wire::Value>::Builder>(args_);
+  return ValueWriter(message_, Wrap(args[static_cast<unsigned>(i)]), 0);
+}
+
+ValueWriter ApplyWriter::kwarg(size_t i, std::string_view name) const {
+  if (i >= kwarg_count_) ThrowIndex("keyword argument", i, kwarg_count_);
+  auto field = Unwrap<capnp::List<wire::Field>::Builder>(kwargs_)[static_cast<unsigned>(i)];
+  field.setKey(AsText(name));
+  return ValueWriter(message_, Wrap(field.initValue()), 0);
+}
+
+// Result: struct, engineId text, then the ok value or the error struct and its texts.
+ValueWriter EnvelopeWriter::StartResult(uint64_t call_id, std::string_view engine_id) {
+  auto result = impl_->root.getBody().initResult();
+  result.setCallId(call_id);
+  result.setEngineId(AsText(engine_id));
+  return ValueWriter(this, Wrap(result.initOk()), 0);
+}
+
+void EnvelopeWriter::SetError(uint64_t call_id, std::string_view engine_id,
+                              const RemoteErrorInfo& error) {
+  auto result = impl_->root.getBody().initResult();
+  result.setCallId(call_id);
+  result.setEngineId(AsText(engine_id));
+  auto e = result.initError();
+  e.setType(AsText(error.type));
+  e.setMessage(AsText(error.message));
+  e.setFunction(AsText(error.function));
+  e.setWhere(AsText(error.where));
+}
+
+void EnvelopeWriter::SetHello(std::string_view peer_id, std::string_view role,
+                              const std::vector<std::string>& functions) {
+  unsigned n = CheckedLength(functions.size(), "functions");
+  auto hello = impl_->root.getBody().initHello();
+  hello.setPeerId(AsText(peer_id));
+  hello.setRole(AsText(role));
+  auto list = hello.initFunctions(n);
+  for (unsigned i = 0; i < n; ++i) list.set(i, AsText(functions[i]));
+}
+
+void EnvelopeWriter::SetHeartbeat(std::string_view peer_id, uint64_t now_ns) {
+  auto hb = impl_->root.getBody().initHeartbeat();
+  hb.setPeerId(AsText(peer_id));
+  hb.setNowNs(now_ns);
+}
+
+void EnvelopeWriter::SetGoodbye() { impl_->root.getBody().setGoodbye(); }
+
+Outgoing EnvelopeWriter::Finish() {
+  Impl& m = *impl_;
+  if (m.finished) throw EncodeError("EnvelopeWriter::Finish called twice");
+  m.finished = true;
+  m.root.setPayloadFrames(static_cast<uint32_t>(m.payloads.size()));
+  if (m.root.getSentAtNs() == 0) m.root.setSentAtNs(NowNs());
+  auto segments = m.builder->getSegmentsForOutput();
+  Buffer envelope;
+  if (segments.size() == 1) {
+    // Standard framing of one segment: (count - 1) = 0, then its size in words.
+    size_t words = segments[0].size();
+    envelope = Buffer::Allocate((words + 1) * sizeof(capnp::word));
+    uint32_t table[2] = {0, static_cast<uint32_t>(words)};
+    std::memcpy(envelope.mutable_data(), table, sizeof table);
+    std::memcpy(envelope.mutable_data() + sizeof(capnp::word), segments[0].begin(),
+                words * sizeof(capnp::word));
+  } else {
+    auto flat = std::make_shared<kj::Array<capnp::word>>(capnp::messageToFlatArray(segments));
+    auto* bytes = reinterpret_cast<std::byte*>(flat->begin());
+    size_t size = flat->size() * sizeof(capnp::word);
+    envelope = Buffer(bytes, size, std::move(flat));
+  }
+  return Outgoing(std::move(envelope), std::move(m.payloads));
+}
+
+// ---- Message::Decode -----------------------------------------------------------------
+
+namespace {
+
+
+// This thread's share of Stats::messages_decoded (see internal::ThreadCounter).
+thread_local internal::ThreadCounter tls_decoded(&GlobalStats().messages_decoded);
+
+[[noreturn]] void Reject(Code code, const std::string& what) {
+  Bump(GlobalStats().messages_rejected);
+  throw DecodeError(code, what);
+}
+
+uint64_t Budget(const DecodeLimits& limits, size_t word_count) {
+  return static_cast<uint64_t>(limits.traversal_factor) * word_count + 64;
+}
+
+void CheckHeader(uint16_t version, uint32_t announced_frames, size_t payload_frames) {
+  if (version != kProtocolVersion) {
+    throw DecodeError(Code::kVersion, absl::StrCat("version: protocol version ", version,
+                                                   " is not supported (this reader speaks ",
+                                                   kProtocolVersion, ")"));
+  }
+  if (announced_frames != payload_frames) {
+    throw DecodeError(Code::kMalformed,
+                      absl::StrCat("payloadFrames: envelope announces ", announced_frames,
+                                   " payload frames, message has ", payload_frames));
+  }
+}
+
+// One generated reader for the whole walk. Cap'n Proto's own traversal budget is
+// cumulative over the reader's life, so it is off and the walk enforces the budget
+// itself (Walker::Charge) and the nesting (max_depth). The nesting limit, unlike the
+// traversal budget, is not spent, so it stays finite: a deep copy of any received
+// struct cannot recurse without bound. About two pointer hops per value level.
+capnp::ReaderOptions WalkOptions(const DecodeLimits& limits) {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = UINT64_MAX;
+  options.nestingLimit = static_cast<int>(2 * std::min<uint32_t>(limits.max_depth, 1u << 20) + 16);
+  return options;
+}
+
+}  // namespace
+
+Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) {
+  FrameList& frames = received.frames;
+  if (frames.empty()) Reject(Code::kMalformed, "message has no envelope frame");
+  if (frames.size() > limits.max_frames) {
+    Reject(Code::kLimitExceeded, absl::StrCat("message has ", frames.size(),
+                                              " frames; max_frames is ", limits.max_frames));
+  }
+  // zmq::message_t::size() and data() are calls into libzmq: each frame is asked once.
+  uint64_t total = 0;
+  size_t envelope_size = 0;
+  for (size_t i = 0; i < frames.size(); ++i) {
+    size_t size = frames[i].size();
+    if (size > limits.max_frame_bytes) {
+      Reject(Code::kLimitExceeded, absl::StrCat("frame ", i, " has ", size,
+                                                " bytes; max_frame_bytes is ",
+                                                limits.max_frame_bytes));
+    }
+    if (i == 0) envelope_size = size;
+    total += size;
+  }
+  if (total > limits.max_message_bytes) {
+    Reject(Code::kLimitExceeded, absl::StrCat("message has ", total,
+                                              " bytes; max_message_bytes is ",
+                                              limits.max_message_bytes));
+  }
+  if (envelope_size > limits.max_envelope_bytes) {
+    Reject(Code::kLimitExceeded, absl::StrCat("envelope (frame 0) has ", envelope_size,
+                                              " bytes; max_envelope_bytes is ",
+                                              limits.max_envelope_bytes));
+  }
+  if (envelope_size < sizeof(capnp::word) || envelope_size % sizeof(capnp::word) != 0) {
+    Reject(Code::kMalformed, absl::StrCat("envelope (frame 0): ", envelope_size,
+                                          " bytes is not a whole number of 8-byte words "
+                                          "(truncated?)"));
+  }
+  const void* envelope_data = frames[0].data();
+  {
+    // capnp reads the segment count as (first u32 + 1) in 32 bits: 0xffffffff wraps to
+    // 0 and is then parsed as one segment. Refuse any count beyond capnp's own bound.
+    const auto* table = static_cast<const unsigned char*>(envelope_data);
+    uint64_t segments = (uint64_t{table[0]} | uint64_t{table[1]} << 8 |
+                         uint64_t{table[2]} << 16 | uint64_t{table[3]} << 24) + 1;
+    if (segments > 511) {
+      Reject(Code::kMalformed, absl::StrCat("envelope (frame 0): segment table announces ",
+                                            segments, " segments; at most 511 are allowed"));
+    }
+  }
+
+  // A very small frame keeps its bytes inside the zmq::message_t itself, so they move
+  // with it: only then is the address asked again after the move (a libzmq call).
+  const auto frame_at = reinterpret_cast<uintptr_t>(&frames[0]);
+  const auto data_at = reinterpret_cast<uintptr_t>(envelope_data);
+  const bool bytes_inside_frame = data_at >= frame_at && data_at < frame_at + sizeof(zmq::message_t);
+  auto state = std::allocate_shared<internal::MessageState>(
+      internal::CachingAllocator<internal::MessageState>(), std::move(received));
+  const capnp::word* words = static_cast<const capnp::word*>(
+      bytes_inside_frame ? state->received_.frames[0].data() : envelope_data);
+  size_t word_count = envelope_size / sizeof(capnp::word);
+  if (!IsAligned(words, alignof(capnp::word))) {
+    // libzmq hands out small tcp/ipc frames at any address inside its receive batch;
+    // Cap'n Proto needs word alignment. One copy, counted.
+    state->aligned_copy_.reset(new capnp::word[word_count]);
+    std::memcpy(state->aligned_copy_.get(), words, envelope_size);
+    words = state->aligned_copy_.get();
+    Bump(GlobalStats().envelope_realigned);
+  }
+  kj::ArrayPtr<const capnp::word> segment_words(words, word_count);
+
+  try {
+    internal::CatchKj("envelope (frame 0)", [&] {
+      state->reader_.emplace(segment_words, WalkOptions(limits));
+      if (state->reader_->getEnd() != segment_words.end()) {
+        throw DecodeError(Code::kMalformed,
+                          absl::StrCat("envelope (frame 0): ",
+                                       (segment_words.end() - state->reader_->getEnd()) * 8,
+                                       " bytes after the last segment"));
+      }
+      auto env = state->reader_->getRoot<wire::Envelope>();
+      size_t payload_frames = state->received_.frames.size() - 1;
+      CheckHeader(env.getVersion(), env.getPayloadFrames(), payload_frames);
+      internal::WalkEnvelope(state->received_, static_cast<uint32_t>(payload_frames), limits,
+                             Budget(limits, word_count), env);
+      state->root_ = env;
+    });
+  } catch (const DecodeError&) {
+    Bump(GlobalStats().messages_rejected);
+    throw;
+  }
+  tls_decoded.Bump();
+  Message message;
+  message.state_ = std::move(state);
+  return message;
+}
+
+// ---- Message accessors -------------------------------------------------------------
+
+namespace {
+std::string_view View(capnp::Text::Reader t) { return std::string_view(t.begin(), t.size()); }
+
+[[noreturn]] void ThrowWrongBody(const char* wanted) {
+  throw DecodeError(Code::kTypeMismatch, absl::StrCat("message is not ", wanted));
+}
+[[noreturn]] void ThrowArgIndex(const char* what, size_t i, size_t n) {
+  throw std::out_of_range(absl::StrCat(what, " ", i, " of ", n));
+}
+}  // namespace
+
+namespace internal {
+wire::Envelope::Reader WireAccess::Root(const Message& m) noexcept { return m.state_->root_; }
+}  // namespace internal
+
+wire::Envelope::Reader GeneratedEnvelope(const Message& message) {
+  return internal::WireAccess::Root(message);
+}
+wire::Envelope::Builder GeneratedEnvelope(EnvelopeWriter& writer) {
+  return internal::WireAccess::Root(writer);
+}
+wire::Value::Reader GeneratedValue(const Value& value) { return internal::WireAccess::Reader(value); }
+
+uint64_t Message::message_id() const noexcept { return state_->root_.getMessageId(); }
+uint64_t Message::session_id() const noexcept { return state_->root_.getSessionId(); }
+uint64_t Message::sequence() const noexcept { return state_->root_.getSequence(); }
+uint64_t Message::sent_at_ns() const noexcept { return state_->root_.getSentAtNs(); }
+
+BodyKind Message::body_kind() const noexcept {
+  switch (state_->root_.getBody().which()) {
+    case wire::Envelope::Body::APPLY: return BodyKind::kApply;
+    case wire::Envelope::Body::RESULT: return BodyKind::kResult;
+    case wire::Envelope::Body::HELLO: return BodyKind::kHello;
+    case wire::Envelope::Body::HEARTBEAT: return BodyKind::kHeartbeat;
+    case wire::Envelope::Body::GOODBYE: return BodyKind::kGoodbye;
+  }
+  return BodyKind::kUnknown;
+}
+
+#define ZEROCAN_APPLY()                                     \
+  if (state_ == nullptr) ThrowWrongBody("an apply");        \
+  auto body = state_->root_.getBody();                      \
+  if (!body.isApply()) ThrowWrongBody("an apply");          \
+  auto apply = body.getApply()
+#define ZEROCAN_RESULT()                                    \
+  if (state_ == nullptr) ThrowWrongBody("a result");        \
+  auto body = state_->root_.getBody();                      \
+  if (!body.isResult()) ThrowWrongBody("a result");         \
+  auto result = body.getResult()
+
+std::string_view Message::function() const {
+  ZEROCAN_APPLY();
+  return View(apply.getFunction());
+}
+size_t Message::arg_count() const {
+  ZEROCAN_APPLY();
+  return apply.getArgs().size();
+}
+Value Message::arg(size_t i) const {
+  ZEROCAN_APPLY();
+  auto args = apply.getArgs();
+  if (i >= args.size()) ThrowArgIndex("argument", i, args.size());
+  return internal::WireAccess::MakeValue(args[static_cast<unsigned>(i)], state_.get());
+}
+size_t Message::kwarg_count() const {
+  ZEROCAN_APPLY();
+  return apply.getKwargs().size();
+}
+std::string_view Message::kwarg_name(size_t i) const {
+  ZEROCAN_APPLY();
+  auto kwargs = apply.getKwargs();
+  if (i >= kwargs.size()) ThrowArgIndex("keyword argument", i, kwargs.size());
+  return View(kwargs[static_cast<unsigned>(i)].getKey());
+}
+Value Message::kwarg(size_t i) const {
+  ZEROCAN_APPLY();
+  auto kwargs = apply.getKwargs();
+  if (i >= kwargs.size()) ThrowArgIndex("keyword argument", i, kwargs.size());
+  return internal::WireAccess::MakeValue(kwargs[static_cast<unsigned>(i)].getValue(), state_.get());
+}
+uint32_t Message::timeout_ms() const {
+  ZEROCAN_APPLY();
+  return apply.getTimeoutMs();
+}
+uint64_t Message::call_id() const {
+  ZEROCAN_RESULT();
+  return result.getCallId();
+}
+bool Message::ok() const {
+  ZEROCAN_RESULT();
+  return result.isOk();
+}
+Value Message::result() const {
+  ZEROCAN_RESULT();
+  if (!result.isOk()) ThrowWrongBody("a successful result");
+  return internal::WireAccess::MakeValue(result.getOk(), state_.get());
+}
+RemoteErrorInfo Message::error() const {
+  ZEROCAN_RESULT();
+  if (!result.isError()) ThrowWrongBody("an error result");
+  auto e = result.getError();
+  return RemoteErrorInfo{std::string(View(e.getType())), std::string(View(e.getMessage())),
+                         std::string(View(e.getFunction())), std::string(View(e.getWhere()))};
+}
+std::string_view Message::engine_id() const {
+  ZEROCAN_RESULT();
+  return View(result.getEngineId());
+}
+#undef ZEROCAN_APPLY
+#undef ZEROCAN_RESULT
+
+const FrameList& Message::frames() const noexcept { return state_->received_.frames; }
+const ReceivedMessage& Message::received() const noexcept { return state_->received_; }
+bool Message::envelope_copied() const noexcept { return state_->aligned_copy_ != nullptr; }
+
+// ---- the header peek ---------------------------------------------------------------
+
+namespace internal {
+
+std::optional<Peek> PeekEnvelope(const zmq::message_t& frame, const DecodeLimits& limits) {
+  size_t size = frame.size();
+  if (size < 8 || size % 8 != 0 || size > limits.max_envelope_bytes) return std::nullopt;
+  const capnp::word* words = static_cast<const capnp::word*>(frame.data());
+  std::unique_ptr<capnp::word[]> copy;
+  if (!IsAligned(words, alignof(capnp::word))) {
+    copy.reset(new capnp::word[size / 8]);
+    std::memcpy(copy.get(), frame.data(), size);
+    words = copy.get();
+  }
+  try {
+    return CatchKj("envelope", [&]() -> std::optional<Peek> {
+      capnp::ReaderOptions options;
+      options.traversalLimitInWords = limits.traversal_factor * (size / 8) + 64;
+      options.nestingLimit = 16;
+      capnp::FlatArrayMessageReader reader(kj::ArrayPtr<const capnp::word>(words, size / 8),
+                                           options);
+      auto env = reader.getRoot<wire::Envelope>();
+      if (env.getVersion() != kProtocolVersion) return std::nullopt;
+      Peek p;
+      switch (env.getBody().which()) {
+        case wire::Envelope::Body::APPLY: {
+          p.kind = BodyKind::kApply;
+          auto apply = env.getBody().getApply();
+          auto fn = apply.getFunction();
+          p.function.assign(fn.begin(), std::min<size_t>(fn.size(), 1024));
+          p.timeout_ms = apply.getTimeoutMs();
+          break;
+        }
+        case wire::Envelope::Body::RESULT:
+          p.kind = BodyKind::kResult;
+          p.call_id = env.getBody().getResult().getCallId();
+          break;
+        case wire::Envelope::Body::HELLO: p.kind = BodyKind::kHello; break;
+        case wire::Envelope::Body::HEARTBEAT: p.kind = BodyKind::kHeartbeat; break;
+        case wire::Envelope::Body::GOODBYE: p.kind = BodyKind::kGoodbye; break;
+      }
+      p.message_id = env.getMessageId();
+      return p;
+    });
+  } catch (const DecodeError&) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace internal
+}  // namespace zerocan
