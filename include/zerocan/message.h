@@ -95,6 +95,8 @@ class Message {
 
  private:
   friend struct internal::WireAccess;
+  // The state of an apply; throws DecodeError(kTypeMismatch) for any other message.
+  const internal::MessageState& Apply() const;
   std::shared_ptr<internal::MessageState> state_;
 };
 

@@ -3,6 +3,8 @@
 // zerocan/generated.h. Nothing here is API.
 #pragma once
 
+#include <memory>
+
 #include "wire/handles.h"
 #include "zerocan/message.h"
 #include "zerocan/value.h"
@@ -33,6 +35,8 @@ struct WireAccess {
   }
   static wire::Envelope::Reader Root(const Message& m) noexcept;
   static wire::Envelope::Builder Root(EnvelopeWriter& writer);
+  // The thread's spare EnvelopeWriter state (src/wire/envelope.cc).
+  static std::unique_ptr<EnvelopeWriter::Impl>& SpareWriter();
 };
 
 }  // namespace zerocan::internal

@@ -42,13 +42,18 @@ void WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
 
 }  // namespace internal
 
-// The message being built: a generated builder over the thread's first segment (or one
-// of its own), and the payloads that will travel as frames.
+// The message being built: a generated builder over a first segment of the canonical
+// size that this state owns (zeroed between messages, reused by the thread), and the
+// payloads that will travel as frames.
 struct EnvelopeWriter::Impl {
-  explicit Impl(capnp::word* first_segment);
+  Impl();
   ~Impl();
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  // Starts a fresh envelope: the root struct with its version set.
+  void Start();
 
-  capnp::word* first_segment;  // the thread's, or null when the builder allocates its own
+  capnp::word* first_segment;  // calloc'd, kFirstSegmentWords words
   std::optional<capnp::MallocMessageBuilder> builder;
   wire::Envelope::Builder root = nullptr;
   std::vector<Buffer> payloads;

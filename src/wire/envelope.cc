@@ -66,16 +66,11 @@ using Code = DecodeError::Code;
 // The canonical first segment (docs/FORMAT.md): 64 KiB.
 constexpr size_t kFirstSegmentWords = 8192;
 
-// Each thread keeps one zeroed first segment for the envelopes it writes, so a small
-// envelope costs no allocation until Finish copies it out. MallocMessageBuilder zeroes
-// what it used when it is destroyed, leaving the segment ready for the next message. A
-// second writer alive on the same thread gets a segment of its own.
-struct FirstSegment {
-  capnp::word* words = nullptr;
-  bool in_use = false;
-  ~FirstSegment() { std::free(words); }
-};
-thread_local FirstSegment tls_first_segment;
+// Each thread keeps one spare writer state, with its zeroed first segment, for the
+// next EnvelopeWriter it makes: a small envelope then costs no allocation until Finish
+// copies it out. MallocMessageBuilder zeroes what it used of the segment when it is
+// destroyed, leaving it ready. A second writer alive on the same thread makes a state
+// of its own.
 
 // The stamp for sentAtNs: the coarse wall clock (a scheduler tick, 1-4 ms); sentAtNs
 // only serves windows of seconds (replay max_age, clock skew) and millisecond deadlines.
@@ -91,41 +86,73 @@ uint64_t NowNs() {
                                    .count());
 }
 
+// Room for an envelope of `words` words. Most envelopes (every small call and result)
+// fit one of three block sizes, taken from the thread's block cache with the Buffer's
+// control block in the same allocation; a message kept alive then holds at most about
+// four times its envelope's bytes. Larger ones get a buffer of their own.
+template <size_t kWords>
+struct EnvelopeBlock {
+  EnvelopeBlock() noexcept {}  // uninitialised: Finish writes every byte it hands out
+  capnp::word words[kWords];
+};
+
+template <size_t kWords>
+Buffer CachedBlock(size_t words) {
+  auto block = std::allocate_shared<EnvelopeBlock<kWords>>(
+      internal::CachingAllocator<EnvelopeBlock<kWords>>());
+  auto* data = reinterpret_cast<std::byte*>(block->words);
+  return Buffer(data, words * sizeof(capnp::word), std::move(block));
+}
+
+Buffer EnvelopeBuffer(size_t words) {
+  if (words <= 32) return CachedBlock<32>(words);
+  if (words <= 128) return CachedBlock<128>(words);
+  if (words <= 512) return CachedBlock<512>(words);
+  return Buffer::Allocate(words * sizeof(capnp::word));
+}
+
 }  // namespace
 
 // ---- EnvelopeWriter::Impl ---------------------------------------------------------------
 
-EnvelopeWriter::Impl::Impl(capnp::word* first) : first_segment(first) {
-  if (first != nullptr) {
-    builder.emplace(kj::arrayPtr(first, kFirstSegmentWords));
-  } else {
-    builder.emplace(kFirstSegmentWords);
-  }
-  root = builder->initRoot<wire::Envelope>();
-  root.setVersion(kProtocolVersion);
+namespace internal {
+std::unique_ptr<EnvelopeWriter::Impl>& WireAccess::SpareWriter() {
+  thread_local std::unique_ptr<EnvelopeWriter::Impl> spare;
+  return spare;
+}
+}  // namespace internal
+
+EnvelopeWriter::Impl::Impl()
+    : first_segment(static_cast<capnp::word*>(std::calloc(kFirstSegmentWords, sizeof(capnp::word)))) {
+  if (first_segment == nullptr) throw std::bad_alloc();
 }
 
 EnvelopeWriter::Impl::~Impl() {
-  builder.reset();  // zeroes what it used of the first segment
-  if (first_segment != nullptr) tls_first_segment.in_use = false;
+  builder.reset();
+  std::free(first_segment);
+}
+
+void EnvelopeWriter::Impl::Start() {
+  builder.emplace(kj::arrayPtr(first_segment, kFirstSegmentWords));
+  root = builder->initRoot<wire::Envelope>();
+  root.setVersion(kProtocolVersion);
+  payloads.clear();
+  finished = false;
 }
 
 EnvelopeWriter::EnvelopeWriter(const Policy& policy, const Registry* registry)
     : policy_(policy), registry_(registry) {
-  capnp::word* first = nullptr;
-  if (!tls_first_segment.in_use) {
-    if (tls_first_segment.words == nullptr) {
-      tls_first_segment.words =
-          static_cast<capnp::word*>(std::calloc(kFirstSegmentWords, sizeof(capnp::word)));
-      if (tls_first_segment.words == nullptr) throw std::bad_alloc();
-    }
-    tls_first_segment.in_use = true;
-    first = tls_first_segment.words;
-  }
-  impl_ = std::make_unique<Impl>(first);
+  auto& spare = internal::WireAccess::SpareWriter();
+  impl_ = spare != nullptr ? std::move(spare) : std::make_unique<Impl>();
+  impl_->Start();
 }
 
-EnvelopeWriter::~EnvelopeWriter() = default;
+EnvelopeWriter::~EnvelopeWriter() {
+  impl_->builder.reset();  // zeroes what it used of the first segment
+  impl_->payloads.clear();
+  auto& spare = internal::WireAccess::SpareWriter();
+  if (spare == nullptr) spare = std::move(impl_);
+}
 
 const Registry& EnvelopeWriter::registry() const noexcept {
   return registry_ != nullptr ? *registry_ : Registry::Default();
@@ -221,7 +248,7 @@ Outgoing EnvelopeWriter::Finish() {
   if (segments.size() == 1) {
     // Standard framing of one segment: (count - 1) = 0, then its size in words.
     size_t words = segments[0].size();
-    envelope = Buffer::Allocate((words + 1) * sizeof(capnp::word));
+    envelope = EnvelopeBuffer(words + 1);
     uint32_t table[2] = {0, static_cast<uint32_t>(words)};
     std::memcpy(envelope.mutable_data(), table, sizeof table);
     std::memcpy(envelope.mutable_data() + sizeof(capnp::word), segments[0].begin(),
@@ -362,6 +389,12 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
       internal::WalkEnvelope(state->received_, static_cast<uint32_t>(payload_frames), limits,
                              Budget(limits, word_count), env);
       state->root_ = env;
+      if (env.getBody().isApply()) {
+        auto apply = env.getBody().getApply();
+        state->is_apply_ = true;
+        state->args_ = apply.getArgs();
+        state->kwargs_ = apply.getKwargs();
+      }
     });
   } catch (const DecodeError&) {
     Bump(GlobalStats().messages_rejected);
@@ -425,33 +458,29 @@ BodyKind Message::body_kind() const noexcept {
   if (!body.isResult()) ThrowWrongBody("a result");         \
   auto result = body.getResult()
 
+const internal::MessageState& Message::Apply() const {
+  if (state_ == nullptr || !state_->is_apply_) ThrowWrongBody("an apply");
+  return *state_;
+}
+
 std::string_view Message::function() const {
   ZEROCAN_APPLY();
   return View(apply.getFunction());
 }
-size_t Message::arg_count() const {
-  ZEROCAN_APPLY();
-  return apply.getArgs().size();
-}
+size_t Message::arg_count() const { return Apply().args_.size(); }
 Value Message::arg(size_t i) const {
-  ZEROCAN_APPLY();
-  auto args = apply.getArgs();
+  const auto& args = Apply().args_;
   if (i >= args.size()) ThrowArgIndex("argument", i, args.size());
   return internal::WireAccess::MakeValue(args[static_cast<unsigned>(i)], state_.get());
 }
-size_t Message::kwarg_count() const {
-  ZEROCAN_APPLY();
-  return apply.getKwargs().size();
-}
+size_t Message::kwarg_count() const { return Apply().kwargs_.size(); }
 std::string_view Message::kwarg_name(size_t i) const {
-  ZEROCAN_APPLY();
-  auto kwargs = apply.getKwargs();
+  const auto& kwargs = Apply().kwargs_;
   if (i >= kwargs.size()) ThrowArgIndex("keyword argument", i, kwargs.size());
   return View(kwargs[static_cast<unsigned>(i)].getKey());
 }
 Value Message::kwarg(size_t i) const {
-  ZEROCAN_APPLY();
-  auto kwargs = apply.getKwargs();
+  const auto& kwargs = Apply().kwargs_;
   if (i >= kwargs.size()) ThrowArgIndex("keyword argument", i, kwargs.size());
   return internal::WireAccess::MakeValue(kwargs[static_cast<unsigned>(i)].getValue(), state_.get());
 }

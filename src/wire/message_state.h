@@ -26,6 +26,10 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   // is off (Cap'n Proto spends it cumulatively): the walk bounded the work instead.
   std::optional<capnp::FlatArrayMessageReader> reader_;
   wire::Envelope::Reader root_;
+  // An apply's argument lists, read once by Decode (an engine asks for each argument).
+  bool is_apply_ = false;
+  capnp::List<wire::Value>::Reader args_;
+  capnp::List<wire::Field>::Reader kwargs_;
 
   std::shared_ptr<const void> KeepAlive() const { return shared_from_this(); }
 
