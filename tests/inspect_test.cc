@@ -6,7 +6,7 @@
 // To regenerate the snapshots after an intended change of the output:
 //   ZEROCAN_UPDATE_SNAPSHOTS=1 build/tests/zerocan_tests --gtest_filter='InspectTest.*'
 // then review the diff of tests/inspect_snapshots/.
-#include "zerocan/inspect.h"
+#include "tools/inspect_render.h"
 
 #include <sys/wait.h>
 
@@ -39,6 +39,10 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+using tools::DescribeSchema;
+using tools::InspectMessage;
+using tools::InspectOptions;
+using tools::Inspector;
 
 constexpr uint64_t kT0 = 1700000000000000000ull;  // 2023-11-14T22:13:20Z
 
