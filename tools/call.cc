@@ -62,7 +62,9 @@ int RunCall(const CallArgs& args) {
     }
     Result result = client.Submit(writer, args.function, timeout).get();
     Value value = result.value();  // throws the failure
-    std::string out = ToJson(value, args.full ? 0 : 100).dump();
+    // Text that is not UTF-8 prints with U+FFFD in place of the bad bytes.
+    std::string out = ToJson(value, args.full ? 0 : 100)
+                          .dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
     std::printf("%s\n", out.c_str());
     return 0;
   } catch (const RemoteError& e) {
@@ -81,6 +83,21 @@ int RunCall(const CallArgs& args) {
 
 }  // namespace
 
+// CLI11 splits an argument "[a, b]" into the values "a" and " b" before any transform
+// sees it. A trailing unit separator (never in a command line typed by hand) hides the
+// closing bracket from that rule, and the ARGS transform takes it off again.
+constexpr char kShield = '\x1f';
+
+std::string ShieldListSyntax(std::string arg) {
+  if (arg.size() >= 2 && arg.front() == '[' && arg.back() == ']') arg += kShield;
+  return arg;
+}
+
+std::string UnshieldListSyntax(std::string arg) {
+  if (arg.size() >= 3 && arg.front() == '[' && arg.back() == kShield) arg.pop_back();
+  return arg;
+}
+
 void AddCall(CLI::App& app, RunFunction* chosen) {
   auto args = std::make_shared<CallArgs>();
   CLI::App* sub = app.add_subcommand("call", "call a function with JSON arguments, print the result");
@@ -88,7 +105,8 @@ void AddCall(CLI::App& app, RunFunction* chosen) {
   sub->footer(kCallFooter);
   sub->add_option("URL", args->url, "the engine or broker frontend")->required();
   sub->add_option("FUNCTION", args->function, "the function's name")->required();
-  sub->add_option("ARGS", args->args, "its arguments, each a JSON value (or text)");
+  sub->add_option("ARGS", args->args, "its arguments, each a JSON value (or text)")
+      ->transform([](std::string arg) { return UnshieldListSyntax(std::move(arg)); });
   sub->add_option("--timeout", args->timeout_s, "seconds to wait for the reply")
       ->capture_default_str()
       ->check(CLI::Range(1e-3, 1e6));

@@ -25,6 +25,12 @@ void AddSchema(CLI::App& app, RunFunction* chosen);   // tools/schema.cc
 void AddTune(CLI::App& app, RunFunction* chosen);     // tools/tune.cc
 void AddVersion(CLI::App& app, RunFunction* chosen);  // tools/schema.cc
 
+// `zerocan call` takes JSON arrays ("[1, 2]") as single arguments, where CLI11 would read
+// a list of values: main() shields the arguments after "call" before parsing, the call
+// subcommand takes the shield off (tools/call.cc).
+std::string ShieldListSyntax(std::string arg);
+std::string UnshieldListSyntax(std::string arg);
+
 // A validator that runs `parse` on the option's value and reports what it throws (the
 // message then names the option: "--io-cpus: CPU list ..."). For values whose check is
 // the parse itself: CPU lists, key files.

@@ -59,6 +59,7 @@ pid_t Spawn(const std::vector<std::string>& args) {
 }
 
 struct Row {
+  explicit Row(std::string name) : step(std::move(name)) {}
   std::string step;
   uint64_t calls = 0;
   uint64_t bytes = 0;  // argument + result payload bytes

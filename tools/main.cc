@@ -4,6 +4,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -50,8 +51,22 @@ int main(int argc, char** argv) {
   AddTune(app, &chosen);
   AddKeygen(app, &chosen);
   AddVersion(app, &chosen);
+  auto known = [&app](const std::string& name) {
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      if (sub->check_name(name)) return true;
+    }
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !known(argv[1])) {
+    std::fprintf(stderr, "zerocan: unknown command \"%s\"\nRun `zerocan --help` for the commands.\n", argv[1]);
+    return 2;
+  }
+  // CLI11 takes the arguments last first, without the program's name.
+  std::vector<std::string> args;
+  const bool call = argc > 1 && std::string(argv[1]) == "call";
+  for (int i = argc - 1; i >= 1; --i) args.push_back(call ? ShieldListSyntax(argv[i]) : argv[i]);
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
