@@ -114,6 +114,9 @@ TEST(ApplyToolsTest, BadOptionValuesNameTheOption) {
       {{"tune", "--transport", "udp"}, "--transport"},
       {{"inspect", "--count", "many", "--follow", Ipc("x")}, "--count"},
       {{"record", Ipc("x")}, "FILE"},
+      {{"record", Ipc("x"), "/tmp/zerocan-never-written.zcap", "--count", "-1"}, "--count"},
+      {{"tune", "--sizes", "64,abc"}, "--sizes"},
+      {{"inspect", "--schema", "--id", "-3"}, "--id"},
       {{"keygen"}, "--curve"},
       {{"nosuch"}, "nosuch"},
   };

@@ -48,4 +48,13 @@ CLI::Validator Parses(Parse parse) {
       "");
 }
 
+// For unsigned counts and ids: CLI11 would read "-1" as a huge number.
+inline CLI::Validator NotNegative() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        return !value.empty() && value[0] == '-' ? "must not be negative, got " + value : "";
+      },
+      "");
+}
+
 }  // namespace zerocan::tools

@@ -1,5 +1,4 @@
 // `zerocan inspect` (captures, a live capture socket, the schema) and `zerocan record`.
-#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -212,14 +211,15 @@ void AddInspect(CLI::App& app, RunFunction* chosen) {
   sub->add_option_function<uint64_t>(
          "--id", [args](const uint64_t& id) { args->options.id = id; },
          "only the message with messageId ID and results for it")
-      ->type_name("ID");
+      ->type_name("ID")
+      ->check(NotNegative());
   sub->add_option("--key-file", args->key_file, "check signatures with the key in FILE")
       ->type_name("FILE");
   sub->add_option("--follow", args->follow, "read a live capture socket (a broker's --capture URL)")
       ->type_name("URL");
   sub->add_option("--count", args->count, "with --follow: stop after N messages")
       ->type_name("N")
-      ->check(CLI::NonNegativeNumber);
+      ->check(NotNegative());
   sub->add_flag("--schema", args->schema, "print the schema in use (structs, fields, ordinals, ids)");
   sub->callback([args, chosen] { *chosen = [args] { return RunInspect(*args); }; });
 }
@@ -239,7 +239,8 @@ void AddRecord(CLI::App& app, RunFunction* chosen) {
   sub->add_option("URL", args->url, "the capture socket")->required();
   sub->add_option("FILE", args->file, "the capture file to write")->required();
   sub->add_option("--count", args->count, "stop after N messages (0: until interrupted)")
-      ->type_name("N");
+      ->type_name("N")
+      ->check(NotNegative());
   sub->callback([args, chosen] {
     *chosen = [args] { return RunRecord(args->url, args->file, args->count); };
   });

@@ -292,7 +292,8 @@ void AddTune(CLI::App& app, RunFunction* chosen) {
                 "store the thresholds where Policy::Default()/ForTransport() read them (" +
                     ThresholdConfigPath() + ")");
   sub->add_flag("--no-memory", args->no_memory, "skip measuring the memory policy");
-  // For tests: a comma-separated list of sizes ("64,1M"), and the number of rounds.
+  // Mostly for tests: a short sweep of chosen sizes and rounds. (In a hidden group
+  // CLI11 would leave the option's name out of its error messages.)
   sub->add_option_function<std::vector<std::string>>(
          "--sizes",
          [args](const std::vector<std::string>& sizes) {
@@ -300,17 +301,17 @@ void AddTune(CLI::App& app, RunFunction* chosen) {
              args->options.sizes.push_back(static_cast<size_t>(Policy::ParseSize(item)));
            }
          },
-         "payload sizes to measure")
+         "payload sizes to measure, comma-separated (\"64,1M\"; default 64 B..64 MiB)")
       ->delimiter(',')
       ->check(CLI::Validator(
           [](std::string& item) -> std::string {
             return Policy::ParseSize(item) > 0 ? "" : "not a size: \"" + item + "\"";
           },
           "SIZE"))
-      ->group("");
-  sub->add_option("--rounds", args->options.rounds, "rounds per size")
+      ->group("Sweep");
+  sub->add_option("--rounds", args->options.rounds, "interleaved rounds per size (default 6)")
       ->check(CLI::Range(1, 1000))
-      ->group("");
+      ->group("Sweep");
   sub->callback([args, chosen] { *chosen = [args] { return RunTune(*args); }; });
 }
 
