@@ -65,6 +65,10 @@ TEST(ApplyToolsTest, CallPrintsOneJsonValue) {
   EXPECT_EQ(r.out, "{\"dtype\":\"int64\",\"shape\":[3],\"data\":[1,2,3]}\n");
   r = RunCall({"--timeout=5", url, "echo", "{\"k\": \"v\"}", "null", "true", "text"});
   EXPECT_EQ(r.out, "[{\"k\":\"v\"},null,true,\"text\"]\n");
+  r = RunCall({url, "add", "-1", "-2.5"});  // negative numbers are arguments, not options
+  EXPECT_EQ(r.out, "-3.5\n") << r.err;
+  r = RunCall({url, "echo", "[1,2]", "--", "--text", "[x, y]"});  // `--` ends the options
+  EXPECT_EQ(r.out, "[{\"dtype\":\"int64\",\"shape\":[2],\"data\":[1,2]},\"--text\",\"[x, y]\"]\n") << r.err;
   r = RunCall({url, "norm", "[3.0, 4.0]"});  // from the plugin
   EXPECT_EQ(r.out, "5.0\n");
   r = RunCall({url, "ramp", "1000"});

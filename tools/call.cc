@@ -83,18 +83,34 @@ int RunCall(const CallArgs& args) {
 
 }  // namespace
 
-// CLI11 splits an argument "[a, b]" into the values "a" and " b" before any transform
-// sees it. A trailing unit separator (never in a command line typed by hand) hides the
-// closing bracket from that rule, and the ARGS transform takes it off again.
+// A unit separator (never in a command line typed by hand) in front of an argument after
+// `--` keeps CLI11 from reading it as an option; after an argument "[...]" it hides the
+// closing bracket from CLI11's list syntax. Each positional's transform takes it off.
 constexpr char kShield = '\x1f';
 
-std::string ShieldListSyntax(std::string arg) {
-  if (arg.size() >= 2 && arg.front() == '[' && arg.back() == ']') arg += kShield;
-  return arg;
+std::vector<std::string> ShieldCallArguments(std::vector<std::string> args) {
+  std::vector<std::string> out;
+  bool options_done = false;
+  for (std::string& arg : args) {
+    if (options_done) {
+      out.push_back(kShield + std::move(arg));
+    } else if (arg == "--") {
+      options_done = true;
+    } else if (arg.size() >= 2 && arg.front() == '[' && arg.back() == ']') {
+      out.push_back(std::move(arg) + kShield);
+    } else {
+      out.push_back(std::move(arg));
+    }
+  }
+  return out;
 }
 
-std::string UnshieldListSyntax(std::string arg) {
-  if (arg.size() >= 3 && arg.front() == '[' && arg.back() == kShield) arg.pop_back();
+std::string UnshieldCallArgument(std::string arg) {
+  if (!arg.empty() && arg.front() == kShield) {
+    arg.erase(0, 1);
+  } else if (arg.size() >= 3 && arg.front() == '[' && arg.back() == kShield) {
+    arg.pop_back();
+  }
   return arg;
 }
 
@@ -103,10 +119,10 @@ void AddCall(CLI::App& app, RunFunction* chosen) {
   CLI::App* sub = app.add_subcommand("call", "call a function with JSON arguments, print the result");
   sub->description(kCallDescription);
   sub->footer(kCallFooter);
-  sub->add_option("URL", args->url, "the engine or broker frontend")->required();
-  sub->add_option("FUNCTION", args->function, "the function's name")->required();
-  sub->add_option("ARGS", args->args, "its arguments, each a JSON value (or text)")
-      ->transform([](std::string arg) { return UnshieldListSyntax(std::move(arg)); });
+  auto unshield = [](std::string arg) { return UnshieldCallArgument(std::move(arg)); };
+  sub->add_option("URL", args->url, "the engine or broker frontend")->required()->transform(unshield);
+  sub->add_option("FUNCTION", args->function, "the function's name")->required()->transform(unshield);
+  sub->add_option("ARGS", args->args, "its arguments, each a JSON value (or text)")->transform(unshield);
   sub->add_option("--timeout", args->timeout_s, "seconds to wait for the reply")
       ->capture_default_str()
       ->check(CLI::Range(1e-3, 1e6));

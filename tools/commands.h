@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -26,10 +27,12 @@ void AddTune(CLI::App& app, RunFunction* chosen);     // tools/tune.cc
 void AddVersion(CLI::App& app, RunFunction* chosen);  // tools/schema.cc
 
 // `zerocan call` takes JSON arrays ("[1, 2]") as single arguments, where CLI11 would read
-// a list of values: main() shields the arguments after "call" before parsing, the call
-// subcommand takes the shield off (tools/call.cc).
-std::string ShieldListSyntax(std::string arg);
-std::string UnshieldListSyntax(std::string arg);
+// a list of values, and anything after `--` as an argument, where CLI11 (2.1) stops
+// reading a subcommand's arguments once its positionals have a value. main() passes the
+// arguments after "call" through ShieldCallArguments before parsing; the call subcommand
+// takes the shield off each positional with UnshieldCallArgument (tools/call.cc).
+std::vector<std::string> ShieldCallArguments(std::vector<std::string> args);
+std::string UnshieldCallArgument(std::string arg);
 
 // A validator that runs `parse` on the option's value and reports what it throws (the
 // message then names the option: "--io-cpus: CPU list ..."). For values whose check is

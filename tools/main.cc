@@ -1,4 +1,5 @@
 // The one `zerocan` program: a CLI11 app with one subcommand per file in tools/.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -62,9 +63,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   // CLI11 takes the arguments last first, without the program's name.
-  std::vector<std::string> args;
-  const bool call = argc > 1 && std::string(argv[1]) == "call";
-  for (int i = argc - 1; i >= 1; --i) args.push_back(call ? ShieldListSyntax(argv[i]) : argv[i]);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (argc > 1 && std::string(argv[1]) == "call") {
+    std::vector<std::string> rest = ShieldCallArguments({argv + 2, argv + argc});
+    rest.insert(rest.begin(), "call");
+    args = std::move(rest);
+  }
+  std::reverse(args.begin(), args.end());
   try {
     app.parse(args);
   } catch (const CLI::CallForHelp& e) {
