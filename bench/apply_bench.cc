@@ -1,4 +1,4 @@
-// `zerocan bench --only apply`: apply calls side by side with raw libzmq carrying the
+// `zerocan-bench --only apply`: apply calls side by side with raw libzmq carrying the
 // same bytes over the same kind of sockets, in one run.
 //
 //  1. Small apply round trips (one call in flight), over tcp loopback: zerocan Client ->
@@ -254,7 +254,7 @@ std::optional<DefaultsEcho> MeasureDefaultsInChild(bool quick, std::string* erro
     return std::nullopt;
   }
   self[len] = '\0';
-  std::string command = std::string(kDefaultsChildEnv) + "=1 '" + self + "' bench --only apply" +
+  std::string command = std::string(kDefaultsChildEnv) + "=1 '" + self + "' --only apply" +
                         (quick ? " --quick" : "") + " 2>&1";
   std::FILE* out = popen(command.c_str(), "r");
   if (out == nullptr) {
@@ -330,6 +330,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
   // ---- 1. small apply, direct and through a broker --------------------------------------
   if (!echo_only) {
     EngineOptions eo;
+    eo.builtins = true;  // calls the built-ins add and echo
     eo.context = &ctx;
     Engine engine(eo);  // default: 2 worker threads
     engine.Bind("tcp://127.0.0.1:*");
@@ -373,6 +374,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     Broker raw_broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", bo);
     raw_broker.Start();
     EngineOptions eo;
+    eo.builtins = true;  // calls the built-ins add and echo
     eo.context = &ctx;
     Engine engine(eo);
     engine.Connect(broker.backend_endpoint());
@@ -462,6 +464,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     std::vector<RawPair> raw(kConnections);
     for (int c = 0; c < kConnections; ++c) {
       EngineOptions eo;
+      eo.builtins = true;  // calls the built-ins add and echo
       eo.context = &ctx;
       zc[c].engine = std::make_unique<Engine>(eo);
       zc[c].engine->Bind("tcp://127.0.0.1:*");
@@ -578,6 +581,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
       std::vector<std::unique_ptr<Engine>> es;
       for (int i = 0; i < engines; ++i) {
         EngineOptions eo;
+        eo.builtins = true;  // calls the built-ins add and echo
         eo.context = &ctx;
         eo.threads = 1;
         es.push_back(std::make_unique<Engine>(eo));

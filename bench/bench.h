@@ -1,4 +1,4 @@
-// The benchmark sections run by `zerocan bench`. Each prints one table, side by side with
+// The benchmark sections run by the zerocan-bench program (bench/main.cc). Each prints one table, side by side with
 // its baselines measured in the same run, and can emit JSON rows.
 #pragma once
 

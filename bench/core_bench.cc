@@ -1,4 +1,4 @@
-// `zerocan bench --only core`: encode+decode of the same data with zerocan, msgpack-c
+// `zerocan-bench --only core`: encode+decode of the same data with zerocan, msgpack-c
 // and protobuf, and a raw memcpy of the payload bytes, side by side in one run.
 //
 // "Encode+decode" is the whole round a message makes without a socket: for zerocan

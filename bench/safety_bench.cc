@@ -1,4 +1,4 @@
-// `zerocan bench --only safety`: what safety costs, measured side by side in one run.
+// `zerocan-bench --only safety`: what safety costs, measured side by side in one run.
 //
 //  1. Signing throughput of Signer (scheme 3: one-time-key Poly1305, the 16 chunks of a
 //     16 MiB frame on the calling thread and the signing pool) on one 16 MiB frame.

@@ -1,4 +1,4 @@
-// `zerocan bench --only tune`: does the tuned policy pick well? Per transport and size,
+// `zerocan-bench --only tune`: does the tuned policy pick well? Per transport and size,
 // interleaved in one run: always inline, always a zero-copy frame, and the tuned policy
 // (Policy::Load(transport): the thresholds `zerocan tune --write` stored, else the
 // built-in default), reported as tuned cost / min(inline, frame) (target <= 1.1 at every
@@ -13,10 +13,21 @@
 #include "absl/strings/str_cat.h"
 #include "bench.h"
 #include "bench_util.h"
-#include "tune_measure.h"
+#include "tools/tune_measure.h"
 #include "zerocan/policy.h"
 
 namespace zerocan::bench {
+
+// The measurement of `zerocan tune` (tools/tune_measure.h), here with the tuned policy.
+using tools::ClearProgress;
+using tools::MeasureMemoryPolicy;
+using tools::MemoryResult;
+using tools::Placement;
+using tools::PointResult;
+using tools::Sweep;
+using tools::SweepOptions;
+using tools::TerminalProgress;
+using tools::TransportResult;
 
 void RunTune(const Options& options, std::vector<Row>* rows) {
   double started = NowNs();

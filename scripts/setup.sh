@@ -11,7 +11,7 @@ DEBIAN_PACKAGES=(
   libabsl-dev
   libgtest-dev libgmock-dev
   libmsgpack-dev libprotobuf-dev protobuf-compiler
-  nlohmann-json3-dev gnuplot-nox
+  nlohmann-json3-dev libcli11-dev gnuplot-nox
   libssl-dev
   clang libclang-rt-14-dev
   python3 python3-pip python3-venv

@@ -32,6 +32,11 @@ cmake -S tests/consumer -B build/consumer -G Ninja -DCMAKE_PREFIX_PATH="$root/bu
 cmake --build build/consumer
 LD_LIBRARY_PATH="$root/build/stage/lib" build/consumer/consumer
 "$root/build/stage/bin/zerocan" schema --path
+# The installed program carries no benchmark baselines (they are build/bench/zerocan-bench's).
+if ldd "$root/build/stage/bin/zerocan" | grep -E 'protobuf|msgpack'; then
+  echo "the installed zerocan links a benchmark library" >&2
+  exit 1
+fi
 PKG_CONFIG_PATH="$root/build/stage/lib/pkgconfig" pkg-config --cflags --libs zerocan >/dev/null
 
 if [ "${ZEROCAN_SKIP_ASAN:-0}" != 1 ]; then

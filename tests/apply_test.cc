@@ -56,7 +56,7 @@ void WaitUntilServing(const std::string& url) {
 
 TEST(ApplyToolsTest, CallPrintsOneJsonValue) {
   std::string url = Ipc("call");
-  Process engine({"engine", "--bind", url, "--plugin", PluginPath()});
+  Process engine({"engine", "--bind", url, "--builtins", "--plugin", PluginPath()});
   WaitUntilServing(url);
   CallOutput r = RunCall({url, "add", "1", "2"});
   EXPECT_EQ(r.status, 0) << r.err;
@@ -65,6 +65,10 @@ TEST(ApplyToolsTest, CallPrintsOneJsonValue) {
   EXPECT_EQ(r.out, "{\"dtype\":\"int64\",\"shape\":[3],\"data\":[1,2,3]}\n");
   r = RunCall({"--timeout=5", url, "echo", "{\"k\": \"v\"}", "null", "true", "text"});
   EXPECT_EQ(r.out, "[{\"k\":\"v\"},null,true,\"text\"]\n");
+  r = RunCall({url, "add", "-1", "-2.5"});  // negative numbers are arguments, not options
+  EXPECT_EQ(r.out, "-3.5\n") << r.err;
+  r = RunCall({url, "echo", "[1,2]", "--", "--text", "[x, y]"});  // `--` ends the options
+  EXPECT_EQ(r.out, "[{\"dtype\":\"int64\",\"shape\":[2],\"data\":[1,2]},\"--text\",\"[x, y]\"]\n") << r.err;
   r = RunCall({url, "norm", "[3.0, 4.0]"});  // from the plugin
   EXPECT_EQ(r.out, "5.0\n");
   r = RunCall({url, "ramp", "1000"});
@@ -78,7 +82,7 @@ TEST(ApplyToolsTest, CallPrintsOneJsonValue) {
 
 TEST(ApplyToolsTest, CallReportsErrorsAndTimeouts) {
   std::string url = Ipc("errors");
-  Process engine({"engine", "--bind", url});
+  Process engine({"engine", "--bind", url, "--builtins"});
   WaitUntilServing(url);
   CallOutput r = RunCall({url, "fail", "\"broken\""});
   EXPECT_EQ(r.status, 1);
@@ -94,6 +98,64 @@ TEST(ApplyToolsTest, CallReportsErrorsAndTimeouts) {
   EXPECT_EQ(r.status, 2);
 }
 
+// Every subcommand's options are checked while parsing (CLI11): a bad value is a usage
+// error (exit status 2) whose message names the option.
+TEST(ApplyToolsTest, BadOptionValuesNameTheOption) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string names;
+  };
+  const Case cases[] = {
+      {{"engine", "--bind", Ipc("bad"), "--threads", "5000"}, "--threads"},
+      {{"engine", "--bind", Ipc("bad"), "--heartbeat-ms", "0"}, "--heartbeat-ms"},
+      {{"engine", "--bind", Ipc("bad"), "--threads", "two"}, "--threads"},
+      {{"engine", "--threads", "1"}, "--bind URL or --connect URL"},
+      {{"broker", "--frontend", Ipc("f"), "--backend", Ipc("b"), "--liveness", "0"}, "--liveness"},
+      {{"broker", "--frontend", Ipc("f")}, "--backend"},
+      {{"call", Ipc("x"), "add", "--timeout", "0"}, "--timeout"},
+      {{"call", Ipc("x"), "add", "--bogus"}, "--bogus"},
+      {{"demo", "--tensor-mb", "5000"}, "--tensor-mb"},
+      {{"tune", "--transport", "udp"}, "--transport"},
+      {{"inspect", "--count", "many", "--follow", Ipc("x")}, "--count"},
+      {{"record", Ipc("x")}, "FILE"},
+      {{"record", Ipc("x"), "/tmp/zerocan-never-written.zcap", "--count", "-1"}, "--count"},
+      {{"tune", "--sizes", "64,abc"}, "--sizes"},
+      {{"inspect", "--schema", "--id", "-3"}, "--id"},
+      {{"keygen"}, "--curve"},
+      {{"nosuch"}, "nosuch"},
+  };
+  for (const Case& c : cases) {
+    testing::ToolOutput r = testing::RunTool(c.args);
+    std::string line;
+    for (const std::string& a : c.args) line += " " + a;
+    EXPECT_EQ(r.status, 2) << "zerocan" << line << "\n" << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.names)) << "zerocan" << line;
+    EXPECT_EQ(r.out, "") << "zerocan" << line;
+  }
+}
+
+TEST(ApplyToolsTest, HelpListsEveryOption) {
+  testing::ToolOutput r = testing::RunTool({"engine", "--help"});
+  EXPECT_EQ(r.status, 0);
+  for (const char* option : {"--bind", "--connect", "--plugin", "--threads", "--id", "--heartbeat-ms",
+                             "--key-file", "--curve-secret-key-file", "--curve-server-key", "--io-cpus",
+                             "--builtins", "--unpace-loopback", "echo(x)"}) {
+    EXPECT_THAT(r.out, HasSubstr(option));
+  }
+  r = testing::RunTool({"broker", "--help"});
+  EXPECT_EQ(r.status, 0);
+  EXPECT_THAT(r.out, HasSubstr("--unpace-loopback"));
+  r = testing::RunTool({"--help"});
+  EXPECT_EQ(r.status, 0);
+  for (const char* command : {"demo", "engine", "broker", "call", "inspect", "record", "schema", "tune",
+                              "keygen", "version"}) {
+    EXPECT_THAT(r.out, HasSubstr(std::string("\n  ") + command + " "));
+  }
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("bench")));
+  r = testing::RunTool({});
+  EXPECT_EQ(r.status, 2);
+}
+
 TEST(ApplyToolsTest, KilledEngineProcessBehindBroker) {
   zmq::context_t ctx(1);
   BrokerOptions bo;
@@ -102,8 +164,8 @@ TEST(ApplyToolsTest, KilledEngineProcessBehindBroker) {
   bo.liveness = 5;
   Broker broker(Ipc("front"), Ipc("back"), bo);
   broker.Start();
-  Process a({"engine", "--connect", Ipc("back"), "--id", "proc-a", "--heartbeat-ms", "100"});
-  Process b({"engine", "--connect", Ipc("back"), "--id", "proc-b", "--heartbeat-ms", "100"});
+  Process a({"engine", "--connect", Ipc("back"), "--id", "proc-a", "--heartbeat-ms", "100", "--builtins"});
+  Process b({"engine", "--connect", Ipc("back"), "--id", "proc-b", "--heartbeat-ms", "100", "--builtins"});
   for (int i = 0; i < 200 && broker.counters().engines_live < 2; ++i) {
     std::this_thread::sleep_for(milliseconds(10));
   }

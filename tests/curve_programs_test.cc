@@ -162,7 +162,7 @@ TEST_F(CurveProgramsTest, EngineAndCallPrograms) {
   EXPECT_EQ(ReadCurveKeyFile(key_file).public_key, public_key);
 
   std::string url = "tcp://127.0.0.1:" + std::to_string(FreePort());
-  Process engine({"engine", "--bind", url, "--curve-secret-key-file", key_file});
+  Process engine({"engine", "--bind", url, "--builtins", "--curve-secret-key-file", key_file});
   zmq::context_t ctx(1);
   bool serving = false;
   for (int i = 0; i < 100 && !serving; ++i) {

@@ -6,8 +6,8 @@
 // To regenerate the snapshots after an intended change of the output:
 //   ZEROCAN_UPDATE_SNAPSHOTS=1 build/tests/zerocan_tests --gtest_filter='InspectTest.*'
 // then review the diff of tests/inspect_snapshots/.
+#include "tools/inspect_render.h"
 #include "zerocan/generated.h"
-#include "zerocan/inspect.h"
 
 #include <sys/wait.h>
 
@@ -40,6 +40,10 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+using tools::DescribeSchema;
+using tools::InspectMessage;
+using tools::InspectOptions;
+using tools::Inspector;
 
 constexpr uint64_t kT0 = 1700000000000000000ull;  // 2023-11-14T22:13:20Z
 

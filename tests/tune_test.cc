@@ -1,4 +1,4 @@
-// The threshold tuner: the choice rule on synthetic curves (bench/tune_choice.h), and one
+// The threshold tuner: the choice rule on synthetic curves (tools/tune_choice.h), and one
 // tiny end-to-end run of `zerocan tune --write` whose thresholds the library then reads.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -11,13 +11,13 @@
 #include <string>
 #include <vector>
 
-#include "bench/tune_choice.h"
+#include "tools/tune_choice.h"
 #include "zerocan/policy.h"
 
 namespace zerocan {
 namespace {
 
-using bench::ChooseThreshold;
+using tools::ChooseThreshold;
 
 constexpr size_t kNever = std::numeric_limits<size_t>::max();
 

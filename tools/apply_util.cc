@@ -242,18 +242,4 @@ int WaitForStopSignal() {
   return sig;
 }
 
-bool TakeOption(int argc, char** argv, int* i, std::string_view name, std::string* value) {
-  std::string_view a = argv[*i];
-  if (a == name) {
-    if (*i + 1 >= argc) throw Error(std::string(name) + " needs a value");
-    *value = argv[++*i];
-    return true;
-  }
-  if (a.size() > name.size() && a.substr(0, name.size()) == name && a[name.size()] == '=') {
-    *value = std::string(a.substr(name.size() + 1));
-    return true;
-  }
-  return false;
-}
-
 }  // namespace zerocan::tools

@@ -1,5 +1,5 @@
 // Shared by the apply subcommands (engine, broker, call, demo): JSON <-> Value for
-// `zerocan call`, option parsing helpers, and waiting for SIGINT/SIGTERM.
+// `zerocan call`, and waiting for SIGINT/SIGTERM.
 #pragma once
 
 #include <signal.h>
@@ -36,8 +36,5 @@ nlohmann::ordered_json ToJson(const Value& v, size_t limit);
 // signal that came.
 void BlockStopSignals();
 int WaitForStopSignal();
-
-// Parses "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i past the value.
-bool TakeOption(int argc, char** argv, int* i, std::string_view name, std::string* value);
 
 }  // namespace zerocan::tools

@@ -1,8 +1,8 @@
-// `zerocan broker --frontend URL --backend URL [--capture URL] [--heartbeat-ms MS]
-//  [--curve-secret-key-file FILE] ...`.
+// `zerocan broker`: forwards calls from clients (--frontend) to engines (--backend).
+#include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
-#include <string_view>
 
 #include "tools/apply_util.h"
 #include "tools/commands.h"
@@ -10,79 +10,45 @@
 #include "zerocan/curve.h"
 #include "zerocan/placement.h"
 #include "zerocan/policy.h"
+#include "zerocan/signing.h"
 
 namespace zerocan::tools {
 
 namespace {
 
-constexpr char kBrokerHelp[] =
-    "usage: zerocan broker --frontend URL --backend URL [--capture URL] [--heartbeat-ms MS]\n"
-    "                      [--capture-file FILE] [--liveness N] [--key-file FILE]\n"
-    "                      [--curve-secret-key-file FILE] [--io-cpus LIST]\n"
+constexpr char kBrokerDescription[] =
+    "forward calls from clients to engines\n"
     "\n"
     "Clients connect to --frontend, engines (zerocan engine --connect) to --backend. Calls\n"
     "go to the live engine with the fewest calls in flight; frames are forwarded without\n"
-    "being decoded or copied (only the envelope header is read). An engine silent for N\n"
-    "(--liveness, default 3) heartbeat intervals (default 500 ms; engines must use the same interval) is lost, and\n"
-    "its calls fail at once with a zerocan.EngineLost error. --capture URL publishes a copy\n"
-    "of every message (PUB) for `zerocan inspect --follow URL` / `zerocan record`;\n"
-    "--capture-file FILE writes every message to a capture file for `zerocan inspect FILE`.\n"
-    "--key-file FILE: sign the broker's own errors, ignore engines not holding the key.\n"
-    "--curve-secret-key-file FILE: encrypt with CurveZMQ; --frontend, --backend and\n"
-    "--capture are Curve servers with this key pair (zerocan keygen --curve FILE): clients\n"
-    "(zerocan call --curve-server-key) and engines (zerocan engine --curve-server-key)\n"
-    "need its public key.\n"
-    "--io-cpus LIST: run the broker's I/O thread only on these CPUs (\"1\", \"0,2\", \"2-3\").\n"
-    "Runs until SIGINT or SIGTERM.\n";
+    "being decoded or copied (only the envelope header is read). An engine silent for\n"
+    "--liveness heartbeat intervals is lost, and its calls fail at once with a\n"
+    "zerocan.EngineLost error. Runs until SIGINT or SIGTERM.";
 
-}  // namespace
-
-int RunBroker(int argc, char** argv) {
-  BlockStopSignals();
-  std::string frontend, backend;
+struct BrokerArgs {
   BrokerOptions options;
+  std::string frontend, backend;
+  std::string key_file, curve_secret_key_file, io_cpus;
+  int heartbeat_ms = 0;
+  bool unpace_loopback = false;
+};
+
+int RunBroker(BrokerArgs& args) {
+  BrokerOptions& options = args.options;
   try {
-    for (int i = 1; i < argc; ++i) {
-      std::string value;
-      std::string_view a = argv[i];
-      if (a == "--help" || a == "-h") {
-        std::fputs(kBrokerHelp, stdout);
-        return 0;
-      } else if (TakeOption(argc, argv, &i, "--frontend", &value)) {
-        frontend = value;
-      } else if (TakeOption(argc, argv, &i, "--backend", &value)) {
-        backend = value;
-      } else if (TakeOption(argc, argv, &i, "--capture", &value)) {
-        options.capture = value;
-      } else if (TakeOption(argc, argv, &i, "--capture-file", &value)) {
-        options.capture_file = value;
-      } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
-        options.signer = Signer::FromKeyFile(value);
-      } else if (TakeOption(argc, argv, &i, "--curve-secret-key-file", &value)) {
-        options.curve = ReadCurveServerKeys(value);
-      } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {
-        options.heartbeat = std::chrono::milliseconds(std::stoi(value));
-      } else if (TakeOption(argc, argv, &i, "--liveness", &value)) {
-        options.liveness = std::stoi(value);
-      } else if (TakeOption(argc, argv, &i, "--io-cpus", &value)) {
-        options.io_cpus = ParseCpuList(value);
-      } else {
-        std::fprintf(stderr, "zerocan broker: unknown option \"%s\"\n\n%s", argv[i], kBrokerHelp);
-        return 2;
-      }
-    }
+    if (!args.key_file.empty()) options.signer = Signer::FromKeyFile(args.key_file);
+    if (!args.curve_secret_key_file.empty()) options.curve = ReadCurveServerKeys(args.curve_secret_key_file);
+    if (!args.io_cpus.empty()) options.io_cpus = ParseCpuList(args.io_cpus);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "zerocan broker: %s\n", e.what());
     return 2;
   }
-  if (frontend.empty() || backend.empty()) {
-    std::fprintf(stderr, "zerocan broker: need --frontend URL and --backend URL\n\n%s",
-                 kBrokerHelp);
-    return 2;
-  }
+  if (args.heartbeat_ms > 0) options.heartbeat = std::chrono::milliseconds(args.heartbeat_ms);
+  if (args.unpace_loopback) options.unpace_local_tcp = true;
+  BlockStopSignals();
   ApplyMemoryPolicy();  // received large frames reuse memory instead of fresh pages
   try {
-    Broker broker(frontend, backend, options);
+    Broker broker(args.frontend, args.backend, options);
     broker.Start();
     std::fprintf(stderr, "zerocan broker: clients at %s, engines at %s%s%s\n",
                  broker.frontend_endpoint().c_str(), broker.backend_endpoint().c_str(),
@@ -99,6 +65,53 @@ int RunBroker(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+void AddBroker(CLI::App& app, RunFunction* chosen) {
+  auto args = std::make_shared<BrokerArgs>();
+  CLI::App* sub = app.add_subcommand("broker", "forward calls from clients to engines");
+  sub->description(kBrokerDescription);
+  sub->add_option("--frontend", args->frontend, "where clients connect (ROUTER)")
+      ->type_name("URL")
+      ->required();
+  sub->add_option("--backend", args->backend, "where engines connect (ROUTER)")
+      ->type_name("URL")
+      ->required();
+  sub->add_option("--capture", args->options.capture,
+                  "publish a copy of every message (PUB) for `zerocan inspect --follow URL` and\n"
+                  "`zerocan record`")
+      ->type_name("URL");
+  sub->add_option("--capture-file", args->options.capture_file,
+                  "write every message to a capture file for `zerocan inspect FILE`")
+      ->type_name("FILE");
+  sub->add_option("--heartbeat-ms", args->heartbeat_ms,
+                  "heartbeat interval in ms (default 500; engines must use the same)")
+      ->check(CLI::Range(1, 3600 * 1000));
+  sub->add_option("--liveness", args->options.liveness,
+                  "heartbeat intervals an engine may stay silent before it is lost")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  sub->add_option("--key-file", args->key_file,
+                  "sign the broker's own errors, ignore engines not holding the key")
+      ->type_name("FILE")
+      ->check(Parses([](const std::string& f) { Signer::FromKeyFile(f); }));
+  sub->add_option("--curve-secret-key-file", args->curve_secret_key_file,
+                  "encrypt with CurveZMQ: --frontend, --backend and --capture are Curve servers\n"
+                  "with this key pair (zerocan keygen --curve FILE); clients (zerocan call\n"
+                  "--curve-server-key) and engines (zerocan engine --curve-server-key) need its\n"
+                  "public key")
+      ->type_name("FILE")
+      ->check(Parses([](const std::string& f) { ReadCurveServerKeys(f); }));
+  sub->add_option("--io-cpus", args->io_cpus,
+                  "run the broker's I/O thread only on these CPUs (\"1\", \"0,2\", \"2-3\")")
+      ->type_name("LIST")
+      ->check(Parses([](const std::string& l) { ParseCpuList(l); }));
+  sub->add_flag("--unpace-loopback", args->unpace_loopback,
+                "take the connections of tcp:// binds to a loopback address off BBR's pacing\n"
+                "(include/zerocan/pacing.h)");
+  sub->callback([args, chosen] { *chosen = [args] { return RunBroker(*args); }; });
 }
 
 }  // namespace zerocan::tools

@@ -1,19 +1,63 @@
-// Entry points of the `zerocan` subcommands, one file each in tools/. Each takes the
-// arguments after the program name (argv[0] is the subcommand) and returns the exit code.
+// The `zerocan` subcommands, one file each in tools/. Each Add function adds its
+// subcommand to the program's CLI11 app: its options (checked by CLI11, so a bad value is
+// a usage error naming the option, exit status 2), its help, and what runs once the
+// command line has parsed: on parsing, it stores that in *chosen. What runs returns the
+// program's exit status.
 #pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
 
 namespace zerocan::tools {
 
-int RunBench(int argc, char** argv);    // tools/bench.cc
-int RunBroker(int argc, char** argv);   // tools/broker.cc
-int RunCall(int argc, char** argv);     // tools/call.cc
-int RunDemo(int argc, char** argv);     // tools/demo.cc
-int RunEngine(int argc, char** argv);   // tools/engine.cc
-int RunInspect(int argc, char** argv);  // tools/inspect.cc
-int RunKeygen(int argc, char** argv);   // tools/keygen.cc
-int RunRecord(int argc, char** argv);   // tools/inspect.cc
-int RunSchema(int argc, char** argv);   // tools/schema.cc
-int RunTune(int argc, char** argv);     // tools/tune.cc
-int RunVersion(int argc, char** argv);  // tools/schema.cc
+using RunFunction = std::function<int()>;
+
+void AddBroker(CLI::App& app, RunFunction* chosen);   // tools/broker.cc
+void AddCall(CLI::App& app, RunFunction* chosen);     // tools/call.cc
+void AddDemo(CLI::App& app, RunFunction* chosen);     // tools/demo.cc
+void AddEngine(CLI::App& app, RunFunction* chosen);   // tools/engine.cc
+void AddInspect(CLI::App& app, RunFunction* chosen);  // tools/inspect.cc
+void AddKeygen(CLI::App& app, RunFunction* chosen);   // tools/keygen.cc
+void AddRecord(CLI::App& app, RunFunction* chosen);   // tools/inspect.cc
+void AddSchema(CLI::App& app, RunFunction* chosen);   // tools/schema.cc
+void AddTune(CLI::App& app, RunFunction* chosen);     // tools/tune.cc
+void AddVersion(CLI::App& app, RunFunction* chosen);  // tools/schema.cc
+
+// `zerocan call` takes JSON arrays ("[1, 2]") as single arguments, where CLI11 would read
+// a list of values, and anything after `--` as an argument, where CLI11 (2.1) stops
+// reading a subcommand's arguments once its positionals have a value. main() passes the
+// arguments after "call" through ShieldCallArguments before parsing; the call subcommand
+// takes the shield off each positional with UnshieldCallArgument (tools/call.cc).
+std::vector<std::string> ShieldCallArguments(std::vector<std::string> args);
+std::string UnshieldCallArgument(std::string arg);
+
+// A validator that runs `parse` on the option's value and reports what it throws (the
+// message then names the option: "--io-cpus: CPU list ..."). For values whose check is
+// the parse itself: CPU lists, key files.
+template <class Parse>
+CLI::Validator Parses(Parse parse) {
+  return CLI::Validator(
+      [parse](std::string& value) -> std::string {
+        try {
+          parse(value);
+          return {};
+        } catch (const std::exception& e) {
+          return e.what();
+        }
+      },
+      "");
+}
+
+// For unsigned counts and ids: CLI11 would read "-1" as a huge number.
+inline CLI::Validator NotNegative() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        return !value.empty() && value[0] == '-' ? "must not be negative, got " + value : "";
+      },
+      "");
+}
 
 }  // namespace zerocan::tools

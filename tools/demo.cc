@@ -9,8 +9,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tools/apply_util.h"
@@ -58,6 +59,7 @@ pid_t Spawn(const std::vector<std::string>& args) {
 }
 
 struct Row {
+  explicit Row(std::string name) : step(std::move(name)) {}
   std::string step;
   uint64_t calls = 0;
   uint64_t bytes = 0;  // argument + result payload bytes
@@ -96,36 +98,7 @@ std::string Bytes(uint64_t n) {
 
 double Us(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
 
-}  // namespace
-
-int RunDemo(int argc, char** argv) {
-  std::string capture_file;
-  size_t tensor_mb = 256;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--help") == 0) {
-      std::printf(
-          "usage: zerocan demo [--capture-file FILE] [--tensor-mb N]\n\n"
-          "Starts a broker and two engines on 127.0.0.1 (child processes),\n"
-          "tours them as a client (small calls, a 256 MB tensor echoed without a copy, a\n"
-          "remote error, an engine killed mid-run and the calls that recover), prints a\n"
-          "table, stops everything and exits 0.\n"
-          "--capture-file FILE: the broker records every message it forwards (zerocan inspect FILE).\n"
-          "--tensor-mb N: size of the echoed tensor (default 256).\n");
-      return 0;
-    } else if (std::strcmp(argv[i], "--capture-file") == 0 && i + 1 < argc) {
-      capture_file = argv[++i];
-    } else if (std::strcmp(argv[i], "--tensor-mb") == 0 && i + 1 < argc) {
-      long mb = std::strtol(argv[++i], nullptr, 10);
-      if (mb < 1 || mb > 4096) {
-        std::fprintf(stderr, "zerocan demo: --tensor-mb takes 1..4096\n");
-        return 2;
-      }
-      tensor_mb = static_cast<size_t>(mb);
-    } else {
-      std::fprintf(stderr, "zerocan demo: unknown option \"%s\" (see --help)\n", argv[i]);
-      return 2;
-    }
-  }
+int RunDemo(const std::string& capture_file, size_t tensor_mb) {
   auto demo_start = Clock::now();
   ApplyMemoryPolicy();
   std::string front = FreeEndpoint(), back = FreeEndpoint();
@@ -147,8 +120,11 @@ int RunDemo(int argc, char** argv) {
       broker_args.push_back(capture_file);
     }
     children.push_back(Spawn(broker_args));
-    pid_t engine_a = Spawn({"engine", "--connect", back, "--id", "engine-a", "--heartbeat-ms", beat});
-    pid_t engine_b = Spawn({"engine", "--connect", back, "--id", "engine-b", "--heartbeat-ms", beat});
+    // The tour calls the test built-ins (add, echo, fail, sleep).
+    pid_t engine_a = Spawn({"engine", "--connect", back, "--id", "engine-a", "--heartbeat-ms", beat,
+                            "--builtins"});
+    pid_t engine_b = Spawn({"engine", "--connect", back, "--id", "engine-b", "--heartbeat-ms", beat,
+                            "--builtins"});
     children.push_back(engine_a);
     children.push_back(engine_b);
 
@@ -315,6 +291,33 @@ int RunDemo(int argc, char** argv) {
   std::printf("stopped the broker and engines; demo took %.1f s\n",
               std::chrono::duration<double>(Clock::now() - demo_start).count());
   return status;
+}
+
+}  // namespace
+
+void AddDemo(CLI::App& app, RunFunction* chosen) {
+  struct DemoArgs {
+    std::string capture_file;
+    size_t tensor_mb = 256;
+  };
+  auto args = std::make_shared<DemoArgs>();
+  CLI::App* sub = app.add_subcommand("demo", "start a broker and two engines on loopback and tour them");
+  sub->description(
+      "start a broker and two engines on loopback and tour them\n"
+      "\n"
+      "Starts a broker and two engines on 127.0.0.1 (child processes), tours them as a\n"
+      "client (small calls, a large tensor echoed without a copy, a remote error, an engine\n"
+      "killed mid-run and the calls that recover), prints a table, stops everything and\n"
+      "exits 0.");
+  sub->add_option("--capture-file", args->capture_file,
+                  "the broker records every message it forwards (zerocan inspect FILE)")
+      ->type_name("FILE");
+  sub->add_option("--tensor-mb", args->tensor_mb, "size of the echoed tensor in MiB")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  sub->callback([args, chosen] {
+    *chosen = [args] { return RunDemo(args->capture_file, args->tensor_mb); };
+  });
 }
 
 }  // namespace zerocan::tools

@@ -1,10 +1,9 @@
-// `zerocan engine --connect|--bind URL [--threads N] [--plugin LIB.so]... [--id ID]
-//  [--heartbeat-ms MS] [--key-file F] [--curve-secret-key-file F] [--curve-server-key K]
-//  [--io-cpus LIST]`:
-// an engine process serving the built-ins and plugin functions.
+// `zerocan engine`: an engine process serving the built-ins (with --builtins) and plugin
+// functions.
+#include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "tools/apply_util.h"
@@ -13,22 +12,21 @@
 #include "zerocan/engine.h"
 #include "zerocan/placement.h"
 #include "zerocan/policy.h"
+#include "zerocan/signing.h"
 
 namespace zerocan::tools {
 
 namespace {
 
-constexpr char kEngineHelp[] =
-    "usage: zerocan engine (--connect URL | --bind URL)... [--threads N] [--plugin LIB.so]...\n"
-    "                      [--id ID] [--heartbeat-ms MS] [--key-file FILE]\n"
-    "                      [--curve-secret-key-file FILE] [--curve-server-key KEY_OR_FILE]\n"
-    "                      [--io-cpus LIST]\n"
+constexpr char kEngineDescription[] =
+    "serve functions (built-ins and --plugin libraries)\n"
     "\n"
     "Serves functions to clients: --bind URL takes clients directly (ROUTER), --connect URL\n"
     "attaches to a broker's backend (DEALER; hello, heartbeats, goodbye). Runs until SIGINT\n"
-    "or SIGTERM, then finishes the calls it holds.\n"
-    "\n"
-    "Built-in functions (every engine, C++ or Python):\n"
+    "or SIGTERM, then finishes the calls it holds.";
+
+constexpr char kEngineFooter[] =
+    "Built-in functions (with --builtins; the same in a Python engine):\n"
     "  echo(x)        x unchanged (payload frames go back out without a copy);\n"
     "                 echo(a, b, ...) -> [a, b, ...]\n"
     "  add(a, b)      a + b\n"
@@ -39,75 +37,46 @@ constexpr char kEngineHelp[] =
     "\n"
     "--plugin LIB.so loads a shared library exporting\n"
     "    extern \"C\" void zerocan_register(zerocan::Engine& engine);\n"
-    "which registers more functions with engine.def(name, callable). See examples/.\n"
-    "--threads N: worker threads (default 2; 0 runs calls on the I/O thread).\n"
-    "--key-file FILE: sign every message and accept only messages signed with this key\n"
-    "(docs/SECURITY.md; JSON with a \"key\" string, or the raw key), with replay protection.\n"
-    "--curve-secret-key-file FILE: encrypt with CurveZMQ; every --bind URL is a Curve server\n"
-    "with this key pair (zerocan keygen --curve FILE), so clients need its public key.\n"
-    "--curve-server-key KEY_OR_FILE: the broker backend's public key (40-character Z85, or\n"
-    "a key file whose public_key is used); every --connect URL is then a Curve client.\n"
-    "--io-cpus LIST: run the engine's I/O thread (which receives and sends every frame) only\n"
-    "on these CPUs (\"1\", \"0,2\", \"2-3\"). On one host, giving the engine and its clients\n"
-    "different CPUs keeps a large transfer's two kernel copies running side by side.\n";
+    "which registers more functions with engine.def(name, callable). See examples/.";
 
-}  // namespace
-
-int RunEngine(int argc, char** argv) {
-  BlockStopSignals();
+struct EngineArgs {
   EngineOptions options;
   std::vector<std::string> binds, connects, plugins;
+  std::string key_file, curve_secret_key_file, curve_server_key;
+  int heartbeat_ms = 0;
+  std::string io_cpus;
+  bool builtins = false;
+  bool unpace_loopback = false;
+};
+
+int RunEngine(EngineArgs& args) {
+  EngineOptions& options = args.options;
+  // The option values were checked while parsing; reading them again cannot fail but
+  // for a file changed in between.
   try {
-    for (int i = 1; i < argc; ++i) {
-      std::string value;
-      std::string_view a = argv[i];
-      if (a == "--help" || a == "-h") {
-        std::fputs(kEngineHelp, stdout);
-        return 0;
-      } else if (TakeOption(argc, argv, &i, "--bind", &value)) {
-        binds.push_back(value);
-      } else if (TakeOption(argc, argv, &i, "--connect", &value)) {
-        connects.push_back(value);
-      } else if (TakeOption(argc, argv, &i, "--plugin", &value)) {
-        plugins.push_back(value);
-      } else if (TakeOption(argc, argv, &i, "--threads", &value)) {
-        options.threads = std::stoi(value);
-      } else if (TakeOption(argc, argv, &i, "--id", &value)) {
-        options.id = value;
-      } else if (TakeOption(argc, argv, &i, "--key-file", &value)) {
-        options.signer = Signer::FromKeyFile(value);
-      } else if (TakeOption(argc, argv, &i, "--curve-secret-key-file", &value)) {
-        options.curve = ReadCurveServerKeys(value);
-      } else if (TakeOption(argc, argv, &i, "--curve-server-key", &value)) {
-        options.curve_server_key = ReadCurvePublicKey(value);
-      } else if (TakeOption(argc, argv, &i, "--heartbeat-ms", &value)) {
-        options.heartbeat = std::chrono::milliseconds(std::stoi(value));
-      } else if (TakeOption(argc, argv, &i, "--io-cpus", &value)) {
-        options.io_cpus = ParseCpuList(value);
-      } else {
-        std::fprintf(stderr, "zerocan engine: unknown option \"%s\"\n\n%s", argv[i], kEngineHelp);
-        return 2;
-      }
-    }
+    if (!args.key_file.empty()) options.signer = Signer::FromKeyFile(args.key_file);
+    if (!args.curve_secret_key_file.empty()) options.curve = ReadCurveServerKeys(args.curve_secret_key_file);
+    if (!args.curve_server_key.empty()) options.curve_server_key = ReadCurvePublicKey(args.curve_server_key);
+    if (!args.io_cpus.empty()) options.io_cpus = ParseCpuList(args.io_cpus);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "zerocan engine: %s\n", e.what());
     return 2;
   }
-  if (binds.empty() && connects.empty()) {
-    std::fprintf(stderr, "zerocan engine: need --bind URL or --connect URL\n\n%s", kEngineHelp);
-    return 2;
-  }
+  if (args.heartbeat_ms > 0) options.heartbeat = std::chrono::milliseconds(args.heartbeat_ms);
+  if (args.builtins) options.builtins = true;
+  if (args.unpace_loopback) options.unpace_local_tcp = true;
+  BlockStopSignals();
   ApplyMemoryPolicy();  // large frames reuse freed memory instead of fresh pages
   try {
     Engine engine(options);
-    for (const std::string& p : plugins) LoadPlugin(engine, p);
-    for (const std::string& url : binds) engine.Bind(url);
-    for (const std::string& url : connects) engine.Connect(url);
+    for (const std::string& p : args.plugins) LoadPlugin(engine, p);
+    for (const std::string& url : args.binds) engine.Bind(url);
+    for (const std::string& url : args.connects) engine.Connect(url);
     engine.Start();
     std::fprintf(stderr, "zerocan engine %s: %zu functions, %d threads", engine.id().c_str(),
                  engine.functions().size(), options.threads);
-    if (!binds.empty()) std::fprintf(stderr, ", bound at %s", engine.last_endpoint().c_str());
-    for (const std::string& url : connects) std::fprintf(stderr, ", attached to %s", url.c_str());
+    if (!args.binds.empty()) std::fprintf(stderr, ", bound at %s", engine.last_endpoint().c_str());
+    for (const std::string& url : args.connects) std::fprintf(stderr, ", attached to %s", url.c_str());
     std::fprintf(stderr, "\n");
     WaitForStopSignal();
     engine.Stop();
@@ -120,6 +89,64 @@ int RunEngine(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+void AddEngine(CLI::App& app, RunFunction* chosen) {
+  auto args = std::make_shared<EngineArgs>();
+  CLI::App* sub = app.add_subcommand("engine", "serve functions (built-ins and --plugin libraries)");
+  sub->description(kEngineDescription);
+  sub->footer(kEngineFooter);
+  auto* bind = sub->add_option("--bind", args->binds, "take clients directly at URL (ROUTER); repeatable")
+                   ->type_name("URL");
+  auto* connect = sub->add_option("--connect", args->connects, "attach to a broker's backend at URL (DEALER); repeatable")
+                      ->type_name("URL");
+  sub->add_option("--plugin", args->plugins, "load functions from a shared library; repeatable")
+      ->type_name("LIB.so")
+      ->check(CLI::ExistingFile);
+  sub->add_option("--threads", args->options.threads, "worker threads (0 runs calls on the I/O thread)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1024));
+  sub->add_option("--id", args->options.id, "the engine's id (default: made up from host and pid)");
+  sub->add_option("--heartbeat-ms", args->heartbeat_ms,
+                  "heartbeat interval towards a broker, in ms (the broker's must match; default 500)")
+      ->check(CLI::Range(1, 3600 * 1000));
+  sub->add_option("--key-file", args->key_file,
+                  "sign every message and accept only messages signed with this key (docs/SECURITY.md;\n"
+                  "JSON with a \"key\" string, or the raw key), with replay protection")
+      ->type_name("FILE")
+      ->check(Parses([](const std::string& f) { Signer::FromKeyFile(f); }));
+  sub->add_option("--curve-secret-key-file", args->curve_secret_key_file,
+                  "encrypt with CurveZMQ: every --bind URL is a Curve server with this key pair\n"
+                  "(zerocan keygen --curve FILE), so clients need its public key")
+      ->type_name("FILE")
+      ->check(Parses([](const std::string& f) { ReadCurveServerKeys(f); }));
+  sub->add_option("--curve-server-key", args->curve_server_key,
+                  "the broker backend's public key (40-character Z85, or a key file whose public_key\n"
+                  "is used); every --connect URL is then a Curve client")
+      ->type_name("KEY_OR_FILE")
+      ->check(Parses([](const std::string& k) { ReadCurvePublicKey(k); }));
+  sub->add_option("--io-cpus", args->io_cpus,
+                  "run the engine's I/O thread (which receives and sends every frame) only on these\n"
+                  "CPUs (\"1\", \"0,2\", \"2-3\"). On one host, giving the engine and its clients\n"
+                  "different CPUs keeps a large transfer's two kernel copies running side by side")
+      ->type_name("LIST")
+      ->check(Parses([](const std::string& l) { ParseCpuList(l); }));
+  sub->add_flag("--builtins", args->builtins,
+                "register the test built-ins echo add sum nbytes sleep fail (see below)");
+  sub->add_flag("--unpace-loopback", args->unpace_loopback,
+                "take the connections of a tcp:// bind to a loopback address off BBR's pacing\n"
+                "(include/zerocan/pacing.h): BBR paces a large transfer over loopback far below\n"
+                "what the host can move");
+  bind->group("where (one at least)");
+  connect->group("where (one at least)");
+  sub->callback([args, chosen, bind, connect] {
+    if (bind->count() == 0 && connect->count() == 0) {
+      throw CLI::RequiredError("--bind URL or --connect URL");
+    }
+    *chosen = [args] { return RunEngine(*args); };
+  });
 }
 
 }  // namespace zerocan::tools

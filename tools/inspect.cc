@@ -1,5 +1,4 @@
 // `zerocan inspect` (captures, a live capture socket, the schema) and `zerocan record`.
-#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -14,9 +13,9 @@
 #include <zmq.hpp>
 
 #include "tools/commands.h"
+#include "tools/inspect_render.h"
 #include "zerocan/capture.h"
 #include "zerocan/error.h"
-#include "zerocan/inspect.h"
 #include "zerocan/version.h"
 
 #if __has_include("zerocan/signing.h")
@@ -31,116 +30,33 @@ namespace {
 volatile std::sig_atomic_t g_stop = 0;
 void OnSignal(int) { g_stop = 1; }
 
-constexpr const char* kInspectUsage =
-    "usage: zerocan inspect FILE|-|VECTOR.frames [--json] [--full] [--function NAME] [--id ID]\n"
-    "                       [--key-file F]\n"
-    "       zerocan inspect --follow URL [--count N] [same options]\n"
-    "       zerocan inspect --schema [--json]\n"
-    "\n"
-    "Shows every message of a capture (zerocan record, zerocan broker --capture-file, or\n"
-    "zerocan::CaptureWriter): its frame table, its envelope as Cap'n Proto text and a\n"
-    "summary of each payload. Malformed messages are reported with the reason and field\n"
-    "path, and inspection goes on.\n"
-    "  --json           one JSON object per message, one per line\n"
-    "  --full           every value and byte instead of the first few\n"
-    "  --function NAME  only applies of NAME and the results that answer them\n"
-    "  --id ID          only the message with messageId ID and results for it\n"
-    "  --key-file F     check signatures with the key in F\n"
-    "  --follow URL     read a live capture socket (a broker's --capture URL)\n"
-    "  --count N        with --follow: stop after N messages\n"
-    "  --schema         print the schema in use (structs, fields, ordinals, ids)\n"
-    "Exit status: 0, or 1 when the capture file is truncated or damaged, 2 on usage.\n";
-
-constexpr const char* kRecordUsage =
-    "usage: zerocan record URL FILE [--count N]\n"
-    "Subscribes to a capture socket (a broker's --capture URL) and writes every message to\n"
-    "FILE (a capture; read it with zerocan inspect) until interrupted or N messages.\n";
-
-bool ParseU64(const char* text, uint64_t* out) {
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long v = std::strtoull(text, &end, 0);
-  if (errno != 0 || end == text || *end != '\0' || text[0] == '-') return false;
-  *out = v;
-  return true;
-}
-
 void Emit(const std::string& text) {
   if (text.empty()) return;
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::fflush(stdout);
 }
 
-}  // namespace
-
-int RunInspect(int argc, char** argv) {
+struct InspectArgs {
   InspectOptions options;
   std::string file, follow, key_file;
   bool schema = false;
   uint64_t count = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view a = argv[i];
-    auto value = [&](const char* name) -> const char* {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "zerocan inspect: %s needs a value\n%s", name, kInspectUsage);
-        return nullptr;
-      }
-      return argv[++i];
-    };
-    if (a == "--help" || a == "-h") {
-      std::fputs(kInspectUsage, stdout);
-      return 0;
-    } else if (a == "--json") {
-      options.json = true;
-    } else if (a == "--full") {
-      options.full = true;
-    } else if (a == "--schema") {
-      schema = true;
-    } else if (a == "--function") {
-      const char* v = value("--function");
-      if (v == nullptr) return 2;
-      options.function = v;
-    } else if (a == "--id") {
-      const char* v = value("--id");
-      uint64_t id;
-      if (v == nullptr) return 2;
-      if (!ParseU64(v, &id)) {
-        std::fprintf(stderr, "zerocan inspect: --id wants a message id, got \"%s\"\n", v);
-        return 2;
-      }
-      options.id = id;
-    } else if (a == "--count") {
-      const char* v = value("--count");
-      if (v == nullptr) return 2;
-      if (!ParseU64(v, &count)) {
-        std::fprintf(stderr, "zerocan inspect: --count wants a number, got \"%s\"\n", v);
-        return 2;
-      }
-    } else if (a == "--key-file") {
-      const char* v = value("--key-file");
-      if (v == nullptr) return 2;
-      key_file = v;
-    } else if (a == "--follow") {
-      const char* v = value("--follow");
-      if (v == nullptr) return 2;
-      follow = v;
-    } else if (a.size() > 1 && a[0] == '-' && a != "-") {
-      std::fprintf(stderr, "zerocan inspect: unknown option %s\n%s", argv[i], kInspectUsage);
-      return 2;
-    } else if (file.empty()) {
-      file = argv[i];
-    } else {
-      std::fprintf(stderr, "zerocan inspect: one FILE only\n%s", kInspectUsage);
-      return 2;
-    }
-  }
+};
+
+int RunInspect(InspectArgs& args) {
+  InspectOptions& options = args.options;
+  const std::string& file = args.file;
+  const std::string& follow = args.follow;
+  const std::string& key_file = args.key_file;
+  const bool schema = args.schema;
+  const uint64_t count = args.count;
   if (schema) {
     Emit(DescribeSchema(options.json));
     return 0;
   }
   if (file.empty() == follow.empty()) {
-    std::fprintf(stderr, "zerocan inspect: give a FILE (or -) or --follow URL\n%s",
-                 kInspectUsage);
+    std::fprintf(stderr, "zerocan inspect: give a FILE (or -) or --follow URL\n"
+                         "Run `zerocan inspect --help` for the options.\n");
     return 2;
   }
 
@@ -237,35 +153,7 @@ int RunInspect(int argc, char** argv) {
   return damaged ? 1 : 0;
 }
 
-int RunRecord(int argc, char** argv) {
-  std::string url, file;
-  uint64_t count = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(kRecordUsage, stdout);
-      return 0;
-    } else if (a == "--count" && i + 1 < argc) {
-      if (!ParseU64(argv[++i], &count)) {
-        std::fprintf(stderr, "zerocan record: --count wants a number\n");
-        return 2;
-      }
-    } else if (a.size() > 1 && a[0] == '-') {
-      std::fprintf(stderr, "zerocan record: unknown option %s\n%s", argv[i], kRecordUsage);
-      return 2;
-    } else if (url.empty()) {
-      url = argv[i];
-    } else if (file.empty()) {
-      file = argv[i];
-    } else {
-      std::fputs(kRecordUsage, stderr);
-      return 2;
-    }
-  }
-  if (url.empty() || file.empty()) {
-    std::fputs(kRecordUsage, stderr);
-    return 2;
-  }
+int RunRecord(const std::string& url, const std::string& file, uint64_t count) {
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   try {
@@ -295,6 +183,67 @@ int RunRecord(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+void AddInspect(CLI::App& app, RunFunction* chosen) {
+  auto args = std::make_shared<InspectArgs>();
+  CLI::App* sub = app.add_subcommand("inspect", "show the frames and envelope of captured messages");
+  sub->description(
+      "show the frames and envelope of captured messages\n"
+      "\n"
+      "  zerocan inspect FILE|-|VECTOR.frames [options]\n"
+      "  zerocan inspect --follow URL [--count N] [options]\n"
+      "  zerocan inspect --schema [--json]\n"
+      "\n"
+      "Shows every message of a capture (zerocan record, zerocan broker --capture-file, or\n"
+      "zerocan::CaptureWriter): its frame table, its envelope as Cap'n Proto text and a\n"
+      "summary of each payload. Malformed messages are reported with the reason and field\n"
+      "path, and inspection goes on.");
+  sub->footer("Exit status: 0, or 1 when the capture file is truncated or damaged, 2 on usage.");
+  sub->add_option("FILE", args->file, "a capture file, - for stdin, or a golden vector (.frames)");
+  sub->add_flag("--json", args->options.json, "one JSON object per message, one per line");
+  sub->add_flag("--full", args->options.full, "every value and byte instead of the first few");
+  sub->add_option("--function", args->options.function,
+                  "only applies of NAME and the results that answer them")
+      ->type_name("NAME");
+  sub->add_option_function<uint64_t>(
+         "--id", [args](const uint64_t& id) { args->options.id = id; },
+         "only the message with messageId ID and results for it")
+      ->type_name("ID")
+      ->check(NotNegative());
+  sub->add_option("--key-file", args->key_file, "check signatures with the key in FILE")
+      ->type_name("FILE");
+  sub->add_option("--follow", args->follow, "read a live capture socket (a broker's --capture URL)")
+      ->type_name("URL");
+  sub->add_option("--count", args->count, "with --follow: stop after N messages")
+      ->type_name("N")
+      ->check(NotNegative());
+  sub->add_flag("--schema", args->schema, "print the schema in use (structs, fields, ordinals, ids)");
+  sub->callback([args, chosen] { *chosen = [args] { return RunInspect(*args); }; });
+}
+
+void AddRecord(CLI::App& app, RunFunction* chosen) {
+  struct RecordArgs {
+    std::string url, file;
+    uint64_t count = 0;
+  };
+  auto args = std::make_shared<RecordArgs>();
+  CLI::App* sub = app.add_subcommand("record", "record a broker's capture socket to a file");
+  sub->description(
+      "record a broker's capture socket to a file\n"
+      "\n"
+      "Subscribes to a capture socket (a broker's --capture URL) and writes every message to\n"
+      "FILE (a capture; read it with zerocan inspect) until interrupted or N messages.");
+  sub->add_option("URL", args->url, "the capture socket")->required();
+  sub->add_option("FILE", args->file, "the capture file to write")->required();
+  sub->add_option("--count", args->count, "stop after N messages (0: until interrupted)")
+      ->type_name("N")
+      ->check(NotNegative());
+  sub->callback([args, chosen] {
+    *chosen = [args] { return RunRecord(args->url, args->file, args->count); };
+  });
 }
 
 }  // namespace zerocan::tools

@@ -1,50 +1,84 @@
-// The one `zerocan` program: dispatches to one function per subcommand.
+// The one `zerocan` program: a CLI11 app with one subcommand per file in tools/.
+#include <algorithm>
 #include <cstdio>
-#include <cstring>
+#include <iostream>
+#include <memory>
+#include <sstream>
 #include <string>
-#include <string_view>
+#include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "tools/commands.h"
-#include "zerocan/version.h"
 
 namespace {
 
-struct Command {
-  const char* name;
-  int (*run)(int argc, char** argv);
-  const char* help;
+// The command list shows the first line of each subcommand's description; its own
+// --help shows all of it.
+class Formatter : public CLI::Formatter {
+ public:
+  std::string make_subcommand(const CLI::App* sub) const override {
+    std::string description = sub->get_description();
+    std::stringstream out;
+    CLI::detail::format_help(out, sub->get_display_name(true), description.substr(0, description.find('\n')),
+                             column_width_);
+    return out.str();
+  }
 };
-
-constexpr Command kCommands[] = {
-    {"demo", zerocan::tools::RunDemo, "start a broker and two engines on loopback and tour them"},
-    {"engine", zerocan::tools::RunEngine, "serve functions (built-ins and --plugin libraries)"},
-    {"broker", zerocan::tools::RunBroker, "forward calls from clients to engines"},
-    {"call", zerocan::tools::RunCall, "call a function with JSON arguments, print the result"},
-    {"inspect", zerocan::tools::RunInspect, "show the frames and envelope of captured messages"},
-    {"record", zerocan::tools::RunRecord, "record a broker's capture socket to a file"},
-    {"schema", zerocan::tools::RunSchema, "print the schema's path (--path) or text"},
-    {"tune", zerocan::tools::RunTune, "measure the inline/zero-copy threshold of this machine"},
-    {"bench", zerocan::tools::RunBench, "run the benchmarks side by side with their baselines"},
-    {"keygen", zerocan::tools::RunKeygen, "write a CurveZMQ key pair (--curve FILE)"},
-    {"version", zerocan::tools::RunVersion, "print library and protocol versions"},
-};
-
-void Usage(FILE* out) {
-  std::fprintf(out, "usage: zerocan COMMAND [OPTIONS...]\n\ncommands:\n");
-  for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
-}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
-    Usage(argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
+  using namespace zerocan::tools;
+  CLI::App app(
+      "zerocan: remote apply calls over ZeroMQ with a Cap'n Proto envelope. Run an engine,\n"
+      "a broker, call functions, inspect captured traffic, tune this machine's threshold.",
+      "zerocan");
+  app.formatter(std::make_shared<Formatter>());
+  app.require_subcommand(1);
+  app.failure_message([](const CLI::App* a, const CLI::Error& e) {
+    std::string name = "zerocan";
+    for (const CLI::App* sub : a->get_subcommands()) name += " " + sub->get_name();
+    return name + ": " + e.what() + "\nRun `" + name + " --help` for the options.\n";
+  });
+  RunFunction chosen;
+  AddDemo(app, &chosen);
+  AddEngine(app, &chosen);
+  AddBroker(app, &chosen);
+  AddCall(app, &chosen);
+  AddInspect(app, &chosen);
+  AddRecord(app, &chosen);
+  AddSchema(app, &chosen);
+  AddTune(app, &chosen);
+  AddKeygen(app, &chosen);
+  AddVersion(app, &chosen);
+  auto known = [&app](const std::string& name) {
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      if (sub->check_name(name)) return true;
+    }
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !known(argv[1])) {
+    std::fprintf(stderr, "zerocan: unknown command \"%s\"\nRun `zerocan --help` for the commands.\n", argv[1]);
+    return 2;
   }
-  for (const Command& c : kCommands) {
-    if (std::string_view(argv[1]) == c.name) return c.run(argc - 1, argv + 1);
+  // CLI11 takes the arguments last first, without the program's name.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (argc > 1 && std::string(argv[1]) == "call") {
+    std::vector<std::string> rest = ShieldCallArguments({argv + 2, argv + argc});
+    rest.insert(rest.begin(), "call");
+    args = std::move(rest);
   }
-  std::fprintf(stderr, "zerocan: unknown command \"%s\"\n\n", argv[1]);
-  Usage(stderr);
-  return 2;
+  std::reverse(args.begin(), args.end());
+  try {
+    app.parse(args);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return 2;  // a usage error, whatever CLI11's own code for it
+  }
+  return chosen ? chosen() : 2;
 }

@@ -1,10 +1,11 @@
 // `zerocan schema [--path]` and `zerocan version`.
+#include <sys/stat.h>
+
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <string>
-#include <string_view>
-#include <sys/stat.h>
 
 #include "tools/commands.h"
 #include "zerocan/version.h"
@@ -19,11 +20,10 @@ std::string SchemaPath() {
   if (stat(ZEROCAN_SCHEMA_INSTALLED_PATH, &st) == 0) return ZEROCAN_SCHEMA_INSTALLED_PATH;
   return ZEROCAN_SCHEMA_SOURCE_PATH;
 }
-}  // namespace
 
-int RunSchema(int argc, char** argv) {
+int RunSchema(bool path_only) {
   std::string path = SchemaPath();
-  if (argc >= 2 && std::string_view(argv[1]) == "--path") {
+  if (path_only) {
     std::printf("%s\n", path.c_str());
     return 0;
   }
@@ -35,11 +35,24 @@ int RunSchema(int argc, char** argv) {
   std::cout << in.rdbuf();
   return 0;
 }
+}  // namespace
 
-int RunVersion(int, char**) {
-  std::printf("zerocan %s, protocol version %u\n", kLibraryVersion,
-              static_cast<unsigned>(kProtocolVersion));
-  return 0;
+void AddSchema(CLI::App& app, RunFunction* chosen) {
+  auto path_only = std::make_shared<bool>(false);
+  CLI::App* sub = app.add_subcommand("schema", "print the schema's path (--path) or text");
+  sub->add_flag("--path", *path_only, "print where the schema file is, not its text");
+  sub->callback([path_only, chosen] { *chosen = [path_only] { return RunSchema(*path_only); }; });
+}
+
+void AddVersion(CLI::App& app, RunFunction* chosen) {
+  CLI::App* sub = app.add_subcommand("version", "print library and protocol versions");
+  sub->callback([chosen] {
+    *chosen = [] {
+      std::printf("zerocan %s, protocol version %u\n", kLibraryVersion,
+                  static_cast<unsigned>(kProtocolVersion));
+      return 0;
+    };
+  });
 }
 
 }  // namespace zerocan::tools

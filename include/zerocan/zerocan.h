@@ -12,7 +12,6 @@
 #include "zerocan/engine.h"
 #include "zerocan/error.h"
 #include "zerocan/frames.h"
-#include "zerocan/inspect.h"
 #include "zerocan/limits.h"
 #include "zerocan/message.h"
 #include "zerocan/pacing.h"

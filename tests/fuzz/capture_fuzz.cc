@@ -14,7 +14,7 @@
 #include <string_view>
 
 #include "zerocan/capture.h"
-#include "zerocan/inspect.h"
+#include "tools/inspect_render.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view bytes(reinterpret_cast<const char*>(data), size);
@@ -24,16 +24,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   capture_limits.max_frame_bytes = 1 << 20;
   capture_limits.max_record_bytes = 4 << 20;
 
-  zerocan::InspectOptions text;
+  zerocan::tools::InspectOptions text;
   text.limits.max_frames = 64;
   text.limits.max_depth = 32;
-  zerocan::InspectOptions json = text;
+  zerocan::tools::InspectOptions json = text;
   json.json = true;
   json.full = true;
 
   auto reader = zerocan::CaptureReader::FromBytes(bytes, capture_limits);
-  zerocan::Inspector text_inspector(text);
-  zerocan::Inspector json_inspector(json);
+  zerocan::tools::Inspector text_inspector(text);
+  zerocan::tools::Inspector json_inspector(json);
   size_t out = 0;
   while (auto record = reader->Next()) {
     out += text_inspector.Render(*record).size();
@@ -43,7 +43,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   std::string error;
   if (auto record = zerocan::RecordFromFramesFile(bytes, &error, capture_limits)) {
-    zerocan::Inspector vector_inspector(text);
+    zerocan::tools::Inspector vector_inspector(text);
     out += vector_inspector.Render(*record).size();
   }
   (void)out;

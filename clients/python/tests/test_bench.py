@@ -10,13 +10,19 @@ import sys
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+BENCH = PACKAGE_ROOT / "benchmarks" / "zerocan_bench.py"
+
+
+def test_the_package_does_not_carry_the_benchmark():
+    assert not (PACKAGE_ROOT / "zerocan" / "bench.py").exists()
+    assert BENCH.is_file()
 
 
 def test_bench_quick_without_ipyparallel():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                       env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-m", "zerocan.bench", "--quick", "--no-ipp",
+    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--no-ipp",
                           "--array-mb", "1", "--json"], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr

@@ -60,7 +60,7 @@ def brokers():
     cpp_front, cpp_back = free_tcp_endpoint(), free_tcp_endpoint()
     py_front, py_back = free_tcp_endpoint(), free_tcp_endpoint()
     procs.start("broker", "--frontend", cpp_front, "--backend", cpp_back)
-    procs.start("engine", "--connect", cpp_back, "--id", "cpp-engine")
+    procs.start("engine", "--connect", cpp_back, "--id", "cpp-engine", "--builtins")
     procs.start("broker", "--frontend", py_front, "--backend", py_back)
     py_engine = zerocan.Engine(py_back, id="py-engine", heartbeat=0.1).start()
     clients = []

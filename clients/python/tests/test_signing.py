@@ -349,7 +349,7 @@ def run_call(url, *args, timeout=10):
 @pytest.fixture
 def cpp_engine(key_file):
     url = free_tcp_endpoint()
-    p = subprocess.Popen([str(zerocan_bin()), "engine", "--bind", url, "--id", "cpp-signed",
+    p = subprocess.Popen([str(zerocan_bin()), "engine", "--bind", url, "--id", "cpp-signed", "--builtins",
                           "--key-file", str(key_file)], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     state = {"url": url, "proc": p}

@@ -1,4 +1,5 @@
-"""``python -m zerocan engine ...`` (a Python engine process) and ``python -m zerocan bench``."""
+"""``python -m zerocan engine ...``: a Python engine process. (The benchmark is not part of
+the package: clients/python/benchmarks/zerocan_bench.py in the repository.)"""
 
 from __future__ import annotations
 
@@ -61,10 +62,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "engine":
         raise SystemExit(main(sys.argv[2:]))
-    if len(sys.argv) >= 2 and sys.argv[1] == "bench":
-        from . import bench
-        raise SystemExit(bench.main(sys.argv[2:]))
     print("usage: python -m zerocan engine (--bind URL | --connect URL) [--allow-pickle] "
-          "[--key-file FILE]\n"
-          "       python -m zerocan bench [--quick]", file=sys.stderr)
+          "[--key-file FILE]", file=sys.stderr)
     raise SystemExit(2)

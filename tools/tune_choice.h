@@ -8,7 +8,7 @@
 #include <limits>
 #include <vector>
 
-namespace zerocan::bench {
+namespace zerocan::tools {
 
 // Payloads of at least the returned size go as their own frame; smaller ones inline.
 // SIZE_MAX means "always inline".
@@ -52,4 +52,4 @@ inline size_t ChooseThreshold(const std::vector<size_t>& sizes,
   return cut;
 }
 
-}  // namespace zerocan::bench
+}  // namespace zerocan::tools

@@ -1,4 +1,6 @@
-// Inspecting messages: what `zerocan inspect` prints for each captured message.
+// Inspecting messages: what `zerocan inspect` prints for each captured message. Part of
+// the program, not the library: the library reads and writes captures (capture.h) and
+// decodes messages; the rendering lives here, with the tool.
 //
 // For every message: a frame table (index, role, size, where the payload data starts
 // within the frame modulo 8, which values refer to it), the envelope as Cap'n Proto
@@ -22,8 +24,10 @@
 #include "zerocan/message.h"
 
 namespace zerocan {
-
 class Signer;
+}  // namespace zerocan
+
+namespace zerocan::tools {
 
 struct InspectOptions {
   bool json = false;          // one JSON object per message, one per line
@@ -75,4 +79,4 @@ std::string InspectMessage(const ReceivedMessage& message, const InspectOptions&
 // membership, and the protocol version. Text, or JSON when `json`.
 std::string DescribeSchema(bool json = false);
 
-}  // namespace zerocan
+}  // namespace zerocan::tools

@@ -1,5 +1,5 @@
-// The threshold tuner's measurements, shared by `zerocan tune` (tools/tune.cc) and
-// `zerocan bench --only tune` (bench/tune_bench.cc).
+// The threshold tuner's measurements, made by `zerocan tune` (tools/tune.cc) and reused
+// by the benchmark program's tune section (`zerocan-bench --only tune`, bench/tune_bench.cc).
 //
 // For each transport and payload size, messages carrying one bytes payload go end to
 // end through a real socket pair (PUSH -> PULL, a receiver thread receiving, decoding
@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "tune_choice.h"
+#include "tools/tune_choice.h"
 
-namespace zerocan::bench {
+namespace zerocan::tools {
 
 enum class Placement { kInline = 0, kCopiedFrame = 1, kFrame = 2, kTuned = 3 };
 inline constexpr int kPlacements = 4;
@@ -87,4 +87,4 @@ MemoryResult MeasureMemoryPolicy(bool quick, const std::function<void(double, co
 std::function<void(double, const std::string&)> TerminalProgress();
 void ClearProgress();
 
-}  // namespace zerocan::bench
+}  // namespace zerocan::tools

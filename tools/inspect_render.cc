@@ -1,11 +1,12 @@
-// Inspector: frame tables, envelope text and payload summaries for captured messages.
+// Inspector: frame tables, envelope text and payload summaries for captured messages,
+// as `zerocan inspect` prints them (the library only reads and decodes captures).
 //
 // Safety: a record's bytes reach Cap'n Proto only through Message::Decode (bounded
 // reader, full walk). Everything printed afterwards reads the decoded message through
 // the generated schema's reflection (capnp/dynamic.h) and zerocan::Value; those reads
 // cannot fail on a message Decode accepted, but the whole rendering still sits inside
 // one catch so that a bug here shows as a line of output, never as a crash.
-#include "zerocan/inspect.h"
+#include "tools/inspect_render.h"
 
 #include <capnp/dynamic.h>
 #include <capnp/schema.h>
@@ -38,7 +39,7 @@
 #define ZEROCAN_INSPECT_SIGNING 1
 #endif
 
-namespace zerocan {
+namespace zerocan::tools {
 
 namespace {
 
@@ -1109,4 +1110,4 @@ std::string DescribeSchema(bool as_json) {
   return out;
 }
 
-}  // namespace zerocan
+}  // namespace zerocan::tools

@@ -1,4 +1,4 @@
-#include "tune_measure.h"
+#include "tools/tune_measure.h"
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -14,10 +14,10 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "bench_util.h"
+#include "tools/measure_util.h"
 #include "zerocan/zerocan.h"
 
-namespace zerocan::bench {
+namespace zerocan::tools {
 
 const char* PlacementName(Placement p) {
   switch (p) {
@@ -361,4 +361,4 @@ void ClearProgress() {
   }
 }
 
-}  // namespace zerocan::bench
+}  // namespace zerocan::tools

@@ -1,7 +1,11 @@
 """Benchmark: zerocan's Python client side by side with ipyparallel, in one run.
 
-    python -m zerocan.bench [--quick] [--json] [--no-ipp] [--no-floor] [--ipp-malloc]
-                            [--no-placement]
+    python clients/python/benchmarks/zerocan_bench.py [--quick] [--json] [--no-ipp]
+        [--no-floor] [--ipp-malloc] [--no-placement]
+
+(or ``build/bench/zerocan-bench --only python``). It lives beside the package, not in it:
+an installed ``zerocan`` does not carry its benchmark. Run from the repository, it uses the
+package next to it (``clients/python/zerocan``) unless another one is importable first.
 
 Starts, on this machine and over tcp loopback, each in its own process:
 
@@ -10,8 +14,8 @@ Starts, on this machine and over tcp loopback, each in its own process:
   with cloudpickle on every call, as ipyparallel sends them; the engine decodes the
   arguments (arrays as views of the received frames) and calls the function.
 * zerocan (C++ engine), when ``$ZEROCAN_BIN`` (default build/zerocan) implements
-  ``zerocan engine``: its built-in ``echo`` and ``nbytes`` (C++ cannot run the Python
-  functions).
+  ``zerocan engine``: its built-in ``echo`` and ``nbytes`` (``--builtins``; C++ cannot run
+  the Python functions).
 * pyzmq floor (array workloads only): a bare pyzmq ROUTER that answers the array's
   length or sends the received frame back, with the same sockets, memory settings and
   zero-copy frames as zerocan, and no envelope, no decoding, no function. What tcp
@@ -65,7 +69,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-import zerocan
+HERE = Path(__file__).resolve().parent
+try:
+    import zerocan
+except ImportError:  # run from the repository without the package installed
+    sys.path.insert(0, str(HERE.parent))
+    import zerocan
 import zerocan.placement
 import zerocan.policy
 from zerocan import wire
@@ -168,10 +177,21 @@ def _wait_ready(client: zerocan.Client, seconds: float = 30) -> None:
 
 
 def _functions() -> tuple[Callable[[Any], Any], Callable[[Any], int]]:
-    """``ident`` and ``nbytes`` as ``zerocan.bench``'s (not ``__main__``'s when run with
-    ``-m``), so both sides pickle them as they would a library function."""
-    from zerocan import bench
-    return bench.ident, bench.nbytes
+    """``ident`` and ``nbytes`` as the module ``zerocan_bench``'s (not ``__main__``'s when
+    run as a script), so both sides pickle them as they would a library function (the
+    engines find the module through PYTHONPATH, see ``_export_path``)."""
+    import zerocan_bench
+    return zerocan_bench.ident, zerocan_bench.nbytes
+
+
+def _export_path() -> None:
+    """Lets the processes this benchmark starts (engines, the floor, ipyparallel) import
+    this module and the package it measures, as this process does."""
+    package = Path(zerocan.__file__).resolve().parents[1]
+    entries = [str(HERE), str(package), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(entries))
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
 
 
 class Placement:
@@ -249,7 +269,7 @@ class Zerocan:
 
 
 def floor_server(url: str, io_cpu: Optional[int]) -> None:
-    """``python -m zerocan.bench --floor-server URL [--floor-io-cpu N]``: the pyzmq floor's
+    """``zerocan_bench.py --floor-server URL [--floor-io-cpu N]``: the pyzmq floor's
     other end. A message [b"nbytes", x] is answered with len(x) as text, [b"echo", x]
     with x itself (the received frame, sent back without a copy)."""
     import zmq
@@ -280,7 +300,7 @@ class PyzmqFloor:
         import zmq
         url = f"tcp://127.0.0.1:{_free_port()}"
         server_cpu = [] if placement is None else ["--floor-io-cpu", str(placement.engine_cpu)]
-        self.proc = subprocess.Popen([sys.executable, "-m", "zerocan.bench",
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "zerocan_bench.py"),
                                       "--floor-server", url, *server_cpu],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pids = [self.proc.pid]
@@ -322,9 +342,11 @@ class IPyParallel:
         import ipyparallel as ipp  # type: ignore[import-untyped]
         import tempfile
         import zmq
-        # Inherited by the controller and engine processes only.
+        # Inherited by the controller and engine processes only. PYTHONPATH: the engine
+        # imports this module to unpickle ``ident`` and ``nbytes`` (see _export_path).
         env = {"GLIBC_TUNABLES": REUSING_TUNABLES if tuned_malloc else None,
-               "PYTHONPATH": None, "ZEROCAN_BENCH_IO_CPU_CONTROLLER": None,
+               "PYTHONPATH": os.environ.get("PYTHONPATH"),
+               "ZEROCAN_BENCH_IO_CPU_CONTROLLER": None,
                "ZEROCAN_BENCH_IO_CPU_ENGINE": None}
         self._site: Optional[tempfile.TemporaryDirectory[str]] = None
         self._context: Optional[zmq.Context] = None
@@ -423,7 +445,7 @@ def zerocan_request_bytes(value: Any) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zerocan.bench")
+    p = argparse.ArgumentParser(prog="zerocan_bench.py")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-ipp", action="store_true", help="skip ipyparallel")
@@ -440,6 +462,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--floor-server", metavar="URL", help=argparse.SUPPRESS)
     p.add_argument("--floor-io-cpu", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    _export_path()
     if args.floor_server:
         floor_server(args.floor_server, args.floor_io_cpu)
         return 0
@@ -465,7 +488,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if cpp is not None:
             port = _free_port()
             systems.append(Zerocan("zerocan (C++ engine)",
-                                   [cpp, "engine", "--bind", f"tcp://127.0.0.1:{port}"],
+                                   [cpp, "engine", "--builtins", "--bind",
+                                    f"tcp://127.0.0.1:{port}"],
                                    f"tcp://127.0.0.1:{port}", python_functions=False,
                                    placement=placement))
             if placement is not None:
@@ -473,7 +497,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 # placement buys, in the same run.
                 port = _free_port()
                 systems.append(Zerocan("zerocan (C++, unplaced)",
-                                       [cpp, "engine", "--bind", f"tcp://127.0.0.1:{port}"],
+                                       [cpp, "engine", "--builtins", "--bind",
+                                        f"tcp://127.0.0.1:{port}"],
                                        f"tcp://127.0.0.1:{port}", python_functions=False,
                                        workloads=("array", "echo"), own_context=True))
         if not args.no_floor:
