@@ -56,6 +56,7 @@ constexpr char kEngineHelp[] =
 int RunEngine(int argc, char** argv) {
   BlockStopSignals();
   EngineOptions options;
+  options.builtins = true;
   std::vector<std::string> binds, connects, plugins;
   try {
     for (int i = 1; i < argc; ++i) {

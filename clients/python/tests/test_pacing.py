@@ -109,7 +109,7 @@ def test_other_addresses_and_transports_are_left_alone(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("unpace", [True, False])
 def test_the_python_engine_binds_unpaced_unless_told(unpace: bool) -> None:
-    engine = zerocan.Engine("tcp://127.0.0.1:*", bind=True, unpace_local_tcp=unpace)
+    engine = zerocan.Engine("tcp://127.0.0.1:*", builtins=True, bind=True, unpace_local_tcp=unpace)
     engine.start()
     try:
         client = zerocan.Client(engine.endpoint)
