@@ -122,3 +122,23 @@ def test_the_python_engine_binds_unpaced_unless_told(unpace: bool) -> None:
             client.close()
     finally:
         engine.stop()
+
+
+def test_a_default_python_engine_leaves_the_host_alone() -> None:
+    # No built-ins unless asked, and its loopback listener and accepted connections on
+    # the host's congestion control (reno only where the host default paces).
+    assert zerocan.Engine().functions() == []
+    assert "add" in zerocan.Engine(builtins=True).functions()
+    engine = zerocan.Engine("tcp://127.0.0.1:*", bind=True)
+    engine.register("add")(lambda a, b: a + b)
+    engine.start()
+    try:
+        client = zerocan.Client(engine.endpoint)
+        try:
+            assert client.apply("add", 1, 2).result() == 3
+            got = await_accepted(port_of(engine.endpoint), 1)
+            assert got and all(cc == host_default() for cc in got), got
+        finally:
+            client.close()
+    finally:
+        engine.stop()
