@@ -4,9 +4,12 @@
 #   2. builds and runs the GoogleTest suite (ctest),
 #   3. installs into a staging prefix and builds tests/consumer against it,
 #   4. rebuilds with AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite again,
-#   5. runs the Python client's tests (pytest), C++ <-> Python through the broker,
-#   6. runs each fuzz target for a fixed budget (ZEROCAN_FUZZ_SECONDS, default 30).
-# Set ZEROCAN_SKIP_ASAN=1 or ZEROCAN_SKIP_FUZZ=1 to skip steps locally.
+#   5. rebuilds the test program with ThreadSanitizer and runs the concurrency suites
+#      (client receive, engine, broker, tracker callbacks, signing pool) within a fixed
+#      budget (ZEROCAN_TSAN_SECONDS, default 600),
+#   6. runs the Python client's tests (pytest), C++ <-> Python through the broker,
+#   7. runs each fuzz target for a fixed budget (ZEROCAN_FUZZ_SECONDS, default 30).
+# Set ZEROCAN_SKIP_ASAN=1, ZEROCAN_SKIP_TSAN=1 or ZEROCAN_SKIP_FUZZ=1 to skip steps locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -46,6 +49,21 @@ if [ "${ZEROCAN_SKIP_ASAN:-0}" != 1 ]; then
   cmake --build build-asan -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
+fi
+
+if [ "${ZEROCAN_SKIP_TSAN:-0}" != 1 ]; then
+  step "ThreadSanitizer build and the concurrency tests"
+  # Callbacks run on libzmq's threads and on our workers: the suites that cross threads.
+  # libzmq itself is not instrumented; tests/tsan.supp names what of it TSan misreads.
+  tsan_suites='^(ClientTest|ResultTest|EngineTest|BrokerTest|FramesTest|SigningTest|HostDefaultsTest)\.'
+  tsan_started=$(date +%s)
+  cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZEROCAN_SANITIZE=thread \
+        "${launcher[@]}" >/dev/null
+  cmake --build build-tsan -j "$jobs" --target zerocan_tests zerocan_host_defaults_test
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$root/tests/tsan.supp" \
+    timeout --kill-after=30 "${ZEROCAN_TSAN_SECONDS:-600}" \
+    ctest --test-dir build-tsan --output-on-failure -j "$jobs" -R "$tsan_suites"
+  echo "ThreadSanitizer step: $(( $(date +%s) - tsan_started )) s"
 fi
 
 if [ -d clients/python ]; then

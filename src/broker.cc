@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "wire/peek.h"
 #include "internal/strings.h"
+#include "tsan_zmq.h"
 #include "zerocan/capture.h"
 #include "zerocan/frames.h"
 #include "zerocan/pacing.h"
@@ -383,6 +384,7 @@ class Broker::Impl {
   // Sends routing frames, the delimiter and `frames` (all moved) as one message.
   bool SendFrames(zmq::socket_t& s, absl::InlinedVector<zmq::message_t, 2>& routing,
                   FrameList& frames) {
+    internal::TsanBeforeZmqSend();
     try {
       for (auto& r : routing) s.send(r, zmq::send_flags::sndmore);
       s.send(zmq::message_t(), zmq::send_flags::sndmore);

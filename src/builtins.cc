@@ -171,13 +171,13 @@ void Fail(const Call& call, ValueWriter&) {
 
 }  // namespace
 
-void AddBuiltins(Engine& engine) {
-  engine.DefRaw("echo", Echo);
-  engine.DefRaw("add", Add);
-  engine.DefRaw("sum", Sum);
-  engine.DefRaw("nbytes", NBytes);
-  engine.DefRaw("sleep", Sleep, FunctionOptions{.may_run_inline = false});
-  engine.DefRaw("fail", Fail);
+void AddBuiltins(Engine& engine, FunctionOptions options) {
+  engine.DefRaw("echo", Echo, options);
+  engine.DefRaw("add", Add, options);
+  engine.DefRaw("sum", Sum, options);
+  engine.DefRaw("nbytes", NBytes, options);
+  engine.DefRaw("sleep", Sleep);  // never inline: it would hold the I/O thread
+  engine.DefRaw("fail", Fail, options);
 }
 
 }  // namespace zerocan

@@ -1,7 +1,8 @@
 // Engine: one I/O thread owns the sockets; workers decode, run and encode.
 //
-// The I/O thread never runs user code (unless threads == 0), so heartbeats keep flowing
-// while a function runs for minutes: a broker tells a busy engine from a dead one.
+// The I/O thread runs user code only when asked (threads == 0, inline_execution), so
+// heartbeats keep flowing while a function runs for minutes: a broker tells a busy
+// engine from a dead one.
 // Workers hand replies back through a queue and an eventfd that the I/O thread polls
 // next to its sockets (a ZeroMQ socket may only be used by one thread at a time).
 #include "zerocan/engine.h"
@@ -151,13 +152,9 @@ class Engine::Impl {
     ::close(wake_fd_);
   }
 
-  // A registered function and what the engine has seen of its run time.
   struct Function {
     RawFunction fn;
     FunctionOptions options;
-    std::atomic<uint32_t> fast_runs{0};
-    std::atomic<bool> slow{false};
-    std::atomic<uint32_t> strikes{0};  // net count of runs over inline_below (see Process)
   };
 
   void Def(std::string_view name, RawFunction fn, FunctionOptions options) {
@@ -167,23 +164,22 @@ class Engine::Impl {
     f->fn = std::move(fn);
     f->options = options;
     functions_[std::string(name)] = std::move(f);
+    any_inline_ = std::any_of(functions_.begin(), functions_.end(), [](const auto& entry) {
+      return entry.second->options.inline_execution;
+    });
   }
 
-  static constexpr uint32_t kInlineStrikes = 3;
-
-  // True when `job` should run here on the I/O thread (see EngineOptions::inline_below).
+  // True when `job` runs here on the I/O thread: the engine or its function asked for it
+  // (EngineOptions / FunctionOptions::inline_execution). Only then is the envelope
+  // peeked at for the function's name; it is verified and decoded later, in Process.
   bool RunsInline(const Job& job) const {
-    // Envelope only (plus the signature frame when signing): no payload to speak of.
-    size_t small = options_.signer ? 2 : 1;
-    if (options_.inline_below.count() <= 0 || job.received.frames.size() != small) return false;
+    if (options_.inline_execution) return true;
+    if (!any_inline_ || job.received.frames.empty()) return false;
     std::optional<internal::Peek> peek =
         internal::PeekEnvelope(job.received.frames[0], options_.limits);
     if (!peek || peek->kind != BodyKind::kApply) return false;
     auto it = functions_.find(peek->function);
-    if (it == functions_.end()) return false;
-    const Function& f = *it->second;
-    return f.options.may_run_inline && !f.slow.load(std::memory_order_relaxed) &&
-           f.fast_runs.load(std::memory_order_relaxed) >= options_.inline_after;
+    return it != functions_.end() && it->second->options.inline_execution;
   }
 
   std::vector<std::string> Functions() const {
@@ -465,24 +461,7 @@ class Engine::Impl {
       ValueWriter out = w.StartResult(message.message_id(), options_.id);
       Call call(message, options_.id, *registry_);
       Function& f = *it->second;
-      Clock::time_point t0 = Clock::now();
       f.fn(call, out);
-      auto took = Clock::now() - t0;
-      if (took > options_.inline_below) {
-        // A run that held the I/O thread for over a tenth of the heartbeat interval (and
-        // over 10x the bound) is a slow function: never inline again. Shorter overruns
-        // may be a fast function preempted on a loaded machine (a time slice is several
-        // ms); only a net three of those end inlining.
-        auto long_run = std::max<Clock::duration>(10 * options_.inline_below, options_.heartbeat / 10);
-        if (took > long_run ||
-            f.strikes.fetch_add(1, std::memory_order_relaxed) + 1 >= kInlineStrikes) {
-          f.slow.store(true, std::memory_order_relaxed);
-        }
-      } else {
-        f.fast_runs.fetch_add(1, std::memory_order_relaxed);
-        uint32_t strikes = f.strikes.load(std::memory_order_relaxed);
-        if (strikes > 0) f.strikes.compare_exchange_weak(strikes, strikes - 1, std::memory_order_relaxed);
-      }
       reply.message = w.Finish();
       return reply;
     } catch (const RemoteError& e) {
@@ -545,6 +524,7 @@ class Engine::Impl {
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;
   std::map<std::string, std::shared_ptr<Function>> functions_;
+  bool any_inline_ = false;  // a function of functions_ asked for inline_execution
   Verifier verifier_;
   std::unique_ptr<ReplayGuard> replay_;  // with a signer only
   std::vector<zmq::socket_t> sockets_;

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "tsan_zmq.h"
 #include "zerocan/stats.h"
 
 namespace zerocan {
@@ -110,6 +111,7 @@ Tracker SendFrames(zmq::socket_t& socket, Outgoing&& message,
     frames.push_back(ZeroCopyFrame(b, tracker));
   }
   if (trailer) frames.push_back(std::move(*trailer));
+  TsanBeforeZmqSend();  // every byte of the message is written
   try {
     for (size_t i = 0; i < frames.size(); ++i) {
       auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
@@ -157,6 +159,7 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
       if (first) return std::nullopt;
       throw TransportError("receive interrupted in the middle of a multipart message");
     }
+    internal::TsanAfterZmqReceive();  // before anything reads the part's bytes
     first = false;
     bool more = part.more();
     if (!problem.empty()) {

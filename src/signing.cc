@@ -11,8 +11,8 @@
 // Why chunks: one Poly1305 stream runs at ~14 GB/s on one core here, so a 16 MiB frame
 // costs ~1.2 ms to sign and as much to verify, serial with the transfer (libzmq starts
 // sending a multipart message only at its last part, and the receiver has the whole
-// message before it can verify). Chunks under independent keys are MACed on
-// ChunkPool's threads at once; frames at or below the chunk size (envelopes, small
+// message before it can verify). Chunks under independent keys are MACed on the
+// Signer's ChunkPool threads at once; frames at or below the chunk size (envelopes, small
 // payloads, every frame of a flood) never reach the pool.
 //
 // OpenSSL 3's EVP_MAC keeps the keyed HMAC state (the inner and outer pads already
@@ -83,21 +83,49 @@ struct MacCtx {
 
 // ---- the chunk pool ------------------------------------------------------------------
 
-// Runs job(0..n-1) on the calling thread and up to hardware_concurrency() - 1 helper
-// threads (at most 15), and returns when every job has run. One pool per process,
-// created at the first frame that needs it; its threads live as long as the process
-// (never destroyed: a signer may run during static destruction). Any number of
-// callers may run batches at once: each caller works through its own batch, and idle
-// helpers join the oldest batch that still has unclaimed jobs, so a caller never waits
-// for another caller's work. Jobs must not throw.
+// Runs job(0..n-1) on the calling thread and `helpers` helper threads, and returns when
+// every job has run. One pool per keyed state (a Signer and its copies share it),
+// created at the first frame that needs it; its threads are joined when the last
+// Signer copy and Hasher sharing that state are gone. Any number of callers may run
+// batches at once: each caller works through its own batch, and idle helpers join the
+// oldest batch that still has unclaimed jobs, so a caller never waits for another
+// caller's work. Jobs must not throw.
 class ChunkPool {
  public:
   using Job = void (*)(const void* context, size_t index);
 
-  // Null when the pool could not be created (allocation failure): callers run alone.
-  static ChunkPool* Get() noexcept {
-    static ChunkPool* pool = new (std::nothrow) ChunkPool();
-    return pool;
+  ChunkPool(unsigned helpers, bool steer) : pid_(getpid()) {
+    helpers = std::min(helpers, kMaxHelpers);
+    for (unsigned i = 0; i < helpers; ++i) {
+      try {
+        threads_.emplace_back([this] { Help(); });
+        handles_[i] = threads_.back().native_handle();
+      } catch (const std::system_error&) {
+        break;  // fewer helpers; callers still do all their own work
+      }
+    }
+    helpers_ = static_cast<unsigned>(threads_.size());
+    // The helpers inherited this thread's CPU set; steering only ever narrows it.
+    CPU_ZERO(&allowed_);
+    if (!steer || sched_getaffinity(0, sizeof(allowed_), &allowed_) != 0 ||
+        CPU_COUNT(&allowed_) < 2) {
+      steer_ = false;
+    }
+  }
+
+  ~ChunkPool() {
+    if (getpid() != pid_) {
+      // A forked child: the helpers exist only in the parent, and the mutex may have been
+      // held by one of them at the fork. Nothing to join; leave the thread objects be.
+      new std::vector<std::thread>(std::move(threads_));  // deliberately leaked
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    work_.notify_all();
+    for (std::thread& t : threads_) t.join();
   }
 
   void Run(size_t n, Job job, const void* context) noexcept {
@@ -124,6 +152,8 @@ class ChunkPool {
     done_.wait(lock, [&] { return batch.helpers == 0; });
   }
 
+  static constexpr unsigned kMaxHelpers = 15;
+
  private:
   struct Batch {
     Job job;
@@ -140,35 +170,18 @@ class ChunkPool {
     }
   };
 
-  ChunkPool() : pid_(getpid()) {
-    unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 16u);
-    for (unsigned i = 0; i + 1 < threads; ++i) {
-      try {
-        std::thread helper([this] { Help(); });
-        handles_[helpers_] = helper.native_handle();
-        helper.detach();
-        ++helpers_;
-      } catch (const std::system_error&) {
-        break;  // fewer helpers; callers still do all their own work
-      }
-    }
-    // The helpers inherited this thread's CPU set; steering only ever narrows it.
-    CPU_ZERO(&allowed_);
-    if (sched_getaffinity(0, sizeof(allowed_), &allowed_) != 0 || CPU_COUNT(&allowed_) < 2) {
-      steer_ = false;
-    }
-  }
-
-  // Keeps the helpers off the caller's CPU. Some guest kernels place a woken thread on
-  // its waker's CPU even while another CPU is idle (the reference VM boots with
-  // sched_vcpu_pack=15, which packs wakeups): the helper then waits in that CPU's run
-  // queue until the caller has drained the batch alone, and the chunks run one after
-  // another. A helper whose CPU set excludes the caller's CPU is woken elsewhere. The
-  // set is changed only when the caller's CPU differs from the one last excluded (one
-  // pthread_setaffinity_np per helper, a few microseconds, against ~75 us per 1 MiB
-  // chunk), so a caller that stays put makes no system call beyond sched_getcpu (vDSO).
-  // Any failure (a container that forbids it, a CPU set changed under us) turns
-  // steering off for good and leaves the helpers wherever the kernel puts them.
+  // Only with SignerOptions::steer_chunk_threads (off by default: a library sets no
+  // thread's CPU affinity unless asked). Keeps the helpers off the caller's CPU. Some
+  // guest kernels place a woken thread on its waker's CPU even while another CPU is idle
+  // (the reference VM boots with sched_vcpu_pack=15, which packs wakeups): the helper
+  // then waits in that CPU's run queue until the caller has drained the batch alone,
+  // and the chunks run one after another. A helper whose CPU set excludes the caller's
+  // CPU is woken elsewhere. The set is changed only when the caller's CPU differs from
+  // the one last excluded (one pthread_setaffinity_np per helper, a few microseconds,
+  // against ~75 us per 1 MiB chunk), so a caller that stays put makes no system call
+  // beyond sched_getcpu (vDSO). Only this pool's own helpers are touched. Any failure
+  // (a container that forbids it, a CPU set changed under us) turns steering off for
+  // good and leaves the helpers wherever the kernel puts them.
   void SteerHelpers() noexcept {
     if (!steer_.load(std::memory_order_relaxed)) return;
     int cpu = sched_getcpu();
@@ -200,7 +213,8 @@ class ChunkPool {
   void Help() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      work_.wait(lock, [&] { return !queue_.empty(); });
+      work_.wait(lock, [&] { return !queue_.empty() || stop_; });
+      if (queue_.empty()) return;  // stopping, and no batch left
       Batch* batch = queue_.front();
       ++batch->helpers;
       lock.unlock();
@@ -212,16 +226,24 @@ class ChunkPool {
   }
 
   const pid_t pid_;
-  unsigned helpers_ = 0;
-  pthread_t handles_[15];  // the first helpers_ are live (detached, never exit)
-  cpu_set_t allowed_;      // the helpers' CPU set at creation
-  std::mutex steer_mu_;    // held while the helpers' CPU sets change
+  std::vector<std::thread> threads_;
+  unsigned helpers_ = 0;              // threads_.size(), read without the lock
+  pthread_t handles_[kMaxHelpers];    // the first helpers_ are live
+  cpu_set_t allowed_;                 // the helpers' CPU set at creation
+  std::mutex steer_mu_;               // held while the helpers' CPU sets change
   std::atomic<bool> steer_{true};
   std::atomic<int> excluded_{-1};  // the CPU the helpers now avoid; -1: none yet
   std::mutex mu_;
   std::condition_variable work_, done_;
   std::vector<Batch*> queue_;  // batches that may have unclaimed jobs, oldest first
+  bool stop_ = false;          // mu_
 };
+
+// The helper count SignerOptions::chunk_threads asks for.
+unsigned ChunkHelpers(int chunk_threads) {
+  if (chunk_threads >= 0) return std::min<unsigned>(chunk_threads, ChunkPool::kMaxHelpers);
+  return std::clamp(std::thread::hardware_concurrency(), 1u, ChunkPool::kMaxHelpers + 1) - 1;
+}
 
 }  // namespace
 
@@ -249,7 +271,23 @@ struct Signer::Keyed {
   EVP_MAC* hmac = nullptr;
   EVP_MAC* poly = nullptr;
   EVP_MAC_CTX* kdf = nullptr;  // HMAC-SHA256 keyed with the secret, never updated: duplicated
+  SignerOptions options;
+  // Made at the first frame over kSignatureChunkSize; null until then, and when it could
+  // not be made (allocation failure: callers then run alone).
+  mutable std::once_flag pool_once;
+  mutable std::unique_ptr<ChunkPool> pool;
+
+  ChunkPool* Pool() const noexcept {
+    std::call_once(pool_once, [this] {
+      unsigned helpers = ChunkHelpers(options.chunk_threads);
+      if (helpers == 0) return;
+      pool.reset(new (std::nothrow) ChunkPool(helpers, options.steer_chunk_threads));
+    });
+    return pool.get();
+  }
+
   ~Keyed() {
+    pool.reset();  // joins the helpers (none is working: no Hasher is left)
     EVP_MAC_CTX_free(kdf);
     EVP_MAC_free(poly);
     EVP_MAC_free(hmac);
@@ -362,7 +400,7 @@ bool AddFrame(const Signer::Keyed& keyed, EVP_MAC_CTX* ctx, const unsigned char 
     tags = heap.get();
   }
   FrameChunks work{&keyed, nonce, index, bytes, size, tags};
-  if (ChunkPool* pool = ChunkPool::Get()) {
+  if (ChunkPool* pool = keyed.Pool()) {
     pool->Run(chunks, &FrameChunks::Job, &work);
   } else {
     for (size_t j = 0; j < chunks; ++j) FrameChunks::Job(&work, j);
@@ -380,9 +418,10 @@ struct Signer::Hasher::Ctx {
   ~Ctx() { EVP_MAC_CTX_free(ctx); }
 };
 
-Signer::Signer(std::string_view key) {
+Signer::Signer(std::string_view key, SignerOptions options) {
   if (key.empty()) throw AuthError(AuthError::Code::kBadKey, "signing key is empty");
   auto keyed = std::make_shared<Keyed>();
+  keyed->options = options;
   keyed->hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
   if (keyed->hmac == nullptr) CryptoFailure("EVP_MAC_fetch(HMAC)");
   keyed->poly = EVP_MAC_fetch(nullptr, "POLY1305", nullptr);
@@ -434,7 +473,9 @@ std::string Signer::ReadKeyFile(const std::string& path) {
   return trimmed;
 }
 
-Signer Signer::FromKeyFile(const std::string& path) { return Signer(ReadKeyFile(path)); }
+Signer Signer::FromKeyFile(const std::string& path, SignerOptions options) {
+  return Signer(ReadKeyFile(path), options);
+}
 
 // ---- signing -------------------------------------------------------------------------
 

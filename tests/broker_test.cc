@@ -50,6 +50,7 @@ struct Cluster {
   }
   Engine& AddEngine(int threads = 2) {
     EngineOptions eo;
+    eo.builtins = true;
     eo.context = &context;
     eo.heartbeat = kBeat;
     eo.threads = threads;
@@ -215,6 +216,7 @@ TEST(BrokerTest, CapturePublishesEveryMessage) {
   sub.connect("inproc://capture");
   broker.Start();
   EngineOptions eo;
+  eo.builtins = true;
   eo.context = &ctx;
   eo.heartbeat = kBeat;
   Engine engine(eo);

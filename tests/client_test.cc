@@ -56,6 +56,7 @@ TEST(ClientTest, NobodyListeningTimesOut) {
 TEST(ClientTest, BorrowedArgumentIsTrackedAdoptedOneNeedsNoCare) {
   zmq::context_t ctx(1);
   EngineOptions eo;
+  eo.builtins = true;
   eo.context = &ctx;
   Engine engine(eo);
   engine.Bind("inproc://client-track");
@@ -82,6 +83,7 @@ TEST(ClientTest, BorrowedArgumentIsTrackedAdoptedOneNeedsNoCare) {
 TEST(ClientTest, OneThreadReceivesForAnother) {
   zmq::context_t ctx(1);
   EngineOptions eo;
+  eo.builtins = true;
   eo.context = &ctx;
   Engine engine(eo);
   engine.Bind("inproc://client-leader");

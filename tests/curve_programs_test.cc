@@ -75,6 +75,7 @@ TEST_F(CurveProgramsTest, EngineAndClientOverTcp) {
   zmq::context_t ctx(1);
   CurveKeyPair server = GenerateCurveKeyPair();
   EngineOptions eo;
+  eo.builtins = true;
   eo.context = &ctx;
   eo.curve = server;
   Engine engine(eo);
@@ -110,6 +111,7 @@ TEST_F(CurveProgramsTest, ThroughABrokerWithCurve) {
 
   // An engine without the broker's key never registers.
   EngineOptions plain;
+  plain.builtins = true;
   plain.context = &ctx;
   plain.heartbeat = milliseconds(100);
   plain.id = "plain";

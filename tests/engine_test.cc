@@ -36,6 +36,7 @@ struct Pair {
     options.context = &context;
     options.threads = threads;
     options.policy = TestPolicy();
+    options.builtins = true;  // add, sleep, fail...
     engine = std::make_unique<Engine>(options);
     engine->def("scale",
                 [](TensorView<const double> x, double k) {
@@ -233,6 +234,7 @@ TEST(EngineTest, InprocIsZeroCopyBothWays) {
   // the address of the vector the engine returned.
   zmq::context_t ctx(1);
   EngineOptions options;
+  options.builtins = true;
   options.context = &ctx;
   options.policy = TestPolicy();
   Engine engine(options);
@@ -288,72 +290,75 @@ TEST(EngineTest, InlineModeServesOnTheIoThread) {
   EXPECT_FALSE(p.client->apply("fail", std::string("x")).get().ok());
 }
 
-TEST(EngineTest, ProvenFastFunctionsRunOnTheIoThread) {
+uint64_t ThisThread() { return std::hash<std::thread::id>()(std::this_thread::get_id()); }
+
+// A function runs where it was declared to: on a worker by default, on the I/O thread
+// when registered with inline_execution (however fast or slow its runs are).
+TEST(EngineTest, FunctionsRunOnWorkersUnlessDeclaredInline) {
   zmq::context_t ctx(1);
   EngineOptions options;
   options.context = &ctx;
   options.threads = 2;
-  options.inline_below = milliseconds(50);  // generous: a loaded machine stays "fast"
-  options.inline_after = 4;
   Engine engine(options);
-  auto here = [] { return std::hash<std::thread::id>()(std::this_thread::get_id()); };
-  engine.def("fast", [&] { return static_cast<uint64_t>(here()); });
-  engine.def("slow", [&] {
-    std::this_thread::sleep_for(milliseconds(60));
-    return static_cast<uint64_t>(here());
-  });
-  engine.Bind("inproc://inline-fast");
+  engine.def("pooled", [] { return ThisThread(); });
+  engine.def("inline", [] { return ThisThread(); }, FunctionOptions{.inline_execution = true});
+  engine.def(
+      "inline_slow",
+      [](int ms) {
+        std::this_thread::sleep_for(milliseconds(ms));
+        return ThisThread();
+      },
+      {"ms"}, FunctionOptions{.inline_execution = true});
+  engine.Bind("inproc://where-functions-run");
   engine.Start();
   ClientOptions copts;
   copts.context = &ctx;
-  Client client("inproc://inline-fast", copts);
-  std::vector<uint64_t> fast;
-  for (int i = 0; i < 12; ++i) fast.push_back(client.apply("fast").get().as<uint64_t>());
-  // After 4 fast runs on workers, every call runs on one thread: the I/O thread.
-  uint64_t io_thread = fast.back();
-  for (int i = 5; i < 12; ++i) EXPECT_EQ(fast[i], io_thread) << i;
-  // A slow function never leaves the workers.
-  for (int i = 0; i < 6; ++i) EXPECT_NE(client.apply("slow").get().as<uint64_t>(), io_thread);
+  Client client("inproc://where-functions-run", copts);
+  uint64_t io_thread = client.apply("inline").get().as<uint64_t>();
+  EXPECT_NE(io_thread, ThisThread());
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_NE(client.apply("pooled").get().as<uint64_t>(), io_thread) << "call " << i;
+    EXPECT_EQ(client.apply("inline").get().as<uint64_t>(), io_thread) << "call " << i;
+  }
+  // No run time moves a function: a slow inline function stays on the I/O thread.
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(client.apply("inline_slow", 30).get().as<uint64_t>(), io_thread);
+  EXPECT_EQ(client.apply("inline").get().as<uint64_t>(), io_thread);
 }
 
-// A fast function that is once a little slow (a preempted run: between 1x and 10x the
-// bound) stays inline; one that once takes over 10x the bound leaves the I/O thread.
-TEST(EngineTest, OneHiccupKeepsInliningOneLongRunEndsIt) {
+TEST(EngineTest, EngineWideInlineExecutionRunsEveryFunctionOnTheIoThread) {
   zmq::context_t ctx(1);
   EngineOptions options;
   options.context = &ctx;
   options.threads = 2;
-  options.inline_below = milliseconds(20);
-  options.inline_after = 4;
+  options.inline_execution = true;
   Engine engine(options);
-  auto here = [] { return std::hash<std::thread::id>()(std::this_thread::get_id()); };
-  std::atomic<int> hiccup_calls{0}, long_calls{0};
-  engine.def("hiccup", [&] {
-    if (++hiccup_calls == 6) std::this_thread::sleep_for(milliseconds(30));  // 1.5x
-    return static_cast<uint64_t>(here());
-  });
-  engine.def("long", [&] {
-    if (++long_calls == 6) std::this_thread::sleep_for(milliseconds(300));  // 15x
-    return static_cast<uint64_t>(here());
-  });
-  engine.Bind("inproc://inline-strikes");
+  engine.def("a", [] { return ThisThread(); });
+  engine.def("b", [] { return ThisThread(); });
+  engine.Bind("inproc://engine-inline");
   engine.Start();
   ClientOptions copts;
   copts.context = &ctx;
-  Client client("inproc://inline-strikes", copts);
-  std::vector<uint64_t> h, l;
-  for (int i = 0; i < 12; ++i) h.push_back(client.apply("hiccup").get().as<uint64_t>());
-  for (int i = 0; i < 12; ++i) l.push_back(client.apply("long").get().as<uint64_t>());
-  // Both ran inline from their 5th call (the I/O thread is the same for both).
-  uint64_t io_thread = h[4];
-  EXPECT_EQ(l[4], io_thread);
-  for (int i = 6; i < 12; ++i) EXPECT_EQ(h[i], io_thread) << "hiccup call " << i;
-  for (int i = 6; i < 12; ++i) EXPECT_NE(l[i], io_thread) << "long call " << i;
+  Client client("inproc://engine-inline", copts);
+  uint64_t io_thread = client.apply("a").get().as<uint64_t>();
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(client.apply("a").get().as<uint64_t>(), io_thread) << "call " << i;
+    EXPECT_EQ(client.apply("b").get().as<uint64_t>(), io_thread) << "call " << i;
+  }
+}
+
+TEST(EngineTest, BuiltinsOnlyWhenAsked) {
+  EngineOptions plain;
+  EXPECT_TRUE(Engine(plain).functions().empty());
+  EngineOptions with;
+  with.builtins = true;
+  EXPECT_THAT(Engine(with).functions(),
+              ::testing::ElementsAre("add", "echo", "fail", "nbytes", "sleep", "sum"));
 }
 
 TEST(EngineTest, SignedEngineServesOnlyItsKeyHolders) {
   zmq::context_t ctx(1);
   EngineOptions options;
+  options.builtins = true;
   options.context = &ctx;
   options.signer.emplace("engine-test-key");
   Engine engine(options);

@@ -612,6 +612,7 @@ TEST(InspectTest, CaptureOfABrokeredSessionListsEveryCallAndResult) {
   sub.connect("inproc://inspect-capture");
   broker.Start();
   EngineOptions eo;
+  eo.builtins = true;
   eo.context = &ctx;
   eo.heartbeat = std::chrono::milliseconds(40);
   eo.id = "engine-1";

@@ -189,17 +189,20 @@ TEST(PacingTest, ABbrListenerHandedToLibzmqIsSwitchedToReno) {
   close(peer);
 }
 
-TEST(PacingTest, EnginesAndBrokersBindUnpacedUnlessTold) {
+// Unpacing is the application's opt-in: by default engines and brokers bind plainly and
+// their connections keep the host's congestion control.
+TEST(PacingTest, EnginesAndBrokersBindUnpacedOnlyWhenTold) {
   zmq::context_t ctx(1);
   EngineOptions eo;
+  eo.builtins = true;
   eo.context = &ctx;
+  Engine paced(eo);  // the default
+  paced.Bind("tcp://127.0.0.1:*");
+  paced.Start();
+  eo.unpace_local_tcp = true;
   Engine unpaced(eo);
   unpaced.Bind("tcp://127.0.0.1:*");
   unpaced.Start();
-  eo.unpace_local_tcp = false;
-  Engine paced(eo);
-  paced.Bind("tcp://127.0.0.1:*");
-  paced.Start();
   ClientOptions co;
   co.context = &ctx;
   Client to_unpaced(unpaced.last_endpoint(), co), to_paced(paced.last_endpoint(), co);
@@ -208,19 +211,24 @@ TEST(PacingTest, EnginesAndBrokersBindUnpacedUnlessTold) {
   EXPECT_THAT(AwaitAccepted(PortOf(unpaced.last_endpoint()), 1), AllOn(ExpectedAccepted()));
   EXPECT_THAT(AwaitAccepted(PortOf(paced.last_endpoint()), 1), AllOn(HostDefault()));
 
-  BrokerOptions bo;
-  bo.context = &ctx;
-  Broker broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", bo);
-  broker.Start();
   EngineOptions beo;
+  beo.builtins = true;
   beo.context = &ctx;
-  Engine behind(beo);
-  behind.Connect(broker.backend_endpoint());
-  behind.Start();
-  Client via_broker(broker.frontend_endpoint(), co);
-  EXPECT_EQ(via_broker.apply("add", 2, 3).get().as<int64_t>(), 5);
-  EXPECT_THAT(AwaitAccepted(PortOf(broker.frontend_endpoint()), 1), AllOn(ExpectedAccepted()));
-  EXPECT_THAT(AwaitAccepted(PortOf(broker.backend_endpoint()), 1), AllOn(ExpectedAccepted()));
+  for (bool unpace : {false, true}) {
+    BrokerOptions bo;
+    bo.context = &ctx;
+    bo.unpace_local_tcp = unpace;
+    Broker broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", bo);
+    broker.Start();
+    Engine behind(beo);
+    behind.Connect(broker.backend_endpoint());
+    behind.Start();
+    Client via_broker(broker.frontend_endpoint(), co);
+    EXPECT_EQ(via_broker.apply("add", 2, 3).get().as<int64_t>(), 5);
+    std::string want = unpace ? ExpectedAccepted() : HostDefault();
+    EXPECT_THAT(AwaitAccepted(PortOf(broker.frontend_endpoint()), 1), AllOn(want)) << unpace;
+    EXPECT_THAT(AwaitAccepted(PortOf(broker.backend_endpoint()), 1), AllOn(want)) << unpace;
+  }
 }
 
 }  // namespace

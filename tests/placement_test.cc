@@ -115,6 +115,7 @@ TEST(PlacementTest, EngineClientAndBrokerIoThreadsRunOnlyOnTheirCpus) {
 
   before = IoThreads();
   EngineOptions eo;
+  eo.builtins = true;
   eo.io_cpus = {engine_cpu};
   Engine engine(eo);
   engine.Bind("tcp://127.0.0.1:*");

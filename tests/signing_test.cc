@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/host_util.h"
 #include "tests/safety_util.h"
 #include "zerocan/replay.h"
 
@@ -260,6 +262,46 @@ TEST(SigningTest, ConcurrentSignersAndVerifiers) {
   for (int i = 0; i < 4; ++i) threads.emplace_back(work);
   for (auto& t : threads) t.join();
   EXPECT_EQ(mismatches.load(), 0);
+}
+
+size_t ThreadCount() { return testing::NumericEntries("/proc/self/task").size(); }
+
+// Waits (a joined thread leaves /proc a moment after join returns) until this process
+// has `n` threads; returns the count it settled on.
+size_t AwaitThreadCount(size_t n) {
+  for (int i = 0; i < 200 && ThreadCount() != n; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return ThreadCount();
+}
+
+TEST(SigningTest, PoolSizeChangesNoTagAndItsThreadsEndWithTheSigner) {
+  std::string big((size_t{5} << 20) + 7, 'p');  // 6 chunks, the last one short
+  FrameList frames;
+  frames.emplace_back(big.data(), big.size());
+  // A sanitizer's runtime may start a thread of its own at the first thread created.
+  std::thread([] {}).join();
+  const size_t before = AwaitThreadCount(ThreadCount());
+  std::string expected =
+      SignWithNonce(Signer(kKey, SignerOptions{.chunk_threads = 0}), frames, kTestNonce).to_string();
+  EXPECT_EQ(ThreadCount(), before) << "chunk_threads = 0 starts no thread";
+  unsigned automatic = std::clamp(std::thread::hardware_concurrency(), 1u, 16u) - 1;
+  for (int n : {1, 3, -1, 100}) {
+    {
+      Signer signer(kKey, SignerOptions{.chunk_threads = n});
+      EXPECT_EQ(ThreadCount(), before) << n << ": helpers start at the first large frame";
+      EXPECT_EQ(SignWithNonce(signer, frames, kTestNonce).to_string(), expected) << n;
+      Signer copy = signer;  // shares the keyed state and its pool
+      FrameList with = CopyFrames(frames);
+      copy.SignFrames(&with);
+      EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(with.data(), with.size())),
+                Signer::Verdict::kOk)
+          << n;
+      size_t helpers = n < 0 ? automatic : std::min(n, 15);
+      EXPECT_EQ(ThreadCount(), before + helpers) << n;
+    }
+    EXPECT_EQ(AwaitThreadCount(before), before) << n << ": the helpers end with the signer";
+  }
 }
 
 TEST(SigningTest, HasherCountsItsFrames) {

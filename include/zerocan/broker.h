@@ -52,9 +52,10 @@ struct BrokerOptions {
   // CPUs the broker's own context's I/O thread may run on (placement.h). Empty =
   // anywhere; not with `context`.
   std::vector<int> io_cpus;
-  // A tcp:// bind to a loopback address (frontend, backend, capture) takes its
-  // connections off BBR's pacing (pacing.h).
-  bool unpace_local_tcp = true;
+  // Opt-in: a tcp:// bind to a loopback address (frontend, backend, capture) takes its
+  // connections off BBR's pacing by setting "reno" on the listener (BindUnpaced,
+  // pacing.h). Off by default: a library leaves congestion control to the host.
+  bool unpace_local_tcp = false;
   // With a key: the broker signs the errors it makes (EngineLost) and ignores engine
   // hellos and heartbeats that are not signed with it. Calls and replies are forwarded
   // as they are (their signatures are checked end to end by engines and clients).

@@ -43,7 +43,9 @@
 // Threading: def() before Start(); after Start() the engine runs one I/O thread that
 // owns the socket and `threads` worker threads that decode, convert, run the function
 // and encode the reply (threads = 0: everything runs on the I/O thread: lowest latency,
-// one call at a time). A function may run on any worker thread, several at once.
+// one call at a time). A function may run on any worker thread, several at once; it runs
+// on the I/O thread only when asked (FunctionOptions::inline_execution,
+// EngineOptions::inline_execution).
 #pragma once
 
 #include <atomic>
@@ -104,10 +106,12 @@ class Call {
 using RawFunction = std::function<void(const Call& call, ValueWriter& result)>;
 
 struct FunctionOptions {
-  // May run on the engine's I/O thread once it has proved fast (EngineOptions::
-  // inline_below). False for functions whose run time depends on their arguments in
-  // ways a few fast runs do not predict (the built-in sleep).
-  bool may_run_inline = true;
+  // Run this function's calls on the engine's I/O thread instead of handing them to a
+  // worker. Saves two thread wake-ups per call (the difference between ~0.7x and ~0.9x
+  // of a raw libzmq round trip for a small call), at a price: while the function runs,
+  // heartbeats and every other call wait for it. For short functions whose run time
+  // does not depend on their arguments. Off by default: calls run on the worker pool.
+  bool inline_execution = false;
 };
 
 struct EngineOptions {
@@ -125,21 +129,17 @@ struct EngineOptions {
   // CPUs the engine's own context's I/O thread may run on (placement.h): keeps a large
   // transfer's receive off the sending client's CPU. Empty = anywhere; not with `context`.
   std::vector<int> io_cpus;
-  // A tcp:// bind to a loopback address takes its connections off BBR's pacing
-  // (pacing.h).
-  bool unpace_local_tcp = true;
-  bool builtins = true;  // echo, add, sum, nbytes, sleep, fail
-  // Small calls skip the hand-off to a worker thread: a call that arrives as a single
-  // frame (no payload frames) to a function whose every run so far took less than
-  // `inline_below`, after at least `inline_after` runs, runs on the I/O thread. This
-  // saves two thread wake-ups per call (the difference between ~0.7x and ~0.9x of a raw
-  // libzmq round trip). A function that once takes over max(10 x inline_below,
-  // heartbeat / 10) is never inlined again; shorter overruns (often a fast function
-  // preempted on a loaded machine) count as strikes that fast runs pay back, and a net
-  // three also end inlining. While an inlined call runs, heartbeats and other calls wait
-  // for it. 0 = never inline.
-  std::chrono::microseconds inline_below{100};
-  uint32_t inline_after = 8;
+  // Opt-in: a tcp:// bind to a loopback address takes its connections off BBR's pacing
+  // by setting "reno" on the listener (BindUnpaced, pacing.h). Off by default: a library
+  // leaves congestion control to the host; a program that wants it says so.
+  bool unpace_local_tcp = false;
+  // Opt-in: registers the test built-ins echo, add, sum, nbytes, sleep and fail
+  // (AddBuiltins) at construction. Off by default: `sleep` and `fail` are for tests and
+  // demos, not something to expose on a network by accident.
+  bool builtins = false;
+  // Opt-in: every function runs as if registered with FunctionOptions::inline_execution
+  // (on the I/O thread). Off by default: calls run on the worker pool.
+  bool inline_execution = false;
   // With a signer every message is signed, and every received message must carry a
   // valid signature (checked before anything is decoded) and pass the replay guard
   // (session, sequence, age); a failure is counted (counters().errors) and dropped,
@@ -250,13 +250,27 @@ class Engine {
   // them: "scale: argument 1 (k): expected float64, got text \"a\"". Before Start()
   // only; replaces an earlier function of that name.
   template <class F>
-  Engine& def(std::string_view name, F fn, std::vector<std::string> arg_names = {}) {
+  Engine& def(std::string_view name, F fn, std::vector<std::string> arg_names = {},
+              FunctionOptions options = {}) {
     using Traits = internal::FnTraits<std::decay_t<F>>;
     std::string fname(name);
-    return DefRaw(name, [fn = std::move(fn), fname, names = std::move(arg_names)](
-                            const Call& call, ValueWriter& out) mutable {
-      internal::Invoker<std::decay_t<F>, typename Traits::Args>::Run(fn, call, out, fname, names);
-    });
+    return DefRaw(
+        name,
+        [fn = std::move(fn), fname, names = std::move(arg_names)](const Call& call,
+                                                                  ValueWriter& out) mutable {
+          internal::Invoker<std::decay_t<F>, typename Traits::Args>::Run(fn, call, out, fname,
+                                                                         names);
+        },
+        options);
+  }
+  // The same with options and no parameter names:
+  // engine.def("add", add, FunctionOptions{.inline_execution = true}).
+  // (A template, so that a braced list of names, def("f", f, {"x"}), never reads as
+  // options.)
+  template <class F, class O>
+    requires std::is_same_v<std::decay_t<O>, FunctionOptions>
+  Engine& def(std::string_view name, F fn, O&& options) {
+    return def(name, std::move(fn), std::vector<std::string>{}, options);
   }
   // A function that reads its call (any number of arguments, keywords) and writes its
   // result itself.
@@ -300,8 +314,9 @@ class Engine {
 inline constexpr const char kPluginEntryPoint[] = "zerocan_register";
 void LoadPlugin(Engine& engine, const std::string& path);
 
-// Registers echo, add, sum, nbytes, sleep and fail (see the issue "Apply calls end to
-// end" and tools/engine.cc --help).
-void AddBuiltins(Engine& engine);
+// Registers the test built-ins echo, add, sum, nbytes, sleep and fail (see
+// tools/engine.cc --help) with `options`, except that sleep always runs on a worker
+// (EngineOptions::builtins registers them with the default options).
+void AddBuiltins(Engine& engine, FunctionOptions options = {});
 
 }  // namespace zerocan

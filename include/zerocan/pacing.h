@@ -14,13 +14,18 @@
 // connection is made, from its listener's (when set with TCP_CONGESTION) or the host's
 // default. Switching a BBR connection to reno afterwards does not help: the kernel goes
 // on pacing a socket BBR has run on, at reno's cwnd/rtt rate, which left some connections
-// slower still (4.2 GB/s). So zerocan sets "reno" (not paced unless something asks for
+// slower still (4.2 GB/s). BindUnpaced sets "reno" (not paced unless something asks for
 // it: an fq qdisc on lo, SO_MAX_PACING_RATE; every process may choose it) on the
-// listening socket of each tcp:// bind to a loopback address (127.0.0.0/8,
-// ::1), when its congestion control is a "bbr..." one: every connection it accepts is
-// born unpaced. Connections zerocan makes (connect) keep the host's choice, as do
-// listeners on other addresses, whose peers may be remote and where pacing is what BBR
-// is for. Engines and brokers bind this way unless `unpace_local_tcp = false`.
+// listening socket of a tcp:// bind to a loopback address (127.0.0.0/8, ::1), when its
+// congestion control is a "bbr..." one: every connection it accepts is born unpaced.
+// Connections zerocan makes (connect) keep the host's choice, as do listeners on other
+// addresses, whose peers may be remote and where pacing is what BBR is for.
+//
+// This is the application's choice, never the library's: congestion control is a
+// process decision, and BindUnpaced replaces any socket monitor the caller had. Engines
+// and brokers bind this way only with `EngineOptions::unpace_local_tcp = true` /
+// `BrokerOptions::unpace_local_tcp = true` (default false: a plain bind, the socket and
+// its monitor untouched); a program that opts in should say so in its --help.
 #pragma once
 
 #include <string>

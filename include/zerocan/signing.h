@@ -22,9 +22,11 @@
 //
 // Cost: frames of at most C bytes are MACed inline on the calling thread (no thread
 // hand-off: envelopes, small messages, every message of a flood). The chunks of a longer
-// frame are MACed by the calling thread together with a process-wide pool of
-// hardware_concurrency() - 1 helper threads (at most 15), created at the first such
-// frame; about 14 GB/s per thread here.
+// frame are MACed by the calling thread together with the Signer's pool of helper
+// threads (SignerOptions::chunk_threads; by default hardware_concurrency() - 1, at most
+// 15), created at the first such frame and joined when the last copy of the Signer (and
+// its last Hasher) is gone; about 14 GB/s per thread here. The helpers keep the CPU set
+// they were created with unless SignerOptions::steer_chunk_threads asks otherwise.
 //
 // Receivers verify before anything is decoded (Signer::Verify or Check, constant-time
 // compare) and strip the signature frame, because Message::Decode expects exactly
@@ -67,23 +69,35 @@ inline constexpr size_t kSignatureChunkSize = size_t{1} << 20;
 // whether the MAC is right).
 bool LooksLikeSignature(const zmq::message_t& frame) noexcept;
 
+struct SignerOptions {
+  // Helper threads that MAC the chunks of frames longer than kSignatureChunkSize beside
+  // the calling thread. -1 = hardware_concurrency() - 1; 0 = the calling thread alone;
+  // at most 15. Shared by copies of the Signer.
+  int chunk_threads = -1;
+  // Opt-in: before each batch of chunks, keep the helpers off the calling thread's CPU
+  // (pthread_setaffinity_np on the pool's own threads, only when the caller's CPU
+  // changed). Helps on kernels that pack wakeups onto the waker's CPU; off by default,
+  // as a library sets no thread's affinity unless asked.
+  bool steer_chunk_threads = false;
+};
+
 class Signer {
  public:
   // `key`: the shared secret, any bytes, at least 1 byte (32 random bytes recommended).
   // Throws AuthError(kBadKey) when empty.
-  explicit Signer(std::string_view key);
+  explicit Signer(std::string_view key, SignerOptions options = {});
 
   // Reads a key file: either JSON with a "key" string (a Jupyter-style connection
   // file; if it has "signature_scheme" it must be "hmac-sha256"), or the raw key
   // (surrounding whitespace removed). Throws AuthError(kBadKey) naming the path.
-  static Signer FromKeyFile(const std::string& path);
+  static Signer FromKeyFile(const std::string& path, SignerOptions options = {});
   static std::string ReadKeyFile(const std::string& path);
 
   // Incremental signing of one message: Add each frame in order (envelope first), then
   // Finish. `frame_count` must equal the number of Add calls (checked by Add and Finish).
   // Each Add reads its frame only during the call and copies nothing: a frame longer
   // than kSignatureChunkSize is MACed chunk by chunk on the calling thread and the
-  // shared pool, and Add returns when all its chunks are done. Begin draws a fresh
+  // Signer's pool, and Add returns when all its chunks are done. Begin draws a fresh
   // random nonce (OpenSSL RAND_bytes) for the message. A Hasher is used by one thread at
   // a time; it keeps the Signer's keyed state alive.
   class Hasher {

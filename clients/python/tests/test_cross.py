@@ -62,7 +62,7 @@ def brokers():
     procs.start("broker", "--frontend", cpp_front, "--backend", cpp_back)
     procs.start("engine", "--connect", cpp_back, "--id", "cpp-engine", "--builtins")
     procs.start("broker", "--frontend", py_front, "--backend", py_back)
-    py_engine = zerocan.Engine(py_back, id="py-engine", heartbeat=0.1).start()
+    py_engine = zerocan.Engine(py_back, builtins=True, id="py-engine", heartbeat=0.1).start()
     clients = []
     try:
         for url in (cpp_front, py_front):

@@ -109,7 +109,7 @@ def test_other_addresses_and_transports_are_left_alone(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("unpace", [True, False])
 def test_the_python_engine_binds_unpaced_unless_told(unpace: bool) -> None:
-    engine = zerocan.Engine("tcp://127.0.0.1:*", bind=True, unpace_local_tcp=unpace)
+    engine = zerocan.Engine("tcp://127.0.0.1:*", builtins=True, bind=True, unpace_local_tcp=unpace)
     engine.start()
     try:
         client = zerocan.Client(engine.endpoint)
@@ -118,6 +118,26 @@ def test_the_python_engine_binds_unpaced_unless_told(unpace: bool) -> None:
             got = await_accepted(port_of(engine.endpoint), 1)
             want = expected_accepted() if unpace else host_default()
             assert got and all(cc == want for cc in got), got
+        finally:
+            client.close()
+    finally:
+        engine.stop()
+
+
+def test_a_default_python_engine_leaves_the_host_alone() -> None:
+    # No built-ins unless asked, and its loopback listener and accepted connections on
+    # the host's congestion control (reno only where the host default paces).
+    assert zerocan.Engine().functions() == []
+    assert "add" in zerocan.Engine(builtins=True).functions()
+    engine = zerocan.Engine("tcp://127.0.0.1:*", bind=True)
+    engine.register("add")(lambda a, b: a + b)
+    engine.start()
+    try:
+        client = zerocan.Client(engine.endpoint)
+        try:
+            assert client.apply("add", 1, 2).result() == 3
+            got = await_accepted(port_of(engine.endpoint), 1)
+            assert got and all(cc == host_default() for cc in got), got
         finally:
             client.close()
     finally:

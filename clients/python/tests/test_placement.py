@@ -85,7 +85,7 @@ def wait_gone(tids: set[str]) -> set[str]:
 def test_client_and_engine_io_threads_run_only_on_their_cpus():
     engine_cpu, client_cpu = ALLOWED[-1], ALLOWED[0]
     before = io_threads()
-    engine = zerocan.Engine("tcp://127.0.0.1:*", bind=True, io_cpus=[engine_cpu])
+    engine = zerocan.Engine("tcp://127.0.0.1:*", builtins=True, bind=True, io_cpus=[engine_cpu])
     engine_threads = new_io_threads(before, str(engine_cpu))
     assert list(engine_threads.values()) == [str(engine_cpu)]
     engine.start()
@@ -160,7 +160,7 @@ def test_failed_or_never_served_channels_end_their_own_context():
             zerocan.Client("nosuchtransport://x", io_cpus=cpu)
         made |= {t for t in io_threads() if t not in before}
     before = io_threads()
-    engine = zerocan.Engine("tcp://127.0.0.1:*", bind=True, io_cpus=cpu)
+    engine = zerocan.Engine("tcp://127.0.0.1:*", builtins=True, bind=True, io_cpus=cpu)
     made |= set(new_io_threads(before, cpu))
     engine.stop()  # never started
     assert made  # the placed contexts did start threads...

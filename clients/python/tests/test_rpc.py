@@ -17,7 +17,7 @@ from conftest import free_tcp_endpoint
 def engine_and_client(request, tmp_path):
     url = {"tcp": "tcp://127.0.0.1:*", "ipc": f"ipc://{tmp_path}/e.sock",
            "inproc": f"inproc://zerocan-test-{id(request)}"}[request.param]
-    engine = zerocan.Engine(url, bind=True, id="py-engine")
+    engine = zerocan.Engine(url, builtins=True, bind=True, id="py-engine")
 
     @engine.register
     def scale(x, k=2.0):
@@ -171,7 +171,7 @@ def test_close_fails_pending_calls():
 
 
 def test_undecodable_request_gets_a_decode_error_reply():
-    engine = zerocan.Engine("tcp://127.0.0.1:*", bind=True).start()
+    engine = zerocan.Engine("tcp://127.0.0.1:*", builtins=True, bind=True).start()
     try:
         s = zmq.Context.instance().socket(zmq.DEALER)
         s.connect(engine.endpoint)
@@ -190,7 +190,7 @@ def test_engine_through_a_dealer_says_hello_heartbeat_goodbye():
     ctx = zmq.Context.instance()
     backend = ctx.socket(zmq.ROUTER)
     port = backend.bind_to_random_port("tcp://127.0.0.1")
-    engine = zerocan.Engine(f"tcp://127.0.0.1:{port}", id="e1", heartbeat=0.05).start()
+    engine = zerocan.Engine(f"tcp://127.0.0.1:{port}", builtins=True, id="e1", heartbeat=0.05).start()
     try:
         kinds = []
         while len(kinds) < 3:

@@ -248,7 +248,7 @@ def wait_for(predicate, seconds=5.0):
 
 @pytest.fixture
 def py_engine():
-    engine = zerocan.Engine(free_tcp_endpoint(), bind=True, id="py-signed", key=KEY).start()
+    engine = zerocan.Engine(free_tcp_endpoint(), builtins=True, bind=True, id="py-signed", key=KEY).start()
     yield engine
     engine.stop()
 
@@ -424,7 +424,7 @@ def test_python_client_tampered_byte_to_cpp_engine_is_dropped(cpp_engine, key_fi
 
 @needs_cpp
 def test_cpp_client_with_key_calls_python_engine_with_key(key_file):
-    engine = zerocan.Engine(free_tcp_endpoint(), bind=True, id="py-signed",
+    engine = zerocan.Engine(free_tcp_endpoint(), builtins=True, bind=True, id="py-signed",
                             key_file=str(key_file)).start()
     try:
         code, out, err = run_call(engine.endpoint, "add", "2", "3", "--key-file", str(key_file))
@@ -459,7 +459,7 @@ def test_python_engine_with_key_behind_cpp_broker_with_key(key_file):
     broker = subprocess.Popen([str(zerocan_bin()), "broker", "--frontend", front, "--backend",
                                back, "--key-file", str(key_file)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    engine = zerocan.Engine(back, id="py-signed", heartbeat=0.1, key=KEY).start()
+    engine = zerocan.Engine(back, builtins=True, id="py-signed", heartbeat=0.1, key=KEY).start()
     try:
         with zerocan.Client(front, key=KEY, timeout=20) as c:
             wait_ready(c)

@@ -45,6 +45,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     apply_memory_policy()
     try:
         engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
+                        builtins=True,
                         allow_pickle=args.allow_pickle, heartbeat=args.heartbeat,
                         threads=args.threads, key_file=args.key_file, io_cpus=io_cpus)
     except Error as e:  # a refused CPU, an unreadable key file: one line, as zerocan engine

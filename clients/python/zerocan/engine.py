@@ -92,6 +92,9 @@ class Call:
 class Engine:
     """Serves registered functions at ``url`` (see the module docstring).
 
+    ``builtins``: register the test built-ins echo, add, sum, nbytes, sleep and fail.
+    Off by default (as in C++): they are for tests and demos, not for a network.
+
     ``allow_pickle``: run functions sent by value with cloudpickle (``client.apply(fn)``).
     Off by default: unpickling runs arbitrary code.
 
@@ -107,12 +110,14 @@ class Engine:
     such as ``"0,2-3"``; ``zerocan.placement``), in a context of its own, ended when the
     engine stops; default: the shared ``zmq.Context.instance()``, anywhere.
 
-    ``unpace_local_tcp``: a tcp:// bind to a loopback address sets "reno" on its listener
-    when the host runs BBR, so accepted connections are never paced (``zerocan.pacing``).
+    ``unpace_local_tcp``: opt-in (default False): a tcp:// bind to a loopback address
+    sets "reno" on its listener when the host runs BBR, so accepted connections are never
+    paced (``zerocan.pacing``). Congestion control is the application's choice; by
+    default the engine binds plainly and leaves it to the host.
     """
 
     def __init__(self, url: Optional[str] = None, bind: bool = False, *,
-                 id: Optional[str] = None, builtins: bool = True, allow_pickle: bool = False,
+                 id: Optional[str] = None, builtins: bool = False, allow_pickle: bool = False,
                  heartbeat: float = 0.5, threads: Optional[int] = None,
                  policy: Optional[Policy] = None,
                  registry: Optional[Registry] = None,
@@ -121,7 +126,7 @@ class Engine:
                  io_cpus: IoCpus = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
                  replay: Optional[ReplayGuard] = None,
-                 unpace_local_tcp: bool = True) -> None:
+                 unpace_local_tcp: bool = False) -> None:
         self.id = id or _default_id()
         self.unpace_local_tcp = unpace_local_tcp
         self.signer: Optional[Signer] = make_signer(key, key_file)

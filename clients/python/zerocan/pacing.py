@@ -8,6 +8,9 @@ made, from its listener's when the listener chose one, so ``bind_unpaced`` sets 
 (never paced; any process may choose it) on the listener of a tcp:// bind to a loopback
 address when the listener's control is a "bbr..." one. Other listeners, and connections
 made with connect(), keep the host's choice.
+
+Congestion control is the application's choice, never the library's: engines bind this
+way only when told (``Engine(..., unpace_local_tcp=True)``; default False).
 """
 from __future__ import annotations
 
