@@ -41,7 +41,6 @@ constexpr char kEngineFooter[] =
 
 struct EngineArgs {
   EngineOptions options;
-  options.builtins = true;
   std::vector<std::string> binds, connects, plugins;
   std::string key_file, curve_secret_key_file, curve_server_key;
   int heartbeat_ms = 0;

@@ -174,8 +174,8 @@ def test_engine_programs_place_their_io_thread(program):
     cpu = ALLOWED[-1]
     url = free_tcp_endpoint()
     command = ([sys.executable, "-m", "zerocan", "engine"] if program == "python"
-               else [str(zerocan_bin()), "engine", "--builtins"])
-    p = subprocess.Popen([*command, "--bind", url, "--io-cpus", str(cpu)],
+               else [str(zerocan_bin()), "engine"])
+    p = subprocess.Popen([*command, "--bind", url, "--builtins", "--io-cpus", str(cpu)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with zerocan.Client(url, timeout=20) as c:

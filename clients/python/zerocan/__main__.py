@@ -10,17 +10,20 @@ from .engine import Engine
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m zerocan engine --bind URL | --connect URL [--id ID] [--allow-pickle]
-    [--key-file FILE] [--io-cpus LIST]``"""
+    """``python -m zerocan engine --bind URL | --connect URL [--id ID] [--builtins]
+    [--allow-pickle] [--key-file FILE] [--io-cpus LIST]``"""
     import argparse
     import signal
     p = argparse.ArgumentParser(prog="python -m zerocan engine",
-                                description="Serve the built-in functions (and --module "
-                                            "functions) to zerocan clients.")
+                                description="Serve Python functions (sent by value with "
+                                            "--allow-pickle) and, with --builtins, the test "
+                                            "built-ins to zerocan clients.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--bind", metavar="URL", help="bind a ROUTER; clients connect directly")
     g.add_argument("--connect", metavar="URL", help="connect to a broker's backend")
     p.add_argument("--id", default=None)
+    p.add_argument("--builtins", action="store_true",
+                   help="register the test built-ins echo, add, sum, nbytes, sleep and fail")
     p.add_argument("--allow-pickle", action="store_true",
                    help="run functions sent by value (cloudpickle): runs arbitrary code")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds (default 0.5)")
@@ -45,7 +48,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     apply_memory_policy()
     try:
         engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
-                        builtins=True,
+                        builtins=args.builtins,
                         allow_pickle=args.allow_pickle, heartbeat=args.heartbeat,
                         threads=args.threads, key_file=args.key_file, io_cpus=io_cpus)
     except Error as e:  # a refused CPU, an unreadable key file: one line, as zerocan engine
@@ -56,9 +59,6 @@ def main(argv: Optional[list[str]] = None) -> int:
           file=sys.stderr, flush=True)
     engine.run()
     return 0
-
-
-
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "engine":
