@@ -28,6 +28,7 @@
 #include "bench.h"
 #include "bench_util.h"
 #include "zerocan/zerocan.h"
+#include "internal/testing.h"
 
 namespace zerocan::bench {
 namespace {

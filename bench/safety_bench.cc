@@ -39,6 +39,7 @@
 #include "zerocan/replay.h"
 #include "zerocan/signing.h"
 #include "zerocan/writer.h"
+#include "internal/testing.h"
 
 namespace zerocan::bench {
 

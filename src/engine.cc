@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "internal/testing.h"
 #include "wire/peek.h"
 #include "internal/strings.h"
 #include "zerocan/auth_error.h"
@@ -425,7 +426,6 @@ class Engine::Impl {
     Message message;
     try {
       if (options_.signer) options_.signer->Verify(&job.received);
-      if (verifier_) verifier_(job.received);
       message = Message::Decode(std::move(job.received), options_.limits);
       if (replay_) replay_->Check(message);
     } catch (const AuthError&) {
@@ -525,7 +525,6 @@ class Engine::Impl {
   zmq::context_t* context_ = nullptr;
   std::map<std::string, std::shared_ptr<Function>> functions_;
   bool any_inline_ = false;  // a function of functions_ asked for inline_execution
-  Verifier verifier_;
   std::unique_ptr<ReplayGuard> replay_;  // with a signer only
   std::vector<zmq::socket_t> sockets_;
   std::vector<bool> is_dealer_;
@@ -568,13 +567,12 @@ void Engine::Connect(const std::string& url) { impl_->Connect(url); }
 std::string Engine::last_endpoint() const { return impl_->last_endpoint_; }
 void Engine::Start() { impl_->Start(); }
 void Engine::Stop() { impl_->Stop(true); }
-void Engine::Kill() { impl_->Stop(false); }
+void internal::TestHooks::KillEngine(Engine& engine) { engine.impl_->Stop(false); }
 bool Engine::running() const noexcept { return impl_->running_; }
 const std::string& Engine::id() const noexcept { return impl_->options_.id; }
 EngineCounters Engine::counters() const noexcept {
   return EngineCounters{impl_->calls_.load(), impl_->errors_.load(), impl_->dropped_.load()};
 }
-void Engine::SetVerifier(Verifier verifier) { impl_->verifier_ = std::move(verifier); }
 
 // ---- plugins ---------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@
 // hashed) in one context; each derivation duplicates it instead of re-keying.
 #include "zerocan/signing.h"
 
+#include "internal/testing.h"
+
 #include "internal/send.h"
 
 #include <openssl/crypto.h>
@@ -490,17 +492,17 @@ Signer::Hasher Signer::Begin(uint64_t frame_count) const {
   // one-time keys never repeat however the caller numbers its messages.
   unsigned char nonce[kNonceSize];
   if (RAND_bytes(nonce, sizeof(nonce)) != 1) CryptoFailure("RAND_bytes");
-  return UnsafeBeginWithNonce(frame_count, nonce);
+  return internal::TestHooks::BeginWithNonce(*this, frame_count, nonce);
 }
 
-Signer::Hasher Signer::UnsafeBeginWithNonce(uint64_t frame_count,
-                                            const unsigned char nonce[kNonceSize]) const {
-  auto ctx = std::make_unique<Hasher::Ctx>();
-  ctx->keyed = keyed_;
+Signer::Hasher internal::TestHooks::BeginWithNonce(const Signer& signer, uint64_t frame_count,
+                                                   const unsigned char nonce[kNonceSize]) {
+  auto ctx = std::make_unique<Signer::Hasher::Ctx>();
+  ctx->keyed = signer.keyed_;
   std::memcpy(ctx->nonce, nonce, kNonceSize);
-  ctx->ctx = keyed_->Start(nonce, frame_count);
+  ctx->ctx = signer.keyed_->Start(nonce, frame_count);
   if (ctx->ctx == nullptr) CryptoFailure("one-time key / Poly1305 init");
-  return Hasher(std::move(ctx), frame_count);
+  return Signer::Hasher(std::move(ctx), frame_count);
 }
 
 void Signer::Hasher::Add(const void* data, size_t size) {

@@ -17,6 +17,7 @@
 #include "zerocan/capture.h"
 #include "zerocan/client.h"
 #include "zerocan/engine.h"
+#include "internal/testing.h"
 
 namespace zerocan {
 namespace {
@@ -130,7 +131,7 @@ TEST(BrokerTest, LostEngineFailsItsCallsOnceAndOthersCarryOn) {
   std::vector<ResultFuture> slow;
   for (int i = 0; i < 4; ++i) slow.push_back(client.apply("sleep", 0.3));
   std::this_thread::sleep_for(milliseconds(50));
-  c.engines[0]->Kill();  // like a crash: no replies, no goodbye, heartbeats stop
+  internal::TestHooks::KillEngine(*c.engines[0]);  // like a crash: no replies, no goodbye, heartbeats stop
   auto start = std::chrono::steady_clock::now();
   int lost = 0, ok = 0;
   for (auto& f : slow) {

@@ -15,6 +15,7 @@
 #include <zmq.hpp>
 
 #include "zerocan/zerocan.h"
+#include "internal/testing.h"
 
 namespace zerocan {
 namespace {

@@ -11,6 +11,7 @@
 
 #include "zerocan/engine.h"
 #include "zerocan/stats.h"
+#include "internal/testing.h"
 
 namespace zerocan {
 namespace {

@@ -17,6 +17,7 @@
 
 #include "zerocan/client.h"
 #include "zerocan/stats.h"
+#include "internal/testing.h"
 
 namespace zerocan {
 namespace {
@@ -441,7 +442,7 @@ TEST(EngineTest, KilledEngineLeavesCallsToTimeOut) {
   Pair p("inproc://killed", 2);
   ResultFuture f = p.client->apply_for(milliseconds(300), "sleep", 0.1);
   std::this_thread::sleep_for(milliseconds(20));
-  p.engine->Kill();
+  internal::TestHooks::KillEngine(*p.engine);
   Result r = f.get();
   EXPECT_THROW(r.ThrowIfError(), TimeoutError);
 }

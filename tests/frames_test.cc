@@ -13,6 +13,7 @@
 #include "test_support.h"
 #include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
+#include "internal/testing.h"
 
 namespace zerocan {
 namespace {

@@ -34,6 +34,7 @@
 #include "zerocan/engine.h"
 #include "zerocan/signing.h"
 #include "zerocan/zerocan.h"
+#include "internal/testing.h"
 
 namespace zerocan {
 namespace {

@@ -17,6 +17,7 @@
 #include "tests/safety_util.h"
 #include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
+#include "internal/testing.h"
 
 namespace zerocan {
 namespace {

@@ -14,6 +14,7 @@
 #include <zmq.hpp>
 
 #include "zerocan/zerocan.h"
+#include "internal/testing.h"
 
 namespace zerocan::testing {
 

@@ -19,6 +19,7 @@
 #include "tests/host_util.h"
 #include "tests/safety_util.h"
 #include "zerocan/replay.h"
+#include "internal/testing.h"
 
 namespace zerocan {
 namespace {
@@ -85,7 +86,7 @@ std::string TagHex(const zmq::message_t& signature) {
 
 zmq::message_t SignWithNonce(const Signer& signer, const FrameList& frames,
                              const unsigned char nonce[kNonceSize]) {
-  Signer::Hasher hasher = signer.UnsafeBeginWithNonce(frames.size(), nonce);
+  Signer::Hasher hasher = internal::TestHooks::BeginWithNonce(signer, frames.size(), nonce);
   for (const auto& f : frames) hasher.Add(f.data(), f.size());
   return hasher.Finish();
 }
@@ -322,7 +323,7 @@ TEST(SigningTest, HasherMatchesSignatureForAndOutlivesItsSigner) {
   frames.emplace_back("env", 3);
   frames.emplace_back(big.data(), big.size());
   std::optional<Signer> signer(std::in_place, kKey);
-  Signer::Hasher hasher = signer->UnsafeBeginWithNonce(frames.size(), kTestNonce);
+  Signer::Hasher hasher = internal::TestHooks::BeginWithNonce(*signer, frames.size(), kTestNonce);
   std::string want = SignWithNonce(*signer, frames, kTestNonce).to_string();
   signer.reset();
   for (const auto& f : frames) hasher.Add(f.data(), f.size());

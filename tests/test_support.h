@@ -15,6 +15,7 @@
 
 #include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
+#include "internal/testing.h"
 
 namespace zerocan::testing {
 

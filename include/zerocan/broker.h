@@ -98,9 +98,8 @@ class Broker {
   std::string backend_endpoint() const;
   BrokerCounters counters() const noexcept;
 
-  class Impl;
-
  private:
+  class Impl;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -163,6 +163,8 @@ struct EngineCounters {
 
 namespace internal {
 
+struct TestHooks;  // src/internal/testing.h
+
 template <class T>
 struct FnTraits : FnTraits<decltype(&T::operator())> {};
 template <class R, class... A>
@@ -287,23 +289,14 @@ class Engine {
   // Finishes the calls being run, sends their replies and a goodbye (when attached to a
   // broker), and joins every thread. Idempotent.
   void Stop();
-  // Stops like a crash would: drops queued calls and unsent replies, sends no goodbye
-  // (for tests of engine failure). Functions already running finish, unobserved.
-  void Kill();
   bool running() const noexcept;
 
   const std::string& id() const noexcept;
   EngineCounters counters() const noexcept;
 
-  // Issue 7 hook: checks a received message before anything is decoded (signatures,
-  // replay window). Throwing DecodeError turns into an error reply where the sender is
-  // known, else the message is dropped and counted. Set before Start().
-  using Verifier = std::function<void(ReceivedMessage& message)>;
-  void SetVerifier(Verifier verifier);
-
-  class Impl;
-
  private:
+  class Impl;
+  friend struct internal::TestHooks;
   std::unique_ptr<Impl> impl_;
 };
 

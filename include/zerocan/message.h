@@ -36,23 +36,12 @@ struct ReceivedMessage {
   absl::InlinedVector<zmq::message_t, 2> routing;
   // Frames after the delimiter: envelope, payload frames, then a signature if signed.
   FrameList frames;
-  // Owns frame 0's bytes when libzmq does not: LoopbackFrames makes frame 0 a constant
-  // frame over the Outgoing's envelope and keeps that envelope here. Empty for frames
-  // received from a socket. Move a ReceivedMessage whole, or use DetachFrames. Such a
-  // frame 0 is a constant libzmq frame: a zmq copy() or send of it shares the bytes
-  // without owning them (PublishCaptured copies it for that reason).
+  // Owns frame 0's bytes when libzmq does not (a message handed to the decoder in
+  // process, without a socket: frame 0 is then a constant libzmq frame over these
+  // bytes, and a zmq copy() or send of it shares them without owning them). Empty for
+  // frames received from a socket. Move a ReceivedMessage whole.
   Buffer envelope_owner;
 };
-
-// Turns an encoded message into received frames without a socket and without a copy:
-// frame 0 refers to the Outgoing's envelope (kept in envelope_owner), the payload frames
-// share its buffers. For tests, benchmarks and in-process calls.
-ReceivedMessage LoopbackFrames(Outgoing&& outgoing);
-
-// The frames alone, each owning its bytes: frame 0 is copied when it borrows
-// envelope_owner. For code that keeps frames without their ReceivedMessage (taking
-// `.frames` by itself would leave such a frame 0 pointing at freed bytes).
-FrameList DetachFrames(ReceivedMessage&& received);
 
 enum class BodyKind : uint8_t { kApply, kResult, kHello, kHeartbeat, kGoodbye, kUnknown };
 

@@ -54,6 +54,10 @@
 
 namespace zerocan {
 
+namespace internal {
+struct TestHooks;  // src/internal/testing.h
+}  // namespace internal
+
 inline constexpr size_t kNonceSize = 16;
 inline constexpr size_t kMacSize = 16;  // Poly1305
 inline constexpr size_t kSignatureFrameSize = 8 + kNonceSize + kMacSize;
@@ -113,6 +117,7 @@ class Signer {
 
    private:
     friend class Signer;
+    friend struct internal::TestHooks;
     struct Ctx;
     Hasher(std::unique_ptr<Ctx> ctx, uint64_t frame_count);
     std::unique_ptr<Ctx> ctx_;
@@ -120,10 +125,6 @@ class Signer {
     uint64_t added_ = 0;
   };
   Hasher Begin(uint64_t frame_count) const;
-  // Begin with a caller-chosen nonce: for known-answer tests only. Signing two different
-  // messages with one nonce reveals that nonce's one-time key and lets anyone forge
-  // messages under it (docs/SECURITY.md); real senders use Begin.
-  Hasher UnsafeBeginWithNonce(uint64_t frame_count, const unsigned char nonce[kNonceSize]) const;
 
   // The signature frame over an encoded message (envelope, then its payload frames).
   zmq::message_t SignatureFor(const Outgoing& message) const;
@@ -149,6 +150,7 @@ class Signer {
   void Verify(ReceivedMessage* received) const;
 
  private:
+  friend struct internal::TestHooks;
   template <class Frames>
   zmq::message_t SignatureOver(const Frames& frames, size_t count) const;
   std::shared_ptr<const Keyed> keyed_;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "zerocan/zerocan.h"
+#include "internal/testing.h"
 
 namespace zerocan::fuzz {
 

@@ -10,6 +10,7 @@
 #include "zerocan/generated.h"
 
 #include "tests/fuzz/fuzz_common.h"
+#include "internal/testing.h"
 
 namespace {
 

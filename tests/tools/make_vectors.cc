@@ -12,6 +12,7 @@
 #include "tests/tools/vectors.h"
 #include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
+#include "internal/testing.h"
 
 namespace {
 

@@ -1,0 +1,38 @@
+// Hooks for zerocan's own tests, fuzz targets and benchmarks. Not API: nothing here is
+// installed, and each hook does something a real program must not (crash an engine on
+// purpose, reuse a nonce, hand a message to the decoder without a transport).
+#pragma once
+
+#include <cstdint>
+
+#include "zerocan/engine.h"
+#include "zerocan/message.h"
+#include "zerocan/signing.h"
+#include "zerocan/writer.h"
+
+namespace zerocan {
+
+// Turns an encoded message into received frames without a socket and without a copy:
+// frame 0 refers to the Outgoing's envelope (kept in envelope_owner), the payload frames
+// share its buffers.
+ReceivedMessage LoopbackFrames(Outgoing&& outgoing);
+
+// The frames alone, each owning its bytes: frame 0 is copied when it borrows
+// envelope_owner (taking `.frames` by itself would leave such a frame 0 pointing at
+// freed bytes).
+FrameList DetachFrames(ReceivedMessage&& received);
+
+namespace internal {
+
+struct TestHooks {
+  // Stops `engine` like a crash would: drops queued calls and unsent replies, sends no
+  // goodbye. Functions already running finish, unobserved.
+  static void KillEngine(Engine& engine);
+  // Signer::Begin with a caller-chosen nonce, for known-answer tests. Signing two
+  // different messages with one nonce reveals its one-time key (docs/SECURITY.md).
+  static Signer::Hasher BeginWithNonce(const Signer& signer, uint64_t frame_count,
+                                       const unsigned char nonce[kNonceSize]);
+};
+
+}  // namespace internal
+}  // namespace zerocan
