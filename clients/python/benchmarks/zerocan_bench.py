@@ -480,7 +480,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:  # a system that fails to start stops the ones already started
         port = _free_port()
         systems.append(Zerocan("zerocan (Python engine)",
-                               [sys.executable, "-m", "zerocan", "engine", "--allow-pickle",
+                               [sys.executable, "-m", "zerocan", "engine", "--allow-pickle", "--builtins",
                                 "--bind", f"tcp://127.0.0.1:{port}"],
                                f"tcp://127.0.0.1:{port}", python_functions=True,
                                placement=placement))
