@@ -642,3 +642,14 @@ TEST(MalformedTest, BitFlipsNeverCrash) {
 
 }  // namespace
 }  // namespace zerocan
+
+namespace zerocan {
+namespace {
+TEST(MessageTest, DecodeCodesHaveLanguageNeutralNames) {
+  EXPECT_EQ(DecodeCodeName(DecodeError::Code::kMalformed), "malformed");
+  EXPECT_EQ(DecodeCodeName(DecodeError::Code::kLimitExceeded), "limit_exceeded");
+  EXPECT_EQ(DecodeCodeName(DecodeError::Code::kTypeMismatch), "type_mismatch");
+  EXPECT_EQ(DecodeCodeName(DecodeError::Code::kVersion), "version");
+}
+}  // namespace
+}  // namespace zerocan

@@ -8,6 +8,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace zerocan {
 
@@ -32,6 +33,18 @@ class DecodeError : public Error {
  private:
   Code code_;
 };
+
+// The code's name, the same in every language ("malformed", "limit_exceeded",
+// "type_mismatch", "version"; Python: zerocan.DecodeError.code).
+constexpr std::string_view DecodeCodeName(DecodeError::Code code) noexcept {
+  switch (code) {
+    case DecodeError::Code::kMalformed: return "malformed";
+    case DecodeError::Code::kLimitExceeded: return "limit_exceeded";
+    case DecodeError::Code::kTypeMismatch: return "type_mismatch";
+    case DecodeError::Code::kVersion: return "version";
+  }
+  return "malformed";
+}
 
 // A value could not be encoded (no codec for the type, a limit of the format...).
 class EncodeError : public Error {

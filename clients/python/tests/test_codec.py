@@ -368,3 +368,35 @@ def test_pandas_dataframe_codec_from_the_readme():
     df = pd.DataFrame({"a": np.arange(10_000.0), "b": np.arange(10_000)})
     got, out, _ = roundtrip(df, registry=reg)
     assert len(out.frames) == 2 and got.equals(df)
+
+
+def test_decode_error_codes_are_the_cpp_names():
+    import re
+    from pathlib import Path
+    from zerocan.errors import DecodeError
+    header = (Path(__file__).resolve().parents[3] / "include" / "zerocan" / "error.h").read_text()
+    cpp = re.findall(r'case DecodeError::Code::k\w+: return "(\w+)";', header)
+    assert tuple(cpp) == DecodeError.CODES
+
+
+def test_decode_errors_carry_their_code():
+    import numpy as np
+    from zerocan import wire
+    from zerocan.errors import DecodeError
+    w = wire.Writer()
+    w.apply("f", [np.arange(100)], {})
+    out = w.finish()
+    frames = [out.envelope, *out.frames]
+    try:
+        wire.Message(frames, limits=wire.DecodeLimits(max_envelope_bytes=16))
+    except DecodeError as e:
+        assert e.code == "limit_exceeded", e
+    else:
+        raise AssertionError("no DecodeError")
+    m = wire.Message(frames)
+    try:
+        m.result()
+    except DecodeError as e:
+        assert e.code == "type_mismatch", e
+    else:
+        raise AssertionError("no DecodeError")

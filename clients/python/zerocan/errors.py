@@ -13,7 +13,21 @@ class DecodeError(Error):
     """A received message is malformed, exceeds a limit, or is not the expected kind.
 
     The message names the frame and the field path, as the C++ DecodeError does.
+    ``code`` is one of ``DecodeError.CODES``, the names C++'s
+    ``zerocan::DecodeCodeName(DecodeError::Code)`` gives: "malformed",
+    "limit_exceeded", "type_mismatch" or "version".
     """
+
+    CODES = ("malformed", "limit_exceeded", "type_mismatch", "version")
+
+    def __init__(self, message: str, code: str = "malformed") -> None:
+        super().__init__(message)
+        if code not in self.CODES:
+            raise ValueError(f"DecodeError code {code!r} is not one of {self.CODES}")
+        self.code = code
+
+    def __reduce__(self):  # keeps the code through pickling
+        return (DecodeError, (str(self), self.code))
 
 
 class EncodeError(Error):

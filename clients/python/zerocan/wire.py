@@ -654,8 +654,8 @@ class _Path:
         return out
 
 
-def _fail(path: _Path, what: str) -> DecodeError:
-    return DecodeError(f"{path.render()}: {what}")
+def _fail(path: _Path, what: str, code: str = "malformed") -> DecodeError:
+    return DecodeError(f"{path.render()}: {what}", code)
 
 
 class Message:
@@ -676,22 +676,22 @@ class Message:
             raise DecodeError("message has no envelope frame")
         if len(self.frames) > limits.max_frames:
             raise DecodeError(f"message has {len(self.frames)} frames; max_frames is "
-                              f"{limits.max_frames}")
+                              f"{limits.max_frames}", "limit_exceeded")
         self._views = [_frame_view(f) for f in self.frames]
         total = 0
         for i, v in enumerate(self._views):
             if v.nbytes > limits.max_frame_bytes:
                 raise DecodeError(f"frame {i} has {v.nbytes} bytes; max_frame_bytes is "
-                                  f"{limits.max_frame_bytes}")
+                                  f"{limits.max_frame_bytes}", "limit_exceeded")
             total += v.nbytes
         if total > limits.max_message_bytes:
             raise DecodeError(f"message has {total} bytes; max_message_bytes is "
-                              f"{limits.max_message_bytes}")
+                              f"{limits.max_message_bytes}", "limit_exceeded")
         env = self._views[0]
         size = env.nbytes
         if size > limits.max_envelope_bytes:
             raise DecodeError(f"envelope (frame 0) has {size} bytes; max_envelope_bytes is "
-                              f"{limits.max_envelope_bytes}")
+                              f"{limits.max_envelope_bytes}", "limit_exceeded")
         if size < 8 or size % 8:
             raise DecodeError(f"envelope (frame 0): {size} bytes is not a whole number of "
                               "8-byte words (truncated?)")
@@ -714,7 +714,7 @@ class Message:
         except Exception as e:  # kj::Exception surfaces as capnp.KjException
             raise DecodeError(f"envelope (frame 0): {e}") from None
         if version != PROTOCOL_VERSION:
-            raise DecodeError(f"version: {version} is not protocol version {PROTOCOL_VERSION}")
+            raise DecodeError(f"version: {version} is not protocol version {PROTOCOL_VERSION}", "version")
         pf = self.envelope.payloadFrames
         if pf != len(self.frames) - 1:
             raise DecodeError(f"payloadFrames: envelope announces {pf} payload frames, "
@@ -779,7 +779,7 @@ class Message:
     def apply(self) -> tuple[str, list[Any], dict[str, Any]]:
         """(function, args, kwargs) of an apply message, decoded."""
         if self.kind != "apply":
-            raise DecodeError(f"message is not an apply (it is a {self.kind})")
+            raise DecodeError(f"message is not an apply (it is a {self.kind})", "type_mismatch")
 
         def run() -> tuple[str, list[Any], dict[str, Any]]:
             a = self.envelope.body.apply
@@ -800,7 +800,7 @@ class Message:
     def _require(self, kind: str) -> None:
         if self.kind != kind:
             raise DecodeError(f"message is not a{'n' if kind[0] in 'aeiou' else ''} {kind} "
-                              f"(it is a {self.kind})")
+                              f"(it is a {self.kind})", "type_mismatch")
 
     @property
     def function(self) -> str:
@@ -832,7 +832,7 @@ class Message:
         """The ok value of a result message, decoded."""
         self._require("result")
         if not self._ok:
-            raise DecodeError("message is not a successful result")
+            raise DecodeError("message is not a successful result", "type_mismatch")
         return self._guard(lambda: self.value(self.envelope.body.result.ok,
                                               _Path(_Path(None, "result"), "ok"), 1))
 
@@ -840,7 +840,7 @@ class Message:
         """(type, message, function, where) of an error result."""
         self._require("result")
         if self._ok:
-            raise DecodeError("message is not an error result")
+            raise DecodeError("message is not an error result", "type_mismatch")
         return self._error
 
     # -- hello / heartbeat --
@@ -856,20 +856,20 @@ class Message:
     def _text(self, text: str, path: _Path) -> str:
         if len(text) > self.limits.max_text_bytes:  # characters <= bytes: a cheap bound
             if len(text.encode()) > self.limits.max_text_bytes:
-                raise _fail(path, f"text exceeds max_text_bytes {self.limits.max_text_bytes}")
+                raise _fail(path, f"text exceeds max_text_bytes {self.limits.max_text_bytes}", "limit_exceeded")
         return text
 
     def _length(self, n: int, path: _Path) -> None:
         if n > self.limits.max_list_length:
             raise _fail(path, f"length {n} exceeds max_list_length "
-                              f"{self.limits.max_list_length}")
+                              f"{self.limits.max_list_length}", "limit_exceeded")
 
     def payload(self, p: Any, path: _Path) -> tuple[Any, int, Optional[int]]:
         """Resolves a Payload: (buffer, address, frame index or None)."""
         self._payload_refs += 1
         if self._payload_refs > self.limits.max_payload_refs:
             raise _fail(path, f"more than max_payload_refs {self.limits.max_payload_refs} "
-                              "payload references")
+                              "payload references", "limit_exceeded")
         which = p.which()
         if which == "inline":
             return p.inline, 0, None
@@ -898,7 +898,7 @@ class Message:
 
     def value(self, v: Any, path: _Path, depth: int) -> Any:
         if depth > self.limits.max_depth:
-            raise _fail(path, f"values nested deeper than max_depth {self.limits.max_depth}")
+            raise _fail(path, f"values nested deeper than max_depth {self.limits.max_depth}", "limit_exceeded")
         which = v.which()
         if which == "int":
             return v.int
@@ -959,7 +959,7 @@ class Message:
         shape = tuple(t.shape)
         if len(shape) > self.limits.max_rank:
             raise _fail(_Path(path, "shape"), f"rank {len(shape)} exceeds max_rank "
-                                              f"{self.limits.max_rank}")
+                                              f"{self.limits.max_rank}", "limit_exceeded")
         count = 1
         for d in shape:
             count *= d
