@@ -171,3 +171,44 @@ TEST(ClientTest, KeywordArgumentsBindByParameterName) {
 
 }  // namespace
 }  // namespace zerocan
+
+namespace zerocan {
+namespace {
+// Keywords follow every positional argument on the wire whatever the caller's order, so
+// the bytes are those of the canonical order (docs/FORMAT.md).
+TEST(ClientTest, KeywordsAreWrittenAfterPositionalArguments) {
+  auto envelope_of = [](auto&& write) {
+    EnvelopeWriter w;
+    w.SetHeader(Header{1, 1, 1, 1});
+    ApplyWriter a = w.StartApply("f", 1, 1);
+    write(a);
+    Outgoing out = w.Finish();
+    return std::string(reinterpret_cast<const char*>(out.envelope().data()), out.envelope().size());
+  };
+  std::string canonical = envelope_of([](ApplyWriter& a) {
+    a.arg(0).Write(std::string("positional"));
+    a.kwarg(0, "k").Write(std::string("keyword"));
+  });
+  std::string keyword_first_in_code = envelope_of([](ApplyWriter& a) {
+    size_t p = 0, k = 0;
+    auto kw = Kw("k", std::string("keyword"));
+    std::string pos = "positional";
+    internal::WritePositional(a, p, kw);
+    internal::WritePositional(a, p, pos);
+    internal::WriteKeyword(a, k, kw);
+    internal::WriteKeyword(a, k, pos);
+  });
+  EXPECT_EQ(canonical, keyword_first_in_code);
+}
+
+// An rvalue keyword is held by value: it outlives the expression that made it.
+TEST(ClientTest, RvalueKeywordIsHeldByValue) {
+  auto kw = Kw("k", std::vector<double>(1000, 3.0));
+  static_assert(std::is_same_v<decltype(kw.value), std::vector<double>>);
+  std::vector<double> lvalue(3, 1.0);
+  auto ref = Kw("k", lvalue);
+  static_assert(std::is_same_v<decltype(ref.value), std::vector<double>&>);
+  EXPECT_EQ(kw.value.size(), 1000u);
+}
+}  // namespace
+}  // namespace zerocan

@@ -538,3 +538,33 @@ TEST(CodecTest, KindMismatchNamesBothSides) {
 
 }  // namespace
 }  // namespace zerocan
+
+namespace zerocan {
+namespace {
+// A tuple of references (std::tie) is an rvalue whose members are lvalues: they are
+// copied, never moved from.
+TEST(CodecTest, TupleOfReferencesLeavesTheCallersValuesAlone) {
+  std::vector<double> a(5000, 1.0);
+  std::string b = "kept";
+  Outgoing out = EncodeArg(std::tie(a, b), FixedPolicy(1024));
+  EXPECT_EQ(a.size(), 5000u);
+  EXPECT_EQ(b, "kept");
+  Message m = DecodeOutgoing(std::move(out));
+  EXPECT_EQ(m.arg(0)[0].As<std::vector<double>>().size(), 5000u);
+}
+
+TEST(CodecTest, ConstRvalueIsCopied) {
+  const std::vector<double> v(5000, 2.0);
+  Outgoing out = EncodeArg(std::move(v), FixedPolicy(1024));
+  ASSERT_EQ(out.payload_frames().size(), 1u);
+  EXPECT_EQ(v.size(), 5000u);
+}
+
+TEST(CodecTest, TextFromAViewThatIsNotNulTerminated) {
+  std::string whole = "function-name-and-more";
+  std::string_view part(whole.data(), 8);
+  Message m = DecodeOutgoing(EncodeArg(part));
+  EXPECT_EQ(m.arg(0).AsText(), "function");
+}
+}  // namespace
+}  // namespace zerocan

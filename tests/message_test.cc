@@ -653,3 +653,15 @@ TEST(MessageTest, DecodeCodesHaveLanguageNeutralNames) {
 }
 }  // namespace
 }  // namespace zerocan
+
+namespace zerocan {
+namespace {
+TEST(MessageTest, HeaderOfAnEmptyMessageIsZero) {
+  Message none;
+  EXPECT_EQ(none.body_kind(), BodyKind::kUnknown);
+  EXPECT_EQ(none.message_id(), 0u);
+  EXPECT_TRUE(none.frames().empty());
+  EXPECT_FALSE(none.envelope_copied());
+}
+}  // namespace
+}  // namespace zerocan

@@ -110,17 +110,18 @@ class ClientCore;
 struct PendingCall;
 }  // namespace internal
 
-// A keyword argument of an apply: client.apply("scale", x, Kw("k", 2.0)). Holds a
-// reference to `value` for the duration of the apply call that encodes it; ownership of
-// its payloads follows the usual rule (an rvalue is adopted, an lvalue copied,
-// Borrow(v) lent). Keywords travel in the caller's order.
+// A keyword argument of an apply: client.apply("scale", x, Kw("k", 2.0)). An lvalue is
+// held by reference (and copied or lent when the apply encodes it, by the usual rule),
+// an rvalue by value (then adopted). `name` is viewed, not copied: pass a name that
+// outlives the apply call. Keywords follow the positional arguments on the wire, in the
+// caller's order.
 template <class T>
 struct Keyword {
   std::string_view name;
-  T&& value;
+  T value;  // U& for an lvalue, U for an rvalue
 };
 template <class T>
-Keyword<T> Kw(std::string_view name, T&& value) noexcept {
+Keyword<T> Kw(std::string_view name, T&& value) {
   return Keyword<T>{name, std::forward<T>(value)};
 }
 
@@ -130,12 +131,17 @@ struct IsKeyword : std::false_type {};
 template <class T>
 struct IsKeyword<Keyword<T>> : std::true_type {};
 
+// The canonical order (docs/FORMAT.md): every positional argument's contents, then the
+// keywords. Two passes over the arguments: positional ones first, keywords second.
 template <class Arg>
-void WriteArgument(const ApplyWriter& apply, size_t& positional, size_t& keyword, Arg&& arg) {
+void WritePositional(const ApplyWriter& apply, size_t& positional, Arg&& arg) {
+  if constexpr (!IsKeyword<std::decay_t<Arg>>::value) apply.arg(positional++).Write(std::forward<Arg>(arg));
+}
+template <class Arg>
+void WriteKeyword(const ApplyWriter& apply, size_t& keyword, Arg&& arg) {
   if constexpr (IsKeyword<std::decay_t<Arg>>::value) {
-    apply.kwarg(keyword++, arg.name).Write(std::forward<decltype(arg.value)>(arg.value));
-  } else {
-    apply.arg(positional++).Write(std::forward<Arg>(arg));
+    using V = decltype(arg.value);  // U& or U
+    apply.kwarg(keyword++, arg.name).Write(static_cast<std::conditional_t<std::is_lvalue_reference_v<V>, V, V&&>>(arg.value));
   }
 }
 }  // namespace internal
@@ -190,7 +196,8 @@ class Client {
     ApplyWriter apply =
         writer.StartApply(function, sizeof...(Args) - kKeywords, kKeywords, TimeoutMs(timeout));
     size_t positional = 0, keyword = 0;
-    (internal::WriteArgument(apply, positional, keyword, std::forward<Args>(args)), ...);
+    (internal::WritePositional(apply, positional, std::forward<Args>(args)), ...);
+    (internal::WriteKeyword(apply, keyword, std::forward<Args>(args)), ...);
     return Submit(writer, function, timeout);
   }
   // For callers that build the apply themselves (zerocan call, forwarding): `writer`

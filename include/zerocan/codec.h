@@ -239,6 +239,9 @@ auto Borrow(const Container& container) noexcept {
   using T = std::remove_cv_t<std::remove_reference_t<decltype(*std::data(container))>>;
   return Borrowed<T>(std::span<const T>(std::data(container), std::size(container)));
 }
+// A temporary dies before the send completes: adopt it with std::move instead.
+template <class Container>
+void Borrow(const Container&& temporary) = delete;
 
 template <class T>
 struct Codec<Borrowed<T>> {
@@ -352,12 +355,15 @@ struct Codec<std::tuple<Ts...>> {
       (list[i++].Write(items), ...);
     }, v);
   }
+  // Each element goes on as its declared type: a value member is adopted, a reference
+  // member (std::tie, std::forward_as_tuple of lvalues) stays an lvalue and is copied.
   static void EncodeOwned(ValueWriter& w, std::tuple<Ts...>&& v) {
     ListWriter list = w.List(sizeof...(Ts));
-    std::apply([&](auto&... items) {
-      size_t i = 0;
-      (list[i++].Write(std::move(items)), ...);
-    }, v);
+    WriteOwned(list, std::move(v), std::index_sequence_for<Ts...>{});
+  }
+  template <size_t... I>
+  static void WriteOwned(ListWriter& list, std::tuple<Ts...>&& v, std::index_sequence<I...>) {
+    (list[I].Write(std::get<I>(std::move(v))), ...);
   }
   static std::tuple<Ts...> Decode(const Value& v, const Registry& registry) {
     if (v.kind() != Kind::kList || v.size() != sizeof...(Ts)) {
@@ -380,8 +386,8 @@ struct Codec<std::pair<A, B>> {
   }
   static void EncodeOwned(ValueWriter& w, std::pair<A, B>&& v) {
     ListWriter list = w.List(2);
-    list[0].Write(std::move(v.first));
-    list[1].Write(std::move(v.second));
+    list[0].Write(std::forward<A>(v.first));
+    list[1].Write(std::forward<B>(v.second));
   }
   static std::pair<A, B> Decode(const Value& v, const Registry& registry) {
     if (v.kind() != Kind::kList || v.size() != 2) v.Mismatch("list[2]");

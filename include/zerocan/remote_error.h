@@ -42,6 +42,7 @@ class TimeoutError : public Error {
  public:
   using Error::Error;
 };
+using CallTimeout [[deprecated("renamed zerocan::TimeoutError, as in Python")]] = TimeoutError;
 
 // Thrown inside an engine when an argument does not convert; becomes a RemoteError of
 // type kErrorArgument at the client.

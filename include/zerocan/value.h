@@ -138,18 +138,24 @@ class IndexIterator {
   using difference_type = std::ptrdiff_t;
   using pointer = void;
   using reference = Element;
+  IndexIterator() = default;
   IndexIterator(const Container* container, size_t i) noexcept : container_(container), i_(i) {}
   Element operator*() const { return container_->Unchecked(i_); }
   IndexIterator& operator++() noexcept {
     ++i_;
     return *this;
   }
+  IndexIterator operator++(int) noexcept {
+    IndexIterator before = *this;
+    ++i_;
+    return before;
+  }
   bool operator==(const IndexIterator& o) const noexcept { return i_ == o.i_; }
   bool operator!=(const IndexIterator& o) const noexcept { return i_ != o.i_; }
 
  private:
-  const Container* container_;
-  size_t i_;
+  const Container* container_ = nullptr;
+  size_t i_ = 0;
 };
 }  // namespace internal
 

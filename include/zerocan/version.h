@@ -6,5 +6,5 @@
 
 namespace zerocan {
 inline constexpr uint16_t kProtocolVersion = 1;
-inline constexpr const char* kLibraryVersion = "0.1.0";
+inline constexpr const char* kLibraryVersion = "0.2.0";
 }  // namespace zerocan

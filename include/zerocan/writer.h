@@ -1,6 +1,8 @@
 // Encoding: EnvelopeWriter builds one message in one pass; ValueWriter writes one value
 // into it. The envelope is built with the builders generated from schema/zerocan.capnp
-// (src/wire/writer.cc), objects in the canonical order of docs/FORMAT.md.
+// (src/wire/values.cc, src/wire/envelope.cc), objects in the canonical order of
+// docs/FORMAT.md. A writer that threw (an EncodeError from any call) is spent: start a new
+// one rather than write on.
 //
 // Payload bytes are placed by the writer's Policy: at or above the inline threshold
 // they become a payload frame of their own, below it they are copied into the envelope.
@@ -231,7 +233,7 @@ class EnvelopeWriter {
   friend class MapWriter;
   friend class ApplyWriter;
   friend struct internal::WireAccess;
-  struct Impl;  // src/wire/writer.cc: the generated message builder and its segment
+  struct Impl;  // src/wire/encoding.h: the generated message builder and its segment
 
   Policy policy_;
   const Registry* registry_;
@@ -252,7 +254,8 @@ struct HasEncodeOwned<T, std::void_t<decltype(Codec<T>::EncodeOwned(
 template <class T>
 void ValueWriter::Write(T&& value) {
   using D = std::decay_t<T>;
-  if constexpr (!std::is_lvalue_reference_v<T> && internal::HasEncodeOwned<D>::value) {
+  if constexpr (!std::is_lvalue_reference_v<T> && !std::is_const_v<std::remove_reference_t<T>> &&
+                internal::HasEncodeOwned<D>::value) {
     Codec<D>::EncodeOwned(*this, std::move(value));
   } else {
     Codec<D>::Encode(*this, value);

@@ -13,6 +13,35 @@
 
 namespace zerocan::internal {
 
+// The public enums number their members as the schema does, so a tag converts by value.
+static_assert(static_cast<int>(Kind::kNull) == wire::Value::NULL_ &&
+              static_cast<int>(Kind::kBool) == wire::Value::BOOL &&
+              static_cast<int>(Kind::kInt) == wire::Value::INT &&
+              static_cast<int>(Kind::kUInt) == wire::Value::UINT &&
+              static_cast<int>(Kind::kFloat) == wire::Value::FLOAT &&
+              static_cast<int>(Kind::kText) == wire::Value::TEXT &&
+              static_cast<int>(Kind::kBytes) == wire::Value::BYTES &&
+              static_cast<int>(Kind::kList) == wire::Value::LIST &&
+              static_cast<int>(Kind::kMap) == wire::Value::MAP &&
+              static_cast<int>(Kind::kTensor) == wire::Value::TENSOR &&
+              static_cast<int>(Kind::kExtension) == wire::Value::EXTENSION,
+              "zerocan::Kind must number its members as the schema's Value union does");
+static_assert(static_cast<int>(DType::kBool) == static_cast<int>(wire::DType::BOOL) &&
+              static_cast<int>(DType::kInt8) == static_cast<int>(wire::DType::INT8) &&
+              static_cast<int>(DType::kInt16) == static_cast<int>(wire::DType::INT16) &&
+              static_cast<int>(DType::kInt32) == static_cast<int>(wire::DType::INT32) &&
+              static_cast<int>(DType::kInt64) == static_cast<int>(wire::DType::INT64) &&
+              static_cast<int>(DType::kUInt8) == static_cast<int>(wire::DType::UINT8) &&
+              static_cast<int>(DType::kUInt16) == static_cast<int>(wire::DType::UINT16) &&
+              static_cast<int>(DType::kUInt32) == static_cast<int>(wire::DType::UINT32) &&
+              static_cast<int>(DType::kUInt64) == static_cast<int>(wire::DType::UINT64) &&
+              static_cast<int>(DType::kFloat16) == static_cast<int>(wire::DType::FLOAT16) &&
+              static_cast<int>(DType::kFloat32) == static_cast<int>(wire::DType::FLOAT32) &&
+              static_cast<int>(DType::kFloat64) == static_cast<int>(wire::DType::FLOAT64) &&
+              static_cast<int>(DType::kComplex64) == static_cast<int>(wire::DType::COMPLEX64) &&
+              static_cast<int>(DType::kComplex128) == static_cast<int>(wire::DType::COMPLEX128),
+              "zerocan::DType must number its members as the schema does");
+
 struct WireAccess {
   static Kind KindOf(wire::Value::Reader r) noexcept { return static_cast<Kind>(r.which()); }
   static Value MakeValue(wire::Value::Reader r, const MessageState* message) noexcept {

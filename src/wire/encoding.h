@@ -29,8 +29,11 @@ inline constexpr uint64_t kMaxCapnpList = (uint64_t{1} << 29) - 1;
 
 // `n` as a Cap'n Proto element count; throws EncodeError naming `what` beyond the bound.
 unsigned CheckedLength(size_t n, const char* what);
-// `text` for a generated setter (its length checked).
-capnp::Text::Reader AsText(std::string_view text);
+// `text`'s size for a generated initX(size) (checked against the format's bound).
+unsigned TextSize(std::string_view text);
+// Copies `text` into `dst`, made by initX(TextSize(text)). (A std::string_view need not
+// be NUL-terminated, so it never goes through Cap'n Proto's Text::Reader.)
+void CopyText(capnp::Text::Builder dst, std::string_view text) noexcept;
 // Throws EncodeError: "<what> index <i> out of range (size <n>)".
 [[noreturn]] void ThrowIndex(const char* what, size_t i, size_t n);
 

@@ -43,9 +43,13 @@ unsigned CheckedLength(size_t n, const char* what) {
   return static_cast<unsigned>(n);
 }
 
-capnp::Text::Reader AsText(std::string_view text) {
+unsigned TextSize(std::string_view text) {
   CheckedLength(text.size() + 1, "text");
-  return capnp::Text::Reader(text.data(), text.size());
+  return static_cast<unsigned>(text.size());
+}
+
+void CopyText(capnp::Text::Builder dst, std::string_view text) noexcept {
+  if (!text.empty()) std::memcpy(dst.begin(), text.data(), text.size());
 }
 
 void ThrowIndex(const char* what, size_t i, size_t n) {
@@ -56,7 +60,8 @@ void ThrowIndex(const char* what, size_t i, size_t n) {
 
 namespace {
 
-using internal::AsText;
+using internal::CopyText;
+using internal::TextSize;
 using internal::CheckedLength;
 using internal::ThrowIndex;
 using internal::Unwrap;
@@ -179,7 +184,7 @@ ApplyWriter EnvelopeWriter::StartApply(std::string_view function, size_t arg_cou
   unsigned args_n = CheckedLength(arg_count, "args");
   unsigned kwargs_n = CheckedLength(kwarg_count, "kwargs");
   auto apply = impl_->root.getBody().initApply();
-  apply.setFunction(AsText(function));
+  CopyText(apply.initFunction(TextSize(function)), function);
   auto args = apply.initArgs(args_n);
   auto kwargs = apply.initKwargs(kwargs_n);
   apply.setTimeoutMs(timeout_ms);
@@ -195,7 +200,7 @@ ValueWriter ApplyWriter::arg(size_t i) const {
 ValueWriter ApplyWriter::kwarg(size_t i, std::string_view name) const {
   if (i >= kwarg_count_) ThrowIndex("keyword argument", i, kwarg_count_);
   auto field = Unwrap<capnp::List<wire::Field>::Builder>(kwargs_)[static_cast<unsigned>(i)];
-  field.setKey(AsText(name));
+  CopyText(field.initKey(TextSize(name)), name);
   return ValueWriter(message_, Wrap(field.initValue()), 0);
 }
 
@@ -203,7 +208,7 @@ ValueWriter ApplyWriter::kwarg(size_t i, std::string_view name) const {
 ValueWriter EnvelopeWriter::StartResult(uint64_t call_id, std::string_view engine_id) {
   auto result = impl_->root.getBody().initResult();
   result.setCallId(call_id);
-  result.setEngineId(AsText(engine_id));
+  CopyText(result.initEngineId(TextSize(engine_id)), engine_id);
   return ValueWriter(this, Wrap(result.initOk()), 0);
 }
 
@@ -211,27 +216,27 @@ void EnvelopeWriter::SetError(uint64_t call_id, std::string_view engine_id,
                               const RemoteErrorInfo& error) {
   auto result = impl_->root.getBody().initResult();
   result.setCallId(call_id);
-  result.setEngineId(AsText(engine_id));
+  CopyText(result.initEngineId(TextSize(engine_id)), engine_id);
   auto e = result.initError();
-  e.setType(AsText(error.type));
-  e.setMessage(AsText(error.message));
-  e.setFunction(AsText(error.function));
-  e.setWhere(AsText(error.where));
+  CopyText(e.initType(TextSize(error.type)), error.type);
+  CopyText(e.initMessage(TextSize(error.message)), error.message);
+  CopyText(e.initFunction(TextSize(error.function)), error.function);
+  CopyText(e.initWhere(TextSize(error.where)), error.where);
 }
 
 void EnvelopeWriter::SetHello(std::string_view peer_id, std::string_view role,
                               const std::vector<std::string>& functions) {
   unsigned n = CheckedLength(functions.size(), "functions");
   auto hello = impl_->root.getBody().initHello();
-  hello.setPeerId(AsText(peer_id));
-  hello.setRole(AsText(role));
+  CopyText(hello.initPeerId(TextSize(peer_id)), peer_id);
+  CopyText(hello.initRole(TextSize(role)), role);
   auto list = hello.initFunctions(n);
-  for (unsigned i = 0; i < n; ++i) list.set(i, AsText(functions[i]));
+  for (unsigned i = 0; i < n; ++i) CopyText(list.init(i, TextSize(functions[i])), functions[i]);
 }
 
 void EnvelopeWriter::SetHeartbeat(std::string_view peer_id, uint64_t now_ns) {
   auto hb = impl_->root.getBody().initHeartbeat();
-  hb.setPeerId(AsText(peer_id));
+  CopyText(hb.initPeerId(TextSize(peer_id)), peer_id);
   hb.setNowNs(now_ns);
 }
 
@@ -431,12 +436,13 @@ wire::Envelope::Builder GeneratedEnvelope(EnvelopeWriter& writer) {
 }
 wire::Value::Reader GeneratedValue(const Value& value) { return internal::WireAccess::Reader(value); }
 
-uint64_t Message::message_id() const noexcept { return state_->root_.getMessageId(); }
-uint64_t Message::session_id() const noexcept { return state_->root_.getSessionId(); }
-uint64_t Message::sequence() const noexcept { return state_->root_.getSequence(); }
-uint64_t Message::sent_at_ns() const noexcept { return state_->root_.getSentAtNs(); }
+uint64_t Message::message_id() const noexcept { return state_ ? state_->root_.getMessageId() : 0; }
+uint64_t Message::session_id() const noexcept { return state_ ? state_->root_.getSessionId() : 0; }
+uint64_t Message::sequence() const noexcept { return state_ ? state_->root_.getSequence() : 0; }
+uint64_t Message::sent_at_ns() const noexcept { return state_ ? state_->root_.getSentAtNs() : 0; }
 
 BodyKind Message::body_kind() const noexcept {
+  if (state_ == nullptr) return BodyKind::kUnknown;
   switch (state_->root_.getBody().which()) {
     case wire::Envelope::Body::APPLY: return BodyKind::kApply;
     case wire::Envelope::Body::RESULT: return BodyKind::kResult;
@@ -515,9 +521,18 @@ std::string_view Message::engine_id() const {
 #undef ZEROCAN_APPLY
 #undef ZEROCAN_RESULT
 
-const FrameList& Message::frames() const noexcept { return state_->received_.frames; }
-const ReceivedMessage& Message::received() const noexcept { return state_->received_; }
-bool Message::envelope_copied() const noexcept { return state_->aligned_copy_ != nullptr; }
+namespace {
+const ReceivedMessage& NoFrames() {
+  static const ReceivedMessage none;
+  return none;
+}
+}  // namespace
+
+const FrameList& Message::frames() const noexcept { return received().frames; }
+const ReceivedMessage& Message::received() const noexcept {
+  return state_ ? state_->received_ : NoFrames();
+}
+bool Message::envelope_copied() const noexcept { return state_ && state_->aligned_copy_ != nullptr; }
 
 // ---- the header peek ---------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 // Reading an envelope's header (body kind, ids, function name) without the full checked
 // decode: for routing decisions (the broker; the engine). Safe on untrusted bytes: Cap'n
 // Proto bounds-checks every read, the traversal budget is scaled to the frame's size,
-// and any failure is just "no peek". Defined beside Message::Decode (src/wire/reader.cc).
+// and any failure is just "no peek". Defined beside Message::Decode (src/wire/envelope.cc).
 #pragma once
 
 #include <cstdint>

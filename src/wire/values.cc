@@ -24,12 +24,10 @@
 
 namespace zerocan {
 
-static_assert(static_cast<int>(wire::DType::COMPLEX128) == static_cast<int>(DType::kComplex128),
-              "zerocan::DType must number its members as the schema does");
-
 namespace {
 
-using internal::AsText;
+using internal::CopyText;
+using internal::TextSize;
 using internal::CheckedLength;
 using internal::kMaxCapnpList;
 using internal::kMaxEncodeDepth;
@@ -170,7 +168,7 @@ void ValueWriter::Bool(bool v) { V(builder_).setBool(v); }
 void ValueWriter::Int(int64_t v) { V(builder_).setInt(v); }
 void ValueWriter::UInt(uint64_t v) { V(builder_).setUint(v); }
 void ValueWriter::Float(double v) { V(builder_).setFloat(v); }
-void ValueWriter::Text(std::string_view v) { V(builder_).setText(AsText(v)); }
+void ValueWriter::Text(std::string_view v) { CopyText(V(builder_).initText(TextSize(v)), v); }
 
 void ValueWriter::Bytes(Buffer data) {
   Place(message_->impl_->payloads, message_->policy(), V(builder_).initBytes(), std::move(data), false);
@@ -248,7 +246,7 @@ ValueWriter ValueWriter::Extension(std::string_view type_name) {
     throw EncodeError(absl::StrCat("value nested deeper than ", kMaxEncodeDepth, " levels"));
   }
   auto ext = V(builder_).initExtension();
-  ext.setTypeName(AsText(type_name));
+  CopyText(ext.initTypeName(TextSize(type_name)), type_name);
   return ValueWriter(message_, Wrap(ext.initState()), depth_ + 1);
 }
 

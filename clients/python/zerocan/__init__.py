@@ -24,7 +24,7 @@ from .wire import (Codec, DecodeLimits, Extension, Header, Message, Outgoing, Re
                    register)
 from ._schema import schema_path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ArgumentError", "AuthError", "Call", "CallFuture", "Client", "Codec", "DecodeError",
