@@ -67,6 +67,7 @@ wire::Packing ChoosePacking(const T* p, size_t n) {
   return wire::Packing::NONE;
 }
 
+// Bytes per element of a packing (0 for none or an unknown value).
 size_t PackingSize(wire::Packing p) {
   switch (p) {
     case wire::Packing::INT8:
@@ -364,18 +365,6 @@ Path Child(const Path& parent, const char* field, int64_t index = -1) {
   throw DecodeError(code, absl::StrCat(path.Render(), ": ", what));
 }
 
-size_t PackedSize(wire::Packing p) {
-  switch (p) {
-    case wire::Packing::INT8:
-    case wire::Packing::UINT8: return 1;
-    case wire::Packing::INT16:
-    case wire::Packing::UINT16: return 2;
-    case wire::Packing::INT32:
-    case wire::Packing::UINT32: return 4;
-    default: return 0;
-  }
-}
-
 class Walker {
  public:
   Walker(const ReceivedMessage& received, uint32_t payload_frames, const DecodeLimits& limits,
@@ -470,7 +459,7 @@ class Walker {
     size_t item = ItemSize(dtype);
     wire::Packing packing = t.getPacking();
     if (packing != wire::Packing::NONE) {
-      size_t packed = PackedSize(packing);
+      size_t packed = PackingSize(packing);
       if (packed == 0) {
         Fail(Code::kMalformed, Child(path, "packing"),
              absl::StrCat("unknown packing ", static_cast<uint16_t>(packing)));
