@@ -130,7 +130,9 @@ struct Server {
       } else {
         out.UInt(call.arg(0).TensorBytes().size());
       }
-      SendSigned(router, writer.Finish(), signer, &routing);
+      Outgoing reply = writer.Finish();
+      if (signer != nullptr) signer->Sign(&reply);
+      Send(router, std::move(reply), &routing);
       ++served;
     } catch (const Error&) {
       ++rejected;
@@ -161,7 +163,9 @@ struct Caller {
     writer.SetHeader(Header{sequence, session, sequence, 0});
     ApplyWriter apply = writer.StartApply("f", 1, 0);
     apply.arg(0).Array(DType::kUInt8, Shape{data.size()}, data);
-    Tracker tracker = SendSigned(dealer, writer.Finish(), signer);
+    Outgoing call = writer.Finish();
+    if (signer != nullptr) signer->Sign(&call);
+    Tracker tracker = Send(dealer, std::move(call));
     zmq::pollitem_t item{dealer.handle(), 0, ZMQ_POLLIN, 0};
     if (zmq::poll(&item, 1, std::chrono::seconds(30)) == 0) return false;
     auto reply = Receive(dealer);

@@ -360,8 +360,8 @@ class Broker::Impl {
         Capture(copy, Direction::kReply, "broker");
       }
       try {
-        SendSigned(frontend_, std::move(reply), options_.signer ? &*options_.signer : nullptr,
-                   &routing);
+        if (options_.signer) options_.signer->Sign(&reply);
+        Send(frontend_, std::move(reply), &routing);
         ++lost_;
       } catch (const TransportError&) {
         ++dropped_;

@@ -113,7 +113,8 @@ class ClientCore {
       std::lock_guard<std::mutex> io(io_mu_);
       DoneIo();
       try {
-        tracker = SendSigned(socket_, std::move(out), signer_ ? &*signer_ : nullptr);
+        if (signer_) signer_->Sign(&out);
+        tracker = Send(socket_, std::move(out));
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu_);
         pending_.erase(call->id);

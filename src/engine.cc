@@ -388,8 +388,8 @@ class Engine::Impl {
 
   void SendQuiet(size_t socket, Outgoing&& out, absl::InlinedVector<zmq::message_t, 2>* routing) {
     try {
-      SendSigned(sockets_[socket], std::move(out), options_.signer ? &*options_.signer : nullptr,
-                 routing);
+      if (options_.signer) options_.signer->Sign(&out);
+      Send(sockets_[socket], std::move(out), routing);
     } catch (const TransportError&) {
       Bump(dropped_);  // peer gone (ROUTER with an unknown identity drops silently anyway)
     }

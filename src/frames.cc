@@ -1,6 +1,5 @@
 #include "zerocan/frames.h"
 
-#include "internal/send.h"
 
 #include <cstring>
 #include <thread>
@@ -96,9 +95,11 @@ zmq::message_t EnvelopeFrame(Buffer envelope) {
 
 namespace internal {
 
+// Sends [routing...] [] [envelope] [payload frames...] [trailer]? as one multipart
+// message. Every frame is built before the first is sent, so a failure cannot leave half
+// a message on the socket.
 Tracker SendFrames(zmq::socket_t& socket, Outgoing&& message,
-                   absl::InlinedVector<zmq::message_t, 2>* routing,
-                   std::optional<zmq::message_t> trailer) {
+                   absl::InlinedVector<zmq::message_t, 2>* routing) {
   auto tracker = message.payload_frames().empty() ? nullptr
                                                   : std::make_shared<Tracker::State>();
   absl::InlinedVector<zmq::message_t, 8> frames;
@@ -110,7 +111,9 @@ Tracker SendFrames(zmq::socket_t& socket, Outgoing&& message,
   for (const Buffer& b : message.payload_frames()) {
     frames.push_back(ZeroCopyFrame(b, tracker));
   }
-  if (trailer) frames.push_back(std::move(*trailer));
+  if (!message.trailer().empty()) {
+    frames.emplace_back(message.trailer().data(), message.trailer().size());  // a signature: small
+  }
   TsanBeforeZmqSend();  // every byte of the message is written
   try {
     for (size_t i = 0; i < frames.size(); ++i) {
@@ -128,7 +131,7 @@ Tracker SendFrames(zmq::socket_t& socket, Outgoing&& message,
 
 Tracker Send(zmq::socket_t& socket, Outgoing&& message,
              absl::InlinedVector<zmq::message_t, 2>* routing) {
-  return internal::SendFrames(socket, std::move(message), routing, std::nullopt);
+  return internal::SendFrames(socket, std::move(message), routing);
 }
 
 std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits& limits,
@@ -218,6 +221,9 @@ ReceivedMessage LoopbackFrames(Outgoing&& outgoing) {
   out.frames.emplace_back(out.envelope_owner.mutable_data(), out.envelope_owner.size(), nullptr);
   for (const Buffer& b : outgoing.payload_frames()) {
     out.frames.push_back(internal::ZeroCopyFrame(b, nullptr));
+  }
+  if (!outgoing.trailer().empty()) {
+    out.frames.emplace_back(outgoing.trailer().data(), outgoing.trailer().size());
   }
   return out;
 }

@@ -21,7 +21,6 @@
 
 #include "internal/testing.h"
 
-#include "internal/send.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -546,6 +545,13 @@ zmq::message_t Signer::SignatureOver(const Frames& frames, size_t count) const {
   return hasher.Finish();
 }
 
+void Signer::Sign(Outgoing* message) const {
+  zmq::message_t signature = SignatureFor(*message);
+  Buffer trailer = Buffer::Allocate(signature.size());
+  std::memcpy(trailer.mutable_data(), signature.data(), signature.size());
+  message->SetTrailer(std::move(trailer));
+}
+
 zmq::message_t Signer::SignatureFor(const Outgoing& message) const {
   Hasher hasher = Begin(1 + message.payload_frames().size());
   hasher.Add(message.envelope().data(), message.envelope().size());
@@ -627,14 +633,5 @@ std::optional<zmq::message_t> StripSignature(ReceivedMessage* received) {
   return signature;
 }
 
-Tracker SendSigned(zmq::socket_t& socket, Outgoing&& message, const Signer* signer,
-                   absl::InlinedVector<zmq::message_t, 2>* routing) {
-  if (signer == nullptr) return Send(socket, std::move(message), routing);
-  // MAC first, then hand every frame over: libzmq only flushes a multipart message to
-  // its I/O thread at the last part, so sending earlier parts first would not overlap
-  // anything and would leave half a message on the socket if signing failed.
-  zmq::message_t signature = signer->SignatureFor(message);
-  return internal::SendFrames(socket, std::move(message), routing, std::move(signature));
-}
 
 }  // namespace zerocan

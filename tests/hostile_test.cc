@@ -83,7 +83,9 @@ void Serve(zmq::context_t* context, std::promise<std::string>* endpoint,
       writer.SetError(0, "hostile-engine", RemoteErrorInfo{"zerocan.DecodeError", e.what(), "", ""});
       ++counters->error_replies;
     }
-    SendSigned(router, writer.Finish(), &signer, &routing);
+    Outgoing reply = writer.Finish();
+    signer.Sign(&reply);
+    Send(router, std::move(reply), &routing);
   }
 }
 
@@ -97,7 +99,9 @@ int HonestClient(zmq::context_t* context, const std::string& endpoint, uint64_t 
   dealer.connect(endpoint);
   int ok = 0;
   for (int i = 1; i <= calls; ++i) {
-    SendSigned(dealer, MakeCall(session, static_cast<uint64_t>(i)), &signer);
+    Outgoing call = MakeCall(session, static_cast<uint64_t>(i));
+    signer.Sign(&call);
+    Send(dealer, std::move(call));
     auto reply = ReceiveWithin(dealer, /*expect_routing=*/false, std::chrono::seconds(20));
     if (!reply) return ok;
     signer.Verify(&*reply);

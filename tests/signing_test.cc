@@ -345,7 +345,10 @@ TEST(SigningTest, FrameBoundariesAreBound) {
 TEST(SigningTest, SignedCallOverTcpVerifiesAndDecodes) {
   Signer signer(kKey);
   TcpPair pair;
-  Tracker tracker = SendSigned(pair.dealer, MakeCall(7, 1), &signer);
+  Outgoing call = MakeCall(7, 1);
+  signer.Sign(&call);  // signing wraps the message: the trailer is its signature frame
+  EXPECT_EQ(call.frame_count(), 4u);
+  Tracker tracker = Send(pair.dealer, std::move(call));
   ReceivedMessage received = MustReceive(pair.router);
   ASSERT_EQ(received.frames.size(), 4u);  // envelope, two payload frames, signature
   EXPECT_TRUE(LooksLikeSignature(received.frames.back()));
@@ -359,9 +362,9 @@ TEST(SigningTest, SignedCallOverTcpVerifiesAndDecodes) {
   EXPECT_TRUE(tracker.WaitFor(std::chrono::seconds(10)));
 }
 
-TEST(SigningTest, SendSignedWithoutSignerSendsUnsigned) {
+TEST(SigningTest, UnsignedMessageHasNoTrailer) {
   TcpPair pair;
-  SendSigned(pair.dealer, MakeCall(7, 1), nullptr);
+  Send(pair.dealer, MakeCall(7, 1));
   ReceivedMessage received = MustReceive(pair.router);
   EXPECT_EQ(received.frames.size(), 3u);
   EXPECT_FALSE(StripSignature(&received).has_value());

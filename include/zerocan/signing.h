@@ -126,6 +126,10 @@ class Signer {
   };
   Hasher Begin(uint64_t frame_count) const;
 
+  // Signs an encoded message: its trailer becomes the signature frame over the envelope
+  // and the payload frames (which must not change afterwards). Signing wraps the message;
+  // any transport then sends it whole.
+  void Sign(Outgoing* message) const;
   // The signature frame over an encoded message (envelope, then its payload frames).
   zmq::message_t SignatureFor(const Outgoing& message) const;
   // The signature frame over `frames` (all of them; none may be a signature already).
@@ -155,13 +159,6 @@ class Signer {
   zmq::message_t SignatureOver(const Frames& frames, size_t count) const;
   std::shared_ptr<const Keyed> keyed_;
 };
-
-// Sends like zerocan::Send and appends the signature frame. Payload frames stay zero-copy.
-// (libzmq hands a multipart message to its I/O thread only when the last part is
-// written, so the MAC cannot overlap the transmission of earlier parts; see
-// docs/SECURITY.md.) With signer == nullptr this is Send.
-Tracker SendSigned(zmq::socket_t& socket, Outgoing&& message, const Signer* signer,
-                   absl::InlinedVector<zmq::message_t, 2>* routing = nullptr);
 
 // Removes and returns the last frame of `received` when it looks like a signature frame;
 // otherwise returns an empty optional and leaves `received` alone. For tools that

@@ -58,9 +58,10 @@ struct Header {
   uint64_t sent_at_ns = 0;  // 0 = let Finish() stamp the wall clock
 };
 
-// An encoded message, ready to send or to hand to a decoder: the envelope's bytes and
-// the payloads that travel as frames of their own (all still owned, none yet given to
-// a transport). Move-only.
+// An encoded message, ready to send or to hand to a decoder: the envelope's bytes, the
+// payloads that travel as frames of their own, and an optional trailer frame after them
+// (a signature: Signer::Sign adds it). All still owned, none yet given to a transport.
+// Move-only.
 class Outgoing {
  public:
   Outgoing() = default;
@@ -71,7 +72,10 @@ class Outgoing {
 
   const Buffer& envelope() const noexcept { return envelope_; }
   const std::vector<Buffer>& payload_frames() const noexcept { return payloads_; }
-  size_t frame_count() const noexcept { return 1 + payloads_.size(); }
+  // The frame after the payloads (empty: none).
+  const Buffer& trailer() const noexcept { return trailer_; }
+  void SetTrailer(Buffer trailer) noexcept { trailer_ = std::move(trailer); }
+  size_t frame_count() const noexcept { return 1 + payloads_.size() + (trailer_.empty() ? 0 : 1); }
   // Moves the envelope out, for whoever turns this message into frames; envelope() is
   // empty afterwards.
   Buffer TakeEnvelope() noexcept { return std::exchange(envelope_, Buffer()); }
@@ -82,6 +86,7 @@ class Outgoing {
  private:
   Buffer envelope_;
   std::vector<Buffer> payloads_;
+  Buffer trailer_;
 };
 
 // Writes one Value. Cheap to copy; valid while its EnvelopeWriter lives.
