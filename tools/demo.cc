@@ -189,7 +189,8 @@ int RunDemo(const std::string& capture_file, size_t tensor_mb) {
       uint64_t copies_before = GlobalStats().Snapshot().buffer_copies;
       for (int rep = 0; rep < 3; ++rep) {
         auto t0 = Clock::now();
-        ResultFuture f = client.apply("echo", big);  // borrowed: sent from `big` itself
+        // Lent: sent from `big` itself; it stays unchanged until the tracker says done.
+        ResultFuture f = client.apply("echo", Borrow(big));
         Result r = f.get();
         auto view = r.as<TensorView<const double>>();  // a view of the reply frame
         row.rtt_us.push_back(Us(Clock::now() - t0));
