@@ -39,7 +39,7 @@
 #include "zerocan/broker.h"
 #include "zerocan/client.h"
 #include "zerocan/engine.h"
-#include "zerocan/frames.h"
+#include "zerocan/transport/zmq.h"
 #include "zerocan/policy.h"
 
 namespace zerocan::bench {

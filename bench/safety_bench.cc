@@ -34,7 +34,7 @@
 
 #include "bench.h"
 #include "bench_util.h"
-#include "zerocan/frames.h"
+#include "zerocan/transport/zmq.h"
 #include "zerocan/message.h"
 #include "zerocan/replay.h"
 #include "zerocan/signing.h"
@@ -107,8 +107,8 @@ struct Server {
               uint64_t* sequence) {
     auto routing = std::move(received->routing);
     if (signer != nullptr) {
-      if (signer->Check(std::span<const zmq::message_t>(received->frames.data(),
-                                                        received->frames.size())) !=
+      if (signer->Check(std::span<const Buffer>(received->frames.data(),
+                                                received->frames.size())) !=
           Signer::Verdict::kOk) {
         ++rejected;
         return;
@@ -132,7 +132,7 @@ struct Server {
       }
       Outgoing reply = writer.Finish();
       if (signer != nullptr) signer->Sign(&reply);
-      Send(router, std::move(reply), &routing);
+      Send(router, std::move(reply), routing);
       ++served;
     } catch (const Error&) {
       ++rejected;
@@ -231,7 +231,7 @@ void Flood(const std::string& endpoint, const Signer* signer, bool remote,
   w.SetHeader(Header{1, 999, 1, 0});
   w.StartApply("f", 1, 0).arg(0).Array(DType::kUInt8, Shape{8},
                                        Buffer::Adopt(std::vector<uint8_t>(8, 1)));
-  FrameList captured = DetachFrames(LoopbackFrames(w.Finish()));
+  FrameList captured = LoopbackFrames(w.Finish()).frames;
   signer->SignFrames(&captured);
   auto send = [&](const FrameList& frames) {
     zmq::message_t delimiter;
@@ -248,22 +248,22 @@ void Flood(const std::string& endpoint, const Signer* signer, bool remote,
       case 0: {
         std::string junk(64 + rng() % 512, '\0');
         for (char& c : junk) c = static_cast<char>(rng());
-        frames.emplace_back(junk.data(), junk.size());
+        frames.push_back(Buffer::CopyOf(junk.data(), junk.size()));
         break;
       }
       case 1:  // unsigned copy of a genuine message
         for (size_t i = 0; i + 1 < captured.size(); ++i) {
-          frames.emplace_back(captured[i].data(), captured[i].size());
+          frames.push_back(Buffer::CopyOf(captured[i].data(), captured[i].size()));
         }
         break;
       case 2:  // forged
         for (size_t i = 0; i + 1 < captured.size(); ++i) {
-          frames.emplace_back(captured[i].data(), captured[i].size());
+          frames.push_back(Buffer::CopyOf(captured[i].data(), captured[i].size()));
         }
         forger.SignFrames(&frames);
         break;
       case 3:  // replayed
-        for (const auto& f : captured) frames.emplace_back(f.data(), f.size());
+        for (const auto& f : captured) frames.push_back(Buffer::CopyOf(f.data(), f.size()));
         break;
     }
     send(frames);
@@ -285,11 +285,11 @@ void RunSafety(const Options& options, std::vector<Row>* rows) {
   {
     std::vector<uint8_t> bytes(kBig, 0x5a);
     FrameList one;
-    one.emplace_back(bytes.data(), bytes.size());
+    one.push_back(Buffer::Borrow(bytes.data(), bytes.size()));
     std::vector<double> gbps;
     for (int r = 0; r < rounds; ++r) {
       double start = NowNs();
-      zmq::message_t sig = signer.SignatureFor(std::span<const zmq::message_t>(one.data(), 1));
+      Buffer sig = signer.SignatureFor(std::span<const Buffer>(one.data(), 1));
       gbps.push_back(kBig / (NowNs() - start));
       Sink(sig.size());
     }

@@ -18,12 +18,11 @@
 #include "absl/strings/str_cat.h"
 #include "wire/peek.h"
 #include "internal/strings.h"
-#include "tsan_zmq.h"
 #include "zerocan/capture.h"
-#include "zerocan/frames.h"
 #include "zerocan/pacing.h"
 #include "zerocan/placement.h"
 #include "zerocan/remote_error.h"
+#include "zerocan/transport/zmq.h"
 #include "zerocan/version.h"
 #include "zerocan/writer.h"
 
@@ -33,11 +32,11 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string FrameString(const zmq::message_t& m) {
-  return std::string(static_cast<const char*>(m.data()), m.size());
+std::string FrameString(const Buffer& b) {
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
 }
 
-zmq::message_t CopyFrame(const std::string& s) { return zmq::message_t(s.data(), s.size()); }
+Buffer FrameOf(const std::string& s) { return Buffer::CopyOf(s.data(), s.size()); }
 
 // A call the broker has sent to an engine.
 struct InFlight {
@@ -215,10 +214,10 @@ class Broker::Impl {
     for (auto& r : w.message.routing) f.client_routing.push_back(FrameString(r));
     f.call_id = w.peek.message_id;
     f.function = std::move(w.peek.function);
-    absl::InlinedVector<zmq::message_t, 2> routing;
-    routing.push_back(CopyFrame(*best_id));
+    RoutingFrames routing;
+    routing.push_back(Buffer::Borrow(best_id->data(), best_id->size()));  // copied by the send
     for (auto& r : w.message.routing) routing.push_back(std::move(r));
-    if (!SendFrames(backend_, routing, w.message.frames)) {
+    if (!Forward(backend_, routing, w.message.frames)) {
       ++dropped_;
       return;
     }
@@ -248,7 +247,7 @@ class Broker::Impl {
       if (m->routing.size() == 1) {
         // For the broker itself: hello, heartbeat, goodbye.
         Capture(*m, Direction::kReceived, "backend");
-        if (options_.signer && options_.signer->Check(std::span<const zmq::message_t>(
+        if (options_.signer && options_.signer->Check(std::span<const Buffer>(
                                    m->frames.data(), m->frames.size())) != Signer::Verdict::kOk) {
           ++dropped_;  // not from an engine holding our key
           continue;
@@ -283,9 +282,8 @@ class Broker::Impl {
         if (it != engines_.end() && it->second.in_flight > 0) --it->second.in_flight;
         in_flight_.erase(f);
       }
-      absl::InlinedVector<zmq::message_t, 2> routing;
-      for (size_t i = 1; i < m->routing.size(); ++i) routing.push_back(std::move(m->routing[i]));
-      if (SendFrames(frontend_, routing, m->frames)) {
+      std::span<const Buffer> routing(m->routing.data() + 1, m->routing.size() - 1);
+      if (Forward(frontend_, routing, m->frames)) {
         ++replies_;
       } else {
         ++dropped_;
@@ -348,20 +346,20 @@ class Broker::Impl {
                   absl::StrCat("engine ", PrintableId(engine), " ", why,
                                " while running this call"),
                   f.function, "broker"});
-      absl::InlinedVector<zmq::message_t, 2> routing;
-      for (const std::string& r : f.client_routing) routing.push_back(CopyFrame(r));
+      RoutingFrames routing;
+      for (const std::string& r : f.client_routing) routing.push_back(FrameOf(r));
       Outgoing reply = w.Finish();
       if (capture_file_ != nullptr || capture_.handle() != nullptr) {
         // The broker's own replies are part of the conversation too: a capture lists
         // every call and the result it got, including EngineLost.
-        ReceivedMessage copy;
-        for (const std::string& r : f.client_routing) copy.routing.push_back(CopyFrame(r));
-        copy.frames.emplace_back(reply.envelope().data(), reply.envelope().size());
-        Capture(copy, Direction::kReply, "broker");
+        ReceivedMessage shown;
+        shown.routing = routing;
+        shown.frames.push_back(reply.envelope());
+        Capture(shown, Direction::kReply, "broker");
       }
       try {
         if (options_.signer) options_.signer->Sign(&reply);
-        Send(frontend_, std::move(reply), &routing);
+        Send(frontend_, std::move(reply), routing);
         ++lost_;
       } catch (const TransportError&) {
         ++dropped_;
@@ -381,19 +379,12 @@ class Broker::Impl {
     return out;
   }
 
-  // Sends routing frames, the delimiter and `frames` (all moved) as one message.
-  bool SendFrames(zmq::socket_t& s, absl::InlinedVector<zmq::message_t, 2>& routing,
-                  FrameList& frames) {
-    internal::TsanBeforeZmqSend();
+  // Forwards received frames; false when the socket refused them or failed.
+  static bool Forward(zmq::socket_t& s, std::span<const Buffer> routing,
+                      std::span<const Buffer> frames) {
     try {
-      for (auto& r : routing) s.send(r, zmq::send_flags::sndmore);
-      s.send(zmq::message_t(), zmq::send_flags::sndmore);
-      for (size_t i = 0; i < frames.size(); ++i) {
-        s.send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore
-                                                : zmq::send_flags::none);
-      }
-      return true;
-    } catch (const zmq::error_t&) {
+      return SendFrames(s, routing, frames);
+    } catch (const TransportError&) {
       return false;
     }
   }

@@ -39,21 +39,6 @@ uint64_t Load(const unsigned char* p, int n) {
   return v;
 }
 
-// A heap-held Buffer released by libzmq when a frame built over it is closed.
-void ReleaseBuffer(void*, void* hint) noexcept { delete static_cast<Buffer*>(hint); }
-
-zmq::message_t FrameOver(const Buffer& buffer) {
-  if (buffer.empty()) return zmq::message_t();
-  auto* hold = new Buffer(buffer);
-  zmq::message_t frame;
-  if (zmq_msg_init_data(frame.handle(), const_cast<std::byte*>(buffer.data()), buffer.size(),
-                        &ReleaseBuffer, hold) != 0) {
-    delete hold;
-    throw TransportError("zmq_msg_init_data failed: out of memory");
-  }
-  return frame;
-}
-
 Buffer CopyFrame(const void* data, size_t size) {
   std::vector<std::byte> bytes(size);
   if (size != 0) std::memcpy(bytes.data(), data, size);
@@ -140,9 +125,12 @@ void CaptureWriter::Write(const ReceivedMessage& message, Direction direction,
                           std::string_view source, uint64_t time_ns) {
   std::vector<std::string_view> frames;
   frames.reserve(message.routing.size() + 1 + message.frames.size());
-  for (const zmq::message_t& f : message.routing) frames.emplace_back(f.data<char>(), f.size());
+  auto view = [](const Buffer& b) {
+    return std::string_view(reinterpret_cast<const char*>(b.data()), b.size());
+  };
+  for (const Buffer& f : message.routing) frames.push_back(view(f));
   frames.emplace_back();
-  for (const zmq::message_t& f : message.frames) frames.emplace_back(f.data<char>(), f.size());
+  for (const Buffer& f : message.frames) frames.push_back(view(f));
   Write(time_ns, direction, source, frames);
 }
 
@@ -353,60 +341,20 @@ std::optional<CaptureRecord> CaptureReader::Next() {
 
 // ---- live capture sockets ---------------------------------------------------------------
 
-zmq::message_t MakeCaptureTag(Direction direction, uint64_t time_ns, std::string_view source) {
+std::string CaptureTag(Direction direction, uint64_t time_ns, std::string_view source) {
   std::string tag(kCaptureTagMagic, sizeof(kCaptureTagMagic));
   tag.push_back(static_cast<char>(direction));
   Put64(&tag, time_ns == 0 ? NowNs() : time_ns);
   tag.append(source.substr(0, UINT16_MAX));
-  return zmq::message_t(tag.data(), tag.size());
+  return tag;
 }
 
-void PublishCaptured(zmq::socket_t& pub, const std::vector<const zmq::message_t*>& frames,
-                     Direction direction, std::string_view source) {
-  try {
-    zmq::message_t tag = MakeCaptureTag(direction, 0, source);
-    auto more = frames.empty() ? zmq::send_flags::dontwait
-                               : zmq::send_flags::sndmore | zmq::send_flags::dontwait;
-    if (!pub.send(tag, more)) return;  // PUB drops when its queue is full
-    for (size_t i = 0; i < frames.size(); ++i) {
-      zmq::message_t copy;
-      copy.copy(const_cast<zmq::message_t&>(*frames[i]));  // shares long frames, no byte copy
-      auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
-                                         : zmq::send_flags::dontwait;
-      pub.send(copy, flags);
-    }
-  } catch (const zmq::error_t& e) {
-    throw TransportError(absl::StrCat("publishing to the capture socket failed: ", e.what()));
-  }
-}
-
-void PublishCaptured(zmq::socket_t& pub, const ReceivedMessage& message, Direction direction,
-                     std::string_view source) {
-  zmq::message_t delimiter;
-  std::vector<const zmq::message_t*> frames;
-  for (const auto& f : message.routing) frames.push_back(&f);
-  frames.push_back(&delimiter);
-  // A borrowed frame 0 (LoopbackFrames: a constant frame over envelope_owner) would be
-  // shared, not owned, by the queued copy, and could outlive its bytes: publish a copy.
-  zmq::message_t owned_envelope;
-  for (size_t i = 0; i < message.frames.size(); ++i) {
-    const zmq::message_t& f = message.frames[i];
-    if (i == 0 && !message.envelope_owner.empty()) {
-      owned_envelope = zmq::message_t(f.data(), f.size());
-      frames.push_back(&owned_envelope);
-    } else {
-      frames.push_back(&f);
-    }
-  }
-  PublishCaptured(pub, frames, direction, source);
-}
-
-CaptureRecord RecordFromCaptureFrames(std::vector<zmq::message_t>&& frames) {
+CaptureRecord RecordFromCaptureFrames(std::span<const Buffer> frames) {
   CaptureRecord record;
   size_t first = 0;
   if (!frames.empty() && frames[0].size() >= sizeof(kCaptureTagMagic) + 9 &&
       std::memcmp(frames[0].data(), kCaptureTagMagic, sizeof(kCaptureTagMagic)) == 0) {
-    const auto* p = frames[0].data<unsigned char>();
+    const auto* p = reinterpret_cast<const unsigned char*>(frames[0].data());
     record.direction = static_cast<Direction>(p[8]);
     record.time_ns = Load(p + 9, 8);
     record.source.assign(reinterpret_cast<const char*>(p + 17), frames[0].size() - 17);
@@ -414,30 +362,8 @@ CaptureRecord RecordFromCaptureFrames(std::vector<zmq::message_t>&& frames) {
   } else {
     record.time_ns = NowNs();
   }
-  for (size_t i = first; i < frames.size(); ++i) {
-    record.frames.push_back(CopyFrame(frames[i].data(), frames[i].size()));
-  }
+  record.frames.assign(frames.begin() + first, frames.end());
   return record;
-}
-
-std::optional<CaptureRecord> ReceiveCaptured(zmq::socket_t& sub, int timeout_ms,
-                                             const CaptureLimits& limits) {
-  std::vector<zmq::message_t> frames;
-  try {
-    zmq::pollitem_t item{sub.handle(), 0, ZMQ_POLLIN, 0};
-    if (zmq::poll(&item, 1, std::chrono::milliseconds(timeout_ms)) == 0) return std::nullopt;
-    bool more = true;
-    while (more) {
-      zmq::message_t part;
-      if (!sub.recv(part, zmq::recv_flags::none)) return std::nullopt;
-      more = part.more();
-      // The tag frame does not count against the message's frames.
-      if (frames.size() <= limits.max_frames) frames.push_back(std::move(part));
-    }
-  } catch (const zmq::error_t& e) {
-    throw TransportError(absl::StrCat("receiving from the capture socket failed: ", e.what()));
-  }
-  return RecordFromCaptureFrames(std::move(frames));
 }
 
 std::optional<CaptureRecord> RecordFromFramesFile(std::string_view bytes, std::string* error,
@@ -486,11 +412,11 @@ FrameSplit SplitFrames(const CaptureRecord& record) {
 ReceivedMessage ToReceived(const CaptureRecord& record, size_t drop_last) {
   FrameSplit split = SplitFrames(record);
   ReceivedMessage out;
-  for (size_t i = 0; i < split.routing; ++i) out.routing.push_back(FrameOver(record.frames[i]));
+  for (size_t i = 0; i < split.routing; ++i) out.routing.push_back(record.frames[i]);
   size_t end = record.frames.size();
   end = drop_last > end - split.first_message_frame ? split.first_message_frame : end - drop_last;
   for (size_t i = split.first_message_frame; i < end; ++i) {
-    out.frames.push_back(FrameOver(record.frames[i]));
+    out.frames.push_back(record.frames[i]);
   }
   return out;
 }

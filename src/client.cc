@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "internal/strings.h"
 #include "zerocan/placement.h"
+#include "zerocan/transport/zmq.h"
 #include "zerocan/stats.h"
 
 namespace zerocan {

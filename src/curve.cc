@@ -1,5 +1,7 @@
 #include "zerocan/curve.h"
 
+#include "zerocan/transport/zmq.h"
+
 #include <sys/stat.h>
 
 #include <fstream>

@@ -28,10 +28,10 @@
 #include "wire/peek.h"
 #include "internal/strings.h"
 #include "zerocan/auth_error.h"
-#include "zerocan/frames.h"
 #include "zerocan/pacing.h"
 #include "zerocan/placement.h"
 #include "zerocan/stats.h"
+#include "zerocan/transport/zmq.h"
 
 namespace zerocan {
 
@@ -122,7 +122,7 @@ struct Job {
 // A reply ready to send.
 struct Reply {
   size_t socket = 0;
-  absl::InlinedVector<zmq::message_t, 2> routing;
+  RoutingFrames routing;  // shares the call's received frames until the reply is sent
   Outgoing message;
 };
 
@@ -276,7 +276,7 @@ class Engine::Impl {
       EnvelopeWriter w(policy_, registry_);
       w.SetHeader(NextHeader());
       w.SetHello(options_.id, "engine", names);
-      SendQuiet(i, w.Finish(), nullptr);
+      SendQuiet(i, w.Finish(), {});
     }
     Clock::time_point next_beat = Clock::now() + options_.heartbeat;
     std::vector<zmq::pollitem_t> items;
@@ -321,7 +321,7 @@ class Engine::Impl {
         EnvelopeWriter w(policy_, registry_);
         w.SetHeader(NextHeader());
         w.SetGoodbye();
-        SendQuiet(i, w.Finish(), nullptr);
+        SendQuiet(i, w.Finish(), {});
       }
     } else {
       std::lock_guard<std::mutex> lock(mu_);
@@ -353,7 +353,7 @@ class Engine::Impl {
       Job job{index, std::move(*received)};
       if (options_.threads <= 0 || RunsInline(job)) {
         std::optional<Reply> reply = Process(std::move(job));
-        if (reply) SendQuiet(reply->socket, std::move(reply->message), &reply->routing);
+        if (reply) SendQuiet(reply->socket, std::move(reply->message), reply->routing);
       } else {
         {
           std::lock_guard<std::mutex> lock(mu_);
@@ -372,7 +372,7 @@ class Engine::Impl {
       if (replies_.empty()) return;
       ready_.swap(replies_);
     }
-    for (Reply& r : ready_) SendQuiet(r.socket, std::move(r.message), &r.routing);
+    for (Reply& r : ready_) SendQuiet(r.socket, std::move(r.message), r.routing);
     ready_.clear();
   }
 
@@ -382,11 +382,11 @@ class Engine::Impl {
       EnvelopeWriter w(policy_, registry_);
       w.SetHeader(NextHeader());
       w.SetHeartbeat(options_.id, WallNs());
-      SendQuiet(i, w.Finish(), nullptr);
+      SendQuiet(i, w.Finish(), {});
     }
   }
 
-  void SendQuiet(size_t socket, Outgoing&& out, absl::InlinedVector<zmq::message_t, 2>* routing) {
+  void SendQuiet(size_t socket, Outgoing&& out, std::span<const Buffer> routing) {
     try {
       if (options_.signer) options_.signer->Sign(&out);
       Send(sockets_[socket], std::move(out), routing);

@@ -261,7 +261,7 @@ std::string_view AuthCodeName(AuthError::Code code) noexcept {
   return "unknown";
 }
 
-bool LooksLikeSignature(const zmq::message_t& frame) noexcept {
+bool LooksLikeSignature(const Buffer& frame) noexcept {
   return frame.size() == kSignatureFrameSize &&
          std::memcmp(frame.data(), kSignatureMagic, sizeof(kSignatureMagic)) == 0;
 }
@@ -528,10 +528,10 @@ void Signer::Hasher::FinishMac(unsigned char out[kMacSize]) {
   ctx_.reset();
 }
 
-zmq::message_t Signer::Hasher::Finish() {
+Buffer Signer::Hasher::Finish() {
   if (ctx_ == nullptr) throw Error("Signer::Hasher used after Finish");
-  zmq::message_t frame(kSignatureFrameSize);
-  auto* bytes = static_cast<unsigned char*>(frame.data());
+  Buffer frame = Buffer::Allocate(kSignatureFrameSize);
+  auto* bytes = reinterpret_cast<unsigned char*>(frame.mutable_data());
   std::memcpy(bytes, kSignatureMagic, sizeof(kSignatureMagic));
   std::memcpy(bytes + sizeof(kSignatureMagic), ctx_->nonce, kNonceSize);
   FinishMac(bytes + sizeof(kSignatureMagic) + kNonceSize);
@@ -539,42 +539,38 @@ zmq::message_t Signer::Hasher::Finish() {
 }
 
 template <class Frames>
-zmq::message_t Signer::SignatureOver(const Frames& frames, size_t count) const {
+Buffer Signer::SignatureOver(const Frames& frames, size_t count) const {
   Hasher hasher = Begin(count);
   for (size_t i = 0; i < count; ++i) hasher.Add(frames[i].data(), frames[i].size());
   return hasher.Finish();
 }
 
 void Signer::Sign(Outgoing* message) const {
-  zmq::message_t signature = SignatureFor(*message);
-  Buffer trailer = Buffer::Allocate(signature.size());
-  std::memcpy(trailer.mutable_data(), signature.data(), signature.size());
-  message->SetTrailer(std::move(trailer));
+  message->SetTrailer(SignatureFor(*message));
 }
 
-zmq::message_t Signer::SignatureFor(const Outgoing& message) const {
+Buffer Signer::SignatureFor(const Outgoing& message) const {
   Hasher hasher = Begin(1 + message.payload_frames().size());
   hasher.Add(message.envelope().data(), message.envelope().size());
   for (const Buffer& b : message.payload_frames()) hasher.Add(b.data(), b.size());
   return hasher.Finish();
 }
 
-zmq::message_t Signer::SignatureFor(std::span<const zmq::message_t> frames) const {
+Buffer Signer::SignatureFor(std::span<const Buffer> frames) const {
   return SignatureOver(frames, frames.size());
 }
 
 void Signer::SignFrames(FrameList* frames) const {
-  zmq::message_t signature = SignatureFor(std::span<const zmq::message_t>(frames->data(), frames->size()));
-  frames->push_back(std::move(signature));
+  frames->push_back(SignatureFor(std::span<const Buffer>(frames->data(), frames->size())));
 }
 
 // ---- verifying -----------------------------------------------------------------------
 
-Signer::Verdict Signer::Check(std::span<const zmq::message_t> frames) const noexcept {
+Signer::Verdict Signer::Check(std::span<const Buffer> frames) const noexcept {
   // Cheapest first: a flood of unsigned or garbage messages costs one size compare and
   // one 8-byte compare each.
   if (frames.size() < 2 || !LooksLikeSignature(frames.back())) return Verdict::kUnsigned;
-  const auto* signature = static_cast<const unsigned char*>(frames.back().data());
+  const auto* signature = reinterpret_cast<const unsigned char*>(frames.back().data());
   const unsigned char* nonce = signature + sizeof(kSignatureMagic);
   const unsigned char* got = nonce + kNonceSize;
   size_t count = frames.size() - 1;
@@ -593,7 +589,7 @@ Signer::Verdict Signer::Check(std::span<const zmq::message_t> frames) const noex
 
 void Signer::Verify(ReceivedMessage* received) const {
   FrameList& frames = received->frames;
-  switch (Check(std::span<const zmq::message_t>(frames.data(), frames.size()))) {
+  switch (Check(std::span<const Buffer>(frames.data(), frames.size()))) {
     case Verdict::kOk:
       frames.pop_back();
       return;
@@ -624,11 +620,11 @@ void Signer::Verify(ReceivedMessage* received) const {
   }
 }
 
-std::optional<zmq::message_t> StripSignature(ReceivedMessage* received) {
+std::optional<Buffer> StripSignature(ReceivedMessage* received) {
   if (received->frames.size() < 2 || !LooksLikeSignature(received->frames.back())) {
     return std::nullopt;
   }
-  zmq::message_t signature = std::move(received->frames.back());
+  Buffer signature = std::move(received->frames.back());
   received->frames.pop_back();
   return signature;
 }

@@ -16,6 +16,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "zerocan/transport/zmq.h"
 #include "tool_process.h"
 #include "zerocan/broker.h"
 #include "zerocan/client.h"

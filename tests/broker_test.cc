@@ -1,6 +1,7 @@
 // Broker over real sockets: routing to live engines, engines joining and leaving, a lost
 // engine failing its calls once, a broker restart, the capture socket, and the
 // concurrency test (8 clients x 2 engines, 10^5 calls, each answered once and right).
+#include "zerocan/transport/zmq.h"
 #include "zerocan/broker.h"
 
 #include <unistd.h>

@@ -1,6 +1,8 @@
 // Capture files: round trips through CaptureWriter/CaptureReader, every truncation and
 // every single-byte corruption ends cleanly with an offset, limits are checked before
 // allocating, and live capture sockets carry direction, time and source.
+#include "test_support.h"
+#include "zerocan/transport/zmq.h"
 #include "zerocan/capture.h"
 
 #include <chrono>
@@ -19,6 +21,9 @@
 
 namespace zerocan {
 namespace {
+
+using testing::Frame;
+using testing::Str;
 
 std::string AsString(const Buffer& b) {
   return std::string(reinterpret_cast<const char*>(b.data()), b.size());
@@ -43,7 +48,7 @@ std::string SampleCapture(std::vector<uint64_t>* record_ends = nullptr) {
   writer.Write(SampleMessage(1), Direction::kSent, "client", 1000);
   if (record_ends) record_ends->push_back(out.str().size());
   ReceivedMessage received = LoopbackFrames(SampleMessage(2));
-  received.routing.emplace_back("peer-1", 6);
+  received.routing.push_back(testing::Frame("peer-1", 6));
   writer.Write(received, Direction::kRequest, "frontend", 2000);
   if (record_ends) record_ends->push_back(out.str().size());
   writer.Write(3000, Direction::kReply, "", {"id", "", "not an envelope"});
@@ -84,7 +89,7 @@ TEST(CaptureTest, RoundTripKeepsEveryFrameAndField) {
   EXPECT_EQ(split.first_message_frame, 2u);
   ReceivedMessage back = ToReceived(*r2);
   ASSERT_EQ(back.routing.size(), 1u);
-  EXPECT_EQ(back.routing[0].to_string(), "peer-1");
+  EXPECT_EQ(Str(back.routing[0]), "peer-1");
   EXPECT_EQ(Message::Decode(std::move(back)).message_id(), 2u);
 
   auto r3 = reader->Next();
@@ -259,7 +264,7 @@ TEST(CaptureTest, LiveCaptureSocketCarriesTagAndFrames) {
   sub.connect("inproc://capture-test");
 
   ReceivedMessage message = LoopbackFrames(SampleMessage(9));
-  message.routing.emplace_back("client-7", 8);
+  message.routing.push_back(testing::Frame("client-7", 8));
   // The subscription reaches the publisher asynchronously: publish until one arrives.
   std::optional<CaptureRecord> got;
   for (int attempt = 0; attempt < 200 && !got; ++attempt) {
@@ -290,8 +295,8 @@ TEST(CaptureTest, LiveCaptureSocketCarriesTagAndFrames) {
   EXPECT_NE(plain->time_ns, 0u);
 }
 
-// Frame 0 of a LoopbackFrames message borrows its envelope_owner's bytes: what was
-// published must not depend on them once the message is gone.
+// What was published must not depend on the message's frames once the message is gone
+// (a short envelope is copied into its frame; the writer's block is then reused).
 TEST(CaptureTest, PublishedLoopbackEnvelopeOutlivesTheMessage) {
   zmq::context_t ctx;
   zmq::socket_t pub(ctx, zmq::socket_type::pub);
@@ -311,7 +316,7 @@ TEST(CaptureTest, PublishedLoopbackEnvelopeOutlivesTheMessage) {
   std::string envelope;
   {
     ReceivedMessage message = LoopbackFrames(SampleMessage(11));
-    envelope.assign(static_cast<const char*>(message.frames[0].data()), message.frames[0].size());
+    envelope.assign(reinterpret_cast<const char*>(message.frames[0].data()), message.frames[0].size());
     PublishCaptured(pub, message, Direction::kRequest, "loopback");
   }  // the envelope's block goes back to this thread's cache...
   {

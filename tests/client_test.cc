@@ -1,5 +1,6 @@
 // Client on its own: Result semantics, timeouts with nobody listening, argument
 // tracking (borrowed vs adopted), one thread's get() serving another thread's call.
+#include "zerocan/transport/zmq.h"
 #include "zerocan/client.h"
 
 #include <atomic>

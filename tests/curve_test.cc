@@ -1,5 +1,6 @@
 // CurveZMQ through libzmq: keys, key files, and a call over tcp that only a client
 // knowing the server's public key gets through.
+#include "zerocan/transport/zmq.h"
 #include "zerocan/curve.h"
 
 #include <gtest/gtest.h>

@@ -1,6 +1,7 @@
 // Engine + Client over real sockets (inproc, ipc, tcp): every built-in, typed functions
 // and their argument errors, exceptions as remote errors, zero-copy both ways over
 // inproc, plugins, pipelining and timeouts.
+#include "zerocan/transport/zmq.h"
 #include "zerocan/engine.h"
 
 #include <unistd.h>

@@ -219,7 +219,7 @@ TEST(HostDefaultsTest, OptInsChangeWhatTheyName) {
                                                      .steer_chunk_threads = true});
     std::string frame(size_t{4} << 20, 'x');
     FrameList frames;
-    frames.emplace_back(frame.data(), frame.size());
+    frames.push_back(Buffer::Borrow(frame.data(), frame.size()));
     signer.SignFrames(&frames);
     int narrowed = 0;
     for (const auto& [tid, thread_cpus] : ThreadCpuLists()) narrowed += thread_cpus != cpus;

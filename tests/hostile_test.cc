@@ -12,12 +12,17 @@
 #include <random>
 #include <thread>
 
+#include "test_support.h"
+#include "zerocan/transport/zmq.h"
 #include "tests/safety_util.h"
 #include "zerocan/replay.h"
 #include "zerocan/signing.h"
 
 namespace zerocan {
 namespace {
+
+using testing::Frame;
+using testing::Str;
 
 using testing::MakeCall;
 using testing::ReceiveWithin;
@@ -85,7 +90,7 @@ void Serve(zmq::context_t* context, std::promise<std::string>* endpoint,
     }
     Outgoing reply = writer.Finish();
     signer.Sign(&reply);
-    Send(router, std::move(reply), &routing);
+    Send(router, std::move(reply), routing);
   }
 }
 
@@ -143,7 +148,7 @@ void Flood(zmq::context_t* context, const std::string& endpoint, const std::atom
         for (size_t i = 0; i < count; ++i) {
           std::string bytes(rng() % 300, '\0');
           for (char& c : bytes) c = static_cast<char>(rng());
-          frames.emplace_back(bytes.data(), bytes.size());
+          frames.push_back(testing::Frame(bytes.data(), bytes.size()));
         }
         break;
       }
@@ -156,22 +161,22 @@ void Flood(zmq::context_t* context, const std::string& endpoint, const std::atom
       case 4: {  // a captured message with one byte changed
         frames = testing::CopyFrames(captured[n % captured.size()]);
         size_t f = rng() % (frames.size() - 1);
-        static_cast<char*>(frames[f].data())[rng() % frames[f].size()] ^= 1;
+        reinterpret_cast<char*>(frames[f].mutable_data())[rng() % frames[f].size()] ^= 1;
         break;
       }
       case 5: {  // a key holder's malformed message (signed garbage envelope)
         std::string env(64, '\x01');
-        frames.emplace_back(env.data(), env.size());
+        frames.push_back(testing::Frame(env.data(), env.size()));
         signer.SignFrames(&frames);
         break;
       }
       case 6:  // too many frames
-        for (int i = 0; i < 40; ++i) frames.emplace_back("f", 1);
+        for (int i = 0; i < 40; ++i) frames.push_back(testing::Frame("f", 1));
         break;
       case 7:
         if (n % 200 == 7) {  // over ZMQ_MAXMSGSIZE: libzmq drops the connection
           std::string big((1 << 20) + 1, 'x');
-          frames.emplace_back(big.data(), big.size());
+          frames.push_back(testing::Frame(big.data(), big.size()));
         } else {
           frames.emplace_back();  // empty envelope
         }

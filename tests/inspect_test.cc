@@ -7,6 +7,8 @@
 //   ZEROCAN_UPDATE_SNAPSHOTS=1 build/tests/zerocan_tests --gtest_filter='InspectTest.*'
 // then review the diff of tests/inspect_snapshots/.
 #include "tools/inspect_render.h"
+#include "test_support.h"
+#include "zerocan/transport/zmq.h"
 #include "zerocan/generated.h"
 
 #include <sys/wait.h>
@@ -211,7 +213,7 @@ std::string SnapshotCapture() {
   c.Add(PayloadApply());
   c.Add(NestedApply());
   ReceivedMessage routed = LoopbackFrames(TensorResult());
-  routed.routing.emplace_back("client-1", 8);
+  routed.routing.push_back(testing::Frame("client-1", 8));
   c.Add(routed, Direction::kReply, "frontend");
   c.Add(ErrorResult(), Direction::kReply);
   for (auto& m : Housekeeping()) c.Add(m);
@@ -769,7 +771,7 @@ TEST(InspectTest, RecordAndFollowReadALiveCaptureSocket) {
   pub.bind("tcp://127.0.0.1:*");
   std::string endpoint = pub.get(zmq::sockopt::last_endpoint);
   ReceivedMessage message = LoopbackFrames(PayloadApply());
-  message.routing.emplace_back("client-3", 8);
+  message.routing.push_back(testing::Frame("client-3", 8));
 
   // Publishes until `done`: the subscriber joins at some unknown moment.
   auto publish_until = [&](std::atomic<bool>& done) {

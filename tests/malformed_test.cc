@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "test_support.h"
+#include "zerocan/transport/zmq.h"
 #include "tests/safety_util.h"
 #include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
@@ -21,6 +23,9 @@
 
 namespace zerocan {
 namespace {
+
+using testing::Frame;
+using testing::Str;
 
 using Code = DecodeError::Code;
 using testing::FramesOf;
@@ -56,8 +61,8 @@ struct Crafted {
     EXPECT_EQ(builder.getSegmentsForOutput().size(), 1u);
     kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
     FrameList frames;
-    frames.emplace_back(words.begin(), words.size() * sizeof(capnp::word));
-    for (const auto& p : payloads) frames.emplace_back(p.data(), p.size());
+    frames.push_back(Frame(words.begin(), words.size() * sizeof(capnp::word)));
+    for (const auto& p : payloads) frames.push_back(testing::Frame(p.data(), p.size()));
     return frames;
   }
 };
@@ -126,11 +131,11 @@ DecodeError Reject(FrameList frames, const DecodeLimits& limits = {}) {
 FrameList ValidCall() { return FramesOf(MakeCall(7, 1)); }
 
 FrameList WithEnvelope(FrameList frames, const std::string& envelope) {
-  frames[0] = zmq::message_t(envelope.data(), envelope.size());
+  frames[0] = Frame(envelope.data(), envelope.size());
   return frames;
 }
 
-std::string Bytes(const zmq::message_t& m) { return m.to_string(); }
+std::string Bytes(const Buffer& m) { return Str(m); }
 
 void PutU32(std::string* s, size_t at, uint32_t v) { std::memcpy(s->data() + at, &v, 4); }
 
@@ -267,7 +272,7 @@ TEST(MalformedInputTest, MissingPayloadFrame) {
 
 TEST(MalformedInputTest, ExtraPayloadFrame) {
   FrameList frames = ValidCall();
-  frames.emplace_back("extra", 5);
+  frames.push_back(testing::Frame("extra", 5));
   EXPECT_REJECTED(std::move(frames), Code::kMalformed, "payloadFrames");
 }
 
@@ -449,10 +454,10 @@ TEST(MalformedInputTest, OversizeMessageAgainstReceiveCaps) {
   // Too many frames, then too many bytes, then an honest message: Receive rejects the
   // first two (draining them) and still returns the third whole.
   FrameList many = ValidCall();
-  many.emplace_back("x", 1);
+  many.push_back(testing::Frame("x", 1));
   testing::SendRaw(pair.dealer, many);
   FrameList big = ValidCall();
-  big[1] = zmq::message_t(std::string(5000, 'b').data(), 5000);
+  big[1] = Frame(std::string(5000, 'b').data(), 5000);
   testing::SendRaw(pair.dealer, big);
   testing::SendRaw(pair.dealer, ValidCall());
   for (const char* fragment : {"max_frames", "max_message_bytes"}) {
@@ -487,7 +492,7 @@ TEST(MalformedInputTest, OversizeFrameDroppedByLibzmqMaxMsgSize) {
   big.connect(endpoint);
   honest.connect(endpoint);
   FrameList oversize = ValidCall();
-  oversize[1] = zmq::message_t(std::string(100 * 1024, 'o').data(), 100 * 1024);
+  oversize[1] = Frame(std::string(100 * 1024, 'o').data(), 100 * 1024);
   testing::SendRaw(big, oversize);
   testing::SendRaw(honest, ValidCall());
   auto got = testing::ReceiveWithin(router, true, std::chrono::seconds(10), limits);
@@ -538,7 +543,7 @@ void SweepEnvelope(const FrameList& frames, size_t* decoded, size_t* rejected) {
   std::string envelope = Bytes(frames[0]);
   auto attempt = [&](const std::string& env) {
     FrameList copy = testing::CopyFrames(frames);
-    copy[0] = zmq::message_t(env.data(), env.size());
+    copy[0] = Frame(env.data(), env.size());
     ReceivedMessage received;
     received.frames = std::move(copy);
     try {

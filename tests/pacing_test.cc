@@ -1,5 +1,6 @@
 // Loopback listeners that take their connections off BBR (pacing.h), read back from the
 // kernel: the congestion control of each connection an engine or broker accepted.
+#include "zerocan/transport/zmq.h"
 #include "zerocan/pacing.h"
 
 #include <arpa/inet.h>

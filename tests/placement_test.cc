@@ -1,4 +1,5 @@
 // io_cpus: CPU lists, and channels whose libzmq I/O thread runs only where it was put.
+#include "zerocan/transport/zmq.h"
 #include "zerocan/placement.h"
 
 #include <dirent.h>

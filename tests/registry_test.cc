@@ -9,6 +9,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "zerocan/transport/zmq.h"
 #include "test_support.h"
 #include "zerocan/zerocan.h"
 

@@ -13,8 +13,10 @@
 
 #include <zmq.hpp>
 
+#include "zerocan/transport/zmq.h"
 #include "zerocan/zerocan.h"
 #include "internal/testing.h"
+#include "test_support.h"
 
 namespace zerocan::testing {
 
@@ -41,11 +43,11 @@ inline Outgoing MakeCall(uint64_t session, uint64_t sequence, size_t bytes_len =
 // Owned copies of frames (zmq::message_t is move-only).
 inline FrameList CopyFrames(const FrameList& frames) {
   FrameList out;
-  for (const auto& f : frames) out.emplace_back(f.data(), f.size());
+  for (const auto& f : frames) out.push_back(testing::Frame(f.data(), f.size()));
   return out;
 }
 
-inline FrameList FramesOf(Outgoing&& out) { return DetachFrames(LoopbackFrames(std::move(out))); }
+inline FrameList FramesOf(Outgoing&& out) { return LoopbackFrames(std::move(out)).frames; }
 
 // A ROUTER bound on tcp loopback and a DEALER connected to it.
 struct TcpPair {

@@ -1,5 +1,7 @@
 // Signatures over every frame: each kind of tampering, over real tcp sockets, is
 // rejected with its own error before anything is decoded.
+#include "test_support.h"
+#include "zerocan/transport/zmq.h"
 #include "zerocan/signing.h"
 
 #include <gtest/gtest.h>
@@ -23,6 +25,9 @@
 
 namespace zerocan {
 namespace {
+
+using testing::Frame;
+using testing::Str;
 
 using testing::CopyFrames;
 using testing::FramesOf;
@@ -52,7 +57,7 @@ std::optional<AuthError::Code> VerifyOverTcp(TcpPair& pair, const Signer& signer
   ReceivedMessage received = MustReceive(pair.router);
   // The verdict form (what a server under a flood uses) must agree with Verify.
   Signer::Verdict verdict = signer.Check(
-      std::span<const zmq::message_t>(received.frames.data(), received.frames.size()));
+      std::span<const Buffer>(received.frames.data(), received.frames.size()));
   std::optional<AuthError::Code> code;
   try {
     signer.Verify(&received);
@@ -79,12 +84,12 @@ FrameList SignedCall(const Signer& signer, uint64_t sequence = 1) {
 constexpr unsigned char kTestNonce[kNonceSize] = {0, 1, 2,  3,  4,  5,  6,  7,
                                                   8, 9, 10, 11, 12, 13, 14, 15};
 
-std::string TagHex(const zmq::message_t& signature) {
-  return Hex(static_cast<const char*>(signature.data()) + sizeof(kSignatureMagic) + kNonceSize,
+std::string TagHex(const Buffer& signature) {
+  return Hex(reinterpret_cast<const char*>(signature.data()) + sizeof(kSignatureMagic) + kNonceSize,
              kMacSize);
 }
 
-zmq::message_t SignWithNonce(const Signer& signer, const FrameList& frames,
+Buffer SignWithNonce(const Signer& signer, const FrameList& frames,
                              const unsigned char nonce[kNonceSize]) {
   Signer::Hasher hasher = internal::TestHooks::BeginWithNonce(signer, frames.size(), nonce);
   for (const auto& f : frames) hasher.Add(f.data(), f.size());
@@ -97,17 +102,17 @@ TEST(SigningTest, KnownAnswerMatchesSpecifiedLayout) {
   //                   u64le(0) 0^8 || u64le(6) 0^8 "world!" 0^10)
   Signer signer(kKey);
   FrameList frames;
-  frames.emplace_back("hello", 5);
+  frames.push_back(Frame("hello", 5));
   frames.emplace_back();
-  frames.emplace_back("world!", 6);
-  zmq::message_t signature = SignWithNonce(signer, frames, kTestNonce);
+  frames.push_back(Frame("world!", 6));
+  Buffer signature = SignWithNonce(signer, frames, kTestNonce);
   ASSERT_EQ(signature.size(), kSignatureFrameSize);
   EXPECT_EQ(std::memcmp(signature.data(), "zcsig\x03\0\0", 8), 0);
   EXPECT_EQ(std::memcmp(signature.data(), kSignatureMagic, 8), 0);
-  EXPECT_EQ(std::memcmp(static_cast<const char*>(signature.data()) + 8, kTestNonce, kNonceSize), 0);
+  EXPECT_EQ(std::memcmp(reinterpret_cast<const char*>(signature.data()) + 8, kTestNonce, kNonceSize), 0);
   EXPECT_EQ(TagHex(signature), "99e13fd75e0e8b7612f6a8722528e703");
   frames.push_back(std::move(signature));
-  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+  EXPECT_EQ(signer.Check(std::span<const Buffer>(frames.data(), frames.size())),
             Signer::Verdict::kOk);
 
   // The nonce selects the one-time key: same frames, nonce ff..ff.
@@ -125,31 +130,31 @@ TEST(SigningTest, KnownAnswerForChunkedFrames) {
   std::string big((5 << 19) + 3, '\0');
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 31 + 7) % 251);
   FrameList frames;
-  frames.emplace_back("env", 3);
-  frames.emplace_back(big.data(), big.size());
-  frames.emplace_back(std::string(1 << 20, '\0').data(), size_t{1} << 20);
+  frames.push_back(testing::Frame("env", 3));
+  frames.push_back(testing::Frame(big.data(), big.size()));
+  frames.push_back(Frame(std::string(1 << 20, '\0')));
   Signer signer(kKey);
   EXPECT_EQ(TagHex(SignWithNonce(signer, frames, kTestNonce)), "5532e9980477413bb2114da37650c8b8");
   // Signing with a fresh nonce verifies; a change in the middle of the big frame, in
   // its last byte (the partial last chunk) or in the unchunked frame does not.
   signer.SignFrames(&frames);
-  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+  EXPECT_EQ(signer.Check(std::span<const Buffer>(frames.data(), frames.size())),
             Signer::Verdict::kOk);
   for (auto [frame, at] : {std::pair<size_t, size_t>{1, (3 << 19) + 11}, {1, (5 << 19) + 2},
                            {1, 0}, {2, (1 << 20) - 1}}) {
-    static_cast<char*>(frames[frame].data())[at] ^= 1;
-    EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+    reinterpret_cast<char*>(frames[frame].mutable_data())[at] ^= 1;
+    EXPECT_EQ(signer.Check(std::span<const Buffer>(frames.data(), frames.size())),
               Signer::Verdict::kBadSignature)
         << frame << " " << at;
-    static_cast<char*>(frames[frame].data())[at] ^= 1;
+    reinterpret_cast<char*>(frames[frame].mutable_data())[at] ^= 1;
   }
-  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+  EXPECT_EQ(signer.Check(std::span<const Buffer>(frames.data(), frames.size())),
             Signer::Verdict::kOk);
 
   // One byte over the chunk size: two chunks, the second of one byte.
   FrameList edge;
-  edge.emplace_back(std::string(1 << 20, '\0').data(), size_t{1} << 20);
-  edge.emplace_back(std::string((1 << 20) + 1, '\x01').data(), (size_t{1} << 20) + 1);
+  edge.push_back(Frame(std::string(1 << 20, '\0')));
+  edge.push_back(Frame(std::string((1 << 20) + 1, '\x01')));
   EXPECT_EQ(TagHex(SignWithNonce(signer, edge, kTestNonce)), "d2efcbd282f0dac63adc321c57f95a0f");
 }
 
@@ -161,20 +166,20 @@ TEST(SigningTest, SwappedChunksAreRejected) {
   for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<char>(i / c + 1);
   Signer signer(kKey);
   FrameList frames;
-  frames.emplace_back("env", 3);
-  frames.emplace_back(a.data(), a.size());
+  frames.push_back(testing::Frame("env", 3));
+  frames.push_back(testing::Frame(a.data(), a.size()));
   signer.SignFrames(&frames);
   std::string swapped = a.substr(c, c) + a.substr(0, c) + a.substr(2 * c);
   FrameList tampered = CopyFrames(frames);
-  tampered[1] = zmq::message_t(swapped.data(), swapped.size());
-  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(tampered.data(), tampered.size())),
+  tampered[1] = Frame(swapped.data(), swapped.size());
+  EXPECT_EQ(signer.Check(std::span<const Buffer>(tampered.data(), tampered.size())),
             Signer::Verdict::kBadSignature);
   // Same bytes at frame index 0 with the envelope second: another frame's chunk keys.
   FrameList moved = CopyFrames(frames);
   std::swap(moved[0], moved[1]);
-  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(moved.data(), moved.size())),
+  EXPECT_EQ(signer.Check(std::span<const Buffer>(moved.data(), moved.size())),
             Signer::Verdict::kBadSignature);
-  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+  EXPECT_EQ(signer.Check(std::span<const Buffer>(frames.data(), frames.size())),
             Signer::Verdict::kOk);
 }
 
@@ -185,12 +190,12 @@ TEST(SigningTest, EachSignatureHasAFreshNonce) {
   FrameList frames = FramesOf(MakeCall(7, 1));
   std::set<std::string> nonces;
   for (int i = 0; i < 100; ++i) {
-    zmq::message_t signature =
-        signer.SignatureFor(std::span<const zmq::message_t>(frames.data(), frames.size()));
-    nonces.insert(std::string(static_cast<const char*>(signature.data()) + 8, kNonceSize));
+    Buffer signature =
+        signer.SignatureFor(std::span<const Buffer>(frames.data(), frames.size()));
+    nonces.insert(std::string(reinterpret_cast<const char*>(signature.data()) + 8, kNonceSize));
     FrameList with = CopyFrames(frames);
     with.push_back(std::move(signature));
-    EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(with.data(), with.size())),
+    EXPECT_EQ(signer.Check(std::span<const Buffer>(with.data(), with.size())),
               Signer::Verdict::kOk);
   }
   EXPECT_EQ(nonces.size(), 100u);
@@ -201,10 +206,10 @@ TEST(SigningTest, TagUnderAnotherNonceIsRejected) {
   Signer signer(kKey);
   FrameList frames = SignedCall(signer);
   FrameList other = SignedCall(signer);  // same frames, another nonce
-  ASSERT_NE(frames.back().to_string(), other.back().to_string());
-  std::memcpy(static_cast<char*>(frames.back().data()) + 8,
-              static_cast<const char*>(other.back().data()) + 8, kNonceSize);
-  EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+  ASSERT_NE(Str(frames.back()), Str(other.back()));
+  std::memcpy(reinterpret_cast<char*>(frames.back().mutable_data()) + 8,
+              reinterpret_cast<const char*>(other.back().data()) + 8, kNonceSize);
+  EXPECT_EQ(signer.Check(std::span<const Buffer>(frames.data(), frames.size())),
             Signer::Verdict::kBadSignature);
 }
 
@@ -218,11 +223,11 @@ TEST(SigningTest, RetiredSchemesAreRefusedByName) {
     std::string old(kSignatureFrameSize, '\x11');
     std::memcpy(old.data(), "zcsig\0\0\0", 8);
     old[5] = scheme;
-    frames.emplace_back(old.data(), old.size());
+    frames.push_back(testing::Frame(old.data(), old.size()));
     EXPECT_FALSE(LooksLikeSignature(frames.back()));
     SendRaw(pair.dealer, frames);
     ReceivedMessage received = MustReceive(pair.router);
-    EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(received.frames.data(),
+    EXPECT_EQ(signer.Check(std::span<const Buffer>(received.frames.data(),
                                                            received.frames.size())),
               Signer::Verdict::kUnsigned);
     try {
@@ -243,15 +248,15 @@ TEST(SigningTest, ConcurrentSignersAndVerifiers) {
   Signer signer(kKey);
   std::string big(size_t{6} << 20, 'q');
   FrameList frames;
-  frames.emplace_back(big.data(), big.size());
-  std::string expected = SignWithNonce(signer, frames, kTestNonce).to_string();
+  frames.push_back(testing::Frame(big.data(), big.size()));
+  std::string expected = testing::Str(SignWithNonce(signer, frames, kTestNonce));
   std::atomic<int> mismatches{0};
   auto work = [&] {
     for (int i = 0; i < 10; ++i) {
-      if (SignWithNonce(signer, frames, kTestNonce).to_string() != expected) ++mismatches;
+      if (testing::Str(SignWithNonce(signer, frames, kTestNonce)) != expected) ++mismatches;
       FrameList with = CopyFrames(frames);
       signer.SignFrames(&with);
-      if (signer.Check(std::span<const zmq::message_t>(with.data(), with.size())) !=
+      if (signer.Check(std::span<const Buffer>(with.data(), with.size())) !=
           Signer::Verdict::kOk) {
         ++mismatches;
       }
@@ -279,23 +284,23 @@ size_t AwaitThreadCount(size_t n) {
 TEST(SigningTest, PoolSizeChangesNoTagAndItsThreadsEndWithTheSigner) {
   std::string big((size_t{5} << 20) + 7, 'p');  // 6 chunks, the last one short
   FrameList frames;
-  frames.emplace_back(big.data(), big.size());
+  frames.push_back(testing::Frame(big.data(), big.size()));
   // A sanitizer's runtime may start a thread of its own at the first thread created.
   std::thread([] {}).join();
   const size_t before = AwaitThreadCount(ThreadCount());
   std::string expected =
-      SignWithNonce(Signer(kKey, SignerOptions{.chunk_threads = 0}), frames, kTestNonce).to_string();
+      testing::Str(SignWithNonce(Signer(kKey, SignerOptions{.chunk_threads = 0}), frames, kTestNonce));
   EXPECT_EQ(ThreadCount(), before) << "chunk_threads = 0 starts no thread";
   unsigned automatic = std::clamp(std::thread::hardware_concurrency(), 1u, 16u) - 1;
   for (int n : {1, 3, -1, 100}) {
     {
       Signer signer(kKey, SignerOptions{.chunk_threads = n});
       EXPECT_EQ(ThreadCount(), before) << n << ": helpers start at the first large frame";
-      EXPECT_EQ(SignWithNonce(signer, frames, kTestNonce).to_string(), expected) << n;
+      EXPECT_EQ(testing::Str(SignWithNonce(signer, frames, kTestNonce)), expected) << n;
       Signer copy = signer;  // shares the keyed state and its pool
       FrameList with = CopyFrames(frames);
       copy.SignFrames(&with);
-      EXPECT_EQ(signer.Check(std::span<const zmq::message_t>(with.data(), with.size())),
+      EXPECT_EQ(signer.Check(std::span<const Buffer>(with.data(), with.size())),
                 Signer::Verdict::kOk)
           << n;
       size_t helpers = n < 0 ? automatic : std::min(n, 15);
@@ -320,26 +325,26 @@ TEST(SigningTest, HasherMatchesSignatureForAndOutlivesItsSigner) {
   // keeps the keyed state alive after its Signer is gone.
   std::string big(3 * kSignatureChunkSize + 5, 'z');
   FrameList frames;
-  frames.emplace_back("env", 3);
-  frames.emplace_back(big.data(), big.size());
+  frames.push_back(testing::Frame("env", 3));
+  frames.push_back(testing::Frame(big.data(), big.size()));
   std::optional<Signer> signer(std::in_place, kKey);
   Signer::Hasher hasher = internal::TestHooks::BeginWithNonce(*signer, frames.size(), kTestNonce);
-  std::string want = SignWithNonce(*signer, frames, kTestNonce).to_string();
+  std::string want = Str(SignWithNonce(*signer, frames, kTestNonce));
   signer.reset();
   for (const auto& f : frames) hasher.Add(f.data(), f.size());
-  EXPECT_EQ(hasher.Finish().to_string(), want);
+  EXPECT_EQ(testing::Str(hasher.Finish()), want);
 }
 
 TEST(SigningTest, FrameBoundariesAreBound) {
   Signer signer(kKey);
   FrameList a, b;
-  a.emplace_back("ab", 2);
-  a.emplace_back("c", 1);
-  b.emplace_back("a", 1);
-  b.emplace_back("bc", 2);
-  auto sa = signer.SignatureFor(std::span<const zmq::message_t>(a.data(), a.size()));
-  auto sb = signer.SignatureFor(std::span<const zmq::message_t>(b.data(), b.size()));
-  EXPECT_NE(sa.to_string(), sb.to_string());
+  a.push_back(testing::Frame("ab", 2));
+  a.push_back(testing::Frame("c", 1));
+  b.push_back(testing::Frame("a", 1));
+  b.push_back(testing::Frame("bc", 2));
+  auto sa = signer.SignatureFor(std::span<const Buffer>(a.data(), a.size()));
+  auto sb = signer.SignatureFor(std::span<const Buffer>(b.data(), b.size()));
+  EXPECT_NE(Str(sa), Str(sb));
 }
 
 TEST(SigningTest, SignedCallOverTcpVerifiesAndDecodes) {
@@ -380,7 +385,7 @@ TEST(SigningTest, EveryAlteredByteOfEveryFrameIsRejectedOverTcp) {
     bool signature_frame = f + 1 == signed_frames.size();
     for (size_t i = 0; i < signed_frames[f].size(); ++i) {
       FrameList tampered = CopyFrames(signed_frames);
-      static_cast<unsigned char*>(tampered[f].data())[i] ^= 0x5a;
+      reinterpret_cast<unsigned char*>(tampered[f].mutable_data())[i] ^= 0x5a;
       auto code = VerifyOverTcp(pair, signer, tampered);
       // Altering the signature frame's magic makes it no signature at all.
       auto want = signature_frame && i < sizeof(kSignatureMagic) ? AuthError::Code::kUnsigned
@@ -429,18 +434,18 @@ TEST(SigningTest, AddedFramesAreRejected) {
   TcpPair pair;
   FrameList frames = SignedCall(signer);
   FrameList before_signature = CopyFrames(frames);
-  before_signature.insert(before_signature.end() - 1, zmq::message_t("extra", 5));
+  before_signature.insert(before_signature.end() - 1, Frame("extra", 5));
   EXPECT_EQ(VerifyOverTcp(pair, signer, before_signature), AuthError::Code::kBadSignature);
   FrameList empty_frame = CopyFrames(frames);
-  empty_frame.insert(empty_frame.begin() + 1, zmq::message_t());
+  empty_frame.insert(empty_frame.begin() + 1, Buffer());
   EXPECT_EQ(VerifyOverTcp(pair, signer, empty_frame), AuthError::Code::kBadSignature);
   FrameList after_signature = CopyFrames(frames);
-  after_signature.emplace_back("extra", 5);
+  after_signature.push_back(testing::Frame("extra", 5));
   EXPECT_EQ(VerifyOverTcp(pair, signer, after_signature), AuthError::Code::kUnsigned);
   // A second, copied signature frame appended: the last frame is a signature, but over
   // a different frame list.
   FrameList doubled = CopyFrames(frames);
-  doubled.emplace_back(frames.back().data(), frames.back().size());
+  doubled.push_back(Frame(frames.back().data(), frames.back().size()));
   EXPECT_EQ(VerifyOverTcp(pair, signer, doubled), AuthError::Code::kBadSignature);
 }
 
@@ -450,11 +455,11 @@ TEST(SigningTest, TruncatedOrExtendedFrameIsRejected) {
   FrameList frames = SignedCall(signer);
   for (size_t f = 0; f + 1 < frames.size(); ++f) {
     FrameList cut = CopyFrames(frames);
-    cut[f] = zmq::message_t(frames[f].data(), frames[f].size() - 1);
+    cut[f] = Frame(frames[f].data(), frames[f].size() - 1);
     EXPECT_EQ(VerifyOverTcp(pair, signer, cut), AuthError::Code::kBadSignature) << f;
     FrameList longer = CopyFrames(frames);
-    std::string bytes = frames[f].to_string() + '\0';
-    longer[f] = zmq::message_t(bytes.data(), bytes.size());
+    std::string bytes = Str(frames[f]) + '\0';
+    longer[f] = Frame(bytes.data(), bytes.size());
     EXPECT_EQ(VerifyOverTcp(pair, signer, longer), AuthError::Code::kBadSignature) << f;
   }
 }
@@ -540,7 +545,7 @@ TEST_F(KeyFileTest, RawKeyWithNewline) {
 TEST_F(KeyFileTest, SameKeyFromFileSignsTheSame) {
   Signer from_file = Signer::FromKeyFile(Write(std::string(R"({"key": ")") + kKey + "\"}"));
   FrameList frames = SignedCall(Signer(kKey));
-  EXPECT_EQ(from_file.Check(std::span<const zmq::message_t>(frames.data(), frames.size())),
+  EXPECT_EQ(from_file.Check(std::span<const Buffer>(frames.data(), frames.size())),
             Signer::Verdict::kOk);
 }
 

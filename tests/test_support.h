@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <zmq.hpp>
 
+#include "zerocan/transport/zmq.h"
 #include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 #include "internal/testing.h"
@@ -49,39 +50,32 @@ T RoundTrip(const T& value, const Policy& policy = FixedPolicy()) {
   return m.arg(0).template As<T>();
 }
 
-// A zmq frame holding a copy of `bytes` whose first byte sits at an address that is
-// `misalign` bytes past a 64-byte boundary.
-inline zmq::message_t FrameAt(const void* bytes, size_t size, size_t misalign) {
+// A frame holding a copy of `bytes` whose first byte sits at an address that is
+// `misalign` bytes past a 64-byte boundary. (Not counted as a library copy.)
+inline Buffer FrameAt(const void* bytes, size_t size, size_t misalign) {
   auto* base = static_cast<std::byte*>(std::aligned_alloc(64, ((size + misalign) / 64 + 1) * 64));
   if (size != 0) std::memcpy(base + misalign, bytes, size);
-  zmq::message_t frame;
-  int rc = zmq_msg_init_data(
-      frame.handle(), base + misalign, size, [](void*, void* hint) { std::free(hint); }, base);
-  EXPECT_EQ(rc, 0);
-  return frame;
+  std::shared_ptr<std::byte> owner(base, [](std::byte* p) { std::free(p); });
+  return Buffer(base + misalign, size, std::move(owner));
 }
-
-inline zmq::message_t FrameAt(const zmq::message_t& source, size_t misalign) {
+inline Buffer FrameAt(const Buffer& source, size_t misalign) {
   return FrameAt(source.data(), source.size(), misalign);
 }
-inline zmq::message_t FrameAt(const Buffer& source, size_t misalign) {
-  return FrameAt(source.data(), source.size(), misalign);
-}
-
-inline std::vector<std::byte> Bytes(const zmq::message_t& m) {
-  auto* p = static_cast<const std::byte*>(m.data());
-  return std::vector<std::byte>(p, p + m.size());
-}
+// An owned frame over a copy of `bytes` (8-byte aligned).
+inline Buffer Frame(std::string_view bytes) { return FrameAt(bytes.data(), bytes.size(), 0); }
+inline Buffer Frame(const void* bytes, size_t size) { return FrameAt(bytes, size, 0); }
 
 inline std::vector<std::byte> Bytes(const Buffer& b) {
   return std::vector<std::byte>(b.data(), b.data() + b.size());
 }
+inline std::string Str(const Buffer& b) {
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
 
 // True when [p, p + n) lies inside the frame's bytes.
-inline bool PointsInto(const void* p, size_t n, const zmq::message_t& frame) {
-  auto* begin = static_cast<const std::byte*>(frame.data());
+inline bool PointsInto(const void* p, size_t n, const Buffer& frame) {
   auto* q = static_cast<const std::byte*>(p);
-  return q >= begin && q + n <= begin + frame.size();
+  return q >= frame.data() && q + n <= frame.data() + frame.size();
 }
 
 // Two connected DEALER sockets (DEALER writes and expects the empty delimiter, as

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include <zmq.hpp>
+
 #include "tools/apply_util.h"
 #include "tools/commands.h"
 #include "zerocan/client.h"

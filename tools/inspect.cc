@@ -15,6 +15,7 @@
 #include "tools/commands.h"
 #include "tools/inspect_render.h"
 #include "zerocan/capture.h"
+#include "zerocan/transport/zmq.h"
 #include "zerocan/error.h"
 #include "zerocan/version.h"
 

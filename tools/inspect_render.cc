@@ -421,7 +421,7 @@ void Place(Context& c, wire::Payload::Reader payload, PayloadRow* row) {
     if (c.message.envelope_copied()) {
       row->offset_known = false;
     } else {
-      const auto* base = c.message.frames()[0].data<unsigned char>();
+      const auto* base = reinterpret_cast<const unsigned char*>(c.message.frames()[0].data());
       row->offset = static_cast<uint64_t>(reinterpret_cast<const unsigned char*>(data.begin()) - base);
     }
   }
@@ -704,7 +704,7 @@ Inspection Examine(const CaptureRecord& record, const InspectOptions& o) {
     in.signature_present = true;
     in.frames.back().role = "signature";
     if (o.signer != nullptr) {
-      switch (o.signer->Check(std::span<const zmq::message_t>(all.frames.data(),
+      switch (o.signer->Check(std::span<const Buffer>(all.frames.data(),
                                                               all.frames.size()))) {
         case Signer::Verdict::kOk: in.signature_verdict = "valid"; break;
         case Signer::Verdict::kUnsigned: in.signature_verdict = "unsigned"; break;

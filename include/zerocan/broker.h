@@ -30,11 +30,14 @@
 #include <string>
 #include <vector>
 
-#include <zmq.hpp>
 
 #include "zerocan/curve.h"
 #include "zerocan/limits.h"
 #include "zerocan/signing.h"
+
+namespace zmq {
+class context_t;  // cppzmq; include <zmq.hpp> to pass one
+}  // namespace zmq
 
 namespace zerocan {
 

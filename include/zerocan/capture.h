@@ -19,11 +19,10 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <zmq.hpp>
 
 #include "zerocan/buffer.h"
 #include "zerocan/message.h"
@@ -165,33 +164,17 @@ class CaptureReader {
 
 // ---- live capture sockets --------------------------------------------------------------
 //
-// A program that shows its traffic to `zerocan record` / `zerocan inspect --follow`
-// publishes each message on a PUB socket as one multipart message. Plain frames (as
-// libzmq's zmq_proxy capture socket sends them) are accepted; a publisher that knows
-// more puts a tag frame first: kCaptureTagMagic, u8 direction, u64 time ns (LE), then
-// the source text.
+// A live capture publisher (PublishCaptured, zerocan/transport/zmq.h) may put a tag frame
+// before each message: kCaptureTagMagic, u8 direction, u64 time ns (LE), then the source
+// text (at most 65535 bytes).
 
-// Builds the tag frame.
-zmq::message_t MakeCaptureTag(Direction direction, uint64_t time_ns, std::string_view source);
-// Publishes a tag frame and then a copy of every frame of `message` (routing frames and
-// delimiter included) on `pub`, without blocking (a full PUB queue drops, as PUB does).
-// The message is not changed. Throws TransportError on a socket error.
-void PublishCaptured(zmq::socket_t& pub, const ReceivedMessage& message, Direction direction,
-                     std::string_view source);
-// Same for raw frames.
-void PublishCaptured(zmq::socket_t& pub, const std::vector<const zmq::message_t*>& frames,
-                     Direction direction, std::string_view source);
+// The tag frame's bytes; time_ns 0 means now.
+std::string CaptureTag(Direction direction, uint64_t time_ns, std::string_view source);
 
-// Turns one multipart message received from a capture socket into a record: a leading
-// tag frame (if any) sets direction, time and source; otherwise time is now and the
-// direction unknown.
-CaptureRecord RecordFromCaptureFrames(std::vector<zmq::message_t>&& frames);
-
-// Receives one multipart message from a SUB socket subscribed to a capture publisher
-// (at most limits.max_frames parts; the rest of a longer one is dropped). nullopt when
-// nothing arrived within `timeout_ms` (-1 = wait).
-std::optional<CaptureRecord> ReceiveCaptured(zmq::socket_t& sub, int timeout_ms,
-                                             const CaptureLimits& limits = {});
+// Turns the frames of one captured multipart message into a record: a leading tag frame
+// (if any) sets direction, time and source; otherwise time is now and the direction
+// unknown. The frames are shared, not copied.
+CaptureRecord RecordFromCaptureFrames(std::span<const Buffer> frames);
 
 // Golden vector files (tests/vectors/README.md): the frames after the delimiter, each a
 // u64 little-endian length and its bytes, nothing else. Returns a record of an empty

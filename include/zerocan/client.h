@@ -28,11 +28,10 @@
 #include <utility>
 #include <vector>
 
-#include <zmq.hpp>
 
 #include "zerocan/codec.h"
 #include "zerocan/curve.h"
-#include "zerocan/frames.h"
+#include "zerocan/transport.h"
 #include "zerocan/limits.h"
 #include "zerocan/message.h"
 #include "zerocan/policy.h"
@@ -40,6 +39,10 @@
 #include "zerocan/remote_error.h"
 #include "zerocan/signing.h"
 #include "zerocan/writer.h"
+
+namespace zmq {
+class context_t;  // cppzmq; include <zmq.hpp> to pass one
+}  // namespace zmq
 
 namespace zerocan {
 

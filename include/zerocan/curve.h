@@ -12,8 +12,6 @@
 #include <string>
 #include <string_view>
 
-#include <zmq.hpp>
-
 namespace zerocan {
 
 struct CurveKeyPair {
@@ -42,13 +40,5 @@ std::string ReadCurvePublicKey(const std::string& key_or_path);
 CurveKeyPair ReadCurveServerKeys(const std::string& path);
 // Writes `keys` as JSON, readable by the owner only (mode 0600).
 void WriteCurveKeyFile(const std::string& path, const CurveKeyPair& keys);
-
-// Server side (the engine or broker that binds): clients must know keys.public_key.
-void ConfigureCurveServer(zmq::socket_t& socket, const CurveKeyPair& keys);
-// Client side: `server_public_key` is the server's Z85 public key; `keys` is the client's
-// own pair (a fresh one from GenerateCurveKeyPair is fine when the server does not
-// check client identities).
-void ConfigureCurveClient(zmq::socket_t& socket, const CurveKeyPair& keys,
-                          std::string_view server_public_key);
 
 }  // namespace zerocan

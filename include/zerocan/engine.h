@@ -61,7 +61,6 @@
 #include <utility>
 #include <vector>
 
-#include <zmq.hpp>
 
 #include "zerocan/codec.h"
 #include "zerocan/curve.h"
@@ -73,6 +72,10 @@
 #include "zerocan/replay.h"
 #include "zerocan/signing.h"
 #include "zerocan/writer.h"
+
+namespace zmq {
+class context_t;  // cppzmq; include <zmq.hpp> to pass one
+}  // namespace zmq
 
 namespace zerocan {
 

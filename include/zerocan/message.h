@@ -14,8 +14,6 @@
 #include <string_view>
 #include <utility>
 
-#include <zmq.hpp>
-
 #include "absl/container/inlined_vector.h"
 #include "zerocan/buffer.h"
 #include "zerocan/limits.h"
@@ -24,23 +22,23 @@
 
 namespace zerocan {
 
-using FrameList = absl::InlinedVector<zmq::message_t, 4>;
+// Frames of a received message, each a Buffer whose keep-alive is whatever the transport
+// received them into (for ZeroMQ: the message's libzmq frames, one holder per message).
+using FrameList = absl::InlinedVector<Buffer, 4>;
+// Routing frames (ROUTER identities): small, sent back with a reply.
+using RoutingFrames = absl::InlinedVector<Buffer, 2>;
 
 namespace internal {
 class MessageState;
 }  // namespace internal
 
-// The frames of one multipart message, owned. Move-only.
+// The frames of one multipart message, as a transport delivered them. Transport-neutral:
+// any Channel (zerocan/transport.h) produces and consumes these.
 struct ReceivedMessage {
   // Frames before the empty delimiter (ROUTER identities); sent back with a reply.
-  absl::InlinedVector<zmq::message_t, 2> routing;
+  RoutingFrames routing;
   // Frames after the delimiter: envelope, payload frames, then a signature if signed.
   FrameList frames;
-  // Owns frame 0's bytes when libzmq does not (a message handed to the decoder in
-  // process, without a socket: frame 0 is then a constant libzmq frame over these
-  // bytes, and a zmq copy() or send of it shares them without owning them). Empty for
-  // frames received from a socket. Move a ReceivedMessage whole.
-  Buffer envelope_owner;
 };
 
 enum class BodyKind : uint8_t { kApply, kResult, kHello, kHeartbeat, kGoodbye, kUnknown };

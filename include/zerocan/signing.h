@@ -45,10 +45,8 @@
 #include <string_view>
 #include <vector>
 
-#include <zmq.hpp>
-
 #include "zerocan/auth_error.h"
-#include "zerocan/frames.h"
+#include "zerocan/buffer.h"
 #include "zerocan/message.h"
 #include "zerocan/writer.h"
 
@@ -71,7 +69,7 @@ inline constexpr size_t kSignatureChunkSize = size_t{1} << 20;
 
 // True when `frame` has the size and magic of a signature frame (says nothing about
 // whether the MAC is right).
-bool LooksLikeSignature(const zmq::message_t& frame) noexcept;
+bool LooksLikeSignature(const Buffer& frame) noexcept;
 
 struct SignerOptions {
   // Helper threads that MAC the chunks of frames longer than kSignatureChunkSize beside
@@ -111,7 +109,7 @@ class Signer {
     ~Hasher();
     void Add(const void* data, size_t size);
     // The signature frame. The Hasher is spent afterwards.
-    zmq::message_t Finish();
+    Buffer Finish();
     // The raw kMacSize-byte tag (for Check).
     void FinishMac(unsigned char out[kMacSize]);
 
@@ -131,9 +129,9 @@ class Signer {
   // any transport then sends it whole.
   void Sign(Outgoing* message) const;
   // The signature frame over an encoded message (envelope, then its payload frames).
-  zmq::message_t SignatureFor(const Outgoing& message) const;
+  Buffer SignatureFor(const Outgoing& message) const;
   // The signature frame over `frames` (all of them; none may be a signature already).
-  zmq::message_t SignatureFor(std::span<const zmq::message_t> frames) const;
+  Buffer SignatureFor(std::span<const Buffer> frames) const;
   // Appends the signature frame to `frames` (for forwarding and tests).
   void SignFrames(FrameList* frames) const;
 
@@ -147,7 +145,7 @@ class Signer {
   // test, the last frame's size and magic, comes first, and only a message with a
   // frame over kSignatureChunkSize reaches the thread pool). Fails closed
   // (kBadSignature) if OpenSSL or an allocation fails.
-  Verdict Check(std::span<const zmq::message_t> frames) const noexcept;
+  Verdict Check(std::span<const Buffer> frames) const noexcept;
   // Checks `received` and, on success, removes its signature frame so that
   // Message::Decode can read it. Throws AuthError(kUnsigned or kBadSignature) and
   // leaves `received` untouched on failure.
@@ -156,13 +154,13 @@ class Signer {
  private:
   friend struct internal::TestHooks;
   template <class Frames>
-  zmq::message_t SignatureOver(const Frames& frames, size_t count) const;
+  Buffer SignatureOver(const Frames& frames, size_t count) const;
   std::shared_ptr<const Keyed> keyed_;
 };
 
 // Removes and returns the last frame of `received` when it looks like a signature frame;
 // otherwise returns an empty optional and leaves `received` alone. For tools that
 // inspect signed traffic without the key (nothing is verified).
-std::optional<zmq::message_t> StripSignature(ReceivedMessage* received);
+std::optional<Buffer> StripSignature(ReceivedMessage* received);
 
 }  // namespace zerocan

@@ -12,15 +12,9 @@
 
 namespace zerocan {
 
-// Turns an encoded message into received frames without a socket and without a copy:
-// frame 0 refers to the Outgoing's envelope (kept in envelope_owner), the payload frames
-// share its buffers.
+// Turns an encoded message into received frames without a transport and without a
+// copy: frame 0 is the Outgoing's envelope, the payload frames are its Buffers.
 ReceivedMessage LoopbackFrames(Outgoing&& outgoing);
-
-// The frames alone, each owning its bytes: frame 0 is copied when it borrows
-// envelope_owner (taking `.frames` by itself would leave such a frame 0 pointing at
-// freed bytes).
-FrameList DetachFrames(ReceivedMessage&& received);
 
 namespace internal {
 

@@ -318,7 +318,6 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
     Reject(Code::kLimitExceeded, absl::StrCat("message has ", frames.size(),
                                               " frames; max_frames is ", limits.max_frames));
   }
-  // zmq::message_t::size() and data() are calls into libzmq: each frame is asked once.
   uint64_t total = 0;
   size_t envelope_size = 0;
   for (size_t i = 0; i < frames.size(); ++i) {
@@ -359,15 +358,9 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
     }
   }
 
-  // A very small frame keeps its bytes inside the zmq::message_t itself, so they move
-  // with it: only then is the address asked again after the move (a libzmq call).
-  const auto frame_at = reinterpret_cast<uintptr_t>(&frames[0]);
-  const auto data_at = reinterpret_cast<uintptr_t>(envelope_data);
-  const bool bytes_inside_frame = data_at >= frame_at && data_at < frame_at + sizeof(zmq::message_t);
   auto state = std::allocate_shared<internal::MessageState>(
       internal::CachingAllocator<internal::MessageState>(), std::move(received));
-  const capnp::word* words = static_cast<const capnp::word*>(
-      bytes_inside_frame ? state->received_.frames[0].data() : envelope_data);
+  const auto* words = reinterpret_cast<const capnp::word*>(envelope_data);
   size_t word_count = envelope_size / sizeof(capnp::word);
   if (!IsAligned(words, alignof(capnp::word))) {
     // libzmq hands out small tcp/ipc frames at any address inside its receive batch;
@@ -538,10 +531,10 @@ bool Message::envelope_copied() const noexcept { return state_ && state_->aligne
 
 namespace internal {
 
-std::optional<Peek> PeekEnvelope(const zmq::message_t& frame, const DecodeLimits& limits) {
+std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits) {
   size_t size = frame.size();
   if (size < 8 || size % 8 != 0 || size > limits.max_envelope_bytes) return std::nullopt;
-  const capnp::word* words = static_cast<const capnp::word*>(frame.data());
+  const auto* words = reinterpret_cast<const capnp::word*>(frame.data());
   std::unique_ptr<capnp::word[]> copy;
   if (!IsAligned(words, alignof(capnp::word))) {
     copy.reset(new capnp::word[size / 8]);

@@ -36,8 +36,7 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   // Bytes [offset, offset+length) of payload frame `index` (1-based); already checked
   // by the decoder's walk.
   Buffer FrameSlice(uint32_t index, uint64_t offset, uint64_t length) const {
-    auto& frame = const_cast<zmq::message_t&>(received_.frames[index]);
-    return Buffer(static_cast<std::byte*>(frame.data()) + offset, length, KeepAlive());
+    return Buffer(received_.frames[index].mutable_data() + offset, length, KeepAlive());
   }
   Buffer InlineBytes(capnp::Data::Reader data) const {
     return Buffer(const_cast<std::byte*>(reinterpret_cast<const std::byte*>(data.begin())),

@@ -8,8 +8,7 @@
 #include <optional>
 #include <string>
 
-#include <zmq.hpp>
-
+#include "zerocan/buffer.h"
 #include "zerocan/limits.h"
 #include "zerocan/message.h"
 
@@ -24,6 +23,6 @@ struct Peek {
   uint32_t timeout_ms = 0;    // applies
 };
 
-std::optional<Peek> PeekEnvelope(const zmq::message_t& frame, const DecodeLimits& limits);
+std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits);
 
 }  // namespace zerocan::internal

@@ -29,7 +29,7 @@ inline FrameList ParseFrames(const uint8_t* data, size_t size) {
     for (size_t i = 0; i < header; ++i) length |= uint64_t{data[pos + i]} << (8 * i);
     pos += header;
     length = std::min<uint64_t>(length, size - pos);
-    frames.emplace_back(data + pos, static_cast<size_t>(length));
+    frames.push_back(Buffer::CopyOf(data + pos, static_cast<size_t>(length)));
     pos += static_cast<size_t>(length);
   }
   return frames;

@@ -23,12 +23,12 @@ std::string Encode(const FrameList& frames) {
   for (const auto& f : frames) {
     uint64_t n = f.size();
     for (int i = 0; i < 8; ++i) out += static_cast<char>(n >> (8 * i));
-    out.append(static_cast<const char*>(f.data()), f.size());
+    out.append(reinterpret_cast<const char*>(f.data()), f.size());
   }
   return out;
 }
 
-FrameList Frames(Outgoing&& out) { return DetachFrames(LoopbackFrames(std::move(out))); }
+FrameList Frames(Outgoing&& out) { return LoopbackFrames(std::move(out)).frames; }
 
 FrameList ManyFrames() {
   Policy policy;
@@ -103,10 +103,10 @@ FrameList SharedFrame() {
   ext.initState().setText("state");
   kj::Array<capnp::word> words = capnp::messageToFlatArray(b);
   FrameList frames;
-  frames.emplace_back(words.begin(), words.size() * sizeof(capnp::word));
+  frames.push_back(Buffer::CopyOf(words.begin(), words.size() * sizeof(capnp::word)));
   std::vector<uint8_t> payload(64);
   std::iota(payload.begin(), payload.end(), 0);
-  frames.emplace_back(payload.data(), payload.size());
+  frames.push_back(Buffer::CopyOf(payload.data(), payload.size()));
   return frames;
 }
 

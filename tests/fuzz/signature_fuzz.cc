@@ -3,6 +3,7 @@
 // a dropped frame or a swapped pair of frames does not.
 #include <cstdlib>
 
+#include "zerocan/transport/zmq.h"
 #include "tests/fuzz/fuzz_common.h"
 #include "zerocan/signing.h"
 
@@ -11,7 +12,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const Signer signer("zerocan-fuzz-key");
   FrameList frames = fuzz::ParseFrames(data, size);
   auto check = [&](const FrameList& f) {
-    return signer.Check(std::span<const zmq::message_t>(f.data(), f.size()));
+    return signer.Check(std::span<const Buffer>(f.data(), f.size()));
   };
   if (check(frames) == Signer::Verdict::kOk) std::abort();  // forged without the key
 
@@ -31,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size_t f = seed % frames.size();
   if (frames[f].size() > 0) {
     size_t at = (seed / 7) % frames[f].size();
-    auto* bytes = static_cast<uint8_t*>(frames[f].data());
+    auto* bytes = reinterpret_cast<uint8_t*>(frames[f].mutable_data());
     bytes[at] ^= static_cast<uint8_t>(1 + (seed >> 8) % 255);
     if (check(frames) == Signer::Verdict::kOk) std::abort();
     bytes[at] ^= static_cast<uint8_t>(1 + (seed >> 8) % 255);

@@ -4,8 +4,8 @@
 // a socket and its I/O thread) whose atomics TSan cannot see: libzmq is not built with
 // -fsanitize=thread. So bytes written by one thread before a send and read by another
 // after the matching receive (an envelope, a zero-copy payload) look like a data race.
-// In a TSan build every send of ours (frames.cc's SendFrames, the broker's forwarding)
-// releases, and every received part (frames.cc's Receive) acquires, one sync object: the
+// In a TSan build every send of ours (SendFrames in src/transport/zmq.cc)
+// releases, and every received part (its Receive) acquires, one sync object: the
 // edge libzmq provides, made visible (coarser than libzmq's, which pairs one pipe's
 // ends). Elsewhere these compile to nothing.
 #pragma once
