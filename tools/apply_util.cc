@@ -1,8 +1,11 @@
 #include "tools/apply_util.h"
 
+#include <cctype>
+#include <cmath>
 #include <complex>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #include "zerocan/dtype.h"
@@ -109,7 +112,122 @@ nlohmann::ordered_json TensorJson(const Value& v, size_t limit) {
   return out;
 }
 
+// nlohmann's DOM builder, stopping at an integer that does not keep its value and noting
+// where a parse error stands. The parser calls these members through the static type, so
+// hiding them is enough.
+class ExactJsonSax : public nlohmann::detail::json_sax_dom_parser<nlohmann::json> {
+ public:
+  explicit ExactJsonSax(nlohmann::json& root)
+      : json_sax_dom_parser(root, /*allow_exceptions=*/false) {}
+
+  bool number_float(double value, const std::string& text) {
+    if (text.find_first_of(".eE") == std::string::npos) {
+      refused_ = text + " is an integer beyond 64 bits (int64 and uint64 hold " +
+                 std::to_string(std::numeric_limits<int64_t>::min()) + " to " +
+                 std::to_string(std::numeric_limits<uint64_t>::max()) + ")";
+      return false;
+    }
+    return json_sax_dom_parser::number_float(value, text);
+  }
+
+  template <class Exception>
+  bool parse_error(size_t position, const std::string& last_token, const Exception& e) {
+    error_position_ = position;
+    return json_sax_dom_parser::parse_error(position, last_token, e);
+  }
+
+  const std::string& refused() const { return refused_; }
+  // Characters read when the parse failed: the offending one is the last of them.
+  size_t error_position() const { return error_position_; }
+
+ private:
+  std::string refused_;
+  size_t error_position_ = 0;
+};
+
+// What is wrong when the JSON parse failed on the character before text[position], if that
+// stands in a word strtod reads whole as a number (NaN, Infinity, 1e400, +1, 0x10); else "".
+std::string NumberJsonCannotHold(std::string_view text, size_t position) {
+  auto in_word = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '+' || c == '-';
+  };
+  if (position == 0 || position > text.size() || !in_word(text[position - 1])) return {};
+  size_t start = position - 1, end = position;
+  while (start > 0 && in_word(text[start - 1])) --start;
+  while (end < text.size() && in_word(text[end])) ++end;
+  std::string word(text.substr(start, end - start));
+  char* parsed_end = nullptr;
+  double value = std::strtod(word.c_str(), &parsed_end);
+  if (parsed_end != word.c_str() + word.size()) return {};
+  if (std::isfinite(value)) return word + " is not a number as JSON writes it";
+  if (word.find_first_of("nNiI") == std::string::npos) {
+    return word + " is beyond the float64 range (magnitude up to about 1.8e308)";
+  }
+  return word + " is not a finite number; JSON has none";
+}
+
+bool HasNonFinite(const nlohmann::ordered_json& j) {
+  if (j.is_number_float()) return !std::isfinite(j.get<double>());
+  if (!j.is_structured()) return false;
+  for (const auto& e : j) {
+    if (HasNonFinite(e)) return true;
+  }
+  return false;
+}
+
+void AppendJson(const nlohmann::ordered_json& j, std::string* out) {
+  constexpr auto kReplace = nlohmann::ordered_json::error_handler_t::replace;
+  if (j.is_number_float() && !std::isfinite(j.get<double>())) {
+    double d = j.get<double>();
+    *out += std::isnan(d) ? "NaN" : d > 0 ? "Infinity" : "-Infinity";
+  } else if (j.is_array()) {
+    *out += '[';
+    bool first = true;
+    for (const auto& e : j) {
+      if (!first) *out += ',';
+      first = false;
+      AppendJson(e, out);
+    }
+    *out += ']';
+  } else if (j.is_object()) {
+    *out += '{';
+    bool first = true;
+    for (const auto& [key, value] : j.items()) {
+      if (!first) *out += ',';
+      first = false;
+      *out += nlohmann::ordered_json(key).dump(-1, ' ', false, kReplace);
+      *out += ':';
+      AppendJson(value, out);
+    }
+    *out += '}';
+  } else {
+    *out += j.dump(-1, ' ', false, kReplace);
+  }
+}
+
 }  // namespace
+
+std::optional<nlohmann::json> ParseExactJson(std::string_view text) {
+  nlohmann::json root;
+  ExactJsonSax sax(root);
+  bool parsed = nlohmann::json::sax_parse(text, &sax);
+  if (!sax.refused().empty()) throw std::invalid_argument(sax.refused());
+  if (!parsed || sax.is_errored()) {
+    std::string refused = NumberJsonCannotHold(text, sax.error_position());
+    if (!refused.empty()) throw std::invalid_argument(refused);
+    return std::nullopt;
+  }
+  return root;
+}
+
+std::string DumpJson(const nlohmann::ordered_json& j) {
+  if (!HasNonFinite(j)) {
+    return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  }
+  std::string out;
+  AppendJson(j, &out);
+  return out;
+}
 
 void WriteJson(ValueWriter& w, const nlohmann::json& j) {
   switch (j.type()) {

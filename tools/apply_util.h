@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -30,6 +31,18 @@ void WriteJson(ValueWriter& w, const nlohmann::json& j);
 // text keys are objects, other maps {"map": [[key, value], ...]}; extensions
 // {"extension": name, "state": ...}.
 nlohmann::ordered_json ToJson(const Value& v, size_t limit);
+
+// Parses JSON as nlohmann::json::parse does, but refuses the numbers it would change or
+// that JSON cannot hold, wherever they stand: an integer beyond int64 and uint64 (nlohmann
+// reads it as an inexact float), a number beyond float64's range (1e400), and words read
+// as numbers elsewhere (NaN, Infinity, +1, 0x10). Those throw std::invalid_argument naming
+// the number; other text that is not JSON gives nullopt.
+std::optional<nlohmann::json> ParseExactJson(std::string_view text);
+
+// `j` as one line of JSON (invalid UTF-8 in strings as U+FFFD), except that floats JSON
+// cannot hold print as the bare tokens NaN, Infinity and -Infinity (as Python's json
+// module and JSON5 write them) where nlohmann would print null.
+std::string DumpJson(const nlohmann::ordered_json& j);
 
 // Blocks SIGINT and SIGTERM in the calling thread and every thread it starts later.
 // Call first in main, before any thread exists; then WaitForStopSignal() returns the

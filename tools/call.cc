@@ -1,15 +1,28 @@
 // `zerocan call URL FUNCTION [ARGS...]`: a command-line client. Each argument is a JSON
 // value (an argument that is not valid JSON is sent as text, so `zerocan call URL echo
-// hello` works); the result prints as one bare JSON value on stdout. A remote error or a
-// timeout goes to stderr with a non-zero exit.
+// hello` works), or they all come as one JSON array from --args-file; the result prints
+// as one bare JSON value on stdout. A remote error, a timeout or an endpoint where nothing
+// listens goes to stderr with a non-zero exit.
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
 #include <memory>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "tools/apply_util.h"
 #include "tools/commands.h"
+#include "tools/endpoint.h"
 #include "zerocan/client.h"
 #include "zerocan/curve.h"
 #include "zerocan/signing.h"
@@ -18,30 +31,122 @@ namespace zerocan::tools {
 
 namespace {
 
+// The longest --timeout, in seconds (about 31.7 years). The client's deadline is a
+// steady_clock time point in int64 nanoseconds: now + 9.2e9 s would overflow.
+constexpr double kMaxTimeoutSeconds = 1e9;
+
 constexpr char kCallDescription[] =
     "call a function with JSON arguments, print the result\n"
     "\n"
     "Calls FUNCTION on the engine or broker frontend at URL and prints the result as one\n"
     "JSON value. ARGS are JSON (a list of numbers is sent as a typed array; an object\n"
     "{\"dtype\": \"float32\", \"shape\": [2, 2], \"data\": [...]} as a tensor; anything that is\n"
-    "not JSON as text). Typed arrays print as {\"dtype\", \"shape\", \"data\"}, with data cut\n"
-    "after 100 elements (\"elided\": how many more) unless --full. Options may stand\n"
+    "not JSON as text). Numbers JSON cannot carry exactly are refused: integers beyond\n"
+    "int64 and uint64, NaN, Infinity, 1e400 (quote them, '\"NaN\"', to send text).\n"
+    "--args-file FILE (- for stdin) gives all arguments as one JSON array instead, of any\n"
+    "size. Typed arrays print as {\"dtype\", \"shape\", \"data\"}, with data cut after 100\n"
+    "elements (\"elided\": how many more) unless --full. Floats JSON cannot hold print as\n"
+    "NaN, Infinity and -Infinity (as Python's json module writes them). Options may stand\n"
     "anywhere; `--` ends them.";
 
 constexpr char kCallFooter[] =
-    "Exit status: 0 on a result; 1 on a remote error (stderr: its type, message and engine)\n"
-    "or no reply within --timeout; 2 on a usage error.";
+    "Exit status: 0 on a result; 1 on a remote error (stderr: its type, message and engine),\n"
+    "no reply within --timeout, an unknown host or nothing listening at URL; 2 on a usage\n"
+    "error (bad options, a URL that is not TRANSPORT://ADDRESS, an argument refused).";
 
 struct CallArgs {
   std::string url, function;
   std::vector<std::string> args;
+  std::string args_file;
   double timeout_s = 30;
   bool full = false;
   std::string key_file, curve_server_key;
 };
 
+// An argument that cannot be sent as given: a usage error.
+class ArgumentRefused : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+CLI::Validator TimeoutSeconds() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double seconds = 0;
+        if (!CLI::detail::lexical_cast(text, seconds)) {
+          return "expected a number of seconds, got \"" + text + "\"";
+        }
+        if (!(seconds > 0 && seconds <= kMaxTimeoutSeconds)) {
+          return "must be more than 0 and at most 1e9 seconds, got " + text;
+        }
+        return {};
+      },
+      "(0, 1e9]");
+}
+
+// Command-line argument `index` as JSON; text that is not JSON as a JSON string.
+nlohmann::json ArgumentJson(const std::string& text, size_t index) {
+  try {
+    std::optional<nlohmann::json> json = ParseExactJson(text);
+    return json ? std::move(*json) : nlohmann::json(text);
+  } catch (const std::invalid_argument& e) {
+    std::string hint = text.empty() || text[0] == '[' || text[0] == '{'
+                           ? ""
+                           : " (to send it as text, quote it: '\"" + text + "\"')";
+    throw ArgumentRefused("argument " + std::to_string(index) + ": " + e.what() + hint);
+  }
+}
+
+// The arguments: one JSON array from --args-file (a file, or - for stdin), else each
+// command-line argument.
+std::vector<nlohmann::json> CallArguments(const CallArgs& args) {
+  std::vector<nlohmann::json> out;
+  if (args.args_file.empty()) {
+    for (size_t i = 0; i < args.args.size(); ++i) out.push_back(ArgumentJson(args.args[i], i));
+    return out;
+  }
+  std::string name = "--args-file " + args.args_file;
+  std::ifstream file;
+  if (args.args_file != "-") {
+    file.open(args.args_file, std::ios::binary);
+    if (!file) throw ArgumentRefused(name + ": " + std::strerror(errno));
+  }
+  std::ostringstream text;
+  text << (args.args_file == "-" ? std::cin : file).rdbuf();
+  std::optional<nlohmann::json> json;
+  try {
+    json = ParseExactJson(text.view());
+    if (!json) json = nlohmann::json::parse(text.view());  // not JSON: throws its description
+  } catch (const std::exception& e) {
+    throw ArgumentRefused(name + ": " + e.what());
+  }
+  if (!json->is_array()) {
+    throw ArgumentRefused(name + ": expected a JSON array of the arguments, got " +
+                          std::string(json->type_name()));
+  }
+  out.reserve(json->size());
+  for (nlohmann::json& arg : *json) out.push_back(std::move(arg));
+  return out;
+}
+
 int RunCall(const CallArgs& args) {
-  auto timeout = std::chrono::milliseconds(static_cast<int64_t>(args.timeout_s * 1000));
+  // Whole milliseconds, rounded up so that a short timeout never becomes none at all.
+  auto timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(args.timeout_s * 1000)));
+  // On the wire as Client::apply_for sends it: beyond 32 bits of milliseconds, 0 (none).
+  uint32_t wire_timeout_ms = timeout.count() > UINT32_MAX ? 0 : static_cast<uint32_t>(timeout.count());
+  std::vector<nlohmann::json> arguments;
+  try {
+    arguments = CallArguments(args);
+  } catch (const ArgumentRefused& e) {
+    std::fprintf(stderr, "zerocan call: %s\n", e.what());
+    return 2;
+  }
+  std::string unreachable =
+      EndpointUnreachable(args.url, std::min(timeout, std::chrono::milliseconds(1000)));
+  if (!unreachable.empty()) {
+    std::fprintf(stderr, "zerocan call: %s: %s\n", args.url.c_str(), unreachable.c_str());
+    return 1;
+  }
   try {
     ClientOptions options;
     options.timeout = timeout;
@@ -49,22 +154,16 @@ int RunCall(const CallArgs& args) {
     if (!args.curve_server_key.empty()) options.curve_server_key = ReadCurvePublicKey(args.curve_server_key);
     Client client(args.url, options);
     EnvelopeWriter writer(client.policy());
-    ApplyWriter apply = writer.StartApply(args.function, args.args.size(), 0,
-                                          static_cast<uint32_t>(timeout.count()));
-    for (size_t i = 0; i < args.args.size(); ++i) {
-      nlohmann::json arg = nlohmann::json::parse(args.args[i], nullptr, /*allow_exceptions=*/false);
+    ApplyWriter apply = writer.StartApply(args.function, arguments.size(), 0, wire_timeout_ms);
+    for (size_t i = 0; i < arguments.size(); ++i) {
       ValueWriter w = apply.arg(i);
-      if (arg.is_discarded()) {
-        w.Text(args.args[i]);
-      } else {
-        WriteJson(w, arg);
-      }
+      WriteJson(w, arguments[i]);
     }
+    arguments.clear();
     Result result = client.Submit(writer, args.function, timeout).get();
     Value value = result.value();  // throws the failure
     // Text that is not UTF-8 prints with U+FFFD in place of the bad bytes.
-    std::string out = ToJson(value, args.full ? 0 : 100)
-                          .dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    std::string out = DumpJson(ToJson(value, args.full ? 0 : 100));
     std::printf("%s\n", out.c_str());
     return 0;
   } catch (const RemoteError& e) {
@@ -120,12 +219,24 @@ void AddCall(CLI::App& app, RunFunction* chosen) {
   sub->description(kCallDescription);
   sub->footer(kCallFooter);
   auto unshield = [](std::string arg) { return UnshieldCallArgument(std::move(arg)); };
-  sub->add_option("URL", args->url, "the engine or broker frontend")->required()->transform(unshield);
+  sub->add_option("URL", args->url, "the engine or broker frontend")
+      ->required()
+      ->transform(unshield)
+      ->check(CLI::Validator([](std::string& url) { return EndpointSyntaxProblem(url); }, ""));
   sub->add_option("FUNCTION", args->function, "the function's name")->required()->transform(unshield);
-  sub->add_option("ARGS", args->args, "its arguments, each a JSON value (or text)")->transform(unshield);
-  sub->add_option("--timeout", args->timeout_s, "seconds to wait for the reply")
+  CLI::Option* positional =
+      sub->add_option("ARGS", args->args, "its arguments, each a JSON value (or text)")->transform(unshield);
+  sub->add_option("--args-file", args->args_file,
+                  "the arguments as one JSON array in FILE (- for stdin), instead of ARGS")
+      ->type_name("FILE")
+      ->check(ReadableFile())
+      ->excludes(positional);
+  sub->add_option("--timeout", args->timeout_s,
+                  "seconds to wait for the reply: more than 0, at most 1e9 (about 31 years);\n"
+                  "rounded up to whole milliseconds")
+      ->type_name("SECONDS")
       ->capture_default_str()
-      ->check(CLI::Range(1e-3, 1e6));
+      ->check(TimeoutSeconds());
   sub->add_flag("--full", args->full, "print every element of typed arrays and bytes");
   sub->add_option("--key-file", args->key_file, "sign the call with the key in FILE, check the reply")
       ->type_name("FILE")

@@ -5,6 +5,11 @@
 // program's exit status.
 #pragma once
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -58,6 +63,23 @@ inline CLI::Validator NotNegative() {
         return !value.empty() && value[0] == '-' ? "must not be negative, got " + value : "";
       },
       "");
+}
+
+// For input files: "" when `path` is "-" (stdin) or a file this process can open for
+// reading, else why not ("is a directory: DIR", "cannot read FILE: Permission denied").
+// CLI::ExistingFile neither allows "-" nor checks that the file opens.
+inline std::string CannotRead(const std::string& path) {
+  if (path == "-") return {};
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return "cannot read " + path + ": " + std::strerror(errno);
+  if (S_ISDIR(st.st_mode)) return "is a directory: " + path;
+  std::ifstream probe(path, std::ios::binary);
+  if (!probe) return "cannot read " + path + ": " + std::strerror(errno);
+  return {};
+}
+
+inline CLI::Validator ReadableFile() {
+  return CLI::Validator([](std::string& path) { return CannotRead(path); }, "");
 }
 
 }  // namespace zerocan::tools

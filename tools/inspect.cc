@@ -202,8 +202,11 @@ void AddInspect(CLI::App& app, RunFunction* chosen) {
       "zerocan::CaptureWriter): its frame table, its envelope as Cap'n Proto text and a\n"
       "summary of each payload. Malformed messages are reported with the reason and field\n"
       "path, and inspection goes on.");
-  sub->footer("Exit status: 0, or 1 when the capture file is truncated or damaged, 2 on usage.");
-  sub->add_option("FILE", args->file, "a capture file, - for stdin, or a golden vector (.frames)");
+  sub->footer(
+      "Exit status: 0, or 1 when the capture file is truncated or damaged, 2 on usage (a FILE\n"
+      "that is missing, unreadable or a directory included).");
+  sub->add_option("FILE", args->file, "a capture file, - for stdin, or a golden vector (.frames)")
+      ->check(ReadableFile());
   sub->add_flag("--json", args->options.json, "one JSON object per message, one per line");
   sub->add_flag("--full", args->options.full, "every value and byte instead of the first few");
   sub->add_option("--function", args->options.function,
@@ -215,7 +218,8 @@ void AddInspect(CLI::App& app, RunFunction* chosen) {
       ->type_name("ID")
       ->check(NotNegative());
   sub->add_option("--key-file", args->key_file, "check signatures with the key in FILE")
-      ->type_name("FILE");
+      ->type_name("FILE")
+      ->check(ReadableFile());
   sub->add_option("--follow", args->follow, "read a live capture socket (a broker's --capture URL)")
       ->type_name("URL");
   sub->add_option("--count", args->count, "with --follow: stop after N messages")
