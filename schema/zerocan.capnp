@@ -115,6 +115,23 @@ struct Value {
     tensor @9 :Tensor;
     extension @10 :Extension;
   }
+
+  sequenceType @11 :SequenceType;
+  # Which sequence type a `list` or `tensor` value was made from, for languages that
+  # tell them apart (Python: list, tuple, numpy array). Writers set it on `list` and
+  # `tensor` only; readers that have no such types (C++) ignore it, and a forwarder
+  # copies it as received. It lies in the Value's existing data word: a value that
+  # leaves it unset is byte for byte what it was before the field existed.
+}
+
+enum SequenceType {
+  unspecified @0;
+  # `list`: a list (Python list); `tensor`: an array (numpy.ndarray).
+  list @1;
+  # A list. On a `tensor`: a homogeneous list of numbers (or bools) sent as a compact
+  # typed array, to be read back as a list.
+  tuple @2;
+  # A tuple (immutable sequence), on a `list` or a `tensor`.
 }
 
 struct Payload {

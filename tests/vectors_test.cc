@@ -218,6 +218,29 @@ TEST(VectorsTest, IssueTargetsHoldForTheVectors) {
   Message e = Message::Decode(ToReceived(LoadVector("extension")));
   EXPECT_EQ(e.arg(0).kind(), Kind::kExtension);
   EXPECT_EQ(e.arg(0).extension_name(), "example.Point");
+
+  // C++ reads past sequenceType: a Python list of ints is a typed array, a tuple a list.
+  Message s = Message::Decode(ToReceived(LoadVector("sequences")));
+  Value d = s.arg(0);
+  ASSERT_EQ(d.kind(), Kind::kMap);
+  EXPECT_EQ(d.value(0).As<std::vector<int64_t>>(), (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(GeneratedValue(d.value(0)).getSequenceType(), wire::SequenceType::LIST);
+  ASSERT_EQ(d.value(1).kind(), Kind::kList);
+  EXPECT_EQ(d.value(1)[1].AsDouble(), 2.5);
+  EXPECT_EQ(GeneratedValue(d.value(1)).getSequenceType(), wire::SequenceType::TUPLE);
+  EXPECT_EQ(GeneratedValue(d.value(2)).getSequenceType(), wire::SequenceType::UNSPECIFIED);
+  EXPECT_EQ(s.arg(4).As<std::vector<double>>(), (std::vector<double>{0.5, 1.5}));
+}
+
+TEST(VectorsTest, CopyKeepsTheSequenceTypeOfNestedValues) {
+  Message s = Message::Decode(ToReceived(LoadVector("sequences")));
+  EnvelopeWriter w(vectors::VectorPolicy());
+  w.StartResult(1, "e").Copy(s.arg(1));  // [(1, 2), (3, 4)]: the marks are one level down
+  Message m = Message::Decode(ToReceived(vectors::FramesOf(w.Finish())));
+  auto ok = GeneratedEnvelope(m).getBody().getResult().getOk();
+  EXPECT_EQ(ok.getSequenceType(), wire::SequenceType::UNSPECIFIED);
+  ASSERT_EQ(ok.getList().size(), 2u);
+  for (auto pair : ok.getList()) EXPECT_EQ(pair.getSequenceType(), wire::SequenceType::TUPLE);
 }
 
 }  // namespace

@@ -116,7 +116,8 @@ class ValueWriter {
   // An extension value; write its state through the returned writer.
   ValueWriter Extension(std::string_view type_name);
   // Re-encodes a received value. Payloads in frames are forwarded without a copy (the
-  // new message shares ownership of the received frame).
+  // new message shares ownership of the received frame); the value's sequenceType
+  // marker (list, tuple) is kept at every level.
   void Copy(const Value& value);
 
   // Writes `value` through its codec (codec.h): built-in types, else the registry. An

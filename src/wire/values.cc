@@ -274,6 +274,11 @@ void MapWriter::TextKey(size_t i, std::string_view text) const { key(i).Text(tex
 
 void ValueWriter::Copy(const Value& value) {
   wire::Value::Reader r = internal::WireAccess::Reader(value);
+  // The sequence type (list, tuple) is not C++'s to interpret, only to forward. It is a
+  // data field: setting it allocates nothing, so the canonical order is unchanged.
+  if (r.getSequenceType() != wire::SequenceType::UNSPECIFIED) {
+    V(builder_).setSequenceType(r.getSequenceType());
+  }
   switch (value.kind()) {
     case Kind::kNull: return Null();
     case Kind::kBool: return Bool(r.getBool());

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
 
 namespace zerocan::vectors {
@@ -307,6 +308,63 @@ inline std::vector<Vector> All() {
                [id = ++n, writer] {
                  auto w = writer(id);
                  w->SetGoodbye();
+                 return w->Finish();
+               }});
+
+  // What Python sends for echo({"a": [1, 2, 3], "t": (1, 2.5), "arr": np.arange(3)},
+  // [(1, 2), (3, 4)], [], (), [0.5, 1.5], [True, False], [1, "x", None],
+  // (np.arange(2.0),)). The library writes no sequenceType of its own; the marker is set
+  // on the generated builder.
+  v.push_back({"sequences",
+               "Python lists, tuples and arrays told apart by Value.sequenceType: homogeneous "
+               "number lists as typed arrays marked list, tuples as lists marked tuple, "
+               "arrays and other lists unmarked; 1 frame.",
+               "apply",
+               R"({"function": "echo", "args": [{"a": tensor int64 [1, 2, 3] packing uint8 )"
+               R"(sequenceType list, "t": [int 1, float64 2.5] sequenceType tuple, )"
+               R"("arr": tensor int64 [0, 1, 2] packing uint8}, [[int 1, int 2] sequenceType )"
+               R"(tuple, [int 3, int 4] sequenceType tuple], [], [] sequenceType tuple, )"
+               R"(tensor float64 [0.5, 1.5] sequenceType list, tensor bool [true, false] )"
+               R"(sequenceType list, [int 1, text "x", null], [tensor float64 [0.0, 1.0]] )"
+               R"(sequenceType tuple], "kwargs": {}})",
+               [id = ++n, writer] {
+                 auto w = writer(id);
+                 ApplyWriter a = w->StartApply("echo", 8, 0);
+                 MapWriter m = a.arg(0).Map(3);
+                 m.key(0).Text("a");
+                 m.value(0).Write(std::vector<int64_t>{1, 2, 3});
+                 m.key(1).Text("t");
+                 ListWriter t = m.value(1).List(2);
+                 t[0].Int(1);
+                 t[1].Float(2.5);
+                 m.key(2).Text("arr");
+                 m.value(2).Write(std::vector<int64_t>{0, 1, 2});
+                 ListWriter pairs = a.arg(1).List(2);
+                 for (int64_t i = 0; i < 2; ++i) {
+                   ListWriter pair = pairs[static_cast<size_t>(i)].List(2);
+                   pair[0].Int(2 * i + 1);
+                   pair[1].Int(2 * i + 2);
+                 }
+                 a.arg(2).List(0);
+                 a.arg(3).List(0);
+                 a.arg(4).Write(std::vector<double>{0.5, 1.5});
+                 a.arg(5).Array(DType::kBool, Shape{2}, Owned(std::vector<uint8_t>{1, 0}));
+                 ListWriter mixed = a.arg(6).List(3);
+                 mixed[0].Int(1);
+                 mixed[1].Text("x");
+                 mixed[2].Null();
+                 a.arg(7).List(1)[0].Write(std::vector<double>{0.0, 1.0});
+                 // Data fields: setting them allocates nothing, so the bytes above stand.
+                 using wire::SequenceType;
+                 auto args = GeneratedEnvelope(*w).getBody().getApply().getArgs();
+                 auto map = args[0].getMap();
+                 map[0].getValue().setSequenceType(SequenceType::LIST);
+                 map[1].getValue().setSequenceType(SequenceType::TUPLE);
+                 for (auto pair : args[1].getList()) pair.setSequenceType(SequenceType::TUPLE);
+                 args[3].setSequenceType(SequenceType::TUPLE);
+                 args[4].setSequenceType(SequenceType::LIST);
+                 args[5].setSequenceType(SequenceType::LIST);
+                 args[7].setSequenceType(SequenceType::TUPLE);
                  return w->Finish();
                }});
   return v;

@@ -28,8 +28,6 @@ def roundtrip(value, policy=None, registry=None):
 ])
 def test_scalars_and_containers_round_trip(value):
     got, _, _ = roundtrip(value)
-    if isinstance(value, list) and value and all(type(x) is int for x in value):
-        got = got.tolist()
     assert got == value
     assert type(got) is type(value)
 
@@ -53,27 +51,109 @@ def test_uint_and_int_kinds_follow_the_value():
     assert kinds == ["int", "uint", "uint", "int"]
 
 
-def test_tuples_become_lists_item_by_item():
+def test_tuples_travel_item_by_item_marked_tuple():
     got, out, msg = roundtrip((1, 2, "x"))
-    assert got == [1, 2, "x"]
-    assert msg.envelope.body.apply.args[0].which() == "list"
+    assert type(got) is tuple and got == (1, 2, "x")
+    v = msg.envelope.body.apply.args[0]
+    assert v.which() == "list" and v.sequenceType == "tuple"
 
 
 @pytest.mark.parametrize("values,dtype", [
     (list(range(1000)), np.int64), ([0.5, 1.5, -2.0], np.float64), ([True, False], np.bool_),
 ])
-def test_homogeneous_number_lists_become_typed_arrays(values, dtype):
+def test_homogeneous_number_lists_travel_as_typed_arrays_and_come_back_as_lists(values, dtype):
     got, _, msg = roundtrip(values)
-    assert msg.envelope.body.apply.args[0].which() == "tensor"
-    assert isinstance(got, np.ndarray) and got.dtype == dtype
-    assert got.tolist() == values
+    v = msg.envelope.body.apply.args[0]
+    assert v.which() == "tensor" and v.sequenceType == "list"
+    assert wire.WIRE_DTYPES[v.tensor.dtype.raw] == np.dtype(dtype)
+    assert type(got) is list and got == values
+    assert [type(x) for x in got] == [type(x) for x in values]
 
 
 def test_mixed_or_huge_number_lists_stay_lists():
     for values in ([1, 2.0], [1, True], [1, 2**64 - 1], [1, None]):
         got, _, msg = roundtrip(values)
-        assert msg.envelope.body.apply.args[0].which() == "list"
-        assert got == values
+        v = msg.envelope.body.apply.args[0]
+        assert v.which() == "list" and v.sequenceType == "unspecified"
+        assert type(got) is list and got == values
+
+
+def same_typed(a, b):
+    """Equal, and of the same container types all the way down."""
+    if isinstance(b, np.ndarray):
+        return type(a) is np.ndarray and a.dtype == b.dtype and np.array_equal(a, b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_typed(x, y) for x, y in zip(a, b))
+    if isinstance(b, dict):
+        return list(a) == list(b) and all(same_typed(a[k], b[k]) for k in b)
+    return a == b
+
+
+SEQUENCES = [
+    {"a": [1, 2, 3], "t": (1, 2.5), "arr": np.arange(3)},
+    [(1, 2), (3, 4)], [], (), [[]], ((),), [0.5, 1.5, -2.0], [True, False, True],
+    [1, "x", None, 2.5], (np.arange(3), np.zeros((2, 2))), [np.arange(2)], (1,),
+    (1, 2, 3), ([1, 2], (3, 4), [5.0]), {"k": ([True], ("s",))}, [2**64 - 1, 1],
+    list(range(100_000)), [float(i) for i in range(1000)],
+]
+
+
+@pytest.mark.parametrize("value", SEQUENCES, ids=range(len(SEQUENCES)))
+def test_lists_tuples_and_arrays_round_trip_with_their_type(value):
+    got, _, _ = roundtrip(value)
+    assert same_typed(got, value), (got, value)
+
+
+@pytest.mark.parametrize("value", SEQUENCES, ids=range(len(SEQUENCES)))
+def test_forwarding_keeps_the_sequence_type(value):
+    out = wire.encode_apply("f", [value], header=wire.Header(1, 2, 1, 3))
+    again = wire.reencode(wire.decode(wire.loopback(out)))
+    assert again.envelope == out.envelope
+    assert same_typed(wire.decode(wire.loopback(again)).apply()[1][0], value)
+
+
+def marked(build, seq):
+    """A message whose one argument is written by ``build`` and marked ``seq``."""
+    w = wire.Writer()
+    a = w.msg.body.init("apply")
+    a.function = "f"
+    args = a.init("args", 1)
+    a.init("kwargs", 0)
+    build(w, args[0])
+    args[0].sequenceType = seq
+    return wire.decode(wire.loopback(w.finish())).apply()[1][0]
+
+
+def test_readers_map_the_marker_only_where_it_means_something():
+    # A typed array marked tuple reads as a tuple; a rank-2 tensor ignores the marker;
+    # scalars and maps ignore it; unmarked tensors stay arrays (what C++ writes).
+    assert marked(lambda w, v: w.array(v, np.arange(3)), "tuple") == (0, 1, 2)
+    got = marked(lambda w, v: w.array(v, np.ones((2, 2))), "list")
+    assert type(got) is np.ndarray and got.shape == (2, 2)
+    assert marked(lambda w, v: setattr(v, "int", 5), "tuple") == 5
+    assert marked(lambda w, v: w.write(v, {"a": 1}, 0), "tuple") == {"a": 1}
+    assert type(marked(lambda w, v: w.array(v, np.arange(3)), "unspecified")) is np.ndarray
+    assert marked(lambda w, v: w.write(v, [1, "x"], 0), "list") == [1, "x"]
+
+
+def test_unknown_sequence_type_reads_as_unspecified_and_is_forwarded():
+    w = wire.Writer()
+    w.set_header(wire.Header(1, 2, 1, 3))
+    a = w.msg.body.init("apply")
+    a.function = "f"
+    args = a.init("args", 2)
+    a.init("kwargs", 0)
+    w.array(args[0], np.arange(3))
+    w.write(args[1], [1, "x"], 0)
+    args[0].sequenceType = 7  # from a newer writer
+    args[1].sequenceType = 9
+    out = w.finish()
+    msg = wire.decode(wire.loopback(out))
+    got = msg.apply()[1]
+    assert type(got[0]) is np.ndarray and got[1] == [1, "x"]
+    assert wire.reencode(msg).envelope == out.envelope
 
 
 def test_bytes_like_inline_and_frame():
@@ -212,6 +292,9 @@ def test_envelope_of_echo_ints_0_to_999_is_at_most_pickles_2752_bytes():
     out = wire.encode_apply("echo", [list(range(1000))])
     assert len(out.envelope) <= 2752
     assert out.frames == []
+    # Still the compact typed array (packed uint16 inline), and still a list on receipt.
+    got = wire.decode(wire.loopback(out)).apply()[1][0]
+    assert type(got) is list and got == list(range(1000))
 
 
 def test_envelope_is_one_segment_when_it_fits_the_first_segment():

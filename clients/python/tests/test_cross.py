@@ -94,13 +94,12 @@ def same(a, b):
         return isinstance(a, np.ndarray) and a.dtype == b.dtype.newbyteorder("=") and \
             a.shape == b.shape and \
             np.array_equal(a, b)
-    if isinstance(b, list) and b and all(type(x) in (int, float, bool) for x in b) and \
-            len({type(x) for x in b}) == 1:
-        return isinstance(a, np.ndarray) and a.tolist() == b
     if isinstance(b, (bytes, bytearray, memoryview)):
         return bytes(a) == bytes(b)
-    if isinstance(b, tuple):
-        return a == list(b)
+    if isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(b, dict):
+        return type(a) is dict and list(a) == list(b) and all(same(a[k], b[k]) for k in b)
     return a == b and type(a) is type(b)
 
 
@@ -108,6 +107,33 @@ def same(a, b):
 def test_python_client_cpp_engine_echo_every_type(brokers, i):
     value = ARGS[i]
     assert same(brokers["cpp_client"].apply("echo", value).result(), value), value
+
+
+@pytest.mark.parametrize("side", ["cpp", "py"])
+def test_echo_keeps_list_tuple_and_ndarray(brokers, side):
+    # The C++ engine reads the homogeneous list as a typed array and forwards the
+    # sequenceType marker untouched; the Python engine does the same.
+    got = brokers[f"{side}_client"].apply(
+        "echo", {"a": [1, 2, 3], "t": (1, 2.5), "arr": np.arange(3)}).result()
+    assert type(got) is dict and list(got) == ["a", "t", "arr"]
+    assert type(got["a"]) is list and got["a"] == [1, 2, 3]
+    assert type(got["t"]) is tuple and got["t"] == (1, 2.5)
+    assert type(got["arr"]) is np.ndarray and np.array_equal(got["arr"], np.arange(3))
+
+
+SEQUENCES = [[(1, 2), (3, 4)], [], (), [[]], ((),), [0.5, 1.5], [True, False],
+             [1, "x", None, 2.5], (np.arange(3), np.zeros((2, 2))), (1,),
+             ([1, 2], (3, 4), [5.0]), {"k": ([True], ("s",))}, list(range(100_000))]
+
+
+@pytest.mark.parametrize("side", ["cpp", "py"])
+def test_echo_keeps_nested_sequence_types(brokers, side):
+    c = brokers[f"{side}_client"]
+    for value in SEQUENCES:
+        assert same(c.apply("echo", value).result(), value), value
+    # Several arguments: the list the engine builds holds them with their types.
+    assert same(c.apply("echo", [1, 2], (3,), np.arange(2)).result(),
+                [[1, 2], (3,), np.arange(2)])
 
 
 @pytest.mark.parametrize("side", ["cpp", "py"])

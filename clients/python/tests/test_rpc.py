@@ -51,8 +51,6 @@ def same(a, b):
             np.array_equal(a, b)
     if isinstance(b, (bytes, bytearray, memoryview)):
         return bytes(a) == bytes(b)
-    if isinstance(b, tuple):
-        return a == list(b)
     return a == b and type(a) is type(b)
 
 
@@ -61,6 +59,22 @@ def test_echo_every_argument_type(engine_and_client):
     futures = [client.apply("echo", a) for a in ARGS]
     for a, f in zip(ARGS, futures):
         assert same(f.result(), a), a
+
+
+def test_echo_keeps_list_tuple_and_ndarray(engine_and_client):
+    _, client = engine_and_client
+    got = client.apply("echo", {"a": [1, 2, 3], "t": (1, 2.5), "arr": np.arange(3)}).result()
+    assert type(got) is dict and list(got) == ["a", "t", "arr"]
+    assert type(got["a"]) is list and got["a"] == [1, 2, 3]
+    assert type(got["t"]) is tuple and got["t"] == (1, 2.5)
+    assert type(got["arr"]) is np.ndarray and np.array_equal(got["arr"], np.arange(3))
+
+
+def test_registered_functions_receive_lists_and_tuples(engine_and_client):
+    _, client = engine_and_client
+    got = client.apply("kw", [1, 2], (3, 4.5), x=[True, False], y=()).result()
+    assert got == {"args": [[1, 2], (3, 4.5)], "kwargs": {"x": [True, False], "y": ()}}
+    assert type(got["args"][1]) is tuple and type(got["kwargs"]["x"]) is list
 
 
 def test_builtins(engine_and_client):

@@ -163,6 +163,41 @@ def check_goodbye(msg):
     assert msg.kind == "goodbye"
 
 
+# The Python values the `sequences` vector holds (docs/FORMAT.md "Sequence type").
+SEQUENCES_ARGS = [{"a": [1, 2, 3], "t": (1, 2.5), "arr": np.arange(3, dtype=np.int64)},
+                  [(1, 2), (3, 4)], [], (), [0.5, 1.5], [True, False], [1, "x", None],
+                  (np.arange(2.0),)]
+
+
+def check_sequences(msg):
+    fn, args, kwargs = msg.apply()
+    assert fn == "echo" and kwargs == {}
+    d = args[0]
+    assert list(d) == ["a", "t", "arr"]
+    assert type(d["a"]) is list and d["a"] == [1, 2, 3]
+    assert type(d["t"]) is tuple and d["t"] == (1, 2.5) and type(d["t"][1]) is float
+    arr_eq(d["arr"], "int64", [0, 1, 2])
+    assert args[1] == [(1, 2), (3, 4)] and all(type(x) is tuple for x in args[1])
+    assert type(args[2]) is list and args[2] == []
+    assert type(args[3]) is tuple and args[3] == ()
+    assert type(args[4]) is list and args[4] == [0.5, 1.5]
+    assert type(args[5]) is list and args[5] == [True, False] and type(args[5][0]) is bool
+    assert args[6] == [1, "x", None]
+    assert type(args[7]) is tuple and len(args[7]) == 1
+    arr_eq(args[7][0], "float64", [0.0, 1.0])
+    a = msg.envelope.body.apply.args
+    assert a[0].map[0].value.tensor.packing == "uint8"
+    assert [v.sequenceType for v in a] == ["unspecified", "unspecified", "unspecified",
+                                           "tuple", "list", "list", "unspecified", "tuple"]
+
+
+def test_python_writes_the_sequences_vector_from_its_own_values():
+    """The literal Python values (not decoded ones) encode to the vector's bytes."""
+    _, frames, header, policy = vector("sequences")
+    out = wire.encode_apply("echo", SEQUENCES_ARGS, header=header, policy=policy)
+    assert out.envelope == frames[0] and out.frames == []
+
+
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
 
 

@@ -38,6 +38,9 @@ PROTOCOL_VERSION = 1
 FIRST_SEGMENT_WORDS = 8192  # the canonical first segment (docs/FORMAT.md): 64 KiB
 MAX_ENCODE_DEPTH = 64  # = kMaxEncodeDepth
 MAX_CAPNP_LIST = (1 << 29) - 1
+# Value.sequenceType (docs/FORMAT.md "Sequence type"): which Python sequence a list or
+# tensor value was made from; 0 (unspecified) reads as a list / an ndarray.
+SEQ_UNSPECIFIED, SEQ_LIST, SEQ_TUPLE = 0, 1, 2
 
 S = _schema.load()
 if int(S.protocolVersion) != PROTOCOL_VERSION:  # pragma: no cover - schema/code mismatch
@@ -334,9 +337,12 @@ class Writer:
 
     def copy(self, vb: Any, v: Any, msg: "Message", depth: int = 0) -> None:
         """Re-encodes the received value reader ``v`` of ``msg`` as ``ValueWriter::Copy``
-        does: kinds kept exactly (a uint stays a uint, a list of ints stays a list),
-        payload frames forwarded without a copy (the new message references the
-        received frame)."""
+        does: kinds kept exactly (a uint stays a uint, a list of ints stays a list), the
+        sequenceType marker kept, payload frames forwarded without a copy (the new
+        message references the received frame)."""
+        seq = v.sequenceType.raw
+        if seq:
+            vb.sequenceType = seq
         which = v.which()
         if which == "int":
             vb.int = v.int
@@ -525,7 +531,8 @@ _TYPED_LIST = {int: np.int64, float: np.float64, bool: np.bool_}
 
 def _write_list(w: Writer, vb: Any, obj: list, depth: int) -> None:
     # A homogeneous list of numbers is a typed array, as a C++ std::vector<int64_t>,
-    # std::vector<double> or std::vector<bool> is.
+    # std::vector<double> or std::vector<bool> is, marked sequenceType = list so that it
+    # reads back as a list; any other list is a list of values, unmarked.
     if obj:
         t0 = type(obj[0])
         np_type = _TYPED_LIST.get(t0)
@@ -537,11 +544,18 @@ def _write_list(w: Writer, vb: Any, obj: list, depth: int) -> None:
                 arr = None  # an int beyond int64: a list of values instead
             if arr is not None:
                 w.array(vb, arr)
+                vb.sequenceType = SEQ_LIST
                 return
-    _write_tuple(w, vb, obj, depth)
+    _write_items(w, vb, obj, depth)
 
 
 def _write_tuple(w: Writer, vb: Any, obj: Sequence[Any], depth: int) -> None:
+    # A tuple is a list of values (never a typed array), marked sequenceType = tuple.
+    _write_items(w, vb, obj, depth)
+    vb.sequenceType = SEQ_TUPLE
+
+
+def _write_items(w: Writer, vb: Any, obj: Sequence[Any], depth: int) -> None:
     n = len(obj)
     _check_depth(depth, n, "list")
     lst = vb.init("list", n)
@@ -913,11 +927,21 @@ class Message:
         if which == "uint":
             return v.uint
         if which == "tensor":
-            return self.tensor(v.tensor, _Path(path, "tensor"))
+            arr = self.tensor(v.tensor, _Path(path, "tensor"))
+            seq = v.sequenceType.raw
+            if seq and arr.ndim == 1:
+                # A homogeneous list (or tuple) sent as a typed array: Python scalars back.
+                if seq == SEQ_LIST:
+                    return arr.tolist()
+                if seq == SEQ_TUPLE:
+                    return tuple(arr.tolist())
+            return arr
         if which == "list":
             items = v.list
             self._length(len(items), path)
-            return [self.value(x, _Path(path, None, i), depth + 1) for i, x in enumerate(items)]
+            out_list = [self.value(x, _Path(path, None, i), depth + 1)
+                        for i, x in enumerate(items)]
+            return tuple(out_list) if v.sequenceType.raw == SEQ_TUPLE else out_list
         if which == "map":
             entries = v.map
             self._length(len(entries), path)
