@@ -25,7 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # Python side (clients/python): pycapnp, pyzmq, numpy, cryptography (Poly1305 for signed
-# messages); pytest and mypy (the package is typed: tests/test_typing.py); ipyparallel for
-# the baseline.
+# messages); pytest and mypy (the package is typed: tests/test_typing.py); tqdm (map's
+# progress bar), jupyter_client and ipykernel (AsyncClient in a kernel: tests/test_jupyter.py);
+# ipyparallel for the baseline.
 python3 -m pip install -q --disable-pip-version-check \
-  "pycapnp>=1.3,<3" pyzmq numpy "cryptography>=3.4" pytest mypy ipyparallel cloudpickle 2>&1 | grep -v "^\[notice\]" || true
+  "pycapnp>=1.3,<3" pyzmq numpy "cryptography>=3.4" pytest mypy tqdm jupyter_client ipykernel \
+  ipyparallel cloudpickle 2>&1 | grep -v "^\[notice\]" || true

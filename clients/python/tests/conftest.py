@@ -52,3 +52,32 @@ def cpp_command_missing(command: str) -> Optional[str]:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module", params=["py", "cpp"])
+def builtins_url(request):
+    """The endpoint of an engine serving the test built-ins on tcp loopback: a Python
+    engine in this process, or the C++ `zerocan engine --builtins` (skipped, saying why,
+    when the program is not built)."""
+    if request.param == "py":
+        import zerocan
+        engine = zerocan.Engine("tcp://127.0.0.1:*", builtins=True, bind=True,
+                                id="py-engine").start()
+        yield engine.endpoint
+        engine.stop()
+        return
+    missing = cpp_command_missing("engine")
+    if missing:
+        pytest.skip(missing)
+    url = free_tcp_endpoint()
+    proc = subprocess.Popen([str(zerocan_bin()), "engine", "--bind", url, "--builtins",
+                             "--id", "cpp-engine"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield url  # calls sent before it binds wait in the client's queue
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -11,8 +11,12 @@ library.
     def scale(x, k=2.0):
         return x * k
     engine.run()
+
+    async with zerocan.AsyncClient("tcp://127.0.0.1:5555") as c:   # asyncio, notebooks
+        y = await c.apply("add", 2, 3)
 """
 
+from .aio import AsyncCallFuture, AsyncClient
 from .client import CallFuture, Client
 from .engine import Call, Engine
 from .errors import (ArgumentError, AuthError, DecodeError, EncodeError, Error, RemoteError,
@@ -27,7 +31,8 @@ from ._schema import schema_path
 __version__ = "0.2.0"
 
 __all__ = [
-    "ArgumentError", "AuthError", "Call", "CallFuture", "Client", "Codec", "DecodeError",
+    "ArgumentError", "AsyncCallFuture", "AsyncClient", "AuthError", "Call", "CallFuture",
+    "Client", "Codec", "DecodeError",
     "DecodeLimits", "EncodeError", "Engine", "Error", "Extension", "Header", "Message",
     "Outgoing", "Policy", "Registry", "RemoteError", "ReplayGuard", "Signer", "TimeoutError",
     "TransportError", "Writer", "decode", "encode_apply", "encode_error", "encode_result",

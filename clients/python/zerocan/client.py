@@ -24,18 +24,21 @@ import heapq
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import zmq
 
-from . import signing, wire
-from .errors import DecodeError, RemoteError, TimeoutError, TransportError
+from . import _map, wire
+from ._calls import PICKLED_FUNCTION, TimeoutArg, call_timeout, encode_call, outcome
+from ._calls import configure as _configure
+from ._calls import payload_frames, read_reply
+from .errors import TimeoutError, TransportError
 from .placement import IoCpus, channel_context
 from .policy import Policy
 from .signing import KeyLike, Signer, make_signer
 from .wire import DecodeLimits, Registry
 
-PICKLED_FUNCTION = "zerocan.pickled"  # apply(callable, ...) sends the function by value
+# PICKLED_FUNCTION, _configure and payload_frames are also the engine's (from here).
 
 
 class CallFuture(concurrent.futures.Future):
@@ -48,24 +51,6 @@ class CallFuture(concurrent.futures.Future):
     # (Addresses, not the frames: a frame object kept here would keep the message alive
     # and the tracker from completing.)
     sent_buffers: list[tuple[int, int]] = []
-
-
-def _configure(sock: zmq.Socket, limits: DecodeLimits) -> None:
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, limits.max_frame_bytes)
-    # The policy, not pyzmq's 64 KiB default, decides what is copied: frames we hand to
-    # send(copy=False) are payloads at or above the inline threshold.
-    sock.copy_threshold = 0
-
-
-def payload_frames(out: wire.Outgoing) -> tuple[list[Any], Optional[zmq.MessageTracker]]:
-    """The zmq.Frames of an Outgoing's payloads (zero-copy, tracked) and their tracker."""
-    if not out.frames:
-        return [], None
-    frames = [zmq.Frame(buf, copy=False, track=True) for buf in out.frames]
-    return frames, zmq.MessageTracker(*frames)
 
 
 class Client:
@@ -135,32 +120,20 @@ class Client:
 
     def apply_with(self, name: Union[str, Callable[..., Any]], args: tuple[Any, ...] = (),
                    kwargs: Optional[dict[str, Any]] = None, *,
-                   timeout: Union[float, None, str] = "default") -> CallFuture:
+                   timeout: TimeoutArg = "default") -> CallFuture:
         """As ``apply``, with arguments as a tuple and dict and a per-call timeout."""
         if self._closed:
             raise TransportError("client closed")
-        if not isinstance(name, str):
-            import cloudpickle  # type: ignore[import-untyped]
-            args = (cloudpickle.dumps(name), *args)
-            name = PICKLED_FUNCTION
-        t = self.timeout if isinstance(timeout, str) else timeout
-        timeout_ms = 0 if t is None else max(1, min(int(t * 1000), 0xFFFFFFFF))
-        w = wire.Writer(self.policy, self.registry)
+        t = call_timeout(self.timeout, timeout)
         with self._lock:
             header = self._session.next_header()
-        w.set_header(header)
-        w.apply(name, args, kwargs or {}, timeout_ms)
-        out = w.finish()
-        frames, tracker = payload_frames(out)
+        call = encode_call(header, name, args, kwargs, t, self.policy, self.registry,
+                           self.signer)
         fut = CallFuture()
-        fut.call_id = header.message_id
-        fut.tracker = tracker
-        fut.sent_buffers = [(wire._address(f.buffer), f.buffer.nbytes) for f in frames]
-        parts: list[Any] = [b"", out.envelope, *frames]
-        if self.signer is not None:
-            # On the caller's thread, like the encoding. The frames' buffers are read in
-            # place (no copy) and no view of them is kept, so the tracker can complete.
-            parts.append(self.signer.signature(parts[1:]))
+        fut.call_id = call.call_id
+        fut.tracker = call.tracker
+        fut.sent_buffers = call.sent_buffers
+        parts = call.parts
         deadline = None if t is None else time.monotonic() + t
         with self._lock:
             if self._closed:
@@ -174,6 +147,35 @@ class Client:
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """apply(...).result(): the result, or raises RemoteError / TimeoutError."""
         return self.apply(name, *args, **kwargs).result()
+
+    def map(self, function: Union[str, Callable[..., Any]], *iterables: Iterable[Any],
+            ordered: bool = True, progress: bool = False,
+            max_in_flight: int = _map.DEFAULT_MAX_IN_FLIGHT,
+            timeout: Optional[float] = None,
+            call_timeout: TimeoutArg = "default") -> Iterator[Any]:
+        """Calls ``function`` once per item of ``zip(*iterables)`` (one argument per
+        iterable, as the builtin ``map``); an iterator of the results, in the items' order
+        (``ordered=True``) or as they complete.
+
+        Items are read lazily, from the first ``next()`` on: at most ``max_in_flight``
+        calls are sent and not yet returned. The first call that fails raises its error
+        (``RemoteError``, ``TimeoutError``, ...) with ``.index`` and ``.arguments`` of its
+        item set (and a note naming them); nothing more is sent and the calls still in
+        flight are cancelled, as they are when the iterator is closed early.
+        ``timeout``: seconds from the first ``next()`` after which a result not yet there
+        raises ``zerocan.TimeoutError`` (as ``Executor.map``; None = none); each call
+        also has ``call_timeout`` (as ``apply_with``'s ``timeout``). ``progress=True``
+        shows a ``tqdm.auto`` bar (tqdm is optional: ``pip install tqdm``).
+        """
+        _map.check_arguments(iterables, max_in_flight, progress)
+        return _map.run_threaded(
+            lambda f, args: self.apply_with(f, args, timeout=call_timeout), self._cancel,
+            function, iterables, ordered, progress, max_in_flight, timeout)
+
+    def _cancel(self, fut: CallFuture) -> None:
+        """Gives up a call: its future is cancelled here, and a call not yet sent is
+        never sent. The engine still runs one already sent (no wire-level cancel yet)."""
+        fut.cancel()
 
     # ---- lifetime -----------------------------------------------------------------
 
@@ -257,45 +259,23 @@ class Client:
             if deadline is not None:
                 heapq.heappush(self._deadlines, (deadline, fut.call_id))
             try:
-                self._socket.send_multipart(parts, copy=False)
+                self._socket.send_multipart(parts, copy=True)
                 self.counters["sent"] += 1
             except zmq.ZMQError as e:
                 self._pending.pop(fut.call_id, None)
                 _resolve(fut, exc=TransportError(f"send failed: {e}"))
 
     def _on_reply(self, parts: list[zmq.Frame]) -> None:
-        self.counters["received"] += 1
-        if not parts or parts[0].buffer.nbytes != 0 or len(parts) < 2:
-            self.counters["rejected"] += 1
+        reply = read_reply(parts, self.signer, self.limits, self.registry, self.counters)
+        if reply is None:
             return
-        frames = parts[1:]
-        if self.signer is not None:
-            # Verified before a byte of the envelope is parsed; refused replies are
-            # ignored (their call times out), as zerocan::Client does.
-            if len(frames) > self.limits.max_frames + 1 or \
-                    self.signer.check(frames) != signing.OK:
-                self.counters["rejected"] += 1
-                return
-            frames = frames[:-1]
-        try:
-            msg = wire.Message(frames, (), self.limits, self.registry)
-            if msg.kind != "result":
-                return  # hellos/heartbeats are not for clients
-            call_id = msg.call_id
-        except DecodeError:
-            self.counters["rejected"] += 1
-            return
+        call_id, msg = reply
         fut = self._pending.pop(call_id, None)
         if fut is None:
             self.counters["late"] += 1
             return
-        try:
-            if msg.ok:
-                _resolve(fut, result=msg.result())
-            else:
-                _resolve(fut, exc=RemoteError(*msg.error()))
-        except DecodeError as e:
-            _resolve(fut, exc=e)
+        result, exc = outcome(msg)
+        _resolve(fut, result=result, exc=exc)
 
     def _next_timeout_ms(self) -> Optional[int]:
         while self._deadlines and self._deadlines[0][1] not in self._pending:
