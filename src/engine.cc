@@ -25,7 +25,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "internal/testing.h"
-#include "wire/peek.h"
 #include "internal/strings.h"
 #include "zerocan/auth_error.h"
 #include "zerocan/pacing.h"
@@ -113,10 +112,13 @@ std::string DefaultId() {
   return absl::StrCat(host, ":", getpid(), ":", counter.fetch_add(1));
 }
 
-// A received message and the socket it came from.
+// A received message, the socket it came from and its routing frames; `message` is set
+// once it is verified and decoded (on the I/O thread when that decides where it runs).
 struct Job {
   size_t socket = 0;
+  RoutingFrames routing;
   ReceivedMessage received;
+  Message message;
 };
 
 // A reply ready to send.
@@ -170,17 +172,12 @@ class Engine::Impl {
     });
   }
 
-  // True when `job` runs here on the I/O thread: the engine or its function asked for it
-  // (EngineOptions / FunctionOptions::inline_execution). Only then is the envelope
-  // peeked at for the function's name; it is verified and decoded later, in Process.
-  bool RunsInline(const Job& job) const {
-    if (options_.inline_execution) return true;
-    if (!any_inline_ || job.received.frames.empty()) return false;
-    std::optional<internal::Peek> peek =
-        internal::PeekEnvelope(job.received.frames[0], options_.limits);
-    if (!peek || peek->kind != BodyKind::kApply) return false;
-    auto it = functions_.find(peek->function);
-    return it != functions_.end() && it->second->options.inline_execution;
+  // True when the decoded call `message` runs on the I/O thread: its function asked for
+  // it (FunctionOptions::inline_execution).
+  bool RunsInline(const Message& message) const {
+    if (message.body_kind() != BodyKind::kApply) return true;  // answered at once, if at all
+    auto it = functions_.find(std::string(message.function()));
+    return it == functions_.end() || it->second->options.inline_execution;
   }
 
   std::vector<std::string> Functions() const {
@@ -350,8 +347,18 @@ class Engine::Impl {
         return;
       }
       if (!received) return;
-      Job job{index, std::move(*received)};
-      if (options_.threads <= 0 || RunsInline(job)) {
+      Job job{index, std::move(received->routing), std::move(*received), Message()};
+      bool here = options_.threads <= 0 || options_.inline_execution;
+      if (!here && any_inline_) {
+        // Where it runs depends on its function: decode it here, once.
+        std::optional<Reply> refusal;
+        if (!Admit(job, &refusal)) {
+          if (refusal) SendQuiet(refusal->socket, std::move(refusal->message), refusal->routing);
+          continue;
+        }
+        here = RunsInline(job.message);
+      }
+      if (here) {
         std::optional<Reply> reply = Process(std::move(job));
         if (reply) SendQuiet(reply->socket, std::move(reply->message), reply->routing);
       } else {
@@ -418,28 +425,41 @@ class Engine::Impl {
     }
   }
 
-  // Decodes and runs one message; returns the reply, if it deserves one.
-  std::optional<Reply> Process(Job&& job) {
-    Reply reply;
-    reply.socket = job.socket;
-    reply.routing = std::move(job.received.routing);
-    Message message;
+  // Verifies and decodes `job.received` into `job.message`. False when it is refused;
+  // `refusal` is then the reply it deserves, if any.
+  bool Admit(Job& job, std::optional<Reply>* refusal) {
     try {
       if (options_.signer) options_.signer->Verify(&job.received);
-      message = Message::Decode(std::move(job.received), options_.limits);
-      if (replay_) replay_->Check(message);
+      job.message = Message::Decode(std::move(job.received), options_.limits);
+      if (replay_) replay_->Check(job.message);
+      return true;
     } catch (const AuthError&) {
       // Unsigned, forged or replayed: counted and dropped, never answered (docs/SECURITY.md).
       // A reply would cost a signature per flood message and tell a forger what failed.
       Bump(errors_);
-      return std::nullopt;
+      return false;
     } catch (const DecodeError& e) {
       // We know who sent it (its routing frames) but not which call it was: answer
       // call id 0 so the sender learns why, and count it.
       Bump(errors_);
-      reply.message = ErrorReply(0, {kErrorDecode, e.what(), "", options_.id});
-      return reply;
+      refusal->emplace();
+      (*refusal)->socket = job.socket;
+      (*refusal)->routing = std::move(job.routing);
+      (*refusal)->message = ErrorReply(0, {kErrorDecode, e.what(), "", options_.id});
+      return false;
     }
+  }
+
+  // Decodes (unless Admit did) and runs one message; returns the reply, if it deserves one.
+  std::optional<Reply> Process(Job&& job) {
+    if (!job.message) {
+      std::optional<Reply> refusal;
+      if (!Admit(job, &refusal)) return refusal;
+    }
+    Reply reply;
+    reply.socket = job.socket;
+    reply.routing = std::move(job.routing);
+    Message message = std::move(job.message);
     if (message.body_kind() != BodyKind::kApply) return std::nullopt;  // not a call
     Bump(calls_);
     std::string function(message.function());

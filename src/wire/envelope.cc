@@ -365,9 +365,7 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
   if (!IsAligned(words, alignof(capnp::word))) {
     // libzmq hands out small tcp/ipc frames at any address inside its receive batch;
     // Cap'n Proto needs word alignment. One copy, counted.
-    state->aligned_copy_.reset(new capnp::word[word_count]);
-    std::memcpy(state->aligned_copy_.get(), words, envelope_size);
-    words = state->aligned_copy_.get();
+    words = state->CopyEnvelope(words, word_count);
     Bump(GlobalStats().envelope_realigned);
   }
   kj::ArrayPtr<const capnp::word> segment_words(words, word_count);
@@ -525,7 +523,7 @@ const FrameList& Message::frames() const noexcept { return received().frames; }
 const ReceivedMessage& Message::received() const noexcept {
   return state_ ? state_->received_ : NoFrames();
 }
-bool Message::envelope_copied() const noexcept { return state_ && state_->aligned_copy_ != nullptr; }
+bool Message::envelope_copied() const noexcept { return state_ && state_->copied_; }
 
 // ---- the header peek ---------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 // its message alive.
 #pragma once
 
+#include <cstring>
 #include <memory>
 #include <optional>
 
@@ -20,7 +21,22 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   explicit MessageState(ReceivedMessage&& received) : received_(std::move(received)) {}
 
   ReceivedMessage received_;
-  // Owns the envelope's words when they are not read in place from frame 0.
+  // The envelope's words when they are not read in place from frame 0 (libzmq hands
+  // out tcp/ipc frames at any address): in `short_copy_` when they fit (most calls and
+  // results; no allocation), else in `aligned_copy_`. `copied_` says either was used.
+  static constexpr size_t kShortCopyWords = 48;
+  capnp::word* CopyEnvelope(const void* bytes, size_t word_count) {
+    capnp::word* words = short_copy_;
+    if (word_count > kShortCopyWords) {
+      aligned_copy_.reset(new capnp::word[word_count]);
+      words = aligned_copy_.get();
+    }
+    std::memcpy(words, bytes, word_count * sizeof(capnp::word));
+    copied_ = true;
+    return words;
+  }
+  bool copied_ = false;
+  capnp::word short_copy_[kShortCopyWords];
   std::unique_ptr<capnp::word[]> aligned_copy_;
   // The reader the decoder's walk checked, kept for every accessor. Its traversal limit
   // is off (Cap'n Proto spends it cumulatively): the walk bounded the work instead.
