@@ -1,7 +1,8 @@
-"""Benchmark: zerocan's Python client side by side with ipyparallel, in one run.
+"""Benchmark: zerocan's Python client side by side with ipyparallel (and, for ``map``,
+dask.distributed), in one run.
 
     python clients/python/benchmarks/zerocan_bench.py [--quick] [--json] [--no-ipp]
-        [--no-floor] [--ipp-malloc] [--no-placement]
+        [--no-dask] [--map N] [--no-floor] [--ipp-malloc] [--no-placement]
 
 (or ``build/bench/zerocan-bench --only python``). It lives beside the package, not in it:
 an installed ``zerocan`` does not carry its benchmark. Run from the repository, it uses the
@@ -28,7 +29,14 @@ Starts, on this machine and over tcp loopback, each in its own process:
   system unplaced.
 * ipyparallel: a local cluster (``ipp.Cluster(n=1)``: controller + one engine, its normal
   defaults) and a DirectView ``apply_sync(f, x)`` of the same functions on the same
-  values. Requests and replies go through the controller (two tcp hops each way).
+  values. Requests and replies go through the controller (two tcp hops each way). For
+  the map workload, its load-balanced view's ``map_sync``.
+* dask (map workload only, when dask.distributed is installed): a ``LocalCluster`` of one
+  worker process with one thread; ``client.gather(client.map(ident, range(N),
+  pure=False))``.
+
+The map workload: ``client.map(f, range(N))`` (at most 256 in flight), N = 10,000 by
+default, against ipyparallel's and dask's maps of the same function.
 
 Both clients live in this process, which applies zerocan's memory policy (a reused heap
 for large buffers; ``ZEROCAN_REUSE_MEMORY=0`` turns it off), so the ipyparallel client
@@ -255,6 +263,10 @@ class Zerocan:
     def nbytes(self, value: Any) -> int:
         return int(self.client.apply(self.nbytes_fn, value).result())
 
+    def map(self, n: int) -> None:
+        results = list(self.client.map(self.echo_fn, range(n)))
+        assert results[-1] == n - 1
+
     def close(self) -> None:
         client: Optional[zerocan.Client] = getattr(self, "client", None)  # None: failed start
         if client is not None:
@@ -408,6 +420,10 @@ class IPyParallel:
         for r in results:
             r.get()
 
+    def map(self, n: int) -> None:
+        results = self.rc.load_balanced_view().map_sync(self.ident, range(n))
+        assert results[-1] == n - 1
+
     def echo(self, value: Any) -> Any:
         return self.view.apply_sync(self.ident, value)
 
@@ -430,6 +446,32 @@ class IPyParallel:
             self._context.destroy(linger=0)
 
 
+class Dask:
+    """dask.distributed on this host: a LocalCluster of one worker process with one
+    thread (as the zerocan engines here), its scheduler in this process's event loop."""
+
+    name = "dask"
+    workloads = ("map",)
+
+    def __init__(self) -> None:
+        from dask.distributed import Client, LocalCluster  # type: ignore[import-untyped]
+        self.cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                    dashboard_address=None)
+        self.client = Client(self.cluster)
+        self.ident, _ = _functions()
+        self.pids = [pid for pid in (getattr(w, "pid", None) for w in self.cluster.workers.values())
+                     if pid is not None]
+
+    def map(self, n: int) -> None:
+        # pure=False: every call runs, as zerocan's and ipyparallel's do (no result cache).
+        results = self.client.gather(self.client.map(self.ident, range(n), pure=False))
+        assert results[-1] == n - 1
+
+    def close(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+
 def ipp_request_bytes(value: Any) -> Optional[int]:
     try:
         from ipyparallel.serialize import pack_apply_message  # type: ignore[import-untyped]
@@ -450,6 +492,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-ipp", action="store_true", help="skip ipyparallel")
     p.add_argument("--no-floor", action="store_true", help="skip the bare pyzmq floor")
+    p.add_argument("--no-dask", action="store_true", help="skip dask.distributed (map only)")
+    p.add_argument("--map", type=int, default=10_000, metavar="N",
+                   help="items of the map workload (default 10000; 0 skips it)")
     p.add_argument("--ipp-malloc", action="store_true",
                    help="control: run ipyparallel's controller and engine with zerocan's "
                         "malloc settings (GLIBC_TUNABLES)")
@@ -470,8 +515,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     # client shares this process and so gets the same setting. Before any zmq context
     # starts its threads: the arena setting applies to threads created afterwards.
     reusing = zerocan.policy.apply_memory_policy()
-    rounds = {"tiny": 2, "array": 3, "small": 20} if args.quick else \
-        {"tiny": 5, "array": 15, "small": 140}
+    rounds = {"tiny": 2, "array": 3, "small": 20, "map": 1} if args.quick else \
+        {"tiny": 5, "array": 15, "small": 140, "map": 3}
     array_mb = args.array_mb
 
     placement = None if args.no_placement else Placement.for_this_machine()
@@ -503,6 +548,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                                        workloads=("array", "echo"), own_context=True))
         if not args.no_floor:
             systems.append(PyzmqFloor(placement))
+        if args.map and not args.no_dask:
+            try:
+                systems.append(Dask())
+            except ImportError:
+                print("dask.distributed is not installed: the map workload runs without it",
+                      file=sys.stderr)
         if not args.no_ipp:
             ipp = IPyParallel(tuned_malloc=args.ipp_malloc,
                               placement=placement if args.ipp_placement else None)
@@ -524,12 +575,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         ("apply ints 0..999", "ints", lambda s: s.echo(ints), rounds["small"]),
         ("apply 10-field dict", "dict10", lambda s: s.echo(record), rounds["small"]),
     ]
+    if args.map:
+        workloads.append((f"map {args.map:,} tiny calls", "map", lambda s: s.map(args.map),
+                          rounds["map"]))
     times: dict[str, dict[str, list[float]]] = {}
     # Page faults in this process (both clients) per call: fresh memory touched.
     faults: dict[str, dict[str, list[int]]] = {}
     server_faults: dict[str, dict[str, list[int]]] = {}  # the other end's processes
     try:
         for s in systems:  # warm-up, and a correctness check of every system
+            if not hasattr(s, "nbytes"):
+                s.map(100)
+                continue
             if hasattr(s, "tiny"):
                 assert np.array_equal(s.echo(big[:1000]), big[:1000])
                 assert list(s.echo(ints)) == ints and s.echo(record) == record
@@ -545,7 +602,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             # Untimed warm-up rounds first: until every process's heap holds the buffers
             # the workload needs (four systems' 100 MB echoes in one client process take a
             # few rounds), the first calls after another system's pay fresh pages.
-            warm = 1 if kind == "tiny" else len(runs)
+            warm = 1 if kind in ("tiny", "map") else len(runs)
             for r in range(-warm, n):
                 k = r % len(runs)  # rotated, so no system always follows the same one
                 for s in runs[k:] + runs[:k]:
@@ -576,7 +633,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                          for n in zerocans if n in per}
     wire_bytes = {"zerocan": zerocan_request_bytes(ints), "ipyparallel": ipp_request_bytes(ints)}
     envelope = len(wire.encode_apply("echo", [ints]).envelope)
-    targets = {"1000 tiny tasks": 3.0, f"apply {array_mb} MB array": 5.0}
+    targets = {"1000 tiny tasks": 3.0, f"apply {array_mb} MB array": 5.0,
+               f"map {args.map:,} tiny calls": 10.0}
     if args.json:
         print(json.dumps({"machine": platform.node(), "python": platform.python_version(),
                           "reuse_memory": reusing, "ipp_malloc": args.ipp_malloc,
@@ -638,6 +696,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{'  ' + name:<24}" + "".join(
             f"{fault_med[n][0]:>8,.0f} /{fault_med[n][1]:>7,.0f}" if n in fault_med
             else f"{'-':>16}" for n in names))
+    mapped = results.get(f"map {args.map:,} tiny calls", {})
+    for other in ("ipyparallel", "dask"):
+        if other in mapped:
+            print(f"map {args.map:,} tiny calls, {other} / zerocan: " + ", ".join(
+                f"{short[n]} {mapped[other] / mapped[n]:.1f}x" for n in zerocans if n in mapped)
+                + " (target >= 10x)")
     tiny = results["1000 tiny tasks"]
     print("throughput, 1000 tiny tasks: " + ", ".join(
         f"{n}: {1000 / tiny[n]:,.0f} calls/s" for n in tiny))

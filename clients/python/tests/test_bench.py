@@ -22,14 +22,14 @@ def test_bench_quick_without_ipyparallel():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                       env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--no-ipp",
-                          "--array-mb", "1", "--json"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--no-ipp", "--no-dask",
+                          "--map", "500", "--array-mb", "1", "--json"], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     seconds = doc["seconds"]
     assert set(seconds) == {"1000 tiny tasks", "apply 1 MB array", "echo 1 MB array",
-                            "apply ints 0..999", "apply 10-field dict"}
+                            "apply ints 0..999", "apply 10-field dict", "map 500 tiny calls"}
     cpus = sorted(os.sched_getaffinity(0))
     placed = len(cpus) >= 2
     assert doc["placement"] == ({"client_cpu": cpus[0], "engine_cpu": cpus[-1]}
@@ -37,6 +37,7 @@ def test_bench_quick_without_ipyparallel():
     for workload, per in seconds.items():
         assert "zerocan (Python engine)" in per
         assert ("pyzmq floor" in per) == ("MB array" in workload)
+        assert "dask" not in per
         # The unplaced control runs beside the placed C++ engine, on the array workloads.
         if "zerocan (C++ engine)" in per and placed:
             assert ("zerocan (C++, unplaced)" in per) == ("MB array" in workload)
