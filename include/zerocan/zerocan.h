@@ -12,6 +12,7 @@
 #include "zerocan/engine.h"
 #include "zerocan/error.h"
 #include "zerocan/limits.h"
+#include "zerocan/map.h"
 #include "zerocan/message.h"
 #include "zerocan/pacing.h"
 #include "zerocan/placement.h"
