@@ -6,6 +6,25 @@
 // Lookup is one hash-map access by C++ type (encoding) or by wire name (decoding).
 // Registries are instances; Registry::Default() is the process default.
 //
+// Example: an image whose pixels travel as a zero-copy frame (its state: [width, height,
+// pixels]).
+//
+//   struct Image { int width, height; std::shared_ptr<std::vector<uint8_t>> pixels; };
+//   zerocan::Registry::Default().Register<Image>("example.Image",
+//       [](zerocan::ValueWriter& w, const Image& img) {       // state: [width, height, pixels]
+//         auto list = w.List(3);
+//         list[0].Write(img.width);
+//         list[1].Write(img.height);
+//         list[2].Bytes(zerocan::Buffer(reinterpret_cast<std::byte*>(img.pixels->data()),
+//                                       img.pixels->size(), img.pixels));  // zero-copy, kept alive
+//       },
+//       [](const zerocan::Value& v) {                         // v[2] views the received frame
+//         zerocan::Buffer px = v[2].AsBytes();
+//         auto* p = reinterpret_cast<const uint8_t*>(px.data());
+//         return Image{v[0].As<int>(), v[1].As<int>(),
+//                      std::make_shared<std::vector<uint8_t>>(p, p + px.size())};
+//       });
+//
 // Threading: register before sharing a registry between threads; lookups are then safe
 // from any thread (they do not mutate).
 #pragma once
