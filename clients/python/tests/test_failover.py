@@ -36,7 +36,8 @@ def broker(*extra):
 
 def python_engine(back, id_, threads=1):
     return subprocess.Popen([sys.executable, "-m", "zerocan", "engine", "--connect", back,
-                             "--id", id_, "--builtins", "--threads", str(threads)],
+                             "--id", id_, "--builtins", "--threads", str(threads),
+                             "--heartbeat", "0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
