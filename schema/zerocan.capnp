@@ -45,7 +45,19 @@ struct Envelope {
     hello @8 :Hello;
     heartbeat @9 :Heartbeat;
     goodbye @10 :Void;
+    started @11 :Started;
+    # Engine -> broker, with the call's routing frames: the engine has begun running the
+    # call named by `callId`. A call lost with its engine before this arrived never ran and
+    # is sent to another engine; one lost after it had started fails (or is retried).
+    draining @12 :Void;
+    # Engine -> broker: the engine is stopping; it takes no new calls but finishes (and
+    # answers) the ones it holds, heartbeating meanwhile, then says goodbye.
   }
+}
+
+struct Started {
+  callId @0 :UInt64;
+  # messageId of the Apply that started.
 }
 
 struct Apply {
@@ -58,6 +70,12 @@ struct Apply {
 
   timeoutMs @3 :UInt32;
   # Caller's deadline in milliseconds from sentAtNs (0 = none). Engines may skip expired calls.
+
+  retries @4 :UInt16;
+  # How many more times a broker may run this call on another engine when the engine
+  # running it is lost (0 = never: the call fails with zerocan.EngineLost). Set only by
+  # callers whose function is safe to run twice. It lies in the Apply's existing data
+  # word: an Apply that leaves it 0 is byte for byte what it was before the field existed.
 }
 
 struct Result {

@@ -41,15 +41,20 @@ Buffer FrameOf(const std::string& s) { return Buffer::CopyOf(s.data(), s.size())
 // A call the broker has sent to an engine.
 struct InFlight {
   std::string engine;
-  std::string client;  // routing frame of the client (the first one, for the map key)
   std::vector<std::string> client_routing;
-  uint64_t call_id = 0;
-  std::string function;
+  internal::Peek peek;  // message_id, function, timeout_ms, retries
+  Clock::time_point deadline;
+  bool started = false;   // the engine said so (a `started`)
+  uint32_t attempts = 0;  // engines that started it, this one included once started
+  // The request, kept while the call may be sent again (until it starts and no retry is
+  // left); its frames are shared with the send, not copied.
+  std::optional<ReceivedMessage> message;
 };
 
 struct EngineState {
   Clock::time_point last_seen;
   uint64_t in_flight = 0;
+  bool draining = false;  // said `draining`: no new calls
 };
 
 // A call waiting for an engine.
@@ -57,12 +62,51 @@ struct Waiting {
   ReceivedMessage message;
   internal::Peek peek;
   Clock::time_point deadline;
+  uint32_t attempts = 0;  // engines that started it already (it was lost with them)
+  uint64_t bytes = 0;
 };
 
 std::string CallKey(const std::string& client, uint64_t call_id) {
   std::string key = client;
   key.append(reinterpret_cast<const char*>(&call_id), sizeof(call_id));
   return key;
+}
+
+uint64_t MessageBytes(const ReceivedMessage& m) {
+  uint64_t n = 0;
+  for (const Buffer& f : m.frames) n += f.size();
+  return n;
+}
+
+// A socket monitor reporting disconnects of `socket`'s peers.
+zmq::socket_t Monitor(zmq::context_t& context, zmq::socket_t& socket, const char* what) {
+  static std::atomic<uint64_t> n{0};
+  std::string endpoint =
+      absl::StrCat("inproc://zerocan-broker-", what, "-", getpid(), "-", n.fetch_add(1));
+  if (zmq_socket_monitor(socket.handle(), endpoint.c_str(), ZMQ_EVENT_DISCONNECTED) != 0) {
+    throw TransportError(absl::StrCat("broker: cannot monitor the ", what, " socket"));
+  }
+  zmq::socket_t pair(context, zmq::socket_type::pair);
+  pair.set(zmq::sockopt::linger, 0);
+  pair.connect(endpoint);
+  return pair;
+}
+
+// Reads every pending monitor event; true when one was a disconnect.
+bool Disconnected(zmq::socket_t& monitor) {
+  bool any = false;
+  while (true) {
+    zmq::message_t part;
+    try {
+      if (!monitor.recv(part, zmq::recv_flags::dontwait)) return any;
+      while (part.more()) {
+        if (!monitor.recv(part, zmq::recv_flags::dontwait)) break;
+      }
+    } catch (const zmq::error_t&) {
+      return any;
+    }
+    any = true;  // only ZMQ_EVENT_DISCONNECTED is asked for
+  }
 }
 
 }  // namespace
@@ -74,16 +118,27 @@ class Broker::Impl {
     context_ = &ChannelContext(options_.context, options_.io_cpus, "broker", &owned_context_);
     frontend_ = zmq::socket_t(*context_, zmq::socket_type::router);
     backend_ = zmq::socket_t(*context_, zmq::socket_type::router);
+    int liveness_ms = static_cast<int>(std::min<int64_t>(
+        options_.heartbeat.count() * std::max(options_.liveness, 1), 1 << 30));
     for (zmq::socket_t* s : {&frontend_, &backend_}) {
       s->set(zmq::sockopt::sndhwm, 0);
       s->set(zmq::sockopt::rcvhwm, 0);
       s->set(zmq::sockopt::linger, 0);
+      // A send to a peer that is gone fails (instead of vanishing): a call is never
+      // handed to an engine whose connection closed, and probes find who left.
+      s->set(zmq::sockopt::router_mandatory, 1);
+      // ZMTP heartbeats: a peer that stops answering pings (stopped process, cut link)
+      // has its connection closed, which the monitors below report.
+      s->set(zmq::sockopt::heartbeat_ivl, static_cast<int>(options_.heartbeat.count()));
+      s->set(zmq::sockopt::heartbeat_timeout, liveness_ms);
       ApplyLimits(*s, options_.limits);
       if (options_.curve) ConfigureCurveServer(*s, *options_.curve);
     }
     // A dead engine reconnecting (after a restart) under the same identity would
     // otherwise be refused; engines have no fixed identity, but be safe.
     backend_.set(zmq::sockopt::router_handover, 1);
+    frontend_monitor_ = Monitor(*context_, frontend_, "frontend");
+    backend_monitor_ = Monitor(*context_, backend_, "backend");
     Bind(frontend_, frontend, "frontend");
     Bind(backend_, backend, "backend");
     if (!options_.capture.empty()) {
@@ -101,6 +156,10 @@ class Broker::Impl {
 
   ~Impl() {
     Stop();
+    zmq_socket_monitor(frontend_.handle(), nullptr, 0);
+    zmq_socket_monitor(backend_.handle(), nullptr, 0);
+    frontend_monitor_.close();
+    backend_monitor_.close();
     frontend_.close();
     backend_.close();
     if (capture_.handle() != nullptr) capture_.close();
@@ -129,8 +188,19 @@ class Broker::Impl {
     if (thread_.joinable()) thread_.join();
   }
 
+  void Drain(std::chrono::milliseconds grace) {
+    drain_grace_ms_ = std::max<int64_t>(grace.count(), 0);
+    drain_ = true;
+    Wake();
+    if (thread_.joinable()) thread_.join();
+  }
+
   void RequestStop() noexcept {
     stop_ = true;
+    Wake();
+  }
+
+  void Wake() noexcept {
     uint64_t one = 1;
     [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
   }
@@ -138,25 +208,115 @@ class Broker::Impl {
   void Run() {
     zmq::pollitem_t items[] = {{frontend_.handle(), 0, ZMQ_POLLIN, 0},
                                {backend_.handle(), 0, ZMQ_POLLIN, 0},
-                               {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+                               {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+                               {frontend_monitor_.handle(), 0, ZMQ_POLLIN, 0},
+                               {backend_monitor_.handle(), 0, ZMQ_POLLIN, 0}};
     Clock::time_point next_check = Clock::now() + options_.heartbeat;
+    Clock::time_point drain_until = Clock::time_point::max();
     while (!stop_) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_check - Clock::now());
+      Clock::time_point wake_at = std::min(next_check, drain_until);
+      if (probe_until_ > Clock::now()) wake_at = std::min(wake_at, next_probe_);
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(wake_at - Clock::now());
       if (left.count() < 0) left = std::chrono::milliseconds(0);
-      zmq::poll(items, 3, left);
+      zmq::poll(items, 5, left);
       if (items[2].revents & ZMQ_POLLIN) {
         uint64_t v;
         [[maybe_unused]] ssize_t n = ::read(wake_fd_, &v, sizeof(v));
       }
       if (stop_) break;
+      Clock::time_point now = Clock::now();
+      if (drain_ && !draining_) {
+        draining_ = true;
+        drain_until = now + std::chrono::milliseconds(drain_grace_ms_.load());
+        FailWaiting(kErrorBrokerStopping,
+                    "the broker is stopping; this call was still waiting for an engine and "
+                    "did not start");
+      }
+      // A peer's connection closed: find out whose, now and for a short while (libzmq
+      // retires the peer's pipe a moment after it reports the disconnect).
+      if (items[3].revents & ZMQ_POLLIN) {
+        if (Disconnected(frontend_monitor_)) StartProbing(&probe_clients_);
+      }
+      if (items[4].revents & ZMQ_POLLIN) {
+        if (Disconnected(backend_monitor_)) StartProbing(&probe_engines_);
+      }
       // Replies first: they retire calls and free engines for the requests below.
       if (items[1].revents & ZMQ_POLLIN) DrainBackend();
       if (items[0].revents & ZMQ_POLLIN) DrainFrontend();
-      if (Clock::now() >= next_check) {
+      now = Clock::now();
+      if (probe_until_ > now && now >= next_probe_) Probe(now);
+      if (now >= next_check) {
         CheckEngines();
         next_check = Clock::now() + options_.heartbeat;
       }
       engines_live_.store(engines_.size(), std::memory_order_relaxed);
+      queued_.store(waiting_.size(), std::memory_order_relaxed);
+      if (draining_) {
+        if (in_flight_.empty()) break;
+        if (Clock::now() >= drain_until) {
+          FailInFlight(absl::StrCat("the broker stopped before this call finished (its drain "
+                                    "grace period of ", drain_grace_ms_.load(), " ms passed)"));
+          break;
+        }
+      }
+    }
+  }
+
+  // ---- disconnect probes ----------------------------------------------------------------
+
+  void StartProbing(bool* which) {
+    *which = true;
+    Clock::time_point now = Clock::now();
+    probe_until_ = now + std::chrono::milliseconds(300);
+    next_probe_ = now;
+  }
+
+  // Sends a heartbeat to every engine (and, after a client left, to every client with a
+  // call waiting): a send that fails names a peer whose connection is gone.
+  void Probe(Clock::time_point now) {
+    next_probe_ = now + std::chrono::milliseconds(20);
+    if (probe_engines_) {
+      std::vector<std::string> gone;
+      for (auto& [id, state] : engines_) {
+        if (!SendProbe(backend_, {id})) gone.push_back(id);
+      }
+      for (const std::string& id : gone) Lose(id, "closed its connection");
+    }
+    if (probe_clients_ && !waiting_.empty()) {
+      absl::flat_hash_map<std::string, bool> alive;
+      std::deque<Waiting> kept;
+      for (Waiting& w : waiting_) {
+        std::vector<std::string> routing;
+        for (const Buffer& r : w.message.routing) routing.push_back(FrameString(r));
+        auto [it, fresh] = alive.try_emplace(routing.empty() ? "" : routing[0], true);
+        if (fresh) it->second = SendProbe(frontend_, routing);
+        if (it->second) {
+          kept.push_back(std::move(w));
+        } else {
+          ++dropped_;  // its client has gone: nobody would read the reply
+          waiting_bytes_ -= w.bytes;
+        }
+      }
+      waiting_.swap(kept);
+    }
+    if (now + std::chrono::milliseconds(20) >= probe_until_) {
+      probe_engines_ = probe_clients_ = false;
+    }
+  }
+
+  bool SendProbe(zmq::socket_t& s, const std::vector<std::string>& routing) {
+    EnvelopeWriter w;
+    w.SetHeader(NextHeader());
+    w.SetHeartbeat("broker", 0);
+    Outgoing out = w.Finish();
+    RoutingFrames frames;
+    for (const std::string& r : routing) frames.push_back(FrameOf(r));
+    try {
+      if (options_.signer) options_.signer->Sign(&out);
+      Send(s, std::move(out), frames);
+      return true;
+    } catch (const TransportError&) {
+      return false;
     }
   }
 
@@ -182,48 +342,83 @@ class Broker::Impl {
         ++dropped_;  // clients only send calls; anything else is noise
         continue;
       }
+      if (draining_) {
+        SendError(RoutingStrings(m->routing), peek->message_id, "",
+                  {kErrorBrokerStopping, "the broker is stopping and takes no new calls",
+                   peek->function, "broker"});
+        continue;
+      }
       Clock::time_point deadline =
           peek->timeout_ms == 0 ? Clock::time_point::max()
                                 : Clock::now() + std::chrono::milliseconds(peek->timeout_ms);
-      Dispatch(Waiting{std::move(*m), std::move(*peek), deadline});
+      uint64_t bytes = MessageBytes(*m);
+      Waiting w{std::move(*m), std::move(*peek), deadline, 0, bytes};
+      if (ChooseEngine() == nullptr &&
+          (waiting_.size() + 1 > options_.max_queued_calls ||
+           waiting_bytes_ + bytes > options_.max_queued_bytes)) {
+        ++busy_;
+        SendError(RoutingStrings(w.message.routing), w.peek.message_id, "",
+                  {kErrorBusy,
+                   absl::StrCat("the broker's queue of calls waiting for an engine is full (",
+                                waiting_.size(), " calls, ", waiting_bytes_,
+                                " bytes; limits ", options_.max_queued_calls, " calls, ",
+                                options_.max_queued_bytes, " bytes); nothing ran"),
+                   w.peek.function, "broker"});
+        continue;
+      }
+      Dispatch(std::move(w));
     }
   }
 
-  // Sends `w` to the live engine with the fewest calls in flight, or queues it.
-  void Dispatch(Waiting&& w) {
-    // Fewest calls in flight; ties rotate (the next id after the last choice).
+  // The live, not draining engine with the fewest calls in flight; ties rotate (the next
+  // id after the last choice). nullptr when there is none.
+  const std::string* ChooseEngine() {
     uint64_t fewest = UINT64_MAX;
-    for (auto& [id, state] : engines_) fewest = std::min(fewest, state.in_flight);
+    for (auto& [id, state] : engines_) {
+      if (!state.draining) fewest = std::min(fewest, state.in_flight);
+    }
     const std::string* first = nullptr;
     const std::string* next = nullptr;
     for (auto& [id, state] : engines_) {
-      if (state.in_flight != fewest) continue;
+      if (state.draining || state.in_flight != fewest) continue;
       if (first == nullptr || id < *first) first = &id;
       if (id > last_choice_ && (next == nullptr || id < *next)) next = &id;
     }
-    const std::string* best_id = next != nullptr ? next : first;
-    if (best_id == nullptr) {
-      waiting_.push_back(std::move(w));
+    return next != nullptr ? next : first;
+  }
+
+  // Sends `w` to the chosen engine, or queues it.
+  void Dispatch(Waiting&& w) {
+    while (true) {
+      const std::string* chosen = ChooseEngine();
+      if (chosen == nullptr) {
+        waiting_bytes_ += w.bytes;
+        waiting_.push_back(std::move(w));
+        return;
+      }
+      std::string engine = *chosen;
+      RoutingFrames routing;
+      routing.push_back(Buffer::Borrow(engine.data(), engine.size()));  // copied by the send
+      for (const Buffer& r : w.message.routing) routing.push_back(r);
+      if (!Forward(backend_, routing, w.message.frames)) {
+        // Its connection is gone (the send names no connected peer): it is lost, and
+        // this call, which never reached it, goes to another.
+        Lose(engine, "closed its connection");
+        continue;
+      }
+      last_choice_ = engine;
+      ++engines_[engine].in_flight;
+      InFlight f;
+      f.engine = engine;
+      f.client_routing = RoutingStrings(w.message.routing);
+      f.peek = std::move(w.peek);
+      f.deadline = w.deadline;
+      f.attempts = w.attempts;
+      f.message = std::move(w.message);
+      in_flight_[CallKey(f.client_routing[0], f.peek.message_id)] = std::move(f);
+      ++requests_;
       return;
     }
-    EngineState* best = &engines_[*best_id];
-    last_choice_ = *best_id;
-    InFlight f;
-    f.engine = *best_id;
-    f.client = FrameString(w.message.routing[0]);
-    for (auto& r : w.message.routing) f.client_routing.push_back(FrameString(r));
-    f.call_id = w.peek.message_id;
-    f.function = std::move(w.peek.function);
-    RoutingFrames routing;
-    routing.push_back(Buffer::Borrow(best_id->data(), best_id->size()));  // copied by the send
-    for (auto& r : w.message.routing) routing.push_back(std::move(r));
-    if (!Forward(backend_, routing, w.message.frames)) {
-      ++dropped_;
-      return;
-    }
-    ++best->in_flight;
-    in_flight_[CallKey(f.client, f.call_id)] = std::move(f);
-    ++requests_;
   }
 
   // ---- engines -> broker / clients --------------------------------------------------------
@@ -245,7 +440,7 @@ class Broker::Impl {
       std::string engine = FrameString(m->routing[0]);
       std::optional<internal::Peek> peek = internal::PeekEnvelope(m->frames[0], options_.limits);
       if (m->routing.size() == 1) {
-        // For the broker itself: hello, heartbeat, goodbye.
+        // For the broker itself: hello, heartbeat, draining, goodbye.
         Capture(*m, Direction::kReceived, "backend");
         if (options_.signer && options_.signer->Check(std::span<const Buffer>(
                                    m->frames.data(), m->frames.size())) != Signer::Verdict::kOk) {
@@ -260,19 +455,33 @@ class Broker::Impl {
           Lose(engine, "said goodbye");
         } else {
           bool known = engines_.contains(engine);
-          engines_[engine].last_seen = Clock::now();
-          if (!known) DispatchWaiting();
+          EngineState& state = engines_[engine];
+          state.last_seen = Clock::now();
+          if (peek->kind == BodyKind::kDraining) state.draining = true;
+          if (!known && !state.draining) DispatchWaiting();
+        }
+        continue;
+      }
+      auto it = engines_.find(engine);
+      if (it != engines_.end()) it->second.last_seen = Clock::now();
+      std::string client = FrameString(m->routing[1]);
+      if (peek && peek->kind == BodyKind::kStarted) {
+        Capture(*m, Direction::kReceived, "backend");
+        auto f = in_flight_.find(CallKey(client, peek->call_id));
+        if (f != in_flight_.end() && f->second.engine == engine && !f->second.started) {
+          InFlight& call = f->second;
+          call.started = true;
+          ++call.attempts;
+          // No second run is allowed: stop holding the request's frames.
+          if (call.attempts > call.peek.retries) call.message.reset();
         }
         continue;
       }
       Capture(*m, Direction::kReply, "backend");
-      auto it = engines_.find(engine);
-      if (it != engines_.end()) it->second.last_seen = Clock::now();
       if (!peek || peek->kind != BodyKind::kResult) {
         ++dropped_;
         continue;
       }
-      std::string client = FrameString(m->routing[1]);
       if (peek->call_id != 0) {
         auto f = in_flight_.find(CallKey(client, peek->call_id));
         if (f == in_flight_.end() || f->second.engine != engine) {
@@ -280,6 +489,15 @@ class Broker::Impl {
           continue;
         }
         if (it != engines_.end() && it->second.in_flight > 0) --it->second.in_flight;
+        if (peek->error_type == kErrorEngineStopping && !f->second.started &&
+            f->second.message) {
+          // The engine is draining and refused the call before running it: elsewhere.
+          InFlight call = std::move(f->second);
+          in_flight_.erase(f);
+          if (it != engines_.end()) it->second.draining = true;
+          Redispatch(std::move(call));
+          continue;
+        }
         in_flight_.erase(f);
       }
       std::span<const Buffer> routing(m->routing.data() + 1, m->routing.size() - 1);
@@ -292,9 +510,20 @@ class Broker::Impl {
     }
   }
 
+  void Redispatch(InFlight&& f) {
+    if (f.deadline <= Clock::now()) {
+      ++dropped_;  // its client has given up already
+      return;
+    }
+    ++rerouted_;
+    uint64_t bytes = MessageBytes(*f.message);
+    Dispatch(Waiting{std::move(*f.message), std::move(f.peek), f.deadline, f.attempts, bytes});
+  }
+
   void DispatchWaiting() {
     std::deque<Waiting> queue;
     queue.swap(waiting_);
+    waiting_bytes_ = 0;
     Clock::time_point now = Clock::now();
     while (!queue.empty()) {
       Waiting w = std::move(queue.front());
@@ -319,51 +548,107 @@ class Broker::Impl {
                             std::chrono::duration_cast<std::chrono::milliseconds>(limit).count(),
                             " ms"));
     }
-    while (!waiting_.empty() && waiting_.front().deadline <= now) {
-      waiting_.pop_front();
-      ++dropped_;
+    std::deque<Waiting> kept;
+    for (Waiting& w : waiting_) {
+      if (w.deadline <= now) {
+        ++dropped_;  // its client has given up already
+        waiting_bytes_ -= w.bytes;
+      } else {
+        kept.push_back(std::move(w));
+      }
     }
+    waiting_.swap(kept);
   }
 
-  // Forgets `engine` and fails every call it held.
+  // Forgets `engine`. Its calls that had not started go to other engines; those it was
+  // running fail with EngineLost, or run again elsewhere when their caller allowed
+  // retries.
   void Lose(const std::string& engine, const std::string& why) {
-    engines_.erase(engine);
+    if (!engines_.erase(engine)) return;
     std::vector<std::string> keys;
     for (auto& [key, f] : in_flight_) {
       if (f.engine == engine) keys.push_back(key);
     }
+    std::vector<InFlight> again;
     for (const std::string& key : keys) {
       InFlight f = std::move(in_flight_[key]);
       in_flight_.erase(key);
-      EnvelopeWriter w;
-      Header h;
-      h.message_id = ++next_id_;
-      h.session_id = session_;
-      h.sequence = h.message_id;
-      w.SetHeader(h);
-      w.SetError(f.call_id, PrintableId(engine),
-                 {kErrorEngineLost,
-                  absl::StrCat("engine ", PrintableId(engine), " ", why,
-                               " while running this call"),
-                  f.function, "broker"});
-      RoutingFrames routing;
-      for (const std::string& r : f.client_routing) routing.push_back(FrameOf(r));
-      Outgoing reply = w.Finish();
-      if (capture_file_ != nullptr || capture_.handle() != nullptr) {
-        // The broker's own replies are part of the conversation too: a capture lists
-        // every call and the result it got, including EngineLost.
-        ReceivedMessage shown;
-        shown.routing = routing;
-        shown.frames.push_back(reply.envelope());
-        Capture(shown, Direction::kReply, "broker");
+      if (f.message && (!f.started || f.attempts <= f.peek.retries)) {
+        if (f.started) ++retried_;
+        again.push_back(std::move(f));
+        continue;
       }
-      try {
-        if (options_.signer) options_.signer->Sign(&reply);
-        Send(frontend_, std::move(reply), routing);
-        ++lost_;
-      } catch (const TransportError&) {
-        ++dropped_;
-      }
+      std::string attempts =
+          f.attempts <= 1 && f.peek.retries == 0
+              ? std::string("1 attempt; the caller allowed no retries")
+              : absl::StrCat(f.attempts, " attempts, the last on this engine; the caller "
+                             "allowed ", f.peek.retries, " retries");
+      SendError(f.client_routing, f.peek.message_id, PrintableId(engine),
+                {kErrorEngineLost,
+                 absl::StrCat("engine ", PrintableId(engine), " ", why,
+                              " while running this call (", attempts, ")"),
+                 f.peek.function, "broker"});
+      ++lost_;
+    }
+    for (InFlight& f : again) Redispatch(std::move(f));
+  }
+
+  // Fails every call waiting for an engine (the broker is stopping).
+  void FailWaiting(const char* type, const std::string& why) {
+    std::deque<Waiting> queue;
+    queue.swap(waiting_);
+    waiting_bytes_ = 0;
+    for (Waiting& w : queue) {
+      SendError(RoutingStrings(w.message.routing), w.peek.message_id, "",
+                {type, why, w.peek.function, "broker"});
+    }
+  }
+
+  // Fails every call in flight (the drain's grace period passed).
+  void FailInFlight(const std::string& why) {
+    for (auto& [key, f] : in_flight_) {
+      SendError(f.client_routing, f.peek.message_id, PrintableId(f.engine),
+                {kErrorBrokerStopping, why, f.peek.function, "broker"});
+    }
+    in_flight_.clear();
+  }
+
+  static std::vector<std::string> RoutingStrings(const RoutingFrames& routing) {
+    std::vector<std::string> out;
+    for (const Buffer& r : routing) out.push_back(FrameString(r));
+    return out;
+  }
+
+  Header NextHeader() {
+    Header h;
+    h.message_id = ++next_id_;
+    h.session_id = session_;
+    h.sequence = h.message_id;
+    return h;
+  }
+
+  // An error reply the broker makes itself (EngineLost, Busy, BrokerStopping).
+  void SendError(const std::vector<std::string>& client_routing, uint64_t call_id,
+                 const std::string& engine, const RemoteErrorInfo& info) {
+    EnvelopeWriter w;
+    w.SetHeader(NextHeader());
+    w.SetError(call_id, engine, info);
+    RoutingFrames routing;
+    for (const std::string& r : client_routing) routing.push_back(FrameOf(r));
+    Outgoing reply = w.Finish();
+    if (capture_file_ != nullptr || capture_.handle() != nullptr) {
+      // The broker's own replies are part of the conversation too: a capture lists
+      // every call and the result it got, including EngineLost.
+      ReceivedMessage shown;
+      shown.routing = routing;
+      shown.frames.push_back(reply.envelope());
+      Capture(shown, Direction::kReply, "broker");
+    }
+    try {
+      if (options_.signer) options_.signer->Sign(&reply);
+      Send(frontend_, std::move(reply), routing);
+    } catch (const TransportError&) {
+      ++dropped_;
     }
   }
 
@@ -407,16 +692,24 @@ class Broker::Impl {
 
   BrokerCounters Counters() const noexcept {
     return BrokerCounters{requests_.load(), replies_.load(), lost_.load(), dropped_.load(),
-                          engines_live_.load()};
+                          engines_live_.load(), rerouted_.load(), retried_.load(),
+                          busy_.load(), queued_.load()};
   }
 
   BrokerOptions options_;
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;
   zmq::socket_t frontend_, backend_, capture_;
+  zmq::socket_t frontend_monitor_, backend_monitor_;
   std::unique_ptr<CaptureWriter> capture_file_;
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> drain_{false};
+  std::atomic<int64_t> drain_grace_ms_{0};
+  bool draining_ = false;  // the broker thread's
+  bool probe_engines_ = false, probe_clients_ = false;
+  Clock::time_point probe_until_{}, next_probe_{};
+  uint64_t waiting_bytes_ = 0;
   std::thread thread_;
   absl::flat_hash_map<std::string, EngineState> engines_;
   absl::flat_hash_map<std::string, InFlight> in_flight_;
@@ -426,6 +719,7 @@ class Broker::Impl {
   uint64_t session_ = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^
                       (uint64_t{static_cast<uint32_t>(getpid())} << 32);
   std::atomic<uint64_t> requests_{0}, replies_{0}, lost_{0}, dropped_{0}, engines_live_{0};
+  std::atomic<uint64_t> rerouted_{0}, retried_{0}, busy_{0}, queued_{0};
 };
 
 Broker::Broker(const std::string& frontend, const std::string& backend, BrokerOptions options)
@@ -434,6 +728,8 @@ Broker::~Broker() = default;
 void Broker::Start() { impl_->Start(); }
 void Broker::Run() { impl_->Run(); }
 void Broker::Stop() { impl_->Stop(); }
+void Broker::Drain() { impl_->Drain(impl_->options_.drain_timeout); }
+void Broker::Drain(std::chrono::milliseconds grace) { impl_->Drain(grace); }
 void Broker::RequestStop() noexcept { impl_->RequestStop(); }
 std::string Broker::frontend_endpoint() const {
   return impl_->frontend_.get(zmq::sockopt::last_endpoint);

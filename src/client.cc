@@ -19,6 +19,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "connection_watch.h"
 #include "internal/strings.h"
 #include "zerocan/placement.h"
 #include "zerocan/transport/zmq.h"
@@ -57,6 +58,11 @@ class ClientCore {
       ConfigureCurveClient(socket_, options.curve ? *options.curve : GenerateCurveKeyPair(),
                            options.curve_server_key);
     }
+    // Before connecting: the ZMTP heartbeat options apply to the connection.
+    watch_ = std::make_unique<ConnectionWatch>(*context_, socket_, options.heartbeat,
+                                               options.liveness);
+    url_ = url;
+    liveness_ms_ = options.heartbeat.count() * std::max(options.liveness, 1);
     try {
       socket_.connect(url);
     } catch (const zmq::error_t& e) {
@@ -79,6 +85,7 @@ class ClientCore {
     {
       std::lock_guard<std::mutex> io(io_mu_);
       DoneIo();
+      if (watch_ != nullptr) watch_->Close();
       if (socket_.handle() != nullptr) socket_.close();
     }
     std::lock_guard<std::mutex> lock(mu_);
@@ -198,21 +205,41 @@ class ClientCore {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(stop - Clock::now());
       if (left.count() < 0) return;
       zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
-                                 {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+                                 {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+                                 watch_->pollitem()};
       polling_.store(true, std::memory_order_seq_cst);
       if (senders_.load(std::memory_order_seq_cst) > 0) {
         polling_.store(false, std::memory_order_seq_cst);
         return;
       }
       // +1: poll has millisecond granularity; never spin on a 0 ms timeout.
-      zmq::poll(items, 2, std::chrono::milliseconds(left.count() + 1));
+      zmq::poll(items, 3, std::chrono::milliseconds(left.count() + 1));
       polling_.store(false, std::memory_order_seq_cst);
+      if ((items[2].revents & ZMQ_POLLIN) && watch_->Lost()) {
+        FailPending();
+        return;
+      }
       if (items[1].revents & ZMQ_POLLIN) {
         uint64_t value;
         [[maybe_unused]] ssize_t n = ::read(wake_fd_, &value, sizeof(value));
       }
       if (Clock::now() >= stop && !(items[0].revents & ZMQ_POLLIN)) return;
     }
+  }
+
+  // The connection was lost: every call in flight fails with BrokerLost (io_mu_ held).
+  void FailPending() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, call] : pending_) {
+      Finish(*call, Result::Failed(MakeRemoteError(
+                        {kErrorBrokerLost,
+                         absl::StrCat("the connection to ", url_,
+                                      " was lost while this call was in flight (the broker or "
+                                      "engine there stopped, restarted, or was silent for ",
+                                      liveness_ms_, " ms); the call may or may not have run"),
+                         call->function, url_})));
+    }
+    pending_.clear();
   }
 
   // Receives every message pending on the socket without blocking; returns how many.
@@ -243,7 +270,7 @@ class ClientCore {
       if (reply.ok()) {
         result = Result::Ok(reply, registry_);
       } else {
-        result = Result::Failed(std::make_exception_ptr(RemoteError(reply.error())), reply);
+        result = Result::Failed(MakeRemoteError(reply.error()), reply);
       }
       std::lock_guard<std::mutex> lock(mu_);
       auto it = pending_.find(reply.call_id());
@@ -263,6 +290,9 @@ class ClientCore {
   zmq::context_t* context_ = nullptr;
   std::mutex io_mu_;
   zmq::socket_t socket_;
+  std::unique_ptr<ConnectionWatch> watch_;  // io_mu_
+  std::string url_;
+  int64_t liveness_ms_ = 0;
   int wake_fd_ = -1;
   std::atomic<int> senders_{0};
   std::atomic<bool> polling_{false};  // a leader is in (or about to enter) zmq_poll
@@ -349,6 +379,7 @@ Client::~Client() { core_->Close(); }
 
 ResultFuture Client::Submit(EnvelopeWriter& writer, std::string_view function,
                             std::chrono::milliseconds timeout) {
+  if (options_.retries > 0) writer.SetApplyRetries(static_cast<uint32_t>(options_.retries));
   return core_->Submit(core_, writer, function, timeout);
 }
 

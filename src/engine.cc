@@ -26,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "internal/testing.h"
 #include "internal/strings.h"
+#include "wire/peek.h"
 #include "zerocan/auth_error.h"
 #include "zerocan/pacing.h"
 #include "zerocan/placement.h"
@@ -126,6 +127,15 @@ struct Reply {
   size_t socket = 0;
   RoutingFrames routing;  // shares the call's received frames until the reply is sent
   Outgoing message;
+  uint64_t ack_of = 0;  // a `started` for the call of this token (0: a reply)
+};
+
+// A call a function is running now (for the drain's deadline).
+struct Running {
+  size_t socket = 0;
+  RoutingFrames routing;
+  uint64_t call_id = 0;
+  std::string function;
 };
 
 }  // namespace
@@ -151,7 +161,7 @@ class Engine::Impl {
   }
 
   ~Impl() {
-    Stop(/*graceful=*/true);
+    Stop(/*graceful=*/true, options_.drain_timeout);
     ::close(wake_fd_);
   }
 
@@ -252,12 +262,15 @@ class Engine::Impl {
     io_thread_ = std::thread([this] { IoLoop(); });
   }
 
-  void Stop(bool graceful) {
+  // graceful: drain (take no new calls, finish and answer those held, for at most
+  // `grace`), then goodbye. Otherwise: like a crash (TestHooks::KillEngine).
+  void Stop(bool graceful, std::chrono::milliseconds grace = std::chrono::milliseconds(0)) {
     if (!running_) return;
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
       kill_ = !graceful;
+      grace_ = grace;
     }
     Wake();
     io_thread_.join();
@@ -267,6 +280,7 @@ class Engine::Impl {
   // ---- the I/O thread -----------------------------------------------------------------
 
   void IoLoop() {
+    tl_io_owner = this;
     std::vector<std::string> names = Functions();
     for (size_t i = 0; i < sockets_.size(); ++i) {
       if (!is_dealer_[i]) continue;
@@ -279,20 +293,38 @@ class Engine::Impl {
     std::vector<zmq::pollitem_t> items;
     for (auto& s : sockets_) items.push_back({s.handle(), 0, ZMQ_POLLIN, 0});
     items.push_back({nullptr, wake_fd_, ZMQ_POLLIN, 0});
+    Clock::time_point drain_until = Clock::time_point::max();
     while (true) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now());
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::min(next_beat, drain_until) - Clock::now());
       if (left.count() < 0) left = std::chrono::milliseconds(0);
       zmq::poll(items.data(), items.size(), left);
       if (items.back().revents & ZMQ_POLLIN) {
         uint64_t v;
         [[maybe_unused]] ssize_t n = ::read(wake_fd_, &v, sizeof(v));
       }
-      bool stopping;
+      bool stopping, killed;
+      std::chrono::milliseconds grace;
       {
         std::lock_guard<std::mutex> lock(mu_);
         stopping = stop_;
+        killed = kill_;
+        grace = grace_;
       }
-      if (stopping) break;
+      if (killed) break;
+      if (stopping && !draining_) {
+        // Drain: take no new calls (the broker hears so now), keep heartbeating, answer
+        // each held call as it finishes.
+        draining_ = true;
+        drain_until = Clock::now() + grace;
+        for (size_t i = 0; i < sockets_.size(); ++i) {
+          if (!is_dealer_[i]) continue;
+          EnvelopeWriter w(policy_, registry_);
+          w.SetHeader(NextHeader());
+          w.SetDraining();
+          SendQuiet(i, w.Finish(), {});
+        }
+      }
       for (size_t i = 0; i < sockets_.size(); ++i) {
         if (items[i].revents & ZMQ_POLLIN) Drain(i);
       }
@@ -300,6 +332,18 @@ class Engine::Impl {
       if (Clock::now() >= next_beat) {
         Heartbeat();
         next_beat = Clock::now() + options_.heartbeat;
+      }
+      if (draining_) {
+        bool idle;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          idle = jobs_.empty() && running_calls_.empty() && replies_.empty();
+        }
+        if (idle) break;
+        if (Clock::now() >= drain_until) {
+          FailRemaining(grace);
+          break;
+        }
       }
     }
     // Stopping: workers finish the queue (graceful) or drop it (kill).
@@ -313,6 +357,7 @@ class Engine::Impl {
     workers_.clear();
     if (!kill_) {
       SendReplies();
+      draining_ = false;
       for (size_t i = 0; i < sockets_.size(); ++i) {
         if (!is_dealer_[i]) continue;
         EnvelopeWriter w(policy_, registry_);
@@ -347,6 +392,10 @@ class Engine::Impl {
         return;
       }
       if (!received) return;
+      if (draining_) {
+        RefuseWhileDraining(index, std::move(*received));
+        continue;
+      }
       Job job{index, std::move(received->routing), std::move(*received), Message()};
       bool here = options_.threads <= 0 || options_.inline_execution;
       if (!here && any_inline_) {
@@ -419,6 +468,8 @@ class Engine::Impl {
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (kill_) continue;
+        DropUnsentAck(reply->ack_of);
+        reply->ack_of = 0;
         replies_.push_back(std::move(*reply));
       }
       Wake();
@@ -474,16 +525,23 @@ class Engine::Impl {
            function, options_.id});
       return reply;
     }
+    uint64_t token = BeginCall(reply.socket, reply.routing, message.message_id(), function);
+    reply.message = RunCall(*it->second, message, function);
+    if (!EndCall(token)) return std::nullopt;  // abandoned at the drain's deadline
+    reply.ack_of = token;
+    return reply;
+  }
+
+  // Runs the function; returns its result or error reply.
+  Outgoing RunCall(Function& f, const Message& message, const std::string& function) {
     RemoteErrorInfo error;
     try {
       EnvelopeWriter w(policy_, registry_);
       w.SetHeader(NextHeader());
       ValueWriter out = w.StartResult(message.message_id(), options_.id);
       Call call(message, options_.id, *registry_);
-      Function& f = *it->second;
       f.fn(call, out);
-      reply.message = w.Finish();
-      return reply;
+      return w.Finish();
     } catch (const RemoteError& e) {
       error = e.info();
       if (error.function.empty()) error.function = function;
@@ -503,8 +561,130 @@ class Engine::Impl {
     }
     Bump(errors_);
     error.where = options_.id;
-    reply.message = ErrorReply(message.message_id(), error);
-    return reply;
+    return ErrorReply(message.message_id(), error);
+  }
+
+  // ---- call tracking: acknowledgements and the drain ----------------------------------
+
+  // A call is about to run: tracked until EndCall, and acknowledged to a broker (a
+  // `started` with the call's routing frames) so that it knows the call began.
+  uint64_t BeginCall(size_t socket, const RoutingFrames& routing, uint64_t call_id,
+                     const std::string& function) {
+    bool on_io = tl_io_owner == this;
+    uint64_t token;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      token = ++next_token_;
+      running_calls_.emplace(token, Running{socket, routing, call_id, function});
+    }
+    if (!is_dealer_[socket]) return token;
+    EnvelopeWriter w(policy_, registry_);
+    w.SetHeader(NextHeader());
+    w.SetStarted(call_id);
+    if (on_io) {
+      SendQuiet(socket, w.Finish(), routing);
+      return token;
+    }
+    Reply ack{socket, routing, w.Finish(), token};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      replies_.push_back(std::move(ack));
+    }
+    Wake();
+    return token;
+  }
+
+  // The call finished; false when it was abandoned (answered at the drain's deadline).
+  bool EndCall(uint64_t token) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return running_calls_.erase(token) == 1;
+  }
+
+  // mu_ held. A result about to be queued makes its own `started` unnecessary when that
+  // has not left yet (the usual case for a short call): the broker learns from the result.
+  void DropUnsentAck(uint64_t token) {
+    if (token == 0) return;
+    size_t looked = 0;
+    for (auto it = replies_.rbegin(); it != replies_.rend() && looked < 16; ++it, ++looked) {
+      if (it->ack_of == token) {
+        replies_.erase(std::next(it).base());
+        return;
+      }
+    }
+  }
+
+  // While draining: an apply gets an EngineStopping error (a broker sends it elsewhere,
+  // since it never started); anything else is ignored.
+  void RefuseWhileDraining(size_t socket, ReceivedMessage&& received) {
+    if (received.frames.empty()) return;
+    if (options_.signer && options_.signer->Check(std::span<const Buffer>(
+                               received.frames.data(), received.frames.size())) !=
+                               Signer::Verdict::kOk) {
+      Bump(errors_);
+      return;
+    }
+    std::optional<internal::Peek> peek =
+        internal::PeekEnvelope(received.frames[0], options_.limits);
+    if (!peek || peek->kind != BodyKind::kApply) return;
+    Bump(errors_);
+    SendQuiet(socket,
+              ErrorReply(peek->message_id,
+                         {kErrorEngineStopping,
+                          absl::StrCat("engine ", options_.id,
+                                       " is stopping and takes no new calls; this call did "
+                                       "not start"),
+                          peek->function, options_.id}),
+              received.routing);
+  }
+
+  // The drain's deadline passed: every call still queued or running is answered with
+  // EngineStopping; a running function's eventual result is dropped.
+  void FailRemaining(std::chrono::milliseconds grace) {
+    std::deque<Job> queued;
+    std::vector<Running> running;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queued.swap(jobs_);
+      for (auto& [token, r] : running_calls_) running.push_back(std::move(r));
+      running_calls_.clear();
+    }
+    for (Job& job : queued) {
+      // A queued job is decoded already when the I/O thread chose where it runs.
+      uint64_t call_id = 0;
+      std::string function;
+      if (job.message) {
+        if (job.message.body_kind() != BodyKind::kApply) continue;
+        call_id = job.message.message_id();
+        function = std::string(job.message.function());
+      } else {
+        if (job.received.frames.empty()) continue;
+        std::optional<internal::Peek> peek =
+            internal::PeekEnvelope(job.received.frames[0], options_.limits);
+        if (!peek || peek->kind != BodyKind::kApply) continue;
+        call_id = peek->message_id;
+        function = std::move(peek->function);
+      }
+      Bump(errors_);
+      SendQuiet(job.socket,
+                ErrorReply(call_id,
+                           {kErrorEngineStopping,
+                            absl::StrCat("engine ", options_.id, " stopped before this call "
+                                         "started (drain grace period of ", grace.count(),
+                                         " ms passed)"),
+                            function, options_.id}),
+                job.routing);
+    }
+    for (Running& r : running) {
+      Bump(errors_);
+      SendQuiet(r.socket,
+                ErrorReply(r.call_id,
+                           {kErrorEngineStopping,
+                            absl::StrCat("engine ", options_.id, " stopped while running this "
+                                         "call (it did not finish within the drain grace "
+                                         "period of ", grace.count(), " ms)"),
+                            r.function, options_.id}),
+                r.routing);
+    }
   }
 
   Outgoing ErrorReply(uint64_t call_id, const RemoteErrorInfo& error) {
@@ -566,11 +746,18 @@ class Engine::Impl {
   bool stop_ = false;          // mu_
   bool kill_ = false;          // mu_
   bool workers_stop_ = false;  // mu_
+  std::chrono::milliseconds grace_{0};  // mu_
+  absl::flat_hash_map<uint64_t, Running> running_calls_;  // mu_
+  uint64_t next_token_ = 0;                               // mu_
+  bool draining_ = false;  // the I/O thread's
 
   std::atomic<uint64_t> calls_{0}, errors_{0}, dropped_{0};
+  static thread_local const Impl* tl_io_owner;  // the engine whose I/O thread this is
 
   friend class Engine;
 };
+
+thread_local const Engine::Impl* Engine::Impl::tl_io_owner = nullptr;
 
 Engine::Engine(EngineOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
   if (impl_->options_.builtins) AddBuiltins(*this);
@@ -586,7 +773,10 @@ void Engine::Bind(const std::string& url) { impl_->Bind(url); }
 void Engine::Connect(const std::string& url) { impl_->Connect(url); }
 std::string Engine::last_endpoint() const { return impl_->last_endpoint_; }
 void Engine::Start() { impl_->Start(); }
-void Engine::Stop() { impl_->Stop(true); }
+void Engine::Stop() { impl_->Stop(true, impl_->options_.drain_timeout); }
+void Engine::Stop(std::chrono::milliseconds grace) {
+  impl_->Stop(true, std::max(grace, std::chrono::milliseconds(0)));
+}
 void internal::TestHooks::KillEngine(Engine& engine) { engine.impl_->Stop(false); }
 bool Engine::running() const noexcept { return impl_->running_; }
 const std::string& Engine::id() const noexcept { return impl_->options_.id; }

@@ -67,7 +67,8 @@ TEST(DemoCaptureTest, InspectListsEveryCallAndItsResult) {
   }
   EXPECT_EQ(results.size(), calls.size());
   EXPECT_EQ(messages, static_cast<size_t>(kinds["apply"] + kinds["result"] + kinds["hello"] +
-                                          kinds["heartbeat"] + kinds["goodbye"]));
+                                          kinds["heartbeat"] + kinds["goodbye"] +
+                                          kinds["started"] + kinds["draining"]));
 }
 
 }  // namespace

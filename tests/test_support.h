@@ -212,7 +212,9 @@ inline void WalkMessage(const Message& m) {
       break;
     }
     case BodyKind::kHeartbeat: (void)GeneratedEnvelope(m).getBody().getHeartbeat().getPeerId().size(); break;
+    case BodyKind::kStarted: (void)m.call_id(); break;
     case BodyKind::kGoodbye:
+    case BodyKind::kDraining:
     case BodyKind::kUnknown: break;
   }
 }

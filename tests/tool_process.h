@@ -43,6 +43,16 @@ class ToolProcess {
     }
   }
   // Stops it now, without a chance to clean up.
+  pid_t pid() const { return pid_; }
+  void Signal(int sig) { kill(pid_, sig); }
+  // Waits for the process to exit; its wait status.
+  int Wait() {
+    int status = -1;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
+
   void Kill() {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);

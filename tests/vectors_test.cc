@@ -53,6 +53,7 @@ Outgoing Reencode(const Message& m, size_t threshold) {
       ApplyWriter a = w.StartApply(m.function(), m.arg_count(), m.kwarg_count(), m.timeout_ms());
       for (size_t i = 0; i < m.arg_count(); ++i) a.arg(i).Copy(m.arg(i));
       for (size_t i = 0; i < m.kwarg_count(); ++i) a.kwarg(i, m.kwarg_name(i)).Copy(m.kwarg(i));
+      if (m.retries() != 0) w.SetApplyRetries(m.retries());
       break;
     }
     case BodyKind::kResult:
@@ -75,6 +76,8 @@ Outgoing Reencode(const Message& m, size_t threshold) {
       break;
     }
     case BodyKind::kGoodbye: w.SetGoodbye(); break;
+    case BodyKind::kStarted: w.SetStarted(m.call_id()); break;
+    case BodyKind::kDraining: w.SetDraining(); break;
     case BodyKind::kUnknown: ADD_FAILURE() << "unknown body"; break;
   }
   return w.Finish();

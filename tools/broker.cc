@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "tools/apply_util.h"
 #include "tools/commands.h"
@@ -23,13 +24,16 @@ constexpr char kBrokerDescription[] =
     "go to the live engine with the fewest calls in flight; frames are forwarded without\n"
     "being decoded or copied (only the envelope header is read). An engine silent for\n"
     "--liveness heartbeat intervals is lost, and its calls fail at once with a\n"
-    "zerocan.EngineLost error. Runs until SIGINT or SIGTERM.";
+    "zerocan.EngineLost error. Runs until SIGINT or SIGTERM, then drains: new calls and calls\n"
+    "still waiting for an engine get zerocan.BrokerStopping, calls in flight finish (at most\n"
+    "--drain-timeout-ms). A second signal stops at once.";
 
 struct BrokerArgs {
   BrokerOptions options;
   std::string frontend, backend;
   std::string key_file, curve_secret_key_file, io_cpus;
   int heartbeat_ms = 0;
+  int drain_timeout_ms = 10000;
   bool unpace_loopback = false;
 };
 
@@ -54,7 +58,13 @@ int RunBroker(BrokerArgs& args) {
                  broker.frontend_endpoint().c_str(), broker.backend_endpoint().c_str(),
                  options.capture.empty() ? "" : ", capture at ", options.capture.c_str());
     WaitForStopSignal();
-    broker.Stop();
+    std::fprintf(stderr, "zerocan broker: draining (at most %d ms)\n", args.drain_timeout_ms);
+    std::thread second([&broker] {
+      WaitForStopSignal();
+      broker.RequestStop();
+    });
+    second.detach();
+    broker.Drain(std::chrono::milliseconds(args.drain_timeout_ms));
     BrokerCounters c = broker.counters();
     std::fprintf(stderr, "zerocan broker: stopped; %llu calls, %llu replies, %llu lost\n",
                  static_cast<unsigned long long>(c.requests),
@@ -89,6 +99,18 @@ void AddBroker(CLI::App& app, RunFunction* chosen) {
   sub->add_option("--heartbeat-ms", args->heartbeat_ms,
                   "heartbeat interval in ms (default 500; engines must use the same)")
       ->check(CLI::Range(1, 3600 * 1000));
+  sub->add_option("--drain-timeout-ms", args->drain_timeout_ms,
+                  "on SIGTERM/SIGINT, how long calls in flight may still finish")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600 * 1000));
+  sub->add_option("--max-queued-calls", args->options.max_queued_calls,
+                  "calls that may wait for an engine; more are answered zerocan.Busy")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 40));
+  sub->add_option("--max-queued-bytes", args->options.max_queued_bytes,
+                  "bytes of calls that may wait for an engine; more are answered zerocan.Busy")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 50));
   sub->add_option("--liveness", args->options.liveness,
                   "heartbeat intervals an engine may stay silent before it is lost")
       ->capture_default_str()

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tools/apply_util.h"
@@ -23,7 +24,10 @@ constexpr char kEngineDescription[] =
     "\n"
     "Serves functions to clients: --bind URL takes clients directly (ROUTER), --connect URL\n"
     "attaches to a broker's backend (DEALER; hello, heartbeats, goodbye). Runs until SIGINT\n"
-    "or SIGTERM, then finishes the calls it holds.";
+    "or SIGTERM, then drains: takes no new calls (a broker sends them elsewhere; a direct\n"
+    "caller gets zerocan.EngineStopping), answers each call it holds as it finishes, and\n"
+    "exits when done or after --drain-timeout-ms, answering what remains with\n"
+    "zerocan.EngineStopping. A second signal stops at once.";
 
 constexpr char kEngineFooter[] =
     "Built-in functions (with --builtins; the same in a Python engine):\n"
@@ -44,6 +48,7 @@ struct EngineArgs {
   std::vector<std::string> binds, connects, plugins;
   std::string key_file, curve_secret_key_file, curve_server_key;
   int heartbeat_ms = 0;
+  int drain_timeout_ms = 30000;
   std::string io_cpus;
   bool builtins = false;
   bool unpace_loopback = false;
@@ -79,7 +84,24 @@ int RunEngine(EngineArgs& args) {
     for (const std::string& url : args.connects) std::fprintf(stderr, ", attached to %s", url.c_str());
     std::fprintf(stderr, "\n");
     WaitForStopSignal();
-    engine.Stop();
+    std::fprintf(stderr, "zerocan engine %s: draining (at most %d ms)\n", engine.id().c_str(),
+                 args.drain_timeout_ms);
+    // A second signal, or a function still running past the grace period, ends the
+    // process without waiting further.
+    std::thread second([&] {
+      WaitForStopSignal();
+      std::fprintf(stderr, "zerocan engine %s: stopped at once\n", engine.id().c_str());
+      std::_Exit(1);
+    });
+    second.detach();
+    std::thread watchdog([ms = args.drain_timeout_ms, id = engine.id()] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms) + std::chrono::seconds(2));
+      std::fprintf(stderr, "zerocan engine %s: a function outlived the drain; exiting\n",
+                   id.c_str());
+      std::_Exit(1);
+    });
+    watchdog.detach();
+    engine.Stop(std::chrono::milliseconds(args.drain_timeout_ms));
     EngineCounters c = engine.counters();
     std::fprintf(stderr, "zerocan engine %s: stopped after %llu calls (%llu errors)\n",
                  engine.id().c_str(), static_cast<unsigned long long>(c.calls),
@@ -109,6 +131,11 @@ void AddEngine(CLI::App& app, RunFunction* chosen) {
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
   sub->add_option("--id", args->options.id, "the engine's id (default: made up from host and pid)");
+  sub->add_option("--drain-timeout-ms", args->drain_timeout_ms,
+                  "on SIGTERM/SIGINT, how long to keep finishing the calls held before answering the\n"
+                  "rest with zerocan.EngineStopping")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600 * 1000));
   sub->add_option("--heartbeat-ms", args->heartbeat_ms,
                   "heartbeat interval towards a broker, in ms (the broker's must match; default 500)")
       ->check(CLI::Range(1, 3600 * 1000));

@@ -615,6 +615,8 @@ std::string KindOf(BodyKind kind) {
     case BodyKind::kHeartbeat: return "heartbeat";
     case BodyKind::kGoodbye: return "goodbye";
     case BodyKind::kUnknown: return "unknown";
+    case BodyKind::kStarted: return "started";
+    case BodyKind::kDraining: return "draining";
   }
   return "unknown";
 }
@@ -665,6 +667,11 @@ void Describe(const InspectOptions& o, size_t first_message_frame, Inspection* i
                                  Quote(ToView(body.getHeartbeat().getPeerId())));
       break;
     case BodyKind::kGoodbye: in->summary = absl::StrCat("goodbye ", in->message_id); break;
+    case BodyKind::kStarted:
+      in->call_id = m.call_id();
+      in->summary = absl::StrCat("started ", in->message_id, " call ", *in->call_id);
+      break;
+    case BodyKind::kDraining: in->summary = absl::StrCat("draining ", in->message_id); break;
     case BodyKind::kUnknown: in->summary = "unknown body"; break;
   }
   in->inline_payloads = c.inline_payloads;

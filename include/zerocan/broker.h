@@ -13,11 +13,24 @@
 // could be queued to a pipe nobody reads. Instead (the "Paranoid Pirate" pattern) the
 // backend is a ROUTER that knows each engine by its heartbeats, sends each call to the
 // live engine with the fewest calls in flight, and remembers which calls each engine
-// holds. When an engine goes silent for `liveness` heartbeat intervals, or says goodbye,
-// every call it held fails at once with a RemoteError of type "zerocan.EngineLost"; a
-// reply that turns up afterwards is dropped, so no call is ever answered twice. Calls
-// that arrive while no engine is alive wait in the broker until one joins or their
-// timeout passes.
+// holds.
+//
+// Failures. An engine is lost when its connection closes (a socket monitor reports it at
+// once; sends use ZMQ_ROUTER_MANDATORY, so a call is never handed to a connection that is
+// gone), when it stops answering ZMTP heartbeats or sends none of its own for `liveness`
+// heartbeat intervals (a stopped process, a cut link), or when it says goodbye. Engines
+// acknowledge each call as it starts (a `started` message): a call lost with its engine
+// before that never ran and goes to another engine; a call that was running fails with a
+// RemoteError of type "zerocan.EngineLost" naming the attempts made, unless its caller
+// allowed retries (Apply.retries, ClientOptions::retries), in which case it runs again
+// elsewhere, at most that many more times. A reply that turns up for a call already
+// failed or sent elsewhere is dropped, so no call is ever answered twice. An engine that
+// says `draining` gets no new calls; a call it refuses unstarted (EngineStopping) goes to
+// another engine.
+//
+// Calls that arrive while no engine is alive wait in the broker until one joins, their
+// timeout passes or their client goes away; the queue is bounded (max_queued_calls,
+// max_queued_bytes) and a call that would overflow it is answered "zerocan.Busy".
 //
 // Threading: one thread (Start) or the caller's (Run) owns every socket.
 #pragma once
@@ -69,6 +82,14 @@ struct BrokerOptions {
   // as their server key. Unset = plain text (the default). Curve ends here: the broker
   // sees calls in clear, so keep signatures on end to end.
   std::optional<CurveKeyPair> curve;
+  // The queue of calls waiting for an engine (none alive, or all draining): past either
+  // bound a new call is answered at once with a zerocan.Busy error (nothing ran).
+  // Calls leave the queue when an engine takes them, their timeoutMs passes, or their
+  // client disconnects.
+  size_t max_queued_calls = 10000;
+  uint64_t max_queued_bytes = uint64_t{1} << 30;  // 1 GiB
+  // Drain()'s grace period.
+  std::chrono::milliseconds drain_timeout{10000};
 };
 
 struct BrokerCounters {
@@ -77,6 +98,10 @@ struct BrokerCounters {
   uint64_t lost = 0;          // calls failed because their engine was lost
   uint64_t dropped = 0;       // messages dropped (late replies, malformed, expired)
   uint64_t engines_live = 0;  // right now
+  uint64_t rerouted = 0;      // calls sent to another engine (never started, or retried)
+  uint64_t retried = 0;       // of those, calls that had started (the caller's retries)
+  uint64_t busy = 0;          // calls answered zerocan.Busy (queue full)
+  uint64_t queued = 0;        // calls waiting for an engine, right now
 };
 
 class Broker {
@@ -92,7 +117,15 @@ class Broker {
   // Serves on the calling thread until Stop() (from another thread or a signal handler
   // that calls RequestStop()).
   void Run();
+  // Stops at once: calls in flight get no reply from this broker (their clients see the
+  // connection close: zerocan.BrokerLost).
   void Stop();
+  // Stops gracefully: answers calls still waiting for an engine, and every new call,
+  // with zerocan.BrokerStopping; lets the calls in flight finish and forwards their
+  // replies for at most `grace` (BrokerOptions::drain_timeout); then fails the rest with
+  // zerocan.BrokerStopping and stops. For a broker serving on its own thread (Start()).
+  void Drain();
+  void Drain(std::chrono::milliseconds grace);
   // Async-signal-safe: asks Run() to return.
   void RequestStop() noexcept;
 

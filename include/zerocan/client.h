@@ -99,6 +99,19 @@ struct ClientOptions {
   // through: its calls fail with TimeoutError.
   std::string curve_server_key;
   std::optional<CurveKeyPair> curve;
+  // Through a broker: how many more engines may run a call whose engine was lost while
+  // running it (Apply.retries). 0 (the default): such a call fails with
+  // zerocan.EngineLost. Only for functions that are safe to run twice. (A call that had
+  // not started on a lost engine always goes to another, whatever this says.)
+  int retries = 0;
+  // ZMTP heartbeats on the connection: a ping every `heartbeat`; a connection silent for
+  // heartbeat * liveness is dropped. A lost connection (closed, or silent that long)
+  // fails every call in flight at once with BrokerLost (RemoteError type
+  // "zerocan.BrokerLost"), instead of at its deadline; the socket reconnects on its own
+  // and later calls go to whatever listens at `url` then. 0 = no heartbeats (a closed
+  // connection is still noticed).
+  std::chrono::milliseconds heartbeat{1000};
+  int liveness = 3;
 };
 
 struct ClientCounters {

@@ -121,6 +121,9 @@ struct EngineOptions {
   std::string id;  // "" = "<hostname>:<pid>:<n>"
   int threads = 2;
   std::chrono::milliseconds heartbeat{500};
+  // Stop()'s grace period: how long a stopping engine keeps finishing the calls it holds
+  // before it answers the rest with zerocan.EngineStopping (see Stop()).
+  std::chrono::milliseconds drain_timeout{30000};
   // Where result bytes travel. Unset: the policy tuned for the transport of the first
   // Bind() or Connect() endpoint (Policy::ForTransport), as the Python engine does.
   std::optional<Policy> policy;
@@ -289,9 +292,17 @@ class Engine {
   std::string last_endpoint() const;
 
   void Start();
-  // Finishes the calls being run, sends their replies and a goodbye (when attached to a
-  // broker), and joins every thread. Idempotent.
+  // Drains, then stops: takes no new calls (a broker is told at once, with a `draining`
+  // message, and sends its calls elsewhere; a client calling directly gets a
+  // zerocan.EngineStopping error), keeps heartbeating, answers each call it holds as it
+  // finishes, and after the last one (or when EngineOptions::drain_timeout has passed)
+  // says goodbye and joins every thread. Calls still queued or running at the deadline
+  // are answered with zerocan.EngineStopping; a function still running then is waited
+  // for, its result dropped. Idempotent.
   void Stop();
+  // The same with a grace period of its own; Stop(0ms) stops at once, answering every
+  // call held with zerocan.EngineStopping.
+  void Stop(std::chrono::milliseconds grace);
   bool running() const noexcept;
 
   const std::string& id() const noexcept;

@@ -41,7 +41,11 @@ struct ReceivedMessage {
   FrameList frames;
 };
 
-enum class BodyKind : uint8_t { kApply, kResult, kHello, kHeartbeat, kGoodbye, kUnknown };
+enum class BodyKind : uint8_t {
+  kApply, kResult, kHello, kHeartbeat, kGoodbye, kUnknown,
+  kStarted,   // engine -> broker: a call began running (Message::call_id() names it)
+  kDraining,  // engine -> broker: stopping, takes no new calls
+};
 
 class Message {
  public:
@@ -65,8 +69,10 @@ class Message {
   std::string_view kwarg_name(size_t i) const;
   Value kwarg(size_t i) const;
   uint32_t timeout_ms() const;
+  // Apply.retries: further attempts a broker may make on other engines (0 = none).
+  uint32_t retries() const;
 
-  // Result accessors (body_kind() == kResult).
+  // Result accessors (body_kind() == kResult; call_id() also for kStarted).
   uint64_t call_id() const;
   bool ok() const;
   Value result() const;             // ok() only

@@ -7,6 +7,7 @@
 // of the function (sent back as a RemoteError of type "zerocan.ArgumentError").
 #pragma once
 
+#include <exception>
 #include <string>
 
 #include "zerocan/error.h"
@@ -20,6 +21,15 @@ inline constexpr const char kErrorUnknownFunction[] = "zerocan.UnknownFunction";
 inline constexpr const char kErrorDecode[] = "zerocan.DecodeError";
 inline constexpr const char kErrorEngineLost[] = "zerocan.EngineLost";
 inline constexpr const char kErrorFail[] = "zerocan.Fail";
+// The engine is stopping (draining): it took no new call, or its grace period passed.
+inline constexpr const char kErrorEngineStopping[] = "zerocan.EngineStopping";
+// The broker is stopping: it takes no new calls, or its grace period passed.
+inline constexpr const char kErrorBrokerStopping[] = "zerocan.BrokerStopping";
+// The broker's queue of calls waiting for an engine is full (BrokerOptions::max_queued_*).
+inline constexpr const char kErrorBusy[] = "zerocan.Busy";
+// The client's connection to its broker (or engine) closed, or fell silent past the
+// heartbeat timeout, while the call was in flight. Made by the client itself.
+inline constexpr const char kErrorBrokerLost[] = "zerocan.BrokerLost";
 
 class RemoteError : public Error {
  public:
@@ -36,6 +46,23 @@ class RemoteError : public Error {
  private:
   RemoteErrorInfo info_;
 };
+
+// A RemoteError of type kErrorBrokerLost: the connection to the broker (or the engine the
+// client calls directly) was lost while the call was in flight. The call may or may not
+// have run.
+class BrokerLost : public RemoteError {
+ public:
+  using RemoteError::RemoteError;
+};
+
+// A RemoteError of type kErrorBusy: the broker's queue was full; nothing ran. Retry later.
+class Busy : public RemoteError {
+ public:
+  using RemoteError::RemoteError;
+};
+
+// The exception for a remote error: BrokerLost or Busy for those types, else RemoteError.
+std::exception_ptr MakeRemoteError(RemoteErrorInfo info);
 
 // No reply within the call's deadline (zerocan.TimeoutError in Python, the same name).
 class TimeoutError : public Error {

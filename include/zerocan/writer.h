@@ -225,6 +225,13 @@ class EnvelopeWriter {
                 const std::vector<std::string>& functions = {});
   void SetHeartbeat(std::string_view peer_id, uint64_t now_ns);
   void SetGoodbye();
+  // Engine -> broker: the call `call_id` has begun running (sent with its routing frames).
+  void SetStarted(uint64_t call_id);
+  // Engine -> broker: stopping; send no new calls.
+  void SetDraining();
+  // After StartApply: how many more engines a broker may try when the one running the
+  // call is lost (Apply.retries; capped at 65535). 0 (the default) writes nothing.
+  void SetApplyRetries(uint32_t retries);
 
   // Makes the envelope's bytes and hands over the payload frames. The writer is spent
   // afterwards.

@@ -242,6 +242,18 @@ void EnvelopeWriter::SetHeartbeat(std::string_view peer_id, uint64_t now_ns) {
 
 void EnvelopeWriter::SetGoodbye() { impl_->root.getBody().setGoodbye(); }
 
+void EnvelopeWriter::SetStarted(uint64_t call_id) {
+  impl_->root.getBody().initStarted().setCallId(call_id);
+}
+
+void EnvelopeWriter::SetDraining() { impl_->root.getBody().setDraining(); }
+
+void EnvelopeWriter::SetApplyRetries(uint32_t retries) {
+  auto body = impl_->root.getBody();
+  if (!body.isApply()) throw EncodeError("SetApplyRetries: the message is not an apply");
+  body.getApply().setRetries(static_cast<uint16_t>(std::min<uint32_t>(retries, UINT16_MAX)));
+}
+
 Outgoing EnvelopeWriter::Finish() {
   Impl& m = *impl_;
   if (m.finished) throw EncodeError("EnvelopeWriter::Finish called twice");
@@ -440,6 +452,8 @@ BodyKind Message::body_kind() const noexcept {
     case wire::Envelope::Body::HELLO: return BodyKind::kHello;
     case wire::Envelope::Body::HEARTBEAT: return BodyKind::kHeartbeat;
     case wire::Envelope::Body::GOODBYE: return BodyKind::kGoodbye;
+    case wire::Envelope::Body::STARTED: return BodyKind::kStarted;
+    case wire::Envelope::Body::DRAINING: return BodyKind::kDraining;
   }
   return BodyKind::kUnknown;
 }
@@ -485,7 +499,14 @@ uint32_t Message::timeout_ms() const {
   ZEROCAN_APPLY();
   return apply.getTimeoutMs();
 }
+uint32_t Message::retries() const {
+  ZEROCAN_APPLY();
+  return apply.getRetries();
+}
 uint64_t Message::call_id() const {
+  if (state_ != nullptr && state_->root_.getBody().isStarted()) {
+    return state_->root_.getBody().getStarted().getCallId();
+  }
   ZEROCAN_RESULT();
   return result.getCallId();
 }
@@ -556,15 +577,27 @@ std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits
           auto fn = apply.getFunction();
           p.function.assign(fn.begin(), std::min<size_t>(fn.size(), 1024));
           p.timeout_ms = apply.getTimeoutMs();
+          p.retries = apply.getRetries();
           break;
         }
-        case wire::Envelope::Body::RESULT:
+        case wire::Envelope::Body::RESULT: {
           p.kind = BodyKind::kResult;
-          p.call_id = env.getBody().getResult().getCallId();
+          auto result = env.getBody().getResult();
+          p.call_id = result.getCallId();
+          if (result.isError()) {
+            auto type = result.getError().getType();
+            p.error_type.assign(type.begin(), std::min<size_t>(type.size(), 256));
+          }
           break;
+        }
         case wire::Envelope::Body::HELLO: p.kind = BodyKind::kHello; break;
         case wire::Envelope::Body::HEARTBEAT: p.kind = BodyKind::kHeartbeat; break;
         case wire::Envelope::Body::GOODBYE: p.kind = BodyKind::kGoodbye; break;
+        case wire::Envelope::Body::STARTED:
+          p.kind = BodyKind::kStarted;
+          p.call_id = env.getBody().getStarted().getCallId();
+          break;
+        case wire::Envelope::Body::DRAINING: p.kind = BodyKind::kDraining; break;
       }
       p.message_id = env.getMessageId();
       return p;

@@ -18,9 +18,11 @@ namespace zerocan::internal {
 struct Peek {
   BodyKind kind = BodyKind::kUnknown;
   uint64_t message_id = 0;
-  uint64_t call_id = 0;       // results
+  uint64_t call_id = 0;       // results, started
   std::string function;       // applies
   uint32_t timeout_ms = 0;    // applies
+  uint32_t retries = 0;       // applies
+  std::string error_type;     // error results (at most 256 bytes of it)
 };
 
 std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits);

@@ -367,6 +367,42 @@ inline std::vector<Vector> All() {
                  args[7].setSequenceType(SequenceType::TUPLE);
                  return w->Finish();
                }});
+
+  v.push_back({"apply_retries",
+               "An apply whose caller allows a broker 2 more attempts on other engines if "
+               "the engine running it is lost (Apply.retries, in the Apply's existing data "
+               "word); 1 frame.",
+               "apply",
+               R"({"function": "sleep", "args": [float64 0.25], "kwargs": {}, "timeoutMs": 5000, )"
+               R"("retries": 2})",
+               [id = ++n, writer] {
+                 auto w = writer(id);
+                 w->StartApply("sleep", 1, 0, 5000).arg(0).Float(0.25);
+                 w->SetApplyRetries(2);
+                 return w->Finish();
+               }});
+
+  v.push_back({"started",
+               "An engine telling its broker that it began running call 0x1001 (sent with "
+               "the call's routing frames); 1 frame.",
+               "started",
+               R"({"callId": 4097})",
+               [id = ++n, writer] {
+                 auto w = writer(id);
+                 w->SetStarted(0x1001);
+                 return w->Finish();
+               }});
+
+  v.push_back({"draining",
+               "An engine telling its broker that it is stopping and takes no new calls "
+               "(void body); 1 frame.",
+               "draining",
+               "{}",
+               [id = ++n, writer] {
+                 auto w = writer(id);
+                 w->SetDraining();
+                 return w->Finish();
+               }});
   return v;
 }
 

@@ -166,8 +166,6 @@ def test_engines_join_and_leave_while_a_client_calls():
             e1.wait(10)
 
 
-@pytest.mark.xfail(reason="the broker fails calls queued on a lost engine instead of "
-                          "moving them", strict=False)
 @pytest.mark.parametrize("how", ["cut link", "SIGSTOP"])
 def test_a_silent_engine_is_detected_and_its_calls_end_within_the_window(how):
     with hosts() as h:

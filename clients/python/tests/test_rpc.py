@@ -219,12 +219,15 @@ def test_engine_through_a_dealer_says_hello_heartbeat_goodbye():
         # A call routed like the broker does: [engine id][client id][""][apply].
         out = zerocan.encode_apply("add", [1, 2], header=zerocan.Header(5, 9, 5))
         backend.send_multipart([parts[0].bytes, b"client-1", b"", out.envelope])
-        while True:
+        # First a `started` for the call (with its routing frames), then the result.
+        routed = []
+        while len(routed) < 2:
             assert backend.poll(5000)
             reply = backend.recv_multipart(copy=False)
             if reply[1].bytes == b"client-1":
-                break
-        msg = zerocan.decode(reply[3:])
+                routed.append(zerocan.decode(reply[3:]))
+        assert routed[0].kind == "started" and routed[0].call_id == 5
+        msg = routed[1]
         assert msg.call_id == 5 and msg.result() == 3 and msg.engine_id == "e1"
     finally:
         engine.stop()

@@ -163,6 +163,19 @@ def check_goodbye(msg):
     assert msg.kind == "goodbye"
 
 
+def check_started(msg):
+    assert msg.kind == "started" and msg.call_id == 4097
+
+
+def check_draining(msg):
+    assert msg.kind == "draining"
+
+
+def check_apply_retries(msg):
+    assert msg.apply() == ("sleep", [0.25], {})
+    assert (msg.timeout_ms, msg.retries) == (5000, 2)
+
+
 # The Python values the `sequences` vector holds (docs/FORMAT.md "Sequence type").
 SEQUENCES_ARGS = [{"a": [1, 2, 3], "t": (1, 2.5), "arr": np.arange(3, dtype=np.int64)},
                   [(1, 2), (3, 4)], [], (), [0.5, 1.5], [True, False], [1, "x", None],
@@ -240,7 +253,7 @@ def test_vector_reencodes_from_python_values(name):
     w.set_header(header)
     if msg.kind == "apply":
         fn, args, kwargs = msg.apply()
-        w.apply(fn, args, kwargs, msg.timeout_ms)
+        w.apply(fn, args, kwargs, msg.timeout_ms, msg.retries)
     elif msg.kind == "result" and msg.ok:
         w.result(msg.call_id, msg.engine_id, msg.result())
     elif msg.kind == "result":
@@ -249,6 +262,10 @@ def test_vector_reencodes_from_python_values(name):
         w.hello(*msg.hello())
     elif msg.kind == "heartbeat":
         w.heartbeat(*msg.heartbeat())
+    elif msg.kind == "started":
+        w.started(msg.call_id)
+    elif msg.kind == "draining":
+        w.draining()
     else:
         w.goodbye()
     out = w.finish()

@@ -19,8 +19,8 @@ library.
 from .aio import AsyncCallFuture, AsyncClient
 from .client import CallFuture, Client
 from .engine import Call, Engine
-from .errors import (ArgumentError, AuthError, DecodeError, EncodeError, Error, RemoteError,
-                     TimeoutError, TransportError)
+from .errors import (ArgumentError, AuthError, BrokerLost, Busy, DecodeError, EncodeError,
+                     Error, RemoteError, TimeoutError, TransportError)
 from .policy import Policy
 from .signing import ReplayGuard, Signer
 from .wire import (Codec, DecodeLimits, Extension, Header, Message, Outgoing, Registry,
@@ -31,8 +31,8 @@ from ._schema import schema_path
 __version__ = "0.2.0"
 
 __all__ = [
-    "ArgumentError", "AsyncCallFuture", "AsyncClient", "AuthError", "Call", "CallFuture",
-    "Client", "Codec", "DecodeError",
+    "ArgumentError", "AsyncCallFuture", "AsyncClient", "AuthError", "BrokerLost", "Busy",
+    "Call", "CallFuture", "Client", "Codec", "DecodeError",
     "DecodeLimits", "EncodeError", "Engine", "Error", "Extension", "Header", "Message",
     "Outgoing", "Policy", "Registry", "RemoteError", "ReplayGuard", "Signer", "TimeoutError",
     "TransportError", "Writer", "decode", "encode_apply", "encode_error", "encode_result",

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, Union
 import zmq
 
 from . import signing, wire
-from .errors import DecodeError, RemoteError
+from .errors import DecodeError, remote_error
 from .signing import Signer
 from .wire import DecodeLimits, Registry
 
@@ -62,7 +62,7 @@ class EncodedCall:
 def encode_call(header: wire.Header, name: Union[str, Callable[..., Any]],
                 args: tuple[Any, ...], kwargs: Optional[dict[str, Any]],
                 timeout: Optional[float], policy: Any, registry: Registry,
-                signer: Optional[Signer]) -> EncodedCall:
+                signer: Optional[Signer], retries: int = 0) -> EncodedCall:
     """Encodes ``name(*args, **kwargs)`` under ``header``. ``name`` may be a Python
     callable: it is sent by value (cloudpickle) as ``zerocan.pickled``."""
     if not isinstance(name, str):
@@ -72,7 +72,7 @@ def encode_call(header: wire.Header, name: Union[str, Callable[..., Any]],
     timeout_ms = 0 if timeout is None else max(1, min(int(timeout * 1000), 0xFFFFFFFF))
     w = wire.Writer(policy, registry)
     w.set_header(header)
-    w.apply(name, args, kwargs or {}, timeout_ms)
+    w.apply(name, args, kwargs or {}, timeout_ms, retries)
     out = w.finish()
     frames, tracker = payload_frames(out)
     # Addresses, not the frames: a frame object kept here would keep the message alive
@@ -127,6 +127,6 @@ def outcome(msg: wire.Message) -> tuple[Any, Optional[BaseException]]:
     try:
         if msg.ok:
             return msg.result(), None
-        return None, RemoteError(*msg.error())
+        return None, remote_error(*msg.error())
     except DecodeError as e:
         return None, e

@@ -32,7 +32,8 @@ from . import _map, wire
 from ._calls import PICKLED_FUNCTION, TimeoutArg, call_timeout, encode_call, outcome
 from ._calls import configure as _configure
 from ._calls import payload_frames, read_reply
-from .errors import TimeoutError, TransportError
+from ._watch import ConnectionWatch
+from .errors import BrokerLost, TimeoutError, TransportError
 from .placement import IoCpus, channel_context
 from .policy import Policy
 from .signing import KeyLike, Signer, make_signer
@@ -68,6 +69,13 @@ class Client:
     ``io_cpus``: the CPUs the client's libzmq threads may run on (CPU numbers or a list
     such as ``"0,2-3"``; ``zerocan.placement``), in a context of its own; default: the
     shared ``zmq.Context.instance()``, anywhere.
+
+    ``retries``: through a broker, how many more engines may run a call whose engine was
+    lost while running it (0: it fails with ``zerocan.EngineLost``); only for functions
+    safe to run twice. ``heartbeat`` (seconds, None = off) and ``liveness``: ZMTP
+    heartbeats on the connection. A lost connection (closed, or silent for heartbeat x
+    liveness) fails every call in flight at once with ``zerocan.BrokerLost``; the socket
+    reconnects on its own, so later calls reach a restarted broker.
     """
 
     def __init__(self, url: str, *, timeout: Optional[float] = 60.0,
@@ -75,8 +83,12 @@ class Client:
                  limits: DecodeLimits = wire.DEFAULT_LIMITS,
                  context: Optional[zmq.Context] = None,
                  io_cpus: IoCpus = None,
-                 key: Optional[KeyLike] = None, key_file: Optional[str] = None) -> None:
+                 key: Optional[KeyLike] = None, key_file: Optional[str] = None,
+                 retries: int = 0, heartbeat: Optional[float] = 1.0,
+                 liveness: int = 3) -> None:
         self.url = url
+        self.retries = retries
+        self._liveness_s = (heartbeat or 0) * liveness
         self.signer: Optional[Signer] = make_signer(key, key_file)
         self.timeout = timeout
         self.policy = policy if policy is not None else Policy.for_transport(url)
@@ -94,8 +106,11 @@ class Client:
         self._socket = self._context.socket(zmq.DEALER)
         try:
             _configure(self._socket, limits)
+            self._watch = ConnectionWatch(self._socket, heartbeat, liveness)
             self._socket.connect(url)
         except BaseException:  # a bad URL: leave no socket or owned context running
+            if getattr(self, "_watch", None) is not None:
+                self._watch.close()
             self._socket.close(linger=0)
             if self._owns_context:
                 self._context.term()
@@ -128,7 +143,7 @@ class Client:
         with self._lock:
             header = self._session.next_header()
         call = encode_call(header, name, args, kwargs, t, self.policy, self.registry,
-                           self.signer)
+                           self.signer, self.retries)
         fut = CallFuture()
         fut.call_id = call.call_id
         fut.tracker = call.tracker
@@ -210,6 +225,7 @@ class Client:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._watch.socket, zmq.POLLIN)
         try:
             while True:
                 timeout_ms = self._next_timeout_ms()
@@ -221,6 +237,8 @@ class Client:
                         pass
                 if self._closed:
                     break
+                if self._watch.socket in events and self._watch.lost():
+                    self._fail_pending_lost()
                 self._send_outbox()
                 if sock in events:
                     # Drain what is ready without waiting again.
@@ -238,6 +256,7 @@ class Client:
             self._fail_all(TransportError(f"client I/O failed: {e}"))
         finally:
             self._fail_all(TransportError("client closed"))
+            self._watch.close()
             sock.close(linger=0)
             if self._owns_context:
                 self._context.term()
@@ -292,6 +311,16 @@ class Client:
             if fut is not None:
                 _resolve(fut, exc=TimeoutError(f"call {call_id} to {self.url}: no reply "
                                                "within its timeout"))
+
+    def _fail_pending_lost(self) -> None:
+        for call_id, fut in list(self._pending.items()):
+            _resolve(fut, exc=BrokerLost(
+                "zerocan.BrokerLost",
+                f"the connection to {self.url} was lost while this call was in flight (the "
+                f"broker or engine there stopped, restarted, or was silent for "
+                f"{self._liveness_s:g} s); the call may or may not have run",
+                getattr(fut, "function", ""), self.url))
+        self._pending.clear()
 
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:

@@ -126,8 +126,14 @@ class Engine:
                  io_cpus: IoCpus = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
                  replay: Optional[ReplayGuard] = None,
-                 unpace_local_tcp: bool = False) -> None:
+                 unpace_local_tcp: bool = False, drain_timeout: float = 30.0) -> None:
         self.id = id or _default_id()
+        # stop() drains: no new calls (a broker is told; a direct caller gets
+        # zerocan.EngineStopping), each held call answered as it finishes, for at most
+        # drain_timeout seconds; calls still queued then get zerocan.EngineStopping.
+        self.drain_timeout = drain_timeout
+        self._draining = False
+        self._running = 0  # calls a worker is running (under _reply_lock)
         self.unpace_local_tcp = unpace_local_tcp
         self.signer: Optional[Signer] = make_signer(key, key_file)
         self.replay: Optional[ReplayGuard] = (replay if replay is not None else ReplayGuard()) \
@@ -267,9 +273,23 @@ class Engine:
             t.start()
         self._send_control(lambda w: w.hello(self.id, "engine", self.functions()))
         next_beat = time.monotonic() + self.heartbeat
+        drain_until = float("inf")
         try:
-            while not self._stop.is_set():
-                wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+            while True:
+                if self._stop.is_set() and not self._draining:
+                    # Drain: take no new calls, keep heartbeating, answer as calls finish.
+                    self._draining = True
+                    drain_until = time.monotonic() + self.drain_timeout
+                    self._send_control(lambda w: w.draining())
+                if self._draining:
+                    with self._reply_lock:
+                        idle = self._running == 0 and not self._replies
+                    if idle and self._jobs.empty():
+                        break
+                    if time.monotonic() >= drain_until:
+                        self._fail_queued()
+                        break
+                wait_ms = max(0, int((min(next_beat, drain_until) - time.monotonic()) * 1000))
                 events = dict(poller.poll(wait_ms))
                 if self._stop_r in events:
                     try:
@@ -277,8 +297,6 @@ class Engine:
                     except BlockingIOError:
                         pass
                 self._send_replies()
-                if self._stop.is_set():
-                    break
                 for s, _ in self._sockets:
                     if s in events:
                         for _ in range(64):  # drain, but keep heartbeats on time
@@ -309,7 +327,14 @@ class Engine:
             if job is None:
                 return
             sock, routing, msg = job
-            out = self.process(msg)
+            with self._reply_lock:
+                self._running += 1
+            self._acknowledge(sock, routing, msg, direct=False)
+            try:
+                out = self.process(msg)
+            finally:
+                with self._reply_lock:
+                    self._running -= 1
             # Drop the request's frames before waiting for the next job, so a large
             # received frame is freed (and its memory reused) before the next arrives.
             job = msg = None
@@ -319,6 +344,42 @@ class Engine:
                     self._wake_pending = True
                     os.write(self._stop_w, b"r")
             del out  # the reply is the I/O thread's now
+
+    def _acknowledge(self, sock: zmq.Socket, routing: list[Any], msg: Message,
+                     direct: bool) -> None:
+        """Tells a broker (a DEALER socket) that the call is starting, with the call's
+        routing frames, so that a call lost with this engine before it started goes to
+        another engine (docs/FORMAT.md "Failures and retries")."""
+        if not any(s is sock and is_dealer for s, is_dealer in self._sockets):
+            return
+        w = Writer(self.policy, self.registry)
+        w.set_header(self._session.next_header())
+        w.started(msg.message_id)
+        out = w.finish()
+        if direct:
+            self._reply(sock, routing, out)
+            return
+        with self._reply_lock:
+            self._replies.append((sock, routing, out))
+            if not self._wake_pending and not self._fds_closed:
+                self._wake_pending = True
+                os.write(self._stop_w, b"r")
+
+    def _fail_queued(self) -> None:
+        """The drain's grace period passed: calls not started get EngineStopping."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:
+                continue
+            sock, routing, msg = job
+            self.counters["errors"] += 1
+            self._reply(sock, routing, self._error(
+                msg.message_id, "zerocan.EngineStopping",
+                f"engine {self.id} stopped before this call started (drain grace period of "
+                f"{self.drain_timeout:g} s passed)", msg.function))
 
     def _send_replies(self) -> None:
         while True:
@@ -391,10 +452,18 @@ class Engine:
             return
         if msg.kind != "apply":
             return  # not a call
+        if self._draining:
+            self.counters["errors"] += 1
+            self._reply(sock, routing, self._error(
+                msg.message_id, "zerocan.EngineStopping",
+                f"engine {self.id} is stopping and takes no new calls; this call did not "
+                "start", msg.function))
+            return
         self.counters["calls"] += 1
         if self.threads:
             self._jobs.put((sock, routing, msg))
         else:
+            self._acknowledge(sock, routing, msg, direct=True)
             self._reply(sock, routing, self.process(msg))
 
     def _refuse(self) -> None:

@@ -62,6 +62,43 @@ class RemoteError(Error):
         return (RemoteError, (self.type, self.message, self.function, self.where))
 
 
+# Remote error types zerocan itself produces: RemoteError.type, the same strings as the
+# kError* constants of C++'s include/zerocan/remote_error.h (a test keeps them in sync).
+ERROR_ARGUMENT = "zerocan.ArgumentError"
+ERROR_UNKNOWN_FUNCTION = "zerocan.UnknownFunction"
+ERROR_DECODE = "zerocan.DecodeError"
+ERROR_ENGINE_LOST = "zerocan.EngineLost"
+ERROR_FAIL = "zerocan.Fail"
+ERROR_ENGINE_STOPPING = "zerocan.EngineStopping"
+ERROR_BROKER_STOPPING = "zerocan.BrokerStopping"
+ERROR_BUSY = "zerocan.Busy"
+ERROR_BROKER_LOST = "zerocan.BrokerLost"
+
+
+class Busy(RemoteError):
+    """The broker's queue of calls waiting for an engine was full; nothing ran (type
+    "zerocan.Busy", C++ ``zerocan::Busy``). Retry later."""
+
+    def __reduce__(self):
+        return (Busy, (self.type, self.message, self.function, self.where))
+
+
+class BrokerLost(RemoteError):
+    """The connection to the broker (or the engine called directly) was lost while the
+    call was in flight; the call may or may not have run (type "zerocan.BrokerLost",
+    C++ ``zerocan::BrokerLost``). Made by the client itself."""
+
+    def __reduce__(self):
+        return (BrokerLost, (self.type, self.message, self.function, self.where))
+
+
+def remote_error(type: str, message: str, function: str = "", where: str = "") -> RemoteError:
+    """The exception for a remote error: Busy or BrokerLost for those types, else
+    RemoteError (as C++'s ``zerocan::MakeRemoteError``)."""
+    cls = {ERROR_BUSY: Busy, ERROR_BROKER_LOST: BrokerLost}.get(type, RemoteError)
+    return cls(type, message, function, where)
+
+
 class ArgumentError(Error):
     """Raised inside an engine function when an argument has the wrong count or type;
     the client sees a RemoteError of type "zerocan.ArgumentError"."""

@@ -237,7 +237,7 @@ class Writer:
         m.sentAtNs = h.sent_at_ns
 
     def apply(self, function: str, args: Sequence[Any], kwargs: Mapping[str, Any],
-              timeout_ms: int = 0) -> None:
+              timeout_ms: int = 0, retries: int = 0) -> None:
         a = self.msg.body.init("apply")
         a.function = function
         if len(args) > MAX_CAPNP_LIST or len(kwargs) > MAX_CAPNP_LIST:
@@ -245,6 +245,8 @@ class Writer:
         arg_list = a.init("args", len(args))
         kw_list = a.init("kwargs", len(kwargs))
         a.timeoutMs = timeout_ms
+        if retries:
+            a.retries = min(int(retries), 0xFFFF)
         write = self.write
         for i, arg in enumerate(args):
             write(arg_list[i], arg, 0)
@@ -285,6 +287,14 @@ class Writer:
 
     def goodbye(self) -> None:
         self.msg.body.goodbye = None
+
+    def started(self, call_id: int) -> None:
+        """Engine -> broker: the call ``call_id`` began running."""
+        self.msg.body.init("started").callId = call_id
+
+    def draining(self) -> None:
+        """Engine -> broker: stopping, send no new calls."""
+        self.msg.body.draining = None
 
     def finish(self) -> Outgoing:
         if self._finished:
@@ -744,6 +754,7 @@ class Message:
             a = body.apply
             self._function = a.function
             self._timeout_ms = a.timeoutMs
+            self._retries = a.retries
             n = len(a.args) + len(a.kwargs)
             self._length(n, _Path(None, "apply"))
         elif kind == "result":
@@ -760,7 +771,9 @@ class Message:
         elif kind == "heartbeat":
             h = body.heartbeat
             self._heartbeat = (h.peerId, h.nowNs)
-        elif kind != "goodbye":
+        elif kind == "started":
+            self._call_id = body.started.callId
+        elif kind not in ("goodbye", "draining"):
             raise DecodeError(f"body: unknown message kind {kind!r} (sent by a newer "
                               "protocol version?)")
 
@@ -826,10 +839,18 @@ class Message:
         self._require("apply")
         return self._timeout_ms
 
+    @property
+    def retries(self) -> int:
+        """Apply.retries: further engines a broker may try if this call's is lost."""
+        self._require("apply")
+        return self._retries
+
     # -- result --
     @property
     def call_id(self) -> int:
-        self._require("result")
+        """The call a result answers, or a ``started`` message names."""
+        if self.kind != "started":
+            self._require("result")
         return self._call_id
 
     @property
@@ -1070,6 +1091,7 @@ def reencode(msg: Message, header: Optional[Header] = None, policy: Optional[Pol
         args = out.init("args", len(a.args))
         kwargs = out.init("kwargs", len(a.kwargs))
         out.timeoutMs = a.timeoutMs
+        out.retries = a.retries
         for i, v in enumerate(a.args):
             w.copy(args[i], v, msg)
         for i, f in enumerate(a.kwargs):
@@ -1090,6 +1112,10 @@ def reencode(msg: Message, header: Optional[Header] = None, policy: Optional[Pol
         w.heartbeat(*msg.heartbeat())
     elif kind == "goodbye":
         w.goodbye()
+    elif kind == "started":
+        w.started(msg.call_id)
+    elif kind == "draining":
+        w.draining()
     else:
         raise EncodeError(f"cannot re-encode a message of kind {kind!r}")
     return w.finish()

@@ -1,0 +1,109 @@
+"""Failures at the edges, from Python: a Python engine behind the C++ broker that is
+killed (its queued calls run elsewhere) or drains on stop; a full broker queue (Busy); a
+broker that goes away (BrokerLost); the error type names shared with C++."""
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import zerocan
+from zerocan import errors
+from conftest import cpp_command_missing, free_tcp_endpoint, zerocan_bin
+
+REPO = Path(__file__).resolve().parents[3]
+MISSING = cpp_command_missing("broker")
+
+
+def test_error_type_names_match_cpp():
+    header = (REPO / "include" / "zerocan" / "remote_error.h").read_text()
+    cpp = dict(re.findall(r'inline constexpr const char kError(\w+)\[\] = "([\w.]+)";', header))
+    py = {name: value for name, value in vars(errors).items() if name.startswith("ERROR_")}
+    snake = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).upper(): v for k, v in cpp.items()}
+    assert {f"ERROR_{k}": v for k, v in snake.items()} == py
+
+
+def broker(*extra):
+    front, back = free_tcp_endpoint(), free_tcp_endpoint()
+    p = subprocess.Popen([str(zerocan_bin()), "broker", "--frontend", front, "--backend", back,
+                          "--heartbeat-ms", "100", "--liveness", "3", *extra],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p, front, back
+
+
+def python_engine(back, id_, threads=1):
+    return subprocess.Popen([sys.executable, "-m", "zerocan", "engine", "--connect", back,
+                             "--id", id_, "--builtins", "--threads", str(threads),
+                             "--heartbeat", "0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+def test_killed_python_engine_queued_calls_run_elsewhere_and_busy_and_broker_lost():
+    p, front, back = broker("--max-queued-calls", "1")
+    engines = []
+    try:
+        with zerocan.Client(front, timeout=10, heartbeat=0.1) as c:
+            # No engine yet: one call waits, the next is refused at once.
+            waiting = c.apply("add", 1, 2)
+            time.sleep(0.2)
+            with pytest.raises(zerocan.Busy):
+                c.apply("add", 3, 4).result(timeout=5)
+            engines.append(python_engine(back, "py-a"))
+            assert waiting.result(timeout=20) == 3
+            engines.append(python_engine(back, "py-b"))
+            time.sleep(1.5)  # py-b joins
+            # 6 calls of 0.5 s over 2 one-thread engines; kill py-a while it runs one:
+            # the two it held unstarted run on py-b.
+            futs = [c.apply("sleep", 0.5) for _ in range(6)]
+            time.sleep(0.2)
+            engines[0].kill()
+            ok = lost = 0
+            for f in futs:
+                try:
+                    f.result(timeout=15)
+                    ok += 1
+                except zerocan.RemoteError as e:
+                    assert e.type == "zerocan.EngineLost" and "while running" in e.message, e
+                    lost += 1
+            assert lost <= 1 and ok + lost == 6
+            # The broker goes away: a call in flight fails with BrokerLost, quickly.
+            f = c.apply("sleep", 2.0)
+            time.sleep(0.2)
+            start = time.monotonic()
+            p.kill()
+            with pytest.raises(zerocan.BrokerLost):
+                f.result(timeout=5)
+            assert time.monotonic() - start < 1.0
+    finally:
+        for e in engines:
+            e.kill()
+        p.kill()
+        p.wait()
+
+
+def test_python_engine_drains_on_stop():
+    url = free_tcp_endpoint()
+    engine = zerocan.Engine(url, bind=True, builtins=True, threads=1, drain_timeout=10)
+    engine.start()
+    with zerocan.Client(url, timeout=10) as c:
+        assert c.call("add", 1, 1) == 2
+        futs = [c.apply("sleep", 0.2) for _ in range(5)]
+        time.sleep(0.05)
+        start = time.monotonic()
+        import threading
+        stopper = threading.Thread(target=engine.stop)
+        stopper.start()
+        time.sleep(0.05)
+        with pytest.raises(zerocan.RemoteError) as refused:
+            c.apply("add", 2, 2).result(timeout=5)
+        assert refused.value.type == "zerocan.EngineStopping"
+        lags = []
+        for i, f in enumerate(futs):
+            assert f.result(timeout=10) == 0.2
+            lags.append(time.monotonic() - start - (i + 1) * 0.2)
+        stopper.join()
+        assert max(lags) < 0.25, lags
