@@ -45,6 +45,10 @@ struct Envelope {
     hello @8 :Hello;
     heartbeat @9 :Heartbeat;
     goodbye @10 :Void;
+    cancel @11 :Cancel;
+    # Client -> engine (directly or through a broker): give up a call.
+    credit @12 :Credit;
+    # Client -> engine: the client consumed stream items; the engine may send more.
   }
 }
 
@@ -58,6 +62,10 @@ struct Apply {
 
   timeoutMs @3 :UInt32;
   # Caller's deadline in milliseconds from sentAtNs (0 = none). Engines may skip expired calls.
+
+  streamCredits @4 :UInt32;
+  # 0: a plain call, answered by one result. N > 0: a stream call: the engine may send up
+  # to N stream items before the client grants more with `credit` messages.
 }
 
 struct Result {
@@ -70,6 +78,29 @@ struct Result {
     ok @2 :Value;
     error @3 :RemoteError;
   }
+
+  stream @4 :StreamPart;
+  # `none` for the one result of a plain call. For a stream call: `item` for each item
+  # (in `ok`), then exactly one `end` (`ok` = null, or `error`).
+}
+
+enum StreamPart {
+  none @0;
+  item @1;
+  end @2;
+}
+
+struct Cancel {
+  callId @0 :UInt64;
+  # messageId of the apply to give up. Its client ends the call at once; the engine (or
+  # broker) drops it if queued, tells a running function, and sends no result for it.
+}
+
+struct Credit {
+  callId @0 :UInt64;
+  # messageId of the stream call.
+  items @1 :UInt32;
+  # More items the engine may send (added to what is left of earlier grants).
 }
 
 struct RemoteError {

@@ -212,6 +212,8 @@ inline void WalkMessage(const Message& m) {
       break;
     }
     case BodyKind::kHeartbeat: (void)GeneratedEnvelope(m).getBody().getHeartbeat().getPeerId().size(); break;
+    case BodyKind::kCancel: (void)m.target_call_id(); break;
+    case BodyKind::kCredit: (void)m.target_call_id(); (void)m.credit_items(); break;
     case BodyKind::kGoodbye:
     case BodyKind::kUnknown: break;
   }

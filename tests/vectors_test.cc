@@ -53,6 +53,7 @@ Outgoing Reencode(const Message& m, size_t threshold) {
       ApplyWriter a = w.StartApply(m.function(), m.arg_count(), m.kwarg_count(), m.timeout_ms());
       for (size_t i = 0; i < m.arg_count(); ++i) a.arg(i).Copy(m.arg(i));
       for (size_t i = 0; i < m.kwarg_count(); ++i) a.kwarg(i, m.kwarg_name(i)).Copy(m.kwarg(i));
+      if (m.stream_credits() != 0) w.SetStreamCredits(m.stream_credits());
       break;
     }
     case BodyKind::kResult:
@@ -61,6 +62,7 @@ Outgoing Reencode(const Message& m, size_t threshold) {
       } else {
         w.SetError(m.call_id(), m.engine_id(), m.error());
       }
+      if (m.stream_part() != StreamPart::kNone) w.SetStreamPart(m.stream_part());
       break;
     case BodyKind::kHello: {
       auto h = env.getBody().getHello();
@@ -75,6 +77,8 @@ Outgoing Reencode(const Message& m, size_t threshold) {
       break;
     }
     case BodyKind::kGoodbye: w.SetGoodbye(); break;
+    case BodyKind::kCancel: w.SetCancel(m.target_call_id()); break;
+    case BodyKind::kCredit: w.SetCredit(m.target_call_id(), m.credit_items()); break;
     case BodyKind::kUnknown: ADD_FAILURE() << "unknown body"; break;
   }
   return w.Finish();

@@ -614,6 +614,8 @@ std::string KindOf(BodyKind kind) {
     case BodyKind::kHello: return "hello";
     case BodyKind::kHeartbeat: return "heartbeat";
     case BodyKind::kGoodbye: return "goodbye";
+    case BodyKind::kCancel: return "cancel";
+    case BodyKind::kCredit: return "credit";
     case BodyKind::kUnknown: return "unknown";
   }
   return "unknown";
@@ -665,6 +667,13 @@ void Describe(const InspectOptions& o, size_t first_message_frame, Inspection* i
                                  Quote(ToView(body.getHeartbeat().getPeerId())));
       break;
     case BodyKind::kGoodbye: in->summary = absl::StrCat("goodbye ", in->message_id); break;
+    case BodyKind::kCancel:
+      in->summary = absl::StrCat("cancel ", in->message_id, " of call ", m.target_call_id());
+      break;
+    case BodyKind::kCredit:
+      in->summary = absl::StrCat("credit ", in->message_id, ": ", m.credit_items(),
+                                 " items for call ", m.target_call_id());
+      break;
     case BodyKind::kUnknown: in->summary = "unknown body"; break;
   }
   in->inline_payloads = c.inline_payloads;

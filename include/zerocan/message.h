@@ -41,7 +41,15 @@ struct ReceivedMessage {
   FrameList frames;
 };
 
-enum class BodyKind : uint8_t { kApply, kResult, kHello, kHeartbeat, kGoodbye, kUnknown };
+enum class BodyKind : uint8_t {
+  kApply, kResult, kHello, kHeartbeat, kGoodbye,
+  kCancel, kCredit,  // client -> engine: give up a call; grant stream items
+  kUnknown
+};
+
+// Where a result stands in a stream call (Result.stream): the one result of a plain
+// call, one item of a stream, or the stream's end (ok = null, or an error).
+enum class StreamPart : uint8_t { kNone, kItem, kEnd };
 
 class Message {
  public:
@@ -65,6 +73,8 @@ class Message {
   std::string_view kwarg_name(size_t i) const;
   Value kwarg(size_t i) const;
   uint32_t timeout_ms() const;
+  // Items the engine may send before the client grants more; 0 = a plain call.
+  uint32_t stream_credits() const;
 
   // Result accessors (body_kind() == kResult).
   uint64_t call_id() const;
@@ -72,6 +82,11 @@ class Message {
   Value result() const;             // ok() only
   RemoteErrorInfo error() const;    // !ok() only
   std::string_view engine_id() const;
+  StreamPart stream_part() const;
+
+  // Cancel and credit accessors (kCancel: target(); kCredit: target() and credit_items()).
+  uint64_t target_call_id() const;
+  uint32_t credit_items() const;
 
   // The frames, still owned by this message (shared by every payload Buffer).
   const FrameList& frames() const noexcept;

@@ -20,6 +20,9 @@ inline constexpr const char kErrorUnknownFunction[] = "zerocan.UnknownFunction";
 inline constexpr const char kErrorDecode[] = "zerocan.DecodeError";
 inline constexpr const char kErrorEngineLost[] = "zerocan.EngineLost";
 inline constexpr const char kErrorFail[] = "zerocan.Fail";
+// The name of a cancelled call's failure (CancelledError below), as Python's
+// zerocan.CancelledError. Local: never sent, since a cancelled call gets no reply.
+inline constexpr const char kErrorCancelled[] = "zerocan.CancelledError";
 
 class RemoteError : public Error {
  public:
@@ -39,6 +42,12 @@ class RemoteError : public Error {
 
 // No reply within the call's deadline (zerocan.TimeoutError in Python, the same name).
 class TimeoutError : public Error {
+ public:
+  using Error::Error;
+};
+// The call was cancelled (ResultFuture::Cancel, ResultStream::Cancel); inside an engine,
+// what StreamWriter::Write throws once its call is cancelled.
+class CancelledError : public Error {
  public:
   using Error::Error;
 };

@@ -41,6 +41,7 @@ namespace zerocan {
 
 class Registry;
 class Value;
+enum class StreamPart : uint8_t;
 class EnvelopeWriter;
 class ListWriter;
 class MapWriter;
@@ -225,6 +226,12 @@ class EnvelopeWriter {
                 const std::vector<std::string>& functions = {});
   void SetHeartbeat(std::string_view peer_id, uint64_t now_ns);
   void SetGoodbye();
+  // Streams (docs/FORMAT.md "Cancel and streams"): an apply asking for a stream of
+  // results, an item or the end of a stream, a cancel, a credit grant.
+  void SetStreamCredits(uint32_t credits);  // after StartApply
+  void SetStreamPart(StreamPart part);      // after StartResult / SetError
+  void SetCancel(uint64_t call_id);
+  void SetCredit(uint64_t call_id, uint32_t items);
 
   // Makes the envelope's bytes and hands over the payload frames. The writer is spent
   // afterwards.

@@ -21,6 +21,9 @@ struct Peek {
   uint64_t call_id = 0;       // results
   std::string function;       // applies
   uint32_t timeout_ms = 0;    // applies
+  uint32_t stream_credits = 0;           // applies (0 = a plain call)
+  StreamPart stream = StreamPart::kNone;  // results
+  // call_id is also the call a cancel or credit names.
 };
 
 std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits);

@@ -613,6 +613,8 @@ class Walker {
         Text(body.getHeartbeat().getPeerId(), Child(Child(root, "heartbeat"), "peerId"));
         return;
       case wire::Envelope::Body::GOODBYE: return;
+      case wire::Envelope::Body::CANCEL: return;  // data only
+      case wire::Envelope::Body::CREDIT: return;  // data only
     }
     Fail(Code::kMalformed, Child(root, "body"),
          absl::StrCat("unknown message kind ", static_cast<int>(body.which()),
