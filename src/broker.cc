@@ -178,6 +178,10 @@ class Broker::Impl {
         continue;
       }
       std::optional<internal::Peek> peek = internal::PeekEnvelope(m->frames[0], options_.limits);
+      if (peek && (peek->kind == BodyKind::kCancel || peek->kind == BodyKind::kCredit)) {
+        ClientControl(*m, *peek);  // cancel and streams
+        continue;
+      }
       if (!peek || peek->kind != BodyKind::kApply) {
         ++dropped_;  // clients only send calls; anything else is noise
         continue;
@@ -224,6 +228,33 @@ class Broker::Impl {
     ++best->in_flight;
     in_flight_[CallKey(f.client, f.call_id)] = std::move(f);
     ++requests_;
+  }
+
+  // A client's cancel or credit: a queued call is dropped (cancel); a call at an engine
+  // gets the message forwarded there. A cancelled call is retired here at once: the
+  // engine sends nothing more for it, and anything that comes is dropped as untracked.
+  void ClientControl(const ReceivedMessage& m, const internal::Peek& peek) {
+    std::string client = FrameString(m.routing[0]);
+    auto f = in_flight_.find(CallKey(client, peek.call_id));
+    if (f == in_flight_.end()) {
+      if (peek.kind != BodyKind::kCancel) return;
+      for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+        if (it->peek.message_id == peek.call_id && FrameString(it->message.routing[0]) == client) {
+          waiting_.erase(it);
+          return;
+        }
+      }
+      return;
+    }
+    RoutingFrames routing;
+    routing.push_back(FrameOf(f->second.engine));
+    for (const Buffer& r : m.routing) routing.push_back(r);
+    if (!Forward(backend_, routing, m.frames)) ++dropped_;
+    if (peek.kind == BodyKind::kCancel) {
+      auto e = engines_.find(f->second.engine);
+      if (e != engines_.end() && e->second.in_flight > 0) --e->second.in_flight;
+      in_flight_.erase(f);
+    }
   }
 
   // ---- engines -> broker / clients --------------------------------------------------------
@@ -279,8 +310,11 @@ class Broker::Impl {
           ++dropped_;  // its call was already failed (engine lost) or never ours
           continue;
         }
-        if (it != engines_.end() && it->second.in_flight > 0) --it->second.in_flight;
-        in_flight_.erase(f);
+        // A stream's items pass; its end (or a plain result) retires the call.
+        if (peek->stream != StreamPart::kItem) {
+          if (it != engines_.end() && it->second.in_flight > 0) --it->second.in_flight;
+          in_flight_.erase(f);
+        }
       }
       std::span<const Buffer> routing(m->routing.data() + 1, m->routing.size() - 1);
       if (Forward(frontend_, routing, m->frames)) {
