@@ -613,8 +613,10 @@ class Walker {
         Text(body.getHeartbeat().getPeerId(), Child(Child(root, "heartbeat"), "peerId"));
         return;
       case wire::Envelope::Body::GOODBYE: return;
-      case wire::Envelope::Body::CANCEL: return;  // data only
-      case wire::Envelope::Body::CREDIT: return;  // data only
+      // Data only; reading a field follows (and so checks) the struct pointer here, so
+      // that the accessors afterwards cannot meet a bad one.
+      case wire::Envelope::Body::CANCEL: (void)body.getCancel().getCallId(); return;
+      case wire::Envelope::Body::CREDIT: (void)body.getCredit().getItems(); return;
     }
     Fail(Code::kMalformed, Child(root, "body"),
          absl::StrCat("unknown message kind ", static_cast<int>(body.which()),

@@ -42,6 +42,14 @@ class TimeoutError(Error, concurrent.futures.TimeoutError):
     """A call's deadline passed before its result arrived."""
 
 
+class CancelledError(Error, concurrent.futures.CancelledError):
+    """A call or stream was cancelled (``future.cancel()``, ``stream.cancel()``); the C++
+    ``zerocan::CancelledError``. ``TYPE`` is the name both languages give it
+    (``kErrorCancelled`` in include/zerocan/remote_error.h)."""
+
+    TYPE = "zerocan.CancelledError"
+
+
 class RemoteError(Error):
     """A call failed on the engine: the remote exception's type, message, the function
     that was called and where it happened (engine id, host, or a traceback)."""
