@@ -516,6 +516,11 @@ class Engine:
         when cancelled: the generator is closed, so its ``finally`` runs)."""
         call_id = msg.message_id
         function = msg.function
+        if sock is None:  # process(msg) without its socket: nowhere to send items
+            gen.close()
+            return self._error(call_id, "zerocan.TransportError",
+                               f"{function}: a stream call needs the engine's socket",
+                               function, stream_end=True)
         ctx._credits = msg.stream_credits
         prev = getattr(_current, "call", None)
         _current.call = ctx
