@@ -52,6 +52,10 @@ struct Envelope {
     draining @12 :Void;
     # Engine -> broker: the engine is stopping; it takes no new calls but finishes (and
     # answers) the ones it holds, heartbeating meanwhile, then says goodbye.
+    cancel @13 :Cancel;
+    # Client -> engine (directly or through a broker): give up a call.
+    credit @14 :Credit;
+    # Client -> engine: the client consumed stream items; the engine may send more.
   }
 }
 
@@ -76,6 +80,9 @@ struct Apply {
   # running it is lost (0 = never: the call fails with zerocan.EngineLost). Set only by
   # callers whose function is safe to run twice. It lies in the Apply's existing data
   # word: an Apply that leaves it 0 is byte for byte what it was before the field existed.
+  streamCredits @5 :UInt16;
+  # 0: a plain call, answered by one result. N > 0: a stream call: the engine may send up
+  # to N stream items before the client grants more with `credit` messages.
 }
 
 struct Result {
@@ -88,6 +95,29 @@ struct Result {
     ok @2 :Value;
     error @3 :RemoteError;
   }
+
+  stream @4 :StreamPart;
+  # `none` for the one result of a plain call. For a stream call: `item` for each item
+  # (in `ok`), then exactly one `end` (`ok` = null, or `error`).
+}
+
+enum StreamPart {
+  none @0;
+  item @1;
+  end @2;
+}
+
+struct Cancel {
+  callId @0 :UInt64;
+  # messageId of the apply to give up. Its client ends the call at once; the engine (or
+  # broker) drops it if queued, tells a running function, and sends no result for it.
+}
+
+struct Credit {
+  callId @0 :UInt64;
+  # messageId of the stream call.
+  items @1 :UInt32;
+  # More items the engine may send (added to what is left of earlier grants).
 }
 
 struct RemoteError {

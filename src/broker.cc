@@ -338,6 +338,10 @@ class Broker::Impl {
         continue;
       }
       std::optional<internal::Peek> peek = internal::PeekEnvelope(m->frames[0], options_.limits);
+      if (peek && (peek->kind == BodyKind::kCancel || peek->kind == BodyKind::kCredit)) {
+        ClientControl(*m, *peek);  // cancel and streams
+        continue;
+      }
       if (!peek || peek->kind != BodyKind::kApply) {
         ++dropped_;  // clients only send calls; anything else is noise
         continue;
@@ -421,6 +425,33 @@ class Broker::Impl {
     }
   }
 
+  // A client's cancel or credit: a queued call is dropped (cancel); a call at an engine
+  // gets the message forwarded there. A cancelled call is retired here at once: the
+  // engine sends nothing more for it, and anything that comes is dropped as untracked.
+  void ClientControl(const ReceivedMessage& m, const internal::Peek& peek) {
+    std::string client = FrameString(m.routing[0]);
+    auto f = in_flight_.find(CallKey(client, peek.call_id));
+    if (f == in_flight_.end()) {
+      if (peek.kind != BodyKind::kCancel) return;
+      for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+        if (it->peek.message_id == peek.call_id && FrameString(it->message.routing[0]) == client) {
+          waiting_.erase(it);
+          return;
+        }
+      }
+      return;
+    }
+    RoutingFrames routing;
+    routing.push_back(FrameOf(f->second.engine));
+    for (const Buffer& r : m.routing) routing.push_back(r);
+    if (!Forward(backend_, routing, m.frames)) ++dropped_;
+    if (peek.kind == BodyKind::kCancel) {
+      auto e = engines_.find(f->second.engine);
+      if (e != engines_.end() && e->second.in_flight > 0) --e->second.in_flight;
+      in_flight_.erase(f);
+    }
+  }
+
   // ---- engines -> broker / clients --------------------------------------------------------
 
   void DrainBackend() {
@@ -488,17 +519,27 @@ class Broker::Impl {
           ++dropped_;  // its call was already failed (engine lost) or never ours
           continue;
         }
-        if (it != engines_.end() && it->second.in_flight > 0) --it->second.in_flight;
-        if (peek->error_type == kErrorEngineStopping && !f->second.started &&
-            f->second.message) {
-          // The engine is draining and refused the call before running it: elsewhere.
-          InFlight call = std::move(f->second);
+        if (peek->stream == StreamPart::kItem) {
+          // A stream's items pass on; the call runs, whatever its engine said so far.
+          if (!f->second.started) {
+            f->second.started = true;
+            ++f->second.attempts;
+          }
+          f->second.message.reset();  // items were delivered: never run it again
+        } else {
+          // Its end, or a plain result, retires the call.
+          if (it != engines_.end() && it->second.in_flight > 0) --it->second.in_flight;
+          if (peek->error_type == kErrorEngineStopping && !f->second.started &&
+              f->second.message) {
+            // The engine is draining and refused the call before running it: elsewhere.
+            InFlight call = std::move(f->second);
+            in_flight_.erase(f);
+            if (it != engines_.end()) it->second.draining = true;
+            Redispatch(std::move(call));
+            continue;
+          }
           in_flight_.erase(f);
-          if (it != engines_.end()) it->second.draining = true;
-          Redispatch(std::move(call));
-          continue;
         }
-        in_flight_.erase(f);
       }
       std::span<const Buffer> routing(m->routing.data() + 1, m->routing.size() - 1);
       if (Forward(frontend_, routing, m->frames)) {

@@ -13,6 +13,8 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -37,6 +39,11 @@ struct PendingCall {
   Clock::time_point deadline;
   bool done = false;  // guarded by ClientCore::mu_
   Result result;
+  // Stream calls (Client::stream): items received and not yet read (mu_); each item
+  // moves the deadline to one call timeout after it.
+  bool stream = false;
+  std::chrono::milliseconds timeout{0};
+  std::deque<Result> items;
 };
 
 class ClientCore {
@@ -99,11 +106,17 @@ class ClientCore {
   }
 
   ResultFuture Submit(std::shared_ptr<ClientCore> self, EnvelopeWriter& writer,
-                      std::string_view function, std::chrono::milliseconds timeout) {
+                      std::string_view function, std::chrono::milliseconds timeout,
+                      uint32_t stream_credits = 0) {
     auto call = std::make_shared<PendingCall>();
     call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
     call->function = std::string(function);
     call->deadline = Clock::now() + timeout;
+    if (stream_credits != 0) {  // a stream call (ResultStream)
+      writer.SetStreamCredits(stream_credits);
+      call->stream = true;
+      call->timeout = timeout;
+    }
     Header header;
     header.message_id = call->id;
     header.session_id = session_;
@@ -139,7 +152,7 @@ class ClientCore {
       Clock::time_point now = Clock::now();
       {
         std::unique_lock<std::mutex> lock(mu_);
-        if (call.done) return true;
+        if (call.done || !call.items.empty()) return true;  // (items: a stream's)
         if (now >= call.deadline) {
           Expire(call);
           return true;
@@ -155,7 +168,7 @@ class ClientCore {
         while (senders_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
       } else {
         std::unique_lock<std::mutex> lock(mu_);
-        if (call.done) return true;
+        if (call.done || !call.items.empty()) return true;
         // The leader notifies after each batch; the bound covers a missed notify and
         // the moment the leader steps down.
         cv_.wait_until(lock, std::min(stop, now + std::chrono::milliseconds(2)));
@@ -176,6 +189,46 @@ class ClientCore {
     pending_.erase(call.id);
     Finish(call, Result::Failed(std::make_exception_ptr(TimeoutError(absl::StrCat(
                      internal::Sv(call.function), ": no reply within the call's timeout")))));
+  }
+
+  // ---- cancel and streams -------------------------------------------------------------
+
+  // Ends `call` as cancelled (unless done) and tells the engine; true when it did.
+  bool Cancel(PendingCall& call) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (call.done || closed_) return false;
+      pending_.erase(call.id);
+      call.items.clear();
+      Finish(call, Result::Failed(std::make_exception_ptr(CancelledError(
+                       absl::StrCat(internal::Sv(call.function), ": call ", call.id,
+                                    " was cancelled")))));
+    }
+    cv_.notify_all();
+    SendControl([&](EnvelopeWriter& w) { w.SetCancel(call.id); });
+    return true;
+  }
+
+  // Sends a message that is not a call (cancel, credit); best effort (a lost one is
+  // like a lost call: the engine's timeout or the client's deadline covers it).
+  void SendControl(const std::function<void(EnvelopeWriter&)>& body) {
+    EnvelopeWriter writer;
+    Header header;
+    header.message_id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    header.session_id = session_;
+    header.sequence = header.message_id;
+    writer.SetHeader(header);
+    body(writer);
+    Outgoing out = writer.Finish();
+    WantIo();
+    std::lock_guard<std::mutex> io(io_mu_);
+    DoneIo();
+    if (socket_.handle() == nullptr) return;
+    try {
+      if (signer_) signer_->Sign(&out);
+      Send(socket_, std::move(out));
+    } catch (const Error&) {
+    }
   }
 
   std::mutex mu_;
@@ -278,6 +331,13 @@ class ClientCore {
         late_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
+      if (it->second->stream && reply.stream_part() == StreamPart::kItem) {
+        // One item of a stream: queued for its reader; the call goes on.
+        PendingCall& call = *it->second;
+        call.items.push_back(std::move(result));
+        call.deadline = Clock::now() + call.timeout;
+        continue;
+      }
       Finish(*it->second, std::move(result));
       pending_.erase(it);
     }
@@ -367,6 +427,45 @@ bool ResultFuture::ready() const { return wait_for(std::chrono::nanoseconds(0)) 
 
 uint64_t ResultFuture::call_id() const noexcept { return call_ ? call_->id : 0; }
 
+bool ResultFuture::Cancel() { return call_ != nullptr && core_->Cancel(*call_); }
+
+// ---- ResultStream --------------------------------------------------------------------------
+
+ResultStream::~ResultStream() {
+  if (call_ != nullptr) core_->Cancel(*call_);  // false (and silent) once it ended
+}
+
+std::optional<Result> ResultStream::Next() {
+  if (call_ == nullptr) throw Error("ResultStream::Next() on an empty stream");
+  core_->Wait(*call_, Clock::time_point::max());
+  Result item;
+  uint32_t grant = 0;
+  {
+    std::lock_guard<std::mutex> lock(core_->mu_);
+    if (call_->items.empty()) {  // the end: done, with nothing left to read
+      Result end = std::move(call_->result);
+      call_->result = Result();
+      end.ThrowIfError();
+      return std::nullopt;
+    }
+    item = std::move(call_->items.front());
+    call_->items.pop_front();
+    // Credit back in batches of half the window, while the stream runs.
+    if (!call_->done && ++unacknowledged_ >= std::max<uint32_t>(1, window_ / 2)) {
+      grant = std::exchange(unacknowledged_, 0);
+    }
+  }
+  if (grant != 0) {
+    uint64_t id = call_->id;
+    core_->SendControl([&](EnvelopeWriter& w) { w.SetCredit(id, grant); });
+  }
+  return item;
+}
+
+bool ResultStream::Cancel() { return call_ != nullptr && core_->Cancel(*call_); }
+
+uint64_t ResultStream::call_id() const noexcept { return call_ ? call_->id : 0; }
+
 // ---- Client ------------------------------------------------------------------------------
 
 Client::Client(const std::string& url, ClientOptions options)
@@ -381,6 +480,13 @@ ResultFuture Client::Submit(EnvelopeWriter& writer, std::string_view function,
                             std::chrono::milliseconds timeout) {
   if (options_.retries > 0) writer.SetApplyRetries(static_cast<uint32_t>(options_.retries));
   return core_->Submit(core_, writer, function, timeout);
+}
+
+ResultStream Client::SubmitStream(EnvelopeWriter& writer, std::string_view function,
+                                  std::chrono::milliseconds timeout) {
+  uint32_t credits = std::max<uint32_t>(1, options_.stream_credits);
+  ResultFuture f = core_->Submit(core_, writer, function, timeout, credits);
+  return ResultStream(core_, std::move(f.call_), credits);
 }
 
 ClientCounters Client::counters() const { return core_->counters(); }

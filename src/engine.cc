@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "internal/live_calls.h"
 #include "internal/testing.h"
 #include "internal/strings.h"
 #include "wire/peek.h"
@@ -128,6 +129,7 @@ struct Reply {
   RoutingFrames routing;  // shares the call's received frames until the reply is sent
   Outgoing message;
   uint64_t ack_of = 0;  // a `started` for the call of this token (0: a reply)
+  bool after_items = false;  // the end of a stream: queued items leave first
 };
 
 // A call a function is running now (for the drain's deadline).
@@ -137,6 +139,13 @@ struct Running {
   uint64_t call_id = 0;
   std::string function;
 };
+
+// Cancel and credit envelopes are at most this big (72 and 80 bytes; the smallest apply
+// is larger): the I/O thread reads messages this small itself (stream.h).
+constexpr size_t kControlEnvelopeBytes = 96;
+
+// Set on the engine's I/O thread: a stream writer there cannot wait for credit.
+thread_local bool tls_engine_io_thread = false;
 
 }  // namespace
 
@@ -281,6 +290,7 @@ class Engine::Impl {
 
   void IoLoop() {
     tl_io_owner = this;
+    tls_engine_io_thread = true;
     std::vector<std::string> names = Functions();
     for (size_t i = 0; i < sockets_.size(); ++i) {
       if (!is_dealer_[i]) continue;
@@ -346,7 +356,9 @@ class Engine::Impl {
         }
       }
     }
-    // Stopping: workers finish the queue (graceful) or drop it (kill).
+    // Stopping: workers finish the queue (graceful) or drop it (kill); streams waiting
+    // for credit end (nobody will grant more now).
+    live_.StopAll();
     {
       std::lock_guard<std::mutex> lock(mu_);
       workers_stop_ = true;
@@ -397,11 +409,12 @@ class Engine::Impl {
         continue;
       }
       Job job{index, std::move(received->routing), std::move(*received), Message()};
+      if (HandleControl(job)) continue;  // a cancel or credit (stream.h)
       bool here = options_.threads <= 0 || options_.inline_execution;
       if (!here && any_inline_) {
         // Where it runs depends on its function: decode it here, once.
         std::optional<Reply> refusal;
-        if (!Admit(job, &refusal)) {
+        if (!job.message && !Admit(job, &refusal)) {
           if (refusal) SendQuiet(refusal->socket, std::move(refusal->message), refusal->routing);
           continue;
         }
@@ -409,6 +422,7 @@ class Engine::Impl {
       }
       if (here) {
         std::optional<Reply> reply = Process(std::move(job));
+        if (reply && reply->after_items) SendReplies();  // a stream's items, then its end
         if (reply) SendQuiet(reply->socket, std::move(reply->message), reply->routing);
       } else {
         {
@@ -449,6 +463,78 @@ class Engine::Impl {
     } catch (const TransportError&) {
       Bump(dropped_);  // peer gone (ROUTER with an unknown identity drops silently anyway)
     }
+  }
+
+  // ---- cancel and credit (stream.h) ---------------------------------------------------
+
+  // Handles `job` when it is a cancel or a credit (small enough to be one: read here);
+  // true when it was one, or was refused. Otherwise `job` goes on, maybe decoded.
+  bool HandleControl(Job& job) {
+    if (job.received.frames.empty() || job.received.frames[0].size() > kControlEnvelopeBytes) {
+      return false;
+    }
+    std::optional<Reply> refusal;
+    if (!Admit(job, &refusal)) {
+      if (refusal) SendQuiet(refusal->socket, std::move(refusal->message), refusal->routing);
+      return true;
+    }
+    BodyKind kind = job.message.body_kind();
+    if (kind != BodyKind::kCancel && kind != BodyKind::kCredit) return false;
+    uint64_t id = job.message.target_call_id();
+    std::string key = internal::LiveCalls::Key(job.routing, id);
+    if (kind == BodyKind::kCredit) {
+      live_.Grant(key, job.message.credit_items());
+      return true;
+    }
+    {
+      // Still queued: dropped, never run or answered.
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = jobs_.begin(); it != jobs_.end(); ++it) {
+        if (it->socket != job.socket || QueuedCallId(*it) != id ||
+            internal::LiveCalls::Key(it->routing, id) != key) {
+          continue;
+        }
+        jobs_.erase(it);
+        return true;
+      }
+    }
+    live_.Cancel(key);  // running: its stop is requested; not yet: remembered
+    return true;
+  }
+
+  static uint64_t QueuedCallId(const Job& job) {
+    if (job.message) return job.message.message_id();
+    if (job.received.frames.empty()) return 0;
+    std::optional<internal::Peek> peek = internal::PeekEnvelope(job.received.frames[0], {});
+    return peek && peek->kind == BodyKind::kApply ? peek->message_id : 0;
+  }
+
+  // The control block of a call about to run (nullptr: cancelled while queued). For a
+  // stream call, items go to the I/O thread through the reply queue.
+  std::shared_ptr<internal::CallControl> StartCall(const Reply& reply, const Message& message,
+                                                   const std::string& key, bool stream) {
+    std::shared_ptr<internal::CallControl> control = live_.Start(key);
+    if (control == nullptr) return nullptr;
+    control->call_id = message.message_id();
+    control->engine_id = options_.id;
+    control->function = std::string(message.function());
+    control->policy = &policy_;
+    control->registry = registry_;
+    if (stream) {
+      control->stream = true;
+      control->credits = message.stream_credits();
+      control->wait_for_credit = !tls_engine_io_thread;
+      control->next_header = [this] { return NextHeader(); };
+      control->send = [this, socket = reply.socket, routing = reply.routing](Outgoing&& item) {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (kill_) return;
+          replies_.push_back(Reply{socket, routing, std::move(item)});
+        }
+        Wake();
+      };
+    }
+    return control;
   }
 
   // ---- workers ----------------------------------------------------------------------
@@ -525,22 +611,49 @@ class Engine::Impl {
            function, options_.id});
       return reply;
     }
+    // Cancel and streams (stream.h): the call's control block, in the table of running
+    // calls while it runs; a cancelled call gets no reply at all.
+    const bool stream = message.stream_credits() != 0;
+    if (stream != it->second->options.stream) {
+      Bump(errors_);
+      reply.message = ErrorReply(
+          message.message_id(),
+          {kErrorArgument,
+           absl::StrCat(function, stream ? ": does not stream its result (call it with apply)"
+                                         : ": streams its result (call it with stream)"),
+           function, options_.id},
+          stream);
+      return reply;
+    }
+    std::string live_key = internal::LiveCalls::Key(reply.routing, message.message_id());
+    std::shared_ptr<internal::CallControl> control = StartCall(reply, message, live_key, stream);
+    if (control == nullptr) return std::nullopt;
+    internal::LiveCalls::Scope running(live_, live_key);
+    reply.after_items = stream;
     uint64_t token = BeginCall(reply.socket, reply.routing, message.message_id(), function);
-    reply.message = RunCall(*it->second, message, function);
+    std::optional<Outgoing> result = RunCall(*it->second, message, function, *control, stream);
     if (!EndCall(token)) return std::nullopt;  // abandoned at the drain's deadline
+    if (!result) return std::nullopt;          // cancelled: no reply at all
+    reply.message = std::move(*result);
     reply.ack_of = token;
     return reply;
   }
 
-  // Runs the function; returns its result or error reply.
-  Outgoing RunCall(Function& f, const Message& message, const std::string& function) {
+  // Runs the function: its result, its error reply, or nothing when the call was
+  // cancelled (a stream's items leave on their own, through `control`).
+  std::optional<Outgoing> RunCall(Function& f, const Message& message,
+                                  const std::string& function, internal::CallControl& control,
+                                  bool stream) {
     RemoteErrorInfo error;
     try {
       EnvelopeWriter w(policy_, registry_);
       w.SetHeader(NextHeader());
       ValueWriter out = w.StartResult(message.message_id(), options_.id);
-      Call call(message, options_.id, *registry_);
+      StreamWriter items(control);
+      Call call(message, options_.id, *registry_, &control, stream ? &items : nullptr);
       f.fn(call, out);
+      if (control.stop.stop_requested()) return std::nullopt;
+      if (stream) w.SetStreamPart(StreamPart::kEnd);
       return w.Finish();
     } catch (const RemoteError& e) {
       error = e.info();
@@ -559,9 +672,10 @@ class Engine::Impl {
     } catch (...) {
       error = {"unknown", "a non-standard exception was thrown", function, ""};
     }
+    if (control.stop.stop_requested()) return std::nullopt;  // cancelled: no reply
     Bump(errors_);
     error.where = options_.id;
-    return ErrorReply(message.message_id(), error);
+    return ErrorReply(message.message_id(), error, stream);
   }
 
   // ---- call tracking: acknowledgements and the drain ----------------------------------
@@ -687,10 +801,12 @@ class Engine::Impl {
     }
   }
 
-  Outgoing ErrorReply(uint64_t call_id, const RemoteErrorInfo& error) {
+  // `stream_end`: the error ends a stream call (Result.stream = end).
+  Outgoing ErrorReply(uint64_t call_id, const RemoteErrorInfo& error, bool stream_end = false) {
     EnvelopeWriter w(policy_, registry_);
     w.SetHeader(NextHeader());
     w.SetError(call_id, options_.id, error);
+    if (stream_end) w.SetStreamPart(StreamPart::kEnd);
     return w.Finish();
   }
 
@@ -726,6 +842,7 @@ class Engine::Impl {
   std::map<std::string, std::shared_ptr<Function>> functions_;
   bool any_inline_ = false;  // a function of functions_ asked for inline_execution
   std::unique_ptr<ReplayGuard> replay_;  // with a signer only
+  internal::LiveCalls live_;  // running calls, for cancel and credit (stream.h)
   std::vector<zmq::socket_t> sockets_;
   std::vector<bool> is_dealer_;
   int router_index_ = -1;

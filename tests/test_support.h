@@ -213,6 +213,8 @@ inline void WalkMessage(const Message& m) {
     }
     case BodyKind::kHeartbeat: (void)GeneratedEnvelope(m).getBody().getHeartbeat().getPeerId().size(); break;
     case BodyKind::kStarted: (void)m.call_id(); break;
+    case BodyKind::kCancel: (void)m.target_call_id(); break;
+    case BodyKind::kCredit: (void)m.target_call_id(); (void)m.credit_items(); break;
     case BodyKind::kGoodbye:
     case BodyKind::kDraining:
     case BodyKind::kUnknown: break;

@@ -54,6 +54,7 @@ Outgoing Reencode(const Message& m, size_t threshold) {
       for (size_t i = 0; i < m.arg_count(); ++i) a.arg(i).Copy(m.arg(i));
       for (size_t i = 0; i < m.kwarg_count(); ++i) a.kwarg(i, m.kwarg_name(i)).Copy(m.kwarg(i));
       if (m.retries() != 0) w.SetApplyRetries(m.retries());
+      if (m.stream_credits() != 0) w.SetStreamCredits(m.stream_credits());
       break;
     }
     case BodyKind::kResult:
@@ -62,6 +63,7 @@ Outgoing Reencode(const Message& m, size_t threshold) {
       } else {
         w.SetError(m.call_id(), m.engine_id(), m.error());
       }
+      if (m.stream_part() != StreamPart::kNone) w.SetStreamPart(m.stream_part());
       break;
     case BodyKind::kHello: {
       auto h = env.getBody().getHello();
@@ -78,6 +80,8 @@ Outgoing Reencode(const Message& m, size_t threshold) {
     case BodyKind::kGoodbye: w.SetGoodbye(); break;
     case BodyKind::kStarted: w.SetStarted(m.call_id()); break;
     case BodyKind::kDraining: w.SetDraining(); break;
+    case BodyKind::kCancel: w.SetCancel(m.target_call_id()); break;
+    case BodyKind::kCredit: w.SetCredit(m.target_call_id(), m.credit_items()); break;
     case BodyKind::kUnknown: ADD_FAILURE() << "unknown body"; break;
   }
   return w.Finish();

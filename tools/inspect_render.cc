@@ -614,6 +614,8 @@ std::string KindOf(BodyKind kind) {
     case BodyKind::kHello: return "hello";
     case BodyKind::kHeartbeat: return "heartbeat";
     case BodyKind::kGoodbye: return "goodbye";
+    case BodyKind::kCancel: return "cancel";
+    case BodyKind::kCredit: return "credit";
     case BodyKind::kUnknown: return "unknown";
     case BodyKind::kStarted: return "started";
     case BodyKind::kDraining: return "draining";
@@ -672,6 +674,13 @@ void Describe(const InspectOptions& o, size_t first_message_frame, Inspection* i
       in->summary = absl::StrCat("started ", in->message_id, " call ", *in->call_id);
       break;
     case BodyKind::kDraining: in->summary = absl::StrCat("draining ", in->message_id); break;
+    case BodyKind::kCancel:
+      in->summary = absl::StrCat("cancel ", in->message_id, " of call ", m.target_call_id());
+      break;
+    case BodyKind::kCredit:
+      in->summary = absl::StrCat("credit ", in->message_id, ": ", m.credit_items(),
+                                 " items for call ", m.target_call_id());
+      break;
     case BodyKind::kUnknown: in->summary = "unknown body"; break;
   }
   in->inline_payloads = c.inline_payloads;

@@ -112,6 +112,9 @@ struct ClientOptions {
   // connection is still noticed).
   std::chrono::milliseconds heartbeat{1000};
   int liveness = 3;
+  // Stream calls (Client::stream): items the engine may send ahead of the reader; the
+  // client grants more as items are read, so at most this many wait unread.
+  uint32_t stream_credits = 64;
 };
 
 struct ClientCounters {
@@ -184,11 +187,48 @@ class ResultFuture {
   // Done when libzmq has released every zero-copy argument frame of this call.
   const Tracker& tracker() const noexcept { return tracker_; }
   uint64_t call_id() const noexcept;
+  // Gives up the call: unless it is done already, it ends at once, failed with
+  // CancelledError, and a cancel goes to the engine (or broker), which drops the call if
+  // it is queued and tells it if it runs (Call::cancelled). No reply is taken for it
+  // afterwards. True when this cancelled it.
+  bool Cancel();
+
+ private:
+  friend class Client;  // SubmitStream makes a ResultStream of a submitted call
+  std::shared_ptr<internal::ClientCore> core_;
+  std::shared_ptr<internal::PendingCall> call_;
+  Tracker tracker_;
+};
+
+// The items of a stream call (Client::stream), in order. Next() waits for the next
+// item (receiving for every call of its Client, as ResultFuture::get does) and returns
+// it, or nullopt once the stream ended; a failed stream throws its error there
+// (RemoteError, TimeoutError when no item came within the call's timeout,
+// CancelledError after Cancel). Reading grants the engine credit for more items.
+// Move-only; may outlive its Client (then fails with TransportError).
+class ResultStream {
+ public:
+  ResultStream() = default;
+  ResultStream(std::shared_ptr<internal::ClientCore> core,
+               std::shared_ptr<internal::PendingCall> call, uint32_t credits)
+      : core_(std::move(core)), call_(std::move(call)), window_(credits) {}
+  ResultStream(ResultStream&&) noexcept = default;
+  ResultStream& operator=(ResultStream&&) noexcept = default;
+  // Cancels a stream not read to its end.
+  ~ResultStream();
+
+  std::optional<Result> Next();
+  // Stops the stream: the engine's writer throws CancelledError (so the function
+  // unwinds) and no more items are taken. True when it was still running.
+  bool Cancel();
+  uint64_t call_id() const noexcept;
+  bool valid() const noexcept { return call_ != nullptr; }
 
  private:
   std::shared_ptr<internal::ClientCore> core_;
   std::shared_ptr<internal::PendingCall> call_;
-  Tracker tracker_;
+  uint32_t window_ = 0;
+  uint32_t unacknowledged_ = 0;  // items read and not yet granted back
 };
 
 class Client {
@@ -216,6 +256,28 @@ class Client {
     (internal::WriteKeyword(apply, keyword, std::forward<Args>(args)), ...);
     return Submit(writer, function, timeout);
   }
+  // A stream call: the function (one that streams, e.g. takes a StreamWriter&) sends its
+  // items one by one; read them with ResultStream::Next. `timeout` bounds the wait for
+  // each item.
+  template <class... Args>
+  ResultStream stream(std::string_view function, Args&&... args) {
+    return stream_for(options_.timeout, function, std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  ResultStream stream_for(std::chrono::milliseconds timeout, std::string_view function,
+                          Args&&... args) {
+    constexpr size_t kKeywords = (size_t{internal::IsKeyword<std::decay_t<Args>>::value} + ... + 0);
+    EnvelopeWriter writer(policy_, registry_);
+    ApplyWriter apply =
+        writer.StartApply(function, sizeof...(Args) - kKeywords, kKeywords, TimeoutMs(timeout));
+    size_t positional = 0, keyword = 0;
+    (internal::WritePositional(apply, positional, std::forward<Args>(args)), ...);
+    (internal::WriteKeyword(apply, keyword, std::forward<Args>(args)), ...);
+    return SubmitStream(writer, function, timeout);
+  }
+  ResultStream SubmitStream(EnvelopeWriter& writer, std::string_view function,
+                            std::chrono::milliseconds timeout);
+
   // For callers that build the apply themselves (zerocan call, forwarding): `writer`
   // holds a StartApply'd message; the header is filled in here.
   ResultFuture Submit(EnvelopeWriter& writer, std::string_view function,

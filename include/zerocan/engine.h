@@ -48,6 +48,7 @@
 // EngineOptions::inline_execution).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -71,6 +72,7 @@
 #include "zerocan/remote_error.h"
 #include "zerocan/replay.h"
 #include "zerocan/signing.h"
+#include "zerocan/stream.h"
 #include "zerocan/writer.h"
 
 namespace zmq {
@@ -84,8 +86,10 @@ namespace zerocan {
 // kept longer).
 class Call {
  public:
-  Call(const Message& message, const std::string& engine_id, const Registry& registry)
-      : message_(message), engine_id_(engine_id), registry_(registry) {}
+  Call(const Message& message, const std::string& engine_id, const Registry& registry,
+       internal::CallControl* control = nullptr, StreamWriter* stream = nullptr)
+      : message_(message), engine_id_(engine_id), registry_(registry), control_(control),
+        stream_(stream) {}
   const Message& message() const noexcept { return message_; }
   std::string_view function() const { return message_.function(); }
   size_t arg_count() const { return message_.arg_count(); }
@@ -97,11 +101,21 @@ class Call {
   const Registry& registry() const noexcept { return registry_; }
   // Bytes in payload frames (not counting the envelope).
   uint64_t payload_bytes() const noexcept;
+  // Cancel (stream.h): true once the client cancelled this call; its stop token.
+  bool cancelled() const noexcept { return control_ != nullptr && control_->stop.stop_requested(); }
+  std::stop_token stop_token() const noexcept {
+    return control_ != nullptr ? control_->stop.get_token() : std::stop_token();
+  }
+  // The writer of a stream call's items (a function registered with
+  // FunctionOptions::stream, called through Client::stream); nullptr otherwise.
+  StreamWriter* stream() const noexcept { return stream_; }
 
  private:
   const Message& message_;
   const std::string& engine_id_;
   const Registry& registry_;
+  internal::CallControl* control_ = nullptr;
+  StreamWriter* stream_ = nullptr;
 };
 
 // Writes the result of `call` into `result`, or throws (any exception: it becomes the
@@ -115,6 +129,9 @@ struct FunctionOptions {
   // heartbeats and every other call wait for it. For short functions whose run time
   // does not depend on their arguments. Off by default: calls run on the worker pool.
   bool inline_execution = false;
+  // The function streams its result through Call::stream() (set by def() for a function
+  // that takes a StreamWriter&): it must be called as a stream (Client::stream).
+  bool stream = false;
 };
 
 struct EngineOptions {
@@ -214,20 +231,69 @@ std::decay_t<T> ConvertArg(const Call& call, size_t i, std::string_view function
   }
 }
 
+// Parameters that do not come from the wire: a std::stop_token (the call's, see
+// stream.h) and a StreamWriter& (the stream call's item writer).
+template <class A>
+inline constexpr bool kIsStopParam = std::is_same_v<std::decay_t<A>, std::stop_token>;
+template <class A>
+inline constexpr bool kIsStreamParam = std::is_same_v<std::decay_t<A>, StreamWriter>;
+template <class A>
+inline constexpr bool kIsContextParam = kIsStopParam<A> || kIsStreamParam<A>;
+// What the argument tuple holds for a parameter of type A.
+template <class A>
+using HeldArg = std::conditional_t<kIsStreamParam<A>, StreamWriter*, std::decay_t<A>>;
+
+// Wire argument index of each parameter (context parameters take none); the last entry
+// is the number of wire arguments.
+template <class... A>
+constexpr std::array<size_t, sizeof...(A) + 1> WireIndices() {
+  constexpr bool context[] = {kIsContextParam<A>..., false};
+  std::array<size_t, sizeof...(A) + 1> out{};
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof...(A); ++i) {
+    out[i] = n;
+    if (!context[i]) ++n;
+  }
+  out[sizeof...(A)] = n;
+  return out;
+}
+
+template <class A, size_t W>
+HeldArg<A> ArgFor(const Call& call, std::string_view function,
+                  const std::vector<std::string>& names) {
+  if constexpr (kIsStopParam<A>) {
+    return call.stop_token();
+  } else if constexpr (kIsStreamParam<A>) {
+    return call.stream();
+  } else {
+    return ConvertArg<A>(call, W, function, names);
+  }
+}
+template <class A, class H>
+decltype(auto) PassArg(H& held) {
+  if constexpr (kIsStreamParam<A>) {
+    return *held;
+  } else {
+    return (held);
+  }
+}
+
 template <class F, class... A, size_t... I>
 void InvokeTyped(F& fn, const Call& call, ValueWriter& out, const std::string& function,
                  const std::vector<std::string>& names, std::index_sequence<I...>) {
-  if (call.arg_count() != sizeof...(A) || call.kwarg_count() != 0) {
-    CheckArguments(call, function, sizeof...(A), names);
+  constexpr auto kWire = WireIndices<A...>();
+  constexpr size_t kWant = kWire[sizeof...(A)];
+  if (call.arg_count() != kWant || call.kwarg_count() != 0) {
+    CheckArguments(call, function, kWant, names);
   }
   // Braced init: arguments are converted left to right, so the first bad one is named.
-  std::tuple<std::decay_t<A>...> args{ConvertArg<A>(call, I, function, names)...};
+  std::tuple<HeldArg<A>...> args{ArgFor<A, kWire[I]>(call, function, names)...};
   using R = std::invoke_result_t<F&, A...>;
   if constexpr (std::is_void_v<R>) {
-    fn(std::get<I>(args)...);
+    fn(PassArg<A>(std::get<I>(args))...);
     out.Null();
   } else {
-    out.Write(fn(std::get<I>(args)...));
+    out.Write(fn(PassArg<A>(std::get<I>(args))...));
   }
 }
 
@@ -235,6 +301,7 @@ template <class F, class Tuple>
 struct Invoker;
 template <class F, class... A>
 struct Invoker<F, std::tuple<A...>> {
+  static constexpr bool kStreams = (kIsStreamParam<A> || ...);
   static void Run(F& fn, const Call& call, ValueWriter& out, const std::string& function,
                   const std::vector<std::string>& names) {
     InvokeTyped<F, A...>(fn, call, out, function, names, std::index_sequence_for<A...>{});
@@ -261,6 +328,10 @@ class Engine {
   Engine& def(std::string_view name, F fn, std::vector<std::string> arg_names = {},
               FunctionOptions options = {}) {
     using Traits = internal::FnTraits<std::decay_t<F>>;
+    // A function that takes a StreamWriter& streams its result (stream.h).
+    if constexpr (internal::Invoker<std::decay_t<F>, typename Traits::Args>::kStreams) {
+      options.stream = true;
+    }
     std::string fname(name);
     return DefRaw(
         name,

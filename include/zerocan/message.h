@@ -45,7 +45,13 @@ enum class BodyKind : uint8_t {
   kApply, kResult, kHello, kHeartbeat, kGoodbye, kUnknown,
   kStarted,   // engine -> broker: a call began running (Message::call_id() names it)
   kDraining,  // engine -> broker: stopping, takes no new calls
+  kCancel,    // client -> engine: give up a call (Message::target_call_id())
+  kCredit,    // client -> engine: grant more stream items
 };
+
+// Where a result stands in a stream call (Result.stream): the one result of a plain
+// call, one item of a stream, or the stream's end (ok = null, or an error).
+enum class StreamPart : uint8_t { kNone, kItem, kEnd };
 
 class Message {
  public:
@@ -71,6 +77,8 @@ class Message {
   uint32_t timeout_ms() const;
   // Apply.retries: further attempts a broker may make on other engines (0 = none).
   uint32_t retries() const;
+  // Items the engine may send before the client grants more; 0 = a plain call.
+  uint32_t stream_credits() const;
 
   // Result accessors (body_kind() == kResult; call_id() also for kStarted).
   uint64_t call_id() const;
@@ -78,6 +86,11 @@ class Message {
   Value result() const;             // ok() only
   RemoteErrorInfo error() const;    // !ok() only
   std::string_view engine_id() const;
+  StreamPart stream_part() const;
+
+  // Cancel and credit accessors (kCancel: target(); kCredit: target() and credit_items()).
+  uint64_t target_call_id() const;
+  uint32_t credit_items() const;
 
   // The frames, still owned by this message (shared by every payload Buffer).
   const FrameList& frames() const noexcept;

@@ -30,6 +30,9 @@ inline constexpr const char kErrorBusy[] = "zerocan.Busy";
 // The client's connection to its broker (or engine) closed, or fell silent past the
 // heartbeat timeout, while the call was in flight. Made by the client itself.
 inline constexpr const char kErrorBrokerLost[] = "zerocan.BrokerLost";
+// The name of a cancelled call's failure (CancelledError below), as Python's
+// zerocan.CancelledError. Local: never sent, since a cancelled call gets no reply.
+inline constexpr const char kErrorCancelled[] = "zerocan.CancelledError";
 
 class RemoteError : public Error {
  public:
@@ -66,6 +69,12 @@ std::exception_ptr MakeRemoteError(RemoteErrorInfo info);
 
 // No reply within the call's deadline (zerocan.TimeoutError in Python, the same name).
 class TimeoutError : public Error {
+ public:
+  using Error::Error;
+};
+// The call was cancelled (ResultFuture::Cancel, ResultStream::Cancel); inside an engine,
+// what StreamWriter::Write throws once its call is cancelled.
+class CancelledError : public Error {
  public:
   using Error::Error;
 };

@@ -41,6 +41,7 @@ namespace zerocan {
 
 class Registry;
 class Value;
+enum class StreamPart : uint8_t;
 class EnvelopeWriter;
 class ListWriter;
 class MapWriter;
@@ -232,6 +233,12 @@ class EnvelopeWriter {
   // After StartApply: how many more engines a broker may try when the one running the
   // call is lost (Apply.retries; capped at 65535). 0 (the default) writes nothing.
   void SetApplyRetries(uint32_t retries);
+  // Streams (docs/FORMAT.md "Cancel and streams"): an apply asking for a stream of
+  // results, an item or the end of a stream, a cancel, a credit grant.
+  void SetStreamCredits(uint32_t credits);  // after StartApply; at most 65535
+  void SetStreamPart(StreamPart part);      // after StartResult / SetError
+  void SetCancel(uint64_t call_id);
+  void SetCredit(uint64_t call_id, uint32_t items);
 
   // Makes the envelope's bytes and hands over the payload frames. The writer is spent
   // afterwards.

@@ -254,6 +254,33 @@ void EnvelopeWriter::SetApplyRetries(uint32_t retries) {
   body.getApply().setRetries(static_cast<uint16_t>(std::min<uint32_t>(retries, UINT16_MAX)));
 }
 
+// ---- cancel and streams (data fields: setting them allocates nothing) ----------------
+
+void EnvelopeWriter::SetStreamCredits(uint32_t credits) {
+  auto body = impl_->root.getBody();
+  if (!body.isApply()) throw EncodeError("SetStreamCredits: the message is not an apply");
+  // Apply.streamCredits is 16 bits wide: a larger window is the widest there is.
+  body.getApply().setStreamCredits(static_cast<uint16_t>(std::min<uint32_t>(credits, UINT16_MAX)));
+}
+
+void EnvelopeWriter::SetStreamPart(StreamPart part) {
+  auto body = impl_->root.getBody();
+  if (!body.isResult()) throw EncodeError("SetStreamPart: the message is not a result");
+  body.getResult().setStream(part == StreamPart::kItem  ? wire::StreamPart::ITEM
+                             : part == StreamPart::kEnd ? wire::StreamPart::END
+                                                        : wire::StreamPart::NONE);
+}
+
+void EnvelopeWriter::SetCancel(uint64_t call_id) {
+  impl_->root.getBody().initCancel().setCallId(call_id);
+}
+
+void EnvelopeWriter::SetCredit(uint64_t call_id, uint32_t items) {
+  auto credit = impl_->root.getBody().initCredit();
+  credit.setCallId(call_id);
+  credit.setItems(items);
+}
+
 Outgoing EnvelopeWriter::Finish() {
   Impl& m = *impl_;
   if (m.finished) throw EncodeError("EnvelopeWriter::Finish called twice");
@@ -454,6 +481,8 @@ BodyKind Message::body_kind() const noexcept {
     case wire::Envelope::Body::GOODBYE: return BodyKind::kGoodbye;
     case wire::Envelope::Body::STARTED: return BodyKind::kStarted;
     case wire::Envelope::Body::DRAINING: return BodyKind::kDraining;
+    case wire::Envelope::Body::CANCEL: return BodyKind::kCancel;
+    case wire::Envelope::Body::CREDIT: return BodyKind::kCredit;
   }
   return BodyKind::kUnknown;
 }
@@ -530,6 +559,29 @@ std::string_view Message::engine_id() const {
   ZEROCAN_RESULT();
   return View(result.getEngineId());
 }
+StreamPart Message::stream_part() const {
+  ZEROCAN_RESULT();
+  switch (result.getStream()) {
+    case wire::StreamPart::ITEM: return StreamPart::kItem;
+    case wire::StreamPart::END: return StreamPart::kEnd;
+    default: return StreamPart::kNone;  // NONE, or a part unknown to this reader
+  }
+}
+uint32_t Message::stream_credits() const {
+  ZEROCAN_APPLY();
+  return apply.getStreamCredits();
+}
+uint64_t Message::target_call_id() const {
+  if (state_ == nullptr) ThrowWrongBody("a cancel or credit");
+  auto body = state_->root_.getBody();
+  if (body.isCancel()) return body.getCancel().getCallId();
+  if (body.isCredit()) return body.getCredit().getCallId();
+  ThrowWrongBody("a cancel or credit");
+}
+uint32_t Message::credit_items() const {
+  if (state_ == nullptr || !state_->root_.getBody().isCredit()) ThrowWrongBody("a credit");
+  return state_->root_.getBody().getCredit().getItems();
+}
 #undef ZEROCAN_APPLY
 #undef ZEROCAN_RESULT
 
@@ -578,6 +630,7 @@ std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits
           p.function.assign(fn.begin(), std::min<size_t>(fn.size(), 1024));
           p.timeout_ms = apply.getTimeoutMs();
           p.retries = apply.getRetries();
+          p.stream_credits = apply.getStreamCredits();
           break;
         }
         case wire::Envelope::Body::RESULT: {
@@ -588,6 +641,18 @@ std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits
             auto type = result.getError().getType();
             p.error_type.assign(type.begin(), std::min<size_t>(type.size(), 256));
           }
+          p.stream = result.getStream() == wire::StreamPart::ITEM ? StreamPart::kItem
+                     : result.getStream() == wire::StreamPart::END ? StreamPart::kEnd
+                                                                    : StreamPart::kNone;
+          break;
+        }
+        case wire::Envelope::Body::CANCEL:
+          p.kind = BodyKind::kCancel;
+          p.call_id = env.getBody().getCancel().getCallId();
+          break;
+        case wire::Envelope::Body::CREDIT: {
+          p.kind = BodyKind::kCredit;
+          p.call_id = env.getBody().getCredit().getCallId();
           break;
         }
         case wire::Envelope::Body::HELLO: p.kind = BodyKind::kHello; break;

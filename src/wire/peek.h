@@ -23,6 +23,9 @@ struct Peek {
   uint32_t timeout_ms = 0;    // applies
   uint32_t retries = 0;       // applies
   std::string error_type;     // error results (at most 256 bytes of it)
+  uint32_t stream_credits = 0;           // applies (0 = a plain call)
+  StreamPart stream = StreamPart::kNone;  // results
+  // call_id is also the call a cancel or credit names.
 };
 
 std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits);

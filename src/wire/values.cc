@@ -615,6 +615,10 @@ class Walker {
       case wire::Envelope::Body::GOODBYE: return;
       case wire::Envelope::Body::STARTED: (void)body.getStarted().getCallId(); return;
       case wire::Envelope::Body::DRAINING: return;
+      // Data only; reading a field follows (and so checks) the struct pointer here, so
+      // that the accessors afterwards cannot meet a bad one.
+      case wire::Envelope::Body::CANCEL: (void)body.getCancel().getCallId(); return;
+      case wire::Envelope::Body::CREDIT: (void)body.getCredit().getItems(); return;
     }
     Fail(Code::kMalformed, Child(root, "body"),
          absl::StrCat("unknown message kind ", static_cast<int>(body.which()),

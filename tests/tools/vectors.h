@@ -403,6 +403,60 @@ inline std::vector<Vector> All() {
                  w->SetDraining();
                  return w->Finish();
                }});
+
+  // Cancel and streams (docs/FORMAT.md "Cancel and streams").
+  v.push_back({"cancel",
+               "A cancel of call 0x1001 (client to engine or broker); 1 frame.",
+               "cancel",
+               R"({"callId": 4097})",
+               [id = ++n, writer] {
+                 auto w = writer(id);
+                 w->SetCancel(0x1001);
+                 return w->Finish();
+               }});
+
+  v.push_back({"stream_apply",
+               "An apply asking for a stream of results, granting 64 items at first; 1 frame.",
+               "apply",
+               R"({"function": "count", "args": [int 3], "kwargs": {}, "streamCredits": 64})",
+               [id = ++n, writer] {
+                 auto w = writer(id);
+                 w->StartApply("count", 1, 0).arg(0).Int(3);
+                 w->SetStreamCredits(64);
+                 return w->Finish();
+               }});
+
+  v.push_back({"stream_item",
+               "One item of the stream answering call 0x1001; 1 frame.",
+               "result",
+               R"({"callId": 4097, "engineId": "engine-0", "ok": int 7, "stream": item})",
+               [id = ++n, writer] {
+                 auto w = writer(id);
+                 w->StartResult(0x1001, "engine-0").Int(7);
+                 w->SetStreamPart(StreamPart::kItem);
+                 return w->Finish();
+               }});
+
+  v.push_back({"stream_end",
+               "The end of the stream answering call 0x1001 (ok = null); 1 frame.",
+               "result",
+               R"({"callId": 4097, "engineId": "engine-0", "ok": null, "stream": end})",
+               [id = ++n, writer] {
+                 auto w = writer(id);
+                 w->StartResult(0x1001, "engine-0").Null();
+                 w->SetStreamPart(StreamPart::kEnd);
+                 return w->Finish();
+               }});
+
+  v.push_back({"credit",
+               "A credit granting 32 more items of stream call 0x1001; 1 frame.",
+               "credit",
+               R"({"callId": 4097, "items": 32})",
+               [id = ++n, writer] {
+                 auto w = writer(id);
+                 w->SetCredit(0x1001, 32);
+                 return w->Finish();
+               }});
   return v;
 }
 

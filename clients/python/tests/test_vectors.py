@@ -176,6 +176,26 @@ def check_apply_retries(msg):
     assert (msg.timeout_ms, msg.retries) == (5000, 2)
 
 
+def check_cancel(msg):
+    assert msg.kind == "cancel" and msg.target_call_id == 4097
+
+
+def check_credit(msg):
+    assert msg.kind == "credit" and (msg.target_call_id, msg.credit_items) == (4097, 32)
+
+
+def check_stream_apply(msg):
+    assert msg.apply() == ("count", [3], {}) and msg.stream_credits == 64
+
+
+def check_stream_item(msg):
+    assert (msg.call_id, msg.engine_id, msg.stream, msg.result()) == (4097, "engine-0", "item", 7)
+
+
+def check_stream_end(msg):
+    assert (msg.call_id, msg.stream, msg.ok, msg.result()) == (4097, "end", True, None)
+
+
 # The Python values the `sequences` vector holds (docs/FORMAT.md "Sequence type").
 SEQUENCES_ARGS = [{"a": [1, 2, 3], "t": (1, 2.5), "arr": np.arange(3, dtype=np.int64)},
                   [(1, 2), (3, 4)], [], (), [0.5, 1.5], [True, False], [1, "x", None],
@@ -254,10 +274,18 @@ def test_vector_reencodes_from_python_values(name):
     if msg.kind == "apply":
         fn, args, kwargs = msg.apply()
         w.apply(fn, args, kwargs, msg.timeout_ms, msg.retries)
+        if msg.stream_credits:
+            w.set_stream_credits(msg.stream_credits)
     elif msg.kind == "result" and msg.ok:
         w.result(msg.call_id, msg.engine_id, msg.result())
     elif msg.kind == "result":
         w.error(msg.call_id, msg.engine_id, *msg.error())
+    if msg.kind == "result" and msg.stream != "none":
+        w.set_stream_part(msg.stream)
+    if msg.kind == "cancel":
+        w.cancel(msg.target_call_id)
+    elif msg.kind == "credit":
+        w.credit(msg.target_call_id, msg.credit_items)
     elif msg.kind == "hello":
         w.hello(*msg.hello())
     elif msg.kind == "heartbeat":
@@ -266,7 +294,7 @@ def test_vector_reencodes_from_python_values(name):
         w.started(msg.call_id)
     elif msg.kind == "draining":
         w.draining()
-    else:
+    elif msg.kind == "goodbye":
         w.goodbye()
     out = w.finish()
     assert out.envelope == frames[0]

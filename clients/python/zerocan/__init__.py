@@ -18,9 +18,10 @@ library.
 
 from .aio import AsyncCallFuture, AsyncClient
 from .client import CallFuture, Client
-from .engine import Call, Engine
-from .errors import (ArgumentError, AuthError, BrokerLost, Busy, DecodeError, EncodeError,
-                     Error, RemoteError, TimeoutError, TransportError)
+from ._stream import AsyncStream, Stream
+from .engine import Call, CallContext, Engine, current_call
+from .errors import (ArgumentError, AuthError, BrokerLost, Busy, CancelledError, DecodeError,
+                     EncodeError, Error, RemoteError, TimeoutError, TransportError)
 from .policy import Policy
 from .signing import ReplayGuard, Signer
 from .wire import (Codec, DecodeLimits, Extension, Header, Message, Outgoing, Registry,
@@ -31,10 +32,11 @@ from ._schema import schema_path
 __version__ = "0.2.0"
 
 __all__ = [
-    "ArgumentError", "AsyncCallFuture", "AsyncClient", "AuthError", "BrokerLost", "Busy",
-    "Call", "CallFuture", "Client", "Codec", "DecodeError",
+    "ArgumentError", "AsyncCallFuture", "AsyncClient", "AsyncStream", "AuthError", "BrokerLost",
+    "Busy", "Call", "CallContext", "CallFuture", "CancelledError", "Client", "Codec",
+    "DecodeError",
     "DecodeLimits", "EncodeError", "Engine", "Error", "Extension", "Header", "Message",
-    "Outgoing", "Policy", "Registry", "RemoteError", "ReplayGuard", "Signer", "TimeoutError",
-    "TransportError", "Writer", "decode", "encode_apply", "encode_error", "encode_result",
+    "Outgoing", "Policy", "Registry", "RemoteError", "ReplayGuard", "Signer", "Stream",
+    "TimeoutError", "TransportError", "Writer", "current_call", "decode", "encode_apply", "encode_error", "encode_result",
     "received_frame", "register", "schema_path",
 ]

@@ -62,7 +62,8 @@ class EncodedCall:
 def encode_call(header: wire.Header, name: Union[str, Callable[..., Any]],
                 args: tuple[Any, ...], kwargs: Optional[dict[str, Any]],
                 timeout: Optional[float], policy: Any, registry: Registry,
-                signer: Optional[Signer], retries: int = 0) -> EncodedCall:
+                signer: Optional[Signer], retries: int = 0,
+                stream_credits: int = 0) -> EncodedCall:
     """Encodes ``name(*args, **kwargs)`` under ``header``. ``name`` may be a Python
     callable: it is sent by value (cloudpickle) as ``zerocan.pickled``."""
     if not isinstance(name, str):
@@ -73,6 +74,8 @@ def encode_call(header: wire.Header, name: Union[str, Callable[..., Any]],
     w = wire.Writer(policy, registry)
     w.set_header(header)
     w.apply(name, args, kwargs or {}, timeout_ms, retries)
+    if stream_credits:  # a stream call (client.stream)
+        w.set_stream_credits(stream_credits)
     out = w.finish()
     frames, tracker = payload_frames(out)
     # Addresses, not the frames: a frame object kept here would keep the message alive
@@ -130,3 +133,24 @@ def outcome(msg: wire.Message) -> tuple[Any, Optional[BaseException]]:
         return None, remote_error(*msg.error())
     except DecodeError as e:
         return None, e
+
+
+# Items a stream call lets the engine send ahead of the reader (client.stream): the
+# client grants more, half a window at a time, as items are read.
+DEFAULT_STREAM_CREDITS = 64
+
+
+def encode_control(header: wire.Header, call_id: int, credit: Optional[int],
+                   signer: Optional[Signer]) -> list[Any]:
+    """The parts of a cancel (``credit`` None) or a credit of ``credit`` items for call
+    ``call_id``."""
+    w = wire.Writer()
+    w.set_header(header)
+    if credit is None:
+        w.cancel(call_id)
+    else:
+        w.credit(call_id, credit)
+    parts: list[Any] = [b"", w.finish().envelope]
+    if signer is not None:
+        parts.append(signer.signature(parts[1:]))
+    return parts

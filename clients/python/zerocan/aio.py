@@ -12,9 +12,9 @@ result; one reader task receives the replies and resolves the futures by call id
 per-call deadlines are loop timers. Encoding, signing and reply checks are
 ``Client``'s (``zerocan._calls``): the same bytes, errors and counters.
 
-Replies reach their call through ``_deliver``, keyed by call id; a call answered by a
-sequence of replies (``async for item in client.stream(...)``, not there yet) would
-register a queue there in place of a future.
+Replies reach their call through ``_deliver``, keyed by call id; a stream call
+(``async for item in client.stream(...)``) registers its queue there in place of a
+future.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import zmq
 import zmq.asyncio
 
 from . import _map, wire
-from ._calls import TimeoutArg, call_timeout, configure, encode_call, outcome, read_reply
+from ._calls import (DEFAULT_STREAM_CREDITS, TimeoutArg, call_timeout, configure, encode_call,
+                     encode_control, outcome, read_reply)
+from ._stream import AsyncStream
 from .errors import Error, TimeoutError, TransportError
 from .placement import IoCpus, channel_context
 from .policy import Policy
@@ -43,6 +45,17 @@ class AsyncCallFuture(asyncio.Future):  # type: ignore[type-arg]
     tracker: Optional[zmq.MessageTracker] = None
     sent_buffers: list[tuple[int, int]] = []
     _timer: Optional[asyncio.TimerHandle] = None
+    _client: Optional["AsyncClient"] = None
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Cancels the call unless it is done, at the engine too (as
+        ``CallFuture.cancel``)."""
+        if not super().cancel(msg):
+            return False
+        client, self._client = self._client, None
+        if client is not None:
+            client._send_cancel(self.call_id)
+        return True
 
 
 class AsyncClient:
@@ -70,6 +83,7 @@ class AsyncClient:
         self._context, self._owns_context = channel_context(context, io_cpus, "client")
         self._session = wire.Session()
         self._pending: dict[int, AsyncCallFuture] = {}
+        self._streams: dict[int, AsyncStream] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._reader: Optional[asyncio.Task[None]] = None
         self._closed = False
@@ -108,6 +122,7 @@ class AsyncClient:
         call = encode_call(self._session.next_header(), name, args, kwargs, t, self.policy,
                            self.registry, self.signer)
         fut = AsyncCallFuture(loop=loop)
+        fut._client = self
         fut.call_id = call.call_id
         fut.tracker = call.tracker
         fut.sent_buffers = call.sent_buffers
@@ -140,9 +155,55 @@ class AsyncClient:
             function, iterables, ordered, progress, max_in_flight, timeout)
 
     def _cancel(self, fut: AsyncCallFuture) -> None:
-        """Gives up a call: its future is cancelled here. The engine still runs it (no
-        wire-level cancel yet); its reply is dropped."""
+        """Gives up a call (``fut.cancel()``, which cancels it at the engine too)."""
         fut.cancel()
+
+    def stream(self, name: Union[str, Callable[..., Any]], *args: Any,
+               **kwargs: Any) -> AsyncStream:
+        """``Client.stream`` for ``async for``: sends the stream call now; iterate the
+        returned ``AsyncStream`` for the items. Call it from the client's loop."""
+        return self.stream_with(name, args, kwargs)
+
+    def stream_with(self, name: Union[str, Callable[..., Any]], args: tuple[Any, ...] = (),
+                    kwargs: Optional[dict[str, Any]] = None, *,
+                    timeout: TimeoutArg = "default",
+                    stream_credits: int = DEFAULT_STREAM_CREDITS) -> AsyncStream:
+        """As ``stream``, with arguments as a tuple and dict; ``timeout`` bounds the wait
+        for each item."""
+        if self._closed:
+            raise TransportError("client closed")
+        self._bind_loop()
+        t = call_timeout(self.timeout, timeout)
+        credits = max(1, int(stream_credits))
+        call = encode_call(self._session.next_header(), name, args, kwargs, t, self.policy,
+                           self.registry, self.signer, stream_credits=credits)
+        s = AsyncStream(call.call_id, credits, self._send_credit, self._send_cancel, t)
+        self._streams[call.call_id] = s
+        self._send_parts(call.parts)
+        return s
+
+    def _send_credit(self, call_id: int, items: int) -> None:
+        if call_id in self._streams:
+            self._send_control(call_id, items)
+
+    def _send_cancel(self, call_id: int) -> None:
+        """Forgets the call (a later reply is dropped) and cancels it at the engine."""
+        fut = self._pending.pop(call_id, None)
+        if fut is not None and fut._timer is not None:
+            fut._timer.cancel()
+        if fut is not None or self._streams.pop(call_id, None) is not None:
+            self._send_control(call_id, None)
+
+    def _send_control(self, call_id: int, credit: Optional[int]) -> None:
+        if self._closed:
+            return
+        self._send_parts(encode_control(self._session.next_header(), call_id, credit,
+                                        self.signer))
+
+    def _send_parts(self, parts: list[Any]) -> None:
+        sent = cast("asyncio.Future[Any]", self._socket.send_multipart(parts, copy=True))
+        if not sent.done():
+            sent.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     # ---- lifetime -----------------------------------------------------------------
 
@@ -213,6 +274,15 @@ class AsyncClient:
         if reply is None:
             return
         call_id, msg = reply
+        stream = self._streams.get(call_id)
+        if stream is not None:
+            value, err = outcome(msg)
+            if msg.stream == "item" and err is None:
+                stream._push("item", value)
+                return
+            del self._streams[call_id]
+            stream._push("error" if err is not None else "end", err)
+            return
         fut = self._pending.pop(call_id, None)
         if fut is None:
             self.counters["late"] += 1
@@ -245,6 +315,12 @@ class AsyncClient:
                                            "within its timeout"))
 
     def _fail_all(self, exc: Exception) -> None:
+        streams, self._streams = self._streams, {}
+        for s in streams.values():
+            try:
+                s._push("error", exc)
+            except RuntimeError:
+                pass
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if fut._timer is not None:

@@ -24,6 +24,7 @@ import heapq
 import os
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import zmq
@@ -31,7 +32,8 @@ import zmq
 from . import _map, wire
 from ._calls import PICKLED_FUNCTION, TimeoutArg, call_timeout, encode_call, outcome
 from ._calls import configure as _configure
-from ._calls import payload_frames, read_reply
+from ._calls import DEFAULT_STREAM_CREDITS, encode_control, payload_frames, read_reply
+from ._stream import Stream
 from ._watch import ConnectionWatch
 from .errors import BrokerLost, TimeoutError, TransportError
 from .placement import IoCpus, channel_context
@@ -52,6 +54,28 @@ class CallFuture(concurrent.futures.Future):
     # (Addresses, not the frames: a frame object kept here would keep the message alive
     # and the tracker from completing.)
     sent_buffers: list[tuple[int, int]] = []
+    _client: Optional["weakref.ref[Client]"] = None
+
+    def cancel(self) -> bool:
+        """Cancels the call unless it is done: the future ends cancelled at once, and a
+        cancel goes to the engine (or broker), which drops the call if queued and tells
+        it if it runs (``zerocan.current_call().cancelled``); no reply is taken for it."""
+        if not super().cancel():
+            return False
+        client = self._client() if self._client is not None else None
+        if client is not None:
+            client._send_control(self.call_id, None)
+        return True
+
+
+class _Control:
+    """An outbox entry that is not a call: a cancel (``credit`` None) or a credit."""
+
+    __slots__ = ("call_id", "credit")
+
+    def __init__(self, call_id: int, credit: Optional[int]) -> None:
+        self.call_id = call_id
+        self.credit = credit
 
 
 class Client:
@@ -100,6 +124,7 @@ class Client:
         self._outbox: collections.deque[tuple[list[Any], CallFuture, Optional[float]]] = \
             collections.deque()
         self._pending: dict[int, CallFuture] = {}
+        self._streams: dict[int, Stream] = {}  # the I/O thread's: stream calls running
         self._deadlines: list[tuple[float, int]] = []
         self._closed = False
         self.counters = {"sent": 0, "received": 0, "late": 0, "rejected": 0}
@@ -145,6 +170,7 @@ class Client:
         call = encode_call(header, name, args, kwargs, t, self.policy, self.registry,
                            self.signer, self.retries)
         fut = CallFuture()
+        fut._client = weakref.ref(self)
         fut.call_id = call.call_id
         fut.tracker = call.tracker
         fut.sent_buffers = call.sent_buffers
@@ -188,9 +214,59 @@ class Client:
             function, iterables, ordered, progress, max_in_flight, timeout)
 
     def _cancel(self, fut: CallFuture) -> None:
-        """Gives up a call: its future is cancelled here, and a call not yet sent is
-        never sent. The engine still runs one already sent (no wire-level cancel yet)."""
+        """Gives up a call (``fut.cancel()``): a call not yet sent is never sent, one
+        sent is cancelled at its engine."""
         fut.cancel()
+
+    def stream(self, name: Union[str, Callable[..., Any]], *args: Any,
+               **kwargs: Any) -> Stream:
+        """Calls a streaming function (an engine generator, or a C++ function taking a
+        ``StreamWriter&``); iterate over the result for its items, in order, each as soon
+        as it was produced: ``for item in client.stream("f", x): ...``. The engine runs
+        at most ``stream_credits`` items ahead of the reader. ``cancel()`` / ``close()``
+        stop it."""
+        return self.stream_with(name, args, kwargs)
+
+    def stream_with(self, name: Union[str, Callable[..., Any]], args: tuple[Any, ...] = (),
+                    kwargs: Optional[dict[str, Any]] = None, *,
+                    timeout: TimeoutArg = "default",
+                    stream_credits: int = DEFAULT_STREAM_CREDITS) -> Stream:
+        """As ``stream``, with arguments as a tuple and dict; ``timeout`` bounds the wait
+        for each item (seconds; None = none)."""
+        if self._closed:
+            raise TransportError("client closed")
+        t = call_timeout(self.timeout, timeout)
+        credits = max(1, int(stream_credits))
+        with self._lock:
+            header = self._session.next_header()
+        call = encode_call(header, name, args, kwargs, t, self.policy, self.registry,
+                           self.signer, stream_credits=credits)
+        s = Stream(call.call_id, credits, self._send_credit, self._cancel_stream, t)
+        with self._lock:
+            if self._closed:
+                raise TransportError("client closed")
+            self._outbox.append((call.parts, s, None))  # type: ignore[arg-type]
+            self._wake()
+        return s
+
+    def _send_credit(self, call_id: int, items: int) -> None:
+        self._send_control(call_id, items)
+
+    def _cancel_stream(self, call_id: int) -> None:
+        self._send_control(call_id, None)
+
+    def _send_control(self, call_id: int, credit: Optional[int]) -> None:
+        """Queues a cancel (``credit`` None) or a credit for the I/O thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._outbox.append((None, _Control(call_id, credit), None))  # type: ignore[arg-type]
+            self._wake()
+
+    def _wake(self) -> None:  # self._lock held
+        if not self._wake_pending:
+            self._wake_pending = True
+            os.write(self._wake_w, b"x")
 
     # ---- lifetime -----------------------------------------------------------------
 
@@ -272,6 +348,9 @@ class Client:
                     self._wake_pending = False
                     return
                 parts, fut, deadline = self._outbox.popleft()
+            if isinstance(fut, (_Control, Stream)):
+                self._send_stream_or_control(parts, fut)
+                continue
             if fut.cancelled():
                 continue
             self._pending[fut.call_id] = fut
@@ -284,11 +363,45 @@ class Client:
                 self._pending.pop(fut.call_id, None)
                 _resolve(fut, exc=TransportError(f"send failed: {e}"))
 
+    def _send_stream_or_control(self, parts: Any, entry: Union[_Control, Stream]) -> None:
+        """The I/O thread's part of ``stream`` (send the call) and of cancels and credits
+        (send them for calls still running here; a cancelled call's reply is dropped)."""
+        if isinstance(entry, Stream):
+            if entry.finished:
+                return  # cancelled before it left
+            self._streams[entry.call_id] = entry
+        else:
+            if entry.credit is None:
+                known = self._pending.pop(entry.call_id, None) is not None
+                known = self._streams.pop(entry.call_id, None) is not None or known
+            else:
+                known = entry.call_id in self._streams
+            if not known:
+                return  # done, or never sent
+            with self._lock:
+                header = self._session.next_header()
+            parts = encode_control(header, entry.call_id, entry.credit, self.signer)
+        try:
+            self._socket.send_multipart(parts, copy=True)
+        except zmq.ZMQError as e:
+            if isinstance(entry, Stream):
+                self._streams.pop(entry.call_id, None)
+                entry._push("error", TransportError(f"send failed: {e}"))
+
     def _on_reply(self, parts: list[zmq.Frame]) -> None:
         reply = read_reply(parts, self.signer, self.limits, self.registry, self.counters)
         if reply is None:
             return
         call_id, msg = reply
+        stream = self._streams.get(call_id)
+        if stream is not None:
+            result, exc = outcome(msg)
+            if msg.stream == "item" and exc is None:
+                stream._push("item", result)
+                return
+            del self._streams[call_id]
+            stream._push("error" if exc is not None else "end", exc)
+            return
         fut = self._pending.pop(call_id, None)
         if fut is None:
             self.counters["late"] += 1
@@ -327,8 +440,14 @@ class Client:
             queued = [fut for _, fut, _ in self._outbox]
             self._outbox.clear()
         for fut in queued + list(self._pending.values()):
-            _resolve(fut, exc=exc)
+            if isinstance(fut, Stream):
+                fut._push("error", exc)
+            elif isinstance(fut, CallFuture):
+                _resolve(fut, exc=exc)
         self._pending.clear()
+        for s in self._streams.values():
+            s._push("error", exc)
+        self._streams.clear()
 
 
 def _resolve(fut: concurrent.futures.Future, result: Any = None,

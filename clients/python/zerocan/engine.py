@@ -26,6 +26,7 @@ parallelism.
 from __future__ import annotations
 
 import collections
+import inspect
 import itertools
 import os
 import queue
@@ -39,7 +40,7 @@ import zmq
 
 from . import signing, wire
 from .client import PICKLED_FUNCTION, _configure, payload_frames
-from .errors import ArgumentError, DecodeError, RemoteError
+from .errors import ArgumentError, DecodeError, RemoteError, TransportError
 from .pacing import bind_unpaced
 from .placement import IoCpus, channel_context
 from .policy import Policy
@@ -67,6 +68,55 @@ def error_type_name(e: BaseException) -> str:
     if module.startswith("zerocan"):
         return f"zerocan.{t.__qualname__}"
     return f"{module}.{t.__qualname__}"
+
+
+class CallContext:
+    """The call a function runs for (``zerocan.current_call()``): its id, its function's
+    name, and ``cancelled``, which turns True once the client cancels the call. A
+    function may poll it and stop early; the client's future has ended already, and the
+    engine sends no result for a cancelled call."""
+
+    def __init__(self, call_id: int = 0, function: str = "") -> None:
+        self.call_id = call_id
+        self.function = function
+        self._cancelled = threading.Event()
+        self._cond = threading.Condition()
+        self._credits = 0  # stream calls: items that may still be sent
+        self._stopping = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
+        """Waits until the call is cancelled or ``timeout`` seconds passed; True when
+        cancelled (a cancellable sleep)."""
+        return self._cancelled.wait(timeout)
+
+    def _cancel(self) -> None:
+        self._cancelled.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _grant(self, items: int) -> None:
+        with self._cond:
+            self._credits += items
+            self._cond.notify_all()
+
+    def _stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+
+_current = threading.local()
+_NO_CALL = CallContext()
+
+
+def current_call() -> CallContext:
+    """The call the calling engine function runs for (outside one: a context that is
+    never cancelled)."""
+    return getattr(_current, "call", None) or _NO_CALL
 
 
 class Call:
@@ -153,6 +203,13 @@ class Engine:
         self._fds_closed = False
         self.counters = {"calls": 0, "errors": 0, "dropped": 0, "refused": 0}
         self._functions: dict[str, tuple[Callable[..., Any], bool]] = {}
+        # Cancel and streams: running calls by (routing, call id), and calls cancelled
+        # before they ran (the last 4096), so that a worker drops them.
+        self._live: dict[tuple[Any, int], CallContext] = {}
+        self._cancelled_early: collections.OrderedDict[tuple[Any, int], None] = \
+            collections.OrderedDict()
+        self._live_lock = threading.Lock()
+        self._io_thread: Optional[threading.Thread] = None
         self._session = wire.Session()
         self._context, self._owns_context = channel_context(context, io_cpus, "engine")
         self._sockets: list[tuple[zmq.Socket, bool]] = []  # (socket, is_dealer)
@@ -265,6 +322,7 @@ class Engine:
         for s, _ in self._sockets:
             poller.register(s, zmq.POLLIN)
         poller.register(self._stop_r, zmq.POLLIN)
+        self._io_thread = threading.current_thread()
         if self.threads is None:  # a worker only where a broker watches heartbeats
             self.threads = 1 if any(is_dealer for _, is_dealer in self._sockets) else 0
         workers = [threading.Thread(target=self._work, name=f"zerocan-engine-worker {i}",
@@ -313,6 +371,10 @@ class Engine:
                     next_beat = time.monotonic() + self.heartbeat
         finally:
             # Finish the calls already taken, send their replies, then stop the workers.
+            # Streams waiting for credit end: nobody will grant more now.
+            with self._live_lock:
+                for ctx in self._live.values():
+                    ctx._stop()
             for _ in workers:
                 self._jobs.put(None)
             for t in workers:
@@ -331,18 +393,15 @@ class Engine:
                 self._running += 1
             self._acknowledge(sock, routing, msg, direct=False)
             try:
-                out = self.process(msg)
+                out = self.process(msg, sock)
             finally:
                 with self._reply_lock:
                     self._running -= 1
             # Drop the request's frames before waiting for the next job, so a large
             # received frame is freed (and its memory reused) before the next arrives.
             job = msg = None
-            with self._reply_lock:
-                self._replies.append((sock, routing, out))
-                if not self._wake_pending:
-                    self._wake_pending = True
-                    os.write(self._stop_w, b"r")
+            if out is not None:  # None: cancelled, or a stream answered by its own thread
+                self._queue_reply(sock, routing, out)
             del out  # the reply is the I/O thread's now
 
     def _acknowledge(self, sock: zmq.Socket, routing: list[Any], msg: Message,
@@ -380,6 +439,16 @@ class Engine:
                 msg.message_id, "zerocan.EngineStopping",
                 f"engine {self.id} stopped before this call started (drain grace period of "
                 f"{self.drain_timeout:g} s passed)", msg.function))
+
+    def _queue_reply(self, sock: zmq.Socket, routing: list[Any], out: wire.Outgoing) -> None:
+        """Hands a reply (or a stream item) from any thread to the I/O thread."""
+        with self._reply_lock:
+            if self._fds_closed:
+                return
+            self._replies.append((sock, routing, out))
+            if not self._wake_pending:
+                self._wake_pending = True
+                os.write(self._stop_w, b"r")
 
     def _send_replies(self) -> None:
         while True:
@@ -450,6 +519,9 @@ class Engine:
                                                          msg.sent_at_ns) is not None:
             self._refuse()  # replayed, too old, from the future, or a table full
             return
+        if msg.kind in ("cancel", "credit"):
+            self._control(msg)
+            return
         if msg.kind != "apply":
             return  # not a call
         if self._draining:
@@ -464,16 +536,153 @@ class Engine:
             self._jobs.put((sock, routing, msg))
         else:
             self._acknowledge(sock, routing, msg, direct=True)
-            self._reply(sock, routing, self.process(msg))
+            out = self.process(msg, sock)
+            if out is not None:
+                self._send_replies()  # a stream's items first
+                self._reply(sock, routing, out)
+
+    # ---- cancel and streams ----------------------------------------------------------
+
+    @staticmethod
+    def _live_key(routing: list[Any], call_id: int) -> tuple[Any, int]:
+        return (tuple(bytes(r.buffer) if hasattr(r, "buffer") else bytes(r) for r in routing),
+                call_id)
+
+    def _control(self, msg: Message) -> None:
+        """A cancel (the call stops being run, or never runs) or a credit (a stream may
+        send more items), from the client that made the call."""
+        key = self._live_key(msg.routing, msg.target_call_id)
+        with self._live_lock:
+            ctx = self._live.get(key)
+            if ctx is None and msg.kind == "cancel":
+                self._cancelled_early[key] = None
+                while len(self._cancelled_early) > 4096:
+                    self._cancelled_early.popitem(last=False)
+        if ctx is None:
+            return
+        if msg.kind == "cancel":
+            ctx._cancel()
+        else:
+            ctx._grant(msg.credit_items)
+
+    def _start_call(self, msg: Message) -> Optional[tuple[tuple[Any, int], CallContext]]:
+        key = self._live_key(msg.routing, msg.message_id)
+        with self._live_lock:
+            if self._cancelled_early.pop(key, 0) is None:
+                return None  # cancelled while queued
+            ctx = CallContext(msg.message_id, msg.function)
+            self._live[key] = ctx
+        return key, ctx
+
+    def _end_call(self, key: tuple[Any, int]) -> None:
+        with self._live_lock:
+            self._live.pop(key, None)
+
+    def _stream(self, gen: Any, msg: Message, ctx: CallContext, sock: Optional[zmq.Socket],
+                key: tuple[Any, int]) -> Optional[wire.Outgoing]:
+        """Sends each item of generator ``gen`` as its own result as soon as it is made,
+        at most the granted credits ahead of the client; returns the stream's end (None
+        when cancelled: the generator is closed, so its ``finally`` runs)."""
+        call_id = msg.message_id
+        function = msg.function
+        if sock is None:  # process(msg) without its socket: nowhere to send items
+            gen.close()
+            return self._error(call_id, "zerocan.TransportError",
+                               f"{function}: a stream call needs the engine's socket",
+                               function, stream_end=True)
+        ctx._credits = msg.stream_credits
+        prev = getattr(_current, "call", None)
+        _current.call = ctx
+        try:
+            while True:
+                with ctx._cond:
+                    while ctx._credits <= 0 and not ctx.cancelled and not ctx._stopping:
+                        ctx._cond.wait()
+                    stopping = ctx._stopping
+                if ctx.cancelled:
+                    gen.close()
+                    return None
+                if stopping:
+                    gen.close()
+                    raise TransportError("the engine is stopping")
+                try:
+                    item = next(gen)
+                except StopIteration:
+                    break
+                if ctx.cancelled:
+                    gen.close()
+                    return None
+                w = Writer(self.policy, self.registry)
+                w.set_header(self._session.next_header())
+                try:
+                    w.result(call_id, self.id, item)
+                except BaseException:
+                    gen.close()
+                    raise
+                w.set_stream_part("item")
+                ctx._credits -= 1
+                item = None
+                self._queue_reply(sock, list(msg.routing), w.finish())
+            w = Writer(self.policy, self.registry)
+            w.set_header(self._session.next_header())
+            w.result(call_id, self.id, None)
+            w.set_stream_part("end")
+            return w.finish()
+        except RemoteError as e:
+            err = (e.type, e.message, e.function or function)
+        except Exception as e:
+            err = (error_type_name(e), str(e), function)
+        finally:
+            _current.call = prev
+            self._end_call(key)
+        if ctx.cancelled:
+            return None
+        self.counters["errors"] += 1
+        return self._error(call_id, err[0], err[1], err[2], stream_end=True)
+
+    def _stream_thread(self, gen: Any, msg: Message, ctx: CallContext, sock: zmq.Socket,
+                       key: tuple[Any, int]) -> None:
+        """A stream run off the I/O thread (an engine without workers): the I/O thread
+        must stay free to receive credits and cancels."""
+        def run() -> None:
+            out = self._stream(gen, msg, ctx, sock, key)
+            if out is not None:
+                self._queue_reply(sock, list(msg.routing), out)
+        threading.Thread(target=run, name=f"zerocan-stream {msg.message_id}", daemon=True).start()
 
     def _refuse(self) -> None:
         self.counters["refused"] += 1
         self.counters["errors"] += 1
 
-    def process(self, msg: Message) -> wire.Outgoing:
-        """Runs the call in ``msg`` and returns the encoded reply."""
+    def process(self, msg: Message, sock: Optional[zmq.Socket] = None) -> Optional[wire.Outgoing]:
+        """Runs the call in ``msg`` and returns the encoded reply: None when the call was
+        cancelled (no reply), or when it is a stream whose items and end ``sock`` gets
+        from a thread of its own."""
         call_id = msg.message_id
         function = msg.function
+        started = self._start_call(msg)
+        if started is None:
+            return None  # cancelled while queued: never run, never answered
+        key, ctx = started
+        handed_off = False
+        prev = getattr(_current, "call", None)
+        _current.call = ctx
+        try:
+            out = self._process(msg, ctx, sock, key)
+            handed_off = out is _HANDED_OFF
+            if handed_off or ctx.cancelled:
+                return None
+            return out
+        finally:
+            _current.call = prev
+            if not handed_off:
+                self._end_call(key)
+
+    def _process(self, msg: Message, ctx: CallContext, sock: Optional[zmq.Socket],
+                 key: tuple[Any, int]) -> Any:
+        call_id = msg.message_id
+        function = msg.function
+        stream = msg.stream_credits > 0
         entry = self._functions.get(function)
         if function == PICKLED_FUNCTION and entry is None:
             entry = (self._run_pickled, False)
@@ -487,6 +696,9 @@ class Engine:
         try:
             w = Writer(self.policy, self.registry)
             w.set_header(self._session.next_header())
+            if raw and stream:
+                raise ArgumentError(f"{function}: does not stream its result (call it "
+                                    "with apply)")
             if raw:
                 r = w.msg.body.init("result")
                 r.callId = call_id
@@ -498,6 +710,17 @@ class Engine:
                 except DecodeError as e:
                     raise _DecodeFailure(str(e)) from None
                 value = fn(*args, **kwargs)
+                if inspect.isgenerator(value):
+                    if not stream:  # a plain apply of a generator: its items as a list
+                        value = list(value)
+                    elif threading.current_thread() is self._io_thread and sock is not None:
+                        self._stream_thread(value, msg, ctx, sock, key)
+                        return _HANDED_OFF
+                    else:
+                        return self._stream(value, msg, ctx, sock, key)
+                elif stream:
+                    raise ArgumentError(f"{function}: does not stream its result (call it "
+                                        "with apply)")
                 w.result(call_id, self.id, value)
             return w.finish()
         except RemoteError as e:
@@ -507,7 +730,7 @@ class Engine:
         except Exception as e:
             err = (error_type_name(e), str(e), function)
         self.counters["errors"] += 1
-        return self._error(call_id, err[0], err[1], err[2])
+        return self._error(call_id, err[0], err[1], err[2], stream_end=stream)
 
     def _run_pickled(self, blob: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.allow_pickle:
@@ -517,10 +740,13 @@ class Engine:
         import cloudpickle  # type: ignore[import-untyped]
         return cloudpickle.loads(bytes(blob))(*args, **kwargs)
 
-    def _error(self, call_id: int, type_: str, message: str, function: str) -> wire.Outgoing:
+    def _error(self, call_id: int, type_: str, message: str, function: str,
+               stream_end: bool = False) -> wire.Outgoing:
         w = Writer(self.policy, self.registry)
         w.set_header(self._session.next_header())
         w.error(call_id, self.id, type_, message, function, self.id)
+        if stream_end:
+            w.set_stream_part("end")
         return w.finish()
 
     def _reply(self, sock: zmq.Socket, routing: list[Any], out: wire.Outgoing) -> None:
@@ -544,6 +770,9 @@ class Engine:
 
 class _DecodeFailure(Exception):
     pass
+
+
+_HANDED_OFF = object()  # process(): a stream now run by a thread of its own
 
 
 # ---- built-in functions (the same set, and the same messages, as src/builtins.cc) ------

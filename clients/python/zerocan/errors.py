@@ -42,6 +42,14 @@ class TimeoutError(Error, concurrent.futures.TimeoutError):
     """A call's deadline passed before its result arrived."""
 
 
+class CancelledError(Error, concurrent.futures.CancelledError):
+    """A call or stream was cancelled (``future.cancel()``, ``stream.cancel()``); the C++
+    ``zerocan::CancelledError``. ``TYPE`` is the name both languages give it
+    (``kErrorCancelled`` in include/zerocan/remote_error.h)."""
+
+    TYPE = "zerocan.CancelledError"
+
+
 class RemoteError(Error):
     """A call failed on the engine: the remote exception's type, message, the function
     that was called and where it happened (engine id, host, or a traceback)."""
@@ -73,6 +81,7 @@ ERROR_ENGINE_STOPPING = "zerocan.EngineStopping"
 ERROR_BROKER_STOPPING = "zerocan.BrokerStopping"
 ERROR_BUSY = "zerocan.Busy"
 ERROR_BROKER_LOST = "zerocan.BrokerLost"
+ERROR_CANCELLED = CancelledError.TYPE  # local: a cancelled call gets no reply
 
 
 class Busy(RemoteError):

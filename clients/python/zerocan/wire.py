@@ -296,6 +296,26 @@ class Writer:
         """Engine -> broker: stopping, send no new calls."""
         self.msg.body.draining = None
 
+    # -- cancel and streams (docs/FORMAT.md "Cancel and streams"); data fields, so
+    # setting them allocates nothing and may follow the body's contents --
+
+    def set_stream_credits(self, credits: int) -> None:
+        """Makes the apply written a stream call granting ``credits`` items at first."""
+        # Apply.streamCredits is 16 bits wide: a larger window is the widest there is.
+        self.msg.body.apply.streamCredits = min(credits, 0xFFFF)
+
+    def set_stream_part(self, part: str) -> None:
+        """Marks the result written as a stream's "item" or "end" (or "none")."""
+        self.msg.body.result.stream = part
+
+    def cancel(self, call_id: int) -> None:
+        self.msg.body.init("cancel").callId = call_id
+
+    def credit(self, call_id: int, items: int) -> None:
+        c = self.msg.body.init("credit")
+        c.callId = call_id
+        c.items = items
+
     def finish(self) -> Outgoing:
         if self._finished:
             raise EncodeError("Writer.finish called twice")
@@ -755,12 +775,14 @@ class Message:
             self._function = a.function
             self._timeout_ms = a.timeoutMs
             self._retries = a.retries
+            self._stream_credits = a.streamCredits
             n = len(a.args) + len(a.kwargs)
             self._length(n, _Path(None, "apply"))
         elif kind == "result":
             r = body.result
             self._call_id = r.callId
             self._engine_id = r.engineId
+            self._stream = str(r.stream)
             self._ok = r.which() == "ok"
             if not self._ok:
                 e = r.error
@@ -773,6 +795,11 @@ class Message:
             self._heartbeat = (h.peerId, h.nowNs)
         elif kind == "started":
             self._call_id = body.started.callId
+        elif kind == "cancel":
+            self._target = body.cancel.callId
+        elif kind == "credit":
+            self._target = body.credit.callId
+            self._credit_items = body.credit.items
         elif kind not in ("goodbye", "draining"):
             raise DecodeError(f"body: unknown message kind {kind!r} (sent by a newer "
                               "protocol version?)")
@@ -845,7 +872,33 @@ class Message:
         self._require("apply")
         return self._retries
 
+    @property
+    def stream_credits(self) -> int:
+        """Items the engine may send ahead; 0 = a plain call."""
+        self._require("apply")
+        return self._stream_credits
+
+    # -- cancel and credit --
+    @property
+    def target_call_id(self) -> int:
+        """The call a cancel or credit names."""
+        if self.kind not in ("cancel", "credit"):
+            raise DecodeError(f"message is not a cancel or credit (it is a {self.kind})",
+                              "type_mismatch")
+        return self._target
+
+    @property
+    def credit_items(self) -> int:
+        self._require("credit")
+        return self._credit_items
+
     # -- result --
+    @property
+    def stream(self) -> str:
+        """"none" (a plain call's result), "item" or "end" (a stream's)."""
+        self._require("result")
+        return self._stream
+
     @property
     def call_id(self) -> int:
         """The call a result answers, or a ``started`` message names."""
@@ -1092,6 +1145,7 @@ def reencode(msg: Message, header: Optional[Header] = None, policy: Optional[Pol
         kwargs = out.init("kwargs", len(a.kwargs))
         out.timeoutMs = a.timeoutMs
         out.retries = a.retries
+        out.streamCredits = a.streamCredits
         for i, v in enumerate(a.args):
             w.copy(args[i], v, msg)
         for i, f in enumerate(a.kwargs):
@@ -1106,6 +1160,7 @@ def reencode(msg: Message, header: Optional[Header] = None, policy: Optional[Pol
             w.copy(out.init("ok"), r.ok, msg)
         else:
             w.error(r.callId, r.engineId, *msg.error())
+        w.msg.body.result.stream = r.stream
     elif kind == "hello":
         w.hello(*msg.hello())
     elif kind == "heartbeat":
@@ -1116,6 +1171,10 @@ def reencode(msg: Message, header: Optional[Header] = None, policy: Optional[Pol
         w.started(msg.call_id)
     elif kind == "draining":
         w.draining()
+    elif kind == "cancel":
+        w.cancel(msg.target_call_id)
+    elif kind == "credit":
+        w.credit(msg.target_call_id, msg.credit_items)
     else:
         raise EncodeError(f"cannot re-encode a message of kind {kind!r}")
     return w.finish()

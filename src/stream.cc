@@ -1,0 +1,120 @@
+// Cancel and streams, the engine side (zerocan/stream.h): call control blocks, the
+// stream writer and the engine's table of running calls.
+#include "zerocan/stream.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "internal/live_calls.h"
+
+namespace zerocan {
+
+namespace internal {
+
+void CallControl::Cancel() {
+  stop.request_stop();
+  std::lock_guard<std::mutex> lock(mu);
+  cv.notify_all();
+}
+
+void CallControl::Grant(uint32_t items) {
+  std::lock_guard<std::mutex> lock(mu);
+  credits += items;
+  cv.notify_all();
+}
+
+void CallControl::Stopping() {
+  std::lock_guard<std::mutex> lock(mu);
+  stopping = true;
+  cv.notify_all();
+}
+
+std::string LiveCalls::Key(std::span<const Buffer> routing, uint64_t call_id) {
+  std::string key;
+  for (const Buffer& r : routing) {
+    auto n = static_cast<uint32_t>(r.size());
+    key.append(reinterpret_cast<const char*>(&n), sizeof n);
+    key.append(reinterpret_cast<const char*>(r.data()), r.size());
+  }
+  key.append(reinterpret_cast<const char*>(&call_id), sizeof call_id);
+  return key;
+}
+
+std::shared_ptr<CallControl> LiveCalls::Start(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!cancelled_.empty() && cancelled_.erase(key) > 0) return nullptr;
+  auto control = std::make_shared<CallControl>();
+  live_[key] = control;
+  return control;
+}
+
+void LiveCalls::Finish(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  live_.erase(key);
+}
+
+void LiveCalls::Cancel(const std::string& key) {
+  std::shared_ptr<CallControl> control;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(key);
+    if (it != live_.end()) {
+      control = it->second;
+    } else if (cancelled_.insert(key).second) {
+      cancelled_order_.push_back(key);
+      while (cancelled_order_.size() > kRemembered) {
+        cancelled_.erase(cancelled_order_.front());
+        cancelled_order_.pop_front();
+      }
+    }
+  }
+  if (control) control->Cancel();
+}
+
+void LiveCalls::Grant(const std::string& key, uint32_t items) {
+  std::shared_ptr<CallControl> control;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(key);
+    if (it == live_.end()) return;
+    control = it->second;
+  }
+  control->Grant(items);
+}
+
+void LiveCalls::StopAll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [key, control] : live_) control->Stopping();
+}
+
+}  // namespace internal
+
+void StreamWriter::WriteWith(const std::function<void(ValueWriter&)>& fill) {
+  internal::CallControl& c = control_;
+  {
+    std::unique_lock<std::mutex> lock(c.mu);
+    if (c.wait_for_credit) {
+      c.cv.wait(lock, [&] { return c.credits > 0 || c.stop.stop_requested() || c.stopping; });
+    }
+    if (c.stop.stop_requested()) {
+      throw CancelledError(absl::StrCat(c.function, ": call ", c.call_id, " was cancelled"));
+    }
+    if (c.stopping) throw Error(absl::StrCat(c.function, ": the engine is stopping"));
+    --c.credits;
+  }
+  EnvelopeWriter w(*c.policy, c.registry);
+  w.SetHeader(c.next_header());
+  ValueWriter out = w.StartResult(c.call_id, c.engine_id);
+  fill(out);
+  w.SetStreamPart(StreamPart::kItem);
+  c.send(w.Finish());
+  std::lock_guard<std::mutex> lock(c.mu);
+  ++c.items_sent;
+}
+
+uint64_t StreamWriter::items() const {
+  std::lock_guard<std::mutex> lock(control_.mu);
+  return control_.items_sent;
+}
+
+}  // namespace zerocan
