@@ -5,7 +5,8 @@
 #   3. installs into a staging prefix and builds tests/consumer against it,
 #   4. rebuilds with AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite again,
 #   5. rebuilds the test program with ThreadSanitizer and runs the concurrency suites
-#      (client receive, engine, broker, tracker callbacks, signing pool) within a fixed
+#      (client receive, engine, broker, tracker callbacks, signing pool, cancel and
+#      streams, the channels) within a fixed
 #      budget (ZEROCAN_TSAN_SECONDS, default 600),
 #   6. runs the Python client's tests (pytest), C++ <-> Python through the broker,
 #   7. runs each fuzz target for a fixed budget (ZEROCAN_FUZZ_SECONDS, default 30).
@@ -55,7 +56,7 @@ if [ "${ZEROCAN_SKIP_TSAN:-0}" != 1 ]; then
   step "ThreadSanitizer build and the concurrency tests"
   # Callbacks run on libzmq's threads and on our workers: the suites that cross threads.
   # libzmq itself is not instrumented; tests/tsan.supp names what of it TSan misreads.
-  tsan_suites='^(ClientTest|ResultTest|EngineTest|BrokerTest|FramesTest|SigningTest|HostDefaultsTest)\.'
+  tsan_suites='^(ClientTest|ResultTest|EngineTest|BrokerTest|FramesTest|SigningTest|HostDefaultsTest|StreamTest|MapTest|ZmqTransportTest|BothTransports/ChannelTest)\.'
   tsan_started=$(date +%s)
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZEROCAN_SANITIZE=thread \
         "${launcher[@]}" >/dev/null
