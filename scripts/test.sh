@@ -56,7 +56,7 @@ if [ "${ZEROCAN_SKIP_TSAN:-0}" != 1 ]; then
   step "ThreadSanitizer build and the concurrency tests"
   # Callbacks run on libzmq's threads and on our workers: the suites that cross threads.
   # libzmq itself is not instrumented; tests/tsan.supp names what of it TSan misreads.
-  tsan_suites='^(ClientTest|ResultTest|EngineTest|BrokerTest|FramesTest|SigningTest|HostDefaultsTest|StreamTest|MapTest|ZmqTransportTest|BothTransports/ChannelTest)\.'
+  tsan_suites='^(ClientTest|ResultTest|EngineTest|BrokerTest|FramesTest|SigningTest|HostDefaultsTest|MapTest|ZmqTransportTest|BothTransports/ChannelTest|DirectAndBrokered/StreamTest)\.'
   tsan_started=$(date +%s)
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZEROCAN_SANITIZE=thread \
         "${launcher[@]}" >/dev/null
