@@ -167,6 +167,10 @@ class Engine::Impl {
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw TransportError("engine: eventfd failed");
     if (options_.signer) replay_ = std::make_unique<ReplayGuard>(options_.replay);
+    io_control_.stop = std::stop_source(std::nostopstate);
+    io_control_.engine_id = options_.id;
+    io_control_.policy = &policy_;
+    io_control_.registry = registry_;
   }
 
   ~Impl() {
@@ -625,6 +629,15 @@ class Engine::Impl {
           stream);
       return reply;
     }
+    if (!stream && tl_io_owner == this && !is_dealer_[reply.socket]) {
+      // Runs to its end here on the I/O thread, which reads nothing meanwhile: no cancel
+      // and no drain deadline can reach it, and no broker waits for its `started`. So it
+      // is not tracked; its control block is reused and can never be stopped.
+      io_control_.call_id = message.message_id();
+      io_control_.function.assign(function);
+      reply.message = *RunCall(*it->second, message, function, io_control_, false);
+      return reply;
+    }
     std::string live_key = internal::LiveCalls::Key(reply.routing, message.message_id());
     std::shared_ptr<internal::CallControl> control = StartCall(reply, message, live_key, stream);
     if (control == nullptr) return std::nullopt;
@@ -870,6 +883,9 @@ class Engine::Impl {
 
   std::atomic<uint64_t> calls_{0}, errors_{0}, dropped_{0};
   static thread_local const Impl* tl_io_owner;  // the engine whose I/O thread this is
+  // The control block of the calls run untracked on the I/O thread (Process): without a
+  // stop state, so their stop token never fires.
+  internal::CallControl io_control_;
 
   friend class Engine;
 };
