@@ -247,13 +247,8 @@ class Client {
   template <class... Args>
   ResultFuture apply_for(std::chrono::milliseconds timeout, std::string_view function,
                          Args&&... args) {
-    constexpr size_t kKeywords = (size_t{internal::IsKeyword<std::decay_t<Args>>::value} + ... + 0);
     EnvelopeWriter writer(policy_, registry_);
-    ApplyWriter apply =
-        writer.StartApply(function, sizeof...(Args) - kKeywords, kKeywords, TimeoutMs(timeout));
-    size_t positional = 0, keyword = 0;
-    (internal::WritePositional(apply, positional, std::forward<Args>(args)), ...);
-    (internal::WriteKeyword(apply, keyword, std::forward<Args>(args)), ...);
+    WriteApply(writer, timeout, function, std::forward<Args>(args)...);
     return Submit(writer, function, timeout);
   }
   // A stream call: the function (one that streams, e.g. takes a StreamWriter&) sends its
@@ -266,13 +261,8 @@ class Client {
   template <class... Args>
   ResultStream stream_for(std::chrono::milliseconds timeout, std::string_view function,
                           Args&&... args) {
-    constexpr size_t kKeywords = (size_t{internal::IsKeyword<std::decay_t<Args>>::value} + ... + 0);
     EnvelopeWriter writer(policy_, registry_);
-    ApplyWriter apply =
-        writer.StartApply(function, sizeof...(Args) - kKeywords, kKeywords, TimeoutMs(timeout));
-    size_t positional = 0, keyword = 0;
-    (internal::WritePositional(apply, positional, std::forward<Args>(args)), ...);
-    (internal::WriteKeyword(apply, keyword, std::forward<Args>(args)), ...);
+    WriteApply(writer, timeout, function, std::forward<Args>(args)...);
     return SubmitStream(writer, function, timeout);
   }
   ResultStream SubmitStream(EnvelopeWriter& writer, std::string_view function,
@@ -290,6 +280,17 @@ class Client {
 
  private:
   static uint32_t TimeoutMs(std::chrono::milliseconds t) noexcept;
+  // The apply of `function(args...)`: positional arguments, then keywords (Kw).
+  template <class... Args>
+  static void WriteApply(EnvelopeWriter& writer, std::chrono::milliseconds timeout,
+                         std::string_view function, Args&&... args) {
+    constexpr size_t kKeywords = (size_t{internal::IsKeyword<std::decay_t<Args>>::value} + ... + 0);
+    ApplyWriter apply =
+        writer.StartApply(function, sizeof...(Args) - kKeywords, kKeywords, TimeoutMs(timeout));
+    size_t positional = 0, keyword = 0;
+    (internal::WritePositional(apply, positional, std::forward<Args>(args)), ...);
+    (internal::WriteKeyword(apply, keyword, std::forward<Args>(args)), ...);
+  }
 
   ClientOptions options_;
   Policy policy_;
