@@ -135,6 +135,21 @@ def outcome(msg: wire.Message) -> tuple[Any, Optional[BaseException]]:
         return None, e
 
 
+def deliver_to_stream(streams: dict[int, Any], call_id: int, msg: wire.Message) -> bool:
+    """Hands a reply to the stream call ``call_id`` if one waits for it (an item, or its
+    end or error, which also retires it from ``streams``); False when none does."""
+    stream = streams.get(call_id)
+    if stream is None:
+        return False
+    value, err = outcome(msg)
+    if msg.stream == "item" and err is None:
+        stream._push("item", value)
+        return True
+    del streams[call_id]
+    stream._push("error" if err is not None else "end", err)
+    return True
+
+
 # Items a stream call lets the engine send ahead of the reader (client.stream): the
 # client grants more, half a window at a time, as items are read.
 DEFAULT_STREAM_CREDITS = 64

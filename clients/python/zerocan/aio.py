@@ -28,7 +28,7 @@ import zmq.asyncio
 
 from . import _map, wire
 from ._calls import (DEFAULT_STREAM_CREDITS, TimeoutArg, call_timeout, configure, encode_call,
-                     encode_control, outcome, read_reply)
+                     deliver_to_stream, encode_control, outcome, read_reply)
 from ._stream import AsyncStream
 from .errors import Error, TimeoutError, TransportError
 from .placement import IoCpus, channel_context
@@ -274,14 +274,7 @@ class AsyncClient:
         if reply is None:
             return
         call_id, msg = reply
-        stream = self._streams.get(call_id)
-        if stream is not None:
-            value, err = outcome(msg)
-            if msg.stream == "item" and err is None:
-                stream._push("item", value)
-                return
-            del self._streams[call_id]
-            stream._push("error" if err is not None else "end", err)
+        if deliver_to_stream(self._streams, call_id, msg):
             return
         fut = self._pending.pop(call_id, None)
         if fut is None:

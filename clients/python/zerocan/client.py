@@ -32,7 +32,8 @@ import zmq
 from . import _map, wire
 from ._calls import PICKLED_FUNCTION, TimeoutArg, call_timeout, encode_call, outcome
 from ._calls import configure as _configure
-from ._calls import DEFAULT_STREAM_CREDITS, encode_control, payload_frames, read_reply
+from ._calls import (DEFAULT_STREAM_CREDITS, deliver_to_stream, encode_control, payload_frames,
+                     read_reply)
 from ._stream import Stream
 from ._watch import ConnectionWatch
 from .errors import BrokerLost, TimeoutError, TransportError
@@ -393,14 +394,7 @@ class Client:
         if reply is None:
             return
         call_id, msg = reply
-        stream = self._streams.get(call_id)
-        if stream is not None:
-            result, exc = outcome(msg)
-            if msg.stream == "item" and exc is None:
-                stream._push("item", result)
-                return
-            del self._streams[call_id]
-            stream._push("error" if exc is not None else "end", exc)
+        if deliver_to_stream(self._streams, call_id, msg):
             return
         fut = self._pending.pop(call_id, None)
         if fut is None:
