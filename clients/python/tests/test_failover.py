@@ -106,4 +106,6 @@ def test_python_engine_drains_on_stop():
             assert f.result(timeout=10) == 0.2
             lags.append(time.monotonic() - start - (i + 1) * 0.2)
         stopper.join()
-        assert max(lags) < 0.25, lags
+        # Held back until the queue was done, the first reply would lag by 0.8 s; 0.5 s
+        # leaves room for a loaded 2-CPU machine's scheduling.
+        assert max(lags) < 0.5, lags
