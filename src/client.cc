@@ -269,6 +269,10 @@ class ClientCore {
       zmq::poll(items, 3, std::chrono::milliseconds(left.count() + 1));
       polling_.store(false, std::memory_order_seq_cst);
       if ((items[2].revents & ZMQ_POLLIN) && watch_->Lost()) {
+        // Replies that arrived before the connection closed are still queued on the
+        // socket (libzmq delivers a pipe's messages before its end): take them first,
+        // so only calls that really got no answer fail.
+        ReceiveBatch();
         FailPending();
         return;
       }

@@ -85,9 +85,6 @@ def test_killed_python_engine_queued_calls_run_elsewhere_and_busy_and_broker_los
         p.wait()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "in about 1 of 3 loaded full runs the client's connection watch reports the draining "
-    "Python engine's connection lost (BrokerLost) before its queued replies arrive"))
 def test_python_engine_drains_on_stop():
     url = free_tcp_endpoint()
     engine = zerocan.Engine(url, bind=True, builtins=True, threads=1, drain_timeout=10)

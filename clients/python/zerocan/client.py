@@ -315,19 +315,14 @@ class Client:
                 if self._closed:
                     break
                 if self._watch.socket in events and self._watch.lost():
+                    # Replies that arrived before the connection closed are still queued
+                    # on the socket: take them first, so only calls with no answer fail.
+                    while self._receive_ready(sock):
+                        pass
                     self._fail_pending_lost()
                 self._send_outbox()
                 if sock in events:
-                    # Drain what is ready without waiting again.
-                    for _ in range(1024):
-                        try:
-                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._on_reply(parts)
-                        # Drop our reference now: a large reply frame freed by the caller
-                        # goes back to the heap before the next one is received into it.
-                        del parts
+                    self._receive_ready(sock)
                 self._expire()
         except Exception as e:  # pragma: no cover - socket failure
             self._fail_all(TransportError(f"client I/O failed: {e}"))
@@ -341,6 +336,20 @@ class Client:
                 self._closed = True
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+
+    def _receive_ready(self, sock: zmq.Socket, batch: int = 1024) -> bool:
+        """Handles up to `batch` replies already received, without waiting; True when the
+        batch was full (more may be ready)."""
+        for _ in range(batch):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False
+            self._on_reply(parts)
+            # Drop our reference now: a large reply frame freed by the caller goes back
+            # to the heap before the next one is received into it.
+            del parts
+        return True
 
     def _send_outbox(self) -> None:
         while True:
