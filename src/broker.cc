@@ -120,20 +120,22 @@ class Broker::Impl {
     backend_ = zmq::socket_t(*context_, zmq::socket_type::router);
     int liveness_ms = static_cast<int>(std::min<int64_t>(
         options_.heartbeat.count() * std::max(options_.liveness, 1), 1 << 30));
+    // ZMTP heartbeats: a peer that stops answering pings (stopped process, cut link) has
+    // its connection closed, which the monitors below report. Engines within their
+    // liveness window; clients (unknown peers) within the idle timeout.
+    ConnectionLimits engines = options_.connection_limits;
+    engines.idle_timeout = std::chrono::milliseconds(liveness_ms);
     for (zmq::socket_t* s : {&frontend_, &backend_}) {
       s->set(zmq::sockopt::sndhwm, 0);
-      s->set(zmq::sockopt::rcvhwm, 0);
       s->set(zmq::sockopt::linger, 0);
       // A send to a peer that is gone fails (instead of vanishing): a call is never
       // handed to an engine whose connection closed, and probes find who left.
       s->set(zmq::sockopt::router_mandatory, 1);
-      // ZMTP heartbeats: a peer that stops answering pings (stopped process, cut link)
-      // has its connection closed, which the monitors below report.
-      s->set(zmq::sockopt::heartbeat_ivl, static_cast<int>(options_.heartbeat.count()));
-      s->set(zmq::sockopt::heartbeat_timeout, liveness_ms);
-      ApplyLimits(*s, options_.limits);
+      ApplyLimits(*s, options_.limits, s == &backend_ ? engines : options_.connection_limits);
       if (options_.curve) ConfigureCurveServer(*s, *options_.curve);
     }
+    // Pings at the engines' heartbeat interval (ApplyLimits would use a third of it).
+    backend_.set(zmq::sockopt::heartbeat_ivl, static_cast<int>(options_.heartbeat.count()));
     // A dead engine reconnecting (after a restart) under the same identity would
     // otherwise be refused; engines have no fixed identity, but be safe.
     backend_.set(zmq::sockopt::router_handover, 1);

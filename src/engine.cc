@@ -221,6 +221,8 @@ class Engine::Impl {
     if (router_index_ < 0) {
       zmq::socket_t router(*context_, zmq::socket_type::router);
       Configure(router);
+      // Clients are unknown peers: bound their handshake, stalls and receive queue.
+      ApplyLimits(router, options_.limits, options_.connection_limits);
       if (options_.curve) ConfigureCurveServer(router, *options_.curve);  // may throw
       router_index_ = static_cast<int>(sockets_.size());
       sockets_.push_back(std::move(router));

@@ -348,6 +348,30 @@ Buffer AllocateLarge(size_t size) {
   return Buffer(static_cast<std::byte*>(p), size, std::move(owner));
 }
 
+uint64_t HeapFreeBytes() noexcept {
+#if defined(__GLIBC__)
+  struct mallinfo2 info = mallinfo2();  // summed over every arena
+  return info.fordblks;
+#else
+  return 0;
+#endif
+}
+
+void ReleaseFreeMemory() {
+  for (int cls = 0; cls < kPoolClasses; ++cls) {
+    PoolNode* all = g_pool[cls].exchange(nullptr, std::memory_order_acquire);
+    while (all != nullptr) {
+      PoolNode* next = all->next;
+      g_pool_count[cls].fetch_sub(1, std::memory_order_relaxed);
+      std::free(all);
+      all = next;
+    }
+  }
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
 bool ApplyMemoryPolicy() {
   bool reuse = true;
   const char* env = std::getenv(kEnvReuse);

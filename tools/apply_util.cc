@@ -10,6 +10,7 @@
 
 #include "zerocan/dtype.h"
 #include "zerocan/error.h"
+#include "zerocan/policy.h"
 #include "zerocan/tensor.h"
 
 namespace zerocan::tools {
@@ -358,6 +359,35 @@ int WaitForStopSignal() {
   int sig = 0;
   sigwait(&set, &sig);
   return sig;
+}
+
+int WaitForStopSignal(const std::function<void()>& tick) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  const timespec second{1, 0};
+  while (true) {
+    int sig = sigtimedwait(&set, nullptr, &second);
+    if (sig > 0) return sig;
+    tick();  // EAGAIN: a second passed (or EINTR)
+  }
+}
+
+void IdleMemoryReturn::Tick() {
+  uint64_t free_bytes = HeapFreeBytes();
+  if (free_bytes < min_bytes_) {  // in use again
+    quiet_ = 0;
+    released_free_ = 0;
+    return;
+  }
+  // Free memory already returned stays counted as free: only what was freed since counts.
+  if (free_bytes < released_free_ + min_bytes_) return;
+  if (++quiet_ < quiet_ticks_) return;
+  ReleaseFreeMemory();
+  ++releases_;
+  quiet_ = 0;
+  released_free_ = free_bytes;
 }
 
 }  // namespace zerocan::tools

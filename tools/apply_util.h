@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -49,5 +50,27 @@ std::string DumpJson(const nlohmann::ordered_json& j);
 // signal that came.
 void BlockStopSignals();
 int WaitForStopSignal();
+// The same, calling tick() about once a second while it waits.
+int WaitForStopSignal(const std::function<void()>& tick);
+
+// The engine and broker programs' choice (never the library's): memory the heap has held
+// free for the last `quiet_ticks` ticks, at least `min_bytes` of it, goes back to the
+// system (ReleaseFreeMemory, policy.h). Memory in use by a steady stream of large calls
+// is reused in between and so never stays free that long; what an attack or a burst left
+// behind does. Call Tick() once a second.
+class IdleMemoryReturn {
+ public:
+  explicit IdleMemoryReturn(int quiet_ticks = 3, uint64_t min_bytes = uint64_t{32} << 20)
+      : quiet_ticks_(quiet_ticks), min_bytes_(min_bytes) {}
+  void Tick();
+  int releases() const { return releases_; }
+
+ private:
+  int quiet_ticks_;
+  uint64_t min_bytes_;
+  int quiet_ = 0;
+  int releases_ = 0;
+  uint64_t released_free_ = 0;  // the heap's free bytes right after the last release
+};
 
 }  // namespace zerocan::tools

@@ -33,6 +33,8 @@ struct BrokerArgs {
   std::string frontend, backend;
   std::string key_file, curve_secret_key_file, io_cpus;
   int heartbeat_ms = 0;
+  int idle_timeout_ms = static_cast<int>(ConnectionLimits().idle_timeout.count());
+  int handshake_timeout_ms = static_cast<int>(ConnectionLimits().handshake_timeout.count());
   int drain_timeout_ms = 10000;
   bool unpace_loopback = false;
 };
@@ -48,6 +50,8 @@ int RunBroker(BrokerArgs& args) {
     return 2;
   }
   if (args.heartbeat_ms > 0) options.heartbeat = std::chrono::milliseconds(args.heartbeat_ms);
+  options.connection_limits.idle_timeout = std::chrono::milliseconds(args.idle_timeout_ms);
+  options.connection_limits.handshake_timeout = std::chrono::milliseconds(args.handshake_timeout_ms);
   if (args.unpace_loopback) options.unpace_local_tcp = true;
   BlockStopSignals();
   ApplyMemoryPolicy();  // received large frames reuse memory instead of fresh pages
@@ -57,7 +61,8 @@ int RunBroker(BrokerArgs& args) {
     std::fprintf(stderr, "zerocan broker: clients at %s, engines at %s%s%s\n",
                  broker.frontend_endpoint().c_str(), broker.backend_endpoint().c_str(),
                  options.capture.empty() ? "" : ", capture at ", options.capture.c_str());
-    WaitForStopSignal();
+    IdleMemoryReturn memory;
+    WaitForStopSignal([&memory] { memory.Tick(); });
     std::fprintf(stderr, "zerocan broker: draining (at most %d ms)\n", args.drain_timeout_ms);
     std::thread second([&broker] {
       WaitForStopSignal();
@@ -96,6 +101,16 @@ void AddBroker(CLI::App& app, RunFunction* chosen) {
   sub->add_option("--capture-file", args->options.capture_file,
                   "write every message to a capture file for `zerocan inspect FILE`")
       ->type_name("FILE");
+  sub->add_option("--idle-timeout-ms", args->idle_timeout_ms,
+                  "disconnect a peer (clients (--frontend)) from which no complete frame came for this\n"
+                  "long, freeing what it sent of an unfinished one (0: never; a frame must arrive\n"
+                  "within it)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600 * 1000));
+  sub->add_option("--handshake-timeout-ms", args->handshake_timeout_ms,
+                  "close a connection whose ZMTP (or CurveZMQ) handshake takes longer (0: never)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600 * 1000));
   sub->add_option("--heartbeat-ms", args->heartbeat_ms,
                   "heartbeat interval in ms (default 500; engines must use the same)")
       ->check(CLI::Range(1, 3600 * 1000));

@@ -48,6 +48,8 @@ struct EngineArgs {
   std::vector<std::string> binds, connects, plugins;
   std::string key_file, curve_secret_key_file, curve_server_key;
   int heartbeat_ms = 0;
+  int idle_timeout_ms = static_cast<int>(ConnectionLimits().idle_timeout.count());
+  int handshake_timeout_ms = static_cast<int>(ConnectionLimits().handshake_timeout.count());
   int drain_timeout_ms = 30000;
   std::string io_cpus;
   bool builtins = false;
@@ -68,6 +70,8 @@ int RunEngine(EngineArgs& args) {
     return 2;
   }
   if (args.heartbeat_ms > 0) options.heartbeat = std::chrono::milliseconds(args.heartbeat_ms);
+  options.connection_limits.idle_timeout = std::chrono::milliseconds(args.idle_timeout_ms);
+  options.connection_limits.handshake_timeout = std::chrono::milliseconds(args.handshake_timeout_ms);
   if (args.builtins) options.builtins = true;
   if (args.unpace_loopback) options.unpace_local_tcp = true;
   BlockStopSignals();
@@ -83,7 +87,8 @@ int RunEngine(EngineArgs& args) {
     if (!args.binds.empty()) std::fprintf(stderr, ", bound at %s", engine.last_endpoint().c_str());
     for (const std::string& url : args.connects) std::fprintf(stderr, ", attached to %s", url.c_str());
     std::fprintf(stderr, "\n");
-    WaitForStopSignal();
+    IdleMemoryReturn memory;
+    WaitForStopSignal([&memory] { memory.Tick(); });
     std::fprintf(stderr, "zerocan engine %s: draining (at most %d ms)\n", engine.id().c_str(),
                  args.drain_timeout_ms);
     // A second signal, or a function still running past the grace period, ends the
@@ -134,6 +139,16 @@ void AddEngine(CLI::App& app, RunFunction* chosen) {
   sub->add_option("--drain-timeout-ms", args->drain_timeout_ms,
                   "on SIGTERM/SIGINT, how long to keep finishing the calls held before answering the\n"
                   "rest with zerocan.EngineStopping")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600 * 1000));
+  sub->add_option("--idle-timeout-ms", args->idle_timeout_ms,
+                  "disconnect a peer (clients connecting to --bind) from which no complete frame came for this\n"
+                  "long, freeing what it sent of an unfinished one (0: never; a frame must arrive\n"
+                  "within it)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600 * 1000));
+  sub->add_option("--handshake-timeout-ms", args->handshake_timeout_ms,
+                  "close a connection whose ZMTP (or CurveZMQ) handshake takes longer (0: never)")
       ->capture_default_str()
       ->check(CLI::Range(0, 3600 * 1000));
   sub->add_option("--heartbeat-ms", args->heartbeat_ms,

@@ -60,6 +60,8 @@ struct BrokerOptions {
   std::chrono::milliseconds heartbeat{500};
   int liveness = 3;
   DecodeLimits limits;
+  // For both sockets (limits.h); the backend's idle timeout is heartbeat x liveness.
+  ConnectionLimits connection_limits;
   std::string capture;  // "" = none; else a PUB endpoint publishing every message
   // "" = none; else a capture file (docs/CAPTURE.md) receiving every message the broker
   // forwards, written on the broker's thread (so it slows forwarding by the file's speed).

@@ -145,6 +145,8 @@ struct EngineOptions {
   // Bind() or Connect() endpoint (Policy::ForTransport), as the Python engine does.
   std::optional<Policy> policy;
   DecodeLimits limits;
+  // For the socket Bind() makes (clients connecting directly): limits.h.
+  ConnectionLimits connection_limits;
   const Registry* registry = nullptr;  // nullptr = Registry::Default()
   // The ZeroMQ context; required to share inproc:// endpoints with clients in the same
   // process. nullptr = the engine owns a context of its own.

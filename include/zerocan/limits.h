@@ -1,10 +1,13 @@
 // DecodeLimits: every bound a decoder enforces on untrusted input, in one place.
+// ConnectionLimits: how long a connection may hold memory before a message is complete.
 //
 // Defaults are safe for a network-facing engine on a 24 GiB machine while still letting
 // a 1 GiB tensor through. Every decode entry point takes one; a violation raises
 // DecodeError(kLimitExceeded) naming the limit, the value seen, and the field path.
+// docs/SECURITY.md ("Memory an unauthenticated peer can pin") says what they bound.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 
@@ -15,10 +18,12 @@ struct DecodeLimits {
   size_t max_frames = 4096;
   // Routing frames before the delimiter (a broker chain adds one per hop).
   size_t max_routing_frames = 16;
-  // Bytes of any one frame (also set as ZMQ_MAXMSGSIZE on sockets we configure).
-  uint64_t max_frame_bytes = uint64_t{2} << 30;
-  // Bytes of all frames of one message together.
-  uint64_t max_message_bytes = uint64_t{4} << 30;
+  // Bytes of any one frame (also set as ZMQ_MAXMSGSIZE on sockets we configure, so a
+  // larger frame is refused from its header, before libzmq allocates it).
+  uint64_t max_frame_bytes = uint64_t{1} << 30;
+  // Bytes of all frames of one message together. libzmq hands over a multipart message
+  // only once it is complete, so this is checked after it was received (and then freed).
+  uint64_t max_message_bytes = uint64_t{2} << 30;
   // Bytes of the envelope frame (everything inline lives there).
   uint64_t max_envelope_bytes = uint64_t{256} << 20;
   // Cap'n Proto traversal budget, in multiples of the envelope's own size in words.
@@ -35,6 +40,25 @@ struct DecodeLimits {
   uint64_t max_payload_refs = uint64_t{1} << 20;
   // Bytes of a text value or name.
   uint64_t max_text_bytes = uint64_t{64} << 20;
+};
+
+// Bounds on the connections of a socket that accepts peers (an engine's bound socket, a
+// broker's frontend and backend), set on the socket before it binds (ApplyLimits in
+// zerocan/transport/zmq.h). libzmq reads a peer's frames into memory before zerocan can
+// look at them; these bound how long a peer that stops sending holds that memory.
+struct ConnectionLimits {
+  // A connection must finish its ZMTP handshake (and CurveZMQ authentication) within
+  // this time or it is closed (ZMQ_HANDSHAKE_IVL). 0 = no limit.
+  std::chrono::milliseconds handshake_timeout{5000};
+  // A peer from which no complete frame (a message, or the answer to a ZMTP ping) has
+  // arrived for this long is disconnected, and the partial frame it sent is freed (ZMTP
+  // heartbeats: pings every third of it, ZMQ_HEARTBEAT_TIMEOUT = it). A frame must
+  // therefore arrive within it: raise it for multi-GiB frames over slow links.
+  // 0 = no limit. A broker's backend uses the engines' liveness window instead.
+  std::chrono::milliseconds idle_timeout{10000};
+  // Complete messages libzmq queues from one connection before it stops reading that
+  // connection (ZMQ_RCVHWM; back-pressure, nothing is dropped). 0 = no limit.
+  int max_queued_messages = 10000;
 };
 
 }  // namespace zerocan

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -107,6 +108,14 @@ struct Policy {
 // C library is not glibc. Returns whether it is now on.
 bool UseReusingAllocator(bool enable = true);
 bool ReusingAllocatorEnabled() noexcept;
+// Free bytes the C library's heap holds for reuse right now (glibc: mallinfo2 over
+// every arena; 0 elsewhere).
+uint64_t HeapFreeBytes() noexcept;
+// Gives memory kept for reuse back to the system: AllocateLarge's pooled buffers and
+// the heap's free pages (glibc: malloc_trim). The next large buffer pays its page faults
+// again. Never called by the library itself: a program calls it when it has gone quiet
+// (the zerocan engine and broker programs do, see docs/SECURITY.md).
+void ReleaseFreeMemory();
 // Applies the memory policy the programs use: ZEROCAN_REUSE_MEMORY=0/1 if set, else the
 // config file's "reuse_memory", else on. Returns whether reuse is on.
 bool ApplyMemoryPolicy();

@@ -1,6 +1,7 @@
 // The ZeroMQ transport (zerocan/transport/zmq.h): Buffers to libzmq frames and back.
 #include "zerocan/transport/zmq.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -200,6 +201,22 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
 
 void ApplyLimits(zmq::socket_t& socket, const DecodeLimits& limits) {
   socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(limits.max_frame_bytes));
+}
+
+void ApplyLimits(zmq::socket_t& socket, const DecodeLimits& limits,
+                 const ConnectionLimits& connections) {
+  ApplyLimits(socket, limits);
+  auto ms = [](std::chrono::milliseconds d) {
+    return static_cast<int>(std::clamp<int64_t>(d.count(), 0, 1 << 30));
+  };
+  socket.set(zmq::sockopt::handshake_ivl, ms(connections.handshake_timeout));
+  if (connections.idle_timeout.count() > 0) {
+    // libzmq cancels the timeout when any complete frame arrives (a message or a pong),
+    // so a peer stalled inside a frame is cut after at most ivl + timeout.
+    socket.set(zmq::sockopt::heartbeat_ivl, std::max(ms(connections.idle_timeout) / 3, 1));
+    socket.set(zmq::sockopt::heartbeat_timeout, ms(connections.idle_timeout));
+  }
+  socket.set(zmq::sockopt::rcvhwm, std::max(connections.max_queued_messages, 0));
 }
 
 // ---- ZmqChannel ------------------------------------------------------------------------

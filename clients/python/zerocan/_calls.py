@@ -31,6 +31,19 @@ def configure(sock: zmq.Socket, limits: DecodeLimits) -> None:
     sock.copy_threshold = 0
 
 
+def limit_connections(sock: zmq.Socket, idle_timeout: float, handshake_timeout: float,
+                      max_queued_messages: int = 10000) -> None:
+    """Bounds the connections of a socket that accepts peers (zerocan::ConnectionLimits):
+    a peer that completes no frame for idle_timeout seconds is disconnected (ZMTP
+    heartbeats), a handshake must finish within handshake_timeout; 0 = no limit."""
+    sock.setsockopt(zmq.HANDSHAKE_IVL, int(handshake_timeout * 1000))
+    if idle_timeout > 0:
+        ms = int(idle_timeout * 1000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, max(ms // 3, 1))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms)
+    sock.setsockopt(zmq.RCVHWM, max_queued_messages)
+
+
 def payload_frames(out: wire.Outgoing) -> tuple[list[Any], Optional[zmq.MessageTracker]]:
     """The zmq.Frames of an Outgoing's payloads (zero-copy, tracked) and their tracker."""
     if not out.frames:

@@ -39,6 +39,7 @@ import numpy as np
 import zmq
 
 from . import signing, wire
+from ._calls import limit_connections
 from .client import PICKLED_FUNCTION, _configure, payload_frames
 from .errors import ArgumentError, DecodeError, RemoteError, TransportError
 from .pacing import bind_unpaced
@@ -176,12 +177,17 @@ class Engine:
                  io_cpus: IoCpus = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
                  replay: Optional[ReplayGuard] = None,
-                 unpace_local_tcp: bool = False, drain_timeout: float = 30.0) -> None:
+                 unpace_local_tcp: bool = False, drain_timeout: float = 30.0,
+                 idle_timeout: float = 10.0, handshake_timeout: float = 5.0) -> None:
         self.id = id or _default_id()
         # stop() drains: no new calls (a broker is told; a direct caller gets
         # zerocan.EngineStopping), each held call answered as it finishes, for at most
         # drain_timeout seconds; calls still queued then get zerocan.EngineStopping.
         self.drain_timeout = drain_timeout
+        # For bind(): clients that stall inside a frame or a handshake are disconnected
+        # (zerocan::ConnectionLimits, docs/SECURITY.md).
+        self.idle_timeout = idle_timeout
+        self.handshake_timeout = handshake_timeout
         self._draining = False
         self._running = 0  # calls a worker is running (under _reply_lock)
         self.unpace_local_tcp = unpace_local_tcp
@@ -258,6 +264,7 @@ class Engine:
         s = self._context.socket(zmq.ROUTER)
         self._sockets.append((s, False))  # closed by _shutdown even if bind fails
         _configure(s, self.limits)
+        limit_connections(s, self.idle_timeout, self.handshake_timeout)
         if self.unpace_local_tcp:
             bind_unpaced(self._context, s, url)
         else:

@@ -51,6 +51,10 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
 // Sets ZMQ_MAXMSGSIZE from limits.max_frame_bytes (libzmq drops the connection of a peer
 // that announces a larger frame, before allocating it).
 void ApplyLimits(zmq::socket_t& socket, const DecodeLimits& limits);
+// The same, plus the connection bounds of a socket that accepts peers (limits.h): the
+// handshake timeout, the idle timeout as ZMTP heartbeats, and the receive queue.
+void ApplyLimits(zmq::socket_t& socket, const DecodeLimits& limits,
+                 const ConnectionLimits& connections);
 
 // A Channel over a libzmq socket the caller owns (it must outlive the channel and be
 // used by one thread at a time). `routed`: the socket is a ROUTER (messages start with
