@@ -197,15 +197,12 @@ def attack_queue_flood(url: str, calls: int = 40, size: int = 64 * MIB):
     import numpy as np
     a = np.ones(size, dtype=np.uint8)
     busy = 0
-    with zerocan.Client(url, timeout=0) as c:
+    with zerocan.Client(url, timeout=None) as c:  # no deadline: timeoutMs 0 on the wire
         futs = [c.apply("nbytes", a) for _ in range(calls)]
         time.sleep(2.0)
         for f in futs:
-            if f.done():
-                try:
-                    f.result()
-                except zerocan.RemoteError as e:
-                    busy += e.type == "zerocan.Busy"
+            if f.done() and isinstance(f.exception(), zerocan.RemoteError):
+                busy += f.exception().type == "zerocan.Busy"
     return f"{busy}/{calls} answered zerocan.Busy at once; the client then left"
 
 

@@ -381,8 +381,9 @@ void IdleMemoryReturn::Tick() {
     released_free_ = 0;
     return;
   }
-  // Free memory already returned stays counted as free: only what was freed since counts.
-  if (free_bytes < released_free_ + min_bytes_) return;
+  // Free memory already returned stays counted as free: only what was freed since counts
+  // (a smaller step than the first: the tail of a burst is freed after its bulk).
+  if (released_free_ > 0 && free_bytes < released_free_ + min_bytes_ / 8) return;
   if (++quiet_ < quiet_ticks_) return;
   ReleaseFreeMemory();
   ++releases_;
