@@ -139,6 +139,10 @@ class Broker::Impl {
     // A dead engine reconnecting (after a restart) under the same identity would
     // otherwise be refused; engines have no fixed identity, but be safe.
     backend_.set(zmq::sockopt::router_handover, 1);
+    if (!options_.curve_allowed_clients.empty()) {
+      if (!options_.curve) throw Error("broker: curve_allowed_clients needs curve (a key pair)");
+      curve_allow_ = std::make_unique<CurveAllowList>(*context_, options_.curve_allowed_clients);
+    }
     frontend_monitor_ = Monitor(*context_, frontend_, "frontend");
     backend_monitor_ = Monitor(*context_, backend_, "backend");
     Bind(frontend_, frontend, "frontend");
@@ -745,6 +749,7 @@ class Broker::Impl {
   zmq::socket_t frontend_, backend_, capture_;
   zmq::socket_t frontend_monitor_, backend_monitor_;
   std::unique_ptr<CaptureWriter> capture_file_;
+  std::unique_ptr<CurveAllowList> curve_allow_;  // with curve_allowed_clients only
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};
   std::atomic<bool> drain_{false};

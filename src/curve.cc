@@ -4,7 +4,11 @@
 
 #include <sys/stat.h>
 
+#include <atomic>
 #include <fstream>
+#include <set>
+#include <thread>
+#include <vector>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -94,6 +98,112 @@ CurveKeyPair ReadCurveKeyFile(const std::string& path) {
     keys.public_key = derived;
   }
   return keys;
+}
+
+std::vector<std::string> ReadCurveAllowList(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(absl::StrCat("curve allow-list ", path, ": cannot open"));
+  std::vector<std::string> keys;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    size_t begin = line.find_first_not_of(" \t\r");
+    if (begin == std::string::npos || line[begin] == '#') continue;
+    size_t end = line.find_last_not_of(" \t\r");
+    std::string entry = line.substr(begin, end - begin + 1);
+    std::string where = absl::StrCat("curve allow-list ", path, " line ", number);
+    if (entry.size() == kZ85KeySize) {
+      CheckZ85(entry, where);
+      keys.push_back(entry);
+    } else {
+      try {
+        keys.push_back(ReadCurveKeyFile(entry).public_key);
+      } catch (const Error& e) {
+        throw Error(absl::StrCat(where, ": neither a 40-character Z85 key nor a key file (",
+                                 e.what(), ")"));
+      }
+    }
+  }
+  return keys;
+}
+
+// ---- CurveAllowList: a ZAP handler ---------------------------------------------------------
+
+struct CurveAllowList::State {
+  zmq::socket_t handler;
+  std::set<std::string> allowed;  // raw 32-byte keys
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> refused{0};
+  std::thread thread;
+
+  // One ZAP request (RFC 27): version, request id, domain, address, identity, mechanism,
+  // credentials...; the reply: version, request id, status code, status text, user id,
+  // metadata.
+  void Answer(std::vector<zmq::message_t>& request) {
+    if (request.size() < 6) return;  // not a ZAP request: nothing sensible to answer
+    bool ok = request[5].to_string_view() == "CURVE" && request.size() >= 7 &&
+              allowed.count(request[6].to_string()) > 0;
+    if (!ok) refused.fetch_add(1, std::memory_order_relaxed);
+    std::string user;
+    if (ok) {
+      char z85[kZ85KeySize + 1];
+      zmq_z85_encode(z85, static_cast<const uint8_t*>(request[6].data()), 32);
+      user = z85;
+    }
+    const std::string parts[] = {"1.0", request[1].to_string(), ok ? "200" : "400",
+                                 ok ? "OK" : "client key not allowed", user, ""};
+    for (size_t i = 0; i < 6; ++i) {
+      handler.send(zmq::buffer(parts[i]), i < 5 ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  }
+
+  void Loop() {
+    while (!stop.load(std::memory_order_acquire)) {
+      zmq::pollitem_t item{handler.handle(), 0, ZMQ_POLLIN, 0};
+      try {
+        if (zmq::poll(&item, 1, std::chrono::milliseconds(100)) == 0) continue;
+        std::vector<zmq::message_t> request;
+        do {
+          request.emplace_back();
+          if (!handler.recv(request.back())) break;
+        } while (request.back().more());
+        Answer(request);
+      } catch (const zmq::error_t&) {
+        return;  // the context is terminating
+      }
+    }
+  }
+};
+
+CurveAllowList::CurveAllowList(zmq::context_t& context,
+                               const std::vector<std::string>& allowed_public_keys)
+    : state_(std::make_unique<State>()) {
+  RequireCurve();
+  for (const std::string& key : allowed_public_keys) {
+    CheckZ85(key, "curve allowed client key");
+    uint8_t raw[32];
+    std::string copy(key);
+    zmq_z85_decode(raw, copy.c_str());
+    state_->allowed.emplace(reinterpret_cast<const char*>(raw), sizeof(raw));
+  }
+  state_->handler = zmq::socket_t(context, zmq::socket_type::rep);
+  state_->handler.set(zmq::sockopt::linger, 0);
+  try {
+    state_->handler.bind("inproc://zeromq.zap.01");
+  } catch (const zmq::error_t& e) {
+    throw Error(absl::StrCat("curve allow-list: cannot bind the ZAP handler of this context (",
+                             e.what(), "); another one is already bound there"));
+  }
+  state_->thread = std::thread([s = state_.get()] { s->Loop(); });
+}
+
+CurveAllowList::~CurveAllowList() {
+  state_->stop.store(true, std::memory_order_release);
+  state_->thread.join();
+  state_->handler.close();
+}
+
+uint64_t CurveAllowList::refused() const noexcept {
+  return state_->refused.load(std::memory_order_relaxed);
 }
 
 CurveKeyPair ReadCurveServerKeys(const std::string& path) {

@@ -224,6 +224,10 @@ class Engine::Impl {
       // Clients are unknown peers: bound their handshake, stalls and receive queue.
       ApplyLimits(router, options_.limits, options_.connection_limits);
       if (options_.curve) ConfigureCurveServer(router, *options_.curve);  // may throw
+      if (!options_.curve_allowed_clients.empty()) {
+        if (!options_.curve) throw Error("engine: curve_allowed_clients needs curve (a key pair)");
+        curve_allow_ = std::make_unique<CurveAllowList>(*context_, options_.curve_allowed_clients);
+      }
       router_index_ = static_cast<int>(sockets_.size());
       sockets_.push_back(std::move(router));
       is_dealer_.push_back(false);
@@ -857,6 +861,7 @@ class Engine::Impl {
   std::map<std::string, std::shared_ptr<Function>> functions_;
   bool any_inline_ = false;  // a function of functions_ asked for inline_execution
   std::unique_ptr<ReplayGuard> replay_;  // with a signer only
+  std::unique_ptr<CurveAllowList> curve_allow_;  // with curve_allowed_clients only
   internal::LiveCalls live_;  // running calls, for cancel and credit (stream.h)
   std::vector<zmq::socket_t> sockets_;
   std::vector<bool> is_dealer_;

@@ -168,6 +168,80 @@ int FreePort() {
   return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
 }
 
+TEST_F(CurveProgramsTest, AnAllowListAdmitsOnlyTheClientKeysItLists) {
+  zmq::context_t ctx(1);
+  CurveKeyPair server = GenerateCurveKeyPair(), listed = GenerateCurveKeyPair(),
+               other = GenerateCurveKeyPair();
+  EngineOptions eo;
+  eo.builtins = true;
+  eo.context = &ctx;
+  eo.curve = server;
+  eo.curve_allowed_clients = {listed.public_key};
+  Engine engine(eo);
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  std::string url = engine.last_endpoint();
+  EXPECT_TRUE(Adds(ctx, url, server.public_key, milliseconds(10000), listed));
+  EXPECT_FALSE(Adds(ctx, url, server.public_key, milliseconds(500), other));
+  EXPECT_FALSE(Adds(ctx, url, server.public_key, milliseconds(500)));  // a fresh pair
+  EXPECT_EQ(engine.counters().calls, 1u);
+  // One handler per context: a second allow-list there is refused with a clear error.
+  EXPECT_THROW(CurveAllowList(ctx, {listed.public_key}), Error);
+  engine.Stop();
+}
+
+TEST_F(CurveProgramsTest, ABrokerAllowListCoversClientsAndEngines) {
+  zmq::context_t ctx(1);
+  CurveKeyPair broker_keys = GenerateCurveKeyPair(), client = GenerateCurveKeyPair(),
+               engine_keys = GenerateCurveKeyPair(), stranger = GenerateCurveKeyPair();
+  BrokerOptions bo;
+  bo.context = &ctx;
+  bo.heartbeat = milliseconds(100);
+  bo.curve = broker_keys;
+  bo.curve_allowed_clients = {client.public_key, engine_keys.public_key};
+  Broker broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", bo);
+  broker.Start();
+  zmq::context_t engine_ctx(1);
+  EngineOptions eo;
+  eo.builtins = true;
+  eo.context = &engine_ctx;
+  eo.heartbeat = milliseconds(100);
+  eo.curve = engine_keys;
+  eo.curve_server_key = broker_keys.public_key;
+  Engine engine(eo);
+  engine.Connect(broker.backend_endpoint());
+  engine.Start();
+  EXPECT_TRUE(Adds(ctx, broker.frontend_endpoint(), broker_keys.public_key, milliseconds(10000),
+                   client));
+  EXPECT_FALSE(Adds(ctx, broker.frontend_endpoint(), broker_keys.public_key, milliseconds(500),
+                    stranger));
+  EXPECT_EQ(engine.counters().calls, 1u);
+  engine.Stop();
+  broker.Stop();
+}
+
+TEST_F(CurveProgramsTest, AllowListFilesNameTheLineThatIsWrong) {
+  CurveKeyPair a = GenerateCurveKeyPair(), b = GenerateCurveKeyPair();
+  std::string key_file = TempPath(".key");
+  WriteCurveKeyFile(key_file, b);
+  std::string list = TempPath(".allow");
+  {
+    std::ofstream out(list);
+    out << "# clients\n" << a.public_key << "\n\n  " << key_file << "\n";
+  }
+  EXPECT_EQ(ReadCurveAllowList(list), (std::vector<std::string>{a.public_key, b.public_key}));
+  {
+    std::ofstream out(list);
+    out << a.public_key << "\nnot-a-key\n";
+  }
+  try {
+    ReadCurveAllowList(list);
+    ADD_FAILURE() << "a malformed line was accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("line 2"));
+  }
+}
+
 TEST_F(CurveProgramsTest, EngineAndCallPrograms) {
   std::string key_file = TempPath(".key");
   Output keygen = RunTool({"keygen", "--curve", key_file});
@@ -200,6 +274,29 @@ TEST_F(CurveProgramsTest, EngineAndCallPrograms) {
   r = RunTool({"call", url, "add", "1", "2", "--curve-server-key", "not-a-key"});
   EXPECT_EQ(r.status, 2);
   EXPECT_THAT(r.err, HasSubstr("curve server key"));
+  // --curve-allow: only the listed client key gets through.
+  std::string client_file = TempPath(".client");
+  WriteCurveKeyFile(client_file, GenerateCurveKeyPair());
+  std::string allow_file = TempPath(".allow");
+  {
+    std::ofstream out(allow_file);
+    out << client_file << "\n";
+  }
+  std::string strict_url = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  Process strict({"engine", "--bind", strict_url, "--builtins", "--curve-secret-key-file",
+                  key_file, "--curve-allow", allow_file});
+  serving = false;
+  for (int i = 0; i < 100 && !serving; ++i) {
+    serving = Adds(ctx, strict_url, public_key, milliseconds(100), ReadCurveKeyFile(client_file));
+  }
+  ASSERT_TRUE(serving) << "engine at " << strict_url << " never answered";
+  r = RunTool({"call", strict_url, "add", "1", "2", "--timeout", "10", "--curve-server-key",
+               public_key, "--curve-key-file", client_file});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "3\n");
+  r = RunTool({"call", strict_url, "add", "1", "2", "--timeout", "0.5", "--curve-server-key",
+               public_key});
+  EXPECT_NE(r.status, 0);
   r = RunTool({"engine", "--bind", url, "--curve-secret-key-file", "/nonexistent/zerocan.key"});
   EXPECT_EQ(r.status, 2);
   EXPECT_THAT(r.err, HasSubstr("cannot open"));

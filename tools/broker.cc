@@ -31,7 +31,7 @@ constexpr char kBrokerDescription[] =
 struct BrokerArgs {
   BrokerOptions options;
   std::string frontend, backend;
-  std::string key_file, curve_secret_key_file, io_cpus;
+  std::string key_file, curve_secret_key_file, curve_allow_file, io_cpus;
   int heartbeat_ms = 0;
   int idle_timeout_ms = static_cast<int>(ConnectionLimits().idle_timeout.count());
   int handshake_timeout_ms = static_cast<int>(ConnectionLimits().handshake_timeout.count());
@@ -44,6 +44,7 @@ int RunBroker(BrokerArgs& args) {
   try {
     if (!args.key_file.empty()) options.signer = Signer::FromKeyFile(args.key_file);
     if (!args.curve_secret_key_file.empty()) options.curve = ReadCurveServerKeys(args.curve_secret_key_file);
+    if (!args.curve_allow_file.empty()) options.curve_allowed_clients = ReadCurveAllowList(args.curve_allow_file);
     if (!args.io_cpus.empty()) options.io_cpus = ParseCpuList(args.io_cpus);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "zerocan broker: %s\n", e.what());
@@ -141,6 +142,13 @@ void AddBroker(CLI::App& app, RunFunction* chosen) {
                   "public key")
       ->type_name("FILE")
       ->check(Parses([](const std::string& f) { ReadCurveServerKeys(f); }));
+  auto* allow = sub->add_option("--curve-allow", args->curve_allow_file,
+                  "with --curve-secret-key-file: accept only the clients, engines and capture subscribers whose public\n"
+                  "keys this file lists (one Z85 key or key file per line); anyone else is refused\n"
+                  "during the handshake")
+      ->type_name("FILE")
+      ->check(Parses([](const std::string& f) { ReadCurveAllowList(f); }));
+  allow->needs(sub->get_option("--curve-secret-key-file"));
   sub->add_option("--io-cpus", args->io_cpus,
                   "run the broker's I/O thread only on these CPUs (\"1\", \"0,2\", \"2-3\")")
       ->type_name("LIST")

@@ -60,7 +60,7 @@ struct CallArgs {
   std::string args_file;
   double timeout_s = 30;
   bool full = false;
-  std::string key_file, curve_server_key;
+  std::string key_file, curve_server_key, curve_key_file;
 };
 
 // An argument that cannot be sent as given: a usage error.
@@ -152,6 +152,7 @@ int RunCall(const CallArgs& args) {
     options.timeout = timeout;
     if (!args.key_file.empty()) options.signer = Signer::FromKeyFile(args.key_file);
     if (!args.curve_server_key.empty()) options.curve_server_key = ReadCurvePublicKey(args.curve_server_key);
+    if (!args.curve_key_file.empty()) options.curve = ReadCurveServerKeys(args.curve_key_file);
     Client client(args.url, options);
     EnvelopeWriter writer(client.policy());
     ApplyWriter apply = writer.StartApply(args.function, arguments.size(), 0, wire_timeout_ms);
@@ -247,6 +248,13 @@ void AddCall(CLI::App& app, RunFunction* chosen) {
                   "call times out")
       ->type_name("KEY_OR_FILE")
       ->check(Parses([](const std::string& k) { ReadCurvePublicKey(k); }));
+  sub->add_option("--curve-key-file", args->curve_key_file,
+                  "with --curve-server-key: this client's own key pair (zerocan keygen --curve\n"
+                  "FILE), for a server that admits only listed keys (--curve-allow); default: a\n"
+                  "fresh pair")
+      ->type_name("FILE")
+      ->check(Parses([](const std::string& f) { ReadCurveServerKeys(f); }))
+      ->needs(sub->get_option("--curve-server-key"));
   sub->callback([args, chosen] { *chosen = [args] { return RunCall(*args); }; });
 }
 

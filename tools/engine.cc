@@ -46,7 +46,7 @@ constexpr char kEngineFooter[] =
 struct EngineArgs {
   EngineOptions options;
   std::vector<std::string> binds, connects, plugins;
-  std::string key_file, curve_secret_key_file, curve_server_key;
+  std::string key_file, curve_secret_key_file, curve_allow_file, curve_server_key;
   int heartbeat_ms = 0;
   int idle_timeout_ms = static_cast<int>(ConnectionLimits().idle_timeout.count());
   int handshake_timeout_ms = static_cast<int>(ConnectionLimits().handshake_timeout.count());
@@ -63,6 +63,7 @@ int RunEngine(EngineArgs& args) {
   try {
     if (!args.key_file.empty()) options.signer = Signer::FromKeyFile(args.key_file);
     if (!args.curve_secret_key_file.empty()) options.curve = ReadCurveServerKeys(args.curve_secret_key_file);
+    if (!args.curve_allow_file.empty()) options.curve_allowed_clients = ReadCurveAllowList(args.curve_allow_file);
     if (!args.curve_server_key.empty()) options.curve_server_key = ReadCurvePublicKey(args.curve_server_key);
     if (!args.io_cpus.empty()) options.io_cpus = ParseCpuList(args.io_cpus);
   } catch (const std::exception& e) {
@@ -164,6 +165,13 @@ void AddEngine(CLI::App& app, RunFunction* chosen) {
                   "(zerocan keygen --curve FILE), so clients need its public key")
       ->type_name("FILE")
       ->check(Parses([](const std::string& f) { ReadCurveServerKeys(f); }));
+  auto* allow = sub->add_option("--curve-allow", args->curve_allow_file,
+                  "with --curve-secret-key-file: accept only the clients whose public\n"
+                  "keys this file lists (one Z85 key or key file per line); anyone else is refused\n"
+                  "during the handshake")
+      ->type_name("FILE")
+      ->check(Parses([](const std::string& f) { ReadCurveAllowList(f); }));
+  allow->needs(sub->get_option("--curve-secret-key-file"));
   sub->add_option("--curve-server-key", args->curve_server_key,
                   "the broker backend's public key (40-character Z85, or a key file whose public_key\n"
                   "is used); every --connect URL is then a Curve client")

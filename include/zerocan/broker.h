@@ -84,6 +84,10 @@ struct BrokerOptions {
   // as their server key. Unset = plain text (the default). Curve ends here: the broker
   // sees calls in clear, so keep signatures on end to end.
   std::optional<CurveKeyPair> curve;
+  // With `curve`: the only peer public keys (Z85; clients, engines and capture
+  // subscribers alike) the broker's sockets accept; anyone else is refused during the
+  // handshake, before it can send a frame. Empty = every peer that knows curve.public_key.
+  std::vector<std::string> curve_allowed_clients;
   // The queue of calls waiting for an engine (none alive, or all draining): past either
   // bound a new call is answered at once with a zerocan.Busy error (nothing ran).
   // Calls leave the queue when an engine takes them, their timeoutMs passes, or their

@@ -11,6 +11,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace zerocan {
 
@@ -38,6 +39,11 @@ std::string ReadCurvePublicKey(const std::string& key_or_path);
 // A server's key pair from a key file, which must hold a secret key (the programs'
 // --curve-secret-key-file). Throws Error naming the path otherwise.
 CurveKeyPair ReadCurveServerKeys(const std::string& path);
+// An allow-list of client public keys (EngineOptions/BrokerOptions::curve_allowed_clients,
+// --curve-allow FILE): one 40-character Z85 public key per line, or the path of a key
+// file (ReadCurveKeyFile) whose public_key is used; blank lines and lines starting with
+// '#' are skipped. Throws Error naming the path and line of what is wrong.
+std::vector<std::string> ReadCurveAllowList(const std::string& path);
 // Writes `keys` as JSON, readable by the owner only (mode 0600).
 void WriteCurveKeyFile(const std::string& path, const CurveKeyPair& keys);
 

@@ -178,6 +178,11 @@ struct EngineOptions {
   // as its own pair or, when unset, a fresh one. Neither = plain text (the default).
   std::optional<CurveKeyPair> curve;
   std::string curve_server_key;
+  // With `curve`: the only client public keys (Z85) its bound sockets accept; any other
+  // client is refused during the handshake, before it can send a frame (ReadCurveAllowList;
+  // docs/SECURITY.md). Empty = every client that knows curve.public_key. The engine then
+  // owns its context's ZAP handler (CurveAllowList, transport/zmq.h).
+  std::vector<std::string> curve_allowed_clients;
 };
 
 struct EngineCounters {

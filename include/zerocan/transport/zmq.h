@@ -12,9 +12,11 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include <zmq.hpp>
 
@@ -80,6 +82,26 @@ void ConfigureCurveServer(zmq::socket_t& socket, const CurveKeyPair& keys);
 // check client identities).
 void ConfigureCurveClient(zmq::socket_t& socket, const CurveKeyPair& keys,
                           std::string_view server_public_key);
+
+// Admits Curve clients by public key. While it lives, every Curve server socket of
+// `context` finishes a handshake only with a client whose public key is in
+// `allowed_public_keys` (Z85); any other peer is refused during the handshake, before it
+// can send a single frame (libzmq's ZAP: a handler bound at inproc://zeromq.zap.01, one
+// per context, answering on its own thread). Throws Error on a malformed key, or when
+// the context already has a handler.
+class CurveAllowList {
+ public:
+  CurveAllowList(zmq::context_t& context, const std::vector<std::string>& allowed_public_keys);
+  ~CurveAllowList();
+  CurveAllowList(const CurveAllowList&) = delete;
+  CurveAllowList& operator=(const CurveAllowList&) = delete;
+  // Handshakes refused so far.
+  uint64_t refused() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 // ---- live capture sockets -------------------------------------------------------------
 //
