@@ -172,7 +172,7 @@ def attack_big_message(port: int, connections: int):
 
 
 def attack_stalled(port: int, connections: int = 100, sent: int = 32 * MIB,
-                   frame: int = 64 * MIB, hold: float = 15.0):
+                   frame: int = 64 * MIB, hold: float = 45.0):
     socks = []
     for _ in range(connections):
         s = zmtp_connect(port)

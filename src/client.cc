@@ -66,7 +66,7 @@ class ClientCore {
                            options.curve_server_key);
     }
     // Before connecting: the ZMTP heartbeat options apply to the connection.
-    watch_ = std::make_unique<ConnectionWatch>(*context_, socket_, options.heartbeat,
+    watch_ = std::make_unique<ConnectionWatch>(*context_, socket_, url, options.heartbeat,
                                                options.liveness);
     url_ = url;
     liveness_ms_ = options.heartbeat.count() * std::max(options.liveness, 1);
@@ -265,10 +265,12 @@ class ClientCore {
         polling_.store(false, std::memory_order_seq_cst);
         return;
       }
-      // +1: poll has millisecond granularity; never spin on a 0 ms timeout.
-      zmq::poll(items, 3, std::chrono::milliseconds(left.count() + 1));
+      // +1: poll has millisecond granularity; never spin on a 0 ms timeout. At least
+      // every check interval the watch looks at the connection's silence.
+      zmq::poll(items, 3, std::min(std::chrono::milliseconds(left.count() + 1),
+                                   watch_->check_interval()));
       polling_.store(false, std::memory_order_seq_cst);
-      if ((items[2].revents & ZMQ_POLLIN) && watch_->Lost()) {
+      if (watch_->Lost(items[2].revents & ZMQ_POLLIN)) {
         // Replies that arrived before the connection closed are still queued on the
         // socket (libzmq delivers a pipe's messages before its end): take them first,
         // so only calls that really got no answer fail.

@@ -1,9 +1,16 @@
-// ConnectionWatch (connection_watch.h): a socket monitor over an inproc PAIR.
+// ConnectionWatch (connection_watch.h): a socket monitor over an inproc PAIR, and on tcp
+// the kernel's view of the connection's silence.
 #include "connection_watch.h"
 
+#include <linux/tcp.h>  // tcp_info with tcpi_bytes_acked (glibc's lacks it)
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace zerocan::internal {
@@ -16,18 +23,25 @@ std::string MonitorEndpoint() {
 }  // namespace
 
 ConnectionWatch::ConnectionWatch(zmq::context_t& context, zmq::socket_t& socket,
-                                 std::chrono::milliseconds heartbeat, int liveness)
-    : watched_(&socket) {
+                                 const std::string& url, std::chrono::milliseconds heartbeat,
+                                 int liveness)
+    : watched_(&socket), url_(url), tcp_(absl::StartsWith(url, "tcp://")) {
   if (heartbeat.count() > 0) {
     int ivl = static_cast<int>(std::min<int64_t>(heartbeat.count(), 1 << 30));
-    int timeout = static_cast<int>(std::min<int64_t>(int64_t{ivl} * std::max(liveness, 1), 1 << 30));
+    int window = static_cast<int>(std::min<int64_t>(int64_t{ivl} * std::max(liveness, 1), 1 << 30));
+    window_ = std::chrono::milliseconds(window);
+    check_interval_ = std::chrono::milliseconds(ivl);
     socket.set(zmq::sockopt::heartbeat_ivl, ivl);
-    socket.set(zmq::sockopt::heartbeat_timeout, timeout);
-    socket.set(zmq::sockopt::heartbeat_ttl, std::min(timeout, 6553500));
+    // On tcp, SilentTooLong() decides; libzmq's timeout (which a long frame would trip)
+    // is only a far backstop there.
+    socket.set(zmq::sockopt::heartbeat_timeout, tcp_ ? 1 << 30 : window);
+    // The peer drops us when it hears nothing for this long (our pings flow meanwhile).
+    socket.set(zmq::sockopt::heartbeat_ttl, std::min(window, 6553500));
   }
   std::string endpoint = MonitorEndpoint();
   if (zmq_socket_monitor(socket.handle(), endpoint.c_str(),
-                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0) {
+                         ZMQ_EVENT_CONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                             ZMQ_EVENT_DISCONNECTED) != 0) {
     throw zmq::error_t();
   }
   monitor_ = zmq::socket_t(context, zmq::socket_type::pair);
@@ -43,32 +57,81 @@ void ConnectionWatch::Close() {
   monitor_.close();
 }
 
-bool ConnectionWatch::Lost() {
+bool ConnectionWatch::Lost(bool events_ready) {
   if (monitor_.handle() == nullptr) return false;
   bool lost = false;
-  while (true) {
+  while (events_ready) {
     zmq::message_t event;
     zmq::recv_result_t got;
     try {
       got = monitor_.recv(event, zmq::recv_flags::dontwait);
     } catch (const zmq::error_t&) {
-      return lost;
+      break;
     }
-    if (!got) return lost;
+    if (!got) break;
     uint16_t id = 0;
-    if (event.size() >= sizeof(id)) std::memcpy(&id, event.data(), sizeof(id));
+    uint32_t value = 0;
+    if (event.size() >= 6) {
+      std::memcpy(&id, event.data(), sizeof(id));
+      std::memcpy(&value, static_cast<const char*>(event.data()) + 2, sizeof(value));
+    }
     while (event.more()) {  // the endpoint frame
       zmq::message_t rest;
       if (!monitor_.recv(rest, zmq::recv_flags::dontwait)) break;
       event = std::move(rest);
     }
-    if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+    if (id == ZMQ_EVENT_CONNECTED) {
+      connecting_fd_ = static_cast<int>(value);
+    } else if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       established_ = true;
-    } else if (id == ZMQ_EVENT_DISCONNECTED && established_) {
+      fd_ = connecting_fd_;
+      bytes_acked_ = 0;
+      last_progress_ = std::chrono::steady_clock::now();
+    } else if (id == ZMQ_EVENT_DISCONNECTED && established_ &&
+               (fd_ < 0 || static_cast<int>(value) == fd_)) {
       established_ = false;
+      fd_ = -1;
       lost = true;
     }
   }
+  if (!lost && SilentTooLong()) {
+    // Drop the silent connection and dial again: later calls go to whatever answers at
+    // url_ then. A connection closed this way reports no DISCONNECTED.
+    established_ = false;
+    fd_ = -1;
+    try {
+      watched_->disconnect(url_);
+      watched_->connect(url_);
+    } catch (const zmq::error_t&) {
+    }
+    lost = true;
+  }
+  return lost;
+}
+
+bool ConnectionWatch::SilentTooLong() {
+  if (!tcp_ || !established_ || fd_ < 0 || window_.count() <= 0) return false;
+  auto now = std::chrono::steady_clock::now();
+  if (now < next_check_) return false;
+  next_check_ = now + check_interval_;
+  tcp_info info{};
+  socklen_t size = sizeof(info);
+  // Read-only on libzmq's descriptor; events for it were read just before, so it is
+  // still this connection's (at worst a stale answer, never a change to it).
+  if (getsockopt(fd_, IPPROTO_TCP, TCP_INFO, &info, &size) != 0 ||
+      size < offsetof(tcp_info, tcpi_bytes_received)) {
+    return false;
+  }
+  // Alive: a byte came from the peer (a pong, a reply), or it took more of ours (an
+  // upload in progress; our pings wait behind it). A stopped process or a cut link does
+  // neither: a full receive window stops acknowledging.
+  if (info.tcpi_bytes_acked != bytes_acked_) {
+    bytes_acked_ = info.tcpi_bytes_acked;
+    last_progress_ = now;
+  }
+  bool receiving = info.tcpi_last_data_recv <= static_cast<uint32_t>(window_.count());
+  bool sending = now - last_progress_ <= window_;
+  return !receiving && !sending;
 }
 
 }  // namespace zerocan::internal

@@ -105,7 +105,9 @@ struct ClientOptions {
   // not started on a lost engine always goes to another, whatever this says.)
   int retries = 0;
   // ZMTP heartbeats on the connection: a ping every `heartbeat`; a connection silent for
-  // heartbeat * liveness is dropped. A lost connection (closed, or silent that long)
+  // heartbeat * liveness is dropped (on tcp: no byte from the peer and none of ours
+  // acknowledged that long, so a large frame on a slow link is not silence). A lost
+  // connection (closed, or silent that long)
   // fails every call in flight at once with BrokerLost (RemoteError type
   // "zerocan.BrokerLost"), instead of at its deadline; the socket reconnects on its own
   // and later calls go to whatever listens at `url` then. 0 = no heartbeats (a closed

@@ -55,7 +55,7 @@ struct ConnectionLimits {
   // heartbeats: pings every third of it, ZMQ_HEARTBEAT_TIMEOUT = it). A frame must
   // therefore arrive within it: raise it for multi-GiB frames over slow links.
   // 0 = no limit. A broker's backend uses the engines' liveness window instead.
-  std::chrono::milliseconds idle_timeout{10000};
+  std::chrono::milliseconds idle_timeout{30000};
   // Complete messages libzmq queues from one connection before it stops reading that
   // connection (ZMQ_RCVHWM; back-pressure, nothing is dropped). 0 = no limit.
   int max_queued_messages = 10000;

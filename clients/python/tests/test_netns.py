@@ -201,3 +201,87 @@ def test_a_silent_engine_is_detected_and_its_calls_end_within_the_window(how):
             # New calls go to the live engine, and answer at once.
             for _ in range(20):
                 assert client.apply_with("add", (2, 3), timeout=2.0).result() == 5
+
+
+class SlowLink:
+    """One engine namespace behind a veth link limited to `mbit` each way (tc tbf)."""
+
+    def __init__(self, mbit: int) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.ns, self.link = f"zcs{tag}", f"zcs{tag}"
+        self.procs: list[subprocess.Popen] = []
+        _run("ip", "netns", "add", self.ns)
+        _run("ip", "-n", self.ns, "link", "set", "lo", "up")
+        _run("ip", "link", "add", self.link, "type", "veth", "peer", "name", "eth0",
+             "netns", self.ns)
+        _run("ip", "addr", "add", "10.78.0.2/24", "dev", self.link)
+        _run("ip", "link", "set", self.link, "up")
+        _run("ip", "-n", self.ns, "addr", "add", "10.78.0.1/24", "dev", "eth0")
+        _run("ip", "-n", self.ns, "link", "set", "eth0", "up")
+        for prefix in ([], ["ip", "netns", "exec", self.ns]):
+            _run(*prefix, "tc", "qdisc", "add", "dev", self.link if not prefix else "eth0",
+                 "root", "tbf", "rate", f"{mbit}mbit", "burst", "256kb", "latency", "400ms")
+        self.url = "tcp://10.78.0.1:5602"
+
+    def start_engine(self) -> subprocess.Popen:
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns, str(zerocan_bin()), "engine",
+                              "--bind", self.url, "--builtins"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+            p.wait(10)
+        subprocess.run(["ip", "link", "del", self.link], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+
+@contextmanager
+def slow_link(mbit: int) -> Iterator[SlowLink]:
+    why = (_netns_unavailable() or cpp_command_missing("engine") or
+           (None if shutil.which("tc") else "the tc command (iproute2) is not installed"))
+    if why:
+        pytest.skip(why)
+    link = SlowLink(mbit)
+    try:
+        yield link
+    finally:
+        link.close()
+
+
+def test_a_reply_longer_than_the_liveness_window_is_not_taken_for_a_lost_connection(tmp_path):
+    # 100 Mbit/s: a 48 MiB argument and its echo take about 4 s each way, beyond the
+    # default window (heartbeat 1 s x liveness 3); the pong to a ping waits behind them.
+    import numpy as np
+    with slow_link(100) as link:
+        engine = link.start_engine()
+        a = np.arange(6 << 20, dtype=np.int64)  # 48 MiB
+        with zerocan.Client(link.url, timeout=60) as client:
+            assert client.call("add", 1, 2, timeout=20) == 3
+            started = time.monotonic()
+            echoed = client.call("echo", a)
+            assert time.monotonic() - started > 4.0  # the link really was that slow
+            assert np.array_equal(echoed, a)
+            # Silence is still found: an engine stopped in the middle of an upload.
+            future = client.apply("echo", a)
+            time.sleep(1.0)
+            engine.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            with pytest.raises(zerocan.BrokerLost):
+                future.result(timeout=30)
+            # The window, after the stopped engine's kernel buffers fill (it acknowledges
+            # what fits: about a second here), plus a check interval.
+            assert time.monotonic() - stopped < 3.0 + 3.0
+            engine.send_signal(signal.SIGCONT)
+        # The C++ client (zerocan call) too.
+        args = tmp_path / "args.json"
+        args.write_text("[[" + ",".join(["7"] * (6 << 20)) + "]]")
+        out = subprocess.run([str(zerocan_bin()), "call", link.url, "echo", "--args-file",
+                              str(args), "--timeout", "60"],
+                             capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stderr
+        assert '"int64"' in out.stdout and "6291456" in out.stdout, out.stdout[:300]

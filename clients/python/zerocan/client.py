@@ -99,7 +99,9 @@ class Client:
     lost while running it (0: it fails with ``zerocan.EngineLost``); only for functions
     safe to run twice. ``heartbeat`` (seconds, None = off) and ``liveness``: ZMTP
     heartbeats on the connection. A lost connection (closed, or silent for heartbeat x
-    liveness) fails every call in flight at once with ``zerocan.BrokerLost``; the socket
+    liveness: on tcp, no byte from the peer and none of ours acknowledged, so a large
+    frame on a slow link is not silence) fails every call in flight at once with
+    ``zerocan.BrokerLost``; the socket
     reconnects on its own, so later calls reach a restarted broker.
     """
 
@@ -132,7 +134,7 @@ class Client:
         self._socket = self._context.socket(zmq.DEALER)
         try:
             _configure(self._socket, limits)
-            self._watch = ConnectionWatch(self._socket, heartbeat, liveness)
+            self._watch = ConnectionWatch(self._socket, url, heartbeat, liveness)
             self._socket.connect(url)
         except BaseException:  # a bad URL: leave no socket or owned context running
             if getattr(self, "_watch", None) is not None:
@@ -306,6 +308,10 @@ class Client:
         try:
             while True:
                 timeout_ms = self._next_timeout_ms()
+                if self._pending and self._watch.check_interval is not None:
+                    # Calls in flight: look at the connection's silence now and then.
+                    check_ms = int(self._watch.check_interval * 1000) + 1
+                    timeout_ms = check_ms if timeout_ms is None else min(timeout_ms, check_ms)
                 events = dict(poller.poll(timeout_ms))
                 if self._wake_r in events:
                     try:
@@ -314,7 +320,7 @@ class Client:
                         pass
                 if self._closed:
                     break
-                if self._watch.socket in events and self._watch.lost():
+                if self._watch.lost(self._watch.socket in events):
                     # Replies that arrived before the connection closed are still queued
                     # on the socket: take them first, so only calls with no answer fail.
                     while self._receive_ready(sock):

@@ -178,7 +178,7 @@ class Engine:
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
                  replay: Optional[ReplayGuard] = None,
                  unpace_local_tcp: bool = False, drain_timeout: float = 30.0,
-                 idle_timeout: float = 10.0, handshake_timeout: float = 5.0) -> None:
+                 idle_timeout: float = 30.0, handshake_timeout: float = 5.0) -> None:
         self.id = id or _default_id()
         # stop() drains: no new calls (a broker is told; a direct caller gets
         # zerocan.EngineStopping), each held call answered as it finishes, for at most
