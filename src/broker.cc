@@ -17,6 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "wire/peek.h"
+#include "transport/tcp_activity.h"
 #include "internal/strings.h"
 #include "zerocan/capture.h"
 #include "zerocan/pacing.h"
@@ -53,6 +54,9 @@ struct InFlight {
 
 struct EngineState {
   Clock::time_point last_seen;
+  // Its connection, by the kernel's counters: a result frame crossing a slow link keeps
+  // an engine alive although its heartbeats wait behind the frame.
+  internal::TcpActivity connection;
   uint64_t in_flight = 0;
   bool draining = false;  // said `draining`: no new calls
 };
@@ -135,7 +139,11 @@ class Broker::Impl {
       if (options_.curve) ConfigureCurveServer(*s, *options_.curve);
     }
     // Pings at the engines' heartbeat interval (ApplyLimits would use a third of it).
+    // libzmq's verdict on them counts complete frames only, and would cut an engine whose
+    // result takes longer than the window to arrive: CheckEngines decides instead (the
+    // engine's heartbeats, else its connection's activity); libzmq's is a far backstop.
     backend_.set(zmq::sockopt::heartbeat_ivl, static_cast<int>(options_.heartbeat.count()));
+    backend_.set(zmq::sockopt::heartbeat_timeout, 1 << 30);
     // A dead engine reconnecting (after a restart) under the same identity would
     // otherwise be refused; engines have no fixed identity, but be safe.
     backend_.set(zmq::sockopt::router_handover, 1);
@@ -463,8 +471,9 @@ class Broker::Impl {
   void DrainBackend() {
     for (int n = 0; n < 1024; ++n) {
       std::optional<ReceivedMessage> m;
+      int source_fd = -1;
       try {
-        m = Receive(backend_, options_.limits, zmq::recv_flags::dontwait, true);
+        m = Receive(backend_, options_.limits, zmq::recv_flags::dontwait, true, &source_fd);
       } catch (const Error&) {
         ++dropped_;
         continue;
@@ -494,6 +503,7 @@ class Broker::Impl {
           bool known = engines_.contains(engine);
           EngineState& state = engines_[engine];
           state.last_seen = Clock::now();
+          if (source_fd != state.connection.fd()) state.connection.Watch(source_fd);
           if (peek->kind == BodyKind::kDraining) state.draining = true;
           if (!known && !state.draining) DispatchWaiting();
         }
@@ -588,7 +598,11 @@ class Broker::Impl {
     auto limit = options_.heartbeat * options_.liveness;
     std::vector<std::string> lost;
     for (auto& [id, state] : engines_) {
-      if (now - state.last_seen > limit) lost.push_back(id);
+      if (now - state.last_seen <= limit) continue;
+      // Heartbeats wait behind a frame still arriving: silent only if the connection is.
+      std::optional<std::chrono::milliseconds> idle = state.connection.Idle(now);
+      if (idle && *idle <= limit) continue;
+      lost.push_back(id);
     }
     for (const std::string& id : lost) {
       Lose(id, absl::StrCat("sent no heartbeat for ",

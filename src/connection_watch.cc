@@ -2,10 +2,6 @@
 // the kernel's view of the connection's silence.
 #include "connection_watch.h"
 
-#include <linux/tcp.h>  // tcp_info with tcpi_bytes_acked (glibc's lacks it)
-#include <netinet/in.h>
-#include <sys/socket.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -84,13 +80,11 @@ bool ConnectionWatch::Lost(bool events_ready) {
       connecting_fd_ = static_cast<int>(value);
     } else if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       established_ = true;
-      fd_ = connecting_fd_;
-      bytes_acked_ = 0;
-      last_progress_ = std::chrono::steady_clock::now();
+      activity_.Watch(connecting_fd_);
     } else if (id == ZMQ_EVENT_DISCONNECTED && established_ &&
-               (fd_ < 0 || static_cast<int>(value) == fd_)) {
+               (activity_.fd() < 0 || static_cast<int>(value) == activity_.fd())) {
       established_ = false;
-      fd_ = -1;
+      activity_.Watch(-1);
       lost = true;
     }
   }
@@ -98,7 +92,7 @@ bool ConnectionWatch::Lost(bool events_ready) {
     // Drop the silent connection and dial again: later calls go to whatever answers at
     // url_ then. A connection closed this way reports no DISCONNECTED.
     established_ = false;
-    fd_ = -1;
+    activity_.Watch(-1);
     try {
       watched_->disconnect(url_);
       watched_->connect(url_);
@@ -110,28 +104,12 @@ bool ConnectionWatch::Lost(bool events_ready) {
 }
 
 bool ConnectionWatch::SilentTooLong() {
-  if (!tcp_ || !established_ || fd_ < 0 || window_.count() <= 0) return false;
+  if (!tcp_ || !established_ || window_.count() <= 0) return false;
   auto now = std::chrono::steady_clock::now();
   if (now < next_check_) return false;
   next_check_ = now + check_interval_;
-  tcp_info info{};
-  socklen_t size = sizeof(info);
-  // Read-only on libzmq's descriptor; events for it were read just before, so it is
-  // still this connection's (at worst a stale answer, never a change to it).
-  if (getsockopt(fd_, IPPROTO_TCP, TCP_INFO, &info, &size) != 0 ||
-      size < offsetof(tcp_info, tcpi_bytes_received)) {
-    return false;
-  }
-  // Alive: a byte came from the peer (a pong, a reply), or it took more of ours (an
-  // upload in progress; our pings wait behind it). A stopped process or a cut link does
-  // neither: a full receive window stops acknowledging.
-  if (info.tcpi_bytes_acked != bytes_acked_) {
-    bytes_acked_ = info.tcpi_bytes_acked;
-    last_progress_ = now;
-  }
-  bool receiving = info.tcpi_last_data_recv <= static_cast<uint32_t>(window_.count());
-  bool sending = now - last_progress_ <= window_;
-  return !receiving && !sending;
+  std::optional<std::chrono::milliseconds> idle = activity_.Idle(now);
+  return idle && *idle > window_;
 }
 
 }  // namespace zerocan::internal

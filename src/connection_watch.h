@@ -27,6 +27,8 @@
 
 #include <zmq.hpp>
 
+#include "transport/tcp_activity.h"
+
 namespace zerocan::internal {
 
 class ConnectionWatch {
@@ -62,11 +64,9 @@ class ConnectionWatch {
   std::chrono::milliseconds window_{0};  // heartbeat x liveness; 0 = no heartbeats
   std::chrono::milliseconds check_interval_ = std::chrono::milliseconds::max();
   int connecting_fd_ = -1;  // from ZMQ_EVENT_CONNECTED, before the handshake
-  int fd_ = -1;             // the established connection's descriptor
   bool established_ = false;
+  TcpActivity activity_;  // the established connection's descriptor
   std::chrono::steady_clock::time_point next_check_{};
-  uint64_t bytes_acked_ = 0;  // of our bytes, by the peer, at the last check
-  std::chrono::steady_clock::time_point last_progress_{};  // when that last grew
 };
 
 }  // namespace zerocan::internal

@@ -120,7 +120,8 @@ bool SendFrames(zmq::socket_t& socket, std::span<const Buffer> routing,
 }
 
 std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits& limits,
-                                       zmq::recv_flags flags, bool expect_routing) {
+                                       zmq::recv_flags flags, bool expect_routing,
+                                       int* source_fd) {
   // Allocated from this thread's block cache: a server receives message after message.
   auto holder = std::allocate_shared<ReceivedParts>(internal::CachingAllocator<ReceivedParts>());
   size_t routing_count = 0;
@@ -190,6 +191,10 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
   if (!problem.empty()) {
     Bump(GlobalStats().messages_rejected);
     throw DecodeError(code, problem);
+  }
+  if (source_fd != nullptr) {
+    // The envelope came off the wire (a ROUTER's routing frame did not).
+    *source_fd = zmq_msg_get(parts[routing_count].handle(), ZMQ_SRCFD);
   }
   ReceivedMessage out;
   for (size_t i = 0; i < parts.size(); ++i) {

@@ -31,6 +31,13 @@ LIVENESS = 3
 WINDOW_S = HEARTBEAT_MS * LIVENESS / 1000.0
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=20)
 
@@ -223,9 +230,18 @@ class SlowLink:
                  "root", "tbf", "rate", f"{mbit}mbit", "burst", "256kb", "latency", "400ms")
         self.url = "tcp://10.78.0.1:5602"
 
-    def start_engine(self) -> subprocess.Popen:
+    def start_engine(self, *where: str) -> subprocess.Popen:
+        where = where or ("--bind", self.url)
         p = subprocess.Popen(["ip", "netns", "exec", self.ns, str(zerocan_bin()), "engine",
-                              "--bind", self.url, "--builtins"],
+                              *where, "--builtins"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def start_broker(self, frontend: str) -> subprocess.Popen:
+        """A broker in this namespace's peer (the root one), its backend on the link."""
+        p = subprocess.Popen([str(zerocan_bin()), "broker", "--frontend", frontend,
+                              "--backend", "tcp://10.78.0.2:5603"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(p)
         return p
@@ -285,3 +301,19 @@ def test_a_reply_longer_than_the_liveness_window_is_not_taken_for_a_lost_connect
                              capture_output=True, text=True, timeout=90)
         assert out.returncode == 0, out.stderr
         assert '"int64"' in out.stdout and "6291456" in out.stdout, out.stdout[:300]
+
+
+def test_through_a_broker_a_result_longer_than_the_liveness_window_arrives():
+    # The engine behind a 100 Mbit/s link: its 48 MiB result takes about 4 s to reach the
+    # broker, while its heartbeats (and the broker's pongs) wait behind it.
+    import numpy as np
+    with slow_link(100) as link:
+        frontend = f"tcp://127.0.0.1:{free_port()}"
+        link.start_broker(frontend)
+        link.start_engine("--connect", "tcp://10.78.0.2:5603")
+        a = np.arange(6 << 20, dtype=np.int64)
+        with zerocan.Client(frontend, timeout=60) as client:
+            _wait_engines(client, 1)
+            started = time.monotonic()
+            assert np.array_equal(client.call("echo", a), a)
+            assert time.monotonic() - started > 4.0

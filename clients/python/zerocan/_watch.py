@@ -14,9 +14,11 @@ their deadlines.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket as _socket
 import struct
+import termios
 import time
 from typing import Optional
 
@@ -29,9 +31,10 @@ _LAST_DATA_RECV_OFFSET = 8 + 11 * 4
 _BYTES_ACKED_OFFSET = 120
 
 
-def _tcp_progress(fd: int) -> Optional[tuple[int, int]]:
-    """(ms since the peer last sent data, bytes of ours it acknowledged) for libzmq's
-    descriptor `fd`, read through a duplicate so the original is never touched."""
+def _tcp_progress(fd: int) -> Optional[tuple[int, int, int]]:
+    """(ms since the peer last sent data, bytes of ours it acknowledged, bytes of ours
+    still queued) for libzmq's descriptor `fd`, read through a duplicate so the original
+    is never touched."""
     try:
         dup = os.dup(fd)
     except OSError:
@@ -39,12 +42,14 @@ def _tcp_progress(fd: int) -> Optional[tuple[int, int]]:
     try:
         with _socket.socket(fileno=dup) as s:
             info = s.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 136)
+            queued = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ,
+                                                    b"\0\0\0\0"))[0]
     except OSError:
         return None
     if len(info) < _BYTES_ACKED_OFFSET + 8:
         return None
     return (struct.unpack_from("I", info, _LAST_DATA_RECV_OFFSET)[0],
-            struct.unpack_from("Q", info, _BYTES_ACKED_OFFSET)[0])
+            struct.unpack_from("Q", info, _BYTES_ACKED_OFFSET)[0], queued)
 
 
 class ConnectionWatch:
@@ -119,12 +124,13 @@ class ConnectionWatch:
         progress = _tcp_progress(self._fd)
         if progress is None:
             return False
-        since_data, acked = progress
-        # Alive: the peer sent a byte (a pong, a reply) or took more of ours (an upload;
-        # our pings wait behind it). A stopped process or a cut link does neither.
-        if acked != self._bytes_acked:
-            self._bytes_acked = acked
+        since_data, acked, queued = progress
+        # Alive: the peer sent a byte (a pong, a reply) or took more of a frame of ours
+        # still being sent (an upload; our pings wait behind it). A stopped process or a
+        # cut link does neither; its kernel acknowledging a ping does not count.
+        if acked != self._bytes_acked and queued > 0:
             self._last_progress = now
+        self._bytes_acked = acked
         return (since_data > self._window_ms and
                 (now - self._last_progress) * 1000 > self._window_ms)
 

@@ -46,9 +46,11 @@ bool SendFrames(zmq::socket_t& socket, std::span<const Buffer> routing,
 // is pending. Rejects (DecodeError, after draining the rest of the message) more parts or
 // bytes than `limits` allow, and a message without a delimiter where `expect_routing`.
 // With expect_routing == false (DEALER), the first frame must be the empty delimiter.
+// With `source_fd`: the descriptor of the connection the message came over (libzmq's
+// ZMQ_SRCFD), or -1 where there is none (inproc).
 std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits& limits = {},
                                        zmq::recv_flags flags = zmq::recv_flags::none,
-                                       bool expect_routing = false);
+                                       bool expect_routing = false, int* source_fd = nullptr);
 
 // Sets ZMQ_MAXMSGSIZE from limits.max_frame_bytes (libzmq drops the connection of a peer
 // that announces a larger frame, before allocating it).

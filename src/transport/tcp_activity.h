@@ -1,0 +1,34 @@
+// TcpActivity: whether a tcp connection showed life lately, by the kernel's counters.
+//
+// libzmq's heartbeat timeout counts complete frames only, so a frame that takes longer
+// than the window to cross a slow link looks like silence (the pong waits behind it).
+// The kernel knows better: a connection is alive while bytes arrive from the peer, or
+// while the peer acknowledges more of a frame of ours still being sent. A stopped process
+// or a cut link does neither (a stopped peer's kernel acknowledges until its receive
+// buffer is full; pings alone never count as sending). Read-only on a descriptor libzmq
+// owns.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+
+namespace zerocan::internal {
+
+class TcpActivity {
+ public:
+  using Clock = std::chrono::steady_clock;
+  // Starts watching descriptor `fd` (a connected tcp socket); -1 = nothing to watch.
+  void Watch(int fd, Clock::time_point now = Clock::now());
+  int fd() const { return fd_; }
+  // How long the connection has shown no life; nullopt when there is no descriptor or
+  // the kernel cannot say (not tcp, closed).
+  std::optional<std::chrono::milliseconds> Idle(Clock::time_point now = Clock::now());
+
+ private:
+  int fd_ = -1;
+  uint64_t acked_ = 0;              // of our bytes, by the peer, at the last look
+  Clock::time_point acked_moved_{};  // when that last grew
+};
+
+}  // namespace zerocan::internal
