@@ -109,3 +109,41 @@ def test_python_engine_drains_on_stop():
         # Held back until the queue was done, the first reply would lag by 0.8 s; 0.5 s
         # leaves room for a loaded 2-CPU machine's scheduling.
         assert max(lags) < 0.5, lags
+
+
+@pytest.mark.skipif(cpp_command_missing("engine") is not None, reason="no zerocan engine")
+def test_async_client_learns_of_a_lost_connection_within_the_window():
+    import asyncio
+    import signal
+
+    url = free_tcp_endpoint()
+
+    def start():
+        return subprocess.Popen([str(zerocan_bin()), "engine", "--bind", url, "--builtins"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def lost_after(engine, how):
+        async with zerocan.AsyncClient(url, timeout=30, heartbeat=0.2, liveness=3) as c:
+            for _ in range(100):  # until the engine listens
+                try:
+                    assert await c.apply_with("add", (1, 2), timeout=0.2) == 3
+                    break
+                except zerocan.TimeoutError:
+                    pass
+            call = c.apply("sleep", 5.0)
+            await asyncio.sleep(0.3)
+            start_ = time.monotonic()
+            engine.send_signal(how)
+            with pytest.raises(zerocan.BrokerLost):
+                await call
+            return time.monotonic() - start_
+
+    for how, limit in ((signal.SIGKILL, 1.0), (signal.SIGSTOP, 0.6 + 0.2 + 1.0)):
+        engine = start()
+        try:
+            took = asyncio.run(lost_after(engine, how))
+            assert took < limit, (how, took)
+        finally:
+            engine.send_signal(signal.SIGCONT)
+            engine.kill()
+            engine.wait()

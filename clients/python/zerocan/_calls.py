@@ -12,6 +12,7 @@ import zmq
 
 from . import signing, wire
 from .errors import DecodeError, remote_error
+from .errors import BrokerLost
 from .signing import Signer
 from .wire import DecodeLimits, Registry
 
@@ -182,3 +183,12 @@ def encode_control(header: wire.Header, call_id: int, credit: Optional[int],
     if signer is not None:
         parts.append(signer.signature(parts[1:]))
     return parts
+
+
+def broker_lost(url: str, liveness_s: float, function: str) -> BrokerLost:
+    """The error of a call in flight when its connection was lost (both clients)."""
+    return BrokerLost(
+        "zerocan.BrokerLost",
+        f"the connection to {url} was lost while this call was in flight (the broker or "
+        f"engine there stopped, restarted, or was silent for {liveness_s:g} s); the call "
+        "may or may not have run", function, url)

@@ -27,9 +27,10 @@ import zmq
 import zmq.asyncio
 
 from . import _map, wire
-from ._calls import (DEFAULT_STREAM_CREDITS, TimeoutArg, call_timeout, configure, encode_call,
-                     deliver_to_stream, encode_control, outcome, read_reply)
+from ._calls import (DEFAULT_STREAM_CREDITS, TimeoutArg, broker_lost, call_timeout, configure,
+                     deliver_to_stream, encode_call, encode_control, outcome, read_reply)
 from ._stream import AsyncStream
+from ._watch import ConnectionWatch
 from .errors import Error, TimeoutError, TransportError
 from .placement import IoCpus, channel_context
 from .policy import Policy
@@ -62,7 +63,8 @@ class AsyncClient:
     """Connects to ``url`` (an engine's bound endpoint or a broker frontend); the options
     are ``Client``'s: ``timeout`` (default per-call deadline in float seconds, None =
     none), ``policy``, ``registry``, ``limits``, ``context`` (a plain ``zmq.Context``;
-    default the shared instance), ``io_cpus``, ``key`` / ``key_file``.
+    default the shared instance), ``io_cpus``, ``key`` / ``key_file``, ``heartbeat`` and
+    ``liveness`` (a lost connection fails the calls in flight with ``zerocan.BrokerLost``).
 
     Any number of calls may be in flight. ``close()`` (or leaving ``async with``) fails
     the calls still pending with ``TransportError``.
@@ -73,7 +75,8 @@ class AsyncClient:
                  limits: DecodeLimits = wire.DEFAULT_LIMITS,
                  context: Optional[zmq.Context] = None,
                  io_cpus: IoCpus = None,
-                 key: Optional[KeyLike] = None, key_file: Optional[str] = None) -> None:
+                 key: Optional[KeyLike] = None, key_file: Optional[str] = None,
+                 heartbeat: Optional[float] = 1.0, liveness: int = 3) -> None:
         self.url = url
         self.signer: Optional[Signer] = make_signer(key, key_file)
         self.timeout = timeout
@@ -92,10 +95,17 @@ class AsyncClient:
         # shadow of it (never closes it) for receiving what is ready without a future
         # per message.
         self._socket = zmq.asyncio.Socket(self._context, zmq.DEALER)
+        self._liveness_s = (heartbeat or 0.0) * max(liveness, 1)
+        self._watch: Optional[ConnectionWatch] = None
+        self._watcher: Optional[asyncio.Task[None]] = None
         try:
             configure(self._socket, limits)
+            # Before connecting: the heartbeat options apply to the connection.
+            self._watch = ConnectionWatch(self._socket, url, heartbeat, liveness)
             self._socket.connect(url)
         except BaseException:  # a bad URL: leave no socket or owned context running
+            if self._watch is not None:
+                self._watch.close()
             self._socket.close(linger=0)
             if self._owns_context:
                 self._context.term()
@@ -214,11 +224,14 @@ class AsyncClient:
             return
         self._closed = True
         self._fail_all(TransportError("client closed"))
-        if self._reader is not None and not self._reader.done():
-            try:
-                self._reader.cancel()
-            except RuntimeError:  # its loop is closed already
-                pass
+        for task in (self._reader, self._watcher):
+            if task is not None and not task.done():
+                try:
+                    task.cancel()
+                except RuntimeError:  # its loop is closed already
+                    pass
+        if self._watch is not None:
+            self._watch.close()
         try:
             self._socket.close(linger=0)
         except RuntimeError:  # its loop is closed: close without pyzmq's asyncio part
@@ -244,6 +257,7 @@ class AsyncClient:
         if self._loop is None:
             self._loop = loop
             self._reader = loop.create_task(self._read())
+            self._watcher = loop.create_task(self._watch_connection())
         elif loop is not self._loop:
             raise Error("this AsyncClient belongs to the event loop of its first call; "
                         "make one client per loop")
@@ -268,6 +282,41 @@ class AsyncClient:
             if not self._closed:
                 self._closed = True
                 self._fail_all(TransportError(f"client I/O failed: {e}"))
+
+    async def _watch_connection(self) -> None:
+        """While calls are in flight: fails them with BrokerLost once the connection is
+        lost (closed, or silent for heartbeat x liveness; see _watch.py)."""
+        watch = self._watch
+        if watch is None or watch.socket is None:
+            return
+        poller = zmq.asyncio.Poller()
+        poller.register(watch.socket, zmq.POLLIN)
+        interval_ms = int((watch.check_interval or 1.0) * 1000)
+        while not self._closed:
+            events = await poller.poll(interval_ms)
+            if self._closed or watch.socket is None:
+                return
+            if not watch.lost(bool(events)):
+                continue
+            # Replies that arrived before the connection closed are delivered first.
+            while True:
+                try:
+                    self._deliver(self._sync.recv_multipart(zmq.NOBLOCK, copy=False))
+                except zmq.Again:
+                    break
+            self._fail_in_flight_lost()
+
+    def _fail_in_flight_lost(self) -> None:
+        streams, self._streams = self._streams, {}
+        for call_id, stream in streams.items():
+            stream._push("error", broker_lost(self.url, self._liveness_s, ""))
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if fut._timer is not None:
+                fut._timer.cancel()
+            if not fut.done():
+                fut.set_exception(broker_lost(self.url, self._liveness_s,
+                                              getattr(fut, "function", "")))
 
     def _deliver(self, parts: list[zmq.Frame]) -> None:
         reply = read_reply(parts, self.signer, self.limits, self.registry, self.counters)

@@ -32,11 +32,11 @@ import zmq
 from . import _map, wire
 from ._calls import PICKLED_FUNCTION, TimeoutArg, call_timeout, encode_call, outcome
 from ._calls import configure as _configure
-from ._calls import (DEFAULT_STREAM_CREDITS, deliver_to_stream, encode_control, payload_frames,
-                     read_reply)
+from ._calls import (DEFAULT_STREAM_CREDITS, broker_lost, deliver_to_stream, encode_control,
+                     payload_frames, read_reply)
 from ._stream import Stream
 from ._watch import ConnectionWatch
-from .errors import BrokerLost, TimeoutError, TransportError
+from .errors import TimeoutError, TransportError
 from .placement import IoCpus, channel_context
 from .policy import Policy
 from .signing import KeyLike, Signer, make_signer
@@ -436,12 +436,8 @@ class Client:
 
     def _fail_pending_lost(self) -> None:
         for call_id, fut in list(self._pending.items()):
-            _resolve(fut, exc=BrokerLost(
-                "zerocan.BrokerLost",
-                f"the connection to {self.url} was lost while this call was in flight (the "
-                f"broker or engine there stopped, restarted, or was silent for "
-                f"{self._liveness_s:g} s); the call may or may not have run",
-                getattr(fut, "function", ""), self.url))
+            _resolve(fut, exc=broker_lost(self.url, self._liveness_s,
+                                          getattr(fut, "function", "")))
         self._pending.clear()
 
     def _fail_all(self, exc: Exception) -> None:
