@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -212,3 +213,30 @@ def test_cancelled_error_name_is_the_cpp_one():
               "remote_error.h").read_text()
     assert re.search(r'kErrorCancelled\[\] = "([\w.]+)"', header).group(1) == \
         zerocan.CancelledError.TYPE
+
+
+def test_a_stream_whose_connection_is_lost_ends_with_broker_lost():
+    # The engine in its own process, killed while the client reads its endless stream.
+    url = free_tcp_endpoint()
+    code = ("import itertools, time, zerocan\n"
+            f"e = zerocan.Engine({url!r}, bind=True)\n"
+            "@e.register\n"
+            "def ticks():\n"
+            "    for i in itertools.count():\n"
+            "        time.sleep(0.01)\n"
+            "        yield i\n"
+            "e.run()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        with zerocan.Client(url, timeout=30, heartbeat=0.2) as c:
+            items = iter(c.stream("ticks"))
+            assert next(items) == 0
+            proc.kill()
+            killed = time.monotonic()
+            with pytest.raises(zerocan.BrokerLost):
+                for _ in items:
+                    pass
+            assert time.monotonic() - killed < 2.0
+    finally:
+        proc.kill()
+        proc.wait()

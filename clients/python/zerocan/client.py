@@ -439,6 +439,9 @@ class Client:
             _resolve(fut, exc=broker_lost(self.url, self._liveness_s,
                                           getattr(fut, "function", "")))
         self._pending.clear()
+        for s in self._streams.values():  # a stream's items stop: it ends with the error
+            s._push("error", broker_lost(self.url, self._liveness_s, ""))
+        self._streams.clear()
 
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:
