@@ -16,6 +16,7 @@ library.
         y = await c.apply("add", 2, 3)
 """
 
+from . import curve
 from .aio import AsyncCallFuture, AsyncClient
 from .client import CallFuture, Client
 from ._stream import AsyncStream, Stream
@@ -38,5 +39,5 @@ __all__ = [
     "DecodeLimits", "EncodeError", "Engine", "Error", "Extension", "Header", "Message",
     "Outgoing", "Policy", "Registry", "RemoteError", "ReplayGuard", "Signer", "Stream",
     "TimeoutError", "TransportError", "Writer", "current_call", "decode", "encode_apply", "encode_error", "encode_result",
-    "received_frame", "register", "schema_path",
+    "curve", "received_frame", "register", "schema_path",
 ]

@@ -31,6 +31,8 @@ from ._calls import (DEFAULT_STREAM_CREDITS, TimeoutArg, broker_lost, call_timeo
                      deliver_to_stream, encode_call, encode_control, outcome, read_reply)
 from ._stream import AsyncStream
 from ._watch import ConnectionWatch
+from .curve import KeyPairLike
+from .curve import configure_client as configure_curve_client
 from .errors import Error, TimeoutError, TransportError
 from .placement import IoCpus, channel_context
 from .policy import Policy
@@ -64,7 +66,8 @@ class AsyncClient:
     are ``Client``'s: ``timeout`` (default per-call deadline in float seconds, None =
     none), ``policy``, ``registry``, ``limits``, ``context`` (a plain ``zmq.Context``;
     default the shared instance), ``io_cpus``, ``key`` / ``key_file``, ``heartbeat`` and
-    ``liveness`` (a lost connection fails the calls in flight with ``zerocan.BrokerLost``).
+    ``liveness`` (a lost connection fails the calls in flight with ``zerocan.BrokerLost``),
+    ``curve_server_key`` / ``curve`` (CurveZMQ, zerocan.curve).
 
     Any number of calls may be in flight. ``close()`` (or leaving ``async with``) fails
     the calls still pending with ``TransportError``.
@@ -76,7 +79,9 @@ class AsyncClient:
                  context: Optional[zmq.Context] = None,
                  io_cpus: IoCpus = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
-                 heartbeat: Optional[float] = 1.0, liveness: int = 3) -> None:
+                 heartbeat: Optional[float] = 1.0, liveness: int = 3,
+                 curve_server_key: Optional[str] = None,
+                 curve: Optional[KeyPairLike] = None) -> None:
         self.url = url
         self.signer: Optional[Signer] = make_signer(key, key_file)
         self.timeout = timeout
@@ -100,6 +105,8 @@ class AsyncClient:
         self._watcher: Optional[asyncio.Task[None]] = None
         try:
             configure(self._socket, limits)
+            if curve_server_key is not None:
+                configure_curve_client(self._socket, curve_server_key, curve)
             # Before connecting: the heartbeat options apply to the connection.
             self._watch = ConnectionWatch(self._socket, url, heartbeat, liveness)
             self._socket.connect(url)

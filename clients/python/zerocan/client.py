@@ -36,6 +36,8 @@ from ._calls import (DEFAULT_STREAM_CREDITS, broker_lost, deliver_to_stream, enc
                      payload_frames, read_reply)
 from ._stream import Stream
 from ._watch import ConnectionWatch
+from .curve import KeyPairLike
+from .curve import configure_client as configure_curve_client
 from .errors import TimeoutError, TransportError
 from .placement import IoCpus, channel_context
 from .policy import Policy
@@ -91,6 +93,10 @@ class Client:
     the check is counted in ``counters["rejected"]`` and ignored, as the C++ client does,
     so its call ends with ``TimeoutError``. Without a key nothing is signed or checked.
 
+    ``curve_server_key`` (the server's Z85 public key, or its key file) and ``curve``
+    (this client's own key pair or key file; default a fresh pair): encrypt with CurveZMQ
+    (``zerocan.curve``; a server with an allow-list admits listed keys only).
+
     ``io_cpus``: the CPUs the client's libzmq threads may run on (CPU numbers or a list
     such as ``"0,2-3"``; ``zerocan.placement``), in a context of its own; default: the
     shared ``zmq.Context.instance()``, anywhere.
@@ -112,7 +118,8 @@ class Client:
                  io_cpus: IoCpus = None,
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
                  retries: int = 0, heartbeat: Optional[float] = 1.0,
-                 liveness: int = 3) -> None:
+                 liveness: int = 3, curve_server_key: Optional[str] = None,
+                 curve: Optional[KeyPairLike] = None) -> None:
         self.url = url
         self.retries = retries
         self._liveness_s = (heartbeat or 0) * liveness
@@ -134,6 +141,12 @@ class Client:
         self._socket = self._context.socket(zmq.DEALER)
         try:
             _configure(self._socket, limits)
+            if curve_server_key is not None:
+                configure_curve_client(self._socket, curve_server_key, curve)
+            # With unbounded queues a send only waits when the DEALER has no pipe at all
+            # (after a failed handshake: a Curve key refused or missing): fail the call
+            # then instead of blocking the I/O thread.
+            self._socket.setsockopt(zmq.SNDTIMEO, 0)
             self._watch = ConnectionWatch(self._socket, url, heartbeat, liveness)
             self._socket.connect(url)
         except BaseException:  # a bad URL: leave no socket or owned context running
@@ -375,6 +388,11 @@ class Client:
             try:
                 self._socket.send_multipart(parts, copy=True)
                 self.counters["sent"] += 1
+            except zmq.Again:
+                self._pending.pop(fut.call_id, None)
+                _resolve(fut, exc=TransportError(
+                    "send failed: no connected peer could take the message now (nothing "
+                    "connected yet, or a failed handshake)"))
             except zmq.ZMQError as e:
                 self._pending.pop(fut.call_id, None)
                 _resolve(fut, exc=TransportError(f"send failed: {e}"))

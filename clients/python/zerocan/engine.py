@@ -33,15 +33,18 @@ import queue
 import socket as _socket
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import zmq
 
 from . import signing, wire
 from ._calls import limit_connections
+from .curve import AllowList, KeyPairLike
+from .curve import configure_client as configure_curve_client
+from .curve import configure_server as configure_curve_server
 from .client import PICKLED_FUNCTION, _configure, payload_frames
-from .errors import ArgumentError, DecodeError, RemoteError, TransportError
+from .errors import ArgumentError, DecodeError, Error, RemoteError, TransportError
 from .pacing import bind_unpaced
 from .placement import IoCpus, channel_context
 from .policy import Policy
@@ -178,7 +181,9 @@ class Engine:
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
                  replay: Optional[ReplayGuard] = None,
                  unpace_local_tcp: bool = False, drain_timeout: float = 30.0,
-                 idle_timeout: float = 30.0, handshake_timeout: float = 5.0) -> None:
+                 idle_timeout: float = 30.0, handshake_timeout: float = 5.0,
+                 curve: Optional[KeyPairLike] = None, curve_server_key: Optional[str] = None,
+                 curve_allowed_clients: Sequence[str] = ()) -> None:
         self.id = id or _default_id()
         # stop() drains: no new calls (a broker is told; a direct caller gets
         # zerocan.EngineStopping), each held call answered as it finishes, for at most
@@ -188,6 +193,16 @@ class Engine:
         # (zerocan::ConnectionLimits, docs/SECURITY.md).
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
+        # CurveZMQ (zerocan.curve), as the C++ EngineOptions: `curve` is this engine's key
+        # pair (bound sockets are Curve servers; connected ones use it as their own pair),
+        # `curve_server_key` the broker backend's public key (connected sockets are Curve
+        # clients), `curve_allowed_clients` the only client keys its bound sockets admit.
+        if curve_allowed_clients and curve is None:
+            raise Error("curve_allowed_clients needs curve (a key pair)")
+        self.curve = curve
+        self.curve_server_key = curve_server_key
+        self._curve_allowed = list(curve_allowed_clients)
+        self._allow_list: Optional[AllowList] = None
         self._draining = False
         self._running = 0  # calls a worker is running (under _reply_lock)
         self.unpace_local_tcp = unpace_local_tcp
@@ -265,6 +280,10 @@ class Engine:
         self._sockets.append((s, False))  # closed by _shutdown even if bind fails
         _configure(s, self.limits)
         limit_connections(s, self.idle_timeout, self.handshake_timeout)
+        if self.curve is not None:
+            if self._curve_allowed and self._allow_list is None:
+                self._allow_list = AllowList(self._context, self._curve_allowed)
+            configure_curve_server(s, self.curve)
         if self.unpace_local_tcp:
             bind_unpaced(self._context, s, url)
         else:
@@ -276,6 +295,8 @@ class Engine:
         s = self._context.socket(zmq.DEALER)
         self._sockets.append((s, True))  # closed by _shutdown even if connect fails
         _configure(s, self.limits)
+        if self.curve_server_key is not None:
+            configure_curve_client(s, self.curve_server_key, self.curve)
         s.connect(url)
 
     # ---- serving ------------------------------------------------------------------
@@ -475,6 +496,9 @@ class Engine:
         for s, _ in self._sockets:
             s.close(linger=100 if goodbye else 0)
         self._sockets = []
+        if self._allow_list is not None:
+            self._allow_list.stop()
+            self._allow_list = None
         if self._owns_context:
             self._context.term()  # waits for the goodbye's linger
             self._owns_context = False
