@@ -31,10 +31,9 @@ constexpr char kBrokerDescription[] =
 struct BrokerArgs {
   BrokerOptions options;
   std::string frontend, backend;
-  std::string key_file, curve_secret_key_file, curve_allow_file, io_cpus;
+  std::string key_file, curve_secret_key_file, io_cpus;
   int heartbeat_ms = 0;
-  int idle_timeout_ms = static_cast<int>(ConnectionLimits().idle_timeout.count());
-  int handshake_timeout_ms = static_cast<int>(ConnectionLimits().handshake_timeout.count());
+  ServerFlags server;
   int drain_timeout_ms = 10000;
   bool unpace_loopback = false;
 };
@@ -44,15 +43,16 @@ int RunBroker(BrokerArgs& args) {
   try {
     if (!args.key_file.empty()) options.signer = Signer::FromKeyFile(args.key_file);
     if (!args.curve_secret_key_file.empty()) options.curve = ReadCurveServerKeys(args.curve_secret_key_file);
-    if (!args.curve_allow_file.empty()) options.curve_allowed_clients = ReadCurveAllowList(args.curve_allow_file);
+    if (!args.server.curve_allow_file.empty()) {
+      options.curve_allowed_clients = ReadCurveAllowList(args.server.curve_allow_file);
+    }
     if (!args.io_cpus.empty()) options.io_cpus = ParseCpuList(args.io_cpus);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "zerocan broker: %s\n", e.what());
     return 2;
   }
   if (args.heartbeat_ms > 0) options.heartbeat = std::chrono::milliseconds(args.heartbeat_ms);
-  options.connection_limits.idle_timeout = std::chrono::milliseconds(args.idle_timeout_ms);
-  options.connection_limits.handshake_timeout = std::chrono::milliseconds(args.handshake_timeout_ms);
+  options.connection_limits = args.server.limits();
   if (args.unpace_loopback) options.unpace_local_tcp = true;
   BlockStopSignals();
   ApplyMemoryPolicy();  // received large frames reuse memory instead of fresh pages
@@ -102,16 +102,6 @@ void AddBroker(CLI::App& app, RunFunction* chosen) {
   sub->add_option("--capture-file", args->options.capture_file,
                   "write every message to a capture file for `zerocan inspect FILE`")
       ->type_name("FILE");
-  sub->add_option("--idle-timeout-ms", args->idle_timeout_ms,
-                  "disconnect a peer (clients (--frontend)) from which no complete frame came for this\n"
-                  "long, freeing what it sent of an unfinished one (0: never; a frame must arrive\n"
-                  "within it)")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 3600 * 1000));
-  sub->add_option("--handshake-timeout-ms", args->handshake_timeout_ms,
-                  "close a connection whose ZMTP (or CurveZMQ) handshake takes longer (0: never)")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 3600 * 1000));
   sub->add_option("--heartbeat-ms", args->heartbeat_ms,
                   "heartbeat interval in ms (default 500; engines must use the same)")
       ->check(CLI::Range(1, 3600 * 1000));
@@ -142,13 +132,7 @@ void AddBroker(CLI::App& app, RunFunction* chosen) {
                   "public key")
       ->type_name("FILE")
       ->check(Parses([](const std::string& f) { ReadCurveServerKeys(f); }));
-  auto* allow = sub->add_option("--curve-allow", args->curve_allow_file,
-                  "with --curve-secret-key-file: accept only the clients, engines and capture subscribers whose public\n"
-                  "keys this file lists (one Z85 key or key file per line); anyone else is refused\n"
-                  "during the handshake")
-      ->type_name("FILE")
-      ->check(Parses([](const std::string& f) { ReadCurveAllowList(f); }));
-  allow->needs(sub->get_option("--curve-secret-key-file"));
+  AddServerFlags(sub, &args->server, "clients", "clients, engines and capture subscribers");
   sub->add_option("--io-cpus", args->io_cpus,
                   "run the broker's I/O thread only on these CPUs (\"1\", \"0,2\", \"2-3\")")
       ->type_name("LIST")

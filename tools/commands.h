@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -15,6 +16,9 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+
+#include "zerocan/curve.h"
+#include "zerocan/limits.h"
 
 namespace zerocan::tools {
 
@@ -54,6 +58,45 @@ CLI::Validator Parses(Parse parse) {
         }
       },
       "");
+}
+
+// The options of a program that accepts connections (`engine --bind`, `broker`): the
+// bounds on its peers' connections (ConnectionLimits, limits.h) and a CurveZMQ
+// allow-list. For the help text: `idle_peers` are the peers the idle timeout applies to,
+// `allowed_peers` those the allow-list covers. The allow-list needs
+// --curve-secret-key-file, which must be added first.
+struct ServerFlags {
+  int idle_timeout_ms = static_cast<int>(ConnectionLimits().idle_timeout.count());
+  int handshake_timeout_ms = static_cast<int>(ConnectionLimits().handshake_timeout.count());
+  std::string curve_allow_file;
+
+  ConnectionLimits limits() const {
+    ConnectionLimits l;
+    l.idle_timeout = std::chrono::milliseconds(idle_timeout_ms);
+    l.handshake_timeout = std::chrono::milliseconds(handshake_timeout_ms);
+    return l;
+  }
+};
+
+inline void AddServerFlags(CLI::App* sub, ServerFlags* flags, const std::string& idle_peers,
+                           const std::string& allowed_peers) {
+  sub->add_option("--idle-timeout-ms", flags->idle_timeout_ms,
+                  "disconnect a peer (" + idle_peers + ") from which no complete frame came for\n"
+                  "this long, freeing what it sent of an unfinished one (0: never; a frame must\n"
+                  "arrive within it)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600 * 1000));
+  sub->add_option("--handshake-timeout-ms", flags->handshake_timeout_ms,
+                  "close a connection whose ZMTP (or CurveZMQ) handshake takes longer (0: never)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600 * 1000));
+  sub->add_option("--curve-allow", flags->curve_allow_file,
+                  "with --curve-secret-key-file: accept only the peers (" + allowed_peers + ") whose\n"
+                  "public keys this file lists (one Z85 key or key file per line); anyone else is\n"
+                  "refused during the handshake")
+      ->type_name("FILE")
+      ->check(Parses([](const std::string& f) { ReadCurveAllowList(f); }))
+      ->needs(sub->get_option("--curve-secret-key-file"));
 }
 
 // For unsigned counts and ids: CLI11 would read "-1" as a huge number.

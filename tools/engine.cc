@@ -46,10 +46,9 @@ constexpr char kEngineFooter[] =
 struct EngineArgs {
   EngineOptions options;
   std::vector<std::string> binds, connects, plugins;
-  std::string key_file, curve_secret_key_file, curve_allow_file, curve_server_key;
+  std::string key_file, curve_secret_key_file, curve_server_key;
   int heartbeat_ms = 0;
-  int idle_timeout_ms = static_cast<int>(ConnectionLimits().idle_timeout.count());
-  int handshake_timeout_ms = static_cast<int>(ConnectionLimits().handshake_timeout.count());
+  ServerFlags server;
   int drain_timeout_ms = 30000;
   std::string io_cpus;
   bool builtins = false;
@@ -63,7 +62,9 @@ int RunEngine(EngineArgs& args) {
   try {
     if (!args.key_file.empty()) options.signer = Signer::FromKeyFile(args.key_file);
     if (!args.curve_secret_key_file.empty()) options.curve = ReadCurveServerKeys(args.curve_secret_key_file);
-    if (!args.curve_allow_file.empty()) options.curve_allowed_clients = ReadCurveAllowList(args.curve_allow_file);
+    if (!args.server.curve_allow_file.empty()) {
+      options.curve_allowed_clients = ReadCurveAllowList(args.server.curve_allow_file);
+    }
     if (!args.curve_server_key.empty()) options.curve_server_key = ReadCurvePublicKey(args.curve_server_key);
     if (!args.io_cpus.empty()) options.io_cpus = ParseCpuList(args.io_cpus);
   } catch (const std::exception& e) {
@@ -71,8 +72,7 @@ int RunEngine(EngineArgs& args) {
     return 2;
   }
   if (args.heartbeat_ms > 0) options.heartbeat = std::chrono::milliseconds(args.heartbeat_ms);
-  options.connection_limits.idle_timeout = std::chrono::milliseconds(args.idle_timeout_ms);
-  options.connection_limits.handshake_timeout = std::chrono::milliseconds(args.handshake_timeout_ms);
+  options.connection_limits = args.server.limits();
   if (args.builtins) options.builtins = true;
   if (args.unpace_loopback) options.unpace_local_tcp = true;
   BlockStopSignals();
@@ -142,16 +142,6 @@ void AddEngine(CLI::App& app, RunFunction* chosen) {
                   "rest with zerocan.EngineStopping")
       ->capture_default_str()
       ->check(CLI::Range(0, 3600 * 1000));
-  sub->add_option("--idle-timeout-ms", args->idle_timeout_ms,
-                  "disconnect a peer (clients connecting to --bind) from which no complete frame came for this\n"
-                  "long, freeing what it sent of an unfinished one (0: never; a frame must arrive\n"
-                  "within it)")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 3600 * 1000));
-  sub->add_option("--handshake-timeout-ms", args->handshake_timeout_ms,
-                  "close a connection whose ZMTP (or CurveZMQ) handshake takes longer (0: never)")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 3600 * 1000));
   sub->add_option("--heartbeat-ms", args->heartbeat_ms,
                   "heartbeat interval towards a broker, in ms (the broker's must match; default 500)")
       ->check(CLI::Range(1, 3600 * 1000));
@@ -165,13 +155,7 @@ void AddEngine(CLI::App& app, RunFunction* chosen) {
                   "(zerocan keygen --curve FILE), so clients need its public key")
       ->type_name("FILE")
       ->check(Parses([](const std::string& f) { ReadCurveServerKeys(f); }));
-  auto* allow = sub->add_option("--curve-allow", args->curve_allow_file,
-                  "with --curve-secret-key-file: accept only the clients whose public\n"
-                  "keys this file lists (one Z85 key or key file per line); anyone else is refused\n"
-                  "during the handshake")
-      ->type_name("FILE")
-      ->check(Parses([](const std::string& f) { ReadCurveAllowList(f); }));
-  allow->needs(sub->get_option("--curve-secret-key-file"));
+  AddServerFlags(sub, &args->server, "clients connecting to --bind", "clients");
   sub->add_option("--curve-server-key", args->curve_server_key,
                   "the broker backend's public key (40-character Z85, or a key file whose public_key\n"
                   "is used); every --connect URL is then a Curve client")
