@@ -5,6 +5,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "internal/call_control.h"
+#include "zerocan/engine.h"
 #include "internal/live_calls.h"
 
 namespace zerocan {
@@ -110,6 +112,18 @@ void StreamWriter::WriteWith(const std::function<void(ValueWriter&)>& fill) {
   c.send(w.Finish());
   std::lock_guard<std::mutex> lock(c.mu);
   ++c.items_sent;
+}
+
+bool StreamWriter::cancelled() const noexcept { return control_.stop.stop_requested(); }
+
+std::stop_token StreamWriter::stop_token() const noexcept { return control_.stop.get_token(); }
+
+bool Call::cancelled() const noexcept {
+  return control_ != nullptr && control_->stop.stop_requested();
+}
+
+std::stop_token Call::stop_token() const noexcept {
+  return control_ != nullptr ? control_->stop.get_token() : std::stop_token();
 }
 
 uint64_t StreamWriter::items() const {

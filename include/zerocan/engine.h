@@ -102,10 +102,8 @@ class Call {
   // Bytes in payload frames (not counting the envelope).
   uint64_t payload_bytes() const noexcept;
   // Cancel (stream.h): true once the client cancelled this call; its stop token.
-  bool cancelled() const noexcept { return control_ != nullptr && control_->stop.stop_requested(); }
-  std::stop_token stop_token() const noexcept {
-    return control_ != nullptr ? control_->stop.get_token() : std::stop_token();
-  }
+  bool cancelled() const noexcept;
+  std::stop_token stop_token() const noexcept;
   // The writer of a stream call's items (a function registered with
   // FunctionOptions::stream, called through Client::stream); nullptr otherwise.
   StreamWriter* stream() const noexcept { return stream_; }

@@ -21,11 +21,8 @@
 // credits, and its items leave when the function returns.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <memory>
-#include <mutex>
 #include <stop_token>
 #include <string>
 #include <utility>
@@ -40,33 +37,7 @@ namespace zerocan {
 class Registry;
 
 namespace internal {
-
-// One running call's control block, shared by the engine (cancel, credit) and the
-// function (its Call, its StreamWriter). src/stream.cc.
-struct CallControl {
-  std::stop_source stop;
-  uint64_t call_id = 0;
-  std::string engine_id;
-  std::string function;
-  const Policy* policy = nullptr;
-  const Registry* registry = nullptr;
-  // Streams: set for a stream call of a streaming function.
-  bool stream = false;
-  bool wait_for_credit = true;  // false on the I/O thread: nobody could grant more
-  std::function<Header()> next_header;
-  std::function<void(Outgoing&&)> send;  // hands one item message to the I/O thread
-  std::mutex mu;
-  std::condition_variable cv;
-  int64_t credits = 0;      // mu: items that may still be sent
-  bool stopping = false;    // mu: the engine stops; a waiting Write gives up
-  uint64_t items_sent = 0;  // mu
-
-  // From the engine's I/O thread.
-  void Cancel();
-  void Grant(uint32_t items);
-  void Stopping();
-};
-
+struct CallControl;  // one running call's control block (src/internal/call_control.h)
 }  // namespace internal
 
 // Writes the items of a stream call (see the header comment). Belongs to its call;
@@ -87,8 +58,8 @@ class StreamWriter {
   // Sends one item that `fill` writes.
   void WriteWith(const std::function<void(ValueWriter&)>& fill);
 
-  bool cancelled() const noexcept { return control_.stop.stop_requested(); }
-  std::stop_token stop_token() const noexcept { return control_.stop.get_token(); }
+  bool cancelled() const noexcept;
+  std::stop_token stop_token() const noexcept;
   // Items sent so far.
   uint64_t items() const;
 

@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "zerocan/buffer.h"
+#include "internal/call_control.h"
 #include "zerocan/stream.h"
 
 namespace zerocan::internal {
