@@ -42,6 +42,25 @@ def _run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=20)
 
 
+def _ip(ns: Optional[str], *args: str) -> None:
+    """`ip ARGS` in namespace `ns` (None: this one)."""
+    _run("ip", *(["-n", ns] if ns else []), *args)
+
+
+def _add_namespace(ns: str) -> None:
+    _run("ip", "netns", "add", ns)
+    _ip(ns, "link", "set", "lo", "up")
+
+
+def _veth(near_ns: Optional[str], near: str, near_addr: str,
+          far_ns: str, far: str, far_addr: str) -> None:
+    """A veth pair: `near` (in near_ns; None: this one) <-> `far` (in far_ns), both up."""
+    _ip(near_ns, "link", "add", near, "type", "veth", "peer", "name", far, "netns", far_ns)
+    for ns, dev, addr in ((near_ns, near, near_addr), (far_ns, far, far_addr)):
+        _ip(ns, "addr", "add", addr, "dev", dev)
+        _ip(ns, "link", "set", dev, "up")
+
+
 def _netns_unavailable() -> Optional[str]:
     if os.geteuid() != 0:
         return "network namespaces need root"
@@ -66,25 +85,13 @@ class Hosts:
         self.links: dict[str, str] = {}  # engine name -> its link's end in the broker ns
         self.procs: list[subprocess.Popen] = []
         self.client_link = f"zcc{tag}"
-        _run("ip", "netns", "add", self.broker_ns)
-        _run("ip", "-n", self.broker_ns, "link", "set", "lo", "up")
+        _add_namespace(self.broker_ns)
         # The client's link: root <-> broker.
-        _run("ip", "link", "add", self.client_link, "type", "veth", "peer", "name", "zcb0",
-             "netns", self.broker_ns)
-        _run("ip", "addr", "add", "10.77.0.2/24", "dev", self.client_link)
-        _run("ip", "link", "set", self.client_link, "up")
-        _run("ip", "-n", self.broker_ns, "addr", "add", "10.77.0.1/24", "dev", "zcb0")
-        _run("ip", "-n", self.broker_ns, "link", "set", "zcb0", "up")
+        _veth(None, self.client_link, "10.77.0.2/24", self.broker_ns, "zcb0", "10.77.0.1/24")
         for i, (name, ns) in enumerate(self.engine_ns.items(), start=1):
-            _run("ip", "netns", "add", ns)
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
+            _add_namespace(ns)
             end = f"zcb{i}"
-            _run("ip", "-n", self.broker_ns, "link", "add", end, "type", "veth", "peer",
-                 "name", "eth0", "netns", ns)
-            _run("ip", "-n", self.broker_ns, "addr", "add", f"10.77.{i}.1/24", "dev", end)
-            _run("ip", "-n", self.broker_ns, "link", "set", end, "up")
-            _run("ip", "-n", ns, "addr", "add", f"10.77.{i}.2/24", "dev", "eth0")
-            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            _veth(self.broker_ns, end, f"10.77.{i}.1/24", ns, "eth0", f"10.77.{i}.2/24")
             self.links[name] = end
         self.frontend = "tcp://10.77.0.1:5600"
 
@@ -217,17 +224,11 @@ class SlowLink:
         tag = uuid.uuid4().hex[:6]
         self.ns, self.link = f"zcs{tag}", f"zcs{tag}"
         self.procs: list[subprocess.Popen] = []
-        _run("ip", "netns", "add", self.ns)
-        _run("ip", "-n", self.ns, "link", "set", "lo", "up")
-        _run("ip", "link", "add", self.link, "type", "veth", "peer", "name", "eth0",
-             "netns", self.ns)
-        _run("ip", "addr", "add", "10.78.0.2/24", "dev", self.link)
-        _run("ip", "link", "set", self.link, "up")
-        _run("ip", "-n", self.ns, "addr", "add", "10.78.0.1/24", "dev", "eth0")
-        _run("ip", "-n", self.ns, "link", "set", "eth0", "up")
-        for prefix in ([], ["ip", "netns", "exec", self.ns]):
-            _run(*prefix, "tc", "qdisc", "add", "dev", self.link if not prefix else "eth0",
-                 "root", "tbf", "rate", f"{mbit}mbit", "burst", "256kb", "latency", "400ms")
+        _add_namespace(self.ns)
+        _veth(None, self.link, "10.78.0.2/24", self.ns, "eth0", "10.78.0.1/24")
+        tbf = ("root", "tbf", "rate", f"{mbit}mbit", "burst", "256kb", "latency", "400ms")
+        _run("tc", "qdisc", "add", "dev", self.link, *tbf)
+        _run("ip", "netns", "exec", self.ns, "tc", "qdisc", "add", "dev", "eth0", *tbf)
         self.url = "tcp://10.78.0.1:5602"
 
     def start_engine(self, *where: str) -> subprocess.Popen:
