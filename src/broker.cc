@@ -122,13 +122,10 @@ class Broker::Impl {
     context_ = &ChannelContext(options_.context, options_.io_cpus, "broker", &owned_context_);
     frontend_ = zmq::socket_t(*context_, zmq::socket_type::router);
     backend_ = zmq::socket_t(*context_, zmq::socket_type::router);
-    int liveness_ms = static_cast<int>(std::min<int64_t>(
-        options_.heartbeat.count() * std::max(options_.liveness, 1), 1 << 30));
-    // ZMTP heartbeats: a peer that stops answering pings (stopped process, cut link) has
-    // its connection closed, which the monitors below report. Engines within their
-    // liveness window; clients (unknown peers) within the idle timeout.
+    // Clients (unknown peers) that stall are cut by the idle timeout (ZMTP heartbeats).
+    // Engines are judged by CheckEngines instead (below).
     ConnectionLimits engines = options_.connection_limits;
-    engines.idle_timeout = std::chrono::milliseconds(liveness_ms);
+    engines.idle_timeout = std::chrono::milliseconds(0);
     for (zmq::socket_t* s : {&frontend_, &backend_}) {
       s->set(zmq::sockopt::sndhwm, 0);
       s->set(zmq::sockopt::linger, 0);
@@ -138,10 +135,10 @@ class Broker::Impl {
       ApplyLimits(*s, options_.limits, s == &backend_ ? engines : options_.connection_limits);
       if (options_.curve) ConfigureCurveServer(*s, *options_.curve);
     }
-    // Pings at the engines' heartbeat interval (ApplyLimits would use a third of it).
-    // libzmq's verdict on them counts complete frames only, and would cut an engine whose
-    // result takes longer than the window to arrive: CheckEngines decides instead (the
-    // engine's heartbeats, else its connection's activity); libzmq's is a far backstop.
+    // Engines get pings at their heartbeat interval, but libzmq's verdict on them counts
+    // complete frames only and would cut an engine whose result takes longer than the
+    // window to arrive: CheckEngines decides (the engine's heartbeats, else its
+    // connection's activity); libzmq's timeout is only a far backstop.
     backend_.set(zmq::sockopt::heartbeat_ivl, static_cast<int>(options_.heartbeat.count()));
     backend_.set(zmq::sockopt::heartbeat_timeout, 1 << 30);
     // A dead engine reconnecting (after a restart) under the same identity would
