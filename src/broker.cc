@@ -17,6 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "wire/peek.h"
+#include "transport/receive_budget.h"
 #include "transport/tcp_activity.h"
 #include "internal/strings.h"
 #include "zerocan/capture.h"
@@ -82,37 +83,6 @@ uint64_t MessageBytes(const ReceivedMessage& m) {
   return n;
 }
 
-// A socket monitor reporting disconnects of `socket`'s peers.
-zmq::socket_t Monitor(zmq::context_t& context, zmq::socket_t& socket, const char* what) {
-  static std::atomic<uint64_t> n{0};
-  std::string endpoint =
-      absl::StrCat("inproc://zerocan-broker-", what, "-", getpid(), "-", n.fetch_add(1));
-  if (zmq_socket_monitor(socket.handle(), endpoint.c_str(), ZMQ_EVENT_DISCONNECTED) != 0) {
-    throw TransportError(absl::StrCat("broker: cannot monitor the ", what, " socket"));
-  }
-  zmq::socket_t pair(context, zmq::socket_type::pair);
-  pair.set(zmq::sockopt::linger, 0);
-  pair.connect(endpoint);
-  return pair;
-}
-
-// Reads every pending monitor event; true when one was a disconnect.
-bool Disconnected(zmq::socket_t& monitor) {
-  bool any = false;
-  while (true) {
-    zmq::message_t part;
-    try {
-      if (!monitor.recv(part, zmq::recv_flags::dontwait)) return any;
-      while (part.more()) {
-        if (!monitor.recv(part, zmq::recv_flags::dontwait)) break;
-      }
-    } catch (const zmq::error_t&) {
-      return any;
-    }
-    any = true;  // only ZMQ_EVENT_DISCONNECTED is asked for
-  }
-}
-
 }  // namespace
 
 class Broker::Impl {
@@ -148,10 +118,13 @@ class Broker::Impl {
       if (!options_.curve) throw Error("broker: curve_allowed_clients needs curve (a key pair)");
       curve_allow_ = std::make_unique<CurveAllowList>(*context_, options_.curve_allowed_clients);
     }
-    frontend_monitor_ = Monitor(*context_, frontend_, "frontend");
-    backend_monitor_ = Monitor(*context_, backend_, "backend");
     Bind(frontend_, frontend, "frontend");
     Bind(backend_, backend, "backend");
+    // One budget over clients and engines; its monitors (after the binds, which may
+    // replace them) also say when a peer's connection closed.
+    budget_.emplace(*context_, options_.connection_limits.receive_budget_bytes);
+    budget_->Watch(frontend_, "frontend");  // index kFrontend
+    budget_->Watch(backend_, "backend");    // index kBackend
     if (!options_.capture.empty()) {
       capture_ = zmq::socket_t(*context_, zmq::socket_type::pub);
       capture_.set(zmq::sockopt::linger, 0);
@@ -167,10 +140,7 @@ class Broker::Impl {
 
   ~Impl() {
     Stop();
-    zmq_socket_monitor(frontend_.handle(), nullptr, 0);
-    zmq_socket_monitor(backend_.handle(), nullptr, 0);
-    frontend_monitor_.close();
-    backend_monitor_.close();
+    budget_.reset();  // its monitors go before the sockets they watch
     frontend_.close();
     backend_.close();
     if (capture_.handle() != nullptr) capture_.close();
@@ -220,13 +190,14 @@ class Broker::Impl {
     zmq::pollitem_t items[] = {{frontend_.handle(), 0, ZMQ_POLLIN, 0},
                                {backend_.handle(), 0, ZMQ_POLLIN, 0},
                                {nullptr, wake_fd_, ZMQ_POLLIN, 0},
-                               {frontend_monitor_.handle(), 0, ZMQ_POLLIN, 0},
-                               {backend_monitor_.handle(), 0, ZMQ_POLLIN, 0}};
+                               budget_->MonitorItem(kFrontend),
+                               budget_->MonitorItem(kBackend)};
     Clock::time_point next_check = Clock::now() + options_.heartbeat;
     Clock::time_point drain_until = Clock::time_point::max();
     while (!stop_) {
       Clock::time_point wake_at = std::min(next_check, drain_until);
       if (probe_until_ > Clock::now()) wake_at = std::min(wake_at, next_probe_);
+      wake_at = std::min(wake_at, budget_->next_check());
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(wake_at - Clock::now());
       if (left.count() < 0) left = std::chrono::milliseconds(0);
       zmq::poll(items, 5, left);
@@ -245,11 +216,12 @@ class Broker::Impl {
       }
       // A peer's connection closed: find out whose, now and for a short while (libzmq
       // retires the peer's pipe a moment after it reports the disconnect).
-      if (items[3].revents & ZMQ_POLLIN) {
-        if (Disconnected(frontend_monitor_)) StartProbing(&probe_clients_);
+      budget_->Check(now);
+      if (budget_->TakeClosed(kFrontend, items[3].revents & ZMQ_POLLIN, now)) {
+        StartProbing(&probe_clients_);
       }
-      if (items[4].revents & ZMQ_POLLIN) {
-        if (Disconnected(backend_monitor_)) StartProbing(&probe_engines_);
+      if (budget_->TakeClosed(kBackend, items[4].revents & ZMQ_POLLIN, now)) {
+        StartProbing(&probe_engines_);
       }
       // Replies first: they retire calls and free engines for the requests below.
       if (items[1].revents & ZMQ_POLLIN) DrainBackend();
@@ -336,12 +308,15 @@ class Broker::Impl {
   void DrainFrontend() {
     for (int n = 0; n < 1024; ++n) {  // bounded, so the backend is never starved
       std::optional<ReceivedMessage> m;
+      Arrival arrival{.curve = options_.curve.has_value()};
       try {
-        m = Receive(frontend_, options_.limits, zmq::recv_flags::dontwait, true);
+        m = Receive(frontend_, options_.limits, zmq::recv_flags::dontwait, true, &arrival);
       } catch (const Error&) {
+        budget_->Delivered(arrival);
         ++dropped_;
         continue;
       }
+      budget_->Delivered(arrival);
       if (!m) return;
       Capture(*m, Direction::kRequest, "frontend");
       if (m->routing.empty()) {
@@ -468,13 +443,15 @@ class Broker::Impl {
   void DrainBackend() {
     for (int n = 0; n < 1024; ++n) {
       std::optional<ReceivedMessage> m;
-      int source_fd = -1;
+      Arrival arrival{.curve = options_.curve.has_value()};
       try {
-        m = Receive(backend_, options_.limits, zmq::recv_flags::dontwait, true, &source_fd);
+        m = Receive(backend_, options_.limits, zmq::recv_flags::dontwait, true, &arrival);
       } catch (const Error&) {
+        budget_->Delivered(arrival);
         ++dropped_;
         continue;
       }
+      budget_->Delivered(arrival);
       if (!m) return;
       if (m->routing.empty()) {
         ++dropped_;
@@ -500,7 +477,7 @@ class Broker::Impl {
           bool known = engines_.contains(engine);
           EngineState& state = engines_[engine];
           state.last_seen = Clock::now();
-          if (source_fd != state.connection.fd()) state.connection.Watch(source_fd);
+          if (arrival.fd != state.connection.fd()) state.connection.Watch(arrival.fd);
           if (peek->kind == BodyKind::kDraining) state.draining = true;
           if (!known && !state.draining) DispatchWaiting();
         }
@@ -758,7 +735,9 @@ class Broker::Impl {
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;
   zmq::socket_t frontend_, backend_, capture_;
-  zmq::socket_t frontend_monitor_, backend_monitor_;
+  // The connections of both sockets (indexes below): closes, and the bytes they hold.
+  std::optional<internal::ReceiveBudget> budget_;
+  static constexpr size_t kFrontend = 0, kBackend = 1;
   std::unique_ptr<CaptureWriter> capture_file_;
   std::unique_ptr<CurveAllowList> curve_allow_;  // with curve_allowed_clients only
   int wake_fd_ = -1;

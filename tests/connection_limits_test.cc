@@ -1,8 +1,13 @@
 // ConnectionLimits (limits.h) on an engine's bound socket, against a raw ZMTP 3.0 peer
 // that does what no zerocan peer does: stalls inside a frame, never finishes its
 // handshake, or announces a frame over the limit. The engine keeps serving others.
+// And the receive budget (src/transport/receive_budget.h) that bounds what all such
+// peers together hold, with the wire accounting it rests on.
 #include <arpa/inet.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,10 +16,15 @@
 
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "transport/receive_budget.h"
 #include "zerocan/client.h"
+#include "zerocan/curve.h"
 #include "zerocan/engine.h"
+#include "zerocan/transport/zmq.h"
 
 namespace zerocan {
 namespace {
@@ -55,6 +65,33 @@ class RawPeer {
     g += static_cast<char>(body.size());
     g += body;
     return Write(g);
+  }
+  // Reads the server's greeting and READY: until then, libzmq would take a frame for a
+  // handshake command.
+  bool AwaitReady() {
+    std::string greeting, head, ready;
+    return Read(64, &greeting) && Read(2, &head) && head[0] == '\x04' &&
+           Read(static_cast<uint8_t>(head[1]), &ready);
+  }
+  bool Read(size_t n, std::string* out) {
+    out->resize(n);
+    size_t off = 0;
+    while (off < n) {
+      ssize_t got = ::recv(fd_, out->data() + off, n - off, 0);
+      if (got <= 0) return false;
+      off += static_cast<size_t>(got);
+    }
+    return true;
+  }
+  // A short frame (at most 255 bytes) or a long one, whole.
+  bool Frame(const std::string& body, bool more) {
+    std::string f;
+    if (body.size() <= 255) {
+      f += static_cast<char>(more ? 1 : 0);
+      f += static_cast<char>(body.size());
+      return Write(f + body);
+    }
+    return FrameHeader(body.size(), more) && Write(body);
   }
   // A long frame's header announcing `size` bytes (more: another frame follows).
   bool FrameHeader(uint64_t size, bool more) {
@@ -166,6 +203,189 @@ TEST(ConnectionLimitsTest, AFrameOverTheDefaultLimitIsRefusedFromItsHeader) {
   auto closed = peer.ClosedWithin(milliseconds(2000));
   ASSERT_TRUE(closed.has_value());
   EXPECT_LT(closed->count(), 1000);
+  EXPECT_TRUE(AddWorks(e.endpoint));
+}
+
+// ---- the receive budget ------------------------------------------------------------------
+
+// What libzmq has read from tcp connection `fd` (received, less what waits in the kernel).
+uint64_t TakenFromKernel(int fd) {
+  tcp_info info{};
+  socklen_t size = sizeof(info);
+  EXPECT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &size), 0);
+  int unread = 0;
+  EXPECT_EQ(ioctl(fd, SIOCINQ, &unread), 0);
+  return info.tcpi_bytes_received - static_cast<uint64_t>(unread);
+}
+
+// Sends messages of many sizes (short and long frames, several frames) through a DEALER
+// to a ROUTER, and checks that the wire bytes Receive reports for them add up to what the
+// kernel says arrived, less only the handshake: any error per frame would add up.
+void ExpectWireBytesMatchTheKernel(bool curve) {
+  zmq::context_t context;
+  zmq::socket_t router(context, zmq::socket_type::router), dealer(context, zmq::socket_type::dealer);
+  if (curve) {
+    CurveKeyPair server = GenerateCurveKeyPair();
+    ConfigureCurveServer(router, server);
+    ConfigureCurveClient(dealer, GenerateCurveKeyPair(), server.public_key);
+  }
+  router.bind("tcp://127.0.0.1:*");
+  dealer.connect(router.get(zmq::sockopt::last_endpoint));
+  const std::vector<size_t> sizes = {0, 1, 100, 222, 223, 255, 256, 300, 4096, 70000, 1 << 20};
+  uint64_t wire = 0;
+  int fd = -1;
+  size_t count = 0;
+  for (int round = 0; round < 40; ++round) {
+    for (size_t size : sizes) {
+      dealer.send(zmq::message_t(), zmq::send_flags::sndmore);  // the delimiter
+      dealer.send(zmq::message_t(std::string(size, 'e')), zmq::send_flags::sndmore);
+      dealer.send(zmq::message_t(std::string(size / 2, 'p')), zmq::send_flags::none);
+      Arrival arrival{.curve = curve};
+      std::optional<ReceivedMessage> m =
+          Receive(router, DecodeLimits{}, zmq::recv_flags::none, true, &arrival);
+      ASSERT_TRUE(m.has_value());
+      ASSERT_EQ(m->frames.size(), 2u);
+      ASSERT_GE(arrival.fd, 0);
+      fd = arrival.fd;
+      wire += arrival.wire_bytes;
+      ++count;
+    }
+  }
+  uint64_t taken = TakenFromKernel(fd);
+  ASSERT_GE(taken, wire) << count << " messages";
+  // The greeting and the handshake commands: a few hundred bytes (Curve's under 1 KiB).
+  EXPECT_LE(taken - wire, 1024u) << count << " messages; the rest is framing miscounted";
+}
+
+TEST(ReceiveBudgetTest, WireBytesOfMessagesAddUpToWhatTheKernelReceived) {
+  ExpectWireBytesMatchTheKernel(/*curve=*/false);
+}
+
+TEST(ReceiveBudgetTest, WireBytesUnderCurveAddUpToWhatTheKernelReceived) {
+  if (!CurveAvailable()) GTEST_SKIP() << "libzmq built without CurveZMQ";
+  ExpectWireBytesMatchTheKernel(/*curve=*/true);
+}
+
+// A ROUTER with a budget, served by the test: every message read and counted.
+struct BudgetedRouter {
+  explicit BudgetedRouter(uint64_t max_bytes)
+      : router(context, zmq::socket_type::router), budget(context, max_bytes) {
+    router.set(zmq::sockopt::linger, 0);
+    router.bind("tcp://127.0.0.1:*");
+    budget.Watch(router, "test");
+    endpoint = router.get(zmq::sockopt::last_endpoint);
+  }
+  // Reads and checks for `how_long`.
+  void Serve(milliseconds how_long) {
+    Clock::time_point until = Clock::now() + how_long;
+    while (Clock::now() < until) {
+      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}, budget.MonitorItem(0)};
+      zmq::poll(items, 2, milliseconds(5));
+      budget.Check();
+      budget.TakeClosed(0, items[1].revents & ZMQ_POLLIN);
+      while (true) {
+        Arrival arrival;
+        try {
+          if (!Receive(router, DecodeLimits{}, zmq::recv_flags::dontwait, true, &arrival)) break;
+        } catch (const DecodeError&) {
+        }
+        budget.Delivered(arrival);
+        ++messages;
+      }
+    }
+  }
+  zmq::context_t context;
+  zmq::socket_t router;
+  internal::ReceiveBudget budget;
+  std::string endpoint;
+  size_t messages = 0;
+};
+
+TEST(ReceiveBudgetTest, HeldBytesAreThePartialFrameAfterManyCompleteMessages) {
+  BudgetedRouter r(uint64_t{1} << 30);
+  RawPeer peer(Port(r.endpoint));
+  ASSERT_TRUE(peer.Handshake());
+  r.Serve(milliseconds(50));
+  ASSERT_TRUE(peer.AwaitReady());
+  for (int i = 0; i < 300; ++i) {
+    // Short and long frames: a miscount of a byte per frame would show below.
+    ASSERT_TRUE(peer.Frame("", true));
+    ASSERT_TRUE(peer.Frame(std::string(static_cast<size_t>(i), 'a'), true));
+    ASSERT_TRUE(peer.Frame(std::string(static_cast<size_t>(i * 7 + 250), 'b'), false));
+  }
+  r.Serve(milliseconds(300));
+  EXPECT_EQ(r.messages, 300u);
+  EXPECT_EQ(r.budget.held_bytes(), 0u);
+  const uint64_t partial = 4 << 20;
+  ASSERT_TRUE(peer.FrameHeader(64 << 20, false));
+  ASSERT_TRUE(peer.Write(std::string(partial, 'x')));
+  r.Serve(milliseconds(300));
+  // Up to the handshake's allowance (4 KiB) less the handshake itself is not counted.
+  EXPECT_LE(r.budget.held_bytes(), partial);
+  EXPECT_GE(r.budget.held_bytes(), partial - 4096);
+  EXPECT_EQ(r.budget.connections_closed(), 0u);
+  EXPECT_FALSE(peer.ClosedWithin(milliseconds(100)).has_value());
+}
+
+TEST(ReceiveBudgetTest, StalledPeersPastTheBudgetAreClosedUntilTheRestFit) {
+  BudgetedRouter r(uint64_t{20} << 20);
+  std::vector<std::unique_ptr<RawPeer>> peers;
+  for (int i = 0; i < 5; ++i) {
+    peers.push_back(std::make_unique<RawPeer>(Port(r.endpoint)));
+    ASSERT_TRUE(peers.back()->Handshake());
+    ASSERT_TRUE(peers.back()->FrameHeader(32 << 20, false));
+    ASSERT_TRUE(peers.back()->Write(std::string(6 << 20, 'x')));  // 6 of 32 MiB, then nothing
+    r.Serve(milliseconds(100));
+  }
+  r.Serve(milliseconds(300));
+  // 5 x 6 MiB against 20 MiB: two go, three (18 MiB) stay.
+  EXPECT_EQ(r.budget.connections_closed(), 2u);
+  EXPECT_LE(r.budget.held_bytes(), uint64_t{20} << 20);
+  int closed = 0;
+  for (auto& p : peers) closed += p->ClosedWithin(milliseconds(200)).has_value() ? 1 : 0;
+  EXPECT_EQ(closed, 2);
+}
+
+TEST(ReceiveBudgetTest, APeerStillSendingIsClosedAfterThoseThatStalled) {
+  BudgetedRouter r(uint64_t{12} << 20);
+  RawPeer stalled(Port(r.endpoint)), sending(Port(r.endpoint));
+  ASSERT_TRUE(stalled.Handshake() && sending.Handshake());
+  ASSERT_TRUE(sending.FrameHeader(64 << 20, false));
+  ASSERT_TRUE(sending.Write(std::string(6 << 20, 's')));  // the larger, but still coming
+  ASSERT_TRUE(stalled.FrameHeader(32 << 20, false));
+  ASSERT_TRUE(stalled.Write(std::string(4 << 20, 'x')));
+  r.Serve(milliseconds(100));
+  ASSERT_TRUE(sending.Write(std::string(4 << 20, 's')));  // 14 MiB held: over the budget
+  r.Serve(milliseconds(200));
+  EXPECT_EQ(r.budget.connections_closed(), 1u);
+  EXPECT_TRUE(stalled.ClosedWithin(milliseconds(500)).has_value());
+  EXPECT_FALSE(sending.ClosedWithin(milliseconds(100)).has_value());
+}
+
+TEST(ReceiveBudgetTest, AnEngineClosesStalledPeersPastItsBudgetAndServesOthers) {
+  ConnectionLimits limits;
+  limits.idle_timeout = milliseconds(0);  // only the budget acts
+  limits.receive_budget_bytes = uint64_t{20} << 20;
+  BoundEngine e(limits);
+  std::vector<std::unique_ptr<RawPeer>> peers;
+  for (int i = 0; i < 5; ++i) {
+    peers.push_back(std::make_unique<RawPeer>(Port(e.endpoint)));
+    ASSERT_TRUE(peers.back()->Handshake());
+    ASSERT_TRUE(peers.back()->FrameHeader(32 << 20, false));
+    ASSERT_TRUE(peers.back()->Write(std::string(6 << 20, 'x')));
+  }
+  EXPECT_TRUE(AddWorks(e.endpoint));
+  int closed = 0;
+  for (auto& p : peers) closed += p->ClosedWithin(milliseconds(500)).has_value() ? 1 : 0;
+  EXPECT_EQ(closed, 2);
+  // An honest client's large arguments pass, call after call (its complete messages
+  // are counted as read, so nothing adds up).
+  Client client(e.endpoint);
+  std::vector<double> big(1 << 20, 1.0);  // 8 MiB
+  for (int i = 0; i < 10; ++i) {
+    Result r = client.apply_for(milliseconds(5000), "nbytes", big).get();
+    ASSERT_TRUE(r.ok());
+  }
   EXPECT_TRUE(AddWorks(e.endpoint));
 }
 

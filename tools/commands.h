@@ -68,12 +68,14 @@ CLI::Validator Parses(Parse parse) {
 struct ServerFlags {
   int idle_timeout_ms = static_cast<int>(ConnectionLimits().idle_timeout.count());
   int handshake_timeout_ms = static_cast<int>(ConnectionLimits().handshake_timeout.count());
+  uint64_t receive_budget_mib = ConnectionLimits().receive_budget_bytes >> 20;
   std::string curve_allow_file;
 
   ConnectionLimits limits() const {
     ConnectionLimits l;
     l.idle_timeout = std::chrono::milliseconds(idle_timeout_ms);
     l.handshake_timeout = std::chrono::milliseconds(handshake_timeout_ms);
+    l.receive_budget_bytes = receive_budget_mib << 20;
     return l;
   }
 };
@@ -90,6 +92,12 @@ inline void AddServerFlags(CLI::App* sub, ServerFlags* flags, const std::string&
                   "close a connection whose ZMTP (or CurveZMQ) handshake takes longer (0: never)")
       ->capture_default_str()
       ->check(CLI::Range(0, 3600 * 1000));
+  sub->add_option("--receive-budget-mib", flags->receive_budget_mib,
+                  "bytes (MiB) that peers' messages may hold before they are read, all\n"
+                  "connections together; past it, connections are closed, stalled ones first\n"
+                  "(0: no limit; keep it above the largest message you accept)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 24));
   sub->add_option("--curve-allow", flags->curve_allow_file,
                   "with --curve-secret-key-file: accept only the peers (" + allowed_peers + ") whose\n"
                   "public keys this file lists (one Z85 key or key file per line); anyone else is\n"

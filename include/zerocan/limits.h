@@ -22,8 +22,9 @@ struct DecodeLimits {
   // larger frame is refused from its header, before libzmq allocates it).
   uint64_t max_frame_bytes = uint64_t{1} << 30;
   // Bytes of all frames of one message together. libzmq hands over a multipart message
-  // only once it is complete, so this is checked after it was received (and then freed).
-  uint64_t max_message_bytes = uint64_t{2} << 30;
+  // only once it is complete, so this is checked after it was received (and then freed);
+  // ConnectionLimits::receive_budget_bytes bounds what arrives meanwhile.
+  uint64_t max_message_bytes = uint64_t{5} << 28;  // 1.25 GiB
   // Bytes of the envelope frame (everything inline lives there).
   uint64_t max_envelope_bytes = uint64_t{256} << 20;
   // Cap'n Proto traversal budget, in multiples of the envelope's own size in words.
@@ -59,6 +60,13 @@ struct ConnectionLimits {
   // Complete messages libzmq queues from one connection before it stops reading that
   // connection (ZMQ_RCVHWM; back-pressure, nothing is dropped). 0 = no limit.
   int max_queued_messages = 10000;
+  // Bytes that peers' messages may hold before zerocan reads them (frames still
+  // arriving, complete messages still queued), all tcp connections an engine (or a
+  // broker, both sockets) accepted together. Past it, connections are closed: those that
+  // sent nothing lately first, then the largest (docs/SECURITY.md). Keep it at least
+  // DecodeLimits::max_message_bytes, and above the bytes of all the large messages you
+  // expect to arrive at once. 0 = no limit.
+  uint64_t receive_budget_bytes = uint64_t{3} << 29;  // 1.5 GiB
 };
 
 }  // namespace zerocan

@@ -91,6 +91,15 @@ Buffer BufferOver(zmq::message_t& part, const std::shared_ptr<ReceivedParts>& ho
   return Buffer(static_cast<std::byte*>(part.data()), part.size(), holder);
 }
 
+// Bytes a frame of `size` bytes takes on the wire (ZMTP 3: a flags byte and a 1-byte
+// size up to 255, else an 8-byte one). CurveZMQ sends each frame as a MESSAGE command
+// whose body is the command name (8), a nonce (8), the box's MAC (16), a flags byte and
+// the frame.
+uint64_t WireBytes(uint64_t size, bool curve) {
+  if (curve) size += 8 + 8 + 16 + 1;
+  return size + (size > 255 ? 9 : 2);
+}
+
 }  // namespace
 
 Tracker Send(zmq::socket_t& socket, Outgoing&& message, std::span<const Buffer> routing) {
@@ -121,7 +130,7 @@ bool SendFrames(zmq::socket_t& socket, std::span<const Buffer> routing,
 
 std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits& limits,
                                        zmq::recv_flags flags, bool expect_routing,
-                                       int* source_fd) {
+                                       Arrival* arrival) {
   // Allocated from this thread's block cache: a server receives message after message.
   auto holder = std::allocate_shared<ReceivedParts>(internal::CachingAllocator<ReceivedParts>());
   size_t routing_count = 0;
@@ -152,6 +161,11 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
       throw TransportError("receive interrupted in the middle of a multipart message");
     }
     internal::TsanAfterZmqReceive();  // before anything reads the part's bytes
+    if (arrival != nullptr) {
+      // A ROUTER's first part (the peer's routing id) was added here, not sent.
+      if (!(first && expect_routing)) arrival->wire_bytes += WireBytes(part.size(), arrival->curve);
+      arrival->fd = zmq_msg_get(part.handle(), ZMQ_SRCFD);
+    }
     first = false;
     bool more = part.more();
     if (!problem.empty()) {
@@ -191,10 +205,6 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
   if (!problem.empty()) {
     Bump(GlobalStats().messages_rejected);
     throw DecodeError(code, problem);
-  }
-  if (source_fd != nullptr) {
-    // The envelope came off the wire (a ROUTER's routing frame did not).
-    *source_fd = zmq_msg_get(parts[routing_count].handle(), ZMQ_SRCFD);
   }
   ReceivedMessage out;
   for (size_t i = 0; i < parts.size(); ++i) {

@@ -42,15 +42,28 @@ Tracker Send(zmq::socket_t& socket, Outgoing&& message, std::span<const Buffer> 
 bool SendFrames(zmq::socket_t& socket, std::span<const Buffer> routing,
                 std::span<const Buffer> frames, zmq::send_flags flags = zmq::send_flags::none);
 
+// Where a received message came from and what it cost on the wire: what a receive
+// budget counts (ConnectionLimits::receive_budget_bytes).
+struct Arrival {
+  // In: the socket's connections use CurveZMQ (each frame travels boxed in a command).
+  bool curve = false;
+  // Out: the descriptor of the connection the message came over (libzmq's ZMQ_SRCFD),
+  // -1 where there is none (inproc).
+  int fd = -1;
+  // Out: the bytes the message took on the wire, ZMTP framing included. Set also when
+  // Receive rejects the message: its parts were read all the same.
+  uint64_t wire_bytes = 0;
+};
+
 // Receives one multipart message. Returns nullopt when `flags` has dontwait and nothing
 // is pending. Rejects (DecodeError, after draining the rest of the message) more parts or
 // bytes than `limits` allow, and a message without a delimiter where `expect_routing`.
-// With expect_routing == false (DEALER), the first frame must be the empty delimiter.
-// With `source_fd`: the descriptor of the connection the message came over (libzmq's
-// ZMQ_SRCFD), or -1 where there is none (inproc).
+// With expect_routing == false (DEALER), the first frame must be the empty delimiter;
+// with true (ROUTER), the first frame is the peer's routing id, added by the socket.
+// With `arrival`: fills in where the message came from (above).
 std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits& limits = {},
                                        zmq::recv_flags flags = zmq::recv_flags::none,
-                                       bool expect_routing = false, int* source_fd = nullptr);
+                                       bool expect_routing = false, Arrival* arrival = nullptr);
 
 // Sets ZMQ_MAXMSGSIZE from limits.max_frame_bytes (libzmq drops the connection of a peer
 // that announces a larger frame, before allocating it).
