@@ -20,6 +20,7 @@ Budget (docs/SECURITY.md): peak at most 2 GiB above idle, back within 10% of idl
 """
 import argparse
 import os
+import select
 import signal
 import socket
 import struct
@@ -174,22 +175,40 @@ def attack_big_message(port: int, connections: int):
 def attack_stalled(port: int, connections: int = 100, sent: int = 32 * MIB,
                    frame: int = 64 * MIB, hold: float = 45.0):
     socks = []
+    cut_while_sending = 0
     for _ in range(connections):
         s = zmtp_connect(port)
         s.sendall(frame_header(frame, more=False))
-        send_bytes(s, sent, CHUNK)
+        if not send_bytes(s, sent, CHUNK):
+            cut_while_sending += 1
         socks.append(s)
     t0 = time.monotonic()
+    # Watch all of them at once: when did the target close each?
+    open_socks = {s.fileno(): s for s in socks}
     closed_at = []
-    for s in socks:
+    poller = select.poll()
+    for fd in open_socks:
+        poller.register(fd, select.POLLIN)
+    while open_socks:
         left = hold - (time.monotonic() - t0)
-        if closed_by_peer(s, max(left, 0.01)):
-            closed_at.append(time.monotonic() - t0)
+        if left <= 0:
+            break
+        for fd, _ in poller.poll(int(left * 1000) + 1):
+            try:
+                data = open_socks[fd].recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                closed_at.append(time.monotonic() - t0)
+                poller.unregister(fd)
+                del open_socks[fd]
     for s in socks:
         s.close()
     if closed_at:
-        return (f"{len(closed_at)}/{connections} closed by the target, the last "
-                f"{max(closed_at):.1f} s after the last byte")
+        early = sum(1 for t in closed_at if t < 1.0)
+        return (f"{len(closed_at)}/{connections} closed by the target: {cut_while_sending} "
+                f"while the attacker was still sending, {early} within 1 s of its last "
+                f"byte, the last {max(closed_at):.1f} s after it")
     return f"0/{connections} closed by the target within {hold:.0f} s"
 
 

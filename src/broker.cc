@@ -214,9 +214,9 @@ class Broker::Impl {
                     "the broker is stopping; this call was still waiting for an engine and "
                     "did not start");
       }
+      budget_->Check(now);  // may close connections holding too much
       // A peer's connection closed: find out whose, now and for a short while (libzmq
       // retires the peer's pipe a moment after it reports the disconnect).
-      budget_->Check(now);
       if (budget_->TakeClosed(kFrontend, items[3].revents & ZMQ_POLLIN, now)) {
         StartProbing(&probe_clients_);
       }

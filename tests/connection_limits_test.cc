@@ -304,9 +304,7 @@ struct BudgetedRouter {
 TEST(ReceiveBudgetTest, HeldBytesAreThePartialFrameAfterManyCompleteMessages) {
   BudgetedRouter r(uint64_t{1} << 30);
   RawPeer peer(Port(r.endpoint));
-  ASSERT_TRUE(peer.Handshake());
-  r.Serve(milliseconds(50));
-  ASSERT_TRUE(peer.AwaitReady());
+  ASSERT_TRUE(peer.Handshake() && peer.AwaitReady());
   for (int i = 0; i < 300; ++i) {
     // Short and long frames: a miscount of a byte per frame would show below.
     ASSERT_TRUE(peer.Frame("", true));
@@ -332,7 +330,7 @@ TEST(ReceiveBudgetTest, StalledPeersPastTheBudgetAreClosedUntilTheRestFit) {
   std::vector<std::unique_ptr<RawPeer>> peers;
   for (int i = 0; i < 5; ++i) {
     peers.push_back(std::make_unique<RawPeer>(Port(r.endpoint)));
-    ASSERT_TRUE(peers.back()->Handshake());
+    ASSERT_TRUE(peers.back()->Handshake() && peers.back()->AwaitReady());
     ASSERT_TRUE(peers.back()->FrameHeader(32 << 20, false));
     ASSERT_TRUE(peers.back()->Write(std::string(6 << 20, 'x')));  // 6 of 32 MiB, then nothing
     r.Serve(milliseconds(100));
@@ -350,6 +348,7 @@ TEST(ReceiveBudgetTest, APeerStillSendingIsClosedAfterThoseThatStalled) {
   BudgetedRouter r(uint64_t{12} << 20);
   RawPeer stalled(Port(r.endpoint)), sending(Port(r.endpoint));
   ASSERT_TRUE(stalled.Handshake() && sending.Handshake());
+  ASSERT_TRUE(stalled.AwaitReady() && sending.AwaitReady());
   ASSERT_TRUE(sending.FrameHeader(64 << 20, false));
   ASSERT_TRUE(sending.Write(std::string(6 << 20, 's')));  // the larger, but still coming
   ASSERT_TRUE(stalled.FrameHeader(32 << 20, false));
@@ -370,7 +369,7 @@ TEST(ReceiveBudgetTest, AnEngineClosesStalledPeersPastItsBudgetAndServesOthers) 
   std::vector<std::unique_ptr<RawPeer>> peers;
   for (int i = 0; i < 5; ++i) {
     peers.push_back(std::make_unique<RawPeer>(Port(e.endpoint)));
-    ASSERT_TRUE(peers.back()->Handshake());
+    ASSERT_TRUE(peers.back()->Handshake() && peers.back()->AwaitReady());
     ASSERT_TRUE(peers.back()->FrameHeader(32 << 20, false));
     ASSERT_TRUE(peers.back()->Write(std::string(6 << 20, 'x')));
   }

@@ -31,10 +31,10 @@ _LAST_DATA_RECV_OFFSET = 8 + 11 * 4
 _BYTES_ACKED_OFFSET = 120
 
 
-def _tcp_progress(fd: int) -> Optional[tuple[int, int, int]]:
-    """(ms since the peer last sent data, bytes of ours it acknowledged, bytes of ours
-    still queued) for libzmq's descriptor `fd`, read through a duplicate so the original
-    is never touched."""
+def tcp_counters(fd: int, queue_ioctl: int) -> Optional[tuple[bytes, int]]:
+    """(struct tcp_info, the queue size that `queue_ioctl` reads: TIOCOUTQ or FIONREAD)
+    of libzmq's tcp descriptor `fd`, read through a duplicate so the original is never
+    touched; None where it is not one (or gone)."""
     try:
         dup = os.dup(fd)
     except OSError:
@@ -42,12 +42,19 @@ def _tcp_progress(fd: int) -> Optional[tuple[int, int, int]]:
     try:
         with _socket.socket(fileno=dup) as s:
             info = s.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 136)
-            queued = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ,
-                                                    b"\0\0\0\0"))[0]
+            queued = struct.unpack("i", fcntl.ioctl(s.fileno(), queue_ioctl, b"\0\0\0\0"))[0]
     except OSError:
         return None
-    if len(info) < _BYTES_ACKED_OFFSET + 8:
+    return info, queued
+
+
+def _tcp_progress(fd: int) -> Optional[tuple[int, int, int]]:
+    """(ms since the peer last sent data, bytes of ours it acknowledged, bytes of ours
+    still queued) for libzmq's descriptor `fd`."""
+    counters = tcp_counters(fd, termios.TIOCOUTQ)
+    if counters is None or len(counters[0]) < _BYTES_ACKED_OFFSET + 8:
         return None
+    info, queued = counters
     return (struct.unpack_from("I", info, _LAST_DATA_RECV_OFFSET)[0],
             struct.unpack_from("Q", info, _BYTES_ACKED_OFFSET)[0], queued)
 

@@ -39,6 +39,7 @@ import numpy as np
 import zmq
 
 from . import signing, wire
+from ._budget import ReceiveBudget
 from ._calls import limit_connections
 from .curve import AllowList, KeyPairLike
 from .curve import configure_client as configure_curve_client
@@ -164,6 +165,10 @@ class Engine:
     such as ``"0,2-3"``; ``zerocan.placement``), in a context of its own, ended when the
     engine stops; default: the shared ``zmq.Context.instance()``, anywhere.
 
+    ``idle_timeout``, ``handshake_timeout`` (seconds) and ``receive_budget`` (bytes, all
+    connections of bound sockets together; default 1.5 GiB): what clients that stall may
+    hold, as zerocan::ConnectionLimits (docs/SECURITY.md); 0 turns each off.
+
     ``unpace_local_tcp``: opt-in (default False): a tcp:// bind to a loopback address
     sets "reno" on its listener when the host runs BBR, so accepted connections are never
     paced (``zerocan.pacing``). Congestion control is the application's choice; by
@@ -182,6 +187,7 @@ class Engine:
                  replay: Optional[ReplayGuard] = None,
                  unpace_local_tcp: bool = False, drain_timeout: float = 30.0,
                  idle_timeout: float = 30.0, handshake_timeout: float = 5.0,
+                 receive_budget: int = 3 << 29,
                  curve: Optional[KeyPairLike] = None, curve_server_key: Optional[str] = None,
                  curve_allowed_clients: Sequence[str] = ()) -> None:
         self.id = id or _default_id()
@@ -193,6 +199,9 @@ class Engine:
         # (zerocan::ConnectionLimits, docs/SECURITY.md).
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
+        # Bytes that clients' messages may hold before they are read, all connections
+        # together (1.5 GiB; zerocan::ConnectionLimits::receive_budget_bytes); 0 = none.
+        self.receive_budget = receive_budget
         # CurveZMQ (zerocan.curve), as the C++ EngineOptions: `curve` is this engine's key
         # pair (bound sockets are Curve servers; connected ones use it as their own pair),
         # `curve_server_key` the broker backend's public key (connected sockets are Curve
@@ -234,6 +243,7 @@ class Engine:
         self._session = wire.Session()
         self._context, self._owns_context = channel_context(context, io_cpus, "engine")
         self._sockets: list[tuple[zmq.Socket, bool]] = []  # (socket, is_dealer)
+        self._budget = ReceiveBudget(receive_budget, curve is not None)  # bound sockets'
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._stop_r, self._stop_w = os.pipe()  # stop requests and worker replies wake run()
@@ -288,6 +298,7 @@ class Engine:
             bind_unpaced(self._context, s, url)
         else:
             s.bind(url)
+        self._budget.watch(s)  # after the bind: it may replace the socket's monitor
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
 
@@ -349,6 +360,9 @@ class Engine:
         poller = zmq.Poller()
         for s, _ in self._sockets:
             poller.register(s, zmq.POLLIN)
+        monitors = self._budget.monitors()
+        for m in monitors:
+            poller.register(m, zmq.POLLIN)
         poller.register(self._stop_r, zmq.POLLIN)
         self._io_thread = threading.current_thread()
         if self.threads is None:  # a worker only where a broker watches heartbeats
@@ -375,21 +389,27 @@ class Engine:
                     if time.monotonic() >= drain_until:
                         self._fail_queued()
                         break
-                wait_ms = max(0, int((min(next_beat, drain_until) - time.monotonic()) * 1000))
+                wake_at = min(next_beat, drain_until, self._budget.next_check)
+                wait_ms = max(0, int((wake_at - time.monotonic()) * 1000))
                 events = dict(poller.poll(wait_ms))
                 if self._stop_r in events:
                     try:
                         os.read(self._stop_r, 4096)
                     except BlockingIOError:
                         pass
+                if any(m in events for m in monitors):
+                    self._budget.read_events()
+                self._budget.check(time.monotonic())
                 self._send_replies()
-                for s, _ in self._sockets:
+                for s, is_dealer in self._sockets:
                     if s in events:
                         for _ in range(64):  # drain, but keep heartbeats on time
                             try:
                                 parts = s.recv_multipart(zmq.NOBLOCK, copy=False)
                             except zmq.Again:
                                 break
+                            if not is_dealer:
+                                self._budget.delivered(parts)
                             self._handle(s, parts)
                             del parts  # the job holds the frames as long as needed
                             if time.monotonic() >= next_beat:
@@ -493,6 +513,7 @@ class Engine:
                 self._send_control(lambda w: w.goodbye())
             except zmq.ZMQError:
                 pass
+        self._budget.close()  # its monitors go before the sockets they watch
         for s, _ in self._sockets:
             s.close(linger=100 if goodbye else 0)
         self._sockets = []

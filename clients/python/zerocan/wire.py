@@ -626,7 +626,7 @@ class DecodeLimits:
     max_frames: int = 4096
     max_routing_frames: int = 16
     max_frame_bytes: int = 1 << 30
-    max_message_bytes: int = 2 << 30
+    max_message_bytes: int = 5 << 28  # 1.25 GiB
     max_envelope_bytes: int = 256 << 20
     traversal_factor: int = 4
     max_depth: int = 64

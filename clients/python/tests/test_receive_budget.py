@@ -1,0 +1,115 @@
+"""The Python engine's receive budget (zerocan/_budget.py): its wire accounting adds up to
+what the kernel received, and stalled peers past the budget are shut down while honest
+calls go on."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import termios
+import time
+
+import pytest
+import zmq
+
+import zerocan
+from zerocan import curve
+from zerocan._budget import wire_bytes
+from zerocan._watch import tcp_counters
+
+MIB = 1 << 20
+
+
+def taken_from_kernel(fd: int) -> int:
+    counters = tcp_counters(fd, termios.FIONREAD)
+    assert counters is not None
+    info, unread = counters
+    return struct.unpack_from("Q", info, 128)[0] - unread
+
+
+@pytest.mark.parametrize("use_curve", [False, True])
+def test_wire_bytes_of_messages_add_up_to_what_the_kernel_received(use_curve):
+    if use_curve and not curve.available():
+        pytest.skip("libzmq built without CurveZMQ")
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        if use_curve:
+            server = curve.generate_key_pair()
+            curve.configure_server(router, server)
+            curve.configure_client(dealer, server.public_key, curve.generate_key_pair())
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        wire, fd = 0, -1
+        for _ in range(20):
+            for size in (0, 1, 100, 222, 223, 255, 256, 300, 4096, 70000, MIB):
+                dealer.send_multipart([b"", b"e" * size, b"p" * (size // 2)])
+                parts = router.recv_multipart(copy=False)
+                fd = parts[-1].get(zmq.SRCFD)
+                wire += sum(wire_bytes(len(p), use_curve) for p in parts[1:])
+        taken = taken_from_kernel(fd)
+        # Only the greeting and the handshake commands are not messages.
+        assert 0 <= taken - wire <= 1024, (taken, wire)
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()
+
+
+def stalled_peer(port: int, sent: int) -> socket.socket:
+    """A raw ZMTP 3.0 DEALER that sends `sent` bytes of a 32 MiB frame, then nothing."""
+    s = socket.create_connection(("127.0.0.1", port))
+    greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\x00")
+    greeting += b"\x00" * 32
+    body = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    s.sendall(greeting + bytes([0x04, len(body)]) + body)
+    got = b""
+    while len(got) < 66 or len(got) < 66 + got[65]:  # the engine's greeting and READY
+        chunk = s.recv(4096)
+        assert chunk, "the engine closed the connection during the handshake"
+        got += chunk
+    s.sendall(bytes([0x02]) + struct.pack(">Q", 32 * MIB) + b"x" * sent)
+    return s
+
+
+def closed_within(s: socket.socket, seconds: float) -> bool:
+    s.settimeout(seconds)
+    try:
+        while True:
+            if not s.recv(65536):
+                return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except OSError:
+        return True
+
+
+def test_an_engine_shuts_down_stalled_peers_past_its_budget_and_serves_others():
+    engine = zerocan.Engine(idle_timeout=0, receive_budget=20 * MIB, threads=1)
+
+    @engine.register
+    def nbytes(a):
+        return int(a.nbytes)
+
+    url = engine.bind("tcp://127.0.0.1:*")
+    engine.start()
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        peers = [stalled_peer(port, 6 * MIB) for _ in range(5)]
+        time.sleep(0.3)
+        closed = [closed_within(p, 0.5) for p in peers]
+        # 5 x 6 MiB against 20 MiB: two go, three (18 MiB) stay.
+        assert sum(closed) == 2
+        assert engine._budget.connections_closed == 2
+        # An honest client's 8 MiB arguments, call after call: what it sends past the
+        # budget sheds a stalled peer, never itself.
+        import numpy as np
+        with zerocan.Client(url, timeout=5) as c:
+            big = np.ones(MIB, dtype=np.float64)
+            for _ in range(10):
+                assert c.apply("nbytes", big).result() == 8 * MIB
+        assert 2 <= engine._budget.connections_closed <= 5
+        for p in peers:
+            p.close()
+    finally:
+        engine.stop()
