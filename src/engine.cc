@@ -122,6 +122,12 @@ struct Job {
   RoutingFrames routing;
   ReceivedMessage received;
   Message message;
+
+  uint64_t bytes() const {
+    uint64_t n = 0;
+    for (const Buffer& f : received.frames) n += f.size();
+    return n;
+  }
 };
 
 // A reply ready to send.
@@ -385,7 +391,10 @@ class Engine::Impl {
     {
       std::lock_guard<std::mutex> lock(mu_);
       workers_stop_ = true;
-      if (kill_) jobs_.clear();
+      if (kill_) {
+        jobs_.clear();
+        queued_bytes_ = 0;
+      }
     }
     jobs_cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -453,11 +462,29 @@ class Engine::Impl {
         if (reply && reply->after_items) SendReplies();  // a stream's items, then its end
         if (reply) SendQuiet(reply->socket, std::move(reply->message), reply->routing);
       } else {
+        uint64_t bytes = job.bytes();
+        bool full;
+        size_t queued;
         {
           std::lock_guard<std::mutex> lock(mu_);
-          jobs_.push_back(std::move(job));
+          queued = jobs_.size();
+          full = (options_.max_queued_calls > 0 && queued + 1 > options_.max_queued_calls) ||
+                 (options_.max_queued_bytes > 0 &&
+                  queued_bytes_ + bytes > options_.max_queued_bytes);
+          if (!full) {
+            queued_bytes_ += bytes;
+            jobs_.push_back(std::move(job));
+          }
         }
-        jobs_cv_.notify_one();
+        if (full) {
+          Refuse(index, job.received, job.routing, kErrorBusy,
+                 absl::StrCat("engine ", options_.id, " is busy: ", queued,
+                              " calls wait for a worker (limits ", options_.max_queued_calls,
+                              " calls, ", options_.max_queued_bytes,
+                              " bytes); this call did not start"));
+        } else {
+          jobs_cv_.notify_one();
+        }
       }
     }
   }
@@ -522,6 +549,7 @@ class Engine::Impl {
             internal::LiveCalls::Key(it->routing, id) != key) {
           continue;
         }
+        queued_bytes_ -= it->bytes();
         jobs_.erase(it);
         return true;
       }
@@ -576,6 +604,7 @@ class Engine::Impl {
         if (jobs_.empty()) return;
         job = std::move(jobs_.front());
         jobs_.pop_front();
+        queued_bytes_ -= job.bytes();
       }
       std::optional<Reply> reply = Process(std::move(job));
       if (!reply) continue;
@@ -767,6 +796,15 @@ class Engine::Impl {
   // While draining: an apply gets an EngineStopping error (a broker sends it elsewhere,
   // since it never started); anything else is ignored.
   void RefuseWhileDraining(size_t socket, ReceivedMessage&& received) {
+    Refuse(socket, received, received.routing, kErrorEngineStopping,
+           absl::StrCat("engine ", options_.id,
+                        " is stopping and takes no new calls; this call did not start"));
+  }
+
+  // Answers the call in `received` (if it is one, and signed where the engine checks
+  // signatures: an unsigned message is never answered) with error `type`.
+  void Refuse(size_t socket, const ReceivedMessage& received,
+              std::span<const Buffer> routing, const char* type, std::string message) {
     if (received.frames.empty()) return;
     if (options_.signer && options_.signer->Check(std::span<const Buffer>(
                                received.frames.data(), received.frames.size())) !=
@@ -780,12 +818,8 @@ class Engine::Impl {
     Bump(errors_);
     SendQuiet(socket,
               ErrorReply(peek->message_id,
-                         {kErrorEngineStopping,
-                          absl::StrCat("engine ", options_.id,
-                                       " is stopping and takes no new calls; this call did "
-                                       "not start"),
-                          peek->function, options_.id}),
-              received.routing);
+                         {type, std::move(message), peek->function, options_.id}),
+              routing);
   }
 
   // The drain's deadline passed: every call still queued or running is answered with
@@ -796,6 +830,7 @@ class Engine::Impl {
     {
       std::lock_guard<std::mutex> lock(mu_);
       queued.swap(jobs_);
+      queued_bytes_ = 0;
       for (auto& [token, r] : running_calls_) running.push_back(std::move(r));
       running_calls_.clear();
     }
@@ -898,6 +933,7 @@ class Engine::Impl {
   std::mutex mu_;
   std::condition_variable jobs_cv_;
   std::deque<Job> jobs_;       // mu_
+  uint64_t queued_bytes_ = 0;  // mu_: of jobs_' frames
   std::deque<Reply> replies_;  // mu_
   std::deque<Reply> ready_;    // the I/O thread's: replies being sent
   bool stop_ = false;          // mu_

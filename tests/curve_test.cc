@@ -3,6 +3,8 @@
 #include "zerocan/transport/zmq.h"
 #include "zerocan/curve.h"
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -25,7 +27,8 @@ class CurveTest : public ::testing::Test {
     if (!path_.empty()) std::remove(path_.c_str());
   }
   std::string TempPath() {
-    path_ = ::testing::TempDir() + "zerocan_curve_" +
+    // The pid too: two runs of the suite on one machine must not share files.
+    path_ = ::testing::TempDir() + "zerocan_curve_" + std::to_string(getpid()) + "_" +
             ::testing::UnitTest::GetInstance()->current_test_info()->name();
     return path_;
   }

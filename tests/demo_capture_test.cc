@@ -1,5 +1,7 @@
 // A capture of a whole `zerocan demo` run (the broker writes it with --capture-file)
 // inspects to one JSON object per message, with every call and the one result it got.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -14,7 +16,8 @@ namespace {
 
 TEST(DemoCaptureTest, InspectListsEveryCallAndItsResult) {
   const std::string tool = ZEROCAN_TOOL_PATH;
-  const std::string capture = testing::TempDir() + "zerocan_demo_capture.zcap";
+  const std::string capture =
+      testing::TempDir() + "zerocan_demo_capture_" + std::to_string(getpid()) + ".zcap";
   std::remove(capture.c_str());
   // A 1 MB tensor instead of 256 MB keeps the capture file small; the tour is the same.
   std::string demo = tool + " demo --tensor-mb 1 --capture-file " + capture + " > /dev/null 2>&1";

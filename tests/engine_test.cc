@@ -11,6 +11,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -446,6 +447,62 @@ TEST(EngineTest, KilledEngineLeavesCallsToTimeOut) {
   internal::TestHooks::KillEngine(*p.engine);
   Result r = f.get();
   EXPECT_THROW(r.ThrowIfError(), TimeoutError);
+}
+
+// The queue of calls waiting for a worker is bounded: a call past it is answered
+// zerocan.Busy at once, without running, and the engine keeps serving the rest.
+void ExpectBusy(Result r) {
+  try {
+    r.ThrowIfError();
+    ADD_FAILURE() << "not Busy";
+  } catch (const Busy& e) {
+    EXPECT_EQ(e.type(), kErrorBusy);
+    EXPECT_THAT(e.message(), HasSubstr("is busy"));
+    EXPECT_THAT(e.message(), HasSubstr("did not start"));
+  }
+}
+
+TEST(EngineQueueTest, CallsPastTheQueuedCountAreAnsweredBusyAtOnce) {
+  EngineOptions eo;
+  eo.builtins = true;
+  eo.threads = 1;
+  eo.max_queued_calls = 2;
+  Engine engine(eo);
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  Client client(engine.last_endpoint());
+  std::vector<ResultFuture> calls;
+  calls.push_back(client.apply("sleep", 0.5));  // running (taken off the queue)
+  std::this_thread::sleep_for(milliseconds(100));
+  for (int i = 0; i < 4; ++i) calls.push_back(client.apply("sleep", 0.01));
+  auto start = std::chrono::steady_clock::now();
+  ExpectBusy(calls[3].get());
+  ExpectBusy(calls[4].get());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(300));  // not queued
+  for (int i : {0, 1, 2}) EXPECT_TRUE(calls[i].get().ok());
+  EXPECT_EQ(client.apply("add", 1, 2).get().as<int>(), 3);
+}
+
+TEST(EngineQueueTest, CallsPastTheQueuedBytesAreAnsweredBusy) {
+  EngineOptions eo;
+  eo.builtins = true;
+  eo.threads = 1;
+  eo.max_queued_bytes = 3 << 20;
+  Engine engine(eo);
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  Client client(engine.last_endpoint());
+  ResultFuture running = client.apply("sleep", 0.4);
+  std::this_thread::sleep_for(milliseconds(100));
+  std::vector<double> mib(1 << 17, 1.0);  // 1 MiB, in a frame of its own
+  std::vector<ResultFuture> calls;
+  for (int i = 0; i < 4; ++i) calls.push_back(client.apply("nbytes", mib));
+  EXPECT_TRUE(calls[0].get().ok());
+  EXPECT_TRUE(calls[1].get().ok());
+  ExpectBusy(calls[2].get());  // 2 MiB queued and 1 MiB more: past 3 MiB with envelopes
+  ExpectBusy(calls[3].get());
+  EXPECT_TRUE(running.get().ok());
+  EXPECT_TRUE(client.apply("nbytes", mib).get().ok());  // the queue emptied
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include "zerocan/transport/zmq.h"
 #include "zerocan/signing.h"
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -521,7 +523,8 @@ TEST(SigningTest, EachRejectionHasItsOwnName) {
 class KeyFileTest : public ::testing::Test {
  protected:
   std::string Write(const std::string& content) {
-    path_ = ::testing::TempDir() + "zerocan_key_" +
+    // The pid too: two runs of the suite on one machine must not share files.
+    path_ = ::testing::TempDir() + "zerocan_key_" + std::to_string(getpid()) + "_" +
             ::testing::UnitTest::GetInstance()->current_test_info()->name();
     std::ofstream(path_, std::ios::binary) << content;
     return path_;

@@ -25,7 +25,8 @@ inline constexpr const char kErrorFail[] = "zerocan.Fail";
 inline constexpr const char kErrorEngineStopping[] = "zerocan.EngineStopping";
 // The broker is stopping: it takes no new calls, or its grace period passed.
 inline constexpr const char kErrorBrokerStopping[] = "zerocan.BrokerStopping";
-// The broker's queue of calls waiting for an engine is full (BrokerOptions::max_queued_*).
+// A queue is full: the broker's of calls waiting for an engine (BrokerOptions::
+// max_queued_*), or an engine's of calls waiting for a worker (EngineOptions::max_queued_*).
 inline constexpr const char kErrorBusy[] = "zerocan.Busy";
 // The client's connection to its broker (or engine) closed, or fell silent past the
 // heartbeat timeout, while the call was in flight. Made by the client itself.
@@ -58,7 +59,8 @@ class BrokerLost : public RemoteError {
   using RemoteError::RemoteError;
 };
 
-// A RemoteError of type kErrorBusy: the broker's queue was full; nothing ran. Retry later.
+// A RemoteError of type kErrorBusy: a broker's or an engine's queue was full; nothing ran.
+// Retry later.
 class Busy : public RemoteError {
  public:
   using RemoteError::RemoteError;

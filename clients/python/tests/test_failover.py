@@ -111,6 +111,37 @@ def test_python_engine_drains_on_stop():
         assert max(lags) < 0.5, lags
 
 
+def test_python_engine_answers_busy_past_its_queue_bounds():
+    url = free_tcp_endpoint()
+    engine = zerocan.Engine(url, bind=True, builtins=True, threads=1, max_queued_calls=2,
+                            max_queued_bytes=3 << 20)
+    engine.start()
+    try:
+        import numpy as np
+        with zerocan.Client(url, timeout=10) as c:
+            running = c.apply("sleep", 0.5)
+            time.sleep(0.1)
+            queued = [c.apply("sleep", 0.01) for _ in range(2)]
+            start = time.monotonic()
+            with pytest.raises(zerocan.Busy) as busy:
+                c.apply("sleep", 0.01).result(timeout=5)
+            assert time.monotonic() - start < 0.3  # answered at once, not queued
+            assert "is busy" in str(busy.value) and "did not start" in str(busy.value)
+            assert running.result() == 0.5
+            assert [f.result() for f in queued] == [0.01, 0.01]
+            # Bytes: 2 MiB queued behind a running call, a third 1 MiB is past 3 MiB.
+            running = c.apply("sleep", 0.4)
+            time.sleep(0.1)
+            mib = np.ones(1 << 17)
+            fits = [c.apply("nbytes", mib) for _ in range(2)]
+            with pytest.raises(zerocan.Busy):
+                c.apply("nbytes", mib).result(timeout=5)
+            assert [f.result() for f in fits] == [1 << 20, 1 << 20]
+            assert c.call("nbytes", mib) == 1 << 20
+    finally:
+        engine.stop()
+
+
 @pytest.mark.skipif(cpp_command_missing("engine") is not None, reason="no zerocan engine")
 def test_async_client_learns_of_a_lost_connection_within_the_window():
     import asyncio

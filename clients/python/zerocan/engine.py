@@ -188,6 +188,7 @@ class Engine:
                  unpace_local_tcp: bool = False, drain_timeout: float = 30.0,
                  idle_timeout: float = 30.0, handshake_timeout: float = 5.0,
                  receive_budget: int = 3 << 29,
+                 max_queued_calls: int = 10000, max_queued_bytes: int = 1 << 30,
                  curve: Optional[KeyPairLike] = None, curve_server_key: Optional[str] = None,
                  curve_allowed_clients: Sequence[str] = ()) -> None:
         self.id = id or _default_id()
@@ -202,6 +203,11 @@ class Engine:
         # Bytes that clients' messages may hold before they are read, all connections
         # together (1.5 GiB; zerocan::ConnectionLimits::receive_budget_bytes); 0 = none.
         self.receive_budget = receive_budget
+        # Calls waiting for a worker thread: past either bound, a call is answered
+        # zerocan.Busy at once (it did not run); 0 = no limit (EngineOptions::max_queued_*).
+        self.max_queued_calls = max_queued_calls
+        self.max_queued_bytes = max_queued_bytes
+        self._queued = [0, 0]  # calls, bytes in _jobs (under _reply_lock)
         # CurveZMQ (zerocan.curve), as the C++ EngineOptions: `curve` is this engine's key
         # pair (bound sockets are Curve servers; connected ones use it as their own pair),
         # `curve_server_key` the broker backend's public key (connected sockets are Curve
@@ -436,9 +442,11 @@ class Engine:
             job = self._jobs.get()
             if job is None:
                 return
-            sock, routing, msg = job
+            sock, routing, msg, nbytes = job
             with self._reply_lock:
                 self._running += 1
+                self._queued[0] -= 1
+                self._queued[1] -= nbytes
             self._acknowledge(sock, routing, msg, direct=False)
             try:
                 out = self.process(msg, sock)
@@ -481,7 +489,10 @@ class Engine:
                 return
             if job is None:
                 continue
-            sock, routing, msg = job
+            sock, routing, msg, nbytes = job
+            with self._reply_lock:
+                self._queued[0] -= 1
+                self._queued[1] -= nbytes
             self.counters["errors"] += 1
             self._reply(sock, routing, self._error(
                 msg.message_id, "zerocan.EngineStopping",
@@ -583,10 +594,27 @@ class Engine:
                 f"engine {self.id} is stopping and takes no new calls; this call did not "
                 "start", msg.function))
             return
-        self.counters["calls"] += 1
         if self.threads:
-            self._jobs.put((sock, routing, msg))
+            nbytes = sum(f.buffer.nbytes for f in frames)
+            with self._reply_lock:
+                calls, queued_bytes = self._queued
+                full = (0 < self.max_queued_calls < calls + 1) or \
+                    (0 < self.max_queued_bytes < queued_bytes + nbytes)
+                if not full:
+                    self._queued[0] += 1
+                    self._queued[1] += nbytes
+            if full:
+                self.counters["errors"] += 1
+                self._reply(sock, routing, self._error(
+                    msg.message_id, "zerocan.Busy",
+                    f"engine {self.id} is busy: {calls} calls wait for a worker (limits "
+                    f"{self.max_queued_calls} calls, {self.max_queued_bytes} bytes); this call "
+                    "did not start", msg.function))
+                return
+            self.counters["calls"] += 1
+            self._jobs.put((sock, routing, msg, nbytes))
         else:
+            self.counters["calls"] += 1
             self._acknowledge(sock, routing, msg, direct=True)
             out = self.process(msg, sock)
             if out is not None:

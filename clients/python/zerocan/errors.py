@@ -85,7 +85,8 @@ ERROR_CANCELLED = CancelledError.TYPE  # local: a cancelled call gets no reply
 
 
 class Busy(RemoteError):
-    """The broker's queue of calls waiting for an engine was full; nothing ran (type
+    """A broker's queue of calls waiting for an engine, or an engine's of calls waiting
+    for a worker, was full; nothing ran (type
     "zerocan.Busy", C++ ``zerocan::Busy``). Retry later."""
 
     def __reduce__(self):
