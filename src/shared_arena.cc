@@ -1,0 +1,141 @@
+// SharedArena (zerocan/shared.h): a sealed memfd, a first-fit allocator over it with
+// coalescing, and the server that hands its descriptor to peers.
+#include "zerocan/shared.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include <absl/strings/str_cat.h>
+
+#include "transport/shared_segments.h"
+#include "zerocan/error.h"
+
+namespace zerocan {
+namespace {
+
+constexpr size_t kAlignment = 64;
+
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+}  // namespace
+
+struct SharedArena::Impl {
+  int fd = -1;
+  std::byte* base = nullptr;
+  size_t capacity = 0;
+  std::unique_ptr<internal::SegmentServer> server;
+
+  mutable std::mutex mu;
+  std::map<size_t, size_t> free_runs;  // mu: offset -> length, disjoint, coalesced
+  size_t used = 0;                     // mu
+
+  ~Impl() {
+    server.reset();
+    if (base != nullptr) ::munmap(base, capacity);
+    if (fd >= 0) ::close(fd);
+  }
+
+  std::optional<size_t> Take(size_t size) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto it = free_runs.begin(); it != free_runs.end(); ++it) {
+      if (it->second < size) continue;
+      size_t offset = it->first, left = it->second - size;
+      free_runs.erase(it);
+      if (left > 0) free_runs.emplace(offset + size, left);
+      used += size;
+      return offset;
+    }
+    return std::nullopt;
+  }
+
+  void Give(size_t offset, size_t size) {
+    std::lock_guard<std::mutex> lock(mu);
+    used -= size;
+    auto next = free_runs.lower_bound(offset);
+    if (next != free_runs.end() && offset + size == next->first) {
+      size += next->second;
+      next = free_runs.erase(next);
+    }
+    if (next != free_runs.begin()) {
+      auto prev = std::prev(next);
+      if (prev->first + prev->second == offset) {
+        prev->second += size;
+        return;
+      }
+    }
+    free_runs.emplace(offset, size);
+  }
+};
+
+SharedArena::SharedArena(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+SharedArena::~SharedArena() = default;
+
+std::shared_ptr<SharedArena> SharedArena::Create(size_t capacity) {
+  if (capacity == 0) throw Error("shared arena: capacity 0");
+  auto impl = std::make_shared<Impl>();
+  impl->capacity = RoundUp(capacity, static_cast<size_t>(::sysconf(_SC_PAGESIZE)));
+  impl->fd = ::memfd_create("zerocan-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  auto fail = [&](const char* what) {
+    return Error(absl::StrCat("shared arena of ", impl->capacity, " bytes: ", what, ": ",
+                              std::strerror(errno)));
+  };
+  if (impl->fd < 0) throw fail("memfd_create");
+  if (::ftruncate(impl->fd, static_cast<off_t>(impl->capacity)) != 0) throw fail("ftruncate");
+  // Peers rely on the size: every byte they mapped stays (no SIGBUS under a reader).
+  if (::fcntl(impl->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    throw fail("sealing");
+  }
+  void* p = ::mmap(nullptr, impl->capacity, PROT_READ | PROT_WRITE, MAP_SHARED, impl->fd, 0);
+  if (p == MAP_FAILED) throw fail("mmap");
+  impl->base = static_cast<std::byte*>(p);
+  impl->free_runs.emplace(0, impl->capacity);
+  impl->server = std::make_unique<internal::SegmentServer>(impl->fd);
+  return std::shared_ptr<SharedArena>(new SharedArena(std::move(impl)));
+}
+
+std::optional<Buffer> SharedArena::Allocate(size_t size) {
+  size_t rounded = RoundUp(std::max<size_t>(size, 1), kAlignment);
+  if (rounded < size) return std::nullopt;  // overflow
+  std::optional<size_t> offset = impl_->Take(rounded);
+  if (!offset) return std::nullopt;
+  // The block's owner returns it; it holds the arena's state, not this object, so
+  // blocks may outlive the SharedArena handle.
+  struct Block {
+    Block(std::shared_ptr<Impl> a, size_t o, size_t s) : arena(std::move(a)), offset(o), size(s) {}
+    Block(const Block&) = delete;
+    Block& operator=(const Block&) = delete;
+    ~Block() { arena->Give(offset, size); }
+    std::shared_ptr<Impl> arena;
+    size_t offset, size;
+  };
+  auto block = std::make_shared<Block>(impl_, *offset, rounded);
+  return Buffer(impl_->base + *offset, size, std::move(block));
+}
+
+std::optional<SharedArena::Location> SharedArena::Find(const Buffer& bytes) const noexcept {
+  const std::byte* begin = impl_->base;
+  const std::byte* p = bytes.data();
+  if (p < begin || bytes.size() > impl_->capacity ||
+      static_cast<size_t>(p - begin) > impl_->capacity - bytes.size()) {
+    return std::nullopt;
+  }
+  return Location{static_cast<uint64_t>(p - begin), bytes.size()};
+}
+
+const std::string& SharedArena::name() const noexcept { return impl_->server->name(); }
+size_t SharedArena::capacity() const noexcept { return impl_->capacity; }
+
+size_t SharedArena::used() const noexcept {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->used;
+}
+
+uint64_t SharedArena::peers_refused() const noexcept { return impl_->server->refused(); }
+
+}  // namespace zerocan

@@ -1,0 +1,204 @@
+// SegmentServer and SharedSegments (shared_segments.h).
+#include "transport/shared_segments.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+#include <absl/strings/str_cat.h>
+
+#include "internal/strings.h"
+#include "zerocan/error.h"
+
+namespace zerocan::internal {
+namespace {
+
+// An abstract Unix address: a NUL, then the name (no file behind it).
+socklen_t AbstractAddress(std::string_view name, sockaddr_un* addr) {
+  std::memset(addr, 0, sizeof(*addr));
+  addr->sun_family = AF_UNIX;
+  std::memcpy(addr->sun_path + 1, name.data(), name.size());
+  return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+}
+
+// The user at the other end of Unix socket `fd`, or -1.
+long PeerUser(int fd) {
+  ucred cred{};
+  socklen_t size = sizeof(cred);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &size) != 0) return -1;
+  return static_cast<long>(cred.uid);
+}
+
+constexpr size_t kMaxName = sizeof(sockaddr_un::sun_path) - 1;
+
+}  // namespace
+
+// ---- SegmentServer ------------------------------------------------------------------
+
+SegmentServer::SegmentServer(int memfd) : memfd_(memfd) {
+  std::random_device rd;
+  name_ = absl::StrCat("zerocan-arena-", getpid(), "-", absl::Hex(rd()), absl::Hex(rd()));
+  listener_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_un addr;
+  socklen_t len = AbstractAddress(name_, &addr);
+  if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      ::listen(listener_, 64) != 0) {
+    int err = errno;
+    if (listener_ >= 0) ::close(listener_);
+    throw TransportError(absl::StrCat("shared memory: cannot listen on @", name_, ": ",
+                                      std::strerror(err)));
+  }
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) {
+    ::close(listener_);
+    throw TransportError("shared memory: eventfd failed");
+  }
+  thread_ = std::thread([this] { Serve(); });
+}
+
+SegmentServer::~SegmentServer() {
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+  thread_.join();
+  ::close(listener_);
+  ::close(wake_fd_);
+}
+
+void SegmentServer::Serve() {
+  const long me = static_cast<long>(getuid());
+  while (true) {
+    pollfd fds[2] = {{listener_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    int peer = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (peer < 0) continue;
+    if (PeerUser(peer) != me) {
+      refused_.fetch_add(1, std::memory_order_relaxed);
+      ::close(peer);
+      continue;
+    }
+    // One byte of data carries the descriptor.
+    char byte = 'z';
+    iovec iov{&byte, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &memfd_, sizeof(int));
+    [[maybe_unused]] ssize_t sent = ::sendmsg(peer, &msg, MSG_NOSIGNAL);
+    ::close(peer);
+  }
+}
+
+// ---- SharedSegments -----------------------------------------------------------------
+
+struct SharedSegments::Mapping {
+  std::byte* data = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (data != nullptr) ::munmap(data, size);
+  }
+};
+
+std::shared_ptr<SharedSegments::Mapping> SharedSegments::Map(std::string_view name,
+                                                             std::string_view path) {
+  auto fail = [&](const std::string& why) {
+    return DecodeError(DecodeError::Code::kMalformed,
+                       absl::StrCat(Sv(path), ": shared memory @", Sv(name), ": ", why));
+  };
+  if (name.empty() || name.size() > kMaxName || name.find('\0') != std::string_view::npos) {
+    throw fail("not an arena name");
+  }
+  int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) throw fail("no socket");
+  sockaddr_un addr;
+  socklen_t len = AbstractAddress(name, &addr);
+  timeval timeout{2, 0};  // a peer of ours answers at once
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    int err = errno;
+    ::close(s);
+    throw fail(absl::StrCat("no arena there on this host (", std::strerror(err), ")"));
+  }
+  if (PeerUser(s) != static_cast<long>(getuid())) {
+    ::close(s);
+    throw fail("served by another user");
+  }
+  char byte;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t got = ::recvmsg(s, &msg, MSG_CMSG_CLOEXEC);
+  ::close(s);
+  cmsghdr* c = got == 1 ? CMSG_FIRSTHDR(&msg) : nullptr;
+  if (c == nullptr || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+      c->cmsg_len != CMSG_LEN(sizeof(int))) {
+    throw fail("no descriptor came");
+  }
+  int fd;
+  std::memcpy(&fd, CMSG_DATA(c), sizeof(int));
+  struct stat st{};
+  int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0 || ::fstat(fd, &st) != 0 || st.st_size <= 0) {
+    ::close(fd);
+    throw fail("not a sealed memory file");
+  }
+  auto m = std::make_shared<Mapping>();
+  void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);  // the mapping keeps the memory
+  if (p == MAP_FAILED) throw fail(absl::StrCat("mmap failed (", std::strerror(errno), ")"));
+  m->data = static_cast<std::byte*>(p);
+  m->size = static_cast<size_t>(st.st_size);
+  return m;
+}
+
+Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t length,
+                               std::string_view path) {
+  std::shared_ptr<Mapping> m;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = mappings_.find(Sv(name));
+    if (it != mappings_.end()) m = it->second;
+  }
+  if (!m) {
+    m = Map(name, path);  // outside the lock: it waits on a peer
+    std::lock_guard<std::mutex> lock(mu_);
+    m = mappings_.try_emplace(std::string(name), m).first->second;
+  }
+  if (offset > m->size || length > m->size - offset) {
+    throw DecodeError(DecodeError::Code::kMalformed,
+                      absl::StrCat(Sv(path), ": shared memory @", Sv(name), ": ", length,
+                                   " bytes at offset ", offset, " are outside the arena (",
+                                   m->size, " bytes)"));
+  }
+  return Buffer(m->data + offset, length, m);
+}
+
+size_t SharedSegments::mapped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return mappings_.size();
+}
+
+}  // namespace zerocan::internal

@@ -1,0 +1,71 @@
+// Shared memory between processes of one user on one host: handing an arena's memory
+// file to a peer (SegmentServer, the arena's side) and mapping peers' arenas to read
+// locations in them (SharedSegments, the receiver's side).
+//
+// The descriptor travels over an abstract Unix socket (SCM_RIGHTS). Abstract sockets
+// have no file to clean up and are private to a network namespace, so a peer in
+// another namespace (another host, as far as zerocan is concerned) cannot reach one.
+// Both ends check the other's credentials (SO_PEERCRED): same user only. The receiver
+// also checks that the memory file's size is sealed (F_SEAL_SHRINK), so that no byte of
+// a mapping can vanish under a reader (a read past the end of a shrunk file is SIGBUS).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include <absl/container/flat_hash_map.h>
+
+#include "zerocan/buffer.h"
+
+namespace zerocan::internal {
+
+class SegmentServer {
+ public:
+  // Serves descriptor `memfd` (not owned; it must outlive the server) under a fresh
+  // abstract name. Throws TransportError.
+  explicit SegmentServer(int memfd);
+  ~SegmentServer();
+  SegmentServer(const SegmentServer&) = delete;
+  SegmentServer& operator=(const SegmentServer&) = delete;
+
+  // The abstract socket's name, without its leading NUL.
+  const std::string& name() const noexcept { return name_; }
+  // Peers refused: another user.
+  uint64_t refused() const noexcept { return refused_.load(std::memory_order_relaxed); }
+
+ private:
+  void Serve();
+
+  int memfd_;
+  int listener_ = -1;
+  int wake_fd_ = -1;
+  std::string name_;
+  std::atomic<uint64_t> refused_{0};
+  std::thread thread_;
+};
+
+class SharedSegments {
+ public:
+  // Bytes [offset, offset + length) of the arena served under `name`, as a read-only
+  // Buffer that keeps the mapping alive. The arena is mapped on first use and kept.
+  // Throws DecodeError naming `path` (the field of the message that held the location)
+  // when the arena cannot be reached or mapped, or the range is not inside it.
+  Buffer Resolve(std::string_view name, uint64_t offset, uint64_t length,
+                 std::string_view path);
+  // Arenas mapped so far.
+  size_t mapped() const;
+
+ private:
+  struct Mapping;
+  std::shared_ptr<Mapping> Map(std::string_view name, std::string_view path);
+
+  mutable std::mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Mapping>> mappings_;  // mu_
+};
+
+}  // namespace zerocan::internal
