@@ -572,9 +572,10 @@ class Broker::Impl {
     auto limit = options_.heartbeat * options_.liveness;
     std::vector<std::string> lost;
     for (auto& [id, state] : engines_) {
+      // Looked at every time (the kernel's counters are compared with the last look).
+      std::optional<std::chrono::milliseconds> idle = state.connection.Idle(now);
       if (now - state.last_seen <= limit) continue;
       // Heartbeats wait behind a frame still arriving: silent only if the connection is.
-      std::optional<std::chrono::milliseconds> idle = state.connection.Idle(now);
       if (idle && *idle <= limit) continue;
       lost.push_back(id);
     }

@@ -16,6 +16,7 @@ void TcpActivity::Watch(int fd, Clock::time_point now) {
   fd_ = fd;
   acked_ = 0;
   acked_moved_ = now;
+  looked_ = now;
 }
 
 std::optional<std::chrono::milliseconds> TcpActivity::Idle(Clock::time_point now) {
@@ -29,11 +30,14 @@ std::optional<std::chrono::milliseconds> TcpActivity::Idle(Clock::time_point now
   // Sending counts only while more of ours waits in the send queue (a frame in
   // transit): a stopped peer's kernel still acknowledges a few bytes of pings, and
   // then our queue is empty again.
+  // The acknowledgement came some time after the previous look: alive then, at least
+  // (counting it as now would let a stale count hide a link cut since).
   int queued = 0;
   if (info.tcpi_bytes_acked != acked_ && ioctl(fd_, SIOCOUTQ, &queued) == 0 && queued > 0) {
-    acked_moved_ = now;
+    acked_moved_ = looked_;
   }
   acked_ = info.tcpi_bytes_acked;
+  looked_ = now;
   auto since_sent = std::chrono::duration_cast<std::chrono::milliseconds>(now - acked_moved_);
   return std::min(std::chrono::milliseconds(info.tcpi_last_data_recv), since_sent);
 }

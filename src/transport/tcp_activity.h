@@ -22,13 +22,15 @@ class TcpActivity {
   void Watch(int fd, Clock::time_point now = Clock::now());
   int fd() const { return fd_; }
   // How long the connection has shown no life; nullopt when there is no descriptor or
-  // the kernel cannot say (not tcp, closed).
+  // the kernel cannot say (not tcp, closed). Look regularly (every check of the
+  // window): progress seen is dated to the previous look.
   std::optional<std::chrono::milliseconds> Idle(Clock::time_point now = Clock::now());
 
  private:
   int fd_ = -1;
   uint64_t acked_ = 0;              // of our bytes, by the peer, at the last look
-  Clock::time_point acked_moved_{};  // when that last grew
+  Clock::time_point acked_moved_{};  // when that last grew (at the latest)
+  Clock::time_point looked_{};       // the last look
 };
 
 }  // namespace zerocan::internal

@@ -85,6 +85,7 @@ class ConnectionWatch:
         self._next_check = 0.0
         self._bytes_acked = 0
         self._last_progress = 0.0
+        self._last_look = 0.0
 
     def lost(self, events_ready: bool = True) -> bool:
         """Reads the pending events (when the monitor socket was readable) and, at most
@@ -103,7 +104,7 @@ class ConnectionWatch:
                 self._established = True
                 self._fd = self._connecting_fd
                 self._bytes_acked = 0
-                self._last_progress = time.monotonic()
+                self._last_progress = self._last_look = time.monotonic()
             elif kind == zmq.EVENT_DISCONNECTED and self._established and (
                     self._fd < 0 or value == self._fd):
                 self._established = False
@@ -135,9 +136,11 @@ class ConnectionWatch:
         # Alive: the peer sent a byte (a pong, a reply) or took more of a frame of ours
         # still being sent (an upload; our pings wait behind it). A stopped process or a
         # cut link does neither; its kernel acknowledging a ping does not count.
+        # The acknowledgement came some time after the previous look: alive then, at least.
         if acked != self._bytes_acked and queued > 0:
-            self._last_progress = now
+            self._last_progress = self._last_look
         self._bytes_acked = acked
+        self._last_look = now
         return (since_data > self._window_ms and
                 (now - self._last_progress) * 1000 > self._window_ms)
 
