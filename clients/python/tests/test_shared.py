@@ -1,0 +1,206 @@
+"""zerocan.shared: arenas of sealed memory files that other processes of the same user
+read in place, Python and C++ alike (tests/tools/shared_peek.cc is the C++ side)."""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zerocan
+from zerocan import shared
+from conftest import zerocan_bin
+
+MIB = 1 << 20
+PEEK = zerocan_bin().parent / "tests" / "zerocan_shared_peek"
+needs_peek = pytest.mark.skipif(not PEEK.is_file(), reason=f"not built: {PEEK}")
+
+
+def test_blocks_are_aligned_returned_and_coalesced():
+    arena = shared.Arena(MIB)
+    a, b, c = (arena.allocate(100 << 10) for _ in range(3))
+    for x in (a, b, c):
+        assert x.ctypes.data % 64 == 0 and x.flags.writeable
+    assert arena.used == 3 * (100 << 10)
+    assert [arena.locate(x)[0] for x in (a, b, c)] == [0, 100 << 10, 200 << 10]
+    assert arena.locate(np.zeros(4)) is None
+    assert arena.allocate(800 << 10) is None  # 700 KiB free
+    view = a[10:]  # a view keeps the block
+    del a
+    gc.collect()
+    assert arena.used == 3 * (100 << 10)
+    del view, b
+    gc.collect()
+    d = arena.allocate(200 << 10)  # the two runs joined
+    assert arena.locate(d) == (0, 200 << 10)
+    del c, d, x  # x: the loop above left it on c
+    gc.collect()
+    assert arena.used == 0
+    x = arena.empty((256, 512), np.float64)  # all of it again, in one run
+    assert x.shape == (256, 512) and arena.locate(x) == (0, MIB)
+
+
+def test_empty_in_the_process_arena_and_a_full_arena_says_so():
+    x = shared.empty((3, 4), np.int32)
+    x[:] = 7
+    assert x.dtype == np.int32 and int(x.sum()) == 84
+    assert shared.default_arena().locate(x) is not None
+    with pytest.raises(zerocan.Error, match="shared arena full"):
+        shared.empty(shared.default_arena().capacity + 1, np.uint8)
+
+
+def test_another_process_reads_a_block_in_place():
+    arena = shared.Arena(4 * MIB)
+    x = arena.empty(3 * MIB, np.uint8)
+    x[:] = ord("a")
+    offset, length = arena.locate(x)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import sys
+sys.path.insert(0, {str(Path(shared.__file__).parents[1])!r})
+from zerocan import shared
+m = shared.Segments().resolve({arena.name!r}, {offset}, {length}, "args[0]")
+print(len(m), chr(m[0]), flush=True)
+sys.stdin.readline()          # the parent writes a byte meanwhile
+print(chr(m[12345]), flush=True)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().split() == [str(3 * MIB), "a"]
+    x[12345] = ord("b")  # after the reader mapped: the same memory, not a copy
+    reader.stdin.write("go\n")
+    reader.stdin.flush()
+    assert reader.stdout.readline().strip() == "b"
+    assert reader.wait(10) == 0
+    assert arena.peers_refused == 0
+
+
+@needs_peek
+def test_cpp_reads_a_python_arena_and_python_reads_a_cpp_one():
+    arena = shared.Arena(MIB)
+    x = arena.empty(1000, np.uint8)
+    x[:] = 3
+    out = subprocess.run([str(PEEK), "read", arena.name, *map(str, arena.locate(x))],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1000", "3000", "3"]
+    server = subprocess.Popen([str(PEEK), "serve", str(2 * MIB), "9"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        name, offset, length = server.stdout.readline().split()
+        m = shared.Segments().resolve(name, int(offset), int(length), "result")
+        a = np.frombuffer(m, dtype=np.uint8)
+        assert a.size == 2 * MIB and int(a.sum()) == 9 * 2 * MIB
+        assert not a.flags.writeable  # a reader's view is read-only
+    finally:
+        server.stdin.close()
+        server.wait(10)
+
+
+def test_locations_outside_an_arena_are_decode_errors_naming_the_field():
+    arena = shared.Arena(1 << 16)
+    segments = shared.Segments()
+    assert len(segments.resolve(arena.name, 0, 1 << 16)) == 1 << 16
+    for name, offset, length, why in [
+            (arena.name, 1 << 16, 1, "outside the arena (65536 bytes)"),
+            (arena.name, 100, 1 << 16, "outside the arena"),
+            (arena.name, 2**64 - 1, 2, "outside the arena"),
+            ("zerocan-arena-no-such-one", 0, 1, "no arena there on this host"),
+            ("", 0, 1, "not an arena name"),
+            ("x" * 200, 0, 1, "not an arena name"),
+            ("/etc/passwd", 0, 1, "no arena there")]:
+        with pytest.raises(zerocan.DecodeError) as e:
+            segments.resolve(name, offset, length, "args[1].tensor.data")
+        assert "args[1].tensor.data: shared memory @" in str(e.value) and why in str(e.value)
+        assert e.value.code == "malformed"
+
+
+def test_a_memory_file_whose_size_is_not_sealed_is_refused():
+    fd = os.memfd_create("unsealed", os.MFD_CLOEXEC)
+    os.ftruncate(fd, 1 << 16)
+    name = f"zerocan-test-unsealed-{os.getpid()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + name)
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            socket.send_fds(conn, [b"z"], [fd])
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with pytest.raises(zerocan.DecodeError, match="not a sealed memory file"):
+            shared.Segments().resolve(name, 0, 16, "result")
+    finally:
+        t.join()
+        listener.close()
+        os.close(fd)
+    # A real arena's file is sealed against shrinking and growing.
+    arena = shared.Arena(1 << 16)
+    seals = fcntl.fcntl(arena._fd, fcntl.F_GET_SEALS)
+    assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run a child as another user")
+def test_another_user_is_refused_the_arena():
+    arena = shared.Arena(1 << 16)
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            shared.Segments().resolve(arena.name, 0, 16)
+        except zerocan.DecodeError as e:
+            ok = "another user" in str(e) or "no descriptor came" in str(e)
+        except BaseException:
+            pass
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    for _ in range(200):
+        if arena.peers_refused:
+            break
+        threading.Event().wait(0.01)
+    assert arena.peers_refused == 1
+
+
+def arena_mappings() -> int:
+    return Path("/proc/self/maps").read_text().count("memfd:zerocan-arena")
+
+
+def test_nothing_is_left_once_the_processes_are_gone():
+    gc.collect()  # arenas of earlier tests
+    before = arena_mappings()
+    owner = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(Path(shared.__file__).parents[1])!r})
+import numpy as np
+from zerocan import shared
+arena = shared.Arena(64 << 20)
+x = arena.empty(64 << 20, np.uint8)
+x[:] = ord("k")
+print(arena.name, flush=True)
+time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    name = owner.stdout.readline().strip()
+    segments = shared.Segments()
+    m = segments.resolve(name, 0, 64 << 20)
+    owner.send_signal(signal.SIGKILL)  # the arena's process crashes
+    owner.wait(10)
+    assert m[(64 << 20) - 1] == ord("k")  # what this process mapped stays readable
+    assert arena_mappings() == before + 1
+    m.release()
+    del segments, m
+    gc.collect()
+    assert arena_mappings() == before  # let go: no mapping left, the kernel has it back
+    assert not [p for p in os.listdir("/dev/shm") if "zerocan" in p]
