@@ -17,7 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "wire/peek.h"
-#include "transport/receive_budget.h"
+#include "transport/connection_guard.h"
 #include "transport/tcp_activity.h"
 #include "internal/strings.h"
 #include "zerocan/capture.h"
@@ -92,17 +92,17 @@ class Broker::Impl {
     context_ = &ChannelContext(options_.context, options_.io_cpus, "broker", &owned_context_);
     frontend_ = zmq::socket_t(*context_, zmq::socket_type::router);
     backend_ = zmq::socket_t(*context_, zmq::socket_type::router);
-    // Clients (unknown peers) that stall are cut by the idle timeout (ZMTP heartbeats).
-    // Engines are judged by CheckEngines instead (below).
-    ConnectionLimits engines = options_.connection_limits;
-    engines.idle_timeout = std::chrono::milliseconds(0);
+    // How long and how much peers hold, the connection guard judges (below): clients by
+    // the idle timeout, engines by CheckEngines. ApplyLimits bounds handshakes and queues.
+    ConnectionLimits without_idle = options_.connection_limits;
+    without_idle.idle_timeout = std::chrono::milliseconds(0);
     for (zmq::socket_t* s : {&frontend_, &backend_}) {
       s->set(zmq::sockopt::sndhwm, 0);
       s->set(zmq::sockopt::linger, 0);
       // A send to a peer that is gone fails (instead of vanishing): a call is never
       // handed to an engine whose connection closed, and probes find who left.
       s->set(zmq::sockopt::router_mandatory, 1);
-      ApplyLimits(*s, options_.limits, s == &backend_ ? engines : options_.connection_limits);
+      ApplyLimits(*s, options_.limits, without_idle);
       if (options_.curve) ConfigureCurveServer(*s, *options_.curve);
     }
     // Engines get pings at their heartbeat interval, but libzmq's verdict on them counts
@@ -111,6 +111,7 @@ class Broker::Impl {
     // connection's activity); libzmq's timeout is only a far backstop.
     backend_.set(zmq::sockopt::heartbeat_ivl, static_cast<int>(options_.heartbeat.count()));
     backend_.set(zmq::sockopt::heartbeat_timeout, 1 << 30);
+    internal::ApplyIdlePings(frontend_, options_.connection_limits.idle_timeout);
     // A dead engine reconnecting (after a restart) under the same identity would
     // otherwise be refused; engines have no fixed identity, but be safe.
     backend_.set(zmq::sockopt::router_handover, 1);
@@ -120,11 +121,12 @@ class Broker::Impl {
     }
     Bind(frontend_, frontend, "frontend");
     Bind(backend_, backend, "backend");
-    // One budget over clients and engines; its monitors (after the binds, which may
+    // One guard over clients and engines; its monitors (after the binds, which may
     // replace them) also say when a peer's connection closed.
-    budget_.emplace(*context_, options_.connection_limits.receive_budget_bytes);
-    budget_->Watch(frontend_, "frontend");  // index kFrontend
-    budget_->Watch(backend_, "backend");    // index kBackend
+    guard_.emplace(*context_, options_.connection_limits.receive_budget_bytes,
+                   options_.connection_limits.idle_timeout);
+    guard_->Watch(frontend_, "frontend");  // index kFrontend
+    guard_->Watch(backend_, "backend");    // index kBackend
     if (!options_.capture.empty()) {
       capture_ = zmq::socket_t(*context_, zmq::socket_type::pub);
       capture_.set(zmq::sockopt::linger, 0);
@@ -140,7 +142,7 @@ class Broker::Impl {
 
   ~Impl() {
     Stop();
-    budget_.reset();  // its monitors go before the sockets they watch
+    guard_.reset();  // its monitors go before the sockets they watch
     frontend_.close();
     backend_.close();
     if (capture_.handle() != nullptr) capture_.close();
@@ -190,14 +192,14 @@ class Broker::Impl {
     zmq::pollitem_t items[] = {{frontend_.handle(), 0, ZMQ_POLLIN, 0},
                                {backend_.handle(), 0, ZMQ_POLLIN, 0},
                                {nullptr, wake_fd_, ZMQ_POLLIN, 0},
-                               budget_->MonitorItem(kFrontend),
-                               budget_->MonitorItem(kBackend)};
+                               guard_->MonitorItem(kFrontend),
+                               guard_->MonitorItem(kBackend)};
     Clock::time_point next_check = Clock::now() + options_.heartbeat;
     Clock::time_point drain_until = Clock::time_point::max();
     while (!stop_) {
       Clock::time_point wake_at = std::min(next_check, drain_until);
       if (probe_until_ > Clock::now()) wake_at = std::min(wake_at, next_probe_);
-      wake_at = std::min(wake_at, budget_->next_check());
+      wake_at = std::min(wake_at, guard_->next_check());
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(wake_at - Clock::now());
       if (left.count() < 0) left = std::chrono::milliseconds(0);
       zmq::poll(items, 5, left);
@@ -214,13 +216,13 @@ class Broker::Impl {
                     "the broker is stopping; this call was still waiting for an engine and "
                     "did not start");
       }
-      budget_->Check(now);  // may close connections holding too much
+      guard_->Check(now);  // may close connections holding too much
       // A peer's connection closed: find out whose, now and for a short while (libzmq
       // retires the peer's pipe a moment after it reports the disconnect).
-      if (budget_->TakeClosed(kFrontend, items[3].revents & ZMQ_POLLIN, now)) {
+      if (guard_->TakeClosed(kFrontend, items[3].revents & ZMQ_POLLIN, now)) {
         StartProbing(&probe_clients_);
       }
-      if (budget_->TakeClosed(kBackend, items[4].revents & ZMQ_POLLIN, now)) {
+      if (guard_->TakeClosed(kBackend, items[4].revents & ZMQ_POLLIN, now)) {
         StartProbing(&probe_engines_);
       }
       // Replies first: they retire calls and free engines for the requests below.
@@ -312,11 +314,11 @@ class Broker::Impl {
       try {
         m = Receive(frontend_, options_.limits, zmq::recv_flags::dontwait, true, &arrival);
       } catch (const Error&) {
-        budget_->Delivered(arrival);
+        guard_->Delivered(arrival);
         ++dropped_;
         continue;
       }
-      budget_->Delivered(arrival);
+      guard_->Delivered(arrival);
       if (!m) return;
       Capture(*m, Direction::kRequest, "frontend");
       if (m->routing.empty()) {
@@ -447,11 +449,11 @@ class Broker::Impl {
       try {
         m = Receive(backend_, options_.limits, zmq::recv_flags::dontwait, true, &arrival);
       } catch (const Error&) {
-        budget_->Delivered(arrival);
+        guard_->Delivered(arrival);
         ++dropped_;
         continue;
       }
-      budget_->Delivered(arrival);
+      guard_->Delivered(arrival);
       if (!m) return;
       if (m->routing.empty()) {
         ++dropped_;
@@ -737,7 +739,7 @@ class Broker::Impl {
   zmq::context_t* context_ = nullptr;
   zmq::socket_t frontend_, backend_, capture_;
   // The connections of both sockets (indexes below): closes, and the bytes they hold.
-  std::optional<internal::ReceiveBudget> budget_;
+  std::optional<internal::ConnectionGuard> guard_;
   static constexpr size_t kFrontend = 0, kBackend = 1;
   std::unique_ptr<CaptureWriter> capture_file_;
   std::unique_ptr<CurveAllowList> curve_allow_;  // with curve_allowed_clients only

@@ -25,7 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "internal/live_calls.h"
-#include "transport/receive_budget.h"
+#include "transport/connection_guard.h"
 #include "internal/testing.h"
 #include "internal/strings.h"
 #include "wire/peek.h"
@@ -228,8 +228,12 @@ class Engine::Impl {
     if (router_index_ < 0) {
       zmq::socket_t router(*context_, zmq::socket_type::router);
       Configure(router);
-      // Clients are unknown peers: bound their handshake, stalls and receive queue.
-      ApplyLimits(router, options_.limits, options_.connection_limits);
+      // Clients are unknown peers: bound their handshake and receive queue here; how long
+      // and how much they hold, the connection guard (below) judges, with pings from here.
+      ConnectionLimits limits = options_.connection_limits;
+      limits.idle_timeout = std::chrono::milliseconds(0);
+      ApplyLimits(router, options_.limits, limits);
+      internal::ApplyIdlePings(router, options_.connection_limits.idle_timeout);
       if (options_.curve) ConfigureCurveServer(router, *options_.curve);  // may throw
       if (!options_.curve_allowed_clients.empty()) {
         if (!options_.curve) throw Error("engine: curve_allowed_clients needs curve (a key pair)");
@@ -249,11 +253,12 @@ class Engine::Impl {
       throw TransportError(absl::StrCat("engine: cannot bind ", url, ": ", e.what()));
     }
     last_endpoint_ = sockets_[router_index_].get(zmq::sockopt::last_endpoint);
-    if (!budget_) {
-      budget_ = std::make_unique<internal::ReceiveBudget>(
-          *context_, options_.connection_limits.receive_budget_bytes);
+    if (!guard_) {
+      guard_ = std::make_unique<internal::ConnectionGuard>(
+          *context_, options_.connection_limits.receive_budget_bytes,
+          options_.connection_limits.idle_timeout);
     }
-    budget_->Watch(sockets_[router_index_], "engine");  // after the bind: it may replace monitors
+    guard_->Watch(sockets_[router_index_], "engine");  // after the bind: it may replace monitors
   }
 
   void Connect(const std::string& url) {
@@ -324,12 +329,12 @@ class Engine::Impl {
     Clock::time_point next_beat = Clock::now() + options_.heartbeat;
     std::vector<zmq::pollitem_t> items;
     for (auto& s : sockets_) items.push_back({s.handle(), 0, ZMQ_POLLIN, 0});
-    if (budget_) items.push_back(budget_->MonitorItem(0));
+    if (guard_) items.push_back(guard_->MonitorItem(0));
     items.push_back({nullptr, wake_fd_, ZMQ_POLLIN, 0});
     Clock::time_point drain_until = Clock::time_point::max();
     while (true) {
       Clock::time_point wake_at = std::min(next_beat, drain_until);
-      if (budget_) wake_at = std::min(wake_at, budget_->next_check());
+      if (guard_) wake_at = std::min(wake_at, guard_->next_check());
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(wake_at - Clock::now());
       if (left.count() < 0) left = std::chrono::milliseconds(0);
       zmq::poll(items.data(), items.size(), left);
@@ -337,10 +342,10 @@ class Engine::Impl {
         uint64_t v;
         [[maybe_unused]] ssize_t n = ::read(wake_fd_, &v, sizeof(v));
       }
-      if (budget_) {
-        // Clients' connections: the monitor's events, and the bytes they hold.
-        budget_->Check();
-        budget_->TakeClosed(0, items[sockets_.size()].revents & ZMQ_POLLIN);
+      if (guard_) {
+        // Clients' connections: the monitor's events, idleness and the bytes they hold.
+        guard_->Check();
+        guard_->TakeClosed(0, items[sockets_.size()].revents & ZMQ_POLLIN);
       }
       bool stopping, killed;
       std::chrono::milliseconds grace;
@@ -413,7 +418,7 @@ class Engine::Impl {
       std::lock_guard<std::mutex> lock(mu_);
       replies_.clear();
     }
-    budget_.reset();  // its monitor goes before the socket it watches
+    guard_.reset();  // its monitor goes before the socket it watches
     for (auto& s : sockets_) {
       // Graceful: give queued replies a moment to leave; killed: drop them.
       s.set(zmq::sockopt::linger, kill_ ? 0 : 1000);
@@ -425,21 +430,21 @@ class Engine::Impl {
   }
 
   void Drain(size_t index) {
-    bool budgeted = budget_ && static_cast<int>(index) == router_index_;
+    bool guarded = guard_ && static_cast<int>(index) == router_index_;
     while (true) {
       std::optional<ReceivedMessage> received;
       Arrival arrival{.curve = options_.curve.has_value()};
       try {
         received = Receive(sockets_[index], options_.limits, zmq::recv_flags::dontwait,
-                           /*expect_routing=*/true, budgeted ? &arrival : nullptr);
+                           /*expect_routing=*/true, guarded ? &arrival : nullptr);
       } catch (const DecodeError&) {
-        if (budgeted) budget_->Delivered(arrival);
+        if (guarded) guard_->Delivered(arrival);
         Bump(dropped_);  // over a limit before the sender could be named
         continue;
       } catch (const TransportError&) {
         return;
       }
-      if (budgeted) budget_->Delivered(arrival);
+      if (guarded) guard_->Delivered(arrival);
       if (!received) return;
       if (draining_) {
         RefuseWhileDraining(index, std::move(*received));
@@ -920,7 +925,7 @@ class Engine::Impl {
   std::vector<bool> is_dealer_;
   int router_index_ = -1;
   // The bound socket's connections (after sockets_: destroyed first, as it must be).
-  std::unique_ptr<internal::ReceiveBudget> budget_;
+  std::unique_ptr<internal::ConnectionGuard> guard_;
   std::optional<CurveKeyPair> curve_client_;  // a fresh pair, when connecting without `curve`
   std::string last_endpoint_;
   uint64_t session_ = 0;

@@ -83,9 +83,9 @@ struct ServerFlags {
 inline void AddServerFlags(CLI::App* sub, ServerFlags* flags, const std::string& idle_peers,
                            const std::string& allowed_peers) {
   sub->add_option("--idle-timeout-ms", flags->idle_timeout_ms,
-                  "disconnect a peer (" + idle_peers + ") from which no complete frame came for\n"
-                  "this long, freeing what it sent of an unfinished one (0: never; a frame must\n"
-                  "arrive within it)")
+                  "disconnect a peer (" + idle_peers + ") from which not a byte came for this\n"
+                  "long (live peers answer pings), freeing what it sent of an unfinished frame\n"
+                  "(0: never; an upload still arriving is never idle)")
       ->capture_default_str()
       ->check(CLI::Range(0, 3600 * 1000));
   sub->add_option("--handshake-timeout-ms", flags->handshake_timeout_ms,

@@ -51,11 +51,12 @@ struct ConnectionLimits {
   // A connection must finish its ZMTP handshake (and CurveZMQ authentication) within
   // this time or it is closed (ZMQ_HANDSHAKE_IVL). 0 = no limit.
   std::chrono::milliseconds handshake_timeout{5000};
-  // A peer from which no complete frame (a message, or the answer to a ZMTP ping) has
-  // arrived for this long is disconnected, and the partial frame it sent is freed (ZMTP
-  // heartbeats: pings every third of it, ZMQ_HEARTBEAT_TIMEOUT = it). A frame must
-  // therefore arrive within it: raise it for multi-GiB frames over slow links.
-  // 0 = no limit. A broker's backend uses the engines' liveness window instead.
+  // A peer from which not a byte has arrived for this long (live peers answer the ZMTP
+  // pings sent every third of it) is disconnected, and what it sent of an unfinished
+  // frame is freed. Engines and brokers judge it from the kernel's counters, so an
+  // upload still arriving is never cut, however long it takes; ApplyLimits on a socket of
+  // your own uses libzmq's ZMQ_HEARTBEAT_TIMEOUT instead, which counts complete frames
+  // only. 0 = no limit. A broker judges its engines by their liveness window as well.
   std::chrono::milliseconds idle_timeout{30000};
   // Complete messages libzmq queues from one connection before it stops reading that
   // connection (ZMQ_RCVHWM; back-pressure, nothing is dropped). 0 = no limit.

@@ -35,13 +35,15 @@ def configure(sock: zmq.Socket, limits: DecodeLimits) -> None:
 def limit_connections(sock: zmq.Socket, idle_timeout: float, handshake_timeout: float,
                       max_queued_messages: int = 10000) -> None:
     """Bounds the connections of a socket that accepts peers (zerocan::ConnectionLimits):
-    a peer that completes no frame for idle_timeout seconds is disconnected (ZMTP
-    heartbeats), a handshake must finish within handshake_timeout; 0 = no limit."""
+    a handshake must finish within handshake_timeout seconds, libzmq queues at most
+    max_queued_messages per connection, and peers get ZMTP pings every third of
+    idle_timeout, with no libzmq timeout: a ConnectionGuard (_guard.py) closes the
+    connections from which no byte came for idle_timeout. 0 = no limit."""
     sock.setsockopt(zmq.HANDSHAKE_IVL, int(handshake_timeout * 1000))
     if idle_timeout > 0:
         ms = int(idle_timeout * 1000)
         sock.setsockopt(zmq.HEARTBEAT_IVL, max(ms // 3, 1))
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1 << 30)  # the guard decides
     sock.setsockopt(zmq.RCVHWM, max_queued_messages)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import zmq
 
 from . import signing, wire
-from ._budget import ReceiveBudget
+from ._guard import ConnectionGuard
 from ._calls import limit_connections
 from .curve import AllowList, KeyPairLike
 from .curve import configure_client as configure_curve_client
@@ -249,7 +249,8 @@ class Engine:
         self._session = wire.Session()
         self._context, self._owns_context = channel_context(context, io_cpus, "engine")
         self._sockets: list[tuple[zmq.Socket, bool]] = []  # (socket, is_dealer)
-        self._budget = ReceiveBudget(receive_budget, curve is not None)  # bound sockets'
+        # What clients of bound sockets may hold, and for how long.
+        self._guard = ConnectionGuard(receive_budget, idle_timeout, curve is not None)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._stop_r, self._stop_w = os.pipe()  # stop requests and worker replies wake run()
@@ -304,7 +305,7 @@ class Engine:
             bind_unpaced(self._context, s, url)
         else:
             s.bind(url)
-        self._budget.watch(s)  # after the bind: it may replace the socket's monitor
+        self._guard.watch(s)  # after the bind: it may replace the socket's monitor
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
 
@@ -366,7 +367,7 @@ class Engine:
         poller = zmq.Poller()
         for s, _ in self._sockets:
             poller.register(s, zmq.POLLIN)
-        monitors = self._budget.monitors()
+        monitors = self._guard.monitors()
         for m in monitors:
             poller.register(m, zmq.POLLIN)
         poller.register(self._stop_r, zmq.POLLIN)
@@ -395,7 +396,7 @@ class Engine:
                     if time.monotonic() >= drain_until:
                         self._fail_queued()
                         break
-                wake_at = min(next_beat, drain_until, self._budget.next_check)
+                wake_at = min(next_beat, drain_until, self._guard.next_check)
                 wait_ms = max(0, int((wake_at - time.monotonic()) * 1000))
                 events = dict(poller.poll(wait_ms))
                 if self._stop_r in events:
@@ -404,8 +405,8 @@ class Engine:
                     except BlockingIOError:
                         pass
                 if any(m in events for m in monitors):
-                    self._budget.read_events()
-                self._budget.check(time.monotonic())
+                    self._guard.read_events()
+                self._guard.check(time.monotonic())
                 self._send_replies()
                 for s, is_dealer in self._sockets:
                     if s in events:
@@ -415,7 +416,7 @@ class Engine:
                             except zmq.Again:
                                 break
                             if not is_dealer:
-                                self._budget.delivered(parts)
+                                self._guard.delivered(parts)
                             self._handle(s, parts)
                             del parts  # the job holds the frames as long as needed
                             if time.monotonic() >= next_beat:
@@ -524,7 +525,7 @@ class Engine:
                 self._send_control(lambda w: w.goodbye())
             except zmq.ZMQError:
                 pass
-        self._budget.close()  # its monitors go before the sockets they watch
+        self._guard.close()  # its monitors go before the sockets they watch
         for s, _ in self._sockets:
             s.close(linger=100 if goodbye else 0)
         self._sockets = []

@@ -69,7 +69,9 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
 // that announces a larger frame, before allocating it).
 void ApplyLimits(zmq::socket_t& socket, const DecodeLimits& limits);
 // The same, plus the connection bounds of a socket that accepts peers (limits.h): the
-// handshake timeout, the idle timeout as ZMTP heartbeats, and the receive queue.
+// handshake timeout, the idle timeout as ZMTP heartbeats (libzmq's timeout, which counts
+// complete frames only: engines and brokers judge idleness themselves), and the receive
+// queue.
 void ApplyLimits(zmq::socket_t& socket, const DecodeLimits& limits,
                  const ConnectionLimits& connections);
 

@@ -1,4 +1,4 @@
-"""The Python engine's receive budget (zerocan/_budget.py): its wire accounting adds up to
+"""The Python engine's connection guard (zerocan/_guard.py): its wire accounting adds up to
 what the kernel received, and stalled peers past the budget are shut down while honest
 calls go on."""
 
@@ -14,7 +14,7 @@ import zmq
 
 import zerocan
 from zerocan import curve
-from zerocan._budget import wire_bytes
+from zerocan._guard import wire_bytes
 from zerocan._watch import tcp_counters
 
 MIB = 1 << 20
@@ -58,6 +58,13 @@ def test_wire_bytes_of_messages_add_up_to_what_the_kernel_received(use_curve):
 
 def stalled_peer(port: int, sent: int) -> socket.socket:
     """A raw ZMTP 3.0 DEALER that sends `sent` bytes of a 32 MiB frame, then nothing."""
+    s = handshaken_peer(port)
+    s.sendall(bytes([0x02]) + struct.pack(">Q", 32 * MIB) + b"x" * sent)
+    return s
+
+
+def handshaken_peer(port: int) -> socket.socket:
+    """A raw ZMTP 3.0 DEALER past its handshake (it never answers pings)."""
     s = socket.create_connection(("127.0.0.1", port))
     greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\x00")
     greeting += b"\x00" * 32
@@ -68,7 +75,6 @@ def stalled_peer(port: int, sent: int) -> socket.socket:
         chunk = s.recv(4096)
         assert chunk, "the engine closed the connection during the handshake"
         got += chunk
-    s.sendall(bytes([0x02]) + struct.pack(">Q", 32 * MIB) + b"x" * sent)
     return s
 
 
@@ -100,7 +106,7 @@ def test_an_engine_shuts_down_stalled_peers_past_its_budget_and_serves_others():
         closed = [closed_within(p, 0.5) for p in peers]
         # 5 x 6 MiB against 20 MiB: two go, three (18 MiB) stay.
         assert sum(closed) == 2
-        assert engine._budget.connections_closed == 2
+        assert engine._guard.closed_over_budget == 2
         # An honest client's 8 MiB arguments, call after call: what it sends past the
         # budget sheds a stalled peer, never itself.
         import numpy as np
@@ -108,8 +114,35 @@ def test_an_engine_shuts_down_stalled_peers_past_its_budget_and_serves_others():
             big = np.ones(MIB, dtype=np.float64)
             for _ in range(10):
                 assert c.apply("nbytes", big).result() == 8 * MIB
-        assert 2 <= engine._budget.connections_closed <= 5
+        assert 2 <= engine._guard.closed_over_budget <= 5
         for p in peers:
             p.close()
+    finally:
+        engine.stop()
+
+
+def test_an_upload_slower_than_the_idle_timeout_is_not_cut_but_a_stall_is():
+    engine = zerocan.Engine(idle_timeout=0.6, threads=1, builtins=True)
+    url = engine.bind("tcp://127.0.0.1:*")
+    engine.start()
+    try:
+        peer = handshaken_peer(int(url.rsplit(":", 1)[1]))
+        # 2 MiB at about 1.3 MiB/s: longer than the timeout, but bytes keep coming.
+        peer.sendall(bytes([0x02]) + struct.pack(">Q", 2 * MIB))
+        start = time.monotonic()
+        for _ in range(32):
+            peer.sendall(b"u" * (64 << 10))
+            time.sleep(0.05)
+        assert time.monotonic() - start > 1.5
+        assert not closed_within(peer, 0.1)
+        # The frame done, the peer stalls inside the next one: cut after the timeout.
+        peer.sendall(bytes([0x02]) + struct.pack(">Q", 8 * MIB) + b"x" * MIB)
+        stalled = time.monotonic()
+        assert closed_within(peer, 3.0)
+        assert time.monotonic() - stalled >= 0.5
+        assert engine._guard.closed_idle == 1
+        with zerocan.Client(url, timeout=5) as c:
+            assert c.call("add", 2, 3) == 5
+        peer.close()
     finally:
         engine.stop()

@@ -1,5 +1,5 @@
-// ReceiveBudget (receive_budget.h): per-connection accounting from TCP_INFO and SIOCINQ.
-#include "transport/receive_budget.h"
+// ConnectionGuard (connection_guard.h): per-connection accounting from TCP_INFO and SIOCINQ.
+#include "transport/connection_guard.h"
 
 #include <linux/sockios.h>  // SIOCINQ
 #include <linux/tcp.h>      // tcp_info with tcpi_bytes_received (glibc's lacks it)
@@ -34,8 +34,13 @@ constexpr uint64_t kHandshakeAllowance = 4096;
 // seconds: a quiet connection holding no more than this is taken to hold nothing.
 constexpr uint64_t kCommandSlack = 256;
 
-// Bytes libzmq has read from tcp connection `fd`; nullopt when it is not one (or gone).
-std::optional<uint64_t> Taken(int fd) {
+struct Counters {
+  uint64_t taken;                       // bytes libzmq has read from the connection
+  std::chrono::milliseconds quiet;      // since a byte last arrived
+};
+
+// The kernel's counters of tcp connection `fd`; nullopt when it is not one (or gone).
+std::optional<Counters> Read(int fd) {
   tcp_info info{};
   socklen_t size = sizeof(info);
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &size) != 0 ||
@@ -44,22 +49,31 @@ std::optional<uint64_t> Taken(int fd) {
   }
   int unread = 0;
   if (ioctl(fd, SIOCINQ, &unread) != 0) return std::nullopt;
-  return info.tcpi_bytes_received - std::min<uint64_t>(info.tcpi_bytes_received, unread);
+  return Counters{info.tcpi_bytes_received - std::min<uint64_t>(info.tcpi_bytes_received, unread),
+                  milliseconds(info.tcpi_last_data_recv)};
 }
 
 }  // namespace
 
-ReceiveBudget::ReceiveBudget(zmq::context_t& context, uint64_t max_bytes)
-    : context_(&context), max_bytes_(max_bytes) {}
+void ApplyIdlePings(zmq::socket_t& socket, milliseconds idle_timeout) {
+  if (idle_timeout.count() <= 0) return;
+  int ms = static_cast<int>(std::min<int64_t>(idle_timeout.count(), 1 << 30));
+  socket.set(zmq::sockopt::heartbeat_ivl, std::max(ms / 3, 1));
+  socket.set(zmq::sockopt::heartbeat_timeout, 1 << 30);  // the guard decides
+}
 
-ReceiveBudget::~ReceiveBudget() {
+ConnectionGuard::ConnectionGuard(zmq::context_t& context, uint64_t max_bytes,
+                                 milliseconds idle_timeout)
+    : context_(&context), max_bytes_(max_bytes), idle_timeout_(idle_timeout) {}
+
+ConnectionGuard::~ConnectionGuard() {
   for (Watched& w : watched_) {
     zmq_socket_monitor(w.socket, nullptr, 0);
     w.monitor.close();
   }
 }
 
-size_t ReceiveBudget::Watch(zmq::socket_t& socket, std::string_view what) {
+size_t ConnectionGuard::Watch(zmq::socket_t& socket, std::string_view what) {
   static std::atomic<uint64_t> n{0};
   std::string endpoint =
       absl::StrCat("inproc://zerocan-connections-", std::string(what), "-", getpid(), "-", n.fetch_add(1));
@@ -80,17 +94,17 @@ size_t ReceiveBudget::Watch(zmq::socket_t& socket, std::string_view what) {
   return watched_.size() - 1;
 }
 
-zmq::pollitem_t ReceiveBudget::MonitorItem(size_t index) {
+zmq::pollitem_t ConnectionGuard::MonitorItem(size_t index) {
   return {watched_[index].monitor.handle(), 0, ZMQ_POLLIN, 0};
 }
 
-bool ReceiveBudget::TakeClosed(size_t index, bool readable, Clock::time_point now) {
+bool ConnectionGuard::TakeClosed(size_t index, bool readable, Clock::time_point now) {
   Watched& w = watched_[index];
   if (readable) ReadEvents(w, now);
   return std::exchange(w.closed, false);
 }
 
-void ReceiveBudget::ReadEvents(Watched& watched, Clock::time_point now) {
+void ConnectionGuard::ReadEvents(Watched& watched, Clock::time_point now) {
   while (true) {
     // An event: [event (uint16) | value (uint32, the descriptor)] [endpoint].
     zmq::message_t head, address;
@@ -108,7 +122,9 @@ void ReceiveBudget::ReadEvents(Watched& watched, Clock::time_point now) {
     if (event == ZMQ_EVENT_ACCEPTED) {
       // A descriptor number is reused once libzmq closed it; this is a new connection.
       connections_[static_cast<int>(fd)] = Connection{kHandshakeAllowance, 0, true};
-      if (max_bytes_ > 0) next_check_ = std::min(next_check_, now + kInterval);
+      if (max_bytes_ > 0 || idle_timeout_.count() > 0) {
+        next_check_ = std::min(next_check_, now + kInterval);
+      }
     } else if (event == ZMQ_EVENT_DISCONNECTED) {
       connections_.erase(static_cast<int>(fd));
       watched.closed = true;
@@ -116,13 +132,13 @@ void ReceiveBudget::ReadEvents(Watched& watched, Clock::time_point now) {
   }
 }
 
-void ReceiveBudget::Delivered(const Arrival& arrival) {
+void ConnectionGuard::Delivered(const Arrival& arrival) {
   auto it = connections_.find(arrival.fd);
   if (it != connections_.end()) it->second.delivered += arrival.wire_bytes;
 }
 
-void ReceiveBudget::Check(Clock::time_point now) {
-  if (max_bytes_ == 0 || now < next_check_) return;
+void ConnectionGuard::Check(Clock::time_point now) {
+  if ((max_bytes_ == 0 && idle_timeout_.count() <= 0) || now < next_check_) return;
   for (Watched& w : watched_) ReadEvents(w, now);
   struct Holder {
     int fd;
@@ -130,16 +146,21 @@ void ReceiveBudget::Check(Clock::time_point now) {
     bool sending;  // took more bytes since the last look
   };
   std::vector<Holder> holders;
+  std::vector<int> idle;
   uint64_t total = 0;
   for (auto& [fd, c] : connections_) {
     if (!c.tcp) continue;
-    std::optional<uint64_t> taken = Taken(fd);
-    if (!taken) {
+    std::optional<Counters> counters = Read(fd);
+    if (!counters) {
       c.tcp = false;  // ipc, or closed (its event follows)
       continue;
     }
-    bool sending = *taken != c.taken;
-    c.taken = *taken;
+    if (idle_timeout_.count() > 0 && counters->quiet > idle_timeout_) {
+      idle.push_back(fd);  // not even a pong: stalled inside a frame, or gone
+      continue;
+    }
+    bool sending = counters->taken != c.taken;
+    c.taken = counters->taken;
     uint64_t held = c.taken > c.delivered ? c.taken - c.delivered : 0;
     if (!sending && held <= kCommandSlack) {
       c.delivered = std::max(c.delivered, c.taken);  // pings and pongs, not a frame
@@ -149,28 +170,35 @@ void ReceiveBudget::Check(Clock::time_point now) {
     holders.push_back({fd, held, sending});
     total += held;
   }
-  if (total > max_bytes_) {
+  for (int fd : idle) {
+    ++closed_idle_;
+    Close(fd);
+  }
+  if (max_bytes_ > 0 && total > max_bytes_) {
     std::sort(holders.begin(), holders.end(), [](const Holder& a, const Holder& b) {
       return a.sending != b.sending ? !a.sending : a.held > b.held;
     });
     for (const Holder& h : holders) {
       if (total <= max_bytes_) break;
+      ++closed_over_budget_;
       Close(h.fd);
       total -= h.held;
     }
   }
   held_bytes_ = total;
-  next_check_ = now + (connections_.empty()     ? milliseconds(1000)
-                       : total > max_bytes_ / 2 ? kIntervalNearBudget
-                                                : kInterval);
+  milliseconds interval =
+      connections_.empty() ? milliseconds(1000)
+      : max_bytes_ == 0    ? std::clamp(idle_timeout_ / 10, kInterval, milliseconds(1000))
+      : total > max_bytes_ / 2 ? kIntervalNearBudget
+                               : kInterval;
+  next_check_ = now + interval;
 }
 
-void ReceiveBudget::Close(int fd) {
+void ConnectionGuard::Close(int fd) {
   // libzmq owns the descriptor and closes it once it saw the peer leave (its disconnect
   // event then retires the entry); until then the number cannot be reused.
   ::shutdown(fd, SHUT_RDWR);
   connections_.erase(fd);
-  ++closed_;
 }
 
 }  // namespace zerocan::internal

@@ -1,12 +1,18 @@
-"""An engine's receive budget (the C++ ReceiveBudget, src/transport/receive_budget.h).
+"""What an engine's clients may make it hold, and for how long (the C++ ConnectionGuard,
+src/transport/connection_guard.h), judged from the kernel's counters of each tcp
+connection a bound socket accepted:
 
-libzmq reads whatever a peer sends into memory, with no bound over all connections. For
-each tcp connection a bound socket accepted, the kernel's count of bytes received
-(TCP_INFO) less what still waits in its queue is what libzmq took; less the wire bytes of
-the messages read from the connection, it is what libzmq still holds. Past the budget,
-connections are shut down (libzmq sees the peer leave and frees what it held): those
-that sent nothing since the last look first, then the largest, until the rest fit.
-Checked every 50 ms (10 ms past half the budget). Used by the engine's I/O thread only.
+- idle: a connection from which no byte arrived for ``idle_timeout`` seconds is closed
+  (live peers answer the ZMTP pings limit_connections sets; an upload still arriving,
+  however slowly, is never idle);
+- budget: bytes received (TCP_INFO) less those still in the kernel's queue is what
+  libzmq took; less the wire bytes of the messages read from the connection, it is what
+  libzmq still holds. Past the budget, connections are closed, those that sent nothing
+  since the last look first, then the largest, until the rest fit.
+
+Closing is a shutdown on a duplicate of libzmq's descriptor: libzmq sees the peer leave
+and frees what it held. Checked every 50 ms (10 ms past half the budget). Used by the
+engine's I/O thread only.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ._watch import tcp_counters
 
-# struct tcp_info (linux/tcp.h): u64 tcpi_bytes_received at byte 128.
+# struct tcp_info (linux/tcp.h): u32 tcpi_last_data_recv (ms) at byte 52, u64
+# tcpi_bytes_received at byte 128.
+_LAST_DATA_RECV_OFFSET = 52
 _BYTES_RECEIVED_OFFSET = 128
 # The greeting and handshake commands before the first message (a few hundred bytes;
 # CurveZMQ's under 1 KiB) are credited up front; afterwards a quiet connection holding
@@ -51,12 +59,14 @@ class _Connection:
         self.tcp = True
 
 
-class ReceiveBudget:
-    def __init__(self, max_bytes: int, curve: bool) -> None:
+class ConnectionGuard:
+    def __init__(self, max_bytes: int, idle_timeout: float, curve: bool) -> None:
         self.max_bytes = max_bytes
+        self.idle_timeout = idle_timeout
         self.curve = curve
         self.held_bytes = 0
-        self.connections_closed = 0
+        self.closed_over_budget = 0
+        self.closed_idle = 0
         self.next_check = float("inf")
         self._monitors: list[tuple[zmq.Socket, zmq.Socket]] = []  # (socket, monitor)
         self._connections: dict[int, _Connection] = {}
@@ -87,7 +97,7 @@ class ReceiveBudget:
                 if event["event"] == zmq.EVENT_ACCEPTED:
                     # A descriptor number is reused once libzmq closed it: a new connection.
                     self._connections[fd] = _Connection()
-                    if self.max_bytes > 0:
+                    if self.max_bytes > 0 or self.idle_timeout > 0:
                         t = time.monotonic() if now is None else now
                         self.next_check = min(self.next_check, t + _INTERVAL)
                 elif event["event"] == zmq.EVENT_DISCONNECTED:
@@ -107,11 +117,13 @@ class ReceiveBudget:
             c.delivered += sum(wire_bytes(len(p), self.curve) for p in parts[1:])
 
     def check(self, now: float) -> None:
-        """Looks at every connection when due, closing what is over the budget."""
-        if self.max_bytes <= 0 or now < self.next_check:
+        """Looks at every connection when due, closing the idle ones and what is over
+        the budget."""
+        if (self.max_bytes <= 0 and self.idle_timeout <= 0) or now < self.next_check:
             return
         self.read_events(now)  # so that no descriptor closed below was reused
         holders: list[tuple[bool, int, int]] = []  # (sending, held, fd)
+        idle: list[int] = []
         total = 0
         for fd, c in self._connections.items():
             if not c.tcp:
@@ -121,6 +133,11 @@ class ReceiveBudget:
                 c.tcp = False  # ipc, or closed (its event follows)
                 continue
             info, unread = counters
+            quiet_ms = int.from_bytes(info[_LAST_DATA_RECV_OFFSET:_LAST_DATA_RECV_OFFSET + 4],
+                                      "little")
+            if 0 < self.idle_timeout < quiet_ms / 1000:
+                idle.append(fd)  # not even a pong: stalled inside a frame, or gone
+                continue
             received = int.from_bytes(info[_BYTES_RECEIVED_OFFSET:_BYTES_RECEIVED_OFFSET + 8],
                                       "little")
             taken = received - min(received, unread)
@@ -133,17 +150,27 @@ class ReceiveBudget:
             if held:
                 holders.append((sending, held, fd))
                 total += held
-        if total > self.max_bytes:
+        for fd in idle:
+            self.closed_idle += 1  # counted first: a peer may see the close at once
+            self._close(fd)
+        if 0 < self.max_bytes < total:
             holders.sort(key=lambda h: (h[0], -h[1]))  # stalled first, then the largest
             for _, held, fd in holders:
                 if total <= self.max_bytes:
                     break
+                self.closed_over_budget += 1
                 self._close(fd)
                 total -= held
         self.held_bytes = total
-        self.next_check = now + (1.0 if not self._connections else
-                                 _INTERVAL_NEAR_BUDGET if total > self.max_bytes // 2 else
-                                 _INTERVAL)
+        if not self._connections:
+            interval = 1.0
+        elif self.max_bytes <= 0:
+            interval = min(max(self.idle_timeout / 10, _INTERVAL), 1.0)
+        elif total > self.max_bytes // 2:
+            interval = _INTERVAL_NEAR_BUDGET
+        else:
+            interval = _INTERVAL
+        self.next_check = now + interval
 
     def _close(self, fd: int) -> None:
         # libzmq owns the descriptor: shut the connection down through a duplicate and
@@ -154,7 +181,6 @@ class ReceiveBudget:
         except OSError:
             pass
         self._connections.pop(fd, None)
-        self.connections_closed += 1
 
     def close(self) -> None:
         for sock, monitor in self._monitors:
