@@ -40,6 +40,23 @@ long PeerUser(int fd) {
 
 constexpr size_t kMaxName = sizeof(sockaddr_un::sun_path) - 1;
 
+// One byte of data with room for one descriptor (SCM_RIGHTS), for sendmsg and recvmsg.
+struct FdMessage {
+  FdMessage() {
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+  }
+  FdMessage(const FdMessage&) = delete;
+  FdMessage& operator=(const FdMessage&) = delete;
+
+  char byte = 'z';
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+};
+
 }  // namespace
 
 // ---- SegmentServer ------------------------------------------------------------------
@@ -89,21 +106,13 @@ void SegmentServer::Serve() {
       ::close(peer);
       continue;
     }
-    // One byte of data carries the descriptor.
-    char byte = 'z';
-    iovec iov{&byte, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    FdMessage out;
+    cmsghdr* c = CMSG_FIRSTHDR(&out.msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int));
     std::memcpy(CMSG_DATA(c), &memfd_, sizeof(int));
-    [[maybe_unused]] ssize_t sent = ::sendmsg(peer, &msg, MSG_NOSIGNAL);
+    [[maybe_unused]] ssize_t sent = ::sendmsg(peer, &out.msg, MSG_NOSIGNAL);
     ::close(peer);
   }
 }
@@ -142,17 +151,10 @@ std::shared_ptr<SharedSegments::Mapping> SharedSegments::Map(std::string_view na
     ::close(s);
     throw fail("served by another user");
   }
-  char byte;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t got = ::recvmsg(s, &msg, MSG_CMSG_CLOEXEC);
+  FdMessage in;
+  ssize_t got = ::recvmsg(s, &in.msg, MSG_CMSG_CLOEXEC);
   ::close(s);
-  cmsghdr* c = got == 1 ? CMSG_FIRSTHDR(&msg) : nullptr;
+  cmsghdr* c = got == 1 ? CMSG_FIRSTHDR(&in.msg) : nullptr;
   if (c == nullptr || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
       c->cmsg_len != CMSG_LEN(sizeof(int))) {
     throw fail("no descriptor came");
