@@ -23,6 +23,7 @@
 #include "tool_process.h"
 #include "tools/apply_util.h"
 #include "zerocan/client.h"
+#include "zerocan/engine.h"
 
 namespace zerocan {
 namespace {
@@ -217,6 +218,48 @@ ToolOutput RunToolWithStdin(const std::string& args, const std::string& stdin_fi
   result.err.assign(std::istreambuf_iterator<char>(err), {});
   unlink(err_path.c_str());
   return result;
+}
+
+TEST(CliTest, KeywordArgumentsComeFromKwargOptionsOrAnArgsFileObject) {
+  std::string url = Ipc("kwargs");
+  Engine engine(EngineOptions{});
+  engine.def("affine", [](double x, double k, double shift) { return x * k + shift; },
+             {"x", "k", "shift"});
+  engine.Bind(url);
+  engine.Start();
+  ToolOutput r = RunCall({url, "affine", "2", "--kwarg", "k=3", "--kwarg", "shift=0.5"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "6.5\n");
+  r = RunCall({url, "affine", "--kwarg=shift=1", "--kwarg", "k=2", "4"});  // options anywhere
+  EXPECT_EQ(r.out, "9.0\n") << r.err;
+  std::string file = TempPath("kwargs.json");
+  std::ofstream(file) << R"({"args": [1], "kwargs": {"k": 10, "shift": 2}})";
+  r = RunCall({url, "affine", "--args-file", file});
+  EXPECT_EQ(r.out, "12.0\n") << r.err;
+  // Refused before anything is sent (2), or by the engine (1), each saying why.
+  struct Case {
+    std::vector<std::string> args;
+    int status;
+    const char* says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"1", "--kwarg", "k"}, 2, "--kwarg k: expected NAME=VALUE"},
+           {{"1", "--kwarg", "=3"}, 2, "a keyword argument needs a name"},
+           {{"1", "--kwarg", "k=1", "--kwarg", "k=2"}, 2, "keyword argument 'k' given twice"},
+           {{"1", "--kwarg", "k=1e400"}, 2, "--kwarg k: 1e400 is beyond the float64 range"},
+           {{"1", "--kwarg", "k=1", "--kwarg", "q=2"}, 1, "unexpected keyword argument 'q'"},
+           {{"--args-file", file, "--kwarg", "k=1"}, 2, "excludes"}}) {
+    std::vector<std::string> argv = {url, "affine"};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    r = RunCall(argv);
+    EXPECT_EQ(r.status, c.status) << c.says << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.says));
+  }
+  std::ofstream(file, std::ios::trunc) << R"({"args": [1], "kwarg": {"k": 10}})";
+  r = RunCall({url, "affine", "--args-file", file});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.err, HasSubstr(R"(expected "args" (an array) and "kwargs" (an object), got "kwarg")"));
+  unlink(file.c_str());
 }
 
 TEST(CliTest, ArgsFileCarriesArgumentsOfAnySize) {

@@ -1,6 +1,7 @@
-// `zerocan call URL FUNCTION [ARGS...]`: a command-line client. Each argument is a JSON
-// value (an argument that is not valid JSON is sent as text, so `zerocan call URL echo
-// hello` works), or they all come as one JSON array from --args-file; the result prints
+// `zerocan call URL FUNCTION [ARGS...] [--kwarg NAME=VALUE...]`: a command-line client.
+// Each argument is a JSON value (an argument that is not valid JSON is sent as text, so
+// `zerocan call URL echo hello` works), or they all come from --args-file (a JSON array,
+// or an object with "args" and "kwargs"); the result prints
 // as one bare JSON value on stdout. A remote error, a timeout or an endpoint where nothing
 // listens goes to stderr with a non-zero exit.
 #include <algorithm>
@@ -43,8 +44,10 @@ constexpr char kCallDescription[] =
     "{\"dtype\": \"float32\", \"shape\": [2, 2], \"data\": [...]} as a tensor; anything that is\n"
     "not JSON as text). Numbers JSON cannot carry exactly are refused: integers beyond\n"
     "int64 and uint64, NaN, Infinity, 1e400 (quote them, '\"NaN\"', to send text).\n"
-    "--args-file FILE (- for stdin) gives all arguments as one JSON array instead, of any\n"
-    "size. Typed arrays print as {\"dtype\", \"shape\", \"data\"}, with data cut after 100\n"
+    "--kwarg NAME=VALUE (repeatable) adds a keyword argument, VALUE read as ARGS are.\n"
+    "--args-file FILE (- for stdin) gives the arguments instead, of any size: one JSON\n"
+    "array, or an object {\"args\": [...], \"kwargs\": {\"name\": value, ...}}. Typed\n"
+    "arrays print as {\"dtype\", \"shape\", \"data\"}, with data cut after 100\n"
     "elements (\"elided\": how many more) unless --full. Floats JSON cannot hold print as\n"
     "NaN, Infinity and -Infinity (as Python's json module writes them). Options may stand\n"
     "anywhere; `--` ends them.";
@@ -57,6 +60,7 @@ constexpr char kCallFooter[] =
 struct CallArgs {
   std::string url, function;
   std::vector<std::string> args;
+  std::vector<std::string> kwargs;  // NAME=VALUE
   std::string args_file;
   double timeout_s = 30;
   bool full = false;
@@ -97,22 +101,32 @@ nlohmann::json ArgumentJson(const std::string& text, size_t index) {
   }
 }
 
-// The arguments: one JSON array from --args-file (a file, or - for stdin), else each
-// command-line argument.
-std::vector<nlohmann::json> CallArguments(const CallArgs& args) {
-  std::vector<nlohmann::json> out;
-  if (args.args_file.empty()) {
-    for (size_t i = 0; i < args.args.size(); ++i) out.push_back(ArgumentJson(args.args[i], i));
-    return out;
+// The arguments of a call: positional, then keywords in the order given.
+struct Arguments {
+  std::vector<nlohmann::json> positional;
+  std::vector<std::pair<std::string, nlohmann::json>> keywords;
+};
+
+// Adds keyword `name`; refuses an empty name and one given twice.
+void AddKeyword(Arguments* out, std::string name, nlohmann::json value, const std::string& where) {
+  if (name.empty()) throw ArgumentRefused(where + ": a keyword argument needs a name");
+  for (const auto& [given, v] : out->keywords) {
+    if (given == name) throw ArgumentRefused(where + ": keyword argument '" + name + "' given twice");
   }
-  std::string name = "--args-file " + args.args_file;
+  out->keywords.emplace_back(std::move(name), std::move(value));
+}
+
+// From --args-file (a file, or - for stdin): a JSON array of the positional arguments, or
+// an object with "args" (an array) and "kwargs" (an object), either optional.
+Arguments FileArguments(const std::string& path) {
+  std::string name = "--args-file " + path;
   std::ifstream file;
-  if (args.args_file != "-") {
-    file.open(args.args_file, std::ios::binary);
+  if (path != "-") {
+    file.open(path, std::ios::binary);
     if (!file) throw ArgumentRefused(name + ": " + std::strerror(errno));
   }
   std::ostringstream text;
-  text << (args.args_file == "-" ? std::cin : file).rdbuf();
+  text << (path == "-" ? std::cin : file).rdbuf();
   std::optional<nlohmann::json> json;
   try {
     json = ParseExactJson(text.view());
@@ -120,12 +134,53 @@ std::vector<nlohmann::json> CallArguments(const CallArgs& args) {
   } catch (const std::exception& e) {
     throw ArgumentRefused(name + ": " + e.what());
   }
-  if (!json->is_array()) {
-    throw ArgumentRefused(name + ": expected a JSON array of the arguments, got " +
-                          std::string(json->type_name()));
+  Arguments out;
+  nlohmann::json positional = nlohmann::json::array(), keywords = nlohmann::json::object();
+  if (json->is_array()) {
+    positional = std::move(*json);
+  } else if (json->is_object()) {
+    for (auto& [key, value] : json->items()) {
+      if (key == "args" && value.is_array()) {
+        positional = std::move(value);
+      } else if (key == "kwargs" && value.is_object()) {
+        keywords = std::move(value);
+      } else {
+        throw ArgumentRefused(name + ": expected \"args\" (an array) and \"kwargs\" (an "
+                              "object), got \"" + key + "\" (" + value.type_name() + ")");
+      }
+    }
+  } else {
+    throw ArgumentRefused(name + ": expected a JSON array of the arguments, or an object with "
+                          "\"args\" and \"kwargs\", got " + std::string(json->type_name()));
   }
-  out.reserve(json->size());
-  for (nlohmann::json& arg : *json) out.push_back(std::move(arg));
+  out.positional.reserve(positional.size());
+  for (nlohmann::json& arg : positional) out.positional.push_back(std::move(arg));
+  for (auto& [key, value] : keywords.items()) AddKeyword(&out, key, std::move(value), name);
+  return out;
+}
+
+// The arguments: from --args-file, else each command-line argument and --kwarg.
+Arguments CallArguments(const CallArgs& args) {
+  if (!args.args_file.empty()) return FileArguments(args.args_file);
+  Arguments out;
+  for (size_t i = 0; i < args.args.size(); ++i) {
+    out.positional.push_back(ArgumentJson(args.args[i], i));
+  }
+  for (const std::string& kwarg : args.kwargs) {
+    size_t eq = kwarg.find('=');
+    if (eq == std::string::npos) {
+      throw ArgumentRefused("--kwarg " + kwarg + ": expected NAME=VALUE");
+    }
+    std::string name = kwarg.substr(0, eq);
+    nlohmann::json value;
+    try {
+      value = ArgumentJson(kwarg.substr(eq + 1), 0);
+    } catch (const ArgumentRefused& e) {
+      std::string why = e.what();  // "argument 0: ..."
+      throw ArgumentRefused("--kwarg " + name + why.substr(why.find(':')));
+    }
+    AddKeyword(&out, std::move(name), std::move(value), "--kwarg");
+  }
   return out;
 }
 
@@ -134,7 +189,7 @@ int RunCall(const CallArgs& args) {
   auto timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(args.timeout_s * 1000)));
   // On the wire as Client::apply_for sends it: beyond 32 bits of milliseconds, 0 (none).
   uint32_t wire_timeout_ms = timeout.count() > UINT32_MAX ? 0 : static_cast<uint32_t>(timeout.count());
-  std::vector<nlohmann::json> arguments;
+  Arguments arguments;
   try {
     arguments = CallArguments(args);
   } catch (const ArgumentRefused& e) {
@@ -155,12 +210,17 @@ int RunCall(const CallArgs& args) {
     if (!args.curve_key_file.empty()) options.curve = ReadCurveServerKeys(args.curve_key_file);
     Client client(args.url, options);
     EnvelopeWriter writer(client.policy());
-    ApplyWriter apply = writer.StartApply(args.function, arguments.size(), 0, wire_timeout_ms);
-    for (size_t i = 0; i < arguments.size(); ++i) {
+    ApplyWriter apply = writer.StartApply(args.function, arguments.positional.size(),
+                                          arguments.keywords.size(), wire_timeout_ms);
+    for (size_t i = 0; i < arguments.positional.size(); ++i) {
       ValueWriter w = apply.arg(i);
-      WriteJson(w, arguments[i]);
+      WriteJson(w, arguments.positional[i]);
     }
-    arguments.clear();
+    for (size_t i = 0; i < arguments.keywords.size(); ++i) {
+      ValueWriter w = apply.kwarg(i, arguments.keywords[i].first);
+      WriteJson(w, arguments.keywords[i].second);
+    }
+    arguments = Arguments();
     Result result = client.Submit(writer, args.function, timeout).get();
     Value value = result.value();  // throws the failure
     // Text that is not UTF-8 prints with U+FFFD in place of the bad bytes.
@@ -227,11 +287,20 @@ void AddCall(CLI::App& app, RunFunction* chosen) {
   sub->add_option("FUNCTION", args->function, "the function's name")->required()->transform(unshield);
   CLI::Option* positional =
       sub->add_option("ARGS", args->args, "its arguments, each a JSON value (or text)")->transform(unshield);
+  CLI::Option* keywords =
+      sub->add_option("--kwarg", args->kwargs,
+                      "a keyword argument, NAME=VALUE (VALUE as ARGS are); repeatable")
+          ->type_name("NAME=VALUE")
+          ->expected(1)
+          ->allow_extra_args(false)  // one NAME=VALUE per --kwarg; ARGS may follow
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--args-file", args->args_file,
-                  "the arguments as one JSON array in FILE (- for stdin), instead of ARGS")
+                  "the arguments in FILE (- for stdin), instead of ARGS and --kwarg: a JSON\n"
+                  "array, or an object {\"args\": [...], \"kwargs\": {...}}")
       ->type_name("FILE")
       ->check(ReadableFile())
-      ->excludes(positional);
+      ->excludes(positional)
+      ->excludes(keywords);
   sub->add_option("--timeout", args->timeout_s,
                   "seconds to wait for the reply: more than 0, at most 1e9 (about 31 years);\n"
                   "rounded up to whole milliseconds")
