@@ -294,10 +294,14 @@ TEST(CliTest, ArgsFileCarriesArgumentsOfAnySize) {
   EXPECT_EQ(r.status, 2);
   EXPECT_THAT(r.err, HasSubstr("--args-file"));
 
-  std::ofstream(small) << "{\"a\": 1}";
+  std::ofstream(small) << "{\"a\": 1}";  // an object holds "args" and "kwargs" only
   r = RunCall({url, "echo", "--args-file", small});
   EXPECT_EQ(r.status, 2);
-  EXPECT_THAT(r.err, HasSubstr("expected a JSON array of the arguments, got object"));
+  EXPECT_THAT(r.err, HasSubstr("expected \"args\" (an array) and \"kwargs\" (an object), got \"a\""));
+  std::ofstream(small) << "\"text\"";
+  r = RunCall({url, "echo", "--args-file", small});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.err, HasSubstr("expected a JSON array of the arguments, or an object"));
   std::ofstream(small) << "[1, NaN]";
   r = RunCall({url, "echo", "--args-file", small});
   EXPECT_EQ(r.status, 2);
