@@ -126,7 +126,8 @@ class Broker::Impl {
     guard_.emplace(*context_, options_.connection_limits.receive_budget_bytes,
                    options_.connection_limits.idle_timeout);
     guard_->Watch(frontend_, "frontend");  // index kFrontend
-    guard_->Watch(backend_, "backend");    // index kBackend
+    // Engines' results do not count against the budget: clients must not get them cut.
+    guard_->Watch(backend_, "backend", /*budgeted=*/false);  // index kBackend
     if (!options_.capture.empty()) {
       capture_ = zmq::socket_t(*context_, zmq::socket_type::pub);
       capture_.set(zmq::sockopt::linger, 0);

@@ -38,7 +38,10 @@ int Port(const std::string& endpoint) { return std::stoi(endpoint.substr(endpoin
 // A plain TCP connection to 127.0.0.1:port.
 class RawPeer {
  public:
-  explicit RawPeer(int port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+  explicit RawPeer(int port, int receive_buffer = 0) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    if (receive_buffer > 0) {
+      setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof(receive_buffer));
+    }
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -73,6 +76,16 @@ class RawPeer {
     std::string greeting, head, ready;
     return Read(64, &greeting) && Read(2, &head) && head[0] == '\x04' &&
            Read(static_cast<uint8_t>(head[1]), &ready);
+  }
+  // Reads what is there, up to `n` bytes (waiting up to a second for something); nullopt
+  // once the connection closed.
+  std::optional<size_t> ReadSome(size_t n) {
+    std::string buf(n, '\0');
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 1000) <= 0) return 0;
+    ssize_t got = ::recv(fd_, buf.data(), n, 0);
+    if (got <= 0) return std::nullopt;
+    return static_cast<size_t>(got);
   }
   bool Read(size_t n, std::string* out) {
     out->resize(n);
@@ -269,9 +282,12 @@ TEST(ConnectionGuardTest, WireBytesUnderCurveAddUpToWhatTheKernelReceived) {
 
 // A ROUTER with a receive budget, served by the test: every message read and counted.
 struct BudgetedRouter {
-  explicit BudgetedRouter(uint64_t max_bytes)
-      : router(context, zmq::socket_type::router), budget(context, max_bytes, milliseconds(0)) {
+  explicit BudgetedRouter(uint64_t max_bytes, milliseconds idle_timeout = milliseconds(0),
+                          int send_buffer = 0)
+      : router(context, zmq::socket_type::router), budget(context, max_bytes, idle_timeout) {
     router.set(zmq::sockopt::linger, 0);
+    if (send_buffer > 0) router.set(zmq::sockopt::sndbuf, send_buffer);
+    internal::ApplyIdlePings(router, idle_timeout);
     router.bind("tcp://127.0.0.1:*");
     budget.Watch(router, "test");
     endpoint = router.get(zmq::sockopt::last_endpoint);
@@ -286,12 +302,15 @@ struct BudgetedRouter {
       budget.TakeClosed(0, items[1].revents & ZMQ_POLLIN);
       while (true) {
         Arrival arrival;
+        std::optional<ReceivedMessage> got;
         try {
-          if (!Receive(router, DecodeLimits{}, zmq::recv_flags::dontwait, true, &arrival)) break;
+          got = Receive(router, DecodeLimits{}, zmq::recv_flags::dontwait, true, &arrival);
+          if (!got) break;
         } catch (const DecodeError&) {
         }
         budget.Delivered(arrival);
         ++messages;
+        last = std::move(got);
       }
     }
   }
@@ -300,6 +319,7 @@ struct BudgetedRouter {
   internal::ConnectionGuard budget;
   std::string endpoint;
   size_t messages = 0;
+  std::optional<ReceivedMessage> last;
 };
 
 TEST(ConnectionGuardTest, HeldBytesAreThePartialFrameAfterManyCompleteMessages) {
@@ -412,6 +432,34 @@ TEST(ConnectionLimitsTest, AnUploadSlowerThanTheIdleTimeoutIsNotCutButAStallIs) 
   ASSERT_TRUE(closed.has_value()) << "a peer stalled inside a frame was kept";
   EXPECT_GE(closed->count(), 500);
   EXPECT_TRUE(AddWorks(e.endpoint));
+}
+
+TEST(ConnectionGuardTest, APeerStillTakingALargeFrameIsNotIdleButOneThatStopsIs) {
+  // Small socket buffers: the frame cannot sit in the kernels, the peer takes it as it
+  // reads. It sends nothing meanwhile (the router's pings wait behind the frame).
+  BudgetedRouter r(0, milliseconds(600), 64 << 10);
+  RawPeer peer(Port(r.endpoint), 64 << 10);
+  ASSERT_TRUE(peer.Handshake() && peer.AwaitReady());
+  ASSERT_TRUE(peer.Frame("", true) && peer.Frame("hello", false));
+  r.Serve(milliseconds(100));
+  ASSERT_TRUE(r.last.has_value() && r.last->routing.size() == 1);
+  std::string id(reinterpret_cast<const char*>(r.last->routing[0].data()), r.last->routing[0].size());
+  r.router.send(zmq::buffer(id), zmq::send_flags::sndmore);
+  r.router.send(zmq::message_t(std::string(3 << 20, 'd')), zmq::send_flags::none);
+  // About 1 MiB/s: 3 s for the frame, five times the idle timeout.
+  size_t read = 0;
+  Clock::time_point start = Clock::now();
+  while (read < (3u << 20)) {
+    std::optional<size_t> n = peer.ReadSome(32 << 10);
+    ASSERT_TRUE(n.has_value()) << "cut after " << read << " bytes";
+    read += *n;
+    r.Serve(milliseconds(30));
+  }
+  EXPECT_GE(Clock::now() - start, milliseconds(2000));
+  EXPECT_EQ(r.budget.closed_idle(), 0u);
+  // Then silent (no pong either): cut after the timeout.
+  r.Serve(milliseconds(1500));
+  EXPECT_EQ(r.budget.closed_idle(), 1u);
 }
 
 }  // namespace

@@ -34,24 +34,15 @@ constexpr uint64_t kHandshakeAllowance = 4096;
 // seconds: a quiet connection holding no more than this is taken to hold nothing.
 constexpr uint64_t kCommandSlack = 256;
 
-struct Counters {
-  uint64_t taken;                       // bytes libzmq has read from the connection
-  std::chrono::milliseconds quiet;      // since a byte last arrived
-};
-
-// The kernel's counters of tcp connection `fd`; nullopt when it is not one (or gone).
-std::optional<Counters> Read(int fd) {
-  tcp_info info{};
-  socklen_t size = sizeof(info);
-  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &size) != 0 ||
-      size < offsetof(tcp_info, tcpi_bytes_received) + sizeof(info.tcpi_bytes_received)) {
-    return std::nullopt;
-  }
+// Bytes in tcp connection `fd`'s receive queue, not yet read by libzmq.
+std::optional<uint64_t> Unread(int fd) {
   int unread = 0;
-  if (ioctl(fd, SIOCINQ, &unread) != 0) return std::nullopt;
-  return Counters{info.tcpi_bytes_received - std::min<uint64_t>(info.tcpi_bytes_received, unread),
-                  milliseconds(info.tcpi_last_data_recv)};
+  if (ioctl(fd, SIOCINQ, &unread) != 0 || unread < 0) return std::nullopt;
+  return static_cast<uint64_t>(unread);
 }
+
+// Below this rate since the last look, a connection holding bytes counts as stalled.
+constexpr double kSendingBytesPerSecond = 256 * 1024;
 
 }  // namespace
 
@@ -73,7 +64,7 @@ ConnectionGuard::~ConnectionGuard() {
   }
 }
 
-size_t ConnectionGuard::Watch(zmq::socket_t& socket, std::string_view what) {
+size_t ConnectionGuard::Watch(zmq::socket_t& socket, std::string_view what, bool budgeted) {
   static std::atomic<uint64_t> n{0};
   std::string endpoint =
       absl::StrCat("inproc://zerocan-connections-", std::string(what), "-", getpid(), "-", n.fetch_add(1));
@@ -83,14 +74,18 @@ size_t ConnectionGuard::Watch(zmq::socket_t& socket, std::string_view what) {
   }
   zmq::socket_t monitor(*context_, zmq::socket_type::pair);
   monitor.set(zmq::sockopt::linger, 0);
+  // libzmq's I/O thread sends events with a blocking send: a bounded queue that nobody
+  // reads for a while (a long inline call, a stop) would stall every connection.
+  monitor.set(zmq::sockopt::rcvhwm, 0);
   monitor.connect(endpoint);
   for (size_t i = 0; i < watched_.size(); ++i) {
     if (watched_[i].socket != socket.handle()) continue;
     // Watched again after another bind: the old monitor reports nothing more.
     watched_[i].monitor = std::move(monitor);
+    watched_[i].budgeted = budgeted;
     return i;
   }
-  watched_.push_back({socket.handle(), std::move(monitor)});
+  watched_.push_back({socket.handle(), std::move(monitor), budgeted});
   return watched_.size() - 1;
 }
 
@@ -121,7 +116,13 @@ void ConnectionGuard::ReadEvents(Watched& watched, Clock::time_point now) {
     std::memcpy(&fd, static_cast<const char*>(head.data()) + 2, sizeof(fd));
     if (event == ZMQ_EVENT_ACCEPTED) {
       // A descriptor number is reused once libzmq closed it; this is a new connection.
-      connections_[static_cast<int>(fd)] = Connection{kHandshakeAllowance, 0, true};
+      Connection& c = connections_[static_cast<int>(fd)];
+      c = Connection{};
+      c.generation = ++generations_;
+      c.budgeted = watched.budgeted;
+      c.delivered = kHandshakeAllowance;
+      c.looked = now;
+      c.activity.Watch(static_cast<int>(fd), now);
       if (max_bytes_ > 0 || idle_timeout_.count() > 0) {
         next_check_ = std::min(next_check_, now + kInterval);
       }
@@ -132,59 +133,77 @@ void ConnectionGuard::ReadEvents(Watched& watched, Clock::time_point now) {
   }
 }
 
+void ConnectionGuard::ReadAllEvents(Clock::time_point now) {
+  for (Watched& w : watched_) ReadEvents(w, now);
+}
+
 void ConnectionGuard::Delivered(const Arrival& arrival) {
+  if (arrival.fd < 0) return;  // inproc
   auto it = connections_.find(arrival.fd);
+  if (it == connections_.end()) {
+    // Read before its connection's event was: take the events now.
+    ReadAllEvents(Clock::now());
+    it = connections_.find(arrival.fd);
+  }
   if (it != connections_.end()) it->second.delivered += arrival.wire_bytes;
 }
 
 void ConnectionGuard::Check(Clock::time_point now) {
   if ((max_bytes_ == 0 && idle_timeout_.count() <= 0) || now < next_check_) return;
-  for (Watched& w : watched_) ReadEvents(w, now);
+  ReadAllEvents(now);
   struct Holder {
-    int fd;
+    Doomed who;
     uint64_t held;
-    bool sending;  // took more bytes since the last look
+    bool sending;  // took at least kSendingBytesPerSecond since the last look
   };
   std::vector<Holder> holders;
-  std::vector<int> idle;
+  std::vector<Doomed> idle;
   uint64_t total = 0;
   for (auto& [fd, c] : connections_) {
     if (!c.tcp) continue;
-    std::optional<Counters> counters = Read(fd);
-    if (!counters) {
+    std::optional<TcpCounters> counters = ReadTcpCounters(fd);
+    std::optional<uint64_t> unread = counters ? Unread(fd) : std::nullopt;
+    if (!unread) {
       c.tcp = false;  // ipc, or closed (its event follows)
       continue;
     }
-    if (idle_timeout_.count() > 0 && counters->quiet > idle_timeout_) {
-      idle.push_back(fd);  // not even a pong: stalled inside a frame, or gone
+    if (idle_timeout_.count() > 0 && c.activity.Idle(now, *counters) > idle_timeout_) {
+      idle.push_back({fd, c.generation});  // stalled inside a frame, or gone
       continue;
     }
-    bool sending = counters->taken != c.taken;
-    c.taken = counters->taken;
+    uint64_t taken = counters->bytes_received - std::min(counters->bytes_received, *unread);
+    bool moved = taken != c.taken;
+    double seconds = std::chrono::duration<double>(now - c.looked).count();
+    bool sending = taken > c.taken && static_cast<double>(taken - c.taken) >=
+                                          kSendingBytesPerSecond * std::max(seconds, 1e-3);
+    c.taken = taken;
+    c.looked = now;
+    // What was read from a connection came off it: a count above that is credit for
+    // messages of an earlier connection with the same descriptor number.
+    c.delivered = std::min(c.delivered, c.taken + kHandshakeAllowance);
     uint64_t held = c.taken > c.delivered ? c.taken - c.delivered : 0;
-    if (!sending && held <= kCommandSlack) {
+    if (!moved && held <= kCommandSlack) {
       c.delivered = std::max(c.delivered, c.taken);  // pings and pongs, not a frame
       held = 0;
     }
-    if (held == 0) continue;
-    holders.push_back({fd, held, sending});
+    if (held == 0 || !c.budgeted) continue;
+    holders.push_back({{fd, c.generation}, held, sending});
     total += held;
   }
-  for (int fd : idle) {
-    ++closed_idle_;
-    Close(fd);
-  }
+  closed_idle_ += idle.size();  // counted first: a peer may see its close at once
+  std::vector<Doomed> doomed = std::move(idle);
   if (max_bytes_ > 0 && total > max_bytes_) {
     std::sort(holders.begin(), holders.end(), [](const Holder& a, const Holder& b) {
       return a.sending != b.sending ? !a.sending : a.held > b.held;
     });
     for (const Holder& h : holders) {
       if (total <= max_bytes_) break;
+      doomed.push_back(h.who);
       ++closed_over_budget_;
-      Close(h.fd);
       total -= h.held;
     }
   }
+  Close(doomed, now);
   held_bytes_ = total;
   milliseconds interval =
       connections_.empty() ? milliseconds(1000)
@@ -194,11 +213,18 @@ void ConnectionGuard::Check(Clock::time_point now) {
   next_check_ = now + interval;
 }
 
-void ConnectionGuard::Close(int fd) {
-  // libzmq owns the descriptor and closes it once it saw the peer leave (its disconnect
-  // event then retires the entry); until then the number cannot be reused.
-  ::shutdown(fd, SHUT_RDWR);
-  connections_.erase(fd);
+void ConnectionGuard::Close(const std::vector<Doomed>& doomed, Clock::time_point now) {
+  if (doomed.empty()) return;
+  // libzmq owns the descriptors and closes each once it saw its peer leave (a disconnect
+  // event then retires the entry). Events are read once more first: a connection closed
+  // meanwhile, its number taken by a new one, must not be shut down in its place.
+  ReadAllEvents(now);
+  for (const Doomed& d : doomed) {
+    auto it = connections_.find(d.fd);
+    if (it == connections_.end() || it->second.generation != d.generation) continue;
+    ::shutdown(d.fd, SHUT_RDWR);
+    connections_.erase(it);
+  }
 }
 
 }  // namespace zerocan::internal

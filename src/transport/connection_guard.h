@@ -5,14 +5,17 @@
 // its own idle timeout counts complete frames only, so it cuts an honest upload slower
 // than the timeout as readily as a peer stalled inside a frame. The guard looks at each
 // connection from outside (TCP_INFO and SIOCINQ on libzmq's descriptor):
-//  - idle: a connection from which no byte arrived for `idle_timeout` is closed. Live
-//    peers answer ZMTP pings (the owner sets them: ApplyIdlePings), so only a stalled or
-//    dead peer goes quiet; an upload still arriving, however slowly, is never idle.
+//  - idle: a connection that showed no life for `idle_timeout` is closed: no byte came
+//    from the peer and it acknowledged none of a frame of ours still being sent
+//    (TcpActivity). Live peers answer ZMTP pings (the owner sets them: ApplyIdlePings),
+//    so only a stalled or dead peer goes quiet; an upload still arriving, or a download
+//    still being taken, however slowly, is never idle.
 //  - budget: bytes received less those still in the kernel's queue is what libzmq took;
 //    less the wire bytes of the messages read from the connection (Delivered), it is what
-//    libzmq still holds (frames arriving, messages not yet read). When all connections
-//    together hold more than `max_bytes`, connections are closed, those that sent nothing
-//    since the last look first, then the largest, until the rest fit.
+//    libzmq still holds (frames arriving, messages not yet read). When the connections of
+//    the budgeted sockets together hold more than `max_bytes`, connections are closed,
+//    those that sent less than 256 KiB/s since the last look first, then the largest,
+//    until the rest fit.
 // Closing is shutdown(2) on libzmq's descriptor: libzmq sees the peer leave, drops the
 // connection and frees what it held. Checks run every 50 ms (every 10 ms once past half
 // the budget), so the peak can pass the budget by what arrives in one interval. ipc
@@ -30,6 +33,7 @@
 #include <absl/container/flat_hash_map.h>
 #include <zmq.hpp>
 
+#include "transport/tcp_activity.h"
 #include "zerocan/limits.h"
 #include "zerocan/transport/zmq.h"
 
@@ -53,8 +57,10 @@ class ConnectionGuard {
 
   // Watches the connections `socket` accepts from now on, replacing any monitor it had;
   // call again after each bind (binding with pacing.h's BindUnpaced replaces it).
-  // Returns the socket's index for MonitorItem and TakeClosed. Throws TransportError.
-  size_t Watch(zmq::socket_t& socket, std::string_view what);
+  // `budgeted`: its connections count against the receive budget (else only idleness
+  // is judged). Returns the socket's index for MonitorItem and TakeClosed. Throws
+  // TransportError.
+  size_t Watch(zmq::socket_t& socket, std::string_view what, bool budgeted = true);
   // For zmq::poll: readable when socket `index` has monitor events.
   zmq::pollitem_t MonitorItem(size_t index);
   // Whether a connection of socket `index` closed since the last call; reads its
@@ -79,24 +85,36 @@ class ConnectionGuard {
 
  private:
   struct Connection {
-    uint64_t delivered = 0;  // wire bytes of the messages read from it, plus allowances
-    uint64_t taken = 0;      // bytes libzmq had taken from the kernel at the last look
-    bool tcp = true;         // false once TCP_INFO failed (ipc): not watched
+    uint64_t generation = 0;  // tells a reused descriptor number from the connection
+    bool budgeted = true;     // of a budgeted socket
+    bool tcp = true;          // false once TCP_INFO failed (ipc): not watched
+    uint64_t delivered = 0;   // wire bytes of the messages read from it, plus allowances
+    uint64_t taken = 0;       // bytes libzmq had taken from the kernel at the last look
+    Clock::time_point looked{};
+    TcpActivity activity;
   };
   struct Watched {
     void* socket = nullptr;
     zmq::socket_t monitor;
+    bool budgeted = true;
     bool closed = false;  // a connection closed, not yet taken
+  };
+  struct Doomed {
+    int fd;
+    uint64_t generation;
   };
 
   void ReadEvents(Watched& watched, Clock::time_point now);
-  void Close(int fd);
+  void ReadAllEvents(Clock::time_point now);
+  // Closes each connection still the one that was judged (its descriptor not reused).
+  void Close(const std::vector<Doomed>& doomed, Clock::time_point now);
 
   zmq::context_t* context_;
   uint64_t max_bytes_;
   std::chrono::milliseconds idle_timeout_;
   std::vector<Watched> watched_;
   absl::flat_hash_map<int, Connection> connections_;
+  uint64_t generations_ = 0;
   Clock::time_point next_check_ = Clock::time_point::max();
   uint64_t held_bytes_ = 0;
   uint64_t closed_over_budget_ = 0;

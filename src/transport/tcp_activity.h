@@ -15,6 +15,15 @@
 
 namespace zerocan::internal {
 
+// TCP_INFO's counters of one connection.
+struct TcpCounters {
+  uint64_t bytes_acked = 0;     // of ours, by the peer
+  uint64_t bytes_received = 0;  // from the peer, in order (some may wait in our queue)
+  std::chrono::milliseconds since_data_received{0};
+};
+// The counters of tcp connection `fd`; nullopt when it is not one (or gone).
+std::optional<TcpCounters> ReadTcpCounters(int fd);
+
 class TcpActivity {
  public:
   using Clock = std::chrono::steady_clock;
@@ -25,6 +34,8 @@ class TcpActivity {
   // the kernel cannot say (not tcp, closed). Look regularly (every check of the
   // window): progress seen is dated to the previous look.
   std::optional<std::chrono::milliseconds> Idle(Clock::time_point now = Clock::now());
+  // The same from counters read already (ReadTcpCounters(fd())).
+  std::chrono::milliseconds Idle(Clock::time_point now, const TcpCounters& counters);
 
  private:
   int fd_ = -1;

@@ -146,3 +146,62 @@ def test_an_upload_slower_than_the_idle_timeout_is_not_cut_but_a_stall_is():
         peer.close()
     finally:
         engine.stop()
+
+
+def test_a_peer_still_taking_a_large_frame_is_not_idle_but_one_that_stops_is():
+    from zerocan._calls import limit_connections
+    from zerocan._guard import ConnectionGuard
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.SNDBUF, 64 << 10)  # the frame cannot sit in the kernels
+    limit_connections(router, 0.6, 5.0)
+    guard = ConnectionGuard(0, 0.6, False)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    monitor = guard.watch(router)
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    peer.connect(("127.0.0.1", port))
+
+    def serve(seconds: float) -> list:
+        got = []
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if monitor.poll(0):
+                guard.read_events()
+            guard.check(time.monotonic())
+            while router.poll(0):
+                parts = router.recv_multipart(copy=False)
+                guard.delivered(parts)
+                got.append(parts)
+            time.sleep(0.005)
+        return got
+
+    try:
+        greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\x00")
+        body = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+        peer.sendall(greeting + b"\x00" * 32 + bytes([0x04, len(body)]) + body)
+        got = b""
+        while len(got) < 66 or len(got) < 66 + got[65]:
+            got += peer.recv(4096)
+        peer.sendall(bytes([1, 0]) + bytes([0, 5]) + b"hello")  # [delimiter] [hello]
+        messages = serve(0.2)
+        assert messages, "the router got nothing"
+        router.send_multipart([messages[0][0], b"d" * (3 << 20)])
+        # About 1 MiB/s: 3 s for the frame, five times the idle timeout; the peer sends
+        # nothing meanwhile (the router's pings wait behind the frame).
+        read, start = 0, time.monotonic()
+        peer.settimeout(1.0)
+        while read < (3 << 20):
+            chunk = peer.recv(32 << 10)
+            assert chunk, f"cut after {read} bytes"
+            read += len(chunk)
+            serve(0.03)
+        assert time.monotonic() - start > 2.0
+        assert guard.closed_idle == 0
+        serve(1.5)  # then silent, no pong either
+        assert guard.closed_idle == 1
+    finally:
+        peer.close()
+        guard.close()
+        router.close(0)
+        ctx.term()
