@@ -462,45 +462,60 @@ void ExpectBusy(Result r) {
   }
 }
 
+// An engine with the built-ins and "hold" (sleeps its argument in seconds, and says when
+// it started), one worker thread, and `options`' queue bounds.
+struct HoldingEngine {
+  explicit HoldingEngine(EngineOptions options) {
+    options.builtins = true;
+    options.threads = 1;
+    engine = std::make_unique<Engine>(options);
+    engine->def("hold", [this](double seconds) {
+      started = true;
+      std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+      return seconds;
+    }, {"seconds"});
+    engine->Bind("tcp://127.0.0.1:*");
+    engine->Start();
+  }
+  // Waits until a "hold" call runs (it left the queue).
+  bool Running() {
+    for (int i = 0; i < 500 && !started; ++i) std::this_thread::sleep_for(milliseconds(10));
+    return started;
+  }
+  std::atomic<bool> started{false};
+  std::unique_ptr<Engine> engine;
+};
+
 TEST(EngineQueueTest, CallsPastTheQueuedCountAreAnsweredBusyAtOnce) {
   EngineOptions eo;
-  eo.builtins = true;
-  eo.threads = 1;
   eo.max_queued_calls = 2;
-  Engine engine(eo);
-  engine.Bind("tcp://127.0.0.1:*");
-  engine.Start();
-  Client client(engine.last_endpoint());
+  HoldingEngine e(eo);
+  Client client(e.engine->last_endpoint());
   std::vector<ResultFuture> calls;
-  calls.push_back(client.apply("sleep", 0.5));  // running (taken off the queue)
-  std::this_thread::sleep_for(milliseconds(100));
+  calls.push_back(client.apply("hold", 0.5));  // running (taken off the queue)
+  ASSERT_TRUE(e.Running());
   for (int i = 0; i < 4; ++i) calls.push_back(client.apply("sleep", 0.01));
-  auto start = std::chrono::steady_clock::now();
   ExpectBusy(calls[3].get());
   ExpectBusy(calls[4].get());
-  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(300));  // not queued
+  EXPECT_FALSE(calls[0].ready());  // answered at once, while the first call still runs
   for (int i : {0, 1, 2}) EXPECT_TRUE(calls[i].get().ok());
   EXPECT_EQ(client.apply("add", 1, 2).get().as<int>(), 3);
 }
 
 TEST(EngineQueueTest, CallsPastTheQueuedBytesAreAnsweredBusy) {
   EngineOptions eo;
-  eo.builtins = true;
-  eo.threads = 1;
   eo.max_queued_bytes = 3 << 20;
-  Engine engine(eo);
-  engine.Bind("tcp://127.0.0.1:*");
-  engine.Start();
-  Client client(engine.last_endpoint());
-  ResultFuture running = client.apply("sleep", 0.4);
-  std::this_thread::sleep_for(milliseconds(100));
+  HoldingEngine e(eo);
+  Client client(e.engine->last_endpoint());
+  ResultFuture running = client.apply("hold", 0.5);
+  ASSERT_TRUE(e.Running());
   std::vector<double> mib(1 << 17, 1.0);  // 1 MiB, in a frame of its own
   std::vector<ResultFuture> calls;
   for (int i = 0; i < 4; ++i) calls.push_back(client.apply("nbytes", mib));
-  EXPECT_TRUE(calls[0].get().ok());
-  EXPECT_TRUE(calls[1].get().ok());
   ExpectBusy(calls[2].get());  // 2 MiB queued and 1 MiB more: past 3 MiB with envelopes
   ExpectBusy(calls[3].get());
+  EXPECT_TRUE(calls[0].get().ok());
+  EXPECT_TRUE(calls[1].get().ok());
   EXPECT_TRUE(running.get().ok());
   EXPECT_TRUE(client.apply("nbytes", mib).get().ok());  // the queue emptied
 }

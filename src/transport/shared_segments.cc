@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
+#include <system_error>
 
 #include <absl/strings/str_cat.h>
 
@@ -79,7 +80,13 @@ SegmentServer::SegmentServer(int memfd) : memfd_(memfd) {
     ::close(listener_);
     throw TransportError("shared memory: eventfd failed");
   }
-  thread_ = std::thread([this] { Serve(); });
+  try {
+    thread_ = std::thread([this] { Serve(); });
+  } catch (const std::system_error& e) {
+    ::close(listener_);
+    ::close(wake_fd_);
+    throw TransportError(absl::StrCat("shared memory: no thread to serve @", name_, ": ", e.what()));
+  }
 }
 
 SegmentServer::~SegmentServer() {

@@ -112,26 +112,35 @@ def test_python_engine_drains_on_stop():
 
 
 def test_python_engine_answers_busy_past_its_queue_bounds():
+    import threading
     url = free_tcp_endpoint()
     engine = zerocan.Engine(url, bind=True, builtins=True, threads=1, max_queued_calls=2,
                             max_queued_bytes=3 << 20)
+    started = threading.Event()
+
+    @engine.register
+    def hold(seconds):
+        started.set()  # off the queue
+        time.sleep(seconds)
+        return seconds
+
     engine.start()
     try:
         import numpy as np
         with zerocan.Client(url, timeout=10) as c:
-            running = c.apply("sleep", 0.5)
-            time.sleep(0.1)
+            running = c.apply("hold", 0.5)
+            assert started.wait(5)
             queued = [c.apply("sleep", 0.01) for _ in range(2)]
-            start = time.monotonic()
             with pytest.raises(zerocan.Busy) as busy:
                 c.apply("sleep", 0.01).result(timeout=5)
-            assert time.monotonic() - start < 0.3  # answered at once, not queued
+            assert not running.done()  # answered at once, while the first call runs
             assert "is busy" in str(busy.value) and "did not start" in str(busy.value)
             assert running.result() == 0.5
             assert [f.result() for f in queued] == [0.01, 0.01]
             # Bytes: 2 MiB queued behind a running call, a third 1 MiB is past 3 MiB.
-            running = c.apply("sleep", 0.4)
-            time.sleep(0.1)
+            started.clear()
+            running = c.apply("hold", 0.5)
+            assert started.wait(5)
             mib = np.ones(1 << 17)
             fits = [c.apply("nbytes", mib) for _ in range(2)]
             with pytest.raises(zerocan.Busy):

@@ -47,6 +47,11 @@ def test_blocks_are_aligned_returned_and_coalesced():
     assert arena.used == 0
     x = arena.empty((256, 512), np.float64)  # all of it again, in one run
     assert x.shape == (256, 512) and arena.locate(x) == (0, MIB)
+    for bad in ((-1,), (4, -2)):
+        with pytest.raises(ValueError, match="negative dimension"):
+            arena.empty(bad)
+    with pytest.raises(ValueError):
+        arena.allocate(-1)
 
 
 def test_empty_in_the_process_arena_and_a_full_arena_says_so():

@@ -20,6 +20,7 @@ no process maps it.
 from __future__ import annotations
 
 import bisect
+import collections
 import fcntl
 import mmap
 import os
@@ -66,15 +67,24 @@ class Arena:
             os.close(self._fd)
             raise Error(f"shared arena of {self.capacity} bytes: {e}") from e
         self._lock = threading.Lock()
+        # Blocks given back by finalizers, which may run inside _take on this thread (a
+        # garbage collection): queued without the lock, returned under it.
+        self._returned: collections.deque[tuple[int, int]] = collections.deque()
         self._free_offsets = [0]            # sorted starts of free runs
         self._free = {0: self.capacity}     # start -> length, coalesced
-        self.used = 0
+        self._used = 0
         self._refused = [0]  # shared with the server thread
         self.name = f"zerocan-arena-{os.getpid()}-{secrets.token_hex(8)}"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind("\0" + self.name)
-        listener.listen(64)
-        wake_r, wake_w = os.pipe()
+        try:
+            listener.bind("\0" + self.name)
+            listener.listen(64)
+            wake_r, wake_w = os.pipe()
+        except OSError as e:
+            listener.close()
+            self._map.close()
+            os.close(self._fd)
+            raise Error(f"shared arena: cannot listen on @{self.name}: {e}") from e
         # The server holds no reference to the arena, so that the arena can be collected:
         # then (the blocks' finalizers hold it until the last array over them is gone)
         # the server stops and the descriptor closes.
@@ -101,8 +111,11 @@ class Arena:
     @staticmethod
     def _serve(listener: socket.socket, fd: int, wake_r: int, refused: list[int]) -> None:
         me = os.getuid()
+        poller = select.poll()  # not select(): descriptors may be past 1024
+        poller.register(listener.fileno(), select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
         while True:
-            ready, _, _ = select.select([listener.fileno(), wake_r], [], [])
+            ready = {fd for fd, _ in poller.poll()}
             if wake_r in ready:
                 return
             try:
@@ -122,6 +135,7 @@ class Arena:
 
     def _take(self, size: int) -> Optional[int]:
         with self._lock:
+            self._return_given()
             for i, start in enumerate(self._free_offsets):
                 length = self._free[start]
                 if length < size:
@@ -131,13 +145,19 @@ class Arena:
                 if length > size:
                     self._free[start + size] = length - size
                     bisect.insort(self._free_offsets, start + size)
-                self.used += size
+                self._used += size
                 return start
         return None
 
     def _give(self, start: int, size: int) -> None:
-        with self._lock:
-            self.used -= size
+        """A block's finalizer: any thread, any time, without the lock."""
+        self._returned.append((start, size))
+
+    def _return_given(self) -> None:
+        """Under the lock: puts the blocks given back into the free runs, coalesced."""
+        while self._returned:
+            start, size = self._returned.popleft()
+            self._used -= size
             i = bisect.bisect_left(self._free_offsets, start)
             if i < len(self._free_offsets) and self._free_offsets[i] == start + size:
                 size += self._free.pop(start + size)
@@ -146,14 +166,23 @@ class Arena:
                 prev = self._free_offsets[i - 1]
                 if prev + self._free[prev] == start:
                     self._free[prev] += size
-                    return
+                    continue
             self._free[start] = size
             self._free_offsets.insert(i, start)
+
+    @property
+    def used(self) -> int:
+        """Bytes in blocks handed out and not yet given back."""
+        with self._lock:
+            self._return_given()
+            return self._used
 
     def allocate(self, nbytes: int) -> Optional[np.ndarray]:
         """A writable uint8 array of ``nbytes`` bytes in the arena, 64-byte aligned, or
         None when no free run is that large. Its block returns when it and every view of
         it are gone."""
+        if nbytes < 0:
+            raise ValueError(f"shared arena: a block of {nbytes} bytes")
         size = (max(nbytes, 1) + _ALIGNMENT - 1) // _ALIGNMENT * _ALIGNMENT
         start = self._take(size)
         if start is None:
@@ -166,7 +195,10 @@ class Arena:
     def empty(self, shape: Any, dtype: Any = np.float64) -> Optional[np.ndarray]:
         """A writable, uninitialised array in the arena (C order), or None when full."""
         dt = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64)) if np.ndim(shape) else int(shape)
+        dims = [int(d) for d in np.atleast_1d(shape)]
+        if any(d < 0 for d in dims):
+            raise ValueError(f"shared arena: negative dimension in shape {shape}")
+        count = int(np.prod(dims, dtype=np.int64))
         block = self.allocate(count * dt.itemsize)
         if block is None:
             return None
