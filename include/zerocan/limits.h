@@ -63,8 +63,8 @@ struct ConnectionLimits {
   int max_queued_messages = 10000;
   // Bytes that peers' messages may hold before zerocan reads them (frames still
   // arriving, complete messages still queued), all tcp connections an engine (or a
-  // broker, both sockets) accepted together. Past it, connections are closed: those that
-  // sent nothing lately first, then the largest (docs/SECURITY.md). Keep it at least
+  // broker's frontend) accepted together. Past it, connections are closed: those that
+  // sent little lately first, then the largest (docs/SECURITY.md). Keep it at least
   // DecodeLimits::max_message_bytes, and above the bytes of all the large messages you
   // expect to arrive at once. 0 = no limit.
   uint64_t receive_budget_bytes = uint64_t{3} << 29;  // 1.5 GiB
