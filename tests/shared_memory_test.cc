@@ -202,10 +202,12 @@ TEST(SharedArenaTest, NothingIsLeftOnceTheProcessesAreGone) {
   // What this process mapped stays readable while it holds it...
   EXPECT_EQ(seen->data()[(64 << 20) - 1], std::byte{'k'});
   EXPECT_EQ(ArenaMappings(), 1);
-  // ...and once it lets go, no mapping, no file: the kernel has the memory back.
+  // ...and once it lets go, no mapping (the reader keeps none of its own), no file: the
+  // kernel has the memory back.
   seen.reset();
-  segments.reset();
+  EXPECT_EQ(segments->mapped(), 0u);
   EXPECT_EQ(ArenaMappings(), 0);
+  segments.reset();
   for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
     EXPECT_EQ(entry.path().filename().string().find("zerocan"), std::string::npos)
         << entry.path();

@@ -189,12 +189,19 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = mappings_.find(Sv(name));
-    if (it != mappings_.end()) m = it->second;
+    if (it != mappings_.end()) m = it->second.lock();
   }
   if (!m) {
     m = Map(name, path);  // outside the lock: it waits on a peer
     std::lock_guard<std::mutex> lock(mu_);
-    m = mappings_.try_emplace(std::string(name), m).first->second;
+    std::weak_ptr<Mapping>& kept = mappings_[std::string(name)];
+    if (std::shared_ptr<Mapping> other = kept.lock()) {
+      m = std::move(other);  // mapped meanwhile by another thread: use that one
+    } else {
+      kept = m;
+    }
+    // Forget arenas nobody holds any more.
+    absl::erase_if(mappings_, [](const auto& entry) { return entry.second.expired(); });
   }
   if (offset > m->size || length > m->size - offset) {
     throw DecodeError(DecodeError::Code::kMalformed,
@@ -207,7 +214,9 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
 
 size_t SharedSegments::mapped() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return mappings_.size();
+  size_t n = 0;
+  for (const auto& [name, mapping] : mappings_) n += mapping.expired() ? 0 : 1;
+  return n;
 }
 
 }  // namespace zerocan::internal

@@ -52,12 +52,14 @@ class SegmentServer {
 class SharedSegments {
  public:
   // Bytes [offset, offset + length) of the arena served under `name`, as a read-only
-  // Buffer that keeps the mapping alive. The arena is mapped on first use and kept.
+  // Buffer that keeps the mapping alive (do not write through its mutable_data()). An
+  // arena stays mapped while a Buffer over it lives, and is mapped again when needed
+  // after that: an arena whose process is gone is not held here.
   // Throws DecodeError naming `path` (the field of the message that held the location)
   // when the arena cannot be reached or mapped, or the range is not inside it.
   Buffer Resolve(std::string_view name, uint64_t offset, uint64_t length,
                  std::string_view path);
-  // Arenas mapped so far.
+  // Arenas mapped now (some Buffer over them lives).
   size_t mapped() const;
 
  private:
@@ -65,7 +67,7 @@ class SharedSegments {
   std::shared_ptr<Mapping> Map(std::string_view name, std::string_view path);
 
   mutable std::mutex mu_;
-  absl::flat_hash_map<std::string, std::shared_ptr<Mapping>> mappings_;  // mu_
+  absl::flat_hash_map<std::string, std::weak_ptr<Mapping>> mappings_;  // mu_
 };
 
 }  // namespace zerocan::internal

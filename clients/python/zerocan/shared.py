@@ -244,10 +244,12 @@ def empty(shape: Any, dtype: Any = np.float64) -> np.ndarray:
 
 
 class Segments:
-    """Peers' arenas mapped read-only into this process, by name."""
+    """Peers' arenas mapped read-only into this process, by name. An arena stays mapped
+    while a view of it lives, and is mapped again when needed after that: an arena whose
+    process is gone is not held here."""
 
     def __init__(self) -> None:
-        self._maps: dict[str, mmap.mmap] = {}
+        self._maps: weakref.WeakValueDictionary[str, mmap.mmap] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
     def _map(self, name: str, path: str) -> mmap.mmap:
@@ -290,12 +292,13 @@ class Segments:
         if m is None:
             m = self._map(name, path)
             with self._lock:
-                m = self._maps.setdefault(name, m)
+                m = self._maps.setdefault(name, m)  # another thread's, if it mapped first
         if offset < 0 or length < 0 or offset > len(m) or length > len(m) - offset:
             raise DecodeError(f"{path}: shared memory @{name}: {length} bytes at offset "
                               f"{offset} are outside the arena ({len(m)} bytes)", "malformed")
         return memoryview(m)[offset:offset + length]
 
     def mapped(self) -> int:
+        """Arenas mapped now (a view of them lives)."""
         with self._lock:
             return len(self._maps)
