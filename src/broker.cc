@@ -217,7 +217,10 @@ class Broker::Impl {
                     "the broker is stopping; this call was still waiting for an engine and "
                     "did not start");
       }
-      guard_->Check(now);  // may close connections holding too much
+      guard_->Check(now);  // may close idle connections and those holding too much
+      internal::ConnectionGuard::Closes closes = guard_->TakeCloses();
+      closed_idle_.fetch_add(closes.idle, std::memory_order_relaxed);
+      closed_over_budget_.fetch_add(closes.over_budget, std::memory_order_relaxed);
       // A peer's connection closed: find out whose, now and for a short while (libzmq
       // retires the peer's pipe a moment after it reports the disconnect).
       if (guard_->TakeClosed(kFrontend, items[3].revents & ZMQ_POLLIN, now)) {
@@ -732,7 +735,8 @@ class Broker::Impl {
   BrokerCounters Counters() const noexcept {
     return BrokerCounters{requests_.load(), replies_.load(), lost_.load(), dropped_.load(),
                           engines_live_.load(), rerouted_.load(), retried_.load(),
-                          busy_.load(), queued_.load()};
+                          busy_.load(), queued_.load(), closed_idle_.load(),
+                          closed_over_budget_.load()};
   }
 
   BrokerOptions options_;
@@ -762,6 +766,7 @@ class Broker::Impl {
                       (uint64_t{static_cast<uint32_t>(getpid())} << 32);
   std::atomic<uint64_t> requests_{0}, replies_{0}, lost_{0}, dropped_{0}, engines_live_{0};
   std::atomic<uint64_t> rerouted_{0}, retried_{0}, busy_{0}, queued_{0};
+  std::atomic<uint64_t> closed_idle_{0}, closed_over_budget_{0};  // by guard_
 };
 
 Broker::Broker(const std::string& frontend, const std::string& backend, BrokerOptions options)

@@ -346,6 +346,9 @@ class Engine::Impl {
         // Clients' connections: the monitor's events, idleness and the bytes they hold.
         guard_->Check();
         guard_->TakeClosed(0, items[sockets_.size()].revents & ZMQ_POLLIN);
+        internal::ConnectionGuard::Closes closes = guard_->TakeCloses();
+        closed_idle_.fetch_add(closes.idle, std::memory_order_relaxed);
+        closed_over_budget_.fetch_add(closes.over_budget, std::memory_order_relaxed);
       }
       bool stopping, killed;
       std::chrono::milliseconds grace;
@@ -950,6 +953,7 @@ class Engine::Impl {
   bool draining_ = false;  // the I/O thread's
 
   std::atomic<uint64_t> calls_{0}, errors_{0}, dropped_{0};
+  std::atomic<uint64_t> closed_idle_{0}, closed_over_budget_{0};  // by guard_
   static thread_local const Impl* tl_io_owner;  // the engine whose I/O thread this is
   // The control block of the calls run untracked on the I/O thread (Process): without a
   // stop state, so their stop token never fires.
@@ -982,7 +986,8 @@ void internal::TestHooks::KillEngine(Engine& engine) { engine.impl_->Stop(false)
 bool Engine::running() const noexcept { return impl_->running_; }
 const std::string& Engine::id() const noexcept { return impl_->options_.id; }
 EngineCounters Engine::counters() const noexcept {
-  return EngineCounters{impl_->calls_.load(), impl_->errors_.load(), impl_->dropped_.load()};
+  return EngineCounters{impl_->calls_.load(), impl_->errors_.load(), impl_->dropped_.load(),
+                        impl_->closed_idle_.load(), impl_->closed_over_budget_.load()};
 }
 
 // ---- plugins ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "transport/connection_guard.h"
+#include "zerocan/broker.h"
 #include "zerocan/client.h"
 #include "zerocan/curve.h"
 #include "zerocan/engine.h"
@@ -157,6 +158,14 @@ struct BoundEngine {
   std::unique_ptr<Engine> engine;
   std::string endpoint;
 };
+
+// Waits up to a second for `counter()` to reach `want` (a counter moves just after the
+// close a peer sees); returns its value then.
+template <class F>
+uint64_t Eventually(F counter, uint64_t want) {
+  for (int i = 0; i < 100 && counter() < want; ++i) std::this_thread::sleep_for(milliseconds(10));
+  return counter();
+}
 
 bool AddWorks(const std::string& endpoint) {
   Client client(endpoint);
@@ -398,6 +407,8 @@ TEST(ConnectionGuardTest, AnEngineClosesStalledPeersPastItsBudgetAndServesOthers
   int closed = 0;
   for (auto& p : peers) closed += p->ClosedWithin(milliseconds(500)).has_value() ? 1 : 0;
   EXPECT_EQ(closed, 2);
+  EXPECT_EQ(Eventually([&] { return e.engine->counters().connections_closed_over_budget; }, 2), 2u);
+  EXPECT_EQ(e.engine->counters().connections_closed_idle, 0u);
   // An honest client's large arguments pass, call after call (its complete messages
   // are counted as read, so nothing adds up).
   Client client(e.endpoint);
@@ -431,6 +442,7 @@ TEST(ConnectionLimitsTest, AnUploadSlowerThanTheIdleTimeoutIsNotCutButAStallIs) 
   auto closed = peer.ClosedWithin(milliseconds(3000));
   ASSERT_TRUE(closed.has_value()) << "a peer stalled inside a frame was kept";
   EXPECT_GE(closed->count(), 500);
+  EXPECT_EQ(Eventually([&] { return e.engine->counters().connections_closed_idle; }, 1), 1u);
   EXPECT_TRUE(AddWorks(e.endpoint));
 }
 
@@ -460,6 +472,22 @@ TEST(ConnectionGuardTest, APeerStillTakingALargeFrameIsNotIdleButOneThatStopsIs)
   // Then silent (no pong either): cut after the timeout.
   r.Serve(milliseconds(1500));
   EXPECT_EQ(r.budget.closed_idle(), 1u);
+}
+
+TEST(ConnectionLimitsTest, ABrokerClosesAClientStalledInsideAFrameAndCountsIt) {
+  BrokerOptions options;
+  options.connection_limits.idle_timeout = milliseconds(600);
+  Broker broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", options);
+  broker.Start();
+  RawPeer peer(Port(broker.frontend_endpoint()));
+  ASSERT_TRUE(peer.Handshake() && peer.AwaitReady());
+  ASSERT_TRUE(peer.FrameHeader(8 << 20, false));
+  ASSERT_TRUE(peer.Write(std::string(1 << 20, 'x')));
+  auto closed = peer.ClosedWithin(milliseconds(3000));
+  ASSERT_TRUE(closed.has_value()) << "a client stalled inside a frame was kept";
+  EXPECT_GE(closed->count(), 500);
+  EXPECT_EQ(Eventually([&] { return broker.counters().connections_closed_idle; }, 1), 1u);
+  EXPECT_EQ(broker.counters().connections_closed_over_budget, 0u);
 }
 
 }  // namespace

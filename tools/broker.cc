@@ -72,10 +72,14 @@ int RunBroker(BrokerArgs& args) {
     second.detach();
     broker.Drain(std::chrono::milliseconds(args.drain_timeout_ms));
     BrokerCounters c = broker.counters();
-    std::fprintf(stderr, "zerocan broker: stopped; %llu calls, %llu replies, %llu lost\n",
+    std::fprintf(stderr,
+                 "zerocan broker: stopped; %llu calls, %llu replies, %llu lost; connections "
+                 "closed: %llu idle, %llu over the receive budget\n",
                  static_cast<unsigned long long>(c.requests),
                  static_cast<unsigned long long>(c.replies),
-                 static_cast<unsigned long long>(c.lost));
+                 static_cast<unsigned long long>(c.lost),
+                 static_cast<unsigned long long>(c.connections_closed_idle),
+                 static_cast<unsigned long long>(c.connections_closed_over_budget));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "zerocan broker: %s\n", e.what());
     return 1;

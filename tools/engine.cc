@@ -109,9 +109,13 @@ int RunEngine(EngineArgs& args) {
     watchdog.detach();
     engine.Stop(std::chrono::milliseconds(args.drain_timeout_ms));
     EngineCounters c = engine.counters();
-    std::fprintf(stderr, "zerocan engine %s: stopped after %llu calls (%llu errors)\n",
+    std::fprintf(stderr,
+                 "zerocan engine %s: stopped after %llu calls (%llu errors); client connections "
+                 "closed: %llu idle, %llu over the receive budget\n",
                  engine.id().c_str(), static_cast<unsigned long long>(c.calls),
-                 static_cast<unsigned long long>(c.errors));
+                 static_cast<unsigned long long>(c.errors),
+                 static_cast<unsigned long long>(c.connections_closed_idle),
+                 static_cast<unsigned long long>(c.connections_closed_over_budget));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "zerocan engine: %s\n", e.what());
     return 1;

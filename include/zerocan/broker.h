@@ -108,6 +108,10 @@ struct BrokerCounters {
   uint64_t retried = 0;       // of those, calls that had started (the caller's retries)
   uint64_t busy = 0;          // calls answered zerocan.Busy (queue full)
   uint64_t queued = 0;        // calls waiting for an engine, right now
+  // Connections closed: silent past ConnectionLimits::idle_timeout, or clients closed to
+  // stay within receive_budget_bytes.
+  uint64_t connections_closed_idle = 0;
+  uint64_t connections_closed_over_budget = 0;
 };
 
 class Broker {

@@ -191,6 +191,10 @@ struct EngineCounters {
   uint64_t calls = 0;
   uint64_t errors = 0;     // error replies sent
   uint64_t dropped = 0;    // messages neither answerable nor decodable
+  // Client connections closed: silent past ConnectionLimits::idle_timeout, or closed to
+  // stay within receive_budget_bytes.
+  uint64_t connections_closed_idle = 0;
+  uint64_t connections_closed_over_budget = 0;
 };
 
 namespace internal {

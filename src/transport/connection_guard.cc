@@ -133,6 +133,12 @@ void ConnectionGuard::ReadEvents(Watched& watched, Clock::time_point now) {
   }
 }
 
+ConnectionGuard::Closes ConnectionGuard::TakeCloses() {
+  Closes since{closed_idle_ - reported_.idle, closed_over_budget_ - reported_.over_budget};
+  reported_ = Closes{closed_idle_, closed_over_budget_};
+  return since;
+}
+
 void ConnectionGuard::ReadAllEvents(Clock::time_point now) {
   for (Watched& w : watched_) ReadEvents(w, now);
 }

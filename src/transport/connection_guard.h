@@ -82,6 +82,12 @@ class ConnectionGuard {
   // Connections closed for the budget, and for idleness, so far.
   uint64_t closed_over_budget() const { return closed_over_budget_; }
   uint64_t closed_idle() const { return closed_idle_; }
+  // Those closed since the last call, for the owner's counters.
+  struct Closes {
+    uint64_t idle = 0;
+    uint64_t over_budget = 0;
+  };
+  Closes TakeCloses();
 
  private:
   struct Connection {
@@ -119,6 +125,7 @@ class ConnectionGuard {
   uint64_t held_bytes_ = 0;
   uint64_t closed_over_budget_ = 0;
   uint64_t closed_idle_ = 0;
+  Closes reported_;  // totals at the last TakeCloses
 };
 
 }  // namespace zerocan::internal

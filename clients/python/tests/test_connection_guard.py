@@ -143,6 +143,7 @@ def test_an_upload_slower_than_the_idle_timeout_is_not_cut_but_a_stall_is():
         assert engine._guard.closed_idle == 1
         with zerocan.Client(url, timeout=5) as c:
             assert c.call("add", 2, 3) == 5
+        assert engine.counters["connections_closed_idle"] == 1
         peer.close()
     finally:
         engine.stop()

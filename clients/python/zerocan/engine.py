@@ -237,7 +237,9 @@ class Engine:
         self._reply_lock = threading.Lock()
         self._wake_pending = False
         self._fds_closed = False
-        self.counters = {"calls": 0, "errors": 0, "dropped": 0, "refused": 0}
+        # As zerocan::EngineCounters, plus "refused" (unsigned or replayed messages).
+        self.counters = {"calls": 0, "errors": 0, "dropped": 0, "refused": 0,
+                         "connections_closed_idle": 0, "connections_closed_over_budget": 0}
         self._functions: dict[str, tuple[Callable[..., Any], bool]] = {}
         # Cancel and streams: running calls by (routing, call id), and calls cancelled
         # before they ran (the last 4096), so that a worker drops them.
@@ -407,6 +409,8 @@ class Engine:
                 if any(m in events for m in monitors):
                     self._guard.read_events()
                 self._guard.check(time.monotonic())
+                self.counters["connections_closed_idle"] = self._guard.closed_idle
+                self.counters["connections_closed_over_budget"] = self._guard.closed_over_budget
                 self._send_replies()
                 for s, is_dealer in self._sockets:
                     if s in events:
