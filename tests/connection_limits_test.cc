@@ -229,7 +229,7 @@ TEST(ConnectionLimitsTest, AFrameOverTheDefaultLimitIsRefusedFromItsHeader) {
   EXPECT_TRUE(AddWorks(e.endpoint));
 }
 
-// ---- the connection guard: the receive budget ------------------------------------------------------------------
+// ---- the connection guard: the receive budget ---------------------------------------
 
 // What libzmq has read from tcp connection `fd` (received, less what waits in the kernel).
 uint64_t TakenFromKernel(int fd) {
@@ -246,7 +246,8 @@ uint64_t TakenFromKernel(int fd) {
 // kernel says arrived, less only the handshake: any error per frame would add up.
 void ExpectWireBytesMatchTheKernel(bool curve) {
   zmq::context_t context;
-  zmq::socket_t router(context, zmq::socket_type::router), dealer(context, zmq::socket_type::dealer);
+  zmq::socket_t router(context, zmq::socket_type::router);
+  zmq::socket_t dealer(context, zmq::socket_type::dealer);
   if (curve) {
     CurveKeyPair server = GenerateCurveKeyPair();
     ConfigureCurveServer(router, server);
@@ -455,7 +456,8 @@ TEST(ConnectionGuardTest, APeerStillTakingALargeFrameIsNotIdleButOneThatStopsIs)
   ASSERT_TRUE(peer.Frame("", true) && peer.Frame("hello", false));
   r.Serve(milliseconds(100));
   ASSERT_TRUE(r.last.has_value() && r.last->routing.size() == 1);
-  std::string id(reinterpret_cast<const char*>(r.last->routing[0].data()), r.last->routing[0].size());
+  const Buffer& routing_id = r.last->routing[0];
+  std::string id(reinterpret_cast<const char*>(routing_id.data()), routing_id.size());
   r.router.send(zmq::buffer(id), zmq::send_flags::sndmore);
   r.router.send(zmq::message_t(std::string(3 << 20, 'd')), zmq::send_flags::none);
   // About 1 MiB/s: 3 s for the frame, five times the idle timeout.

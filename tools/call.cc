@@ -111,7 +111,9 @@ struct Arguments {
 void AddKeyword(Arguments* out, std::string name, nlohmann::json value, const std::string& where) {
   if (name.empty()) throw ArgumentRefused(where + ": a keyword argument needs a name");
   for (const auto& [given, v] : out->keywords) {
-    if (given == name) throw ArgumentRefused(where + ": keyword argument '" + name + "' given twice");
+    if (given == name) {
+      throw ArgumentRefused(where + ": keyword argument '" + name + "' given twice");
+    }
   }
   out->keywords.emplace_back(std::move(name), std::move(value));
 }

@@ -1,9 +1,7 @@
-// ConnectionGuard (connection_guard.h): per-connection accounting from TCP_INFO and SIOCINQ.
+// ConnectionGuard (connection_guard.h): per-connection judgement from TCP_INFO and SIOCINQ.
 #include "transport/connection_guard.h"
 
 #include <linux/sockios.h>  // SIOCINQ
-#include <linux/tcp.h>      // tcp_info with tcpi_bytes_received (glibc's lacks it)
-#include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -67,10 +65,12 @@ ConnectionGuard::~ConnectionGuard() {
 size_t ConnectionGuard::Watch(zmq::socket_t& socket, std::string_view what, bool budgeted) {
   static std::atomic<uint64_t> n{0};
   std::string endpoint =
-      absl::StrCat("inproc://zerocan-connections-", std::string(what), "-", getpid(), "-", n.fetch_add(1));
+      absl::StrCat("inproc://zerocan-connections-", std::string(what), "-", getpid(), "-",
+                   n.fetch_add(1));
   if (zmq_socket_monitor(socket.handle(), endpoint.c_str(),
                          ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
-    throw TransportError(absl::StrCat("cannot monitor the connections of the ", std::string(what), " socket"));
+    throw TransportError(
+        absl::StrCat("cannot monitor the connections of the ", std::string(what), " socket"));
   }
   zmq::socket_t monitor(*context_, zmq::socket_type::pair);
   monitor.set(zmq::sockopt::linger, 0);

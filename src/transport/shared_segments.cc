@@ -85,7 +85,8 @@ SegmentServer::SegmentServer(int memfd) : memfd_(memfd) {
   } catch (const std::system_error& e) {
     ::close(listener_);
     ::close(wake_fd_);
-    throw TransportError(absl::StrCat("shared memory: no thread to serve @", name_, ": ", e.what()));
+    throw TransportError(
+        absl::StrCat("shared memory: no thread to serve @", name_, ": ", e.what()));
   }
 }
 
