@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "zerocan/transport/zmq.h"
+#include "test_support.h"
 #include "tool_process.h"
 #include "zerocan/broker.h"
 #include "zerocan/client.h"
@@ -78,11 +79,11 @@ TEST_F(CurveProgramsTest, ReadCurvePublicKeyTakesAKeyOrAFile) {
 }
 
 TEST_F(CurveProgramsTest, EngineAndClientOverTcp) {
-  zmq::context_t ctx(1);
+  testing::ContextWithBoundedTerm ctx;
   CurveKeyPair server = GenerateCurveKeyPair();
   EngineOptions eo;
   eo.builtins = true;
-  eo.context = &ctx;
+  eo.context = &ctx.get();
   eo.curve = server;
   Engine engine(eo);
   engine.Bind("tcp://127.0.0.1:*");
@@ -93,7 +94,7 @@ TEST_F(CurveProgramsTest, EngineAndClientOverTcp) {
   EXPECT_FALSE(Adds(ctx, url, "", milliseconds(300)));  // plain text
   {  // After the failed handshake its calls fail (at once, or by timing out), never block.
     ClientOptions co;
-    co.context = &ctx;
+    co.context = &ctx.get();
     Client plain(url, co);
     for (int i = 0; i < 3; ++i) {
       auto started = std::chrono::steady_clock::now();
@@ -112,10 +113,10 @@ TEST_F(CurveProgramsTest, EngineAndClientOverTcp) {
 }
 
 TEST_F(CurveProgramsTest, ThroughABrokerWithCurve) {
-  zmq::context_t ctx(1);
+  testing::ContextWithBoundedTerm ctx;
   CurveKeyPair broker_keys = GenerateCurveKeyPair();
   BrokerOptions bo;
-  bo.context = &ctx;
+  bo.context = &ctx.get();
   bo.heartbeat = milliseconds(100);
   bo.curve = broker_keys;
   Broker broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", bo);
@@ -124,7 +125,7 @@ TEST_F(CurveProgramsTest, ThroughABrokerWithCurve) {
   // An engine without the broker's key never registers.
   EngineOptions plain;
   plain.builtins = true;
-  plain.context = &ctx;
+  plain.context = &ctx.get();
   plain.heartbeat = milliseconds(100);
   plain.id = "plain";
   Engine outsider(plain);
@@ -169,12 +170,12 @@ int FreePort() {
 }
 
 TEST_F(CurveProgramsTest, AnAllowListAdmitsOnlyTheClientKeysItLists) {
-  zmq::context_t ctx(1);
+  testing::ContextWithBoundedTerm ctx;
   CurveKeyPair server = GenerateCurveKeyPair(), listed = GenerateCurveKeyPair(),
                other = GenerateCurveKeyPair();
   EngineOptions eo;
   eo.builtins = true;
-  eo.context = &ctx;
+  eo.context = &ctx.get();
   eo.curve = server;
   eo.curve_allowed_clients = {listed.public_key};
   Engine engine(eo);
@@ -191,11 +192,11 @@ TEST_F(CurveProgramsTest, AnAllowListAdmitsOnlyTheClientKeysItLists) {
 }
 
 TEST_F(CurveProgramsTest, ABrokerAllowListCoversClientsAndEngines) {
-  zmq::context_t ctx(1);
+  testing::ContextWithBoundedTerm ctx;
   CurveKeyPair broker_keys = GenerateCurveKeyPair(), client = GenerateCurveKeyPair(),
                engine_keys = GenerateCurveKeyPair(), stranger = GenerateCurveKeyPair();
   BrokerOptions bo;
-  bo.context = &ctx;
+  bo.context = &ctx.get();
   bo.heartbeat = milliseconds(100);
   bo.curve = broker_keys;
   bo.curve_allowed_clients = {client.public_key, engine_keys.public_key};
@@ -251,7 +252,7 @@ TEST_F(CurveProgramsTest, EngineAndCallPrograms) {
 
   std::string url = "tcp://127.0.0.1:" + std::to_string(FreePort());
   Process engine({"engine", "--bind", url, "--builtins", "--curve-secret-key-file", key_file});
-  zmq::context_t ctx(1);
+  testing::ContextWithBoundedTerm ctx;
   bool serving = false;
   for (int i = 0; i < 100 && !serving; ++i) {
     serving = Adds(ctx, url, public_key, milliseconds(100));

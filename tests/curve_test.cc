@@ -72,7 +72,7 @@ TEST_F(CurveTest, BadKeyFilesAreRejected) {
 
 TEST_F(CurveTest, EncryptedCallOverTcpOnlyWithTheServerKey) {
   CurveKeyPair server_keys = GenerateCurveKeyPair();
-  zmq::context_t context(1);
+  testing::ContextWithBoundedTerm context;
   zmq::socket_t server(context, zmq::socket_type::router);
   server.set(zmq::sockopt::linger, 0);
   ConfigureCurveServer(server, server_keys);
