@@ -131,6 +131,17 @@ struct Hello {
   peerId @0 :Text;
   role @1 :Text;       # "client", "engine", "broker"
   functions @2 :List(Text);
+  host @3 :Host;
+  # Where the sender runs, for deciding whether the two peers can share memory. Unset
+  # (null) from senders that never share memory.
+}
+
+struct Host {
+  # Two peers share memory when all three agree: the same running kernel, the same
+  # network namespace (abstract Unix sockets are private to one) and the same user.
+  bootId @0 :Text;      # /proc/sys/kernel/random/boot_id
+  netns @1 :UInt64;     # inode of /proc/self/ns/net
+  uid @2 :UInt32;       # effective user id
 }
 
 struct Heartbeat {
@@ -189,7 +200,20 @@ struct Payload {
     # Small payloads (below the sender's inline threshold). 8-byte aligned within the
     # envelope, so a word-aligned envelope gives word-aligned inline data.
     frame @1 :FrameRef;
+    shared @2 :SharedRef;
+    # Bytes in a shared-memory arena of the sender's host (docs/FORMAT.md, "Shared
+    # memory arenas"). Sent only to a peer whose hello said it shares the host; a reader
+    # that does not accept references rejects the message naming the field.
   }
+}
+
+struct SharedRef {
+  arena @0 :Text;
+  # The arena's name: the abstract Unix socket (without its leading NUL) from which a
+  # process of the same user obtains the arena's memory file. Its random part is the
+  # capability: names travel only to peers on the same host.
+  offset @1 :UInt64;   # bytes from the start of the arena
+  length @2 :UInt64;   # bytes; offset + length <= the arena's sealed size
 }
 
 struct FrameRef {

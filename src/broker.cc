@@ -334,6 +334,11 @@ class Broker::Impl {
         ClientControl(*m, *peek);  // cancel and streams
         continue;
       }
+      if (peek && peek->kind == BodyKind::kHello) {
+        // A client asking where its peer runs, to share memory: this broker does not
+        // take references (yet), and its silence tells the client to send frames.
+        continue;
+      }
       if (!peek || peek->kind != BodyKind::kApply) {
         ++dropped_;  // clients only send calls; anything else is noise
         continue;

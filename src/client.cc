@@ -24,6 +24,7 @@
 #include "connection_watch.h"
 #include "internal/strings.h"
 #include "zerocan/placement.h"
+#include "zerocan/shared.h"
 #include "zerocan/transport/zmq.h"
 #include "zerocan/stats.h"
 
@@ -44,12 +45,19 @@ struct PendingCall {
   bool stream = false;
   std::chrono::milliseconds timeout{0};
   std::deque<Result> items;
+  // The arena blocks the call's arguments refer to (Payload.shared): the engine reads
+  // them in place, so they stay allocated until it has answered (mu_).
+  std::vector<Buffer> shared_blocks;
 };
 
 class ClientCore {
  public:
   ClientCore(const std::string& url, const ClientOptions& options, const Registry* registry)
-      : limits_(options.limits), registry_(registry), signer_(options.signer) {
+      : limits_(options.limits),
+        registry_(registry),
+        signer_(options.signer),
+        shared_arena_option_(options.shared_arena) {
+    limits_.accept_shared_refs = options.shared_memory;
     context_ = &ChannelContext(options.context, options.io_cpus, "client", &owned_context_);
     socket_ = zmq::socket_t(*context_, zmq::socket_type::dealer);
     socket_.set(zmq::sockopt::linger, 0);
@@ -79,6 +87,30 @@ class ClientCore {
     if (wake_fd_ < 0) throw TransportError("client: eventfd failed");
     std::random_device rd;
     session_ = (uint64_t{rd()} << 32) ^ rd();
+    if (options.shared_memory && url.rfind("inproc://", 0) != 0) {
+      // Asks the peer where it runs; an engine on this host answers (AcceptHello), and
+      // from then on arguments at or above the threshold travel in shared memory.
+      SendControl([](EnvelopeWriter& w) {
+        w.SetHello("client", "client", {}, &HostIdentity::This());
+      });
+      hello_pending_.store(true, std::memory_order_release);
+    }
+  }
+
+  // Takes the peer's answer to the hello if it came (without waiting): this client has no
+  // thread of its own, and the first call should not wait for a reply to learn it.
+  void PollHello() {
+    if (!hello_pending_.load(std::memory_order_acquire)) return;
+    if (!io_mu_.try_lock()) return;
+    if (socket_.handle() != nullptr) ReceiveBatch();
+    io_mu_.unlock();
+    cv_.notify_all();
+  }
+
+  // The arena calls place their large arguments in: set once the peer's hello said it
+  // shares this host; null before (and always, without shared memory).
+  SharedArena* shared_arena() const noexcept {
+    return shared_arena_raw_.load(std::memory_order_acquire);
   }
 
   ~ClientCore() {
@@ -102,6 +134,7 @@ class ClientCore {
                         absl::StrCat(internal::Sv(call->function), ": client closed")))));
     }
     pending_.clear();
+    expired_blocks_.clear();
     cv_.notify_all();
   }
 
@@ -123,6 +156,7 @@ class ClientCore {
     header.sequence = call->id;
     writer.SetHeader(header);
     Outgoing out = writer.Finish();
+    call->shared_blocks = out.TakeSharedBlocks();
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (closed_) throw TransportError("client closed");
@@ -183,9 +217,20 @@ class ClientCore {
   void Finish(PendingCall& call, Result result) {  // mu_ held
     call.result = std::move(result);
     call.done = true;
+    call.shared_blocks.clear();  // answered (or the engine is gone): it reads them no more
+  }
+
+  // A call given up before its answer (timeout, cancel) may still be running on the
+  // engine, reading its arguments in place: their blocks wait for the late reply, or the
+  // client's close (mu_ held).
+  void KeepBlocksUntilAnswered(PendingCall& call) {
+    if (call.shared_blocks.empty()) return;
+    expired_blocks_[call.id] = std::move(call.shared_blocks);
+    call.shared_blocks.clear();
   }
 
   void Expire(PendingCall& call) {  // mu_ held
+    KeepBlocksUntilAnswered(call);
     pending_.erase(call.id);
     Finish(call, Result::Failed(std::make_exception_ptr(TimeoutError(absl::StrCat(
                      internal::Sv(call.function), ": no reply within the call's timeout")))));
@@ -198,6 +243,7 @@ class ClientCore {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (call.done || closed_) return false;
+      KeepBlocksUntilAnswered(call);
       pending_.erase(call.id);
       call.items.clear();
       Finish(call, Result::Failed(std::make_exception_ptr(CancelledError(
@@ -323,7 +369,14 @@ class ClientCore {
         rejected_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
+      if (reply.body_kind() == BodyKind::kHello) {
+        AcceptHello(reply);
+        continue;
+      }
       if (reply.body_kind() != BodyKind::kResult) continue;  // not for us
+      // A peer answers a hello before any call sent after it: one that answered a call
+      // first (a broker, an engine without shared memory) will not answer it.
+      hello_pending_.store(false, std::memory_order_relaxed);
       received_.fetch_add(1, std::memory_order_relaxed);
       Result result;
       if (reply.ok()) {
@@ -335,6 +388,7 @@ class ClientCore {
       auto it = pending_.find(reply.call_id());
       if (it == pending_.end()) {
         late_.fetch_add(1, std::memory_order_relaxed);
+        if (reply.stream_part() != StreamPart::kItem) expired_blocks_.erase(reply.call_id());
         continue;
       }
       if (it->second->stream && reply.stream_part() == StreamPart::kItem) {
@@ -349,9 +403,29 @@ class ClientCore {
     }
   }
 
+  // The peer's hello: when it runs on this host, calls from now on place large arguments
+  // in the arena (ClientOptions::shared_arena, or the process's default one).
+  void AcceptHello(const Message& hello) {
+    hello_pending_.store(false, std::memory_order_relaxed);
+    std::optional<HostIdentity> host = hello.hello_host();
+    if (!host || !host->SharesMemoryWith(HostIdentity::This())) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shared_arena_ != nullptr) return;
+    try {
+      shared_arena_ = shared_arena_option_ ? shared_arena_option_ : SharedArena::ProcessDefault();
+    } catch (const Error&) {
+      return;  // no arena (no memfd, no memory): calls keep sending frames
+    }
+    shared_arena_raw_.store(shared_arena_.get(), std::memory_order_release);
+  }
+
   DecodeLimits limits_;
   const Registry* registry_;
   std::optional<Signer> signer_;
+  std::shared_ptr<SharedArena> shared_arena_option_;
+  std::shared_ptr<SharedArena> shared_arena_;            // mu_
+  std::atomic<SharedArena*> shared_arena_raw_{nullptr};  // shared_arena_, for writers
+  std::atomic<bool> hello_pending_{false};  // a hello went out, no answer or result yet
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;
   std::mutex io_mu_;
@@ -364,6 +438,7 @@ class ClientCore {
   std::atomic<bool> polling_{false};  // a leader is in (or about to enter) zmq_poll
   std::condition_variable cv_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<PendingCall>> pending_;  // mu_
+  absl::flat_hash_map<uint64_t, std::vector<Buffer>> expired_blocks_;    // mu_
   bool closed_ = false;                                                  // mu_
   uint64_t session_ = 0;
   std::atomic<uint64_t> next_id_{1};
@@ -496,6 +571,18 @@ ResultStream Client::SubmitStream(EnvelopeWriter& writer, std::string_view funct
 }
 
 ClientCounters Client::counters() const { return core_->counters(); }
+
+Policy Client::call_policy() const {
+  core_->PollHello();
+  Policy p = policy_;
+  p.shared_arena = core_->shared_arena();
+  return p;
+}
+
+bool Client::shares_memory() const {
+  core_->PollHello();
+  return core_->shared_arena() != nullptr;
+}
 
 uint32_t Client::TimeoutMs(std::chrono::milliseconds t) noexcept {
   if (t.count() <= 0) return 1;

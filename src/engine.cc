@@ -166,6 +166,7 @@ uint64_t Call::payload_bytes() const noexcept {
 class Engine::Impl {
  public:
   explicit Impl(EngineOptions options) : options_(std::move(options)) {
+    options_.limits.accept_shared_refs = options_.shared_memory;
     if (options_.id.empty()) options_.id = DefaultId();
     registry_ = options_.registry != nullptr ? options_.registry : &Registry::Default();
     context_ = &ChannelContext(options_.context, options_.io_cpus, "engine", &owned_context_);
@@ -323,7 +324,8 @@ class Engine::Impl {
       if (!is_dealer_[i]) continue;
       EnvelopeWriter w(policy_, registry_);
       w.SetHeader(NextHeader());
-      w.SetHello(options_.id, "engine", names);
+      w.SetHello(options_.id, "engine", names,
+                 options_.shared_memory ? &HostIdentity::This() : nullptr);
       SendQuiet(i, w.Finish(), {});
     }
     Clock::time_point next_beat = Clock::now() + options_.heartbeat;
@@ -662,6 +664,16 @@ class Engine::Impl {
     reply.socket = job.socket;
     reply.routing = std::move(job.routing);
     Message message = std::move(job.message);
+    if (message.body_kind() == BodyKind::kHello && !is_dealer_[reply.socket] &&
+        options_.shared_memory) {
+      // A client asks where this engine runs, to pass arguments in shared memory when
+      // both are on one host (zerocan/shared.h).
+      EnvelopeWriter w(policy_, registry_);
+      w.SetHeader(NextHeader());
+      w.SetHello(options_.id, "engine", Functions(), &HostIdentity::This());
+      reply.message = w.Finish();
+      return reply;
+    }
     if (message.body_kind() != BodyKind::kApply) return std::nullopt;  // not a call
     Bump(calls_);
     std::string function(message.function());

@@ -3,11 +3,14 @@
 #include "zerocan/shared.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <mutex>
 
@@ -15,6 +18,7 @@
 
 #include "transport/shared_segments.h"
 #include "zerocan/error.h"
+#include "zerocan/policy.h"
 
 namespace zerocan {
 namespace {
@@ -137,5 +141,40 @@ size_t SharedArena::used() const noexcept {
 }
 
 uint64_t SharedArena::peers_refused() const noexcept { return impl_->server->refused(); }
+
+std::shared_ptr<SharedArena> SharedArena::ProcessDefault() {
+  static std::mutex mu;
+  static std::shared_ptr<SharedArena> arena;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!arena) {
+    long long bytes = 1ll << 30;
+    if (const char* text = std::getenv("ZEROCAN_ARENA_BYTES"); text != nullptr && *text != 0) {
+      bytes = Policy::ParseSize(text);
+      if (bytes <= 0) {
+        throw Error(absl::StrCat("ZEROCAN_ARENA_BYTES=\"", text,
+                                 "\": not a size (examples: 268435456, 256M, 1GiB)"));
+      }
+    }
+    arena = Create(static_cast<size_t>(bytes));
+  }
+  return arena;
+}
+
+const HostIdentity& HostIdentity::This() {
+  static const HostIdentity identity = [] {
+    HostIdentity id;
+    std::ifstream boot("/proc/sys/kernel/random/boot_id");
+    std::getline(boot, id.boot_id);
+    struct stat st{};
+    if (::stat("/proc/self/ns/net", &st) == 0) {
+      id.netns = static_cast<uint64_t>(st.st_ino);
+    } else {
+      id.boot_id.clear();  // no way to tell namespaces apart: share with nobody
+    }
+    id.uid = static_cast<uint32_t>(::geteuid());
+    return id;
+  }();
+  return identity;
+}
 
 }  // namespace zerocan

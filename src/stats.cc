@@ -58,6 +58,10 @@ StatsSnapshot Stats::Snapshot() const noexcept {
   s.buffer_copies = r(buffer_copies);
   s.messages_decoded = LiveSum(messages_decoded);
   s.messages_rejected = r(messages_rejected);
+  s.shared_refs_sent = r(shared_refs_sent);
+  s.shared_bytes_copied = r(shared_bytes_copied);
+  s.shared_fallbacks = r(shared_fallbacks);
+  s.shared_refs_received = r(shared_refs_received);
   return s;
 }
 

@@ -27,6 +27,7 @@ TEST(DemoCaptureTest, InspectListsEveryCallAndItsResult) {
   FILE* pipe = popen(inspect.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::map<std::string, int> kinds;
+  std::map<std::string, int> hellos;  // by role
   std::set<uint64_t> calls;
   std::map<uint64_t, int> results;  // callId -> how many results answered it
   std::string line;
@@ -42,6 +43,9 @@ TEST(DemoCaptureTest, InspectListsEveryCallAndItsResult) {
     std::string kind = message.at("kind");
     ++kinds[kind];
     if (kind == "apply") calls.insert(message.at("message_id").get<uint64_t>());
+    if (kind == "hello") {
+      ++hellos[message.at("envelope").at("body").at("hello").at("role").get<std::string>()];
+    }
     if (kind == "result") {
       ++results[message.at("envelope").at("body").at("result").at("callId").get<uint64_t>()];
     }
@@ -61,7 +65,10 @@ TEST(DemoCaptureTest, InspectListsEveryCallAndItsResult) {
   // The tour: 2000 small calls, 5000 pipelined echoes, 3 tensor echoes, a failing call,
   // 12 calls around an engine being killed (some answered by the broker's EngineLost).
   EXPECT_GE(kinds["apply"], 7000);
-  EXPECT_EQ(kinds["hello"], 2);  // both engines announced themselves
+  EXPECT_EQ(hellos["engine"], 2);  // both engines announced themselves
+  // and each client asked where its broker runs (brokers do not answer that yet)
+  EXPECT_EQ(kinds["hello"], 2 + hellos["client"]);
+  EXPECT_GE(hellos["client"], 1);
   ASSERT_EQ(static_cast<size_t>(kinds["apply"]), calls.size()) << "apply ids repeat";
   for (uint64_t id : calls) {
     auto it = results.find(id);

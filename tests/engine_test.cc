@@ -506,7 +506,10 @@ TEST(EngineQueueTest, CallsPastTheQueuedBytesAreAnsweredBusy) {
   EngineOptions eo;
   eo.max_queued_bytes = 3 << 20;
   HoldingEngine e(eo);
-  Client client(e.engine->last_endpoint());
+  // Frames: arguments in the client's shared memory take none of the engine's.
+  ClientOptions co;
+  co.shared_memory = false;
+  Client client(e.engine->last_endpoint(), co);
   ResultFuture running = client.apply("hold", 0.5);
   ASSERT_TRUE(e.Running());
   std::vector<double> mib(1 << 17, 1.0);  // 1 MiB, in a frame of its own

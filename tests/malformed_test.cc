@@ -388,11 +388,11 @@ TEST(MalformedInputTest, UnknownUnionMember) {
     ASSERT_EQ(static_cast<int>(c.env.asReader().getBody().which()), 9);
     EXPECT_REJECTED(c.Frames(), Code::kMalformed, "body: unknown message kind 9");
   }
-  {  // Payload.which = 2 (u16 #0).
+  {  // Payload.which = 3 (u16 #0; 2 is `shared`).
     Crafted c;
     auto payload = c.Apply(1).getArgs()[0].initBytes();
     payload.setInline(kj::heapArray<kj::byte>(3));
-    SetDiscriminant(payload, 0, 2);
+    SetDiscriminant(payload, 0, 3);
     EXPECT_REJECTED(c.Frames(), Code::kMalformed, "apply.args[0].bytes: unknown payload kind");
   }
   {  // Result's union (u16 #4) with ok/error unknown.

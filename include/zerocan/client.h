@@ -35,6 +35,7 @@
 #include "zerocan/limits.h"
 #include "zerocan/message.h"
 #include "zerocan/policy.h"
+#include "zerocan/shared.h"
 #include "zerocan/registry.h"
 #include "zerocan/remote_error.h"
 #include "zerocan/signing.h"
@@ -117,6 +118,15 @@ struct ClientOptions {
   // Stream calls (Client::stream): items the engine may send ahead of the reader; the
   // client grants more as items are read, so at most this many wait unread.
   uint32_t stream_credits = 64;
+  // Shared memory with an engine on this host (shared.h). The client asks its peer where
+  // it runs (a hello); when an engine answers from this host (same kernel, network
+  // namespace and user), arguments at or above the threshold travel as references into
+  // `shared_arena` (null: SharedArena::ProcessDefault()): those already in it with no
+  // copy, others copied in once (Stats::shared_bytes_copied), frames when it is full.
+  // A block stays allocated until the call is answered. Brokers do not answer the hello
+  // yet, so calls through one send frames. Off: never.
+  bool shared_memory = true;
+  std::shared_ptr<SharedArena> shared_arena;
 };
 
 struct ClientCounters {
@@ -249,7 +259,7 @@ class Client {
   template <class... Args>
   ResultFuture apply_for(std::chrono::milliseconds timeout, std::string_view function,
                          Args&&... args) {
-    EnvelopeWriter writer(policy_, registry_);
+    EnvelopeWriter writer(call_policy(), registry_);
     WriteApply(writer, timeout, function, std::forward<Args>(args)...);
     return Submit(writer, function, timeout);
   }
@@ -263,7 +273,7 @@ class Client {
   template <class... Args>
   ResultStream stream_for(std::chrono::milliseconds timeout, std::string_view function,
                           Args&&... args) {
-    EnvelopeWriter writer(policy_, registry_);
+    EnvelopeWriter writer(call_policy(), registry_);
     WriteApply(writer, timeout, function, std::forward<Args>(args)...);
     return SubmitStream(writer, function, timeout);
   }
@@ -279,6 +289,11 @@ class Client {
   const ClientOptions& options() const noexcept { return options_; }
   // The policy calls are encoded with (ClientOptions::policy, or the transport's).
   const Policy& policy() const noexcept { return policy_; }
+  // The policy for the next call: policy(), plus the shared arena once the peer's hello
+  // said it runs on this host (shares_memory()). Use it for a writer passed to Submit.
+  Policy call_policy() const;
+  // Whether calls now pass large arguments in shared memory (ClientOptions::shared_memory).
+  bool shares_memory() const;
 
  private:
   static uint32_t TimeoutMs(std::chrono::milliseconds t) noexcept;

@@ -185,6 +185,11 @@ struct EngineOptions {
   // docs/SECURITY.md). Empty = every client that knows curve.public_key. The engine then
   // owns its context's ZAP handler (CurveAllowList, transport/zmq.h).
   std::vector<std::string> curve_allowed_clients;
+  // Shared memory with clients on this host (shared.h): the engine answers a client's
+  // hello with where it runs, and reads the arguments such a client sends as references
+  // into the client's arena in place (mapped read-only; Stats::shared_refs_received).
+  // Off: hellos go unanswered, so clients send frames, and references are refused.
+  bool shared_memory = true;
 };
 
 struct EngineCounters {

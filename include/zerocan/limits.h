@@ -41,6 +41,11 @@ struct DecodeLimits {
   uint64_t max_payload_refs = uint64_t{1} << 20;
   // Bytes of a text value or name.
   uint64_t max_text_bytes = uint64_t{64} << 20;
+  // Payload.shared references into another process's shared-memory arena (shared.h).
+  // Off: a message carrying one is rejected, naming the field. On: Decode maps each
+  // referenced arena (same user, same host only) and checks the range against its sealed
+  // size. Clients and engines turn it on for their shared_memory option.
+  bool accept_shared_refs = false;
 };
 
 // Bounds on the connections of a socket that accepts peers (an engine's bound socket, a

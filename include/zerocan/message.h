@@ -11,12 +11,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
 #include "zerocan/buffer.h"
 #include "zerocan/limits.h"
+#include "zerocan/shared.h"
 #include "zerocan/value.h"
 #include "zerocan/writer.h"
 
@@ -91,6 +93,9 @@ class Message {
   // Cancel and credit accessors (kCancel: target(); kCredit: target() and credit_items()).
   uint64_t target_call_id() const;
   uint32_t credit_items() const;
+
+  // Hello accessor (kHello): where the sender runs (Hello.host), unset when it did not say.
+  std::optional<HostIdentity> hello_host() const;
 
   // The frames, still owned by this message (shared by every payload Buffer).
   const FrameList& frames() const noexcept;

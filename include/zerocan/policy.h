@@ -33,6 +33,9 @@
 
 namespace zerocan {
 
+class SharedArena;     // zerocan/shared.h
+struct HostIdentity;  // zerocan/shared.h
+
 // Measured on the reference machine (2-vCPU VM, libzmq 4.3.4) by `zerocan tune`: end to
 // end, inline wins below about 1-2 KiB on every transport and a zero-copy frame wins from
 // 16-64 KiB on; in between the two are within noise. Two full runs put the crossovers at
@@ -78,6 +81,13 @@ struct Policy {
   // Store small integer arrays in the narrowest integer type holding every element
   // (inline payloads only; zero-copy frames are never rewritten).
   bool pack_integers = true;
+  // Shared memory (shared.h; same host only). When set, a payload at or above the
+  // threshold travels as a reference into this arena instead of as a frame: in place
+  // when it already lies in the arena (no copy), else copied into it once (counted in
+  // Stats::shared_bytes_copied), or as a frame when the arena has no room. Not owned.
+  // Set by a client for the calls to a peer whose hello said it shares this host; unset
+  // by default.
+  SharedArena* shared_arena = nullptr;
 
   // The process default: ZEROCAN_INLINE_THRESHOLD if set and valid, else the config
   // file's "default", else kDefaultInlineThreshold. Read once; warnings (invalid

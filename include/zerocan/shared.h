@@ -22,6 +22,24 @@
 
 namespace zerocan {
 
+// Where a process runs, as far as sharing memory goes. Two processes can map each
+// other's arenas when they run on the same kernel (boot id), in the same network
+// namespace (arenas are served on abstract Unix sockets, which are private to one) and
+// as the same user. Peers exchange this in their hello (Hello.host).
+struct HostIdentity {
+  std::string boot_id;  // /proc/sys/kernel/random/boot_id
+  uint64_t netns = 0;   // inode of /proc/self/ns/net
+  uint32_t uid = 0;     // effective user id
+
+  // This process's identity (read once; boot_id empty when /proc is not there, and
+  // then it shares memory with nobody).
+  static const HostIdentity& This();
+  bool SharesMemoryWith(const HostIdentity& other) const noexcept {
+    return !boot_id.empty() && boot_id == other.boot_id && netns == other.netns &&
+           uid == other.uid;
+  }
+};
+
 class SharedArena {
  public:
   // An arena of `capacity` bytes (rounded up to the page size). Pages are committed as
@@ -52,6 +70,12 @@ class SharedArena {
   size_t used() const noexcept;
   // Peers refused the arena's descriptor (another user).
   uint64_t peers_refused() const noexcept;
+
+  // The process's default arena, created at first use with ZEROCAN_ARENA_BYTES bytes
+  // (a size such as "256M"; default 1 GiB of address space, committed as written).
+  // Clients use it for shared-memory calls unless given one (ClientOptions). Throws
+  // Error when the system refuses it.
+  static std::shared_ptr<SharedArena> ProcessDefault();
 
  private:
   struct Impl;

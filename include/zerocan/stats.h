@@ -17,6 +17,13 @@ struct StatsSnapshot {
   uint64_t buffer_copies = 0;           // explicit Buffer::CopyOf calls
   uint64_t messages_decoded = 0;
   uint64_t messages_rejected = 0;       // decode errors
+  // Shared memory (shared.h): payloads sent as references into an arena, the bytes
+  // copied into an arena to send them so (ordinary memory: one copy), payloads that
+  // fell back to frames because the arena was full, and references received.
+  uint64_t shared_refs_sent = 0;
+  uint64_t shared_bytes_copied = 0;
+  uint64_t shared_fallbacks = 0;
+  uint64_t shared_refs_received = 0;
 };
 
 class Stats {
@@ -30,6 +37,10 @@ class Stats {
   std::atomic<uint64_t> buffer_copies{0};
   std::atomic<uint64_t> messages_decoded{0};
   std::atomic<uint64_t> messages_rejected{0};
+  std::atomic<uint64_t> shared_refs_sent{0};
+  std::atomic<uint64_t> shared_bytes_copied{0};
+  std::atomic<uint64_t> shared_fallbacks{0};
+  std::atomic<uint64_t> shared_refs_received{0};
 
   StatsSnapshot Snapshot() const noexcept;
 };

@@ -66,8 +66,11 @@ struct Header {
 class Outgoing {
  public:
   Outgoing() = default;
-  Outgoing(Buffer envelope, std::vector<Buffer>&& payloads)
-      : envelope_(std::move(envelope)), payloads_(std::move(payloads)) {}
+  Outgoing(Buffer envelope, std::vector<Buffer>&& payloads,
+           std::vector<Buffer>&& shared_blocks = {})
+      : envelope_(std::move(envelope)),
+        payloads_(std::move(payloads)),
+        shared_blocks_(std::move(shared_blocks)) {}
   Outgoing(Outgoing&&) noexcept = default;
   Outgoing& operator=(Outgoing&&) noexcept = default;
 
@@ -80,6 +83,11 @@ class Outgoing {
   // Moves the envelope out, for whoever turns this message into frames; envelope() is
   // empty afterwards.
   Buffer TakeEnvelope() noexcept { return std::exchange(envelope_, Buffer()); }
+  // The arena blocks the envelope refers to (Payload.shared; Policy::shared_arena). They
+  // travel by reference, not as frames: whoever sends the message keeps them until the
+  // receiver is done with them (a client: until the call's reply).
+  const std::vector<Buffer>& shared_blocks() const noexcept { return shared_blocks_; }
+  std::vector<Buffer> TakeSharedBlocks() noexcept { return std::exchange(shared_blocks_, {}); }
 
   // Envelopes smaller than this are copied into their frame at Send.
   static constexpr size_t kEnvelopeCopyBelow = 1024;
@@ -87,6 +95,7 @@ class Outgoing {
  private:
   Buffer envelope_;
   std::vector<Buffer> payloads_;
+  std::vector<Buffer> shared_blocks_;
   Buffer trailer_;
 };
 
@@ -222,8 +231,11 @@ class EnvelopeWriter {
   // A result whose value the caller writes through the returned writer.
   ValueWriter StartResult(uint64_t call_id, std::string_view engine_id);
   void SetError(uint64_t call_id, std::string_view engine_id, const RemoteErrorInfo& error);
+  // `host`: where this process runs (HostIdentity::This()), for peers that may share
+  // memory with it; null leaves Hello.host unset.
   void SetHello(std::string_view peer_id, std::string_view role,
-                const std::vector<std::string>& functions = {});
+                const std::vector<std::string>& functions = {},
+                const HostIdentity* host = nullptr);
   void SetHeartbeat(std::string_view peer_id, uint64_t now_ns);
   void SetGoodbye();
   // Engine -> broker: the call `call_id` has begun running (sent with its routing frames).

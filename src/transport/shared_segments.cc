@@ -64,7 +64,11 @@ struct FdMessage {
 
 SegmentServer::SegmentServer(int memfd) : memfd_(memfd) {
   std::random_device rd;
-  name_ = absl::StrCat("zerocan-arena-", getpid(), "-", absl::Hex(rd()), absl::Hex(rd()));
+  // 128 random bits: a name is also a capability (a peer of another user is refused
+  // anyway; one of the same user, or a reference from the network, must know it).
+  name_ = absl::StrCat("zerocan-arena-", getpid(), "-", absl::Hex(rd(), absl::kZeroPad8),
+                       absl::Hex(rd(), absl::kZeroPad8), absl::Hex(rd(), absl::kZeroPad8),
+                       absl::Hex(rd(), absl::kZeroPad8));
   listener_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   sockaddr_un addr;
   socklen_t len = AbstractAddress(name_, &addr);
@@ -211,6 +215,11 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
                                    m->size, " bytes)"));
   }
   return Buffer(m->data + offset, length, m);
+}
+
+SharedSegments& ProcessSegments() {
+  static auto* segments = new SharedSegments();  // never destroyed: Buffers may outlive exit
+  return *segments;
 }
 
 size_t SharedSegments::mapped() const {

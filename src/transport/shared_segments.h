@@ -70,4 +70,8 @@ class SharedSegments {
   absl::flat_hash_map<std::string, std::weak_ptr<Mapping>> mappings_;  // mu_
 };
 
+// The process's mappings of peers' arenas, shared by every decoder (Message::Decode maps
+// Payload.shared references through it).
+SharedSegments& ProcessSegments();
+
 }  // namespace zerocan::internal

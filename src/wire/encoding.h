@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include <absl/container/flat_hash_map.h>
 #include <capnp/message.h>
 
 #include "zerocan/buffer.h"
@@ -40,8 +41,12 @@ void CopyText(capnp::Text::Builder dst, std::string_view text) noexcept;
 // The checked walk of a received envelope (src/wire/values.cc): every rule of
 // docs/FORMAT.md "Decoding", within a traversal budget of `budget` units. Throws
 // DecodeError naming the field path.
+// Payload.shared references met on the way are mapped into `shared_views` (keyed by
+// MessageState::Key).
+using SharedViews = absl::flat_hash_map<const void*, Buffer>;
 void WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
-                  const DecodeLimits& limits, uint64_t budget, wire::Envelope::Reader envelope);
+                  const DecodeLimits& limits, uint64_t budget, wire::Envelope::Reader envelope,
+                  SharedViews* shared_views);
 
 }  // namespace internal
 
@@ -60,6 +65,7 @@ struct EnvelopeWriter::Impl {
   std::optional<capnp::MallocMessageBuilder> builder;
   wire::Envelope::Builder root = nullptr;
   std::vector<Buffer> payloads;
+  std::vector<Buffer> shared_blocks;  // referenced by Payload.shared (Outgoing::shared_blocks)
   bool finished = false;
 };
 

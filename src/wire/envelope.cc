@@ -29,6 +29,7 @@
 #include "zerocan/registry.h"
 #include "zerocan/stats.h"
 #include "zerocan/version.h"
+#include "zerocan/shared.h"
 #include "zerocan/writer.h"
 
 namespace zerocan {
@@ -225,13 +226,34 @@ void EnvelopeWriter::SetError(uint64_t call_id, std::string_view engine_id,
 }
 
 void EnvelopeWriter::SetHello(std::string_view peer_id, std::string_view role,
-                              const std::vector<std::string>& functions) {
+                              const std::vector<std::string>& functions,
+                              const HostIdentity* host) {
   unsigned n = CheckedLength(functions.size(), "functions");
   auto hello = impl_->root.getBody().initHello();
   CopyText(hello.initPeerId(TextSize(peer_id)), peer_id);
   CopyText(hello.initRole(TextSize(role)), role);
   auto list = hello.initFunctions(n);
   for (unsigned i = 0; i < n; ++i) CopyText(list.init(i, TextSize(functions[i])), functions[i]);
+  if (host != nullptr) {
+    auto h = hello.initHost();
+    CopyText(h.initBootId(TextSize(host->boot_id)), host->boot_id);
+    h.setNetns(host->netns);
+    h.setUid(host->uid);
+  }
+}
+
+std::optional<HostIdentity> Message::hello_host() const {
+  if (body_kind() != BodyKind::kHello) {
+    throw DecodeError(DecodeError::Code::kTypeMismatch, "hello_host: not a hello");
+  }
+  auto hello = state_->root_.getBody().getHello();
+  if (!hello.hasHost()) return std::nullopt;
+  auto h = hello.getHost();
+  HostIdentity id;
+  id.boot_id.assign(h.getBootId().begin(), h.getBootId().size());
+  id.netns = h.getNetns();
+  id.uid = h.getUid();
+  return id;
 }
 
 void EnvelopeWriter::SetHeartbeat(std::string_view peer_id, uint64_t now_ns) {
@@ -303,7 +325,7 @@ Outgoing EnvelopeWriter::Finish() {
     size_t size = flat->size() * sizeof(capnp::word);
     envelope = Buffer(bytes, size, std::move(flat));
   }
-  return Outgoing(std::move(envelope), std::move(m.payloads));
+  return Outgoing(std::move(envelope), std::move(m.payloads), std::move(m.shared_blocks));
 }
 
 // ---- Message::Decode -----------------------------------------------------------------
@@ -422,7 +444,7 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
       size_t payload_frames = state->received_.frames.size() - 1;
       CheckHeader(env.getVersion(), env.getPayloadFrames(), payload_frames);
       internal::WalkEnvelope(state->received_, static_cast<uint32_t>(payload_frames), limits,
-                             Budget(limits, word_count), env);
+                             Budget(limits, word_count), env, &state->shared_views_);
       state->root_ = env;
       if (env.getBody().isApply()) {
         auto apply = env.getBody().getApply();

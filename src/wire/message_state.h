@@ -8,9 +8,12 @@
 #include <memory>
 #include <optional>
 
+#include <absl/container/flat_hash_map.h>
+#include <capnp/any.h>
 #include <capnp/serialize.h>
 
 #include "zerocan/buffer.h"
+#include "zerocan/error.h"
 #include "zerocan/message.h"
 #include "zerocan/wire/zerocan.capnp.h"
 
@@ -48,6 +51,19 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   capnp::List<wire::Field>::Reader kwargs_;
 
   std::shared_ptr<const void> KeepAlive() const { return shared_from_this(); }
+
+  // The bytes of each Payload.shared reference, mapped and bounds-checked by the
+  // decoder's walk, keyed by where the reference lies in the envelope. Each view keeps
+  // its arena mapped for as long as this message lives.
+  absl::flat_hash_map<const void*, Buffer> shared_views_;
+  static const void* Key(wire::SharedRef::Reader ref) {
+    return capnp::AnyStruct::Reader(ref).getDataSection().begin();
+  }
+  Buffer SharedSlice(wire::SharedRef::Reader ref) const {
+    auto it = shared_views_.find(Key(ref));
+    if (it == shared_views_.end()) throw Error("shared-memory reference not mapped at decode");
+    return Buffer(it->second.mutable_data(), it->second.size(), KeepAlive());
+  }
 
   // Bytes [offset, offset+length) of payload frame `index` (1-based); already checked
   // by the decoder's walk.

@@ -15,8 +15,10 @@
 #include "wire/access.h"
 #include "wire/encoding.h"
 #include "wire/handles.h"
+#include "transport/shared_segments.h"
 #include "wire/message_state.h"
 #include "zerocan/codec.h"
+#include "zerocan/shared.h"
 #include "zerocan/error.h"
 #include "zerocan/stats.h"
 #include "zerocan/value.h"
@@ -114,19 +116,61 @@ void CheckContainerDepth(uint32_t depth, size_t length) {
 
 namespace {
 
-// Payload: a frame of its own at or above the threshold (or beyond what Data holds),
-// else inline. `copy_for_frame`: the bytes are only valid during the call.
-void Place(std::vector<Buffer>& payloads, const Policy& policy, wire::Payload::Builder payload,
+// Where a message's payloads go: frames after the envelope, and the arena blocks that
+// Payload.shared references point into (both kept by the Outgoing).
+struct PayloadSink {
+  std::vector<Buffer>& payloads;
+  std::vector<Buffer>& shared_blocks;
+};
+
+// A payload at or above the threshold as a reference into `arena`: in place when it lies
+// there, else copied into a fresh block. False when the arena has no room (the caller
+// sends a frame instead).
+bool PlaceShared(PayloadSink m, SharedArena& arena, wire::Payload::Builder payload,
+                 Buffer& data) {
+  std::optional<SharedArena::Location> location = arena.Find(data);
+  Buffer block;
+  if (location) {
+    block = std::move(data);
+  } else {
+    std::optional<Buffer> fresh = arena.Allocate(data.size());
+    if (!fresh) {
+      Bump(GlobalStats().shared_fallbacks);
+      return false;
+    }
+    std::memcpy(fresh->mutable_data(), data.data(), data.size());
+    Bump(GlobalStats().shared_bytes_copied, data.size());
+    location = arena.Find(*fresh);
+    block = std::move(*fresh);
+  }
+  auto ref = payload.initShared();
+  const std::string& name = arena.name();
+  CopyText(ref.initArena(TextSize(name)), name);
+  ref.setOffset(location->offset);
+  ref.setLength(location->length);
+  m.shared_blocks.push_back(std::move(block));
+  Bump(GlobalStats().shared_refs_sent);
+  return true;
+}
+
+// Payload: a frame of its own at or above the threshold (or beyond what Data holds), or a
+// reference into the policy's shared arena when it has one; else inline.
+// `copy_for_frame`: the bytes are only valid during the call.
+void Place(PayloadSink m, const Policy& policy, wire::Payload::Builder payload,
            Buffer data, bool copy_for_frame) {
   size_t size = data.size();
   bool as_frame = size > 0 && (size >= policy.inline_threshold || size > kMaxCapnpList);
+  if (as_frame && policy.shared_arena != nullptr &&
+      PlaceShared(m, *policy.shared_arena, payload, data)) {
+    return;
+  }
   if (as_frame) {
-    if (payloads.size() >= std::numeric_limits<uint32_t>::max() - 1) {
+    if (m.payloads.size() >= std::numeric_limits<uint32_t>::max() - 1) {
       throw EncodeError("too many payload frames in one message");
     }
-    payloads.push_back(copy_for_frame ? Buffer::CopyOf(data.data(), size) : std::move(data));
+    m.payloads.push_back(copy_for_frame ? Buffer::CopyOf(data.data(), size) : std::move(data));
     auto ref = payload.initFrame();
-    ref.setIndex(static_cast<uint32_t>(payloads.size()));
+    ref.setIndex(static_cast<uint32_t>(m.payloads.size()));
     ref.setLength(size);
   } else {
     auto bytes = payload.initInline(static_cast<unsigned>(size));
@@ -172,16 +216,19 @@ void ValueWriter::Float(double v) { V(builder_).setFloat(v); }
 void ValueWriter::Text(std::string_view v) { CopyText(V(builder_).initText(TextSize(v)), v); }
 
 void ValueWriter::Bytes(Buffer data) {
-  Place(message_->impl_->payloads, message_->policy(), V(builder_).initBytes(), std::move(data), false);
+  auto& m = *message_->impl_;
+  Place({m.payloads, m.shared_blocks}, message_->policy(), V(builder_).initBytes(),
+        std::move(data), false);
 }
 
 void ValueWriter::CopyBytes(std::span<const std::byte> data) {
-  Place(message_->impl_->payloads, message_->policy(), V(builder_).initBytes(),
+  auto& m = *message_->impl_;
+  Place({m.payloads, m.shared_blocks}, message_->policy(), V(builder_).initBytes(),
         Buffer::Borrow(data.data(), data.size()), true);
 }
 
 namespace {
-void WriteArray(std::vector<Buffer>& payloads, const Policy& policy, wire::Value::Builder v, DType dtype,
+void WriteArray(PayloadSink m, const Policy& policy, wire::Value::Builder v, DType dtype,
                 const Shape& shape, Buffer data, Order order, bool copy_for_frame) {
   auto count = ElementCount(shape);
   size_t item = ItemSize(dtype);
@@ -214,18 +261,20 @@ void WriteArray(std::vector<Buffer>& payloads, const Policy& policy, wire::Value
     }
     if (packed) return;
   }
-  Place(payloads, policy, tensor.initData(), std::move(data), copy_for_frame);
+  Place(m, policy, tensor.initData(), std::move(data), copy_for_frame);
 }
 }  // namespace
 
 void ValueWriter::Array(DType dtype, const Shape& shape, Buffer data, Order order) {
-  WriteArray(message_->impl_->payloads, message_->policy(), V(builder_), dtype, shape, std::move(data),
-             order, false);
+  auto& m = *message_->impl_;
+  WriteArray({m.payloads, m.shared_blocks}, message_->policy(), V(builder_), dtype, shape,
+             std::move(data), order, false);
 }
 
 void ValueWriter::CopyArray(DType dtype, const Shape& shape, std::span<const std::byte> data,
                             Order order) {
-  WriteArray(message_->impl_->payloads, message_->policy(), V(builder_), dtype, shape,
+  auto& m = *message_->impl_;
+  WriteArray({m.payloads, m.shared_blocks}, message_->policy(), V(builder_), dtype, shape,
              Buffer::Borrow(data.data(), data.size()), order, true);
 }
 
@@ -323,7 +372,9 @@ void ValueWriter::Copy(const Value& value) {
         if (t.getPacking() != wire::Packing::NONE) {
           out.initData().setInline(t.getData().getInline());
         } else {
-          Place(message_->impl_->payloads, message_->policy(), out.initData(), value.TensorBytes(), false);
+          auto& m = *message_->impl_;
+          Place({m.payloads, m.shared_blocks}, message_->policy(), out.initData(),
+                value.TensorBytes(), false);
         }
         return;
       }
@@ -373,8 +424,12 @@ Path Child(const Path& parent, const char* field, int64_t index = -1) {
 class Walker {
  public:
   Walker(const ReceivedMessage& received, uint32_t payload_frames, const DecodeLimits& limits,
-         uint64_t budget)
-      : received_(received), payload_frames_(payload_frames), limits_(limits), budget_(budget) {}
+         uint64_t budget, internal::SharedViews* shared_views)
+      : received_(received),
+        payload_frames_(payload_frames),
+        limits_(limits),
+        budget_(budget),
+        shared_views_(shared_views) {}
 
   // The traversal budget: every value visited, list element and blob word costs one
   // unit, and a well-formed tree spends at most one unit per envelope word. Shared or
@@ -431,8 +486,28 @@ class Walker {
         }
         return length;
       }
+      case wire::Payload::SHARED: return Shared(payload.getShared(), Child(path, "shared"));
     }
     Fail(Code::kMalformed, path, "unknown payload kind (from a newer protocol?)");
+  }
+
+  // A reference into another process's arena: mapped (same user, same host) and checked
+  // against the arena's sealed size here, so that no accessor can fail later.
+  uint64_t Shared(const wire::SharedRef::Reader& ref, const Path& path) {
+    capnp::Text::Reader arena = ref.getArena();
+    Text(arena, Child(path, "arena"));
+    std::string_view name(arena.begin(), arena.size());
+    if (!limits_.accept_shared_refs) {
+      Fail(Code::kMalformed, path,
+           absl::StrCat("a shared-memory reference (arena \"", internal::Sv(name),
+                        "\"), which this receiver does not accept (shared memory is off, or the "
+                        "sender is not on this host)"));
+    }
+    Buffer view = internal::ProcessSegments().Resolve(name, ref.getOffset(), ref.getLength(),
+                                                      path.Render());
+    shared_views_->insert_or_assign(internal::MessageState::Key(ref), std::move(view));
+    Bump(GlobalStats().shared_refs_received);
+    return ref.getLength();
   }
 
   void Tensor(const wire::Tensor::Reader& t, const Path& path) {
@@ -607,6 +682,7 @@ class Walker {
         for (unsigned i = 0; i < functions.size(); ++i) {
           Text(functions[i], Child(hello, "functions", i));
         }
+        if (h.hasHost()) Text(h.getHost().getBootId(), Child(Child(hello, "host"), "bootId"));
         return;
       }
       case wire::Envelope::Body::HEARTBEAT:
@@ -630,6 +706,7 @@ class Walker {
   uint32_t payload_frames_;
   const DecodeLimits& limits_;
   uint64_t budget_;
+  internal::SharedViews* shared_views_;
   uint64_t payload_refs_ = 0;
 };
 
@@ -637,8 +714,9 @@ class Walker {
 
 namespace internal {
 void WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
-                  const DecodeLimits& limits, uint64_t budget, wire::Envelope::Reader envelope) {
-  Walker(received, payload_frames, limits, budget).Envelope(envelope);
+                  const DecodeLimits& limits, uint64_t budget, wire::Envelope::Reader envelope,
+                  SharedViews* shared_views) {
+  Walker(received, payload_frames, limits, budget, shared_views).Envelope(envelope);
 }
 }  // namespace internal
 
@@ -767,6 +845,7 @@ namespace {
 Buffer Resolve(const internal::MessageState* message, wire::Payload::Reader payload) {
   if (message == nullptr) throw Error("Value: no message behind this value");
   if (payload.isInline()) return message->InlineBytes(payload.getInline());
+  if (payload.isShared()) return message->SharedSlice(payload.getShared());
   auto ref = payload.getFrame();
   return message->FrameSlice(ref.getIndex(), ref.getOffset(), ref.getLength());
 }

@@ -961,6 +961,11 @@ class Message:
         which = p.which()
         if which == "inline":
             return p.inline, 0, None
+        if which == "shared":
+            raise _fail(_Path(path, "shared"),
+                        f'a shared-memory reference (arena "{p.shared.arena}"), which this '
+                        "receiver does not accept (shared memory is off, or the sender is not "
+                        "on this host)")
         if which != "frame":
             raise _fail(path, "unknown payload kind (from a newer protocol?)")
         ref = p.frame

@@ -1,0 +1,351 @@
+// Calls that pass their arguments in shared memory (Payload.shared; zerocan/shared.h):
+// what the writer places where, what the decoder maps and refuses, and a client and an
+// engine on one host that learn so from their hellos.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <chrono>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_support.h"
+#include "tool_process.h"
+#include "zerocan/client.h"
+#include "zerocan/engine.h"
+#include "zerocan/generated.h"
+#include "zerocan/shared.h"
+#include "zerocan/stats.h"
+#include "zerocan/zerocan.h"
+
+namespace zerocan {
+namespace {
+
+using ::testing::HasSubstr;
+using std::chrono::milliseconds;
+
+Policy SharedPolicy(SharedArena& arena, size_t threshold = 1024) {
+  Policy p = testing::FixedPolicy(threshold);
+  p.shared_arena = &arena;
+  return p;
+}
+
+// apply("f", float64 tensor over `data`).
+Outgoing TensorCall(const Policy& policy, Buffer data) {
+  EnvelopeWriter w(policy);
+  w.SetHeader(Header{1, 1, 1, 0});
+  w.StartApply("f", 1, 0).arg(0).Array(DType::kFloat64, Shape{data.size() / 8}, std::move(data));
+  return w.Finish();
+}
+
+ReceivedMessage Received(const Outgoing& out) {
+  ReceivedMessage received;
+  received.frames.push_back(testing::Frame(out.envelope().data(), out.envelope().size()));
+  for (const Buffer& f : out.payload_frames()) received.frames.push_back(testing::Frame(f.data(), f.size()));
+  return received;
+}
+
+DecodeLimits Accepting() {
+  DecodeLimits limits;
+  limits.accept_shared_refs = true;
+  return limits;
+}
+
+TEST(SharedPlacementTest, AnArenaBlockTravelsAsAReferenceWithNoCopyAndIsReadInPlace) {
+  auto arena = SharedArena::Create(1 << 20);
+  Buffer block = *arena->Allocate(64 << 10);
+  for (size_t i = 0; i < block.size() / 8; ++i) {
+    double v = static_cast<double>(i);
+    std::memcpy(block.mutable_data() + i * 8, &v, 8);
+  }
+  StatsSnapshot before = GlobalStats().Snapshot();
+  Outgoing out = TensorCall(SharedPolicy(*arena), block);
+  StatsSnapshot after = GlobalStats().Snapshot();
+  EXPECT_TRUE(out.payload_frames().empty());
+  ASSERT_EQ(out.shared_blocks().size(), 1u);
+  EXPECT_EQ(out.shared_blocks()[0].data(), block.data());  // the block itself, not a copy
+  EXPECT_EQ(after.shared_refs_sent, before.shared_refs_sent + 1);
+  EXPECT_EQ(after.shared_bytes_copied, before.shared_bytes_copied);
+  EXPECT_EQ(after.buffer_copies, before.buffer_copies);
+
+  Message m = Message::Decode(Received(out), Accepting());
+  EXPECT_EQ(GlobalStats().Snapshot().shared_refs_received, after.shared_refs_received + 1);
+  Buffer view = m.arg(0).TensorBytes();
+  ASSERT_EQ(view.size(), block.size());
+  EXPECT_EQ(std::memcmp(view.data(), block.data(), block.size()), 0);
+  // The receiver maps the same memory, not a copy of it: a byte the sender writes now
+  // shows through the view it already holds.
+  EXPECT_NE(view.data(), block.data());  // a second mapping (read-only)
+  block.mutable_data()[8] = std::byte{0x7f};
+  EXPECT_EQ(view.data()[8], std::byte{0x7f});
+  EXPECT_EQ(m.arg(0).As<std::vector<double>>().size(), block.size() / 8);
+}
+
+TEST(SharedPlacementTest, OrdinaryMemoryIsCopiedIntoTheArenaOnceAndSmallValuesStayInline) {
+  auto arena = SharedArena::Create(1 << 20);
+  std::vector<double> values(4096);
+  std::iota(values.begin(), values.end(), 0.0);
+  StatsSnapshot before = GlobalStats().Snapshot();
+  Policy policy = SharedPolicy(*arena);
+  EnvelopeWriter w(policy);
+  w.SetHeader(Header{1, 1, 1, 0});
+  ApplyWriter a = w.StartApply("f", 2, 0);
+  a.arg(0).Write(values);  // an lvalue: lent, then copied into the arena once
+  a.arg(1).Write(std::vector<double>{1.0, 2.0});  // under the threshold: inline
+  Outgoing out = w.Finish();
+  StatsSnapshot after = GlobalStats().Snapshot();
+  EXPECT_TRUE(out.payload_frames().empty());
+  ASSERT_EQ(out.shared_blocks().size(), 1u);
+  EXPECT_EQ(after.shared_bytes_copied, before.shared_bytes_copied + values.size() * 8);
+  EXPECT_EQ(arena->used(), values.size() * 8);
+  Message m = Message::Decode(Received(out), Accepting());
+  EXPECT_EQ(m.arg(0).As<std::vector<double>>(), values);
+  EXPECT_EQ(m.arg(1).As<std::vector<double>>(), (std::vector<double>{1.0, 2.0}));
+  out = Outgoing();
+  m = Message();
+  EXPECT_EQ(arena->used(), 0u);  // the block returned once the message and its view went
+}
+
+TEST(SharedPlacementTest, AFullArenaFallsBackToAFrame) {
+  auto arena = SharedArena::Create(64 << 10);
+  Buffer filler = *arena->Allocate(60 << 10);
+  std::vector<double> values(1024, 1.5);  // 8 KiB: no room left
+  uint64_t fallbacks = GlobalStats().Snapshot().shared_fallbacks;
+  Outgoing out = TensorCall(SharedPolicy(*arena), Buffer::CopyOf(values.data(), 8192));
+  EXPECT_EQ(out.payload_frames().size(), 1u);
+  EXPECT_TRUE(out.shared_blocks().empty());
+  EXPECT_EQ(GlobalStats().Snapshot().shared_fallbacks, fallbacks + 1);
+  EXPECT_EQ(Message::Decode(Received(out)).arg(0).As<std::vector<double>>(), values);
+}
+
+TEST(SharedPlacementTest, AReceiverThatDoesNotAcceptReferencesNamesTheField) {
+  auto arena = SharedArena::Create(1 << 20);
+  Outgoing out = TensorCall(SharedPolicy(*arena), *arena->Allocate(8192));
+  try {
+    Message::Decode(Received(out));
+    ADD_FAILURE() << "a reference was accepted by default";
+  } catch (const DecodeError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("apply.args[0].tensor.data.shared"));
+    EXPECT_THAT(e.what(), HasSubstr(arena->name()));
+    EXPECT_THAT(e.what(), HasSubstr("does not accept"));
+  }
+}
+
+// An apply whose one argument is a uint8 tensor of `length` bytes at `offset` in `arena`.
+FrameList CraftedReference(const std::string& arena, uint64_t offset, uint64_t length) {
+  capnp::MallocMessageBuilder builder;
+  auto env = builder.initRoot<wire::Envelope>();
+  env.setVersion(kProtocolVersion);
+  env.setMessageId(1);
+  env.setSessionId(1);
+  env.setSequence(1);
+  auto apply = env.getBody().initApply();
+  apply.setFunction("f");
+  auto tensor = apply.initArgs(1)[0].initTensor();
+  tensor.setDtype(wire::DType::UINT8);
+  tensor.initShape(1).set(0, length);
+  auto ref = tensor.initData().initShared();
+  ref.setArena(arena);
+  ref.setOffset(offset);
+  ref.setLength(length);
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
+  FrameList frames;
+  frames.push_back(testing::Frame(words.begin(), words.size() * sizeof(capnp::word)));
+  return frames;
+}
+
+std::string Rejection(FrameList frames) {
+  try {
+    Message::Decode(ReceivedMessage{{}, std::move(frames)}, Accepting());
+  } catch (const DecodeError& e) {
+    EXPECT_EQ(e.code(), DecodeError::Code::kMalformed) << e.what();
+    return e.what();
+  }
+  return "accepted";
+}
+
+TEST(SharedPlacementTest, ReferencesOutsideAnArenaOrToNoArenaAreDecodeErrorsNamingTheField) {
+  auto arena = SharedArena::Create(1 << 20);
+  const std::string field = "apply.args[0].tensor.data.shared";
+  EXPECT_EQ(Rejection(CraftedReference(arena->name(), 0, 4096)), "accepted");
+  for (auto [offset, length] : std::vector<std::pair<uint64_t, uint64_t>>{
+           {0, (1 << 20) + 1}, {(1 << 20) - 10, 11}, {UINT64_MAX, 2}, {1, UINT64_MAX}}) {
+    std::string why = Rejection(CraftedReference(arena->name(), offset, length));
+    EXPECT_THAT(why, HasSubstr(field));
+    EXPECT_THAT(why, HasSubstr("outside the arena"));
+  }
+  // No arena of that name on this host: a file path, a closed arena, nothing at all.
+  std::string closed;
+  {
+    auto gone = SharedArena::Create(1 << 16);
+    closed = gone->name();
+  }
+  for (std::string name : {std::string("/etc/passwd"), closed, std::string("zerocan-arena-1-0"),
+                           std::string(200, 'x'), std::string("a\0b", 3), std::string()}) {
+    std::string why = Rejection(CraftedReference(name, 0, 8));
+    EXPECT_THAT(why, HasSubstr(field)) << name;
+    EXPECT_THAT(why, ::testing::AnyOf(HasSubstr("no arena there"), HasSubstr("not an arena name")))
+        << name;
+  }
+}
+
+// ---- a client and an engine ---------------------------------------------------------------
+
+bool WaitUntil(const std::function<bool()>& done, milliseconds limit = milliseconds(5000)) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  return true;
+}
+
+std::string Why(const Result& r) {
+  try {
+    r.ThrowIfError();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A uint8 tensor over `block` (the Buffer shares it: no copy).
+Tensor Bytes(const Buffer& block) { return Tensor(DType::kUInt8, Shape{block.size()}, block); }
+
+int FreePort() {
+  zmq::context_t ctx(1);
+  zmq::socket_t s(ctx, zmq::socket_type::router);
+  s.set(zmq::sockopt::linger, 0);
+  s.bind("tcp://127.0.0.1:*");
+  std::string endpoint = s.get(zmq::sockopt::last_endpoint);
+  return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+}
+
+struct Kept {
+  std::mutex mu;
+  Buffer view;
+};
+
+TEST(SharedCallTest, AClientAndAnEngineOnOneHostPassArgumentsInPlace) {
+  auto kept = std::make_shared<Kept>();
+  EngineOptions eo;
+  eo.builtins = true;
+  Engine engine(eo);
+  // Keeps its argument's view: the test then writes the client's block and reads it here.
+  engine.DefRaw("keep", [kept](const Call& call, ValueWriter& result) {
+    std::lock_guard<std::mutex> lock(kept->mu);
+    kept->view = call.arg(0).TensorBytes();
+    result.Int(static_cast<int64_t>(kept->view.size()));
+  });
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  auto arena = SharedArena::Create(64 << 20);
+  ClientOptions co;
+  co.shared_arena = arena;
+  co.timeout = milliseconds(10000);
+  Client client(engine.last_endpoint(), co);
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); })) << "no hello from the engine";
+
+  Buffer block = *arena->Allocate(8 << 20);
+  std::memset(block.mutable_data(), 1, block.size());
+  StatsSnapshot before = GlobalStats().Snapshot();
+  Result r = client.apply("keep", Bytes(block)).get();
+  StatsSnapshot after = GlobalStats().Snapshot();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_EQ(r.as<int64_t>(), 8 << 20);
+  EXPECT_EQ(after.shared_refs_sent, before.shared_refs_sent + 1);
+  EXPECT_EQ(after.shared_refs_received, before.shared_refs_received + 1);
+  EXPECT_EQ(after.shared_bytes_copied, before.shared_bytes_copied);  // no copy at all
+  EXPECT_EQ(after.frames_sent_zero_copy, before.frames_sent_zero_copy);  // and no frame
+  block.mutable_data()[12345] = std::byte{9};
+  {
+    std::lock_guard<std::mutex> lock(kept->mu);
+    EXPECT_EQ(kept->view.data()[12345], std::byte{9});  // the engine reads the same pages
+  }
+
+  // Ordinary memory: one copy into the arena, released once the call is answered.
+  std::vector<double> values(1 << 20, 0.5);
+  before = GlobalStats().Snapshot();
+  r = client.apply("sum", values).get();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_DOUBLE_EQ(r.as<double>(), 0.5 * (1 << 20));
+  EXPECT_EQ(GlobalStats().Snapshot().shared_bytes_copied,
+            before.shared_bytes_copied + values.size() * 8);
+  EXPECT_EQ(arena->used(), 8u << 20);  // only `block`: the copy went back with the reply
+  engine.Stop();
+}
+
+TEST(SharedCallTest, AnEngineWithoutSharedMemoryGetsFrames) {
+  EngineOptions eo;
+  eo.builtins = true;
+  eo.shared_memory = false;
+  Engine engine(eo);
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  Client client(engine.last_endpoint());
+  std::vector<double> values(1 << 16, 2.0);
+  Result r = client.apply("sum", values).get();  // the hello has had its chance by now
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_DOUBLE_EQ(r.as<double>(), 2.0 * (1 << 16));
+  EXPECT_FALSE(client.shares_memory());
+  engine.Stop();
+}
+
+TEST(SharedCallTest, ATimedOutCallKeepsItsBlockUntilTheLateReply) {
+  Engine engine;
+  engine.DefRaw("slow", [](const Call& call, ValueWriter& result) {
+    std::this_thread::sleep_for(milliseconds(300));
+    result.Int(static_cast<int64_t>(call.arg(0).TensorBytes().size()));
+  });
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  auto arena = SharedArena::Create(16 << 20);
+  ClientOptions co;
+  co.shared_arena = arena;
+  Client client(engine.last_endpoint(), co);
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
+  // The client gives up after 50 ms; the engine still reads the argument in place.
+  std::vector<double> payload(1 << 16, 1.0);
+  Result r = client.apply_for(milliseconds(50), "slow", payload).get();
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(arena->used(), payload.size() * 8);  // not reused under the running call
+  // The next call takes the late reply off the socket (the client has no thread of its
+  // own), and that frees the block.
+  std::this_thread::sleep_for(milliseconds(400));
+  EXPECT_TRUE(client.apply("slow", std::vector<double>{1.0}).get().ok());
+  EXPECT_EQ(client.counters().late, 1u);
+  EXPECT_EQ(arena->used(), 0u);
+  engine.Stop();
+}
+
+TEST(SharedCallTest, TheEngineProgramInAnotherProcessReadsTheClientsArena) {
+  std::string url = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  testing::ToolProcess engine({"engine", "--bind", url, "--builtins"});
+  auto arena = SharedArena::Create(64 << 20);
+  ClientOptions co;
+  co.shared_arena = arena;
+  co.timeout = milliseconds(10000);
+  Client client(url, co);
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }, milliseconds(20000)));
+  Buffer block = *arena->Allocate(32 << 20);
+  std::memset(block.mutable_data(), 0, block.size());
+  block.mutable_data()[block.size() - 1] = std::byte{3};
+  StatsSnapshot before = GlobalStats().Snapshot();
+  Result r = client.apply("nbytes", Bytes(block)).get();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_EQ(r.as<int64_t>(), 32 << 20);
+  r = client.apply("sum", Bytes(block)).get();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_DOUBLE_EQ(r.as<double>(), 3.0);
+  StatsSnapshot after = GlobalStats().Snapshot();
+  EXPECT_EQ(after.shared_refs_sent, before.shared_refs_sent + 2);
+  EXPECT_EQ(after.shared_bytes_copied, before.shared_bytes_copied);
+}
+
+}  // namespace
+}  // namespace zerocan
