@@ -57,7 +57,7 @@ class ClientCore {
         registry_(registry),
         signer_(options.signer),
         shared_arena_option_(options.shared_arena) {
-    limits_.accept_shared_refs = options.shared_memory;
+    if (options.shared_memory) limits_.shared_refs = DecodeLimits::SharedRefs::kMap;
     context_ = &ChannelContext(options.context, options.io_cpus, "client", &owned_context_);
     socket_ = zmq::socket_t(*context_, zmq::socket_type::dealer);
     socket_.set(zmq::sockopt::linger, 0);

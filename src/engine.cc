@@ -166,7 +166,7 @@ uint64_t Call::payload_bytes() const noexcept {
 class Engine::Impl {
  public:
   explicit Impl(EngineOptions options) : options_(std::move(options)) {
-    options_.limits.accept_shared_refs = options_.shared_memory;
+    if (options_.shared_memory) options_.limits.shared_refs = DecodeLimits::SharedRefs::kMap;
     if (options_.id.empty()) options_.id = DefaultId();
     registry_ = options_.registry != nullptr ? options_.registry : &Registry::Default();
     context_ = &ChannelContext(options_.context, options_.io_cpus, "engine", &owned_context_);

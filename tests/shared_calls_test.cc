@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <absl/strings/str_cat.h>
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
@@ -16,6 +17,7 @@
 
 #include "test_support.h"
 #include "tool_process.h"
+#include "tools/inspect_render.h"
 #include "zerocan/client.h"
 #include "zerocan/engine.h"
 #include "zerocan/generated.h"
@@ -52,7 +54,7 @@ ReceivedMessage Received(const Outgoing& out) {
 
 DecodeLimits Accepting() {
   DecodeLimits limits;
-  limits.accept_shared_refs = true;
+  limits.shared_refs = DecodeLimits::SharedRefs::kMap;
   return limits;
 }
 
@@ -192,6 +194,20 @@ TEST(SharedPlacementTest, ReferencesOutsideAnArenaOrToNoArenaAreDecodeErrorsNami
     EXPECT_THAT(why, ::testing::AnyOf(HasSubstr("no arena there"), HasSubstr("not an arena name")))
         << name;
   }
+}
+
+TEST(SharedPlacementTest, InspectListsAReferenceWithItsArenaAndSizeWithoutReadingIt) {
+  auto arena = SharedArena::Create(1 << 20);
+  Outgoing out = TensorCall(SharedPolicy(*arena), *arena->Allocate(8192));
+  std::string text = tools::InspectMessage(Received(out));
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("apply.args[0]: tensor float64 [1024], 8192 bytes, "
+                                           "shared arena ", arena->name(), " at +0")))
+      << text;
+  tools::InspectOptions json;
+  json.json = true;
+  std::string line = tools::InspectMessage(Received(out), json);
+  EXPECT_THAT(line, HasSubstr("\"placement\":\"shared\"")) << line;
+  EXPECT_THAT(line, HasSubstr(arena->name()));
 }
 
 // ---- a client and an engine ---------------------------------------------------------------

@@ -375,6 +375,7 @@ struct PayloadRow {
   uint32_t ref_index = 0;            // FrameRef.index (1 = first payload frame)
   uint64_t offset = 0;               // within the frame, or within the envelope when inline
   bool offset_known = true;
+  std::string arena;                 // Payload.shared: the arena named (offset within it)
   std::string dtype, order, byte_order, packing;
   Shape shape;
   std::string access;                // "view" or "copy (...)"
@@ -406,7 +407,14 @@ std::string_view PackingName(wire::Packing p) {
 }
 
 void Place(Context& c, wire::Payload::Reader payload, PayloadRow* row) {
-  if (payload.isFrame()) {
+  if (payload.isShared()) {
+    auto ref = payload.getShared();
+    row->arena.assign(ref.getArena().begin(), ref.getArena().size());
+    row->offset = ref.getOffset();
+    row->bytes = ref.getLength();
+    row->access = "shared memory, not read here";
+    row->complete = false;
+  } else if (payload.isFrame()) {
     auto ref = payload.getFrame();
     row->in_frame = true;
     row->ref_index = ref.getIndex();
@@ -530,6 +538,10 @@ void Walk(Context& c, const Value& v, const std::string& path, uint32_t depth) {
       row.kind = "bytes";
       auto payload = GeneratedValue(v).getBytes();
       Place(c, payload, &row);
+      if (!row.arena.empty()) {
+        c.payloads->push_back(std::move(row));
+        return;
+      }
       Buffer b = v.AsBytes();
       row.bytes = b.size();
       row.access = "view";
@@ -552,6 +564,10 @@ void Walk(Context& c, const Value& v, const std::string& path, uint32_t depth) {
       row.order = t.getOrder() == wire::Order::C ? "C" : "Fortran";
       row.byte_order = t.getByteOrder() == wire::ByteOrder::LITTLE ? "little" : "big";
       row.packing = std::string(PackingName(t.getPacking()));
+      if (!row.arena.empty()) {
+        c.payloads->push_back(std::move(row));
+        return;
+      }
       row.bytes = v.TensorBytes().size();
       if (t.getPacking() != wire::Packing::NONE) {
         row.access = absl::StrCat("copy (packed as ", Sv(row.packing), ", widened on receive)");
@@ -732,7 +748,13 @@ Inspection Examine(const CaptureRecord& record, const InspectOptions& o) {
   }
 #endif
   try {
-    in.message = Message::Decode(ToReceived(record, drop), o.limits);
+    // References into shared memory are listed, not read: the arena they name may be
+    // gone, or on another host, by the time a capture is inspected.
+    DecodeLimits limits = o.limits;
+    if (limits.shared_refs == DecodeLimits::SharedRefs::kRefuse) {
+      limits.shared_refs = DecodeLimits::SharedRefs::kDescribe;
+    }
+    in.message = Message::Decode(ToReceived(record, drop), limits);
     in.ok = true;
   } catch (const DecodeError& e) {
     in.error_code = CodeName(e.code());
@@ -817,13 +839,22 @@ std::string RenderText(const InspectOptions&, const Inspection& in) {
   if (!in.payloads.empty()) absl::StrAppend(&out, "  payloads:\n");
   for (const PayloadRow& p : in.payloads) {
     std::string where =
-        p.in_frame
+        !p.arena.empty()
+            ? absl::StrCat("shared arena ", p.arena, " at +", p.offset)
+        : p.in_frame
             ? absl::StrCat("frame ", p.frame, " (payload ", p.ref_index, ") at +", p.offset,
                            " (mod 8 = ", p.offset % 8, ")")
         : p.offset_known
             ? absl::StrCat("inline at envelope +", p.offset, " (mod 8 = ", p.offset % 8, ")")
             : std::string("inline");
-    if (p.kind == "bytes") {
+    if (!p.arena.empty()) {
+      std::string what = p.kind == "bytes" ? std::string("bytes")
+                         : absl::StrCat("tensor ", p.dtype, " [",
+                                        p.shape.empty() ? "scalar" : absl::StrJoin(p.shape, "x"),
+                                        "]");
+      absl::StrAppend(&out, "    ", p.path, ": ", what, ", ", p.bytes, " bytes, ", where, " (",
+                      p.access, ")\n");
+    } else if (p.kind == "bytes") {
       absl::StrAppend(&out, "    ", p.path, ": bytes, ", p.bytes, " bytes, ", where, ", ",
                       p.access, ": ", p.first.empty() ? "" : p.first[0],
                       p.complete ? "" : " ...", "\n");
@@ -876,7 +907,9 @@ std::string RenderJson(const InspectOptions&, const Inspection& in) {
       json payloads = json::array();
       for (const PayloadRow& p : in.payloads) {
         json row{{"path", p.path}, {"kind", p.kind}, {"bytes", p.bytes},
-                 {"placement", p.in_frame ? "frame" : "inline"}, {"access", p.access}};
+                 {"placement", !p.arena.empty() ? "shared" : p.in_frame ? "frame" : "inline"},
+                 {"access", p.access}};
+        if (!p.arena.empty()) row["arena"] = p.arena;
         if (p.in_frame) {
           row["frame"] = p.frame;
           row["payload_index"] = p.ref_index;

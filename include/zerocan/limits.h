@@ -42,10 +42,15 @@ struct DecodeLimits {
   // Bytes of a text value or name.
   uint64_t max_text_bytes = uint64_t{64} << 20;
   // Payload.shared references into another process's shared-memory arena (shared.h).
-  // Off: a message carrying one is rejected, naming the field. On: Decode maps each
-  // referenced arena (same user, same host only) and checks the range against its sealed
-  // size. Clients and engines turn it on for their shared_memory option.
-  bool accept_shared_refs = false;
+  // Clients and engines map them when their shared_memory option is on; tools that only
+  // show messages (inspect) describe them.
+  enum class SharedRefs : uint8_t {
+    kRefuse,    // a message carrying one is rejected, naming the field
+    kMap,       // each referenced arena is mapped (same user, same host only) and the
+                // range checked against its sealed size, at Decode
+    kDescribe,  // accepted unread: the references can be listed, their bytes not read
+  };
+  SharedRefs shared_refs = SharedRefs::kRefuse;
 };
 
 // Bounds on the connections of a socket that accepts peers (an engine's bound socket, a

@@ -7,8 +7,10 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include <absl/container/flat_hash_map.h>
+#include <absl/strings/str_cat.h>
 #include <capnp/any.h>
 #include <capnp/serialize.h>
 
@@ -61,7 +63,12 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   }
   Buffer SharedSlice(wire::SharedRef::Reader ref) const {
     auto it = shared_views_.find(Key(ref));
-    if (it == shared_views_.end()) throw Error("shared-memory reference not mapped at decode");
+    if (it == shared_views_.end()) {
+      throw Error(absl::StrCat("a shared-memory reference (arena \"",
+                               std::string(ref.getArena().begin(), ref.getArena().size()),
+                               "\") that was not mapped: decoded without "
+                               "DecodeLimits::SharedRefs::kMap"));
+    }
     return Buffer(it->second.mutable_data(), it->second.size(), KeepAlive());
   }
 

@@ -497,16 +497,18 @@ class Walker {
     capnp::Text::Reader arena = ref.getArena();
     Text(arena, Child(path, "arena"));
     std::string_view name(arena.begin(), arena.size());
-    if (!limits_.accept_shared_refs) {
+    if (limits_.shared_refs == DecodeLimits::SharedRefs::kRefuse) {
       Fail(Code::kMalformed, path,
            absl::StrCat("a shared-memory reference (arena \"", internal::Sv(name),
                         "\"), which this receiver does not accept (shared memory is off, or the "
                         "sender is not on this host)"));
     }
-    Buffer view = internal::ProcessSegments().Resolve(name, ref.getOffset(), ref.getLength(),
-                                                      path.Render());
-    shared_views_->insert_or_assign(internal::MessageState::Key(ref), std::move(view));
-    Bump(GlobalStats().shared_refs_received);
+    if (limits_.shared_refs == DecodeLimits::SharedRefs::kMap) {
+      Buffer view = internal::ProcessSegments().Resolve(name, ref.getOffset(), ref.getLength(),
+                                                        path.Render());
+      shared_views_->insert_or_assign(internal::MessageState::Key(ref), std::move(view));
+      Bump(GlobalStats().shared_refs_received);
+    }
     return ref.getLength();
   }
 
