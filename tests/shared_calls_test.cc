@@ -40,7 +40,7 @@ Policy SharedPolicy(SharedArena& arena, size_t threshold = 1024) {
 // apply("f", float64 tensor over `data`).
 Outgoing TensorCall(const Policy& policy, Buffer data) {
   EnvelopeWriter w(policy);
-  w.SetHeader(Header{1, 1, 1, 0});
+  w.SetHeader(Header{1, 1, 1, 5});
   w.StartApply("f", 1, 0).arg(0).Array(DType::kFloat64, Shape{data.size() / 8}, std::move(data));
   return w.Finish();
 }
@@ -95,7 +95,7 @@ TEST(SharedPlacementTest, OrdinaryMemoryIsCopiedIntoTheArenaOnceAndSmallValuesSt
   StatsSnapshot before = GlobalStats().Snapshot();
   Policy policy = SharedPolicy(*arena);
   EnvelopeWriter w(policy);
-  w.SetHeader(Header{1, 1, 1, 0});
+  w.SetHeader(Header{1, 1, 1, 5});
   ApplyWriter a = w.StartApply("f", 2, 0);
   a.arg(0).Write(values);  // an lvalue: lent, then copied into the arena once
   a.arg(1).Write(std::vector<double>{1.0, 2.0});  // under the threshold: inline
@@ -194,6 +194,26 @@ TEST(SharedPlacementTest, ReferencesOutsideAnArenaOrToNoArenaAreDecodeErrorsNami
     EXPECT_THAT(why, ::testing::AnyOf(HasSubstr("no arena there"), HasSubstr("not an arena name")))
         << name;
   }
+}
+
+TEST(SharedPlacementTest, CopyForwardsAReferenceWithoutReadingItsBytes) {
+  auto arena = SharedArena::Create(1 << 20);
+  Buffer block = *arena->Allocate(4096);
+  std::memset(block.mutable_data(), 0x11, block.size());
+  Outgoing out = TensorCall(SharedPolicy(*arena), block);
+  DecodeLimits describe;
+  describe.shared_refs = DecodeLimits::SharedRefs::kDescribe;
+  Message forwarded = Message::Decode(Received(out), describe);  // no mapping
+  EXPECT_THROW(forwarded.arg(0).TensorBytes(), Error);  // and so nothing to read
+  EnvelopeWriter w(testing::FixedPolicy(1024));  // no arena of its own
+  w.SetHeader(Header{1, 1, 1, 5});
+  w.StartApply("f", 1, 0).arg(0).Copy(forwarded.arg(0));
+  Outgoing again = w.Finish();
+  EXPECT_TRUE(again.payload_frames().empty());
+  EXPECT_TRUE(again.shared_blocks().empty());  // the first sender keeps the block
+  EXPECT_EQ(testing::Bytes(again.envelope()), testing::Bytes(out.envelope()));  // same reference
+  Message m = Message::Decode(Received(again), Accepting());
+  EXPECT_EQ(m.arg(0).TensorBytes().data()[100], std::byte{0x11});
 }
 
 TEST(SharedPlacementTest, InspectListsAReferenceWithItsArenaAndSizeWithoutReadingIt) {

@@ -321,6 +321,18 @@ ValueWriter MapWriter::value(size_t i) const {
 
 void MapWriter::TextKey(size_t i, std::string_view text) const { key(i).Text(text); }
 
+namespace {
+// A reference into shared memory, forwarded as it is: the bytes stay where they are, in
+// the arena of the process that first sent them.
+void CopySharedRef(wire::SharedRef::Reader from, wire::Payload::Builder to) {
+  auto ref = to.initShared();
+  ref.setArena(from.getArena());
+  ref.setOffset(from.getOffset());
+  ref.setLength(from.getLength());
+  Bump(GlobalStats().shared_refs_sent);
+}
+}  // namespace
+
 void ValueWriter::Copy(const Value& value) {
   wire::Value::Reader r = internal::WireAccess::Reader(value);
   // The sequence type (list, tuple) is not C++'s to interpret, only to forward. It is a
@@ -335,7 +347,11 @@ void ValueWriter::Copy(const Value& value) {
     case Kind::kUInt: return UInt(r.getUint());
     case Kind::kFloat: return Float(r.getFloat());
     case Kind::kText: return Text(value.AsText());
-    case Kind::kBytes: return Bytes(value.AsBytes());
+    case Kind::kBytes:
+      if (r.getBytes().isShared()) {
+        return CopySharedRef(r.getBytes().getShared(), V(builder_).initBytes());
+      }
+      return Bytes(value.AsBytes());
     case Kind::kList: {
       ValueList items = value.AsList();
       ListWriter list = List(items.size());
@@ -377,6 +393,15 @@ void ValueWriter::Copy(const Value& value) {
                 value.TensorBytes(), false);
         }
         return;
+      }
+      if (t.getData().isShared()) {  // the canonical order of Array, with the reference
+        auto out = V(builder_).initTensor();
+        out.setDtype(t.getDtype());
+        unsigned rank = static_cast<unsigned>(shape.size());
+        auto dims = out.initShape(rank);
+        for (unsigned i = 0; i < rank; ++i) dims.set(i, shape[i]);
+        out.setOrder(t.getOrder());
+        return CopySharedRef(t.getData().getShared(), out.initData());
       }
       // The bytes as they are (no realignment copy: we only forward them).
       return Array(static_cast<DType>(t.getDtype()), shape, value.TensorBytes(), order);
