@@ -27,5 +27,6 @@ void RunCore(const Options& options, std::vector<Row>* rows);   // bench/core_be
 void RunApply(const Options& options, std::vector<Row>* rows);  // bench/apply_bench.cc
 void RunTune(const Options& options, std::vector<Row>* rows);   // bench/tune_bench.cc
 void RunSafety(const Options& options, std::vector<Row>* rows); // bench/safety_bench.cc
+void RunShared(const Options& options, std::vector<Row>* rows); // bench/shared_bench.cc
 
 }  // namespace zerocan::bench

@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
       "in the same run (msgpack-c, protobuf, raw libzmq, ipyparallel).",
       "zerocan-bench");
   app.add_option("--only", only, "run one section")
-      ->check(CLI::IsMember({"core", "apply", "tune", "safety", "python"}));
+      ->check(CLI::IsMember({"core", "apply", "tune", "safety", "shared", "python"}));
   app.add_flag("--json", options.json, "print JSON rows instead of tables");
   app.add_flag("--quick", options.quick, "fewer repetitions");
   app.footer(
@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
     const char* name;
     void (*run)(const Options&, std::vector<Row>*);
   };
-  const Section sections[] = {{"core", RunCore}, {"apply", RunApply}, {"tune", RunTune}, {"safety", RunSafety}};
+  const Section sections[] = {{"core", RunCore},     {"apply", RunApply},   {"tune", RunTune},
+                              {"safety", RunSafety}, {"shared", RunShared}};
   std::vector<Row> rows;
   for (const Section& s : sections) {
     if (!only.empty() && only != s.name) continue;

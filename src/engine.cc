@@ -26,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "internal/live_calls.h"
 #include "transport/connection_guard.h"
+#include "transport/shared_segments.h"
 #include "internal/testing.h"
 #include "internal/strings.h"
 #include "wire/peek.h"
@@ -380,6 +381,8 @@ class Engine::Impl {
       SendReplies();
       if (Clock::now() >= next_beat) {
         Heartbeat();
+        // Let go of the arenas of clients that stopped sending (or are gone).
+        if (options_.shared_memory) internal::ProcessSegments().Sweep();
         next_beat = Clock::now() + options_.heartbeat;
       }
       if (draining_) {

@@ -16,7 +16,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 
 #include "transport/shared_segments.h"
 #include "zerocan/error.h"
@@ -166,12 +168,33 @@ TEST(SharedArenaTest, AnotherUserIsRefusedTheArena) {
   EXPECT_EQ(arena->peers_refused(), 1u);
 }
 
-// Lines of /proc/self/maps naming an arena's memory file.
-int ArenaMappings() {
+// The inode of the arena memory file mapped at `address` (0: none), from /proc/self/maps.
+std::string ArenaInodeAt(const void* address) {
+  std::ifstream maps("/proc/self/maps");
+  auto at = reinterpret_cast<uintptr_t>(address);
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("memfd:zerocan-arena") == std::string::npos) continue;
+    std::istringstream fields(line);
+    std::string range, perms, offset, device, inode;
+    fields >> range >> perms >> offset >> device >> inode;
+    uintptr_t begin = std::stoull(range.substr(0, range.find('-')), nullptr, 16);
+    uintptr_t end = std::stoull(range.substr(range.find('-') + 1), nullptr, 16);
+    if (at >= begin && at < end) return inode;
+  }
+  return "0";
+}
+
+// Lines of /proc/self/maps that map the arena memory file with inode `inode` (other
+// tests of this process may map arenas of their own meanwhile).
+int ArenaMappings(const std::string& inode) {
   std::ifstream maps("/proc/self/maps");
   int n = 0;
   for (std::string line; std::getline(maps, line);) {
-    n += line.find("memfd:zerocan-arena") != std::string::npos ? 1 : 0;
+    if (line.find("memfd:zerocan-arena") == std::string::npos) continue;
+    std::istringstream fields(line);
+    std::string range, perms, offset, device, node;
+    fields >> range >> perms >> offset >> device >> node;
+    n += node == inode ? 1 : 0;
   }
   return n;
 }
@@ -201,12 +224,18 @@ TEST(SharedArenaTest, NothingIsLeftOnceTheProcessesAreGone) {
   waitpid(pid, nullptr, 0);
   // What this process mapped stays readable while it holds it...
   EXPECT_EQ(seen->data()[(64 << 20) - 1], std::byte{'k'});
-  EXPECT_EQ(ArenaMappings(), 1);
-  // ...and once it lets go, no mapping (the reader keeps none of its own), no file: the
-  // kernel has the memory back.
+  std::string inode = ArenaInodeAt(seen->data());
+  ASSERT_NE(inode, "0");
+  EXPECT_EQ(ArenaMappings(inode), 1);
+  // ...and a moment after it lets go (kept for the next reference meanwhile), no mapping,
+  // no file: the kernel has the memory back.
   seen.reset();
+  EXPECT_EQ(segments->mapped(), 1u);
+  std::this_thread::sleep_for(internal::SharedSegments::kKeepMapped +
+                              std::chrono::milliseconds(50));
+  segments->Sweep();
   EXPECT_EQ(segments->mapped(), 0u);
-  EXPECT_EQ(ArenaMappings(), 0);
+  EXPECT_EQ(ArenaMappings(inode), 0);
   segments.reset();
   for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
     EXPECT_EQ(entry.path().filename().string().find("zerocan"), std::string::npos)

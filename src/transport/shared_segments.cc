@@ -188,25 +188,46 @@ std::shared_ptr<SharedSegments::Mapping> SharedSegments::Map(std::string_view na
   return m;
 }
 
+void SharedSegments::SweepLocked(std::chrono::steady_clock::time_point now) {
+  absl::erase_if(mappings_, [now](auto& entry) {
+    Kept& kept = entry.second;
+    if (kept.recent && now - kept.last_used > kKeepMapped) kept.recent.reset();
+    return kept.mapping.expired();
+  });
+}
+
+void SharedSegments::Sweep() {
+  std::lock_guard<std::mutex> lock(mu_);
+  SweepLocked(std::chrono::steady_clock::now());
+}
+
 Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t length,
                                std::string_view path) {
   std::shared_ptr<Mapping> m;
+  auto now = std::chrono::steady_clock::now();
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = mappings_.find(Sv(name));
-    if (it != mappings_.end()) m = it->second.lock();
+    if (it != mappings_.end()) {
+      m = it->second.mapping.lock();
+      if (m) {
+        it->second.recent = m;
+        it->second.last_used = now;
+      }
+    }
   }
   if (!m) {
     m = Map(name, path);  // outside the lock: it waits on a peer
     std::lock_guard<std::mutex> lock(mu_);
-    std::weak_ptr<Mapping>& kept = mappings_[std::string(name)];
-    if (std::shared_ptr<Mapping> other = kept.lock()) {
+    Kept& kept = mappings_[std::string(name)];
+    if (std::shared_ptr<Mapping> other = kept.mapping.lock()) {
       m = std::move(other);  // mapped meanwhile by another thread: use that one
     } else {
-      kept = m;
+      kept.mapping = m;
     }
-    // Forget arenas nobody holds any more.
-    absl::erase_if(mappings_, [](const auto& entry) { return entry.second.expired(); });
+    kept.recent = m;
+    kept.last_used = now;
+    SweepLocked(now);  // let go of arenas unused for a while
   }
   if (offset > m->size || length > m->size - offset) {
     throw DecodeError(DecodeError::Code::kMalformed,
@@ -225,7 +246,7 @@ SharedSegments& ProcessSegments() {
 size_t SharedSegments::mapped() const {
   std::lock_guard<std::mutex> lock(mu_);
   size_t n = 0;
-  for (const auto& [name, mapping] : mappings_) n += mapping.expired() ? 0 : 1;
+  for (const auto& [name, kept] : mappings_) n += kept.mapping.expired() ? 0 : 1;
   return n;
 }
 

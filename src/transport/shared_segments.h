@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -53,21 +54,34 @@ class SharedSegments {
  public:
   // Bytes [offset, offset + length) of the arena served under `name`, as a read-only
   // Buffer that keeps the mapping alive (do not write through its mutable_data()). An
-  // arena stays mapped while a Buffer over it lives, and is mapped again when needed
-  // after that: an arena whose process is gone is not held here.
+  // arena stays mapped while a Buffer over it lives, and for kKeepMapped after its last
+  // use (a peer sends call after call: mapping costs a connection, a descriptor and an
+  // mmap); past that it is unmapped at the next Resolve or Sweep, so an arena whose
+  // process is gone is not held for long.
   // Throws DecodeError naming `path` (the field of the message that held the location)
   // when the arena cannot be reached or mapped, or the range is not inside it.
   Buffer Resolve(std::string_view name, uint64_t offset, uint64_t length,
                  std::string_view path);
-  // Arenas mapped now (some Buffer over them lives).
+  // Unmaps the arenas that no Buffer holds and nobody used for kKeepMapped.
+  void Sweep();
+  // Arenas mapped now.
   size_t mapped() const;
+
+  static constexpr std::chrono::milliseconds kKeepMapped{1000};
 
  private:
   struct Mapping;
   std::shared_ptr<Mapping> Map(std::string_view name, std::string_view path);
 
+  void SweepLocked(std::chrono::steady_clock::time_point now);  // mu_ held
+
+  struct Kept {
+    std::weak_ptr<Mapping> mapping;
+    std::shared_ptr<Mapping> recent;  // held until kKeepMapped after last_used
+    std::chrono::steady_clock::time_point last_used;
+  };
   mutable std::mutex mu_;
-  absl::flat_hash_map<std::string, std::weak_ptr<Mapping>> mappings_;  // mu_
+  absl::flat_hash_map<std::string, Kept> mappings_;  // mu_
 };
 
 // The process's mappings of peers' arenas, shared by every decoder (Message::Decode maps
