@@ -99,6 +99,11 @@ double MedianMs(const std::function<void()>& op, int reps) {
 
 }  // namespace
 
+void Measure(const std::vector<size_t>& sizes, const std::shared_ptr<SharedArena>& arena,
+             Client& shared, Client& over_tcp, Client& over_ipc, const Options& options,
+             std::vector<Row>* rows, const EngineProcess& tcp_engine,
+             const EngineProcess& ipc_engine);
+
 void RunShared(const Options& options, std::vector<Row>* rows) {
   std::vector<size_t> sizes = {size_t{64} << 10, size_t{1} << 20, size_t{64} << 20,
                                size_t{256} << 20, size_t{1} << 30};
@@ -120,6 +125,17 @@ void RunShared(const Options& options, std::vector<Row>* rows) {
     return;
   }
 
+  try {
+    Measure(sizes, arena, shared, over_tcp, over_ipc, options, rows, tcp_engine, ipc_engine);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shared: %s\n", e.what());  // the engines stop with this scope
+  }
+}
+
+void Measure(const std::vector<size_t>& sizes, const std::shared_ptr<SharedArena>& arena,
+             Client& shared, Client& over_tcp, Client& over_ipc, const Options& options,
+             std::vector<Row>* rows, const EngineProcess& tcp_engine,
+             const EngineProcess& ipc_engine) {
   Table table({"size", "arena", "ordinary (1 copy)", "tcp", "ipc", "memcpy", "tcp / arena",
                "tcp / ordinary"});
   double arena_smallest = 0, arena_largest = 0;
@@ -133,13 +149,13 @@ void RunShared(const Options& options, std::vector<Row>* rows) {
     std::memset(target.mutable_data(), 0, size);
     auto nbytes = [&](Client& client, const Buffer& bytes) {
       Result r = client.apply("nbytes", Tensor(DType::kUInt8, Shape{size}, bytes)).get();
-      if (!r.ok() || r.as<int64_t>() != static_cast<int64_t>(size)) {
-        std::fprintf(stderr, "shared: nbytes failed\n");
-        std::exit(1);
-      }
+      r.ThrowIfError();
+      if (r.as<int64_t>() != static_cast<int64_t>(size)) throw Error("nbytes: wrong count");
     };
     uint64_t copied = GlobalStats().Snapshot().shared_bytes_copied;
-    double arena_ms = MedianMs([&] { nbytes(shared, block); }, reps);
+    // A reference costs the same at every size: enough repetitions to see that through
+    // the noise of one machine (the others move every byte, a few suffice).
+    double arena_ms = MedianMs([&] { nbytes(shared, block); }, 50);
     bool no_copy = GlobalStats().Snapshot().shared_bytes_copied == copied;
     // A borrowed plain buffer: the arena path copies it in once per call.
     double ordinary_ms =
@@ -155,6 +171,7 @@ void RunShared(const Options& options, std::vector<Row>* rows) {
     if (arena_smallest == 0) arena_smallest = arena_ms;
     arena_largest = arena_ms;
     std::string name = FormatBytes(size);
+    std::fprintf(stderr, "shared: %s done\n", name.c_str());
     auto add = [&](const std::string& what, double value, const std::string& baseline,
                    double base) {
       rows->push_back(Row{"shared", name + " " + what, "ms", value, baseline, base,

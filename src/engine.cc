@@ -482,7 +482,7 @@ class Engine::Impl {
           std::lock_guard<std::mutex> lock(mu_);
           queued = jobs_.size();
           full = (options_.max_queued_calls > 0 && queued + 1 > options_.max_queued_calls) ||
-                 (options_.max_queued_bytes > 0 &&
+                 (options_.max_queued_bytes > 0 && queued > 0 &&
                   queued_bytes_ + bytes > options_.max_queued_bytes);
           if (!full) {
             queued_bytes_ += bytes;

@@ -521,6 +521,10 @@ TEST(EngineQueueTest, CallsPastTheQueuedBytesAreAnsweredBusy) {
   EXPECT_TRUE(calls[1].get().ok());
   EXPECT_TRUE(running.get().ok());
   EXPECT_TRUE(client.apply("nbytes", mib).get().ok());  // the queue emptied
+  // A call larger than the bound on its own is taken when none wait: it could never run
+  // otherwise.
+  std::vector<double> four_mib(1 << 19, 1.0);
+  EXPECT_TRUE(client.apply("nbytes", four_mib).get().ok());
 }
 
 }  // namespace

@@ -140,7 +140,9 @@ struct EngineOptions {
   // before it answers the rest with zerocan.EngineStopping (see Stop()).
   std::chrono::milliseconds drain_timeout{30000};
   // Calls waiting for a worker thread: past either bound, a call is answered
-  // zerocan.Busy at once (it did not run; retry later or elsewhere). 0 = no limit.
+  // zerocan.Busy at once (it did not run; retry later or elsewhere). 0 = no limit. A call
+  // is always taken when none wait, however large (DecodeLimits bounds one message): it
+  // could never run otherwise.
   size_t max_queued_calls = 10000;
   uint64_t max_queued_bytes = uint64_t{1} << 30;  // 1 GiB
   // Where result bytes travel. Unset: the policy tuned for the transport of the first

@@ -604,7 +604,7 @@ class Engine:
             with self._reply_lock:
                 calls, queued_bytes = self._queued
                 full = (0 < self.max_queued_calls < calls + 1) or \
-                    (0 < self.max_queued_bytes < queued_bytes + nbytes)
+                    (calls > 0 and 0 < self.max_queued_bytes < queued_bytes + nbytes)
                 if not full:
                     self._queued[0] += 1
                     self._queued[1] += nbytes
