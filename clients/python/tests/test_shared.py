@@ -210,3 +210,85 @@ time.sleep(600)
     assert segments.mapped() == 0  # the reader keeps none of its own
     assert arena_mappings() == before  # let go: no mapping left, the kernel has it back
     assert not [p for p in os.listdir("/dev/shm") if "zerocan" in p]
+
+
+# ---- a Python engine reading references (Payload.shared) ---------------------------------
+
+def _shared_apply(function: str, arena_name: str, offset: int, length: int) -> bytes:
+    """An envelope: function(uint8 tensor of `length` bytes at `offset` in the arena)."""
+    from zerocan import _schema
+    env = _schema.load().Envelope.new_message()
+    env.version = 1
+    env.messageId = env.sessionId = env.sequence = 7
+    apply = env.body.init("apply")
+    apply.function = function
+    tensor = apply.init("args", 1)[0].init("tensor")
+    tensor.dtype = "uint8"
+    tensor.init("shape", 1)[0] = length
+    ref = tensor.init("data").init("shared")
+    ref.arena, ref.offset, ref.length = arena_name, offset, length
+    return env.to_bytes()
+
+
+def _ask(sock, frames, timeout_ms=5000):
+    sock.send_multipart([b"", *frames])
+    assert sock.poll(timeout_ms), "no reply"
+    return zerocan.decode(sock.recv_multipart()[1:])
+
+
+def test_a_python_engine_answers_a_hello_and_reads_references_in_place():
+    import zmq
+    from conftest import free_tcp_endpoint
+    engine = zerocan.Engine(free_tcp_endpoint(), builtins=True, bind=True).start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(engine.endpoint)
+    try:
+        w = zerocan.wire.Writer()
+        w.set_header(zerocan.Header(1, 9, 1))
+        w.hello("client", "client", (), shared.this_host())
+        hello = _ask(sock, [w.finish().envelope])
+        assert hello.kind == "hello" and hello.hello()[1] == "engine"
+        assert tuple(hello.envelope.body.hello.host.to_dict().values()) == shared.this_host()
+
+        arena = shared.Arena(4 * MIB)
+        block = arena.allocate(MIB)
+        block[:] = 1
+        offset, length = arena.locate(block)
+        reply = _ask(sock, [_shared_apply("sum", arena.name, offset, length)])
+        assert reply.result() == float(MIB)
+        reply = _ask(sock, [_shared_apply("nbytes", arena.name, offset, length)])
+        assert reply.result() == MIB
+        # Out of the arena: the engine answers a DecodeError naming the field.
+        type_, message, _, _ = _ask(sock, [_shared_apply("sum", arena.name, 4 * MIB - 8,
+                                                          16)]).error()
+        assert type_ == "zerocan.DecodeError"
+        assert "args[0].tensor.data.shared" in message and "outside the arena" in message
+    finally:
+        sock.close()
+        engine.stop()
+
+
+def test_without_shared_memory_a_python_engine_ignores_hellos_and_refuses_references():
+    import zmq
+    from conftest import free_tcp_endpoint
+    engine = zerocan.Engine(free_tcp_endpoint(), builtins=True, bind=True,
+                            shared_memory=False).start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(engine.endpoint)
+    try:
+        w = zerocan.wire.Writer()
+        w.set_header(zerocan.Header(1, 9, 1))
+        w.hello("client", "client", (), shared.this_host())
+        sock.send_multipart([b"", w.finish().envelope])
+        assert sock.poll(300) == 0  # no answer: the client sends frames
+        arena = shared.Arena(1 * MIB)
+        block = arena.allocate(4096)
+        offset, length = arena.locate(block)
+        type_, message, _, _ = _ask(sock, [_shared_apply("sum", arena.name, offset,
+                                                          length)]).error()
+        assert type_ == "zerocan.DecodeError" and "does not accept" in message
+    finally:
+        sock.close()
+        engine.stop()

@@ -26,6 +26,7 @@ parallelism.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import inspect
 import itertools
 import os
@@ -49,6 +50,7 @@ from .errors import ArgumentError, DecodeError, Error, RemoteError, TransportErr
 from .pacing import bind_unpaced
 from .placement import IoCpus, channel_context
 from .policy import Policy
+from .shared import this_host
 from .signing import KeyLike, ReplayGuard, Signer, make_signer
 from .wire import DecodeLimits, Message, Registry, Writer
 
@@ -190,8 +192,16 @@ class Engine:
                  receive_budget: int = 3 << 29,
                  max_queued_calls: int = 10000, max_queued_bytes: int = 1 << 30,
                  curve: Optional[KeyPairLike] = None, curve_server_key: Optional[str] = None,
-                 curve_allowed_clients: Sequence[str] = ()) -> None:
+                 curve_allowed_clients: Sequence[str] = (),
+                 shared_memory: bool = True) -> None:
         self.id = id or _default_id()
+        # Shared memory with clients on this host (zerocan.shared): answer a client's hello
+        # with where this engine runs, and read the arguments such a client sends as
+        # references into its arena, in place (read-only arrays). Off: hellos go unanswered,
+        # so clients send frames (EngineOptions::shared_memory).
+        self.shared_memory = shared_memory
+        if shared_memory and limits.shared_refs == "refuse":
+            limits = dataclasses.replace(limits, shared_refs="map")
         # stop() drains: no new calls (a broker is told; a direct caller gets
         # zerocan.EngineStopping), each held call answered as it finishes, for at most
         # drain_timeout seconds; calls still queued then get zerocan.EngineStopping.
@@ -380,7 +390,8 @@ class Engine:
                                     daemon=True) for i in range(self.threads)]
         for t in workers:
             t.start()
-        self._send_control(lambda w: w.hello(self.id, "engine", self.functions()))
+        host = this_host() if self.shared_memory else None
+        self._send_control(lambda w: w.hello(self.id, "engine", self.functions(), host))
         next_beat = time.monotonic() + self.heartbeat
         drain_until = float("inf")
         try:
@@ -589,6 +600,11 @@ class Engine:
             return
         if msg.kind in ("cancel", "credit"):
             self._control(msg)
+            return
+        if msg.kind == "hello":
+            # A client asks where this engine runs, to pass arguments in shared memory.
+            if self.shared_memory and not any(s is sock and d for s, d in self._sockets):
+                self._reply(sock, routing, self._hello_reply())
             return
         if msg.kind != "apply":
             return  # not a call
@@ -825,6 +841,12 @@ class Engine:
         import cloudpickle  # type: ignore[import-untyped]
         return cloudpickle.loads(bytes(blob))(*args, **kwargs)
 
+    def _hello_reply(self) -> wire.Outgoing:
+        w = Writer(self.policy, self.registry)
+        w.set_header(self._session.next_header())
+        w.hello(self.id, "engine", self.functions(), this_host())
+        return w.finish()
+
     def _error(self, call_id: int, type_: str, message: str, function: str,
                stream_end: bool = False) -> wire.Outgoing:
         w = Writer(self.policy, self.registry)
@@ -873,7 +895,7 @@ def describe(v: Any) -> str:
         return f"uint {v.uint}"
     if which == "bytes":
         p = v.bytes
-        return f"bytes[{len(p.inline) if p.which() == 'inline' else p.frame.length}]"
+        return f"bytes[{_payload_length(p)}]"
     if which == "list":
         return f"list[{len(v.list)}]"
     if which == "map":
@@ -991,7 +1013,13 @@ def payload_bytes(v: Any) -> int:
         return payload_bytes(v.extension.state)
     else:
         return 0
-    return len(p.inline) if p.which() == "inline" else p.frame.length
+    return _payload_length(p)
+
+
+def _payload_length(p: Any) -> int:
+    which = p.which()
+    return len(p.inline) if which == "inline" else \
+        p.shared.length if which == "shared" else p.frame.length
 
 
 def _nbytes(call: Call, w: Writer, out: Any) -> None:

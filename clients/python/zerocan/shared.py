@@ -302,3 +302,29 @@ class Segments:
         """Arenas mapped now (a view of them lives)."""
         with self._lock:
             return len(self._maps)
+
+
+_PROCESS_SEGMENTS: Optional[Segments] = None
+_PROCESS_SEGMENTS_LOCK = threading.Lock()
+
+
+def process_segments() -> Segments:
+    """The process's mappings of peers' arenas, shared by every decoder."""
+    global _PROCESS_SEGMENTS
+    with _PROCESS_SEGMENTS_LOCK:
+        if _PROCESS_SEGMENTS is None:
+            _PROCESS_SEGMENTS = Segments()
+        return _PROCESS_SEGMENTS
+
+
+def this_host() -> Optional[tuple[str, int, int]]:
+    """Where this process runs, as a hello's ``host`` says it: (boot id, inode of its
+    network namespace, effective uid); None where /proc cannot tell (then it shares memory
+    with nobody). Two peers share memory when all three agree."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot_id = f.read().strip()
+        netns = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return None
+    return (boot_id, netns, os.geteuid()) if boot_id else None

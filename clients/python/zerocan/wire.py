@@ -272,13 +272,19 @@ class Writer:
         e.function = function
         e.where = where
 
-    def hello(self, peer_id: str, role: str, functions: Sequence[str] = ()) -> None:
+    def hello(self, peer_id: str, role: str, functions: Sequence[str] = (),
+              host: Optional[tuple[str, int, int]] = None) -> None:
+        """``host``: (boot id, network namespace inode, uid), as zerocan.shared.this_host()
+        gives it, for peers that may share memory with this process."""
         h = self.msg.body.init("hello")
         h.peerId = peer_id
         h.role = role
         lst = h.init("functions", len(functions))
         for i, f in enumerate(functions):
             lst[i] = f
+        if host is not None:
+            hh = h.init("host")
+            hh.bootId, hh.netns, hh.uid = host
 
     def heartbeat(self, peer_id: str, now_ns: int) -> None:
         h = self.msg.body.init("heartbeat")
@@ -634,6 +640,10 @@ class DecodeLimits:
     max_rank: int = 32
     max_payload_refs: int = 1 << 20
     max_text_bytes: int = 64 << 20
+    # Payload.shared references into a peer's arena on this host (zerocan.shared):
+    # "refuse" (a message carrying one is a DecodeError naming the field) or "map" (the
+    # arena is mapped read-only and the range checked; arrays arrive read-only).
+    shared_refs: str = "refuse"
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -962,10 +972,15 @@ class Message:
         if which == "inline":
             return p.inline, 0, None
         if which == "shared":
-            raise _fail(_Path(path, "shared"),
-                        f'a shared-memory reference (arena "{p.shared.arena}"), which this '
-                        "receiver does not accept (shared memory is off, or the sender is not "
-                        "on this host)")
+            ref = p.shared
+            where = _Path(path, "shared")
+            if self.limits.shared_refs != "map":
+                raise _fail(where, f'a shared-memory reference (arena "{ref.arena}"), which '
+                                   "this receiver does not accept (shared memory is off, or the "
+                                   "sender is not on this host)")
+            from .shared import process_segments
+            view = process_segments().resolve(ref.arena, ref.offset, ref.length, where.render())
+            return view, 0, -1
         if which != "frame":
             raise _fail(path, "unknown payload kind (from a newer protocol?)")
         ref = p.frame
@@ -1033,7 +1048,7 @@ class Message:
         if which == "bytes":
             p = _Path(path, "bytes")
             buf, offset, index = self.payload(v.bytes, p)
-            if index is None:
+            if index is None or index == -1:  # inline, or read-only in shared memory
                 return buf
             return self._frame_bytes(index, offset, v.bytes.frame.length)
         if which == "extension":
@@ -1081,7 +1096,7 @@ class Message:
             if data.which() != "inline":
                 raise _fail(_Path(path, "packing"), "packed tensors must be inline")
         buf, offset, index = self.payload(data, _Path(path, "data"))
-        length = len(buf) if index is None else data.frame.length
+        length = len(buf) if index is None or index == -1 else data.frame.length
         if count * stored.itemsize != length:
             dims = "x".join(str(d) for d in shape) or "scalar"
             where = "inline data has" if index is None else f"frame {index} has"
@@ -1090,7 +1105,16 @@ class Message:
         if byte_order == 1:
             stored = stored.newbyteorder(">")
         np_order: Any = "F" if order == 1 else "C"
-        if index is None:
+        if index == -1:
+            # In a peer's arena, mapped read-only: a view, no copy (blocks are 64-byte
+            # aligned; a misaligned reference is copied, counted).
+            raw = np.frombuffer(buf, dtype=np.uint8, count=length)
+            if _address(buf) % _alignment(stored):
+                self.payloads_copied += 1
+                raw = raw.copy()
+            arr = raw.view(stored).reshape(shape, order=np_order) if shape else \
+                raw.view(stored).reshape(())
+        elif index is None:
             # Inline bytes came out of the envelope as a bytes copy; a bytearray makes the
             # array writable without another copy of consequence (inline data is small).
             arr = np.ndarray(shape, stored, buffer=bytearray(buf), order=np_order)
