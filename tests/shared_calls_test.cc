@@ -278,6 +278,10 @@ TEST(SharedCallTest, AClientAndAnEngineOnOneHostPassArgumentsInPlace) {
     kept->view = call.arg(0).TensorBytes();
     result.Int(static_cast<int64_t>(kept->view.size()));
   });
+  engine.def("twice", [](TensorView<double> x) {
+    for (double& e : x) e *= 2;
+    return x;
+  });
   engine.Bind("tcp://127.0.0.1:*");
   engine.Start();
   auto arena = SharedArena::Create(64 << 20);
@@ -304,6 +308,20 @@ TEST(SharedCallTest, AClientAndAnEngineOnOneHostPassArgumentsInPlace) {
     EXPECT_EQ(kept->view.data()[12345], std::byte{9});  // the engine reads the same pages
   }
 
+  // A function that writes into its argument gets a copy of its own: the client's bytes
+  // stay as they were (the arena is mapped read-only in the engine).
+  {
+    Buffer doubles = *arena->Allocate(1 << 20);
+    std::vector<double> ones(doubles.size() / 8, 1.0);
+    std::memcpy(doubles.mutable_data(), ones.data(), doubles.size());
+    Result twice = client
+                       .apply("twice", Tensor(DType::kFloat64, Shape{ones.size()}, doubles))
+                       .get();
+    ASSERT_TRUE(twice.ok()) << Why(twice);
+    EXPECT_EQ(twice.as<std::vector<double>>(), std::vector<double>(ones.size(), 2.0));
+    EXPECT_EQ(std::memcmp(doubles.data(), ones.data(), doubles.size()), 0);
+  }
+
   // Ordinary memory: one copy into the arena, released once the call is answered.
   std::vector<double> values(1 << 20, 0.5);
   before = GlobalStats().Snapshot();
@@ -312,7 +330,7 @@ TEST(SharedCallTest, AClientAndAnEngineOnOneHostPassArgumentsInPlace) {
   EXPECT_DOUBLE_EQ(r.as<double>(), 0.5 * (1 << 20));
   EXPECT_EQ(GlobalStats().Snapshot().shared_bytes_copied,
             before.shared_bytes_copied + values.size() * 8);
-  EXPECT_EQ(arena->used(), 8u << 20);  // only `block`: the copy went back with the reply
+  EXPECT_EQ(arena->used(), 8u << 20);  // only `block`: the copies went back with the replies
   engine.Stop();
 }
 

@@ -297,6 +297,14 @@ struct Codec<TensorView<T>> {
     if (t.dtype() != DTypeOf<std::remove_cv_t<T>>::value) {
       v.Mismatch(std::string(DTypeName(DTypeOf<std::remove_cv_t<T>>::value)) + " tensor");
     }
+    if constexpr (!std::is_const_v<T>) {
+      // A peer's arena is mapped read-only: a view to write through gets its own copy
+      // (counted in Stats::buffer_copies). TensorView<const T> reads in place.
+      if (v.InSharedMemory()) {
+        t = Tensor(t.dtype(), t.shape(), Buffer::CopyOf(t.data().data(), t.data().size()),
+                   t.order());
+      }
+    }
     return TensorView<T>(t);
   }
 };

@@ -98,6 +98,9 @@ class Value {
   bool TensorIsZeroCopy() const;
   // True when the tensor's bytes travel in a separate frame (not inline).
   bool InFrame() const;
+  // True when the bytes (tensor or bytes) lie in a peer's shared-memory arena: mapped
+  // read-only, so a writable view of them is a copy (Codec<TensorView<T>> makes one).
+  bool InSharedMemory() const;
 
   std::string_view extension_name() const;
   Value extension_state() const;

@@ -900,6 +900,14 @@ Buffer Value::TensorBytes() const {
   return Resolve(message_, R(*this).getTensor().getData());
 }
 
+bool Value::InSharedMemory() const {
+  switch (kind()) {
+    case Kind::kTensor: return R(*this).getTensor().getData().isShared();
+    case Kind::kBytes: return R(*this).getBytes().isShared();
+    default: return false;
+  }
+}
+
 bool Value::InFrame() const {
   switch (kind()) {
     case Kind::kTensor: return R(*this).getTensor().getData().isFrame();
