@@ -196,23 +196,34 @@ TEST(SharedPlacementTest, ReferencesOutsideAnArenaOrToNoArenaAreDecodeErrorsNami
   }
 }
 
-TEST(SharedPlacementTest, CopyForwardsAReferenceWithoutReadingItsBytes) {
+TEST(SharedPlacementTest, CopyForwardsOnlyReferencesIntoTheWritersOwnArena) {
   auto arena = SharedArena::Create(1 << 20);
   Buffer block = *arena->Allocate(4096);
   std::memset(block.mutable_data(), 0x11, block.size());
   Outgoing out = TensorCall(SharedPolicy(*arena), block);
+  // Back to the arena's owner (an echo): the same reference, nothing read or copied.
   DecodeLimits describe;
   describe.shared_refs = DecodeLimits::SharedRefs::kDescribe;
-  Message forwarded = Message::Decode(Received(out), describe);  // no mapping
-  EXPECT_THROW(forwarded.arg(0).TensorBytes(), Error);  // and so nothing to read
-  EnvelopeWriter w(testing::FixedPolicy(1024));  // no arena of its own
+  Message back = Message::Decode(Received(out), describe);
+  EXPECT_THROW(back.arg(0).TensorBytes(), Error);  // not mapped: nothing to read
+  EnvelopeWriter w(SharedPolicy(*arena));
   w.SetHeader(Header{1, 1, 1, 5});
-  w.StartApply("f", 1, 0).arg(0).Copy(forwarded.arg(0));
+  w.StartApply("f", 1, 0).arg(0).Copy(back.arg(0));
   Outgoing again = w.Finish();
   EXPECT_TRUE(again.payload_frames().empty());
-  EXPECT_TRUE(again.shared_blocks().empty());  // the first sender keeps the block
-  EXPECT_EQ(testing::Bytes(again.envelope()), testing::Bytes(out.envelope()));  // same reference
-  Message m = Message::Decode(Received(again), Accepting());
+  EXPECT_EQ(testing::Bytes(again.envelope()), testing::Bytes(out.envelope()));
+
+  // Anywhere else (a writer without that arena): the bytes go as a frame. The first
+  // sender frees its block once its own call is answered, and the next receiver may not
+  // share its host.
+  Message mapped = Message::Decode(Received(out), Accepting());
+  EnvelopeWriter other(testing::FixedPolicy(1024));
+  other.SetHeader(Header{1, 1, 1, 5});
+  other.StartApply("f", 1, 0).arg(0).Copy(mapped.arg(0));
+  Outgoing forwarded = other.Finish();
+  ASSERT_EQ(forwarded.payload_frames().size(), 1u);
+  EXPECT_TRUE(forwarded.shared_blocks().empty());
+  Message m = Message::Decode(Received(forwarded));
   EXPECT_EQ(m.arg(0).TensorBytes().data()[100], std::byte{0x11});
 }
 
@@ -306,6 +317,20 @@ TEST(SharedCallTest, AClientAndAnEngineOnOneHostPassArgumentsInPlace) {
   {
     std::lock_guard<std::mutex> lock(kept->mu);
     EXPECT_EQ(kept->view.data()[12345], std::byte{9});  // the engine reads the same pages
+  }
+
+  // An echo comes back as a frame of its own, not as a reference to the client's block
+  // (which the client frees, and may rewrite, once the call is answered).
+  {
+    Buffer echoed = *arena->Allocate(1 << 20);
+    std::memset(echoed.mutable_data(), 5, echoed.size());
+    Result e = client.apply("echo", Tensor(DType::kUInt8, Shape{echoed.size()}, echoed)).get();
+    ASSERT_TRUE(e.ok()) << Why(e);
+    std::memset(echoed.mutable_data(), 6, echoed.size());
+    Buffer got = e.value().TensorBytes();
+    ASSERT_EQ(got.size(), echoed.size());
+    EXPECT_EQ(got.data()[got.size() / 2], std::byte{5});
+    EXPECT_FALSE(e.value().InSharedMemory());
   }
 
   // A function that writes into its argument gets a copy of its own: the client's bytes

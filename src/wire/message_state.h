@@ -63,6 +63,11 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   }
   Buffer SharedSlice(wire::SharedRef::Reader ref) const {
     auto it = shared_views_.find(Key(ref));
+    // Two references may share a location with different lengths (a crafted message):
+    // the view must be the one checked for this reference's length.
+    if (it != shared_views_.end() && it->second.size() != ref.getLength()) {
+      throw Error("shared-memory reference: two references at one location disagree");
+    }
     if (it == shared_views_.end()) {
       throw Error(absl::StrCat("a shared-memory reference (arena \"",
                                std::string(ref.getArena().begin(), ref.getArena().size()),

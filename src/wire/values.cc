@@ -127,8 +127,11 @@ struct PayloadSink {
 // there, else copied into a fresh block. False when the arena has no room (the caller
 // sends a frame instead).
 bool PlaceShared(PayloadSink m, SharedArena& arena, wire::Payload::Builder payload,
-                 Buffer& data) {
-  std::optional<SharedArena::Location> location = arena.Find(data);
+                 Buffer& data, bool copy_for_frame) {
+  // In place only when this message may keep the bytes (not lent, not valid only during
+  // the call): the receiver reads them long after.
+  std::optional<SharedArena::Location> location;
+  if (!copy_for_frame && !data.borrowed()) location = arena.Find(data);
   Buffer block;
   if (location) {
     block = std::move(data);
@@ -161,7 +164,7 @@ void Place(PayloadSink m, const Policy& policy, wire::Payload::Builder payload,
   size_t size = data.size();
   bool as_frame = size > 0 && (size >= policy.inline_threshold || size > kMaxCapnpList);
   if (as_frame && policy.shared_arena != nullptr &&
-      PlaceShared(m, *policy.shared_arena, payload, data)) {
+      PlaceShared(m, *policy.shared_arena, payload, data, copy_for_frame)) {
     return;
   }
   if (as_frame) {
@@ -322,8 +325,17 @@ ValueWriter MapWriter::value(size_t i) const {
 void MapWriter::TextKey(size_t i, std::string_view text) const { key(i).Text(text); }
 
 namespace {
-// A reference into shared memory, forwarded as it is: the bytes stay where they are, in
-// the arena of the process that first sent them.
+// Whether a received reference may be forwarded as it is: only into the writer's own
+// arena (its bytes came back to their owner). Any other reference is re-placed from the
+// mapped bytes (a frame, or a copy into the writer's arena): its block belongs to a peer
+// that frees it once its own call is answered, and the next receiver may not share it.
+bool ForwardsAsIs(wire::SharedRef::Reader ref, const Policy& policy) {
+  return policy.shared_arena != nullptr &&
+         std::string_view(ref.getArena().begin(), ref.getArena().size()) ==
+             policy.shared_arena->name();
+}
+
+// A reference forwarded as it is: the bytes stay where they are.
 void CopySharedRef(wire::SharedRef::Reader from, wire::Payload::Builder to) {
   auto ref = to.initShared();
   ref.setArena(from.getArena());
@@ -348,7 +360,7 @@ void ValueWriter::Copy(const Value& value) {
     case Kind::kFloat: return Float(r.getFloat());
     case Kind::kText: return Text(value.AsText());
     case Kind::kBytes:
-      if (r.getBytes().isShared()) {
+      if (r.getBytes().isShared() && ForwardsAsIs(r.getBytes().getShared(), message_->policy())) {
         return CopySharedRef(r.getBytes().getShared(), V(builder_).initBytes());
       }
       return Bytes(value.AsBytes());
@@ -394,7 +406,8 @@ void ValueWriter::Copy(const Value& value) {
         }
         return;
       }
-      if (t.getData().isShared()) {  // the canonical order of Array, with the reference
+      if (t.getData().isShared() && ForwardsAsIs(t.getData().getShared(), message_->policy())) {
+        // The canonical order of Array, with the reference.
         auto out = V(builder_).initTensor();
         out.setDtype(t.getDtype());
         unsigned rank = static_cast<unsigned>(shape.size());
@@ -531,7 +544,11 @@ class Walker {
     if (limits_.shared_refs == DecodeLimits::SharedRefs::kMap) {
       Buffer view = internal::ProcessSegments().Resolve(name, ref.getOffset(), ref.getLength(),
                                                         path.Render());
-      shared_views_->insert_or_assign(internal::MessageState::Key(ref), std::move(view));
+      auto [it, fresh] = shared_views_->try_emplace(internal::MessageState::Key(ref), view);
+      if (!fresh && (it->second.data() != view.data() || it->second.size() != view.size())) {
+        // Two pointers to one SharedRef struct read with different sizes (crafted).
+        Fail(Code::kMalformed, path, "a reference that overlaps another with other contents");
+      }
       Bump(GlobalStats().shared_refs_received);
     }
     return ref.getLength();
@@ -584,8 +601,8 @@ class Walker {
     uint64_t length = Payload(t.getData(), Child(path, "data"));
     if (overflow || count > UINT64_MAX / item || count * item != length) {
       std::string dims = absl::StrJoin(shape, "x");
-      std::string where = t.getData().isInline()
-                              ? std::string("inline data has")
+      std::string where = t.getData().isInline()   ? std::string("inline data has")
+                          : t.getData().isShared() ? std::string("the shared reference has")
                               : absl::StrCat("frame ", t.getData().getFrame().getIndex(), " has");
       Fail(Code::kMalformed, Child(path, "shape"),
            absl::StrCat(dims.empty() ? "scalar" : dims, " ", internal::Sv(DTypeName(dtype)), " needs ",
