@@ -382,7 +382,15 @@ class ClientCore {
       if (reply.ok()) {
         result = Result::Ok(reply, registry_);
       } else {
-        result = Result::Failed(MakeRemoteError(reply.error()), reply);
+        RemoteErrorInfo error = reply.error();
+        // The engine could not map our arena (another host after a reconnect, a policy
+        // of its own): later calls send frames.
+        if (error.type == kErrorDecode &&
+            (error.message.find("shared memory") != std::string::npos ||
+             error.message.find("shared-memory") != std::string::npos)) {
+          shared_arena_raw_.store(nullptr, std::memory_order_release);
+        }
+        result = Result::Failed(MakeRemoteError(std::move(error)), reply);
       }
       std::lock_guard<std::mutex> lock(mu_);
       auto it = pending_.find(reply.call_id());

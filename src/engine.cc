@@ -635,8 +635,10 @@ class Engine::Impl {
   // Verifies and decodes `job.received` into `job.message`. False when it is refused;
   // `refusal` is then the reply it deserves, if any.
   bool Admit(Job& job, std::optional<Reply>* refusal) {
+    uint64_t call_id = 0;  // the apply's id, when its header can be read
     try {
       if (options_.signer) options_.signer->Verify(&job.received);
+      call_id = QueuedCallId(job);
       job.message = Message::Decode(std::move(job.received), options_.limits);
       if (replay_) replay_->Check(job.message);
       return true;
@@ -646,13 +648,14 @@ class Engine::Impl {
       Bump(errors_);
       return false;
     } catch (const DecodeError& e) {
-      // We know who sent it (its routing frames) but not which call it was: answer
-      // call id 0 so the sender learns why, and count it.
+      // Answered to the call when its header could be read (a reference into shared
+      // memory that cannot be mapped, a bad argument), else to call id 0: either way the
+      // sender learns why. Counted.
       Bump(errors_);
       refusal->emplace();
       (*refusal)->socket = job.socket;
       (*refusal)->routing = std::move(job.routing);
-      (*refusal)->message = ErrorReply(0, {kErrorDecode, e.what(), "", options_.id});
+      (*refusal)->message = ErrorReply(call_id, {kErrorDecode, e.what(), "", options_.id});
       return false;
     }
   }

@@ -402,6 +402,42 @@ TEST(SharedCallTest, ATimedOutCallKeepsItsBlockUntilTheLateReply) {
   engine.Stop();
 }
 
+TEST(SharedCallTest, AnEngineThatCannotTakeReferencesFailsTheCallSayingWhyAndFramesFollow) {
+  std::string url = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  auto arena = SharedArena::Create(16 << 20);
+  ClientOptions co;
+  co.shared_arena = arena;
+  co.timeout = milliseconds(10000);
+  std::vector<double> values(1 << 16, 1.0);
+  auto first = std::make_unique<Engine>(EngineOptions{.builtins = true});
+  first->Bind(url);
+  first->Start();
+  Client client(url, co);
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
+  ASSERT_TRUE(client.apply("sum", values).get().ok());
+  first.reset();  // another engine, without shared memory, takes over the endpoint
+  EngineOptions eo;
+  eo.builtins = true;
+  eo.shared_memory = false;
+  Engine second(eo);
+  second.Bind(url);
+  second.Start();
+  // Small calls until the client has noticed the new connection (the one in flight
+  // when it changed fails with BrokerLost).
+  ASSERT_TRUE(WaitUntil([&] { return client.apply("add", 1, 2).get().ok(); }));
+  // The call that still carried a reference fails at once with the engine's reason (not
+  // at its timeout); the client sends frames from then on.
+  auto started = std::chrono::steady_clock::now();
+  Result r = client.apply("sum", values).get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - started, milliseconds(5000));
+  EXPECT_THAT(Why(r), HasSubstr("does not accept"));
+  EXPECT_FALSE(client.shares_memory());
+  r = client.apply("sum", values).get();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_DOUBLE_EQ(r.as<double>(), 1.0 * values.size());
+}
+
 TEST(SharedCallTest, TheEngineProgramInAnotherProcessReadsTheClientsArena) {
   std::string url = "tcp://127.0.0.1:" + std::to_string(FreePort());
   testing::ToolProcess engine({"engine", "--bind", url, "--builtins"});
