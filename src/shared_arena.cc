@@ -31,6 +31,7 @@ size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 struct SharedArena::Impl {
   int fd = -1;
+  int read_only_fd = -1;  // what peers get: they can map it for reading only
   std::byte* base = nullptr;
   size_t capacity = 0;
   std::unique_ptr<internal::SegmentServer> server;
@@ -43,6 +44,7 @@ struct SharedArena::Impl {
     server.reset();
     if (base != nullptr) ::munmap(base, capacity);
     if (fd >= 0) ::close(fd);
+    if (read_only_fd >= 0) ::close(read_only_fd);
   }
 
   std::optional<size_t> Take(size_t size) {
@@ -99,7 +101,12 @@ std::shared_ptr<SharedArena> SharedArena::Create(size_t capacity) {
   if (p == MAP_FAILED) throw fail("mmap");
   impl->base = static_cast<std::byte*>(p);
   impl->free_runs.emplace(0, impl->capacity);
-  impl->server = std::make_unique<internal::SegmentServer>(impl->fd);
+  // Peers get a descriptor opened read-only on the same file: a MAP_SHARED mapping of it
+  // cannot be made writable, so no peer can change the owner's blocks.
+  impl->read_only_fd =
+      ::open(absl::StrCat("/proc/self/fd/", impl->fd).c_str(), O_RDONLY | O_CLOEXEC);
+  if (impl->read_only_fd < 0) throw fail("reopening read-only");
+  impl->server = std::make_unique<internal::SegmentServer>(impl->read_only_fd);
   return std::shared_ptr<SharedArena>(new SharedArena(std::move(impl)));
 }
 

@@ -124,10 +124,14 @@ TEST(SharedArenaTest, LocationsOutsideAnArenaAreDecodeErrorsNamingTheField) {
   expect(arena->name(), 100, 1 << 16, "outside the arena");
   expect(arena->name(), UINT64_MAX, 2, "outside the arena");
   expect(arena->name(), 1, UINT64_MAX, "outside the arena");
-  expect("zerocan-arena-no-such-one", 0, 1, "no arena there on this host");
+  expect("zerocan-arena-1-" + std::string(32, '0'), 0, 1, "no arena there on this host");
+  // Only arenas' names are connected to: never a path, never another abstract socket.
+  expect("zerocan-arena-no-such-one", 0, 1, "not an arena name");
+  expect("zerocan-arena-1-" + std::string(32, 'A'), 0, 1, "not an arena name");
   expect("", 0, 1, "not an arena name");
   expect(std::string(200, 'x'), 0, 1, "not an arena name");
-  expect("/etc/passwd", 0, 1, "no arena there");  // a name, never a path
+  expect("/etc/passwd", 0, 1, "not an arena name");
+  expect("/tmp/.X11-unix/X0", 0, 1, "not an arena name");
 }
 
 TEST(SharedArenaTest, AMemoryFileWhoseSizeIsNotSealedIsRefused) {

@@ -32,6 +32,26 @@ socklen_t AbstractAddress(std::string_view name, sockaddr_un* addr) {
 }
 
 // The user at the other end of Unix socket `fd`, or -1.
+// zerocan-arena-<pid>-<32 hex digits>, as SegmentServer (and Python's Arena) names them.
+bool IsArenaName(std::string_view name) {
+  constexpr std::string_view kPrefix = "zerocan-arena-";
+  if (name.size() >= sizeof(sockaddr_un::sun_path) || name.substr(0, kPrefix.size()) != kPrefix) {
+    return false;
+  }
+  name.remove_prefix(kPrefix.size());
+  size_t dash = name.find('-');
+  if (dash == 0 || dash == std::string_view::npos || dash > 10) return false;
+  for (char c : name.substr(0, dash)) {
+    if (c < '0' || c > '9') return false;
+  }
+  std::string_view hex = name.substr(dash + 1);
+  if (hex.size() != 32) return false;
+  for (char c : hex) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
 long PeerUser(int fd) {
   ucred cred{};
   socklen_t size = sizeof(cred);
@@ -103,7 +123,7 @@ SegmentServer::~SegmentServer() {
 }
 
 void SegmentServer::Serve() {
-  const long me = static_cast<long>(getuid());
+  const long me = static_cast<long>(geteuid());  // SO_PEERCRED reports effective ids
   while (true) {
     pollfd fds[2] = {{listener_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0) {
@@ -145,21 +165,25 @@ std::shared_ptr<SharedSegments::Mapping> SharedSegments::Map(std::string_view na
     return DecodeError(DecodeError::Code::kMalformed,
                        absl::StrCat(Sv(path), ": shared memory @", Sv(name), ": ", why));
   };
-  if (name.empty() || name.size() > kMaxName || name.find('\0') != std::string_view::npos) {
-    throw fail("not an arena name");
-  }
-  int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Only names of the form arenas are given: a reference from the network can make this
+  // process connect to no other abstract socket than an arena's.
+  if (!IsArenaName(name)) throw fail("not an arena name");
+  // Non-blocking connect: a listener whose backlog is full answers EAGAIN at once rather
+  // than holding the decoder.
+  int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s < 0) throw fail("no socket");
   sockaddr_un addr;
   socklen_t len = AbstractAddress(name, &addr);
-  timeval timeout{2, 0};  // a peer of ours answers at once
-  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   if (::connect(s, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     int err = errno;
     ::close(s);
     throw fail(absl::StrCat("no arena there on this host (", std::strerror(err), ")"));
   }
-  if (PeerUser(s) != static_cast<long>(getuid())) {
+  int flags = ::fcntl(s, F_GETFL);
+  ::fcntl(s, F_SETFL, flags & ~O_NONBLOCK);
+  timeval timeout{1, 0};  // an arena's server answers at once
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  if (PeerUser(s) != static_cast<long>(geteuid())) {
     ::close(s);
     throw fail("served by another user");
   }

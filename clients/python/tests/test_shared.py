@@ -117,10 +117,11 @@ def test_locations_outside_an_arena_are_decode_errors_naming_the_field():
             (arena.name, 1 << 16, 1, "outside the arena (65536 bytes)"),
             (arena.name, 100, 1 << 16, "outside the arena"),
             (arena.name, 2**64 - 1, 2, "outside the arena"),
-            ("zerocan-arena-no-such-one", 0, 1, "no arena there on this host"),
+            ("zerocan-arena-1-" + "0" * 32, 0, 1, "no arena there on this host"),
+            ("zerocan-arena-no-such-one", 0, 1, "not an arena name"),
             ("", 0, 1, "not an arena name"),
             ("x" * 200, 0, 1, "not an arena name"),
-            ("/etc/passwd", 0, 1, "no arena there")]:
+            ("/etc/passwd", 0, 1, "not an arena name")]:
         with pytest.raises(zerocan.DecodeError) as e:
             segments.resolve(name, offset, length, "args[1].tensor.data")
         assert "args[1].tensor.data: shared memory @" in str(e.value) and why in str(e.value)
@@ -130,7 +131,7 @@ def test_locations_outside_an_arena_are_decode_errors_naming_the_field():
 def test_a_memory_file_whose_size_is_not_sealed_is_refused():
     fd = os.memfd_create("unsealed", os.MFD_CLOEXEC)
     os.ftruncate(fd, 1 << 16)
-    name = f"zerocan-test-unsealed-{os.getpid()}"
+    name = f"zerocan-arena-{os.getpid()}-{'ab' * 16}"  # an arena's name, unsealed
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind("\0" + name)
     listener.listen(1)

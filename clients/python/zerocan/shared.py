@@ -24,6 +24,7 @@ import collections
 import fcntl
 import mmap
 import os
+import re
 import secrets
 import select
 import socket
@@ -74,7 +75,10 @@ class Arena:
         self._free = {0: self.capacity}     # start -> length, coalesced
         self._used = 0
         self._refused = [0]  # shared with the server thread
-        self.name = f"zerocan-arena-{os.getpid()}-{secrets.token_hex(8)}"
+        # Peers get a descriptor opened read-only on the same file: they cannot map it
+        # writable. 128 random bits in the name: it is also a capability.
+        self._read_only_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
+        self.name = f"zerocan-arena-{os.getpid()}-{secrets.token_hex(16)}"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind("\0" + self.name)
@@ -84,14 +88,16 @@ class Arena:
             listener.close()
             self._map.close()
             os.close(self._fd)
+            os.close(self._read_only_fd)
             raise Error(f"shared arena: cannot listen on @{self.name}: {e}") from e
         # The server holds no reference to the arena, so that the arena can be collected:
         # then (the blocks' finalizers hold it until the last array over them is gone)
         # the server stops and the descriptor closes.
         thread = threading.Thread(target=Arena._serve, name="zerocan-arena", daemon=True,
-                                  args=(listener, self._fd, wake_r, self._refused))
+                                  args=(listener, self._read_only_fd, wake_r, self._refused))
         thread.start()
-        weakref.finalize(self, Arena._close, self._fd, listener, wake_r, wake_w, thread)
+        weakref.finalize(self, Arena._close, (self._fd, self._read_only_fd), listener, wake_r,
+                         wake_w, thread)
 
     @property
     def peers_refused(self) -> int:
@@ -99,18 +105,18 @@ class Arena:
         return self._refused[0]
 
     @staticmethod
-    def _close(fd: int, listener: socket.socket, wake_r: int, wake_w: int,
+    def _close(fds: tuple[int, int], listener: socket.socket, wake_r: int, wake_w: int,
                thread: threading.Thread) -> None:
         os.write(wake_w, b"x")
         if thread is not threading.current_thread():
             thread.join()
         listener.close()
-        for f in (fd, wake_r, wake_w):
+        for f in (*fds, wake_r, wake_w):
             os.close(f)
 
     @staticmethod
     def _serve(listener: socket.socket, fd: int, wake_r: int, refused: list[int]) -> None:
-        me = os.getuid()
+        me = os.geteuid()  # SO_PEERCRED reports effective ids
         poller = select.poll()  # not select(): descriptors may be past 1024
         poller.register(listener.fileno(), select.POLLIN)
         poller.register(wake_r, select.POLLIN)
@@ -243,6 +249,9 @@ def empty(shape: Any, dtype: Any = np.float64) -> np.ndarray:
     return array
 
 
+_ARENA_NAME = re.compile(r"zerocan-arena-[0-9]{1,10}-[0-9a-f]{32}")
+
+
 class Segments:
     """Peers' arenas mapped read-only into this process, by name. An arena stays mapped
     while a view of it lives, and is mapped again when needed after that: an arena whose
@@ -255,15 +264,18 @@ class Segments:
     def _map(self, name: str, path: str) -> mmap.mmap:
         def fail(why: str) -> DecodeError:
             return DecodeError(f"{path}: shared memory @{name}: {why}", "malformed")
-        if not name or len(name) > 107 or "\0" in name:
+        # Only arenas' names: a reference from the network can make this process connect to
+        # no other abstract socket.
+        if not _ARENA_NAME.fullmatch(name):
             raise fail("not an arena name")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2.0)
+            s.setblocking(False)  # a full backlog answers at once instead of waiting
             try:
                 s.connect("\0" + name)
             except OSError as e:
                 raise fail(f"no arena there on this host ({e.strerror})") from None
-            if _peer_user(s) != os.getuid():
+            s.settimeout(1.0)  # an arena's server answers at once
+            if _peer_user(s) != os.geteuid():
                 raise fail("served by another user")
             try:
                 _, fds, _, _ = socket.recv_fds(s, 1, 1)
