@@ -160,6 +160,7 @@ class ClientCore {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (closed_) throw TransportError("client closed");
+      ReleaseHeldBlocks(Clock::now());
       pending_.emplace(call->id, call);
     }
     Tracker tracker;
@@ -220,13 +221,22 @@ class ClientCore {
     call.shared_blocks.clear();  // answered (or the engine is gone): it reads them no more
   }
 
-  // A call given up before its answer (timeout, cancel) may still be running on the
-  // engine, reading its arguments in place: their blocks wait for the late reply, or the
+  // A call given up before its answer (timeout, cancel, a lost connection) may still be
+  // running on the engine, reading its arguments in place: their blocks wait for the late
+  // reply, at most kHoldGivenUpBlocks (a cancelled call gets no reply at all), or the
   // client's close (mu_ held).
+  static constexpr std::chrono::seconds kHoldGivenUpBlocks{60};
   void KeepBlocksUntilAnswered(PendingCall& call) {
     if (call.shared_blocks.empty()) return;
-    expired_blocks_[call.id] = std::move(call.shared_blocks);
+    expired_blocks_[call.id] = {Clock::now() + kHoldGivenUpBlocks,
+                                std::move(call.shared_blocks)};
     call.shared_blocks.clear();
+  }
+  void ReleaseHeldBlocks(Clock::time_point now) {  // mu_ held
+    if (expired_blocks_.empty()) return;
+    absl::erase_if(expired_blocks_, [now](const auto& entry) {
+      return entry.second.first <= now;
+    });
   }
 
   void Expire(PendingCall& call) {  // mu_ held
@@ -336,6 +346,7 @@ class ClientCore {
   void FailPending() {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [id, call] : pending_) {
+      KeepBlocksUntilAnswered(*call);  // the engine may still be running it
       Finish(*call, Result::Failed(MakeRemoteError(
                         {kErrorBrokerLost,
                          absl::StrCat("the connection to ", url_,
@@ -446,7 +457,9 @@ class ClientCore {
   std::atomic<bool> polling_{false};  // a leader is in (or about to enter) zmq_poll
   std::condition_variable cv_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<PendingCall>> pending_;  // mu_
-  absl::flat_hash_map<uint64_t, std::vector<Buffer>> expired_blocks_;    // mu_
+  // Blocks of calls given up, by call id: until when they are kept, and the blocks (mu_).
+  absl::flat_hash_map<uint64_t, std::pair<Clock::time_point, std::vector<Buffer>>>
+      expired_blocks_;
   bool closed_ = false;                                                  // mu_
   uint64_t session_ = 0;
   std::atomic<uint64_t> next_id_{1};
