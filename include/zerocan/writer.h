@@ -126,9 +126,10 @@ class ValueWriter {
   // An extension value; write its state through the returned writer.
   ValueWriter Extension(std::string_view type_name);
   // Re-encodes a received value. Payloads in frames are forwarded without a copy (the
-  // new message shares ownership of the received frame), references into shared memory
-  // as the same references (their bytes untouched; the first sender keeps them); the
-  // value's sequenceType marker (list, tuple) is kept at every level.
+  // new message shares ownership of the received frame); a reference into this writer's
+  // own shared arena (Policy::shared_arena) stays that reference, any other is placed
+  // again from its mapped bytes; the value's sequenceType marker (list, tuple) is kept at
+  // every level.
   void Copy(const Value& value);
 
   // Writes `value` through its codec (codec.h): built-in types, else the registry. An
