@@ -159,16 +159,6 @@ using Process = testing::ToolProcess;
 using Output = testing::ToolOutput;
 using testing::RunTool;
 
-// A tcp port on 127.0.0.1 that was free a moment ago.
-int FreePort() {
-  zmq::context_t ctx(1);
-  zmq::socket_t s(ctx, zmq::socket_type::router);
-  s.set(zmq::sockopt::linger, 0);
-  s.bind("tcp://127.0.0.1:*");
-  std::string endpoint = s.get(zmq::sockopt::last_endpoint);
-  return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
-}
-
 TEST_F(CurveProgramsTest, AnAllowListAdmitsOnlyTheClientKeysItLists) {
   testing::ContextWithBoundedTerm ctx;
   CurveKeyPair server = GenerateCurveKeyPair(), listed = GenerateCurveKeyPair(),
@@ -250,7 +240,7 @@ TEST_F(CurveProgramsTest, EngineAndCallPrograms) {
   std::string public_key = keygen.out.substr(0, keygen.out.find('\n'));
   EXPECT_EQ(ReadCurveKeyFile(key_file).public_key, public_key);
 
-  std::string url = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  std::string url = "tcp://127.0.0.1:" + std::to_string(testing::FreeTcpPort());
   Process engine({"engine", "--bind", url, "--builtins", "--curve-secret-key-file", key_file});
   testing::ContextWithBoundedTerm ctx;
   bool serving = false;
@@ -283,7 +273,7 @@ TEST_F(CurveProgramsTest, EngineAndCallPrograms) {
     std::ofstream out(allow_file);
     out << client_file << "\n";
   }
-  std::string strict_url = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  std::string strict_url = "tcp://127.0.0.1:" + std::to_string(testing::FreeTcpPort());
   Process strict({"engine", "--bind", strict_url, "--builtins", "--curve-secret-key-file",
                   key_file, "--curve-allow", allow_file});
   serving = false;

@@ -264,15 +264,6 @@ std::string Why(const Result& r) {
 // A uint8 tensor over `block` (the Buffer shares it: no copy).
 Tensor Bytes(const Buffer& block) { return Tensor(DType::kUInt8, Shape{block.size()}, block); }
 
-int FreePort() {
-  zmq::context_t ctx(1);
-  zmq::socket_t s(ctx, zmq::socket_type::router);
-  s.set(zmq::sockopt::linger, 0);
-  s.bind("tcp://127.0.0.1:*");
-  std::string endpoint = s.get(zmq::sockopt::last_endpoint);
-  return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
-}
-
 struct Kept {
   std::mutex mu;
   Buffer view;
@@ -403,7 +394,7 @@ TEST(SharedCallTest, ATimedOutCallKeepsItsBlockUntilTheLateReply) {
 }
 
 TEST(SharedCallTest, AnEngineThatCannotTakeReferencesFailsTheCallSayingWhyAndFramesFollow) {
-  std::string url = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  std::string url = "tcp://127.0.0.1:" + std::to_string(testing::FreeTcpPort());
   auto arena = SharedArena::Create(16 << 20);
   ClientOptions co;
   co.shared_arena = arena;
@@ -439,7 +430,7 @@ TEST(SharedCallTest, AnEngineThatCannotTakeReferencesFailsTheCallSayingWhyAndFra
 }
 
 TEST(SharedCallTest, TheEngineProgramInAnotherProcessReadsTheClientsArena) {
-  std::string url = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  std::string url = "tcp://127.0.0.1:" + std::to_string(testing::FreeTcpPort());
   testing::ToolProcess engine({"engine", "--bind", url, "--builtins"});
   auto arena = SharedArena::Create(64 << 20);
   ClientOptions co;

@@ -118,6 +118,16 @@ class ContextWithBoundedTerm {
   std::chrono::seconds limit_;
 };
 
+// A tcp port on 127.0.0.1 that was free a moment ago.
+inline int FreeTcpPort() {
+  zmq::context_t ctx(1);
+  zmq::socket_t s(ctx, zmq::socket_type::router);
+  s.set(zmq::sockopt::linger, 0);
+  s.bind("tcp://127.0.0.1:*");
+  std::string endpoint = s.get(zmq::sockopt::last_endpoint);
+  return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+}
+
 struct SocketPair {
   explicit SocketPair(const std::string& transport) : a(ctx, zmq::socket_type::dealer),
                                                       b(ctx, zmq::socket_type::dealer) {

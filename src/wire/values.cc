@@ -335,6 +335,16 @@ bool ForwardsAsIs(wire::SharedRef::Reader ref, const Policy& policy) {
              policy.shared_arena->name();
 }
 
+// dtype, shape and order of a forwarded tensor, in the canonical order of Array.
+wire::Tensor::Builder CopyTensorHeader(wire::Tensor::Reader from, wire::Tensor::Builder to) {
+  to.setDtype(from.getDtype());
+  auto shape = from.getShape();
+  auto dims = to.initShape(shape.size());
+  for (unsigned i = 0; i < shape.size(); ++i) dims.set(i, shape[i]);
+  to.setOrder(from.getOrder());
+  return to;
+}
+
 // A reference forwarded as it is: the bytes stay where they are.
 void CopySharedRef(wire::SharedRef::Reader from, wire::Payload::Builder to) {
   auto ref = to.initShared();
@@ -389,12 +399,7 @@ void ValueWriter::Copy(const Value& value) {
         // enforces it) whatever this writer's threshold; a big-endian payload may sit in
         // a frame of the received message, whose index means nothing in this one, so its
         // bytes are placed again.
-        auto out = V(builder_).initTensor();
-        out.setDtype(t.getDtype());
-        unsigned rank = static_cast<unsigned>(shape.size());
-        auto dims = out.initShape(rank);
-        for (unsigned i = 0; i < rank; ++i) dims.set(i, shape[i]);
-        out.setOrder(t.getOrder());
+        auto out = CopyTensorHeader(t, V(builder_).initTensor());
         out.setByteOrder(t.getByteOrder());
         out.setPacking(t.getPacking());
         if (t.getPacking() != wire::Packing::NONE) {
@@ -408,12 +413,7 @@ void ValueWriter::Copy(const Value& value) {
       }
       if (t.getData().isShared() && ForwardsAsIs(t.getData().getShared(), message_->policy())) {
         // The canonical order of Array, with the reference.
-        auto out = V(builder_).initTensor();
-        out.setDtype(t.getDtype());
-        unsigned rank = static_cast<unsigned>(shape.size());
-        auto dims = out.initShape(rank);
-        for (unsigned i = 0; i < rank; ++i) dims.set(i, shape[i]);
-        out.setOrder(t.getOrder());
+        auto out = CopyTensorHeader(t, V(builder_).initTensor());
         return CopySharedRef(t.getData().getShared(), out.initData());
       }
       // The bytes as they are (no realignment copy: we only forward them).

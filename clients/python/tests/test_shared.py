@@ -237,13 +237,19 @@ def _ask(sock, frames, timeout_ms=5000):
     return zerocan.decode(sock.recv_multipart()[1:])
 
 
-def test_a_python_engine_answers_a_hello_and_reads_references_in_place():
+def _engine_and_dealer(**options):
+    """A Python engine with the built-ins, bound on tcp, and a raw DEALER connected to it."""
     import zmq
     from conftest import free_tcp_endpoint
-    engine = zerocan.Engine(free_tcp_endpoint(), builtins=True, bind=True).start()
+    engine = zerocan.Engine(free_tcp_endpoint(), builtins=True, bind=True, **options).start()
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(engine.endpoint)
+    return engine, sock
+
+
+def test_a_python_engine_answers_a_hello_and_reads_references_in_place():
+    engine, sock = _engine_and_dealer()
     try:
         w = zerocan.wire.Writer()
         w.set_header(zerocan.Header(1, 9, 1))
@@ -271,13 +277,7 @@ def test_a_python_engine_answers_a_hello_and_reads_references_in_place():
 
 
 def test_without_shared_memory_a_python_engine_ignores_hellos_and_refuses_references():
-    import zmq
-    from conftest import free_tcp_endpoint
-    engine = zerocan.Engine(free_tcp_endpoint(), builtins=True, bind=True,
-                            shared_memory=False).start()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(engine.endpoint)
+    engine, sock = _engine_and_dealer(shared_memory=False)
     try:
         w = zerocan.wire.Writer()
         w.set_header(zerocan.Header(1, 9, 1))
