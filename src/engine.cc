@@ -571,11 +571,16 @@ class Engine::Impl {
     return true;
   }
 
+  // The id of the apply whose envelope this is, read from its header; 0 for anything else.
+  static uint64_t ApplyIdOf(const Buffer& envelope) {
+    if (envelope.empty()) return 0;
+    std::optional<internal::Peek> peek = internal::PeekEnvelope(envelope, {});
+    return peek && peek->kind == BodyKind::kApply ? peek->message_id : 0;
+  }
+
   static uint64_t QueuedCallId(const Job& job) {
     if (job.message) return job.message.message_id();
-    if (job.received.frames.empty()) return 0;
-    std::optional<internal::Peek> peek = internal::PeekEnvelope(job.received.frames[0], {});
-    return peek && peek->kind == BodyKind::kApply ? peek->message_id : 0;
+    return job.received.frames.empty() ? 0 : ApplyIdOf(job.received.frames[0]);
   }
 
   // The control block of a call about to run (nullptr: cancelled while queued). For a
@@ -635,10 +640,10 @@ class Engine::Impl {
   // Verifies and decodes `job.received` into `job.message`. False when it is refused;
   // `refusal` is then the reply it deserves, if any.
   bool Admit(Job& job, std::optional<Reply>* refusal) {
-    uint64_t call_id = 0;  // the apply's id, when its header can be read
+    Buffer envelope;  // kept (shared, not copied) to name the call if decoding fails
     try {
       if (options_.signer) options_.signer->Verify(&job.received);
-      call_id = QueuedCallId(job);
+      if (!job.received.frames.empty()) envelope = job.received.frames[0];
       job.message = Message::Decode(std::move(job.received), options_.limits);
       if (replay_) replay_->Check(job.message);
       return true;
@@ -655,7 +660,8 @@ class Engine::Impl {
       refusal->emplace();
       (*refusal)->socket = job.socket;
       (*refusal)->routing = std::move(job.routing);
-      (*refusal)->message = ErrorReply(call_id, {kErrorDecode, e.what(), "", options_.id});
+      (*refusal)->message =
+          ErrorReply(ApplyIdOf(envelope), {kErrorDecode, e.what(), "", options_.id});
       return false;
     }
   }
