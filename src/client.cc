@@ -385,8 +385,9 @@ class ClientCore {
         continue;
       }
       if (reply.body_kind() != BodyKind::kResult) continue;  // not for us
-      // A peer answers a hello before any call sent after it: one that answered a call
-      // first (a broker, an engine without shared memory) will not answer it.
+      // Once a call is answered, calls stop looking for the hello's answer on their own:
+      // a peer that never answers (a broker, an engine without shared memory) costs
+      // nothing more, and a late answer is still taken with later replies.
       hello_pending_.store(false, std::memory_order_relaxed);
       received_.fetch_add(1, std::memory_order_relaxed);
       Result result;
