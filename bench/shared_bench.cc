@@ -116,6 +116,7 @@ void RunShared(const Options& options, std::vector<Row>* rows) {
   auto arena = SharedArena::Create(sizes.back() * 2 + (size_t{64} << 20));
   ClientOptions shared_options;
   shared_options.shared_arena = arena;
+  shared_options.shared_memory = true;
   shared_options.timeout = std::chrono::milliseconds(120000);
   ClientOptions frame_options = shared_options;
   frame_options.shared_memory = false;

@@ -289,6 +289,7 @@ TEST(SharedCallTest, AClientAndAnEngineOnOneHostPassArgumentsInPlace) {
   auto arena = SharedArena::Create(64 << 20);
   ClientOptions co;
   co.shared_arena = arena;
+  co.shared_memory = true;
   co.timeout = milliseconds(10000);
   Client client(engine.last_endpoint(), co);
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); })) << "no hello from the engine";
@@ -377,6 +378,7 @@ TEST(SharedCallTest, ATimedOutCallKeepsItsBlockUntilTheLateReply) {
   auto arena = SharedArena::Create(16 << 20);
   ClientOptions co;
   co.shared_arena = arena;
+  co.shared_memory = true;
   Client client(engine.last_endpoint(), co);
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
   // The client gives up after 50 ms; the engine still reads the argument in place.
@@ -398,6 +400,7 @@ TEST(SharedCallTest, AnEngineThatCannotTakeReferencesFailsTheCallSayingWhyAndFra
   auto arena = SharedArena::Create(16 << 20);
   ClientOptions co;
   co.shared_arena = arena;
+  co.shared_memory = true;
   co.timeout = milliseconds(10000);
   std::vector<double> values(1 << 16, 1.0);
   auto first = std::make_unique<Engine>(EngineOptions{.builtins = true});
@@ -435,6 +438,7 @@ TEST(SharedCallTest, TheEngineProgramInAnotherProcessReadsTheClientsArena) {
   auto arena = SharedArena::Create(64 << 20);
   ClientOptions co;
   co.shared_arena = arena;
+  co.shared_memory = true;
   co.timeout = milliseconds(10000);
   Client client(url, co);
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }, milliseconds(20000)));

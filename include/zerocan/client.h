@@ -124,8 +124,10 @@ struct ClientOptions {
   // `shared_arena` (null: SharedArena::ProcessDefault()): those already in it with no
   // copy, others copied in once (Stats::shared_bytes_copied), frames when it is full.
   // A block stays allocated until the call is answered. Brokers do not answer the hello
-  // yet, so calls through one send frames. Off: never.
-  bool shared_memory = true;
+  // yet, so calls through one send frames. Off by default (opt in): a client talking to
+  // a broker over tcp under ThreadSanitizer lost its connection after the hello, a fault
+  // not yet understood; see docs/FORMAT.md.
+  bool shared_memory = false;
   std::shared_ptr<SharedArena> shared_arena;
 };
 
