@@ -126,7 +126,7 @@ struct ClientOptions {
   // A block stays allocated until the call is answered. Brokers do not answer the hello
   // yet, so calls through one send frames. Off by default (opt in): a client talking to
   // a broker over tcp under ThreadSanitizer lost its connection after the hello, a fault
-  // not yet understood; see docs/FORMAT.md.
+  // not yet understood.
   bool shared_memory = false;
   std::shared_ptr<SharedArena> shared_arena;
 };
