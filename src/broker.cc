@@ -16,6 +16,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "wire/materialize.h"
 #include "wire/peek.h"
 #include "transport/connection_guard.h"
 #include "transport/tcp_activity.h"
@@ -24,6 +25,7 @@
 #include "zerocan/pacing.h"
 #include "zerocan/placement.h"
 #include "zerocan/remote_error.h"
+#include "zerocan/shared.h"
 #include "zerocan/transport/zmq.h"
 #include "zerocan/version.h"
 #include "zerocan/writer.h"
@@ -60,6 +62,9 @@ struct EngineState {
   internal::TcpActivity connection;
   uint64_t in_flight = 0;
   bool draining = false;  // said `draining`: no new calls
+  // Its hello said it runs on this host as this user: it maps the arenas clients here
+  // refer to, so their references reach it as they are.
+  bool shares_memory = false;
 };
 
 // A call waiting for an engine.
@@ -335,8 +340,9 @@ class Broker::Impl {
         continue;
       }
       if (peek && peek->kind == BodyKind::kHello) {
-        // A client asking where its peer runs, to share memory: this broker does not
-        // take references (yet), and its silence tells the client to send frames.
+        // A client asking where its peer runs, to share memory. Unanswered, it sends
+        // frames.
+        if (options_.shared_memory) SendHello(RoutingStrings(m->routing));
         continue;
       }
       if (!peek || peek->kind != BodyKind::kApply) {
@@ -401,7 +407,16 @@ class Broker::Impl {
       RoutingFrames routing;
       routing.push_back(Buffer::Borrow(engine.data(), engine.size()));  // copied by the send
       for (const Buffer& r : w.message.routing) routing.push_back(r);
-      if (!Forward(backend_, routing, w.message.frames)) {
+      std::vector<Buffer> materialized;
+      if (options_.shared_memory && !engines_[engine].shares_memory) {
+        std::optional<std::vector<Buffer>> frames = Materialize(w);
+        if (!frames) return;  // answered with the reason
+        materialized = std::move(*frames);
+      }
+      std::span<const Buffer> frames = materialized.empty()
+                                           ? std::span<const Buffer>(w.message.frames)
+                                           : std::span<const Buffer>(materialized);
+      if (!Forward(backend_, routing, frames)) {
         // Its connection is gone (the send names no connected peer): it is lost, and
         // this call, which never reached it, goes to another.
         Lose(engine, "closed its connection");
@@ -487,6 +502,7 @@ class Broker::Impl {
         } else {
           bool known = engines_.contains(engine);
           EngineState& state = engines_[engine];
+          if (peek->kind == BodyKind::kHello) state.shares_memory = SharesMemory(std::move(*m));
           state.last_seen = Clock::now();
           if (arrival.fd != state.connection.fd()) state.connection.Watch(arrival.fd);
           if (peek->kind == BodyKind::kDraining) state.draining = true;
@@ -674,6 +690,77 @@ class Broker::Impl {
     return h;
   }
 
+  // Whether an engine's hello says it shares this broker's host and user.
+  bool SharesMemory(ReceivedMessage&& hello) const {
+    try {
+      if (options_.signer) options_.signer->Verify(&hello);
+      std::optional<HostIdentity> host = Message::Decode(std::move(hello), options_.limits)
+                                             .hello_host();
+      return host && host->SharesMemoryWith(HostIdentity::This());
+    } catch (const Error&) {
+      return false;
+    }
+  }
+
+  // The broker's answer to a client's hello: where it runs.
+  void SendHello(const std::vector<std::string>& client_routing) {
+    EnvelopeWriter w;
+    w.SetHeader(NextHeader());
+    w.SetHello("broker", "broker", {}, &HostIdentity::This());
+    RoutingFrames routing;
+    for (const std::string& r : client_routing) routing.push_back(FrameOf(r));
+    Outgoing hello = w.Finish();
+    try {
+      if (options_.signer) options_.signer->Sign(&hello);
+      Send(frontend_, std::move(hello), routing);
+    } catch (const TransportError&) {
+      ++dropped_;
+    }
+  }
+
+  // Call `w` for an engine that cannot map this host's arenas: empty when it has no
+  // shared-memory reference (it goes as it is), else its frames with every reference
+  // replaced by the mapped bytes, which the send hands to the kernel without a copy
+  // here. nullopt: it cannot go that way, and its client was answered with the reason.
+  std::optional<std::vector<Buffer>> Materialize(const Waiting& w) {
+    if (w.message.frames.empty() || !internal::MayReferToArenas(w.message.frames[0])) {
+      return std::vector<Buffer>{};
+    }
+    ReceivedMessage copy = w.message;
+    bool signed_call = LooksLikeSignature(copy.frames.back());
+    DecodeLimits limits = options_.limits;
+    limits.shared_refs = DecodeLimits::SharedRefs::kMap;
+    try {
+      if (signed_call && options_.signer) {
+        options_.signer->Verify(&copy);
+      } else if (signed_call) {
+        // Without the key the broker could not sign what it would send instead.
+        copy.frames.pop_back();
+        limits.shared_refs = DecodeLimits::SharedRefs::kRefuse;
+      }
+      std::optional<internal::Materialized> m =
+          internal::MaterializeApply(Message::Decode(std::move(copy), limits), Policy::Default());
+      if (!m) return std::vector<Buffer>{};
+      if (signed_call && options_.signer) options_.signer->Sign(&m->message);
+      ++materialized_;
+      materialized_bytes_ += m->bytes;
+      std::vector<Buffer> frames;
+      frames.push_back(m->message.TakeEnvelope());
+      for (const Buffer& b : m->message.payload_frames()) frames.push_back(b);
+      if (!m->message.trailer().empty()) frames.push_back(m->message.trailer());
+      return frames;
+    } catch (const Error& e) {
+      // A reference this broker cannot map (another user's arena, no key for a signed
+      // call): the client learns why, and sends frames from then on.
+      SendError(RoutingStrings(w.message.routing), w.peek.message_id, "",
+                {kErrorDecode,
+                 absl::StrCat("the broker could not pass this call's shared-memory "
+                              "references to an engine on another host: ", e.what()),
+                 w.peek.function, "broker"});
+      return std::nullopt;
+    }
+  }
+
   // An error reply the broker makes itself (EngineLost, Busy, BrokerStopping).
   void SendError(const std::vector<std::string>& client_routing, uint64_t call_id,
                  const std::string& engine, const RemoteErrorInfo& info) {
@@ -741,7 +828,8 @@ class Broker::Impl {
     return BrokerCounters{requests_.load(), replies_.load(), lost_.load(), dropped_.load(),
                           engines_live_.load(), rerouted_.load(), retried_.load(),
                           busy_.load(), queued_.load(), closed_idle_.load(),
-                          closed_over_budget_.load()};
+                          closed_over_budget_.load(), materialized_.load(),
+                          materialized_bytes_.load()};
   }
 
   BrokerOptions options_;
@@ -772,6 +860,7 @@ class Broker::Impl {
   std::atomic<uint64_t> requests_{0}, replies_{0}, lost_{0}, dropped_{0}, engines_live_{0};
   std::atomic<uint64_t> rerouted_{0}, retried_{0}, busy_{0}, queued_{0};
   std::atomic<uint64_t> closed_idle_{0}, closed_over_budget_{0};  // by guard_
+  std::atomic<uint64_t> materialized_{0}, materialized_bytes_{0};
 };
 
 Broker::Broker(const std::string& frontend, const std::string& backend, BrokerOptions options)

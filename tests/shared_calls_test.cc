@@ -18,6 +18,7 @@
 #include "test_support.h"
 #include "tool_process.h"
 #include "tools/inspect_render.h"
+#include "zerocan/broker.h"
 #include "zerocan/client.h"
 #include "zerocan/engine.h"
 #include "zerocan/generated.h"
@@ -455,6 +456,131 @@ TEST(SharedCallTest, TheEngineProgramInAnotherProcessReadsTheClientsArena) {
   StatsSnapshot after = GlobalStats().Snapshot();
   EXPECT_EQ(after.shared_refs_sent, before.shared_refs_sent + 2);
   EXPECT_EQ(after.shared_bytes_copied, before.shared_bytes_copied);
+}
+
+// A broker, one engine behind it and a client that shares memory with the broker.
+struct BrokeredCall {
+  explicit BrokeredCall(EngineOptions eo, BrokerOptions bo = {},
+                        std::optional<Signer> signer = std::nullopt)
+      : broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", std::move(bo)), engine([&] {
+          eo.builtins = true;
+          eo.signer = signer;
+          return eo;
+        }()) {
+    broker.Start();
+    engine.Connect(broker.backend_endpoint());
+    engine.Start();
+    ClientOptions co;
+    co.shared_arena = arena;
+    co.shared_memory = true;
+    co.timeout = milliseconds(20000);
+    co.signer = signer;
+    client = std::make_unique<Client>(broker.frontend_endpoint(), co);
+  }
+  ~BrokeredCall() {
+    client.reset();
+    engine.Stop();
+    broker.Stop();
+  }
+  std::shared_ptr<SharedArena> arena = SharedArena::Create(64 << 20);
+  Broker broker;
+  Engine engine;
+  std::unique_ptr<Client> client;
+};
+
+// 16 MiB in a block of `arena`, every byte 1 but the last, 3 (sum: 16 Mi + 2).
+Buffer SumBlock(SharedArena& arena) {
+  Buffer block = *arena.Allocate(16 << 20);
+  std::memset(block.mutable_data(), 1, block.size());
+  block.mutable_data()[block.size() - 1] = std::byte{3};
+  return block;
+}
+constexpr double kSumBlockSum = (16 << 20) + 2.0;
+
+TEST(SharedBrokerTest, ReferencesPassThroughTheBrokerToAnEngineOnThisHostAsTheyAre) {
+  BrokeredCall c(EngineOptions{});
+  ASSERT_TRUE(WaitUntil([&] { return c.client->shares_memory(); })) << "no hello from the broker";
+  Buffer block = SumBlock(*c.arena);
+  StatsSnapshot before = GlobalStats().Snapshot();
+  Result r = c.client->apply("sum", Bytes(block)).get();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_DOUBLE_EQ(r.as<double>(), kSumBlockSum);
+  StatsSnapshot after = GlobalStats().Snapshot();
+  EXPECT_EQ(after.shared_refs_sent, before.shared_refs_sent + 1);
+  EXPECT_EQ(after.shared_refs_received, before.shared_refs_received + 1);  // the engine's
+  EXPECT_EQ(after.shared_bytes_copied, before.shared_bytes_copied);
+  EXPECT_EQ(c.broker.counters().materialized, 0u);
+}
+
+TEST(SharedBrokerTest, AnEngineThatDoesNotShareTheHostGetsTheBytesAsFramesMaterializedOnce) {
+  BrokeredCall c(EngineOptions{.shared_memory = false});
+  ASSERT_TRUE(WaitUntil([&] { return c.client->shares_memory(); }));
+  Buffer block = SumBlock(*c.arena);
+  for (int i = 0; i < 2; ++i) {
+    Result r = c.client->apply("sum", Bytes(block)).get();
+    ASSERT_TRUE(r.ok()) << Why(r);
+    EXPECT_DOUBLE_EQ(r.as<double>(), kSumBlockSum);
+  }
+  EXPECT_EQ(c.broker.counters().materialized, 2u);
+  EXPECT_EQ(c.broker.counters().materialized_bytes, uint64_t{2} * block.size());
+  EXPECT_TRUE(c.client->shares_memory());  // the next call still goes by reference
+  // Calls without references pass as they are.
+  Result small = c.client->apply("add", 1, 2).get();
+  ASSERT_TRUE(small.ok()) << Why(small);
+  EXPECT_EQ(c.broker.counters().materialized, 2u);
+}
+
+TEST(SharedBrokerTest, ASignedCallIsMaterializedAndSignedAgainByABrokerWithTheKey) {
+  Signer signer("shared-broker-key");
+  BrokerOptions bo;
+  bo.signer = signer;
+  BrokeredCall c(EngineOptions{.shared_memory = false}, bo, signer);
+  ASSERT_TRUE(WaitUntil([&] { return c.client->shares_memory(); }));
+  Buffer block = SumBlock(*c.arena);
+  Result r = c.client->apply("sum", Bytes(block)).get();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_DOUBLE_EQ(r.as<double>(), kSumBlockSum);
+  EXPECT_EQ(c.broker.counters().materialized, 1u);
+}
+
+TEST(SharedBrokerTest, AClientThatSignsTakesNoUnsignedHelloAndSendsFrames) {
+  Signer signer("shared-broker-key");
+  // The broker holds no key: its hello is unsigned, and a client that signs ignores it.
+  BrokeredCall c(EngineOptions{.shared_memory = false}, BrokerOptions{}, signer);
+  ASSERT_TRUE(c.client->apply("add", 1, 2).get().ok());  // the hello had its chance
+  Buffer block = SumBlock(*c.arena);
+  EXPECT_FALSE(c.client->shares_memory());
+  Result r = c.client->apply("sum", Bytes(block)).get();
+  ASSERT_TRUE(r.ok()) << Why(r);  // frames, then
+  EXPECT_EQ(c.broker.counters().materialized, 0u);
+}
+
+TEST(SharedBrokerTest, AnEngineOnAnotherHostGetsTheArgumentsOfACallerThatSharesMemory) {
+  if (!testing::CanUnshareNetwork()) GTEST_SKIP() << "no network namespaces for this user";
+  // The engine program runs in a network namespace of its own: its hello names another
+  // namespace, and it could not reach the client's arena (an abstract socket) anyway.
+  std::string backend = absl::StrCat("ipc:///tmp/zerocan-test-netns-", getpid());
+  Broker broker("tcp://127.0.0.1:*", backend);
+  broker.Start();
+  testing::ToolProcess engine({"engine", "--connect", backend, "--builtins"},
+                              /*own_network_namespace=*/true);
+  ASSERT_TRUE(WaitUntil([&] { return broker.counters().engines_live == 1; },
+                        milliseconds(20000)));
+  auto arena = SharedArena::Create(64 << 20);
+  ClientOptions co;
+  co.shared_arena = arena;
+  co.shared_memory = true;
+  co.timeout = milliseconds(20000);
+  Client client(broker.frontend_endpoint(), co);
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
+  Buffer block = SumBlock(*arena);
+  StatsSnapshot before = GlobalStats().Snapshot();
+  Result r = client.apply("sum", Bytes(block)).get();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_DOUBLE_EQ(r.as<double>(), kSumBlockSum);
+  EXPECT_EQ(GlobalStats().Snapshot().shared_refs_sent, before.shared_refs_sent + 1);
+  EXPECT_EQ(broker.counters().materialized, 1u);
+  EXPECT_EQ(broker.counters().materialized_bytes, block.size());
 }
 
 }  // namespace

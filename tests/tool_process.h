@@ -2,6 +2,7 @@
 // test, and a run to completion with its output. ZEROCAN_TOOL_PATH comes from CMake.
 #pragma once
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,12 +21,25 @@ inline const std::string& ToolPath() {
   return path;
 }
 
+// Whether this process may give a child a network namespace of its own (root, or
+// unprivileged user namespaces), as ToolProcess's own_network_namespace does.
+inline bool CanUnshareNetwork() {
+  pid_t pid = fork();
+  if (pid == 0) _exit(unshare(CLONE_NEWNET) == 0 ? 0 : 1);
+  int status = -1;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
 // A child process running `zerocan ARGS...`, stopped (SIGTERM) and reaped on destruction.
+// With `own_network_namespace` it runs in a new network namespace: another host, as far
+// as zerocan's hellos can tell (it still reaches ipc:// endpoints; see CanUnshareNetwork).
 class ToolProcess {
  public:
-  explicit ToolProcess(const std::vector<std::string>& args) {
+  explicit ToolProcess(const std::vector<std::string>& args, bool own_network_namespace = false) {
     pid_ = fork();
     if (pid_ == 0) {
+      if (own_network_namespace && unshare(CLONE_NEWNET) != 0) _exit(126);
       std::vector<char*> argv;
       argv.push_back(const_cast<char*>(ToolPath().c_str()));
       for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));

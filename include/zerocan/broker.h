@@ -94,6 +94,15 @@ struct BrokerOptions {
   // client disconnects.
   size_t max_queued_calls = 10000;
   uint64_t max_queued_bytes = uint64_t{1} << 30;  // 1 GiB
+  // Shared memory on one host (docs/FORMAT.md "Shared memory"): the broker answers a
+  // client's hello with where it runs, so a client on this host passes large arguments
+  // as references into its arena. A call goes on as it is to an engine on this host
+  // (its hello said so); for any other engine the broker replaces each reference with
+  // its bytes, read in place from the mapped arena and sent as frames (the one copy is
+  // the kernel's; counted in BrokerCounters::materialized_*). A signed call is
+  // materialized only by a broker with the key (`signer`), which signs it again.
+  // false: client hellos go unanswered and clients send frames.
+  bool shared_memory = true;
   // Drain()'s grace period.
   std::chrono::milliseconds drain_timeout{10000};
 };
@@ -112,6 +121,10 @@ struct BrokerCounters {
   // stay within receive_budget_bytes.
   uint64_t connections_closed_idle = 0;
   uint64_t connections_closed_over_budget = 0;
+  // Calls whose shared-memory references were replaced by their bytes for an engine on
+  // another host (BrokerOptions::shared_memory), and those bytes.
+  uint64_t materialized = 0;
+  uint64_t materialized_bytes = 0;
 };
 
 class Broker {

@@ -34,11 +34,11 @@ socklen_t AbstractAddress(std::string_view name, sockaddr_un* addr) {
 // The user at the other end of Unix socket `fd`, or -1.
 // zerocan-arena-<pid>-<32 hex digits>, as SegmentServer (and Python's Arena) names them.
 bool IsArenaName(std::string_view name) {
-  constexpr std::string_view kPrefix = "zerocan-arena-";
-  if (name.size() >= sizeof(sockaddr_un::sun_path) || name.substr(0, kPrefix.size()) != kPrefix) {
+  if (name.size() >= sizeof(sockaddr_un::sun_path) ||
+      name.substr(0, kArenaNamePrefix.size()) != kArenaNamePrefix) {
     return false;
   }
-  name.remove_prefix(kPrefix.size());
+  name.remove_prefix(kArenaNamePrefix.size());
   size_t dash = name.find('-');
   if (dash == 0 || dash == std::string_view::npos || dash > 10) return false;
   for (char c : name.substr(0, dash)) {
@@ -86,7 +86,7 @@ SegmentServer::SegmentServer(int memfd) : memfd_(memfd) {
   std::random_device rd;
   // 128 random bits: a name is also a capability (a peer of another user is refused
   // anyway; one of the same user, or a reference from the network, must know it).
-  name_ = absl::StrCat("zerocan-arena-", getpid(), "-", absl::Hex(rd(), absl::kZeroPad8),
+  name_ = absl::StrCat(Sv(kArenaNamePrefix), getpid(), "-", absl::Hex(rd(), absl::kZeroPad8),
                        absl::Hex(rd(), absl::kZeroPad8), absl::Hex(rd(), absl::kZeroPad8),
                        absl::Hex(rd(), absl::kZeroPad8));
   listener_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

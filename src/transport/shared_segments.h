@@ -25,6 +25,9 @@
 
 namespace zerocan::internal {
 
+// Every arena's name begins with this (then the owner's pid and 32 hex digits).
+inline constexpr std::string_view kArenaNamePrefix = "zerocan-arena-";
+
 class SegmentServer {
  public:
   // Serves descriptor `memfd` (not owned; it must outlive the server) under a fresh

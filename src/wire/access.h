@@ -63,6 +63,7 @@ struct WireAccess {
     return Unwrap<capnp::List<wire::Entry>::Reader>(m.entries_);
   }
   static wire::Envelope::Reader Root(const Message& m) noexcept;
+  static const MessageState& State(const Message& m) noexcept;
   static wire::Envelope::Builder Root(EnvelopeWriter& writer);
   // The thread's spare EnvelopeWriter state (src/wire/envelope.cc).
   static std::unique_ptr<EnvelopeWriter::Impl>& SpareWriter();

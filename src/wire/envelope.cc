@@ -21,6 +21,7 @@
 #include "wire/access.h"
 #include "wire/encoding.h"
 #include "wire/handles.h"
+#include "wire/materialize.h"
 #include "wire/message_state.h"
 #include "wire/peek.h"
 #include "zerocan/error.h"
@@ -31,6 +32,7 @@
 #include "zerocan/version.h"
 #include "zerocan/shared.h"
 #include "zerocan/writer.h"
+#include "transport/shared_segments.h"
 
 namespace zerocan {
 
@@ -478,6 +480,7 @@ std::string_view View(capnp::Text::Reader t) { return std::string_view(t.begin()
 
 namespace internal {
 wire::Envelope::Reader WireAccess::Root(const Message& m) noexcept { return m.state_->root_; }
+const MessageState& WireAccess::State(const Message& m) noexcept { return *m.state_; }
 }  // namespace internal
 
 wire::Envelope::Reader GeneratedEnvelope(const Message& message) {
@@ -692,6 +695,37 @@ std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits
   } catch (const DecodeError&) {
     return std::nullopt;
   }
+}
+
+bool MayReferToArenas(const Buffer& envelope) noexcept {
+  std::string_view bytes(reinterpret_cast<const char*>(envelope.data()), envelope.size());
+  return bytes.find(kArenaNamePrefix) != std::string_view::npos;
+}
+
+std::optional<Materialized> MaterializeApply(const Message& apply, const Policy& policy) {
+  const MessageState& state = WireAccess::State(apply);
+  if (state.shared_views_.empty()) return std::nullopt;
+  Materialized out;
+  for (const auto& [where, view] : state.shared_views_) out.bytes += view.size();
+  Policy frames_only = policy;
+  frames_only.shared_arena = nullptr;  // Copy re-places every reference from its bytes
+  EnvelopeWriter writer(frames_only);
+  Header header;
+  header.message_id = apply.message_id();
+  header.session_id = apply.session_id();
+  header.sequence = apply.sequence();
+  header.sent_at_ns = apply.sent_at_ns();
+  writer.SetHeader(header);
+  ApplyWriter args = writer.StartApply(apply.function(), apply.arg_count(),
+                                       apply.kwarg_count(), apply.timeout_ms());
+  writer.SetApplyRetries(apply.retries());
+  if (apply.stream_credits() != 0) writer.SetStreamCredits(apply.stream_credits());
+  for (size_t i = 0; i < apply.arg_count(); ++i) args.arg(i).Copy(apply.arg(i));
+  for (size_t i = 0; i < apply.kwarg_count(); ++i) {
+    args.kwarg(i, apply.kwarg_name(i)).Copy(apply.kwarg(i));
+  }
+  out.message = writer.Finish();
+  return out;
 }
 
 }  // namespace internal
