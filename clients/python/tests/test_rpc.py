@@ -129,7 +129,17 @@ def test_many_calls_in_flight(engine_and_client):
 
 
 def test_big_array_goes_and_comes_back_without_copies(engine_and_client):
-    _, c = engine_and_client
+    _, shared_client = engine_and_client
+    # Frames: shared memory (on by default between processes) copies an ordinary array
+    # into the arena once; test_shared.py covers that path.
+    c = zerocan.Client(shared_client.url, timeout=20, shared_memory=False)
+    try:
+        _echo_without_copies(c)
+    finally:
+        c.close()
+
+
+def _echo_without_copies(c):
     a = np.random.default_rng(0).random(2_000_000)
     f = c.apply("echo", a)
     assert f.sent_buffers == [(a.ctypes.data, a.nbytes)]  # the array itself went to libzmq

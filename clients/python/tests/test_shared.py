@@ -293,3 +293,97 @@ def test_without_shared_memory_a_python_engine_ignores_hellos_and_refuses_refere
     finally:
         sock.close()
         engine.stop()
+
+
+# ---- the Python client passing arguments in shared memory -------------------------------
+
+def _wait_until(done, seconds=10.0):
+    import time
+    until = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < until, "timed out"
+        time.sleep(0.01)
+
+
+def _client_calls_in_place(url, via_broker=False):
+    arena = shared.Arena(64 * MIB)
+    with zerocan.Client(url, timeout=20, shared_arena=arena) as client:
+        if via_broker:
+            assert client.call("add", 1, 1) == 2  # the engine has joined the broker
+        _wait_until(lambda: client.shares_memory)
+        x = arena.empty(4 * MIB, np.uint8)
+        x[:] = 1
+        x[-1] = 3
+        assert client.call("sum", x) == 4 * MIB + 2
+        assert client.counters["shared_refs_sent"] == 1
+        assert client.counters["shared_bytes_copied"] == 0  # read where it lies
+        # An ordinary array: copied into the arena once, and given back with the reply.
+        y = np.full(MIB // 8, 0.5)
+        assert client.call("sum", y) == 0.5 * y.size
+        assert client.counters["shared_bytes_copied"] == y.nbytes
+        assert arena.used == x.nbytes  # only x: the copy went back
+        # Small arguments stay inline.
+        assert client.call("add", 2, 3) == 5
+        assert client.counters["shared_refs_sent"] == 2
+
+
+def test_a_client_passes_arena_arrays_in_place_and_copies_others_once(builtins_url):
+    _client_calls_in_place(builtins_url)
+
+
+def test_a_client_passes_references_through_a_broker_to_an_engine_on_this_host():
+    from conftest import cpp_command_missing, free_tcp_endpoint, zerocan_bin
+    missing = cpp_command_missing("broker")
+    if missing:
+        pytest.skip(missing)
+    front, back = free_tcp_endpoint(), free_tcp_endpoint()
+    broker = subprocess.Popen([str(zerocan_bin()), "broker", "--frontend", front, "--backend",
+                               back, "--heartbeat-ms", "50"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = zerocan.Engine(back, builtins=True).start()
+    try:
+        _client_calls_in_place(front, via_broker=True)
+    finally:
+        engine.stop()
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_without_shared_memory_a_client_sends_frames():
+    engine = zerocan.Engine("tcp://127.0.0.1:*", builtins=True, bind=True).start()
+    try:
+        with zerocan.Client(engine.endpoint, timeout=20, shared_memory=False) as client:
+            x = shared.empty(MIB, np.uint8)
+            x[:] = 2
+            assert client.call("sum", x) == 2 * MIB
+            assert not client.shares_memory
+            assert client.counters["shared_refs_sent"] == 0
+    finally:
+        engine.stop()
+
+
+def test_a_timed_out_call_keeps_its_block_until_the_late_reply():
+    import time
+    engine = zerocan.Engine("tcp://127.0.0.1:*", builtins=True, bind=True)
+
+    @engine.register("slow_nbytes")
+    def slow_nbytes(x):
+        time.sleep(0.4)
+        return x.nbytes
+
+    engine.start()
+    arena = shared.Arena(16 * MIB)
+    try:
+        with zerocan.Client(engine.endpoint, timeout=20, shared_arena=arena) as client:
+            _wait_until(lambda: client.shares_memory)
+            # The engine still reads the argument in place after the client gave up.
+            y = np.ones(MIB // 8)
+            with pytest.raises(zerocan.TimeoutError):
+                client.apply_with("slow_nbytes", (y,), timeout=0.05).result()
+            assert arena.used == y.nbytes  # not reused under the running call
+            time.sleep(0.6)
+            assert client.call("add", 1, 2) == 3  # the late reply has come meanwhile
+            _wait_until(lambda: client.counters["late"] == 1)
+            _wait_until(lambda: arena.used == 0)
+    finally:
+        engine.stop()

@@ -272,14 +272,16 @@ def test_python_engine_drops_unsigned_and_wrong_key(py_engine, key):
             with pytest.raises(zerocan.TimeoutError):
                 c.call("add", 1, 2)
         assert c.counters["received"] == 0  # never answered
-    assert wait_for(lambda: py_engine.counters["refused"] == 3)
+    # The three calls and the client's hello (shared memory): none signed with the key.
+    assert wait_for(lambda: py_engine.counters["refused"] == 4)
     assert py_engine.counters["calls"] == 0
 
 
 def test_signed_client_ignores_unsigned_replies():
     engine = zerocan.Engine(free_tcp_endpoint(), bind=True).start()  # no key
     try:
-        with zerocan.Client(engine.endpoint, key=KEY, timeout=0.5) as c:
+        # No hello (shared_memory=False): the one message is the call.
+        with zerocan.Client(engine.endpoint, key=KEY, timeout=0.5, shared_memory=False) as c:
             with pytest.raises(zerocan.TimeoutError):
                 c.call("add", 1, 2)
             assert c.counters["rejected"] == 1
@@ -396,8 +398,9 @@ def test_cpp_engine_drops_python_calls_without_the_key(cpp_engine, key_file, key
                 c.call("add", 1, 2)
         assert c.counters["received"] == 0  # never answered
     calls, errors, err = stop_engine(cpp_engine["proc"])
-    # The C++ engine counts refused messages as errors (src/engine.cc), not as calls.
-    assert errors == 3, err
+    # The C++ engine counts refused messages as errors (src/engine.cc), not as calls: the
+    # three calls and the client's hello (shared memory).
+    assert errors == 4, err
 
 
 @needs_cpp

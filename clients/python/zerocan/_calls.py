@@ -62,32 +62,39 @@ def call_timeout(default: Optional[float], timeout: TimeoutArg) -> Optional[floa
 
 class EncodedCall:
     """One apply ready to send (``send_multipart(parts, copy=True)``): ``parts`` (empty
-    delimiter, envelope, payload frames, signature if keyed), its call id, the tracker of its zero-copy frames and the
-    (address, length) of each (the caller's own buffers)."""
+    delimiter, envelope, payload frames, signature if keyed), its call id, the tracker of
+    its zero-copy frames, the (address, length) of each (the caller's own buffers), and
+    the arena blocks its shared-memory references name (``wire.Writer.shared_blocks``:
+    keep them until the reply) with what placing them cost."""
 
-    __slots__ = ("parts", "call_id", "tracker", "sent_buffers")
+    __slots__ = ("parts", "call_id", "tracker", "sent_buffers", "shared_blocks",
+                 "shared_refs", "shared_bytes_copied")
 
     def __init__(self, parts: list[Any], call_id: int, tracker: Optional[zmq.MessageTracker],
-                 sent_buffers: list[tuple[int, int]]) -> None:
+                 sent_buffers: list[tuple[int, int]], writer: wire.Writer) -> None:
         self.parts = parts
         self.call_id = call_id
         self.tracker = tracker
         self.sent_buffers = sent_buffers
+        self.shared_blocks = writer.shared_blocks
+        self.shared_refs = writer.shared_refs
+        self.shared_bytes_copied = writer.shared_bytes_copied
 
 
 def encode_call(header: wire.Header, name: Union[str, Callable[..., Any]],
                 args: tuple[Any, ...], kwargs: Optional[dict[str, Any]],
                 timeout: Optional[float], policy: Any, registry: Registry,
                 signer: Optional[Signer], retries: int = 0,
-                stream_credits: int = 0) -> EncodedCall:
+                stream_credits: int = 0, shared_arena: Any = None) -> EncodedCall:
     """Encodes ``name(*args, **kwargs)`` under ``header``. ``name`` may be a Python
-    callable: it is sent by value (cloudpickle) as ``zerocan.pickled``."""
+    callable: it is sent by value (cloudpickle) as ``zerocan.pickled``. With
+    ``shared_arena`` large payloads travel as references into it (wire.Writer)."""
     if not isinstance(name, str):
         import cloudpickle  # type: ignore[import-untyped]
         args = (cloudpickle.dumps(name), *args)
         name = PICKLED_FUNCTION
     timeout_ms = 0 if timeout is None else max(1, min(int(timeout * 1000), 0xFFFFFFFF))
-    w = wire.Writer(policy, registry)
+    w = wire.Writer(policy, registry, shared_arena)
     w.set_header(header)
     w.apply(name, args, kwargs or {}, timeout_ms, retries)
     if stream_credits:  # a stream call (client.stream)
@@ -108,15 +115,16 @@ def encode_call(header: wire.Header, name: Union[str, Callable[..., Any]],
         # The frames' buffers are read in place (no copy) and no view of them is kept,
         # so the tracker can complete.
         parts.append(signer.signature(parts[1:]))
-    return EncodedCall(parts, header.message_id, tracker, sent)
+    return EncodedCall(parts, header.message_id, tracker, sent, w)
 
 
 def read_reply(parts: list[zmq.Frame], signer: Optional[Signer], limits: DecodeLimits,
-               registry: Registry,
-               counters: dict[str, int]) -> Optional[tuple[int, wire.Message]]:
+               registry: Registry, counters: dict[str, int],
+               hellos: bool = False) -> Optional[tuple[int, wire.Message]]:
     """(call id, result message) of a received ``["", envelope, payloads...,
-    signature?]``, or None for anything that is not one for a client (counted in ``counters["rejected"]``
-    when refused: malformed, unsigned or forged, undecodable)."""
+    signature?]``, or None for anything that is not one for a client (counted in
+    ``counters["rejected"]`` when refused: malformed, unsigned or forged, undecodable).
+    ``hellos``: a peer's hello too, as (0, message)."""
     counters["received"] += 1
     if not parts or parts[0].buffer.nbytes != 0 or len(parts) < 2:
         counters["rejected"] += 1
@@ -131,6 +139,8 @@ def read_reply(parts: list[zmq.Frame], signer: Optional[Signer], limits: DecodeL
         frames = frames[:-1]
     try:
         msg = wire.Message(frames, (), limits, registry)
+        if hellos and msg.kind == "hello":
+            return 0, msg
         if msg.kind != "result":
             return None  # hellos/heartbeats are not for clients
         call_id = msg.call_id

@@ -12,6 +12,10 @@ with ``copy=False``: the socket holds a reference to the caller's buffer until l
 releases it; ``future.tracker`` (a ``zmq.MessageTracker``) reports when. Do not modify
 such a buffer before ``future.tracker.done``.
 
+On one host the client passes large arguments in shared memory (``shared_memory``,
+zerocan.shared): an array allocated with ``zerocan.shared.empty`` travels as a reference
+with no copy, any other is copied once into the arena.
+
 Results are decoded on the I/O thread: numpy arrays and memoryviews in them view the
 received frames (writable; see ``wire._FrameArray``).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import heapq
 import os
 import threading
@@ -38,9 +43,10 @@ from ._stream import Stream
 from ._watch import ConnectionWatch
 from .curve import KeyPairLike
 from .curve import configure_client as configure_curve_client
-from .errors import TimeoutError, TransportError
+from .errors import Error, RemoteError, TimeoutError, TransportError
 from .placement import IoCpus, channel_context
 from .policy import Policy
+from .shared import Arena, default_arena, this_host
 from .signing import KeyLike, Signer, make_signer
 from .wire import DecodeLimits, Registry
 
@@ -57,6 +63,8 @@ class CallFuture(concurrent.futures.Future):
     # (Addresses, not the frames: a frame object kept here would keep the message alive
     # and the tracker from completing.)
     sent_buffers: list[tuple[int, int]] = []
+    # The arena blocks the call's shared-memory references name, kept until its reply.
+    shared_blocks: Optional[list[Any]] = None
     _client: Optional["weakref.ref[Client]"] = None
 
     def cancel(self) -> bool:
@@ -101,6 +109,14 @@ class Client:
     such as ``"0,2-3"``; ``zerocan.placement``), in a context of its own; default: the
     shared ``zmq.Context.instance()``, anywhere.
 
+    ``shared_memory`` (default True): ask the peer where it runs (a hello); when an engine
+    or a broker answers from this host (same kernel, network namespace and user),
+    payloads at or above the threshold travel as references into ``shared_arena``
+    (default ``zerocan.shared.default_arena()``): arrays from ``zerocan.shared.empty``
+    with no copy, others copied in once (``counters["shared_bytes_copied"]``), frames
+    when it is full. A block stays allocated until its call's reply (a call given up:
+    until its late reply, at most 60 s). False: frames only, no hello.
+
     ``retries``: through a broker, how many more engines may run a call whose engine was
     lost while running it (0: it fails with ``zerocan.EngineLost``); only for functions
     safe to run twice. ``heartbeat`` (seconds, None = off) and ``liveness``: ZMTP
@@ -119,8 +135,19 @@ class Client:
                  key: Optional[KeyLike] = None, key_file: Optional[str] = None,
                  retries: int = 0, heartbeat: Optional[float] = 1.0,
                  liveness: int = 3, curve_server_key: Optional[str] = None,
-                 curve: Optional[KeyPairLike] = None) -> None:
+                 curve: Optional[KeyPairLike] = None, shared_memory: bool = True,
+                 shared_arena: Optional[Arena] = None) -> None:
         self.url = url
+        self.shared_memory = shared_memory and not url.startswith("inproc://")
+        self._shared_arena_option = shared_arena
+        # Set by the I/O thread once the peer's hello says it shares this host; read by
+        # callers' threads when they encode (one reference: atomic under the GIL).
+        self._shared_arena: Optional[Arena] = None
+        # Blocks of calls given up (timeout, cancel, lost connection) that the engine may
+        # still be reading: call id -> (monotonic release time, blocks). The I/O thread's.
+        self._held_blocks: dict[int, tuple[float, list[Any]]] = {}
+        if self.shared_memory and limits.shared_refs == "refuse":
+            limits = dataclasses.replace(limits, shared_refs="map")
         self.retries = retries
         self._liveness_s = (heartbeat or 0) * liveness
         self.signer: Optional[Signer] = make_signer(key, key_file)
@@ -137,7 +164,8 @@ class Client:
         self._streams: dict[int, Stream] = {}  # the I/O thread's: stream calls running
         self._deadlines: list[tuple[float, int]] = []
         self._closed = False
-        self.counters = {"sent": 0, "received": 0, "late": 0, "rejected": 0}
+        self.counters = {"sent": 0, "received": 0, "late": 0, "rejected": 0,
+                         "shared_refs_sent": 0, "shared_bytes_copied": 0}
         self._socket = self._context.socket(zmq.DEALER)
         try:
             _configure(self._socket, limits)
@@ -184,8 +212,9 @@ class Client:
         with self._lock:
             header = self._session.next_header()
         call = encode_call(header, name, args, kwargs, t, self.policy, self.registry,
-                           self.signer, self.retries)
+                           self.signer, self.retries, shared_arena=self._shared_arena)
         fut = CallFuture()
+        fut.shared_blocks = call.shared_blocks
         fut._client = weakref.ref(self)
         fut.call_id = call.call_id
         fut.tracker = call.tracker
@@ -195,6 +224,9 @@ class Client:
         with self._lock:
             if self._closed:
                 raise TransportError("client closed")
+            if call.shared_refs:
+                self.counters["shared_refs_sent"] += call.shared_refs
+                self.counters["shared_bytes_copied"] += call.shared_bytes_copied
             self._outbox.append((parts, fut, deadline))
             if not self._wake_pending:  # one wake-up byte per batch of calls
                 self._wake_pending = True
@@ -228,6 +260,11 @@ class Client:
         return _map.run_threaded(
             lambda f, args: self.apply_with(f, args, timeout=call_timeout), self._cancel,
             function, iterables, ordered, progress, max_in_flight, timeout)
+
+    @property
+    def shares_memory(self) -> bool:
+        """Whether calls now pass large arguments in shared memory (``shared_memory``)."""
+        return self._shared_arena is not None
 
     def _cancel(self, fut: CallFuture) -> None:
         """Gives up a call (``fut.cancel()``): a call not yet sent is never sent, one
@@ -319,6 +356,8 @@ class Client:
         poller.register(self._wake_r, zmq.POLLIN)
         poller.register(self._watch.socket, zmq.POLLIN)
         try:
+            if self.shared_memory:
+                self._send_hello()
             while True:
                 timeout_ms = self._next_timeout_ms()
                 if self._pending and self._watch.check_interval is not None:
@@ -406,7 +445,9 @@ class Client:
             self._streams[entry.call_id] = entry
         else:
             if entry.credit is None:
-                known = self._pending.pop(entry.call_id, None) is not None
+                cancelled = self._pending.pop(entry.call_id, None)
+                self._hold_blocks(entry.call_id, cancelled)
+                known = cancelled is not None
                 known = self._streams.pop(entry.call_id, None) is not None or known
             else:
                 known = entry.call_id in self._streams
@@ -423,18 +464,68 @@ class Client:
                 entry._push("error", TransportError(f"send failed: {e}"))
 
     def _on_reply(self, parts: list[zmq.Frame]) -> None:
-        reply = read_reply(parts, self.signer, self.limits, self.registry, self.counters)
+        reply = read_reply(parts, self.signer, self.limits, self.registry, self.counters,
+                           hellos=self.shared_memory)
         if reply is None:
             return
         call_id, msg = reply
+        if msg.kind == "hello":
+            self._accept_hello(msg)
+            return
         if deliver_to_stream(self._streams, call_id, msg):
             return
         fut = self._pending.pop(call_id, None)
         if fut is None:
             self.counters["late"] += 1
+            self._held_blocks.pop(call_id, None)  # the engine is done with them now
             return
+        fut.shared_blocks = None  # answered: the engine reads them no more
         result, exc = outcome(msg)
+        if (isinstance(exc, RemoteError) and exc.type == "zerocan.DecodeError"
+                and ("shared memory" in exc.message or "shared-memory" in exc.message)):
+            # The peer could not map our arena (another host after a reconnect, a policy
+            # of its own): later calls send frames.
+            self._shared_arena = None
         _resolve(fut, result=result, exc=exc)
+
+    # ---- shared memory ------------------------------------------------------------
+
+    def _send_hello(self) -> None:
+        """Asks the peer where it runs (answered by engines and brokers that share
+        memory; anyone else stays silent and calls send frames)."""
+        with self._lock:
+            header = self._session.next_header()
+        w = wire.Writer()
+        w.set_header(header)
+        w.hello("client", "client", (), this_host())
+        parts: list[Any] = [b"", w.finish().envelope]
+        if self.signer is not None:
+            parts.append(self.signer.signature(parts[1:]))
+        try:
+            self._socket.send_multipart(parts, copy=True)
+        except zmq.ZMQError:
+            pass  # no peer yet: calls send frames
+
+    def _accept_hello(self, msg: wire.Message) -> None:
+        host = msg.hello_host()
+        me = this_host()
+        if host is None or me is None or tuple(host) != me or self._shared_arena is not None:
+            return
+        try:
+            self._shared_arena = self._shared_arena_option or default_arena()
+        except Error:
+            pass  # no arena (no memfd, no memory): calls keep sending frames
+
+    # A call given up may still be running on its engine, reading its arguments in place:
+    # their blocks wait for the late reply, at most this long (a cancelled call gets none).
+    _HOLD_GIVEN_UP_BLOCKS_S = 60.0
+
+    def _hold_blocks(self, call_id: int, fut: Any) -> None:
+        blocks = getattr(fut, "shared_blocks", None)
+        if blocks:
+            self._held_blocks[call_id] = (time.monotonic() + self._HOLD_GIVEN_UP_BLOCKS_S,
+                                          blocks)
+            fut.shared_blocks = None
 
     def _next_timeout_ms(self) -> Optional[int]:
         while self._deadlines and self._deadlines[0][1] not in self._pending:
@@ -445,15 +536,20 @@ class Client:
 
     def _expire(self) -> None:
         now = time.monotonic()
+        if self._held_blocks:
+            for call_id in [c for c, (until, _) in self._held_blocks.items() if until <= now]:
+                del self._held_blocks[call_id]
         while self._deadlines and self._deadlines[0][0] <= now:
             _, call_id = heapq.heappop(self._deadlines)
             fut = self._pending.pop(call_id, None)
             if fut is not None:
+                self._hold_blocks(call_id, fut)
                 _resolve(fut, exc=TimeoutError(f"call {call_id} to {self.url}: no reply "
                                                "within its timeout"))
 
     def _fail_pending_lost(self) -> None:
         for call_id, fut in list(self._pending.items()):
+            self._hold_blocks(call_id, fut)
             _resolve(fut, exc=broker_lost(self.url, self._liveness_s,
                                           getattr(fut, "function", "")))
         self._pending.clear()

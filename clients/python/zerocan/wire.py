@@ -218,10 +218,19 @@ class Writer:
     """Builds one envelope in one pass, as ``zerocan::EnvelopeWriter`` does."""
 
     def __init__(self, policy: Optional[Policy] = None,
-                 registry: Optional[Registry] = None) -> None:
+                 registry: Optional[Registry] = None, shared_arena: Any = None) -> None:
+        """``shared_arena`` (a zerocan.shared.Arena): payloads at or above the threshold
+        travel as references into it (Payload.shared), as with C++'s
+        Policy::shared_arena: in place when they already lie in it, else copied in once
+        (``shared_bytes_copied``), else, when it is full, as frames. ``shared_blocks``
+        holds what they refer to; keep it until the receiver is done (the call's reply)."""
         self.policy = policy if policy is not None else Policy.default()
         self.registry = registry if registry is not None else Registry.default()
         self.threshold = self.policy.inline_threshold
+        self.shared_arena = shared_arena
+        self.shared_blocks: list[Any] = []
+        self.shared_refs = 0
+        self.shared_bytes_copied = 0
         self.msg = S.Envelope.new_message(num_first_segment_words=FIRST_SEGMENT_WORDS)
         self.msg.version = PROTOCOL_VERSION
         self.frames: list[Any] = []
@@ -452,8 +461,11 @@ class Writer:
             self.array(vb, np.asarray(obj))
 
     def place(self, pb: Any, data: Any, size: int) -> None:
-        """PlacePayload: a frame at or above the threshold, else inline (a copy)."""
+        """PlacePayload: at or above the threshold a shared-memory reference (with an
+        arena) or a frame, else inline (a copy)."""
         if size > 0 and (size >= self.threshold or size > MAX_CAPNP_LIST):
+            if self.shared_arena is not None and self._place_shared(pb, data, size):
+                return
             self.frames.append(data)
             ref = pb.init("frame")
             ref.index = len(self.frames)
@@ -461,6 +473,25 @@ class Writer:
             ref.length = size
         else:
             pb.inline = data if type(data) is bytes else bytes(data)
+
+    def _place_shared(self, pb: Any, data: Any, size: int) -> bool:
+        arena = self.shared_arena
+        where = arena.locate(data)
+        if where is not None:
+            block = data  # already in the arena: referred to in place
+        else:
+            block = arena.allocate(size)
+            if block is None:
+                return False  # full: a frame
+            block[:] = np.frombuffer(data, dtype=np.uint8, count=size)  # the one copy
+            self.shared_bytes_copied += size
+            where = arena.locate(block)
+        ref = pb.init("shared")
+        ref.arena = arena.name
+        ref.offset, ref.length = where
+        self.shared_blocks.append(block)
+        self.shared_refs += 1
+        return True
 
     def bytes(self, vb: Any, obj: Any) -> None:
         if type(obj) is bytes:
@@ -800,6 +831,8 @@ class Message:
         elif kind == "hello":
             h = body.hello
             self._hello = (h.peerId, h.role, list(h.functions))
+            self._hello_host = ((h.host.bootId, h.host.netns, h.host.uid)
+                                if h._has("host") else None)
         elif kind == "heartbeat":
             h = body.heartbeat
             self._heartbeat = (h.peerId, h.nowNs)
@@ -945,6 +978,12 @@ class Message:
     def hello(self) -> tuple[str, str, list[str]]:
         self._require("hello")
         return self._hello
+
+    def hello_host(self) -> Optional[tuple[str, int, int]]:
+        """Where a hello's sender runs (as zerocan.shared.this_host() says it), or None
+        when it did not say."""
+        self._require("hello")
+        return self._hello_host
 
     def heartbeat(self) -> tuple[str, int]:
         self._require("heartbeat")
