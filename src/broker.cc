@@ -707,15 +707,7 @@ class Broker::Impl {
     EnvelopeWriter w;
     w.SetHeader(NextHeader());
     w.SetHello("broker", "broker", {}, &HostIdentity::This());
-    RoutingFrames routing;
-    for (const std::string& r : client_routing) routing.push_back(FrameOf(r));
-    Outgoing hello = w.Finish();
-    try {
-      if (options_.signer) options_.signer->Sign(&hello);
-      Send(frontend_, std::move(hello), routing);
-    } catch (const TransportError&) {
-      ++dropped_;
-    }
+    SendToClient(w.Finish(), client_routing);
   }
 
   // Call `w` for an engine that cannot map this host's arenas: empty when it has no
@@ -767,20 +759,24 @@ class Broker::Impl {
     EnvelopeWriter w;
     w.SetHeader(NextHeader());
     w.SetError(call_id, engine, info);
+    SendToClient(w.Finish(), client_routing);
+  }
+
+  // A message of the broker's own (an error, a hello) to a client: captured, since it is
+  // part of the conversation (a capture lists every call and the result it got,
+  // including EngineLost), signed with the broker's key, sent.
+  void SendToClient(Outgoing&& message, const std::vector<std::string>& client_routing) {
     RoutingFrames routing;
     for (const std::string& r : client_routing) routing.push_back(FrameOf(r));
-    Outgoing reply = w.Finish();
     if (capture_file_ != nullptr || capture_.handle() != nullptr) {
-      // The broker's own replies are part of the conversation too: a capture lists
-      // every call and the result it got, including EngineLost.
       ReceivedMessage shown;
       shown.routing = routing;
-      shown.frames.push_back(reply.envelope());
+      shown.frames.push_back(message.envelope());
       Capture(shown, Direction::kReply, "broker");
     }
     try {
-      if (options_.signer) options_.signer->Sign(&reply);
-      Send(frontend_, std::move(reply), routing);
+      if (options_.signer) options_.signer->Sign(&message);
+      Send(frontend_, std::move(message), routing);
     } catch (const TransportError&) {
       ++dropped_;
     }

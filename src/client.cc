@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "connection_watch.h"
 #include "internal/strings.h"
+#include "wire/access.h"
 #include "zerocan/placement.h"
 #include "zerocan/shared.h"
 #include "zerocan/transport/zmq.h"
@@ -216,9 +217,22 @@ class ClientCore {
   }
 
   void Finish(PendingCall& call, Result result) {  // mu_ held
+    if (!call.shared_blocks.empty() && result.reply() && RefersToOurArena(result.reply())) {
+      // The engine handed (part of) an argument back in place: the result reads the
+      // argument's blocks, and keeps them.
+      internal::WireAccess::KeepReturnedBlocks(result.reply(), std::move(call.shared_blocks));
+    }
     call.result = std::move(result);
     call.done = true;
     call.shared_blocks.clear();  // answered (or the engine is gone): it reads them no more
+  }
+
+  bool RefersToOurArena(const Message& reply) const {  // mu_ held
+    if (shared_arena_ == nullptr) return false;
+    for (const SharedOrigin& origin : reply.shared_origins()) {
+      if (origin.arena == shared_arena_->name()) return true;
+    }
+    return false;
   }
 
   // A call given up before its answer (timeout, cancel, a lost connection) may still be

@@ -744,7 +744,12 @@ class Engine::Impl {
                                   bool stream) {
     RemoteErrorInfo error;
     try {
-      EnvelopeWriter w(policy_, registry_);
+      // A result that is (part of) an argument from the caller's arena goes back as a
+      // reference to it: the caller keeps its blocks until its reply (and with it).
+      std::vector<SharedOrigin> returns = message.shared_origins();
+      Policy policy = policy_;
+      if (!returns.empty() && !stream) policy.shared_returns = &returns;
+      EnvelopeWriter w(policy, registry_);
       w.SetHeader(NextHeader());
       ValueWriter out = w.StartResult(message.message_id(), options_.id);
       StreamWriter items(control);

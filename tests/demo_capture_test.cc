@@ -66,9 +66,10 @@ TEST(DemoCaptureTest, InspectListsEveryCallAndItsResult) {
   // 12 calls around an engine being killed (some answered by the broker's EngineLost).
   EXPECT_GE(kinds["apply"], 7000);
   EXPECT_EQ(hellos["engine"], 2);  // both engines announced themselves
-  // and the clients, without shared memory (the default), asked nothing
-  EXPECT_EQ(kinds["hello"], 2);
-  EXPECT_EQ(hellos["client"], 0);
+  // The client asked where the broker runs (shared memory), and the broker answered.
+  EXPECT_EQ(hellos["client"], 1);
+  EXPECT_EQ(hellos["broker"], 1);
+  EXPECT_EQ(kinds["hello"], 4);
   ASSERT_EQ(static_cast<size_t>(kinds["apply"]), calls.size()) << "apply ids repeat";
   for (uint64_t id : calls) {
     auto it = results.find(id);

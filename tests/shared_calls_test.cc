@@ -312,18 +312,33 @@ TEST(SharedCallTest, AClientAndAnEngineOnOneHostPassArgumentsInPlace) {
     EXPECT_EQ(kept->view.data()[12345], std::byte{9});  // the engine reads the same pages
   }
 
-  // An echo comes back as a frame of its own, not as a reference to the client's block
-  // (which the client frees, and may rewrite, once the call is answered).
+  // An echo hands the argument back in place: a reference to the client's own block,
+  // which the result keeps (the same pages: a byte written there shows in the result).
   {
     Buffer echoed = *arena->Allocate(1 << 20);
     std::memset(echoed.mutable_data(), 5, echoed.size());
+    before = GlobalStats().Snapshot();
     Result e = client.apply("echo", Tensor(DType::kUInt8, Shape{echoed.size()}, echoed)).get();
     ASSERT_TRUE(e.ok()) << Why(e);
-    std::memset(echoed.mutable_data(), 6, echoed.size());
+    EXPECT_TRUE(e.value().InSharedMemory());
+    EXPECT_EQ(GlobalStats().Snapshot().shared_refs_sent, before.shared_refs_sent + 2);
+    EXPECT_EQ(GlobalStats().Snapshot().shared_bytes_copied, before.shared_bytes_copied);
     Buffer got = e.value().TensorBytes();
     ASSERT_EQ(got.size(), echoed.size());
     EXPECT_EQ(got.data()[got.size() / 2], std::byte{5});
-    EXPECT_FALSE(e.value().InSharedMemory());
+    std::memset(echoed.mutable_data(), 6, echoed.size());
+    EXPECT_EQ(got.data()[got.size() / 2], std::byte{6});
+    // An ordinary argument's copy in the arena comes back the same way and stays
+    // allocated while the result lives.
+    size_t used = arena->used();
+    std::vector<uint8_t> plain(1 << 20, 7);
+    Result p = client.apply("echo", plain).get();
+    ASSERT_TRUE(p.ok()) << Why(p);
+    EXPECT_TRUE(p.value().InSharedMemory());
+    EXPECT_EQ(p.as<std::vector<uint8_t>>(), plain);
+    EXPECT_EQ(arena->used(), used + plain.size());
+    p = Result();
+    EXPECT_EQ(arena->used(), used);
   }
 
   // A function that writes into its argument gets a copy of its own: the client's bytes

@@ -118,16 +118,14 @@ struct ClientOptions {
   // Stream calls (Client::stream): items the engine may send ahead of the reader; the
   // client grants more as items are read, so at most this many wait unread.
   uint32_t stream_credits = 64;
-  // Shared memory with an engine on this host (shared.h). The client asks its peer where
-  // it runs (a hello); when an engine answers from this host (same kernel, network
-  // namespace and user), arguments at or above the threshold travel as references into
-  // `shared_arena` (null: SharedArena::ProcessDefault()): those already in it with no
-  // copy, others copied in once (Stats::shared_bytes_copied), frames when it is full.
-  // A block stays allocated until the call is answered. Brokers do not answer the hello
-  // yet, so calls through one send frames. Off by default (opt in): a client talking to
-  // a broker over tcp under ThreadSanitizer lost its connection after the hello, a fault
-  // not yet understood.
-  bool shared_memory = false;
+  // Shared memory with a peer on this host (shared.h). The client asks its peer where
+  // it runs (a hello); when an engine or a broker answers from this host (same kernel,
+  // network namespace and user), arguments at or above the threshold travel as
+  // references into `shared_arena` (null: SharedArena::ProcessDefault()): those already
+  // in it with no copy, others copied in once (Stats::shared_bytes_copied), frames when
+  // it is full. A block stays allocated until the call is answered. A peer that does not
+  // answer costs nothing: calls send frames. false: no hello, frames only.
+  bool shared_memory = true;
   std::shared_ptr<SharedArena> shared_arena;
 };
 

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "absl/container/inlined_vector.h"
 #include "zerocan/buffer.h"
@@ -96,6 +97,10 @@ class Message {
 
   // Hello accessor (kHello): where the sender runs (Hello.host), unset when it did not say.
   std::optional<HostIdentity> hello_host() const;
+
+  // The payloads that lie in their sender's arena (Payload.shared), as mapped by a
+  // decode with DecodeLimits::SharedRefs::kMap; empty otherwise.
+  std::vector<SharedOrigin> shared_origins() const;
 
   // The frames, still owned by this message (shared by every payload Buffer).
   const FrameList& frames() const noexcept;

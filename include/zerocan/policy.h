@@ -28,6 +28,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "zerocan/buffer.h"
 
@@ -35,6 +36,7 @@ namespace zerocan {
 
 class SharedArena;     // zerocan/shared.h
 struct HostIdentity;  // zerocan/shared.h
+struct SharedOrigin;  // zerocan/shared.h
 
 // Measured on the reference machine (2-vCPU VM, libzmq 4.3.4) by `zerocan tune`: end to
 // end, inline wins below about 1-2 KiB on every transport and a zero-copy frame wins from
@@ -88,6 +90,12 @@ struct Policy {
   // Set by a client for the calls to a peer whose hello said it shares this host; unset
   // by default.
   SharedArena* shared_arena = nullptr;
+  // Payloads a reply may hand back as they came: the shared-memory arguments of the
+  // call it answers (Message::shared_origins()). A payload at or above the threshold
+  // that lies inside one travels back as a reference to the same bytes of the caller's
+  // arena, with no copy; the caller keeps those blocks as long as its result. Not owned;
+  // set by an engine for the reply to each call that had such arguments.
+  const std::vector<SharedOrigin>* shared_returns = nullptr;
 
   // The process default: ZEROCAN_INLINE_THRESHOLD if set and valid, else the config
   // file's "default", else kDefaultInlineThreshold. Read once; warnings (invalid

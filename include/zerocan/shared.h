@@ -40,6 +40,14 @@ struct HostIdentity {
   }
 };
 
+// A received payload that lies in its sender's arena (Payload.shared), as the decoder
+// mapped it (Message::shared_origins()).
+struct SharedOrigin {
+  std::string arena;    // the sender's arena
+  uint64_t offset = 0;  // where the payload begins in it
+  Buffer view;          // its bytes, mapped read-only here
+};
+
 class SharedArena {
  public:
   // An arena of `capacity` bytes (rounded up to the page size). Pages are committed as

@@ -64,6 +64,9 @@ struct WireAccess {
   }
   static wire::Envelope::Reader Root(const Message& m) noexcept;
   static const MessageState& State(const Message& m) noexcept;
+  // Keeps `blocks` (of this process's arena) as long as any view of `m`: a result whose
+  // references name the caller's own argument blocks.
+  static void KeepReturnedBlocks(const Message& m, std::vector<Buffer>&& blocks);
   static wire::Envelope::Builder Root(EnvelopeWriter& writer);
   // The thread's spare EnvelopeWriter state (src/wire/envelope.cc).
   static std::unique_ptr<EnvelopeWriter::Impl>& SpareWriter();

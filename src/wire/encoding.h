@@ -14,6 +14,7 @@
 #include "zerocan/buffer.h"
 #include "zerocan/limits.h"
 #include "zerocan/message.h"
+#include "zerocan/shared.h"
 #include "zerocan/writer.h"
 #include "zerocan/wire/zerocan.capnp.h"
 
@@ -43,7 +44,7 @@ void CopyText(capnp::Text::Builder dst, std::string_view text) noexcept;
 // DecodeError naming the field path.
 // Payload.shared references met on the way are mapped into `shared_views` (keyed by
 // MessageState::Key).
-using SharedViews = absl::flat_hash_map<const void*, Buffer>;
+using SharedViews = absl::flat_hash_map<const void*, SharedOrigin>;
 void WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
                   const DecodeLimits& limits, uint64_t budget, wire::Envelope::Reader envelope,
                   SharedViews* shared_views);

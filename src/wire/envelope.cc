@@ -244,6 +244,13 @@ void EnvelopeWriter::SetHello(std::string_view peer_id, std::string_view role,
   }
 }
 
+std::vector<SharedOrigin> Message::shared_origins() const {
+  std::vector<SharedOrigin> out;
+  if (state_ == nullptr) return out;
+  for (const auto& [where, origin] : state_->shared_views_) out.push_back(origin);
+  return out;
+}
+
 std::optional<HostIdentity> Message::hello_host() const {
   if (body_kind() != BodyKind::kHello) {
     throw DecodeError(DecodeError::Code::kTypeMismatch, "hello_host: not a hello");
@@ -481,6 +488,9 @@ std::string_view View(capnp::Text::Reader t) { return std::string_view(t.begin()
 namespace internal {
 wire::Envelope::Reader WireAccess::Root(const Message& m) noexcept { return m.state_->root_; }
 const MessageState& WireAccess::State(const Message& m) noexcept { return *m.state_; }
+void WireAccess::KeepReturnedBlocks(const Message& m, std::vector<Buffer>&& blocks) {
+  for (Buffer& b : blocks) m.state_->returned_blocks_.push_back(std::move(b));
+}
 }  // namespace internal
 
 wire::Envelope::Reader GeneratedEnvelope(const Message& message) {
@@ -706,7 +716,7 @@ std::optional<Materialized> MaterializeApply(const Message& apply, const Policy&
   const MessageState& state = WireAccess::State(apply);
   if (state.shared_views_.empty()) return std::nullopt;
   Materialized out;
-  for (const auto& [where, view] : state.shared_views_) out.bytes += view.size();
+  for (const auto& [where, origin] : state.shared_views_) out.bytes += origin.view.size();
   Policy frames_only = policy;
   frames_only.shared_arena = nullptr;  // Copy re-places every reference from its bytes
   EnvelopeWriter writer(frames_only);

@@ -17,6 +17,7 @@
 #include "zerocan/buffer.h"
 #include "zerocan/error.h"
 #include "zerocan/message.h"
+#include "zerocan/shared.h"
 #include "zerocan/wire/zerocan.capnp.h"
 
 namespace zerocan::internal {
@@ -57,7 +58,11 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   // The bytes of each Payload.shared reference, mapped and bounds-checked by the
   // decoder's walk, keyed by where the reference lies in the envelope. Each view keeps
   // its arena mapped for as long as this message lives.
-  absl::flat_hash_map<const void*, Buffer> shared_views_;
+  absl::flat_hash_map<const void*, SharedOrigin> shared_views_;
+  // Blocks of the receiver's own arena that this message's references may name: a
+  // client's arguments, handed back in its result (Policy::shared_returns). Kept as
+  // long as any view of the message.
+  std::vector<Buffer> returned_blocks_;
   static const void* Key(wire::SharedRef::Reader ref) {
     return capnp::AnyStruct::Reader(ref).getDataSection().begin();
   }
@@ -65,7 +70,7 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
     auto it = shared_views_.find(Key(ref));
     // Two references may share a location with different lengths (a crafted message):
     // the view must be the one checked for this reference's length.
-    if (it != shared_views_.end() && it->second.size() != ref.getLength()) {
+    if (it != shared_views_.end() && it->second.view.size() != ref.getLength()) {
       throw Error("shared-memory reference: two references at one location disagree");
     }
     if (it == shared_views_.end()) {
@@ -74,7 +79,8 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
                                "\") that was not mapped: decoded without "
                                "DecodeLimits::SharedRefs::kMap"));
     }
-    return Buffer(it->second.mutable_data(), it->second.size(), KeepAlive());
+    const Buffer& view = it->second.view;
+    return Buffer(view.mutable_data(), view.size(), KeepAlive());
   }
 
   // Bytes [offset, offset+length) of payload frame `index` (1-based); already checked

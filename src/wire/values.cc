@@ -156,13 +156,39 @@ bool PlaceShared(PayloadSink m, SharedArena& arena, wire::Payload::Builder paylo
   return true;
 }
 
+// A payload that lies inside one of `returns` (the shared-memory arguments of the call a
+// reply answers) as a reference to those bytes of the caller's arena. False when it
+// lies in none.
+bool PlaceReturned(const std::vector<SharedOrigin>& returns, wire::Payload::Builder payload,
+                   const Buffer& data) {
+  for (const SharedOrigin& origin : returns) {
+    const std::byte* begin = origin.view.data();
+    if (data.data() < begin || data.size() > origin.view.size() ||
+        data.data() - begin > static_cast<ptrdiff_t>(origin.view.size() - data.size())) {
+      continue;
+    }
+    auto ref = payload.initShared();
+    CopyText(ref.initArena(TextSize(origin.arena)), origin.arena);
+    ref.setOffset(origin.offset + static_cast<uint64_t>(data.data() - begin));
+    ref.setLength(data.size());
+    Bump(GlobalStats().shared_refs_sent);
+    return true;
+  }
+  return false;
+}
+
 // Payload: a frame of its own at or above the threshold (or beyond what Data holds), or a
-// reference into the policy's shared arena when it has one; else inline.
+// reference into the caller's arena when it came from there (Policy::shared_returns) or
+// into the policy's shared arena when it has one; else inline.
 // `copy_for_frame`: the bytes are only valid during the call.
 void Place(PayloadSink m, const Policy& policy, wire::Payload::Builder payload,
            Buffer data, bool copy_for_frame) {
   size_t size = data.size();
   bool as_frame = size > 0 && (size >= policy.inline_threshold || size > kMaxCapnpList);
+  if (as_frame && policy.shared_returns != nullptr &&
+      PlaceReturned(*policy.shared_returns, payload, data)) {
+    return;
+  }
   if (as_frame && policy.shared_arena != nullptr &&
       PlaceShared(m, *policy.shared_arena, payload, data, copy_for_frame)) {
     return;
@@ -544,8 +570,10 @@ class Walker {
     if (limits_.shared_refs == DecodeLimits::SharedRefs::kMap) {
       Buffer view = internal::ProcessSegments().Resolve(name, ref.getOffset(), ref.getLength(),
                                                         path.Render());
-      auto [it, fresh] = shared_views_->try_emplace(internal::MessageState::Key(ref), view);
-      if (!fresh && (it->second.data() != view.data() || it->second.size() != view.size())) {
+      auto [it, fresh] = shared_views_->try_emplace(
+          internal::MessageState::Key(ref), SharedOrigin{std::string(name), ref.getOffset(), view});
+      const Buffer& seen = it->second.view;
+      if (!fresh && (seen.data() != view.data() || seen.size() != view.size())) {
         // Two pointers to one SharedRef struct read with different sizes (crafted).
         Fail(Code::kMalformed, path, "a reference that overlaps another with other contents");
       }
