@@ -387,3 +387,32 @@ def test_a_timed_out_call_keeps_its_block_until_the_late_reply():
             _wait_until(lambda: arena.used == 0)
     finally:
         engine.stop()
+
+
+def test_an_echo_hands_an_arena_argument_back_in_place_and_the_result_keeps_it(builtins_url):
+    arena = shared.Arena(64 * MIB)
+    with zerocan.Client(builtins_url, timeout=20, shared_arena=arena) as client:
+        _wait_until(lambda: client.shares_memory)
+        x = arena.empty(8 * MIB, np.uint8)
+        x[:] = 5
+        r = client.call("echo", x)
+        assert np.array_equal(r, x) and not r.flags.writeable
+        x[123] = 6  # the same pages: the result reads the caller's block
+        assert r[123] == 6
+        assert client.counters["shared_bytes_copied"] == 0
+        # An ordinary array: copied into the arena once, handed back in place, and its
+        # block kept while the result (or any view of it) lives.
+        used = arena.used
+        y = np.arange(MIB, dtype=np.float64)
+        ry = client.call("echo", y)
+        assert np.array_equal(ry, y)
+        assert client.counters["shared_bytes_copied"] == y.nbytes
+        assert arena.used == used + y.nbytes
+        tail = ry[-10:]
+        del ry
+        gc.collect()
+        assert arena.used == used + y.nbytes  # the view holds it
+        assert tail[-1] == MIB - 1
+        del tail
+        gc.collect()
+        assert arena.used == used

@@ -479,6 +479,9 @@ class Client:
             self.counters["late"] += 1
             self._held_blocks.pop(call_id, None)  # the engine is done with them now
             return
+        if fut.shared_blocks:
+            # The engine may hand an argument back in place: the result keeps its blocks.
+            msg.keep_with_shared = fut.shared_blocks
         fut.shared_blocks = None  # answered: the engine reads them no more
         result, exc = outcome(msg)
         if (isinstance(exc, RemoteError) and exc.type == "zerocan.DecodeError"

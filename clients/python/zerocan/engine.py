@@ -795,7 +795,10 @@ class Engine:
                                function)
         fn, raw = entry
         try:
-            w = Writer(self.policy, self.registry)
+            # A result that is (part of) an argument from the caller's arena goes back as
+            # a reference to it (the caller keeps its blocks until the reply, and with it).
+            w = Writer(self.policy, self.registry,
+                       shared_returns=() if stream else msg.shared_origins)
             w.set_header(self._session.next_header())
             if raw and stream:
                 raise ArgumentError(f"{function}: does not stream its result (call it "

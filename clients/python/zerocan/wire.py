@@ -218,16 +218,20 @@ class Writer:
     """Builds one envelope in one pass, as ``zerocan::EnvelopeWriter`` does."""
 
     def __init__(self, policy: Optional[Policy] = None,
-                 registry: Optional[Registry] = None, shared_arena: Any = None) -> None:
+                 registry: Optional[Registry] = None, shared_arena: Any = None,
+                 shared_returns: Sequence[tuple[str, int, int, int]] = ()) -> None:
         """``shared_arena`` (a zerocan.shared.Arena): payloads at or above the threshold
         travel as references into it (Payload.shared), as with C++'s
         Policy::shared_arena: in place when they already lie in it, else copied in once
         (``shared_bytes_copied``), else, when it is full, as frames. ``shared_blocks``
-        holds what they refer to; keep it until the receiver is done (the call's reply)."""
+        holds what they refer to; keep it until the receiver is done (the call's reply).
+        ``shared_returns`` (a reply's: the call's ``Message.shared_origins``): a payload
+        that lies inside one goes back as a reference to the caller's bytes, no copy."""
         self.policy = policy if policy is not None else Policy.default()
         self.registry = registry if registry is not None else Registry.default()
         self.threshold = self.policy.inline_threshold
         self.shared_arena = shared_arena
+        self.shared_returns = shared_returns
         self.shared_blocks: list[Any] = []
         self.shared_refs = 0
         self.shared_bytes_copied = 0
@@ -464,6 +468,8 @@ class Writer:
         """PlacePayload: at or above the threshold a shared-memory reference (with an
         arena) or a frame, else inline (a copy)."""
         if size > 0 and (size >= self.threshold or size > MAX_CAPNP_LIST):
+            if self.shared_returns and self._place_returned(pb, data, size):
+                return
             if self.shared_arena is not None and self._place_shared(pb, data, size):
                 return
             self.frames.append(data)
@@ -473,6 +479,18 @@ class Writer:
             ref.length = size
         else:
             pb.inline = data if type(data) is bytes else bytes(data)
+
+    def _place_returned(self, pb: Any, data: Any, size: int) -> bool:
+        address = _address(data)
+        for arena, offset, start, length in self.shared_returns:
+            if start <= address and address + size <= start + length:
+                ref = pb.init("shared")
+                ref.arena = arena
+                ref.offset = offset + (address - start)
+                ref.length = size
+                self.shared_refs += 1
+                return True
+        return False
 
     def _place_shared(self, pb: Any, data: Any, size: int) -> bool:
         arena = self.shared_arena
@@ -700,6 +718,19 @@ class _FrameArray:
                                     "data": (address, False)}
 
 
+class _KeptView:
+    """Exposes shared-memory bytes to numpy (read-only) while holding ``keep`` with them:
+    a result handed back in the caller's own arena keeps the caller's argument blocks
+    for as long as any array views it (``array.base`` is the holder)."""
+
+    __slots__ = ("keep", "__array_interface__")
+
+    def __init__(self, view: memoryview, keep: Any) -> None:
+        self.keep = (view, keep)
+        self.__array_interface__ = {"version": 3, "shape": (view.nbytes,), "typestr": "|u1",
+                                    "data": (_address(view), True)}
+
+
 def received_frame(obj: Any) -> Any:
     """The received frame (a ``zmq.Frame``) that a decoded numpy array or memoryview
     views, or None when it views no frame (an inline payload, a copy)."""
@@ -757,6 +788,13 @@ class Message:
         self.registry = registry if registry is not None else Registry.default()
         self.envelope_copied = False
         self.payloads_copied = 0
+        # Payloads in their sender's arena (Payload.shared): (arena, offset, address of
+        # the mapped bytes here, length). A reply may hand them back in place
+        # (Writer's ``shared_returns``).
+        self.shared_origins: list[tuple[str, int, int, int]] = []
+        # Set by a client before reading a result: what each shared-memory view in it
+        # keeps alive (the call's own argument blocks, which the result may name).
+        self.keep_with_shared: Any = None
         if not self.frames:
             raise DecodeError("message has no envelope frame")
         if len(self.frames) > limits.max_frames:
@@ -1019,6 +1057,9 @@ class Message:
                                    "sender is not on this host)")
             from .shared import process_segments
             view = process_segments().resolve(ref.arena, ref.offset, ref.length, where.render())
+            self.shared_origins.append((ref.arena, ref.offset, _address(view), ref.length))
+            if self.keep_with_shared is not None and view.nbytes:
+                view = np.asarray(_KeptView(view, self.keep_with_shared)).data
             return view, 0, -1
         if which != "frame":
             raise _fail(path, "unknown payload kind (from a newer protocol?)")
