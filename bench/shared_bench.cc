@@ -1,11 +1,13 @@
 // The shared section: an argument of 64 KiB .. 1 GiB handed to an engine in another
-// process on this host, `nbytes(x)` per call, four ways side by side in one run:
+// process on this host, `nbytes(x)` per call, side by side in one run:
 //   arena     the argument already lies in the client's shared arena (a reference, no copy)
+//   broker    the same through a broker process on this host (the reference passes on)
 //   ordinary  a plain buffer, copied once into the arena (then a reference)
 //   tcp, ipc  the same call with shared memory off: frames through the kernel
-// and raw memcpy of the same bytes as the physical yardstick. The engine is the `zerocan
-// engine` program (one process per transport), so nothing is shared by accident.
-// Peak memory: this process's and each engine's high-water mark (VmHWM).
+// and raw memcpy of the same bytes as the physical yardstick; then `echo(x)` of 100 MiB
+// and 256 MiB, whose result is the argument handed back (in place in the arena). The
+// engines are `zerocan engine` programs (and a `zerocan broker`), so nothing is shared by
+// accident. Peak memory: this process's and each engine's high-water mark (VmHWM).
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -31,19 +33,25 @@
 namespace zerocan::bench {
 namespace {
 
-// A `zerocan engine --builtins` process bound at `url`, stopped at destruction.
-class EngineProcess {
+// A `zerocan ARGS...` process (an engine, a broker), stopped at destruction.
+class ToolProcess {
  public:
-  explicit EngineProcess(const std::string& url) {
+  explicit ToolProcess(std::vector<std::string> args) {
     pid_ = fork();
     if (pid_ == 0) {
       std::string tool = ZEROCAN_TOOL_PATH;
-      execl(tool.c_str(), tool.c_str(), "engine", "--bind", url.c_str(), "--builtins",
-            static_cast<char*>(nullptr));
+      std::vector<char*> argv{tool.data()};
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(tool.c_str(), argv.data());
       _exit(127);
     }
   }
-  ~EngineProcess() {
+  // `zerocan engine --builtins`, bound at `url` (or connected to a broker's backend).
+  static std::vector<std::string> Engine(const std::string& url, bool connect = false) {
+    return {"engine", connect ? "--connect" : "--bind", url, "--builtins"};
+  }
+  ~ToolProcess() {
     kill(pid_, SIGTERM);  // it drains (nothing is running) and removes its ipc file
     waitpid(pid_, nullptr, 0);
   }
@@ -99,10 +107,18 @@ double MedianMs(const std::function<void()>& op, int reps) {
 
 }  // namespace
 
+// The clients of one run: shared memory on (directly, and through a broker), and off.
+struct Clients {
+  Client& shared;
+  Client& brokered;
+  Client& over_tcp;
+  Client& over_ipc;
+};
+
 void Measure(const std::vector<size_t>& sizes, const std::shared_ptr<SharedArena>& arena,
-             Client& shared, Client& over_tcp, Client& over_ipc, const Options& options,
-             std::vector<Row>* rows, const EngineProcess& tcp_engine,
-             const EngineProcess& ipc_engine);
+             const Clients& clients, const Options& options, std::vector<Row>* rows);
+void MeasureEcho(const std::shared_ptr<SharedArena>& arena, const Clients& clients,
+                 const Options& options, std::vector<Row>* rows);
 
 void RunShared(const Options& options, std::vector<Row>* rows) {
   std::vector<size_t> sizes = {size_t{64} << 10, size_t{1} << 20, size_t{64} << 20,
@@ -111,7 +127,11 @@ void RunShared(const Options& options, std::vector<Row>* rows) {
   const std::string tag = std::to_string(getpid());
   const std::string tcp = "tcp://127.0.0.1:" + std::to_string(FreePort());
   const std::string ipc = "ipc:///tmp/zerocan-bench-shared-" + tag;
-  EngineProcess tcp_engine(tcp), ipc_engine(ipc);
+  const std::string front = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  const std::string back = "ipc:///tmp/zerocan-bench-shared-back-" + tag;
+  ToolProcess tcp_engine(ToolProcess::Engine(tcp)), ipc_engine(ToolProcess::Engine(ipc));
+  ToolProcess broker({"broker", "--frontend", front, "--backend", back});
+  ToolProcess brokered_engine(ToolProcess::Engine(back, /*connect=*/true));
 
   auto arena = SharedArena::Create(sizes.back() * 2 + (size_t{64} << 20));
   ClientOptions shared_options;
@@ -121,25 +141,39 @@ void RunShared(const Options& options, std::vector<Row>* rows) {
   ClientOptions frame_options = shared_options;
   frame_options.shared_memory = false;
   Client shared(tcp, shared_options), over_tcp(tcp, frame_options), over_ipc(ipc, frame_options);
-  if (!Ready(shared, true) || !Ready(over_tcp, false) || !Ready(over_ipc, false)) {
+  Client brokered(front, shared_options);
+  if (!Ready(shared, true) || !Ready(over_tcp, false) || !Ready(over_ipc, false) ||
+      !Ready(brokered, true)) {
     std::fprintf(stderr, "shared: the engines did not come up (or share no memory)\n");
     return;
   }
 
+  Clients clients{shared, brokered, over_tcp, over_ipc};
   try {
-    Measure(sizes, arena, shared, over_tcp, over_ipc, options, rows, tcp_engine, ipc_engine);
+    Measure(sizes, arena, clients, options, rows);
+    MeasureEcho(arena, clients, options, rows);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shared: %s\n", e.what());  // the engines stop with this scope
   }
+  if (!options.json) {
+    std::printf("peak memory: this process %s; engines: tcp %s, ipc %s, behind the broker %s\n",
+                FormatBytes(OwnPeakBytes()).c_str(), FormatBytes(tcp_engine.PeakBytes()).c_str(),
+                FormatBytes(ipc_engine.PeakBytes()).c_str(),
+                FormatBytes(brokered_engine.PeakBytes()).c_str());
+  }
+}
+
+std::string Ms(double v) {
+  char out[32];
+  std::snprintf(out, sizeof out, v < 1 ? "%.3f ms" : "%.1f ms", v);
+  return out;
 }
 
 void Measure(const std::vector<size_t>& sizes, const std::shared_ptr<SharedArena>& arena,
-             Client& shared, Client& over_tcp, Client& over_ipc, const Options& options,
-             std::vector<Row>* rows, const EngineProcess& tcp_engine,
-             const EngineProcess& ipc_engine) {
-  Table table({"size", "arena", "ordinary (1 copy)", "tcp", "ipc", "memcpy", "tcp / arena",
-               "tcp / ordinary"});
-  double arena_smallest = 0, arena_largest = 0;
+             const Clients& clients, const Options& options, std::vector<Row>* rows) {
+  Table table({"size", "arena", "via broker", "ordinary (1 copy)", "tcp", "ipc", "memcpy",
+               "tcp / arena", "tcp / ordinary"});
+  double arena_smallest = 0, arena_largest = 0, broker_smallest = 0, broker_largest = 0;
   for (size_t size : sizes) {
     const int reps = size >= (size_t{256} << 20) ? 3 : size >= (size_t{64} << 20) ? 5 : 50;
     Buffer block = *arena->Allocate(size);
@@ -156,13 +190,15 @@ void Measure(const std::vector<size_t>& sizes, const std::shared_ptr<SharedArena
     uint64_t copied = GlobalStats().Snapshot().shared_bytes_copied;
     // A reference costs the same at every size: enough repetitions to see that through
     // the noise of one machine (the others move every byte, a few suffice).
-    double arena_ms = MedianMs([&] { nbytes(shared, block); }, 50);
+    double arena_ms = MedianMs([&] { nbytes(clients.shared, block); }, 50);
+    double broker_ms = MedianMs([&] { nbytes(clients.brokered, block); }, 50);
     bool no_copy = GlobalStats().Snapshot().shared_bytes_copied == copied;
     // A borrowed plain buffer: the arena path copies it in once per call.
     double ordinary_ms =
-        MedianMs([&] { nbytes(shared, Buffer::Borrow(plain.data(), plain.size())); }, reps);
-    double tcp_ms = MedianMs([&] { nbytes(over_tcp, plain); }, reps);
-    double ipc_ms = MedianMs([&] { nbytes(over_ipc, plain); }, reps);
+        MedianMs([&] { nbytes(clients.shared, Buffer::Borrow(plain.data(), plain.size())); },
+                 reps);
+    double tcp_ms = MedianMs([&] { nbytes(clients.over_tcp, plain); }, reps);
+    double ipc_ms = MedianMs([&] { nbytes(clients.over_ipc, plain); }, reps);
     double memcpy_ms = MedianMs(
         [&] {
           std::memcpy(target.mutable_data(), plain.data(), size);
@@ -170,7 +206,9 @@ void Measure(const std::vector<size_t>& sizes, const std::shared_ptr<SharedArena
         },
         reps);
     if (arena_smallest == 0) arena_smallest = arena_ms;
+    if (broker_smallest == 0) broker_smallest = broker_ms;
     arena_largest = arena_ms;
+    broker_largest = broker_ms;
     std::string name = FormatBytes(size);
     std::fprintf(stderr, "shared: %s done\n", name.c_str());
     auto add = [&](const std::string& what, double value, const std::string& baseline,
@@ -181,16 +219,12 @@ void Measure(const std::vector<size_t>& sizes, const std::shared_ptr<SharedArena
     add("arena", arena_ms, "tcp", tcp_ms);
     add("ordinary", ordinary_ms, "tcp", tcp_ms);
     add("arena", arena_ms, "arena 64 KiB", arena_smallest);
+    add("arena via broker", broker_ms, "arena via broker 64 KiB", broker_smallest);
     add("ipc", ipc_ms, "tcp", tcp_ms);
     add("memcpy", memcpy_ms, "", 0);
-    auto ms = [](double v) {
-      char out[32];
-      std::snprintf(out, sizeof out, v < 1 ? "%.3f ms" : "%.1f ms", v);
-      return std::string(out);
-    };
-    table.Add({name, ms(arena_ms) + (no_copy ? "" : " (copied!)"), ms(ordinary_ms), ms(tcp_ms),
-               ms(ipc_ms), ms(memcpy_ms), FormatRatio(tcp_ms / arena_ms),
-               FormatRatio(tcp_ms / ordinary_ms)});
+    table.Add({name, Ms(arena_ms) + (no_copy ? "" : " (copied!)"), Ms(broker_ms),
+               Ms(ordinary_ms), Ms(tcp_ms), Ms(ipc_ms), Ms(memcpy_ms),
+               FormatRatio(tcp_ms / arena_ms), FormatRatio(tcp_ms / ordinary_ms)});
   }
   if (!options.json) {
     std::printf("\n== shared: nbytes(x) on an engine process on this host, median per call\n");
@@ -198,9 +232,49 @@ void Measure(const std::vector<size_t>& sizes, const std::shared_ptr<SharedArena
     std::printf("arena: %s per call %.3f ms, 64 KiB %.3f ms: %.2fx (target: at most 2x)\n",
                 FormatBytes(sizes.back()).c_str(), arena_largest,
                 arena_smallest, arena_largest / arena_smallest);
-    std::printf("peak memory: this process %s, tcp engine %s, ipc engine %s\n",
-                FormatBytes(OwnPeakBytes()).c_str(), FormatBytes(tcp_engine.PeakBytes()).c_str(),
-                FormatBytes(ipc_engine.PeakBytes()).c_str());
+    std::printf("via broker: %s per call %.3f ms, 64 KiB %.3f ms: %.2fx (target: at most 2x)\n",
+                FormatBytes(sizes.back()).c_str(), broker_largest, broker_smallest,
+                broker_largest / broker_smallest);
+  }
+}
+
+// echo(x): the result is the argument. From the arena it comes back in place (no copy
+// either way); an ordinary buffer is copied into the arena once and comes back in place;
+// over tcp it crosses the kernel both ways.
+void MeasureEcho(const std::shared_ptr<SharedArena>& arena, const Clients& clients,
+                 const Options& options, std::vector<Row>* rows) {
+  std::vector<size_t> sizes = {size_t{100} << 20, size_t{256} << 20};
+  if (options.quick) sizes = {size_t{16} << 20};
+  Table table({"size", "arena", "ordinary (1 copy)", "tcp", "tcp / arena", "tcp / ordinary"});
+  for (size_t size : sizes) {
+    const int reps = options.quick ? 3 : 5;
+    Buffer block = *arena->Allocate(size);
+    std::memset(block.mutable_data(), 1, size);
+    Buffer plain = Buffer::Allocate(size);
+    std::memset(plain.mutable_data(), 1, size);
+    auto echo = [&](Client& client, const Buffer& bytes) {
+      Result r = client.apply("echo", Tensor(DType::kUInt8, Shape{size}, bytes)).get();
+      r.ThrowIfError();
+      Buffer got = r.value().TensorBytes();
+      if (got.size() != size || got.data()[size - 1] != std::byte{1}) throw Error("echo: wrong");
+    };
+    double arena_ms = MedianMs([&] { echo(clients.shared, block); }, 20);
+    double ordinary_ms = MedianMs(
+        [&] { echo(clients.shared, Buffer::Borrow(plain.data(), plain.size())); }, reps);
+    double tcp_ms = MedianMs([&] { echo(clients.over_tcp, plain); }, reps);
+    std::string name = FormatBytes(size);
+    std::fprintf(stderr, "shared: echo %s done\n", name.c_str());
+    rows->push_back(Row{"shared", name + " echo arena", "ms", arena_ms, "tcp", tcp_ms,
+                        tcp_ms / arena_ms});
+    rows->push_back(Row{"shared", name + " echo ordinary", "ms", ordinary_ms, "tcp", tcp_ms,
+                        tcp_ms / ordinary_ms});
+    table.Add({name, Ms(arena_ms), Ms(ordinary_ms), Ms(tcp_ms), FormatRatio(tcp_ms / arena_ms),
+               FormatRatio(tcp_ms / ordinary_ms)});
+  }
+  if (!options.json) {
+    std::printf("\n== shared: echo(x) on an engine process on this host, median per call\n");
+    table.Print();
+    std::printf("targets at 256 MiB: tcp / ordinary at least 3x, tcp / arena at least 20x\n");
   }
 }
 
