@@ -44,3 +44,27 @@ def test_bench_quick_without_ipyparallel():
         assert all(t > 0 for t in per.values())
     assert doc["envelope_bytes_ints"] <= 2752
     assert doc["paired_ratio"] == {}  # no ipyparallel, no ratios
+
+
+def test_shared_bench_quick_reads_arena_arguments_in_place():
+    from conftest import cpp_command_missing
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
+                                                      env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, str(PACKAGE_ROOT / "benchmarks" / "shared_bench.py"),
+                          "--quick", "--no-ray", "--json"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    nbytes = [r for r in doc["rows"] if r["section"] == "nbytes"]
+    assert [r["size"] for r in nbytes] == [1 << 16, 1 << 20, 64 << 20]
+    assert all(r["arena_copied_bytes"] == 0 for r in nbytes)  # references, no copy
+    brokered = cpp_command_missing("broker") is None
+    for r in nbytes:
+        assert ("via broker" in r) == brokered
+        assert all(r[k] > 0 for k in ("arena", "ordinary", "tcp", "ipc", "memcpy",
+                                      "multiprocessing"))
+    echo = [r for r in doc["rows"] if r["section"] == "echo"]
+    assert [r["size"] for r in echo] == [16 << 20] and "ray" not in echo[0]
+    assert "echo 16 MiB tcp / arena" in doc["ratios"] and doc["ray"] is False
+    assert doc["peak_bytes"]["engine (tcp)"] > 0

@@ -79,6 +79,8 @@ class Arena:
         # writable. 128 random bits in the name: it is also a capability.
         self._read_only_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
         self.name = f"zerocan-arena-{os.getpid()}-{secrets.token_hex(16)}"
+        self._pid = os.getpid()
+        _LOCAL_ARENAS[self.name] = self
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind("\0" + self.name)
@@ -251,6 +253,10 @@ def empty(shape: Any, dtype: Any = np.float64) -> np.ndarray:
 
 _ARENA_NAME = re.compile(r"zerocan-arena-[0-9]{1,10}-[0-9a-f]{32}")
 
+# This process's own arenas, by name: a reference into one (a result handing a caller's
+# argument back) is read from the arena's own mapping, without a second one.
+_LOCAL_ARENAS: weakref.WeakValueDictionary[str, Arena] = weakref.WeakValueDictionary()
+
 
 class Segments:
     """Peers' arenas mapped read-only into this process, by name. An arena stays mapped
@@ -299,6 +305,14 @@ class Segments:
         """Bytes [offset, offset + length) of the arena served as ``name``, read-only, in
         place. Raises zerocan.DecodeError naming ``path`` when the arena cannot be reached
         or mapped, or the range is not inside it."""
+        local = _LOCAL_ARENAS.get(name)
+        if local is not None and local._pid == os.getpid():  # not a fork's inherited one
+            if offset < 0 or length < 0 or offset > local.capacity or \
+                    length > local.capacity - offset:
+                raise DecodeError(f"{path}: shared memory @{name}: {length} bytes at offset "
+                                  f"{offset} are outside the arena ({local.capacity} bytes)",
+                                  "malformed")
+            return memoryview(local._map)[offset:offset + length].toreadonly()
         with self._lock:
             m = self._maps.get(name)
         if m is None:
