@@ -56,12 +56,16 @@ if [ "${ZEROCAN_SKIP_TSAN:-0}" != 1 ]; then
   step "ThreadSanitizer build and the concurrency tests"
   # Callbacks run on libzmq's threads and on our workers: the suites that cross threads.
   # libzmq itself is not instrumented; tests/tsan.supp names what of it TSan misreads.
-  tsan_suites='^(ClientTest|ResultTest|EngineTest|BrokerTest|FramesTest|SigningTest|HostDefaultsTest|MapTest|ZmqTransportTest|BothTransports/ChannelTest|DirectAndBrokered/StreamTest)\.'
+  tsan_suites='^(ClientTest|ResultTest|EngineTest|BrokerTest|FramesTest|SigningTest|HostDefaultsTest|MapTest|ZmqTransportTest|BothTransports/ChannelTest|DirectAndBrokered/StreamTest|SharedCallTest|SharedBrokerTest)\.'
   tsan_started=$(date +%s)
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZEROCAN_SANITIZE=thread \
         "${launcher[@]}" >/dev/null
   cmake --build build-tsan -j "$jobs" --target zerocan_tests zerocan_host_defaults_test
-  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$root/tests/tsan.supp" \
+  # ignore_noninstrumented_modules: libzmq's own calls into libc (its send() of a frame
+  # our thread wrote) are not checked. Checked, every word of a large frame sent while
+  # libzmq's pipe was already awake (no eventfd edge TSan can see) was reported and then
+  # suppressed, one by one: seconds per frame, enough to make a connection look silent.
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ignore_noninstrumented_modules=1 suppressions=$root/tests/tsan.supp" \
     timeout --kill-after=30 "${ZEROCAN_TSAN_SECONDS:-600}" \
     ctest --test-dir build-tsan --output-on-failure -j "$jobs" -R "$tsan_suites"
   echo "ThreadSanitizer step: $(( $(date +%s) - tsan_started )) s"
