@@ -19,6 +19,7 @@
 #include "wire/materialize.h"
 #include "wire/peek.h"
 #include "transport/connection_guard.h"
+#include "transport/shared_segments.h"
 #include "transport/tcp_activity.h"
 #include "internal/strings.h"
 #include "zerocan/capture.h"
@@ -342,7 +343,7 @@ class Broker::Impl {
       if (peek && peek->kind == BodyKind::kHello) {
         // A client asking where its peer runs, to share memory. Unanswered, it sends
         // frames.
-        if (options_.shared_memory) SendHello(RoutingStrings(m->routing));
+        if (options_.shared_memory) SendHello(frontend_, RoutingStrings(m->routing));
         continue;
       }
       if (!peek || peek->kind != BodyKind::kApply) {
@@ -502,7 +503,13 @@ class Broker::Impl {
         } else {
           bool known = engines_.contains(engine);
           EngineState& state = engines_[engine];
-          if (peek->kind == BodyKind::kHello) state.shares_memory = SharesMemory(std::move(*m));
+          if (peek->kind == BodyKind::kHello) {
+            state.shares_memory = SharesMemory(std::move(*m));
+          } else if (!known && options_.shared_memory) {
+            // Known from a heartbeat (this broker started after the engine's hello):
+            // ask where it runs; its answering hello says whether it maps arenas here.
+            SendHello(backend_, {engine});
+          }
           state.last_seen = Clock::now();
           if (arrival.fd != state.connection.fd()) state.connection.Watch(arrival.fd);
           if (peek->kind == BodyKind::kDraining) state.draining = true;
@@ -596,6 +603,9 @@ class Broker::Impl {
 
   void CheckEngines() {
     Clock::time_point now = Clock::now();
+    // Arenas mapped to rewrite calls for engines elsewhere, unused for a while: unmapped,
+    // so that a client's arena does not outlive the client here.
+    if (options_.shared_memory) internal::ProcessSegments().Sweep();
     auto limit = options_.heartbeat * options_.liveness;
     std::vector<std::string> lost;
     for (auto& [id, state] : engines_) {
@@ -702,12 +712,13 @@ class Broker::Impl {
     }
   }
 
-  // The broker's answer to a client's hello: where it runs.
-  void SendHello(const std::vector<std::string>& client_routing) {
+  // The broker's hello, where it runs: the answer to a client's, or a question to an
+  // engine it knows only from heartbeats (which answers with its own).
+  void SendHello(zmq::socket_t& socket, const std::vector<std::string>& routing) {
     EnvelopeWriter w;
     w.SetHeader(NextHeader());
     w.SetHello("broker", "broker", {}, &HostIdentity::This());
-    SendToClient(w.Finish(), client_routing);
+    SendOwn(socket, w.Finish(), routing);
   }
 
   // Call `w` for an engine that cannot map this host's arenas: empty when it has no
@@ -759,24 +770,26 @@ class Broker::Impl {
     EnvelopeWriter w;
     w.SetHeader(NextHeader());
     w.SetError(call_id, engine, info);
-    SendToClient(w.Finish(), client_routing);
+    SendOwn(frontend_, w.Finish(), client_routing);
   }
 
-  // A message of the broker's own (an error, a hello) to a client: captured, since it is
-  // part of the conversation (a capture lists every call and the result it got,
-  // including EngineLost), signed with the broker's key, sent.
-  void SendToClient(Outgoing&& message, const std::vector<std::string>& client_routing) {
+  // A message of the broker's own (an error, a hello) to a client or an engine: captured,
+  // since it is part of the conversation (a capture lists every call and the result it
+  // got, including EngineLost), signed with the broker's key, sent.
+  void SendOwn(zmq::socket_t& socket, Outgoing&& message,
+               const std::vector<std::string>& routing_strings) {
     RoutingFrames routing;
-    for (const std::string& r : client_routing) routing.push_back(FrameOf(r));
+    for (const std::string& r : routing_strings) routing.push_back(FrameOf(r));
     if (capture_file_ != nullptr || capture_.handle() != nullptr) {
       ReceivedMessage shown;
       shown.routing = routing;
       shown.frames.push_back(message.envelope());
-      Capture(shown, Direction::kReply, "broker");
+      Capture(shown, &socket == &frontend_ ? Direction::kReply : Direction::kRequest,
+              "broker");
     }
     try {
       if (options_.signer) options_.signer->Sign(&message);
-      Send(frontend_, std::move(message), routing);
+      Send(socket, std::move(message), routing);
     } catch (const TransportError&) {
       ++dropped_;
     }

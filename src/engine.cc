@@ -676,13 +676,15 @@ class Engine::Impl {
     reply.socket = job.socket;
     reply.routing = std::move(job.routing);
     Message message = std::move(job.message);
-    if (message.body_kind() == BodyKind::kHello && !is_dealer_[reply.socket] &&
-        options_.shared_memory) {
+    if (message.body_kind() == BodyKind::kHello &&
+        (is_dealer_[reply.socket] ? reply.routing.empty() : options_.shared_memory)) {
       // A client asks where this engine runs, to pass arguments in shared memory when
-      // both are on one host (zerocan/shared.h).
+      // both are on one host (zerocan/shared.h); or a broker that started after this
+      // engine's hello asks again (no routing frames: the broker itself).
       EnvelopeWriter w(policy_, registry_);
       w.SetHeader(NextHeader());
-      w.SetHello(options_.id, "engine", Functions(), &HostIdentity::This());
+      w.SetHello(options_.id, "engine", Functions(),
+                 options_.shared_memory ? &HostIdentity::This() : nullptr);
       reply.message = w.Finish();
       return reply;
     }

@@ -41,6 +41,7 @@ struct SharedArena::Impl {
   size_t used = 0;                     // mu
 
   ~Impl() {
+    if (server != nullptr) internal::UnregisterLocalArena(server->name());
     server.reset();
     if (base != nullptr) ::munmap(base, capacity);
     if (fd >= 0) ::close(fd);
@@ -107,6 +108,7 @@ std::shared_ptr<SharedArena> SharedArena::Create(size_t capacity) {
       ::open(absl::StrCat("/proc/self/fd/", impl->fd).c_str(), O_RDONLY | O_CLOEXEC);
   if (impl->read_only_fd < 0) throw fail("reopening read-only");
   impl->server = std::make_unique<internal::SegmentServer>(impl->read_only_fd);
+  internal::RegisterLocalArena(impl->server->name(), impl, impl->base, impl->capacity);
   return std::shared_ptr<SharedArena>(new SharedArena(std::move(impl)));
 }
 

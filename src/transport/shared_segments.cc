@@ -225,8 +225,50 @@ void SharedSegments::Sweep() {
   SweepLocked(std::chrono::steady_clock::now());
 }
 
+namespace {
+struct LocalArena {
+  std::weak_ptr<const void> owner;
+  const std::byte* base = nullptr;
+  size_t size = 0;
+  pid_t pid = 0;  // a child after fork() has the mapping, not the arena
+};
+std::mutex local_mu;
+absl::flat_hash_map<std::string, LocalArena>& LocalArenas() {  // local_mu
+  static auto* arenas = new absl::flat_hash_map<std::string, LocalArena>();
+  return *arenas;
+}
+}  // namespace
+
+void RegisterLocalArena(const std::string& name, std::weak_ptr<const void> owner,
+                        const std::byte* base, size_t size) {
+  std::lock_guard<std::mutex> lock(local_mu);
+  LocalArenas()[name] = LocalArena{std::move(owner), base, size, getpid()};
+}
+
+void UnregisterLocalArena(const std::string& name) {
+  std::lock_guard<std::mutex> lock(local_mu);
+  LocalArenas().erase(name);
+}
+
 Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t length,
                                std::string_view path) {
+  auto outside = [&](uint64_t size) {
+    return DecodeError(DecodeError::Code::kMalformed,
+                       absl::StrCat(Sv(path), ": shared memory @", Sv(name), ": ", length,
+                                    " bytes at offset ", offset, " are outside the arena (",
+                                    size, " bytes)"));
+  };
+  {
+    std::lock_guard<std::mutex> lock(local_mu);
+    auto it = LocalArenas().find(Sv(name));
+    std::shared_ptr<const void> owner;
+    if (it != LocalArenas().end() && it->second.pid == getpid()) owner = it->second.owner.lock();
+    if (owner) {
+      const LocalArena& local = it->second;
+      if (offset > local.size || length > local.size - offset) throw outside(local.size);
+      return Buffer(const_cast<std::byte*>(local.base) + offset, length, std::move(owner));
+    }
+  }
   std::shared_ptr<Mapping> m;
   auto now = std::chrono::steady_clock::now();
   {
@@ -253,12 +295,7 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
     kept.last_used = now;
     SweepLocked(now);  // let go of arenas unused for a while
   }
-  if (offset > m->size || length > m->size - offset) {
-    throw DecodeError(DecodeError::Code::kMalformed,
-                      absl::StrCat(Sv(path), ": shared memory @", Sv(name), ": ", length,
-                                   " bytes at offset ", offset, " are outside the arena (",
-                                   m->size, " bytes)"));
-  }
+  if (offset > m->size || length > m->size - offset) throw outside(m->size);
   return Buffer(m->data + offset, length, m);
 }
 

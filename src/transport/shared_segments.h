@@ -91,4 +91,11 @@ class SharedSegments {
 // Payload.shared references through it).
 SharedSegments& ProcessSegments();
 
+// This process's own arenas (SharedArena registers each while it lives): a reference
+// into one (a result handing the caller's argument back) is read from the arena's own
+// mapping, with no second mapping to keep and sweep. `owner` keeps the mapping alive.
+void RegisterLocalArena(const std::string& name, std::weak_ptr<const void> owner,
+                        const std::byte* base, size_t size);
+void UnregisterLocalArena(const std::string& name);
+
 }  // namespace zerocan::internal

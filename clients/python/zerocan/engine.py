@@ -602,8 +602,11 @@ class Engine:
             self._control(msg)
             return
         if msg.kind == "hello":
-            # A client asks where this engine runs, to pass arguments in shared memory.
-            if self.shared_memory and not any(s is sock and d for s, d in self._sockets):
+            # A client asks where this engine runs, to pass arguments in shared memory; or
+            # a broker that started after this engine's hello asks again (on the broker
+            # connection, without routing frames: the broker itself).
+            to_broker = any(s is sock and d for s, d in self._sockets)
+            if (not routing) if to_broker else self.shared_memory:
                 self._reply(sock, routing, self._hello_reply())
             return
         if msg.kind != "apply":
@@ -847,7 +850,8 @@ class Engine:
     def _hello_reply(self) -> wire.Outgoing:
         w = Writer(self.policy, self.registry)
         w.set_header(self._session.next_header())
-        w.hello(self.id, "engine", self.functions(), this_host())
+        w.hello(self.id, "engine", self.functions(),
+                this_host() if self.shared_memory else None)
         return w.finish()
 
     def _error(self, call_id: int, type_: str, message: str, function: str,
