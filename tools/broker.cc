@@ -36,6 +36,7 @@ struct BrokerArgs {
   ServerFlags server;
   int drain_timeout_ms = 10000;
   bool unpace_loopback = false;
+  bool no_shared_memory = false;
 };
 
 int RunBroker(BrokerArgs& args) {
@@ -57,6 +58,7 @@ int RunBroker(BrokerArgs& args) {
   BlockStopSignals();
   ApplyMemoryPolicy();  // received large frames reuse memory instead of fresh pages
   try {
+    if (args.no_shared_memory) options.shared_memory = false;
     Broker broker(args.frontend, args.backend, options);
     broker.Start();
     std::fprintf(stderr, "zerocan broker: clients at %s, engines at %s%s%s\n",
@@ -74,12 +76,15 @@ int RunBroker(BrokerArgs& args) {
     BrokerCounters c = broker.counters();
     std::fprintf(stderr,
                  "zerocan broker: stopped; %llu calls, %llu replies, %llu lost; connections "
-                 "closed: %llu idle, %llu over the receive budget\n",
+                 "closed: %llu idle, %llu over the receive budget; shared-memory calls "
+                 "rewritten for engines elsewhere: %llu (%llu bytes)\n",
                  static_cast<unsigned long long>(c.requests),
                  static_cast<unsigned long long>(c.replies),
                  static_cast<unsigned long long>(c.lost),
                  static_cast<unsigned long long>(c.connections_closed_idle),
-                 static_cast<unsigned long long>(c.connections_closed_over_budget));
+                 static_cast<unsigned long long>(c.connections_closed_over_budget),
+                 static_cast<unsigned long long>(c.materialized),
+                 static_cast<unsigned long long>(c.materialized_bytes));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "zerocan broker: %s\n", e.what());
     return 1;
@@ -125,6 +130,9 @@ void AddBroker(CLI::App& app, RunFunction* chosen) {
                   "heartbeat intervals an engine may stay silent before it is lost")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
+  sub->add_flag("--no-shared-memory", args->no_shared_memory,
+                "answer no client's hello: clients on this host send frames, never references\n"
+                "(docs/FORMAT.md \"Shared memory arenas\")");
   sub->add_option("--key-file", args->key_file,
                   "sign the broker's own errors, ignore engines not holding the key")
       ->type_name("FILE")

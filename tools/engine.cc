@@ -53,6 +53,7 @@ struct EngineArgs {
   std::string io_cpus;
   bool builtins = false;
   bool unpace_loopback = false;
+  bool no_shared_memory = false;
 };
 
 int RunEngine(EngineArgs& args) {
@@ -74,6 +75,7 @@ int RunEngine(EngineArgs& args) {
   if (args.heartbeat_ms > 0) options.heartbeat = std::chrono::milliseconds(args.heartbeat_ms);
   options.connection_limits = args.server.limits();
   if (args.builtins) options.builtins = true;
+  if (args.no_shared_memory) options.shared_memory = false;
   if (args.unpace_loopback) options.unpace_local_tcp = true;
   BlockStopSignals();
   ApplyMemoryPolicy();  // large frames reuse freed memory instead of fresh pages
@@ -177,6 +179,9 @@ void AddEngine(CLI::App& app, RunFunction* chosen) {
                 "take the connections of a tcp:// bind to a loopback address off BBR's pacing\n"
                 "(include/zerocan/pacing.h): BBR paces a large transfer over loopback far below\n"
                 "what the host can move");
+  sub->add_flag("--no-shared-memory", args->no_shared_memory,
+                "answer no client's hello and refuse shared-memory references: callers on this\n"
+                "host send frames (docs/FORMAT.md \"Shared memory arenas\")");
   bind->group("where (one at least)");
   connect->group("where (one at least)");
   sub->callback([args, chosen, bind, connect] {

@@ -416,3 +416,31 @@ def test_an_echo_hands_an_arena_argument_back_in_place_and_the_result_keeps_it(b
         del tail
         gc.collect()
         assert arena.used == used
+
+
+@pytest.mark.parametrize("program", ["engine", "broker"])
+def test_the_programs_turn_shared_memory_off_with_a_flag(program):
+    import time
+    from conftest import cpp_command_missing, free_tcp_endpoint, zerocan_bin
+    missing = cpp_command_missing(program)
+    if missing:
+        pytest.skip(missing)
+    url, back = free_tcp_endpoint(), free_tcp_endpoint()
+    args = (["engine", "--bind", url, "--builtins"] if program == "engine" else
+            ["broker", "--frontend", url, "--backend", back])
+    proc = subprocess.Popen([str(zerocan_bin()), *args, "--no-shared-memory"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = zerocan.Engine(back, builtins=True).start() if program == "broker" else None
+    try:
+        with zerocan.Client(url, timeout=20) as client:
+            x = shared.empty(MIB, np.uint8)
+            x[:] = 1
+            assert client.call("sum", x) == MIB  # the hello had its chance meanwhile
+            time.sleep(0.2)
+            assert not client.shares_memory
+            assert client.counters["shared_refs_sent"] == 0
+    finally:
+        if engine is not None:
+            engine.stop()
+        proc.terminate()
+        proc.wait(10)

@@ -34,6 +34,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="sign every message and accept only messages signed with this key "
                         "(docs/SECURITY.md; JSON with a \"key\" string, or the raw key), with "
                         "replay protection")
+    p.add_argument("--no-shared-memory", action="store_true",
+                   help="answer no client's hello and refuse shared-memory references: "
+                        "callers on this host send frames, as zerocan engine "
+                        "--no-shared-memory")
     p.add_argument("--io-cpus", metavar="LIST", default=None,
                    help="run the engine's libzmq I/O thread only on these CPUs (\"1\", "
                         "\"0,2\", \"2-3\"), as zerocan engine --io-cpus")
@@ -50,7 +54,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         engine = Engine(args.bind or args.connect, bind=args.bind is not None, id=args.id,
                         builtins=args.builtins,
                         allow_pickle=args.allow_pickle, heartbeat=args.heartbeat,
-                        threads=args.threads, key_file=args.key_file, io_cpus=io_cpus)
+                        threads=args.threads, key_file=args.key_file, io_cpus=io_cpus,
+                        shared_memory=not args.no_shared_memory)
     except Error as e:  # a refused CPU, an unreadable key file: one line, as zerocan engine
         print(f"python -m zerocan engine: {e}", file=sys.stderr)
         return 1
