@@ -16,6 +16,7 @@
 
 #include <absl/strings/str_cat.h>
 
+#include "internal/testing.h"
 #include "transport/shared_segments.h"
 #include "zerocan/error.h"
 #include "zerocan/policy.h"
@@ -34,14 +35,15 @@ struct SharedArena::Impl {
   int read_only_fd = -1;  // what peers get: they can map it for reading only
   std::byte* base = nullptr;
   size_t capacity = 0;
-  std::unique_ptr<internal::SegmentServer> server;
+  std::unique_ptr<internal::SegmentServer> server;  // null: an arena of this process only
+  std::string name;
 
   mutable std::mutex mu;
   std::map<size_t, size_t> free_runs;  // mu: offset -> length, disjoint, coalesced
   size_t used = 0;                     // mu
 
   ~Impl() {
-    if (server != nullptr) internal::UnregisterLocalArena(server->name());
+    internal::UnregisterLocalArena(name);
     server.reset();
     if (base != nullptr) ::munmap(base, capacity);
     if (fd >= 0) ::close(fd);
@@ -83,7 +85,9 @@ struct SharedArena::Impl {
 SharedArena::SharedArena(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 SharedArena::~SharedArena() = default;
 
-std::shared_ptr<SharedArena> SharedArena::Create(size_t capacity) {
+std::shared_ptr<SharedArena> SharedArena::Create(size_t capacity) { return Create(capacity, {}); }
+
+std::shared_ptr<SharedArena> SharedArena::Create(size_t capacity, std::string local_name) {
   if (capacity == 0) throw Error("shared arena: capacity 0");
   auto impl = std::make_shared<Impl>();
   impl->capacity = RoundUp(capacity, static_cast<size_t>(::sysconf(_SC_PAGESIZE)));
@@ -107,9 +111,19 @@ std::shared_ptr<SharedArena> SharedArena::Create(size_t capacity) {
   impl->read_only_fd =
       ::open(absl::StrCat("/proc/self/fd/", impl->fd).c_str(), O_RDONLY | O_CLOEXEC);
   if (impl->read_only_fd < 0) throw fail("reopening read-only");
-  impl->server = std::make_unique<internal::SegmentServer>(impl->read_only_fd);
-  internal::RegisterLocalArena(impl->server->name(), impl, impl->base, impl->capacity);
+  if (local_name.empty()) {
+    impl->server = std::make_unique<internal::SegmentServer>(impl->read_only_fd);
+    impl->name = impl->server->name();
+  } else {
+    impl->name = std::move(local_name);  // served to no peer (tests)
+  }
+  internal::RegisterLocalArena(impl->name, impl, impl->base, impl->capacity);
   return std::shared_ptr<SharedArena>(new SharedArena(std::move(impl)));
+}
+
+std::shared_ptr<SharedArena> internal::TestHooks::LocalArenaNamed(size_t capacity,
+                                                                   std::string name) {
+  return SharedArena::Create(capacity, std::move(name));
 }
 
 std::optional<Buffer> SharedArena::Allocate(size_t size) {
@@ -141,7 +155,7 @@ std::optional<SharedArena::Location> SharedArena::Find(const Buffer& bytes) cons
   return Location{static_cast<uint64_t>(p - begin), bytes.size()};
 }
 
-const std::string& SharedArena::name() const noexcept { return impl_->server->name(); }
+const std::string& SharedArena::name() const noexcept { return impl_->name; }
 size_t SharedArena::capacity() const noexcept { return impl_->capacity; }
 
 size_t SharedArena::used() const noexcept {
@@ -149,7 +163,9 @@ size_t SharedArena::used() const noexcept {
   return impl_->used;
 }
 
-uint64_t SharedArena::peers_refused() const noexcept { return impl_->server->refused(); }
+uint64_t SharedArena::peers_refused() const noexcept {
+  return impl_->server != nullptr ? impl_->server->refused() : 0;
+}
 
 std::shared_ptr<SharedArena> SharedArena::ProcessDefault() {
   static std::mutex mu;

@@ -43,9 +43,10 @@ ReceivedMessage ToReceived(const Frames& frames) {
   return r;
 }
 
-// Re-encodes a decoded message with the vectors' policy, copying its header and body.
-Outgoing Reencode(const Message& m, size_t threshold) {
-  EnvelopeWriter w(vectors::VectorPolicy(threshold));
+// Re-encodes a decoded message with the vector's policy, copying its header and body.
+Outgoing Reencode(const Message& m, const vectors::Vector& v) {
+  EnvelopeWriter w(v.shared ? vectors::VectorSharedPolicy(v.threshold)
+                            : vectors::VectorPolicy(v.threshold));
   auto env = GeneratedEnvelope(m);
   w.SetHeader(Header{env.getMessageId(), env.getSessionId(), env.getSequence(), env.getSentAtNs()});
   switch (m.body_kind()) {
@@ -105,11 +106,17 @@ TEST_P(VectorTest, DecodesAndReencodesByteForByte) {
   const vectors::Vector& v = GetParam();
   Frames file = LoadVector(v.name);
   ASSERT_FALSE(file.empty());
-  Message m = Message::Decode(ToReceived(file));
+  // A vector in shared memory is read from this process's arena of the vector's name.
+  DecodeLimits limits;
+  if (v.shared) {
+    limits.shared_refs = DecodeLimits::SharedRefs::kMap;
+    (void)vectors::VectorArena();
+  }
+  Message m = Message::Decode(ToReceived(file), limits);
   testing::WalkMessage(m);
   EXPECT_EQ(GeneratedEnvelope(m).getVersion(), kProtocolVersion);
   EXPECT_EQ(m.session_id(), vectors::kSessionId);
-  Frames again = vectors::FramesOf(Reencode(m, v.threshold));
+  Frames again = vectors::FramesOf(Reencode(m, v));
   ASSERT_EQ(again.size(), file.size()) << v.name;
   for (size_t i = 0; i < file.size(); ++i) {
     EXPECT_EQ(again[i], file[i]) << v.name << " frame " << i;
@@ -180,6 +187,22 @@ INSTANTIATE_TEST_SUITE_P(Golden, VectorTest, ::testing::ValuesIn(vectors::All())
                          [](const ::testing::TestParamInfo<vectors::Vector>& info) {
                            return info.param.name;
                          });
+
+TEST(VectorsTest, TheSharedVectorIsReadInPlaceOrRefusedNamingTheField) {
+  Frames file = LoadVector("shared_tensor");
+  try {
+    Message::Decode(ToReceived(file));
+    ADD_FAILURE() << "a receiver that does not take references decoded one";
+  } catch (const DecodeError& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("apply.args[0].tensor.data.shared"));
+  }
+  DecodeLimits limits;
+  limits.shared_refs = DecodeLimits::SharedRefs::kMap;
+  const vectors::VectorArenaState& arena = vectors::VectorArena();
+  Message m = Message::Decode(ToReceived(file), limits);
+  EXPECT_EQ(m.arg(0).TensorBytes().data(), arena.block.data());  // in place, no copy
+  EXPECT_EQ(m.arg(0).As<std::vector<double>>(), vectors::VectorArenaValues());
+}
 
 TEST(VectorsTest, IndexListsEveryVector) {
   std::optional<std::string> text = vectors::ReadFile(VectorDir() + "/index.json");

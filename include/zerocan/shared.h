@@ -22,6 +22,10 @@
 
 namespace zerocan {
 
+namespace internal {
+struct TestHooks;  // src/internal/testing.h
+}  // namespace internal
+
 // Where a process runs, as far as sharing memory goes. Two processes can map each
 // other's arenas when they run on the same kernel (boot id), in the same network
 // namespace (arenas are served on abstract Unix sockets, which are private to one) and
@@ -86,8 +90,11 @@ class SharedArena {
   static std::shared_ptr<SharedArena> ProcessDefault();
 
  private:
+  friend struct internal::TestHooks;
   struct Impl;
   explicit SharedArena(std::shared_ptr<Impl> impl);
+  // `local_name` set: an arena under that name, read only by this process (tests).
+  static std::shared_ptr<SharedArena> Create(size_t capacity, std::string local_name);
   std::shared_ptr<Impl> impl_;  // shared with the blocks handed out
 };
 

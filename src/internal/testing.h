@@ -7,6 +7,7 @@
 
 #include "zerocan/engine.h"
 #include "zerocan/message.h"
+#include "zerocan/shared.h"
 #include "zerocan/signing.h"
 #include "zerocan/writer.h"
 
@@ -26,6 +27,10 @@ struct TestHooks {
   // different messages with one nonce reveals its one-time key (docs/SECURITY.md).
   static Signer::Hasher BeginWithNonce(const Signer& signer, uint64_t frame_count,
                                        const unsigned char nonce[kNonceSize]);
+  // An arena under a name chosen by the caller (the golden vectors' fixed one) that only
+  // this process reads: no peer is served (a fixed name is no capability, and two
+  // processes could not both serve it).
+  static std::shared_ptr<SharedArena> LocalArenaNamed(size_t capacity, std::string name);
 };
 
 }  // namespace internal

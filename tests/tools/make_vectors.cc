@@ -87,6 +87,13 @@ int main(int argc, char** argv) {
                     ", \"sessionId\": ", h.session_id, ", \"sequence\": ", h.sequence,
                     ", \"sentAtNs\": ", h.sent_at_ns, "},\n");
     absl::StrAppend(&index, "      \"inlineThreshold\": ", v.threshold, ",\n");
+    if (v.shared) {
+      // What a reader's arena of the vector's name must hold: float64 i * 0.25 from offset 0.
+      absl::StrAppend(&index, "      \"sharedArena\": {\"name\": ",
+                      JsonString(zerocan::vectors::kVectorArenaName),
+                      ", \"offset\": 0, \"float64\": \"i * 0.25 for i in 0..",
+                      zerocan::vectors::VectorArenaValues().size() - 1, "\"},\n");
+    }
     absl::StrAppend(&index, "      \"value\": ", JsonString(v.value), ",\n");
     absl::StrAppend(&index, "      \"frames\": ", frames.size(), ",\n");
     absl::StrAppend(&index, "      \"frameBytes\": [", Sizes(frames), "]\n    }",
@@ -128,7 +135,12 @@ int main(int argc, char** argv) {
       " + n.\n"
       "- `index.json` lists the same facts per vector in machine-readable form (name, file, "
       "description, body kind, header, the value in a JSON-ish notation with types spelled "
-      "out, frame count and sizes).\n\n"
+      "out, frame count and sizes).\n"
+      "- `shared_tensor` refers to an arena by a fixed name (`sharedArena` in `index.json`): "
+      "a reader maps an arena of its own under that name holding float64 i * 0.25 from "
+      "offset 0 (the C++ and Python tests create one that only their own process reads), "
+      "and re-encodes with that arena as the writer's (`Policy::shared_arena`), so the "
+      "reference is forwarded as it is.\n\n"
       "To re-encode a decoded vector: same policy and header; apply arguments and keyword "
       "arguments, and result values, written in order with `ValueWriter::Copy` (packed "
       "integer tensors are kept packed as received).\n\n"

@@ -19,7 +19,9 @@
 #include <string>
 #include <vector>
 
+#include "internal/testing.h"
 #include "zerocan/generated.h"
+#include "zerocan/shared.h"
 #include "zerocan/zerocan.h"
 
 namespace zerocan::vectors {
@@ -32,6 +34,40 @@ inline Policy VectorPolicy(size_t threshold = kVectorThreshold) {
   Policy p;
   p.inline_threshold = threshold;
   p.pack_integers = true;
+  return p;
+}
+
+// The arena of the `shared_tensor` vector. Real arenas' names carry 128 random bits; this
+// one is fixed so the vector's bytes are. A reader of that vector reads its payload from
+// an arena of its own under this name whose first 4096 bytes are VectorArenaValues().
+inline constexpr char kVectorArenaName[] = "zerocan-arena-0-0123456789abcdef0123456789abcdef";
+inline std::vector<double> VectorArenaValues() {  // 0.0, 0.25, ..., 127.75
+  std::vector<double> values(512);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<double>(i) * 0.25;
+  return values;
+}
+// This process's arena under kVectorArenaName (read by this process only), and its first
+// block (offset 0) holding VectorArenaValues(), kept for the process's life.
+struct VectorArenaState {
+  std::shared_ptr<SharedArena> arena;
+  Buffer block;
+};
+inline const VectorArenaState& VectorArena() {
+  static const VectorArenaState* state = [] {
+    auto* s = new VectorArenaState;
+    s->arena = internal::TestHooks::LocalArenaNamed(size_t{64} << 10, kVectorArenaName);
+    std::vector<double> values = VectorArenaValues();
+    s->block = *s->arena->Allocate(values.size() * sizeof(double));
+    std::memcpy(s->block.mutable_data(), values.data(), s->block.size());
+    return s;
+  }();
+  return *state;
+}
+// VectorPolicy with the vectors' arena: payloads at or above the threshold that lie in
+// it travel as references (the `shared_tensor` vector, and re-encoding it).
+inline Policy VectorSharedPolicy(size_t threshold = kVectorThreshold) {
+  Policy p = VectorPolicy(threshold);
+  p.shared_arena = VectorArena().arena.get();
   return p;
 }
 
@@ -51,6 +87,7 @@ struct Vector {
   std::string value;  // the content in a JSON-ish notation, types spelled out
   std::function<Outgoing()> build;
   size_t threshold = kVectorThreshold;  // Policy::inline_threshold it was built with
+  bool shared = false;  // built with VectorSharedPolicy (its payload is in VectorArena())
 };
 
 namespace internal {
@@ -457,6 +494,25 @@ inline std::vector<Vector> All() {
                  w->SetCredit(0x1001, 32);
                  return w->Finish();
                }});
+
+  v.push_back({"shared_tensor",
+               "A 4096-byte float64 tensor passed in shared memory (Payload.shared): a "
+               "reference to bytes 0..4095 of the arena named "
+               "zerocan-arena-0-0123456789abcdef0123456789abcdef (a fixed name for the "
+               "vector; real names carry 128 random bits), holding i * 0.25; a reader maps "
+               "that arena, or refuses the reference naming the field; 1 frame.",
+               "apply",
+               R"({"function": "sum", "args": [tensor float64 shape [512] order C data )"
+               R"(shared {arena: "zerocan-arena-0-0123456789abcdef0123456789abcdef", )"
+               R"(offset: 0, length: 4096} = [0.0, 0.25, ..., 127.75]], "kwargs": {}})",
+               [id = ++n] {
+                 EnvelopeWriter w(VectorSharedPolicy());
+                 w.SetHeader(VectorHeader(id));
+                 w.StartApply("sum", 1, 0).arg(0).Array(DType::kFloat64, Shape{512},
+                                                        VectorArena().block);
+                 return w.Finish();
+               },
+               kVectorThreshold, /*shared=*/true});
   return v;
 }
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import zerocan
-from zerocan import wire
+from zerocan import shared, wire
 from zerocan.policy import Policy
 
 from conftest import REPO
@@ -42,8 +42,31 @@ NAMES = [v["name"] for v in INDEX_DATA["vectors"]] if INDEX_DATA else []
 pytestmark = pytest.mark.skipif(INDEX_DATA is None, reason="tests/vectors/index.json not present")
 
 
+_VECTOR_ARENA = []  # [arena, its block at offset 0], made once
+
+
+def vector_arena(v):
+    """For a vector in shared memory (``sharedArena`` in index.json): an arena of this
+    process under the vector's fixed arena name, holding float64 i * 0.25 from offset 0
+    (the C++ tests make the same); None for any other vector."""
+    if "sharedArena" not in v:
+        return None
+    if not _VECTOR_ARENA:
+        arena = shared.Arena(64 << 10, _local_name=v["sharedArena"]["name"])
+        block = arena.allocate(4096)
+        block.view(np.float64)[:] = np.arange(512) * 0.25
+        assert arena.locate(block) == (0, 4096)
+        _VECTOR_ARENA.extend([arena, block])
+    return _VECTOR_ARENA[0]
+
+
+# References are mapped (from this process's arena of the vector's name, see above).
+LIMITS = wire.DecodeLimits(shared_refs="map")
+
+
 def vector(name):
     v = next(v for v in INDEX_DATA["vectors"] if v["name"] == name)
+    vector_arena(v)
     frames = read_frames(VECTORS / v["file"])
     h = v["header"]
     header = wire.Header(h["messageId"], h["sessionId"], h["sequence"], h["sentAtNs"])
@@ -184,6 +207,22 @@ def check_credit(msg):
     assert msg.kind == "credit" and (msg.target_call_id, msg.credit_items) == (4097, 32)
 
 
+def check_shared_tensor(msg):
+    ref = msg.envelope.body.apply.args[0].tensor.data.shared
+    assert (ref.arena, ref.offset, ref.length) == (
+        "zerocan-arena-0-0123456789abcdef0123456789abcdef", 0, 4096)
+    fn, args, kwargs = msg.apply()
+    assert fn == "sum" and kwargs == {}
+    arr_eq(args[0], "float64", np.arange(512) * 0.25)
+    assert not args[0].flags.writeable  # read in place, in shared memory
+
+
+def test_the_shared_vector_is_refused_by_a_receiver_that_takes_no_references():
+    _, frames, _, _ = vector("shared_tensor")
+    with pytest.raises(zerocan.DecodeError, match=r"apply\.args\[0\]\.tensor\.data\.shared"):
+        wire.decode(frames).apply()
+
+
 def check_stream_apply(msg):
     assert msg.apply() == ("count", [3], {}) and msg.stream_credits == 64
 
@@ -242,7 +281,7 @@ def test_every_vector_has_a_python_check():
 def test_vector_decodes_to_the_described_value(name):
     v, frames, header, _ = vector(name)
     assert [len(f) for f in frames] == v["frameBytes"]
-    msg = wire.decode(frames)
+    msg = wire.decode(frames, LIMITS)
     assert (msg.message_id, msg.session_id, msg.sequence, msg.sent_at_ns) == (
         header.message_id, header.session_id, header.sequence, header.sent_at_ns)
     assert msg.kind == v["body"]
@@ -251,8 +290,9 @@ def test_vector_decodes_to_the_described_value(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_vector_reencodes_byte_for_byte(name):
-    _, frames, header, policy = vector(name)
-    out = wire.reencode(wire.decode(frames), header, policy)
+    v, frames, header, policy = vector(name)
+    out = wire.reencode(wire.decode(frames, LIMITS), header, policy,
+                        shared_arena=vector_arena(v))
     assert out.envelope == frames[0]
     assert [bytes(memoryview(f).cast("B")) for f in out.frames] == frames[1:]
 
@@ -268,8 +308,8 @@ def test_vector_reencodes_from_python_values(name):
     """The Python values alone (not the wire kinds) re-encode to the same bytes: Python's
     own encoder makes the C++ encoder's choices."""
     v, frames, header, policy = vector(name)
-    msg = wire.decode(frames)
-    w = wire.Writer(policy)
+    msg = wire.decode(frames, LIMITS)
+    w = wire.Writer(policy, shared_arena=vector_arena(v))
     w.set_header(header)
     if msg.kind == "apply":
         fn, args, kwargs = msg.apply()

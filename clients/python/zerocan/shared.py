@@ -51,7 +51,9 @@ class Arena:
     """A sealed memory file of ``capacity`` bytes (rounded up to the page size), served
     to same-user peers under the abstract socket ``name``."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, _local_name: Optional[str] = None) -> None:
+        """``_local_name`` (tests: the golden vectors' fixed name): an arena under that name
+        that only this process reads; no peer is served."""
         if capacity <= 0:
             raise Error(f"shared arena: capacity {capacity}")
         page = mmap.PAGESIZE
@@ -78,9 +80,12 @@ class Arena:
         # Peers get a descriptor opened read-only on the same file: they cannot map it
         # writable. 128 random bits in the name: it is also a capability.
         self._read_only_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
-        self.name = f"zerocan-arena-{os.getpid()}-{secrets.token_hex(16)}"
+        self.name = _local_name or f"zerocan-arena-{os.getpid()}-{secrets.token_hex(16)}"
         self._pid = os.getpid()
         _LOCAL_ARENAS[self.name] = self
+        if _local_name is not None:
+            weakref.finalize(self, Arena._close_files, (self._fd, self._read_only_fd))
+            return
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind("\0" + self.name)
@@ -105,6 +110,11 @@ class Arena:
     def peers_refused(self) -> int:
         """Peers refused the arena's descriptor (another user)."""
         return self._refused[0]
+
+    @staticmethod
+    def _close_files(fds: tuple[int, int]) -> None:
+        for f in fds:
+            os.close(f)
 
     @staticmethod
     def _close(fds: tuple[int, int], listener: socket.socket, wake_r: int, wake_w: int,

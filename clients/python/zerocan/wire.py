@@ -1237,11 +1237,12 @@ def _hashable(key: Any) -> Any:
 # ---- forwarding -------------------------------------------------------------------------
 
 def reencode(msg: Message, header: Optional[Header] = None, policy: Optional[Policy] = None,
-             registry: Optional[Registry] = None) -> Outgoing:
+             registry: Optional[Registry] = None, shared_arena: Any = None) -> Outgoing:
     """Encodes ``msg`` again, body and values copied in order as C++ forwards them
     (``ValueWriter::Copy``): a received message comes out byte for byte identical when
-    the header and policy are the sender's."""
-    w = Writer(policy, registry)
+    the header and policy (and ``shared_arena``, for references into it) are the
+    sender's."""
+    w = Writer(policy, registry, shared_arena)
     w.set_header(header if header is not None else Header(
         msg.message_id, msg.session_id, msg.sequence, msg.sent_at_ns))
     body = msg.envelope.body
