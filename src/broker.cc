@@ -343,7 +343,13 @@ class Broker::Impl {
       if (peek && peek->kind == BodyKind::kHello) {
         // A client asking where its peer runs, to share memory. Unanswered, it sends
         // frames.
-        if (options_.shared_memory) SendHello(frontend_, RoutingStrings(m->routing));
+        // With a key, only a signed hello is answered (as engines do).
+        if (options_.shared_memory &&
+            (!options_.signer ||
+             options_.signer->Check(std::span<const Buffer>(m->frames.data(), m->frames.size())) ==
+                 Signer::Verdict::kOk)) {
+          SendHello(frontend_, RoutingStrings(m->routing));
+        }
         continue;
       }
       if (!peek || peek->kind != BodyKind::kApply) {
@@ -379,16 +385,25 @@ class Broker::Impl {
   }
 
   // The live, not draining engine with the fewest calls in flight; ties rotate (the next
-  // id after the last choice). nullptr when there is none.
-  const std::string* ChooseEngine() {
+  // id after the last choice). nullptr when there is none. `prefer_shared` (a call that
+  // may carry shared-memory references): among the engines on this host when there are
+  // any, so that the call goes as it is rather than rewritten.
+  const std::string* ChooseEngine(bool prefer_shared = false) {
+    bool only_shared = false;
+    if (prefer_shared) {
+      for (auto& [id, state] : engines_) only_shared |= !state.draining && state.shares_memory;
+    }
+    auto eligible = [only_shared](const EngineState& state) {
+      return !state.draining && (!only_shared || state.shares_memory);
+    };
     uint64_t fewest = UINT64_MAX;
     for (auto& [id, state] : engines_) {
-      if (!state.draining) fewest = std::min(fewest, state.in_flight);
+      if (eligible(state)) fewest = std::min(fewest, state.in_flight);
     }
     const std::string* first = nullptr;
     const std::string* next = nullptr;
     for (auto& [id, state] : engines_) {
-      if (state.draining || state.in_flight != fewest) continue;
+      if (!eligible(state) || state.in_flight != fewest) continue;
       if (first == nullptr || id < *first) first = &id;
       if (id > last_choice_ && (next == nullptr || id < *next)) next = &id;
     }
@@ -397,8 +412,10 @@ class Broker::Impl {
 
   // Sends `w` to the chosen engine, or queues it.
   void Dispatch(Waiting&& w) {
+    bool may_refer = options_.shared_memory && !w.message.frames.empty() &&
+                     internal::MayReferToArenas(w.message.frames[0]);
     while (true) {
-      const std::string* chosen = ChooseEngine();
+      const std::string* chosen = ChooseEngine(may_refer);
       if (chosen == nullptr) {
         waiting_bytes_ += w.bytes;
         waiting_.push_back(std::move(w));
@@ -730,31 +747,45 @@ class Broker::Impl {
       return std::vector<Buffer>{};
     }
     ReceivedMessage copy = w.message;
-    bool signed_call = LooksLikeSignature(copy.frames.back());
+    // Rewritten only when the broker can sign the result as the engine expects it: a
+    // signed call with the key, an unsigned one without. Any other goes as it is (the
+    // engine refuses it as it would have anyway).
+    if (LooksLikeSignature(copy.frames.back()) != options_.signer.has_value()) {
+      return std::vector<Buffer>{};
+    }
     DecodeLimits limits = options_.limits;
     limits.shared_refs = DecodeLimits::SharedRefs::kMap;
     try {
-      if (signed_call && options_.signer) {
-        options_.signer->Verify(&copy);
-      } else if (signed_call) {
-        // Without the key the broker could not sign what it would send instead.
-        copy.frames.pop_back();
-        limits.shared_refs = DecodeLimits::SharedRefs::kRefuse;
-      }
+      if (options_.signer) options_.signer->Verify(&copy);
       std::optional<internal::Materialized> m =
           internal::MaterializeApply(Message::Decode(std::move(copy), limits), Policy::Default());
       if (!m) return std::vector<Buffer>{};
-      if (signed_call && options_.signer) options_.signer->Sign(&m->message);
-      ++materialized_;
-      materialized_bytes_ += m->bytes;
+      uint64_t total = m->message.envelope().size();
+      bool frame_too_large = false;
+      for (const Buffer& b : m->message.payload_frames()) {
+        total += b.size();
+        frame_too_large |= b.size() > options_.limits.max_frame_bytes;
+      }
+      if (frame_too_large || total > options_.limits.max_message_bytes ||
+          m->message.frame_count() + 1 > options_.limits.max_frames) {
+        // As frames it would be refused on arrival (the same limits there): say so now.
+        throw DecodeError(DecodeError::Code::kLimitExceeded,
+                          absl::StrCat(m->bytes, " bytes in shared memory are more than one "
+                                       "message may carry as frames (max_message_bytes ",
+                                       options_.limits.max_message_bytes, ", max_frame_bytes ",
+                                       options_.limits.max_frame_bytes, ")"));
+      }
+      if (options_.signer) options_.signer->Sign(&m->message);
       std::vector<Buffer> frames;
       frames.push_back(m->message.TakeEnvelope());
       for (const Buffer& b : m->message.payload_frames()) frames.push_back(b);
       if (!m->message.trailer().empty()) frames.push_back(m->message.trailer());
+      ++materialized_;
+      materialized_bytes_ += m->bytes;
       return frames;
     } catch (const Error& e) {
-      // A reference this broker cannot map (another user's arena, no key for a signed
-      // call): the client learns why, and sends frames from then on.
+      // A reference this broker cannot map (another user's arena), or more than a message
+      // may carry: the client learns why, and sends frames from then on.
       SendError(RoutingStrings(w.message.routing), w.peek.message_id, "",
                 {kErrorDecode,
                  absl::StrCat("the broker could not pass this call's shared-memory "

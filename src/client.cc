@@ -188,6 +188,7 @@ class ClientCore {
       Clock::time_point now = Clock::now();
       {
         std::unique_lock<std::mutex> lock(mu_);
+        ReleaseHeldBlocks(now);
         if (call.done || !call.items.empty()) return true;  // (items: a stream's)
         if (now >= call.deadline) {
           Expire(call);
@@ -217,22 +218,50 @@ class ClientCore {
   }
 
   void Finish(PendingCall& call, Result result) {  // mu_ held
-    if (!call.shared_blocks.empty() && result.reply() && RefersToOurArena(result.reply())) {
-      // The engine handed (part of) an argument back in place: the result reads the
-      // argument's blocks, and keeps them.
-      internal::WireAccess::KeepReturnedBlocks(result.reply(), std::move(call.shared_blocks));
+    std::vector<SharedOrigin> origins;
+    if (result.ok() && result.reply()) origins = result.reply().shared_origins();
+    if (!origins.empty()) {
+      if (std::optional<std::string> stray = StrayReference(origins, call)) {
+        result = Result::Failed(std::make_exception_ptr(DecodeError(
+                                    DecodeError::Code::kMalformed, *stray)),
+                                result.reply());
+      } else {
+        // The engine handed (part of) an argument back in place: the result reads the
+        // argument's blocks, and keeps them.
+        internal::WireAccess::KeepReturnedBlocks(result.reply(),
+                                                 std::move(call.shared_blocks));
+      }
     }
     call.result = std::move(result);
     call.done = true;
     call.shared_blocks.clear();  // answered (or the engine is gone): it reads them no more
   }
 
-  bool RefersToOurArena(const Message& reply) const {  // mu_ held
-    if (shared_arena_ == nullptr) return false;
-    for (const SharedOrigin& origin : reply.shared_origins()) {
-      if (origin.arena == shared_arena_->name()) return true;
+  // A result may refer only to bytes the call's own references covered (docs/FORMAT.md,
+  // "Payloads in shared memory"): the reason when one does not.
+  std::optional<std::string> StrayReference(const std::vector<SharedOrigin>& origins,
+                                            const PendingCall& call) const {  // mu_ held
+    for (const SharedOrigin& origin : origins) {
+      bool inside = false;
+      if (shared_arena_ != nullptr && origin.arena == shared_arena_->name()) {
+        for (const Buffer& block : call.shared_blocks) {
+          std::optional<SharedArena::Location> at = shared_arena_->Find(block);
+          uint64_t length = origin.view.size();
+          if (at && origin.offset >= at->offset && length <= at->length &&
+              origin.offset - at->offset <= at->length - length) {
+            inside = true;
+            break;
+          }
+        }
+      }
+      if (!inside) {
+        return absl::StrCat(internal::Sv(call.function),
+                            ": the result refers to shared memory the call did not pass (arena \"",
+                            origin.arena, "\", ", origin.view.size(), " bytes at offset ",
+                            origin.offset, ")");
+      }
     }
-    return false;
+    return std::nullopt;
   }
 
   // A call given up before its answer (timeout, cancel, a lost connection) may still be

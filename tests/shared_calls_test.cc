@@ -24,7 +24,9 @@
 #include "zerocan/generated.h"
 #include "zerocan/shared.h"
 #include "zerocan/stats.h"
+#include "zerocan/transport/zmq.h"
 #include "zerocan/zerocan.h"
+#include <zmq.hpp>
 
 namespace zerocan {
 namespace {
@@ -597,6 +599,124 @@ TEST(SharedBrokerTest, AnEngineOnAnotherHostGetsTheArgumentsOfACallerThatSharesM
   EXPECT_EQ(GlobalStats().Snapshot().shared_refs_sent, before.shared_refs_sent + 1);
   EXPECT_EQ(broker.counters().materialized, 1u);
   EXPECT_EQ(broker.counters().materialized_bytes, block.size());
+}
+
+TEST(SharedCallTest, AResultPassedOnToAnotherCallKeepsTheBlockItNames) {
+  Engine engine;
+  engine.DefRaw("echo", [](const Call& call, ValueWriter& out) { out.Copy(call.arg(0)); });
+  engine.DefRaw("slow_sum", [](const Call& call, ValueWriter& out) {
+    std::this_thread::sleep_for(milliseconds(200));
+    Buffer bytes = call.arg(0).TensorBytes();
+    uint64_t sum = 0;
+    for (size_t i = 0; i < bytes.size(); ++i) sum += static_cast<uint8_t>(bytes.data()[i]);
+    out.UInt(sum);
+  });
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  auto arena = SharedArena::Create(4 << 20);
+  ClientOptions co;
+  co.shared_arena = arena;
+  co.shared_memory = true;
+  co.timeout = milliseconds(10000);
+  Client client(engine.last_endpoint(), co);
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
+  ResultFuture pending;
+  {
+    std::vector<uint8_t> ones(1 << 20, 1);
+    Result echoed = client.apply("echo", ones).get();  // copied into the arena, handed back
+    ASSERT_TRUE(echoed.ok()) << Why(echoed);
+    ASSERT_TRUE(echoed.value().InSharedMemory());
+    pending = client.apply("slow_sum", echoed.value());  // the same block, as it is
+  }  // the result is gone; the call in flight still holds the block
+  Buffer other = *arena->Allocate(1 << 20);  // would land on a freed block
+  std::memset(other.mutable_data(), 7, other.size());
+  Result r = pending.get();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_EQ(r.as<uint64_t>(), uint64_t{1} << 20);
+}
+
+// An engine of its own making: answers the client's hello from this host, then answers
+// the call with a result referring to bytes of the client's arena the call did not pass.
+TEST(SharedCallTest, AResultReferringToMemoryTheCallDidNotPassFailsTheCall) {
+  zmq::context_t context(1);
+  zmq::socket_t fake(context, zmq::socket_type::router);
+  fake.set(zmq::sockopt::linger, 0);
+  fake.bind("tcp://127.0.0.1:*");
+  auto arena = SharedArena::Create(4 << 20);
+  ClientOptions co;
+  co.shared_arena = arena;
+  co.shared_memory = true;
+  co.timeout = milliseconds(5000);
+  Client client(fake.get(zmq::sockopt::last_endpoint), co);
+  Buffer secret = *arena->Allocate(4096);  // the caller's, never passed
+  Buffer argument = *arena->Allocate(1 << 16);
+  auto answer = [&](const std::function<void(ReceivedMessage&&)>& reply) {
+    zmq::pollitem_t item{fake.handle(), 0, ZMQ_POLLIN, 0};
+    ASSERT_EQ(zmq::poll(&item, 1, std::chrono::milliseconds(5000)), 1);
+    std::optional<ReceivedMessage> m = Receive(fake, DecodeLimits{}, zmq::recv_flags::none, true);
+    ASSERT_TRUE(m.has_value());
+    reply(std::move(*m));
+  };
+  answer([&](ReceivedMessage&& hello) {  // the hello: answered from this host
+    EnvelopeWriter w;
+    w.SetHeader(Header{1, 2, 1, 0});
+    w.SetHello("fake", "engine", {}, &HostIdentity::This());
+    Send(fake, w.Finish(), hello.routing);
+  });
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
+  ResultFuture f = client.apply("nbytes", Bytes(argument));
+  answer([&](ReceivedMessage&& call) {
+    uint64_t id = Message::Decode(ReceivedMessage{{}, call.frames}, Accepting()).message_id();
+    capnp::MallocMessageBuilder builder;
+    auto env = builder.initRoot<wire::Envelope>();
+    env.setVersion(kProtocolVersion);
+    env.setMessageId(9);
+    auto result = env.getBody().initResult();
+    result.setCallId(id);
+    auto ref = result.initOk().initBytes().initShared();
+    ref.setArena(arena->name());
+    ref.setOffset(arena->Find(secret)->offset);
+    ref.setLength(secret.size());
+    kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
+    Buffer envelope = Buffer::CopyOf(words.begin(), words.size() * sizeof(capnp::word));
+    Send(fake, Outgoing(envelope, {}), call.routing);
+  });
+  Result r = f.get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(Why(r), HasSubstr("refers to shared memory the call did not pass"));
+}
+
+TEST(SharedBrokerTest, ACallTooLargeToRewriteForAnotherHostFailsSayingWhy) {
+  BrokerOptions bo;
+  bo.limits.max_message_bytes = 1 << 20;
+  BrokeredCall c(EngineOptions{.shared_memory = false}, bo);
+  ASSERT_TRUE(WaitUntil([&] { return c.client->shares_memory(); }));
+  Buffer block = SumBlock(*c.arena);  // 16 MiB
+  Result r = c.client->apply("sum", Bytes(block)).get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(Why(r), HasSubstr("more than one message may carry"));
+  EXPECT_EQ(c.broker.counters().materialized, 0u);
+}
+
+TEST(SharedBrokerTest, CallsWithReferencesGoToAnEngineOnThisHostWhenThereIsOne) {
+  BrokeredCall c(EngineOptions{.shared_memory = false});  // elsewhere, as far as it says
+  EngineOptions eo;
+  eo.builtins = true;
+  Engine local(eo);
+  local.Connect(c.broker.backend_endpoint());
+  local.Start();
+  ASSERT_TRUE(WaitUntil([&] { return c.broker.counters().engines_live == 2; }));
+  ASSERT_TRUE(WaitUntil([&] { return c.client->shares_memory(); }));
+  Buffer block = SumBlock(*c.arena);
+  std::vector<ResultFuture> calls;
+  for (int i = 0; i < 6; ++i) calls.push_back(c.client->apply("sum", Bytes(block)));
+  for (ResultFuture& f : calls) {
+    Result r = f.get();
+    ASSERT_TRUE(r.ok()) << Why(r);
+    EXPECT_DOUBLE_EQ(r.as<double>(), kSumBlockSum);
+  }
+  EXPECT_EQ(c.broker.counters().materialized, 0u);  // none rewritten
+  local.Stop();
 }
 
 }  // namespace

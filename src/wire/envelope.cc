@@ -247,7 +247,12 @@ void EnvelopeWriter::SetHello(std::string_view peer_id, std::string_view role,
 std::vector<SharedOrigin> Message::shared_origins() const {
   std::vector<SharedOrigin> out;
   if (state_ == nullptr) return out;
-  for (const auto& [where, origin] : state_->shared_views_) out.push_back(origin);
+  for (const auto& [where, origin] : state_->shared_views_) {
+    // Views that keep the whole message (and the blocks it keeps) alive, as payloads do.
+    out.push_back(SharedOrigin{origin.arena, origin.offset,
+                               Buffer(origin.view.mutable_data(), origin.view.size(),
+                                      state_->KeepAlive())});
+  }
   return out;
 }
 

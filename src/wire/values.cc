@@ -371,12 +371,20 @@ wire::Tensor::Builder CopyTensorHeader(wire::Tensor::Reader from, wire::Tensor::
   return to;
 }
 
-// A reference forwarded as it is: the bytes stay where they are.
-void CopySharedRef(wire::SharedRef::Reader from, wire::Payload::Builder to) {
+// A reference forwarded as it is: the bytes stay where they are, and the received view
+// of them (which holds the block: a result that handed an argument back keeps it) stays
+// with the new message until its receiver is done. A message decoded without mapping
+// (DecodeLimits::SharedRefs::kDescribe) has no view to keep.
+void CopySharedRef(wire::SharedRef::Reader from, wire::Payload::Builder to, const Value& value,
+                   bool tensor, PayloadSink m) {
   auto ref = to.initShared();
   ref.setArena(from.getArena());
   ref.setOffset(from.getOffset());
   ref.setLength(from.getLength());
+  try {
+    m.shared_blocks.push_back(tensor ? value.TensorBytes() : value.AsBytes());
+  } catch (const Error&) {
+  }
   Bump(GlobalStats().shared_refs_sent);
 }
 }  // namespace
@@ -397,7 +405,9 @@ void ValueWriter::Copy(const Value& value) {
     case Kind::kText: return Text(value.AsText());
     case Kind::kBytes:
       if (r.getBytes().isShared() && ForwardsAsIs(r.getBytes().getShared(), message_->policy())) {
-        return CopySharedRef(r.getBytes().getShared(), V(builder_).initBytes());
+        auto& m = *message_->impl_;
+        return CopySharedRef(r.getBytes().getShared(), V(builder_).initBytes(), value,
+                             /*tensor=*/false, {m.payloads, m.shared_blocks});
       }
       return Bytes(value.AsBytes());
     case Kind::kList: {
@@ -440,7 +450,9 @@ void ValueWriter::Copy(const Value& value) {
       if (t.getData().isShared() && ForwardsAsIs(t.getData().getShared(), message_->policy())) {
         // The canonical order of Array, with the reference.
         auto out = CopyTensorHeader(t, V(builder_).initTensor());
-        return CopySharedRef(t.getData().getShared(), out.initData());
+        auto& m = *message_->impl_;
+        return CopySharedRef(t.getData().getShared(), out.initData(), value, /*tensor=*/true,
+                             {m.payloads, m.shared_blocks});
       }
       // The bytes as they are (no realignment copy: we only forward them).
       return Array(static_cast<DType>(t.getDtype()), shape, value.TensorBytes(), order);

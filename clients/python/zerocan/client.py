@@ -43,7 +43,7 @@ from ._stream import Stream
 from ._watch import ConnectionWatch
 from .curve import KeyPairLike
 from .curve import configure_client as configure_curve_client
-from .errors import Error, RemoteError, TimeoutError, TransportError
+from .errors import DecodeError, Error, RemoteError, TimeoutError, TransportError
 from .placement import IoCpus, channel_context
 from .policy import Policy
 from .shared import Arena, default_arena, this_host
@@ -479,11 +479,17 @@ class Client:
             self.counters["late"] += 1
             self._held_blocks.pop(call_id, None)  # the engine is done with them now
             return
-        if fut.shared_blocks:
+        blocks = fut.shared_blocks
+        if blocks:
             # The engine may hand an argument back in place: the result keeps its blocks.
-            msg.keep_with_shared = fut.shared_blocks
+            msg.keep_with_shared = blocks
         fut.shared_blocks = None  # answered: the engine reads them no more
         result, exc = outcome(msg)
+        if exc is None and msg.shared_origins:
+            stray = self._stray_reference(msg.shared_origins, blocks or [])
+            if stray is not None:
+                result, exc = None, DecodeError(f"{getattr(fut, 'function', '')}: {stray}",
+                                                "malformed")
         if (isinstance(exc, RemoteError) and exc.type == "zerocan.DecodeError"
                 and ("shared memory" in exc.message or "shared-memory" in exc.message)):
             # The peer could not map our arena (another host after a reconnect, a policy
@@ -519,6 +525,19 @@ class Client:
         except Error:
             pass  # no arena (no memfd, no memory): calls keep sending frames
 
+    def _stray_reference(self, origins: list[Any], blocks: list[Any]) -> Optional[str]:
+        """A result may refer only to bytes the call's own references covered
+        (docs/FORMAT.md, "Payloads in shared memory"): the reason when one does not."""
+        arena = self._shared_arena
+        spans = [arena.locate(b) for b in blocks] if arena is not None else []
+        for name, offset, _, length, _ in origins:
+            if arena is None or name != arena.name or not any(
+                    s is not None and s[0] <= offset and offset + length <= s[0] + s[1]
+                    for s in spans):
+                return (f"the result refers to shared memory the call did not pass "
+                        f"(arena \"{name}\", {length} bytes at offset {offset})")
+        return None
+
     # A call given up may still be running on its engine, reading its arguments in place:
     # their blocks wait for the late reply, at most this long (a cancelled call gets none).
     _HOLD_GIVEN_UP_BLOCKS_S = 60.0
@@ -533,9 +552,12 @@ class Client:
     def _next_timeout_ms(self) -> Optional[int]:
         while self._deadlines and self._deadlines[0][1] not in self._pending:
             heapq.heappop(self._deadlines)
-        if not self._deadlines:
+        wake = [until for until, _ in self._held_blocks.values()]  # blocks to let go
+        if self._deadlines:
+            wake.append(self._deadlines[0][0])
+        if not wake:
             return None
-        return max(0, int((self._deadlines[0][0] - time.monotonic()) * 1000) + 1)
+        return max(0, int((min(wake) - time.monotonic()) * 1000) + 1)
 
     def _expire(self) -> None:
         now = time.monotonic()

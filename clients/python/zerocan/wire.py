@@ -219,7 +219,7 @@ class Writer:
 
     def __init__(self, policy: Optional[Policy] = None,
                  registry: Optional[Registry] = None, shared_arena: Any = None,
-                 shared_returns: Sequence[tuple[str, int, int, int]] = ()) -> None:
+                 shared_returns: Sequence[tuple[str, int, int, int, Any]] = ()) -> None:
         """``shared_arena`` (a zerocan.shared.Arena): payloads at or above the threshold
         travel as references into it (Payload.shared), as with C++'s
         Policy::shared_arena: in place when they already lie in it, else copied in once
@@ -482,7 +482,7 @@ class Writer:
 
     def _place_returned(self, pb: Any, data: Any, size: int) -> bool:
         address = _address(data)
-        for arena, offset, start, length in self.shared_returns:
+        for arena, offset, start, length, _ in self.shared_returns:
             if start <= address and address + size <= start + length:
                 ref = pb.init("shared")
                 ref.arena = arena
@@ -789,9 +789,9 @@ class Message:
         self.envelope_copied = False
         self.payloads_copied = 0
         # Payloads in their sender's arena (Payload.shared): (arena, offset, address of
-        # the mapped bytes here, length). A reply may hand them back in place
-        # (Writer's ``shared_returns``).
-        self.shared_origins: list[tuple[str, int, int, int]] = []
+        # the mapped bytes here, length, the view itself, which keeps them mapped). A
+        # reply may hand them back in place (Writer's ``shared_returns``).
+        self.shared_origins: list[tuple[str, int, int, int, memoryview]] = []
         # Set by a client before reading a result: what each shared-memory view in it
         # keeps alive (the call's own argument blocks, which the result may name).
         self.keep_with_shared: Any = None
@@ -1057,7 +1057,8 @@ class Message:
                                    "sender is not on this host)")
             from .shared import process_segments
             view = process_segments().resolve(ref.arena, ref.offset, ref.length, where.render())
-            self.shared_origins.append((ref.arena, ref.offset, _address(view), ref.length))
+            self.shared_origins.append((ref.arena, ref.offset, _address(view), ref.length,
+                                        view))
             if self.keep_with_shared is not None and view.nbytes:
                 view = np.asarray(_KeptView(view, self.keep_with_shared)).data
             return view, 0, -1
