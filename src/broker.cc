@@ -465,6 +465,7 @@ class Broker::Impl {
       if (peek.kind != BodyKind::kCancel) return;
       for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
         if (it->peek.message_id == peek.call_id && FrameString(it->message.routing[0]) == client) {
+          waiting_bytes_ -= std::min(waiting_bytes_, it->bytes);
           waiting_.erase(it);
           return;
         }

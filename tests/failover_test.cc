@@ -344,15 +344,42 @@ TEST(FailoverTest, FullBrokerQueueAnswersBusyAndGoneClientsLeaveIt) {
   EXPECT_EQ(engine.counters().calls, 1u);
 }
 
+// Frames: a call whose arguments are in the client's shared memory queues a few bytes.
+ClientOptions FramesOnly() {
+  ClientOptions co = FastClient();
+  co.shared_memory = false;
+  return co;
+}
+
 TEST(FailoverTest, QueueByteBoundAnswersBusy) {
   BrokerOptions bo;
   bo.max_queued_bytes = 64 * 1024;
   auto broker = StartBroker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", bo);
-  Client client(broker->frontend_endpoint(), FastClient());
+  Client client(broker->frontend_endpoint(), FramesOnly());
   ResultFuture small = client.apply("add", 1, 1);
   Result big = client.apply("echo", std::vector<double>(16 * 1024, 1.0)).get();
   EXPECT_THAT(ErrorText(big), HasSubstr("zerocan.Busy"));
   EXPECT_EQ(broker->counters().busy, 1u);
+}
+
+TEST(FailoverTest, ACancelledQueuedCallGivesItsBytesBack) {
+  BrokerOptions bo;
+  bo.max_queued_bytes = 192 * 1024;
+  auto broker = StartBroker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", bo);
+  Client client(broker->frontend_endpoint(), FramesOnly());
+  std::vector<double> bytes_128k(16 * 1024, 1.0);
+  for (int i = 0; i < 3; ++i) {  // each waits (no engine), is cancelled, and leaves room
+    ResultFuture queued = client.apply("echo", bytes_128k);
+    for (int t = 0; t < 500 && broker->counters().queued == 0; ++t) {
+      std::this_thread::sleep_for(milliseconds(2));
+    }
+    ASSERT_EQ(broker->counters().queued, 1u);
+    EXPECT_TRUE(queued.Cancel());
+    for (int t = 0; t < 500 && broker->counters().queued != 0; ++t) {
+      std::this_thread::sleep_for(milliseconds(2));
+    }
+  }
+  EXPECT_EQ(broker->counters().busy, 0u);
 }
 
 }  // namespace
