@@ -247,6 +247,16 @@ TEST(SharedPlacementTest, InspectListsAReferenceWithItsArenaAndSizeWithoutReadin
 
 // ---- a client and an engine ---------------------------------------------------------------
 
+// Options of a client that shares memory through `arena`.
+ClientOptions Sharing(std::shared_ptr<SharedArena> arena,
+                      milliseconds timeout = milliseconds(60000)) {
+  ClientOptions co;
+  co.shared_arena = std::move(arena);
+  co.shared_memory = true;
+  co.timeout = timeout;
+  return co;
+}
+
 bool WaitUntil(const std::function<bool()>& done, milliseconds limit = milliseconds(5000)) {
   auto until = std::chrono::steady_clock::now() + limit;
   while (!done()) {
@@ -291,10 +301,7 @@ TEST(SharedCallTest, AClientAndAnEngineOnOneHostPassArgumentsInPlace) {
   engine.Bind("tcp://127.0.0.1:*");
   engine.Start();
   auto arena = SharedArena::Create(64 << 20);
-  ClientOptions co;
-  co.shared_arena = arena;
-  co.shared_memory = true;
-  co.timeout = milliseconds(10000);
+  ClientOptions co = Sharing(arena, milliseconds(10000));
   Client client(engine.last_endpoint(), co);
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); })) << "no hello from the engine";
 
@@ -395,9 +402,7 @@ TEST(SharedCallTest, ATimedOutCallKeepsItsBlockUntilTheLateReply) {
   engine.Bind("tcp://127.0.0.1:*");
   engine.Start();
   auto arena = SharedArena::Create(16 << 20);
-  ClientOptions co;
-  co.shared_arena = arena;
-  co.shared_memory = true;
+  ClientOptions co = Sharing(arena);
   Client client(engine.last_endpoint(), co);
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
   // The client gives up after 50 ms; the engine still reads the argument in place.
@@ -417,10 +422,7 @@ TEST(SharedCallTest, ATimedOutCallKeepsItsBlockUntilTheLateReply) {
 TEST(SharedCallTest, AnEngineThatCannotTakeReferencesFailsTheCallSayingWhyAndFramesFollow) {
   std::string url = "tcp://127.0.0.1:" + std::to_string(testing::FreeTcpPort());
   auto arena = SharedArena::Create(16 << 20);
-  ClientOptions co;
-  co.shared_arena = arena;
-  co.shared_memory = true;
-  co.timeout = milliseconds(10000);
+  ClientOptions co = Sharing(arena, milliseconds(10000));
   std::vector<double> values(1 << 16, 1.0);
   auto first = std::make_unique<Engine>(EngineOptions{.builtins = true});
   first->Bind(url);
@@ -455,10 +457,7 @@ TEST(SharedCallTest, TheEngineProgramInAnotherProcessReadsTheClientsArena) {
   std::string url = "tcp://127.0.0.1:" + std::to_string(testing::FreeTcpPort());
   testing::ToolProcess engine({"engine", "--bind", url, "--builtins"});
   auto arena = SharedArena::Create(64 << 20);
-  ClientOptions co;
-  co.shared_arena = arena;
-  co.shared_memory = true;
-  co.timeout = milliseconds(10000);
+  ClientOptions co = Sharing(arena, milliseconds(10000));
   Client client(url, co);
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }, milliseconds(20000)));
   Buffer block = *arena->Allocate(32 << 20);
@@ -585,10 +584,7 @@ TEST(SharedBrokerTest, AnEngineOnAnotherHostGetsTheArgumentsOfACallerThatSharesM
   ASSERT_TRUE(WaitUntil([&] { return broker.counters().engines_live == 1; },
                         milliseconds(20000)));
   auto arena = SharedArena::Create(64 << 20);
-  ClientOptions co;
-  co.shared_arena = arena;
-  co.shared_memory = true;
-  co.timeout = milliseconds(20000);
+  ClientOptions co = Sharing(arena, milliseconds(20000));
   Client client(broker.frontend_endpoint(), co);
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
   Buffer block = SumBlock(*arena);
@@ -614,10 +610,7 @@ TEST(SharedCallTest, AResultPassedOnToAnotherCallKeepsTheBlockItNames) {
   engine.Bind("tcp://127.0.0.1:*");
   engine.Start();
   auto arena = SharedArena::Create(4 << 20);
-  ClientOptions co;
-  co.shared_arena = arena;
-  co.shared_memory = true;
-  co.timeout = milliseconds(10000);
+  ClientOptions co = Sharing(arena, milliseconds(10000));
   Client client(engine.last_endpoint(), co);
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
   ResultFuture pending;
@@ -643,10 +636,7 @@ TEST(SharedCallTest, AResultReferringToMemoryTheCallDidNotPassFailsTheCall) {
   fake.set(zmq::sockopt::linger, 0);
   fake.bind("tcp://127.0.0.1:*");
   auto arena = SharedArena::Create(4 << 20);
-  ClientOptions co;
-  co.shared_arena = arena;
-  co.shared_memory = true;
-  co.timeout = milliseconds(5000);
+  ClientOptions co = Sharing(arena, milliseconds(5000));
   Client client(fake.get(zmq::sockopt::last_endpoint), co);
   Buffer secret = *arena->Allocate(4096);  // the caller's, never passed
   Buffer argument = *arena->Allocate(1 << 16);
