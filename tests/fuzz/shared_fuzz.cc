@@ -84,6 +84,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       arena[in.Byte() % arena.size()] ^= static_cast<char>(1 + in.Byte() % 127);
     }
   }
+  arena.resize(std::strlen(arena.c_str()));  // a Text ends at its first NUL, as capnp sets it
   uint64_t offset = in.U64(), length = in.U64();
   uint8_t shape_of = in.Byte();
   if (shape_of & 1) offset = kArenaBytes - offset % 4096;  // around the end
