@@ -123,6 +123,17 @@ struct PayloadSink {
   std::vector<Buffer>& shared_blocks;
 };
 
+// Payload.shared: `length` bytes at `offset` of the arena named `arena` (every writer of a
+// reference goes through here, and counts it).
+void SetSharedRef(wire::Payload::Builder payload, std::string_view arena, uint64_t offset,
+                  uint64_t length) {
+  auto ref = payload.initShared();
+  CopyText(ref.initArena(TextSize(arena)), arena);
+  ref.setOffset(offset);
+  ref.setLength(length);
+  Bump(GlobalStats().shared_refs_sent);
+}
+
 // A payload at or above the threshold as a reference into `arena`: in place when it lies
 // there, else copied into a fresh block. False when the arena has no room (the caller
 // sends a frame instead).
@@ -146,13 +157,8 @@ bool PlaceShared(PayloadSink m, SharedArena& arena, wire::Payload::Builder paylo
     location = arena.Find(*fresh);
     block = std::move(*fresh);
   }
-  auto ref = payload.initShared();
-  const std::string& name = arena.name();
-  CopyText(ref.initArena(TextSize(name)), name);
-  ref.setOffset(location->offset);
-  ref.setLength(location->length);
+  SetSharedRef(payload, arena.name(), location->offset, location->length);
   m.shared_blocks.push_back(std::move(block));
-  Bump(GlobalStats().shared_refs_sent);
   return true;
 }
 
@@ -167,11 +173,8 @@ bool PlaceReturned(const std::vector<SharedOrigin>& returns, wire::Payload::Buil
         data.data() - begin > static_cast<ptrdiff_t>(origin.view.size() - data.size())) {
       continue;
     }
-    auto ref = payload.initShared();
-    CopyText(ref.initArena(TextSize(origin.arena)), origin.arena);
-    ref.setOffset(origin.offset + static_cast<uint64_t>(data.data() - begin));
-    ref.setLength(data.size());
-    Bump(GlobalStats().shared_refs_sent);
+    SetSharedRef(payload, origin.arena, origin.offset + static_cast<uint64_t>(data.data() - begin),
+                 data.size());
     return true;
   }
   return false;
@@ -377,15 +380,12 @@ wire::Tensor::Builder CopyTensorHeader(wire::Tensor::Reader from, wire::Tensor::
 // (DecodeLimits::SharedRefs::kDescribe) has no view to keep.
 void CopySharedRef(wire::SharedRef::Reader from, wire::Payload::Builder to, const Value& value,
                    bool tensor, PayloadSink m) {
-  auto ref = to.initShared();
-  ref.setArena(from.getArena());
-  ref.setOffset(from.getOffset());
-  ref.setLength(from.getLength());
+  SetSharedRef(to, std::string_view(from.getArena().begin(), from.getArena().size()),
+               from.getOffset(), from.getLength());
   try {
     m.shared_blocks.push_back(tensor ? value.TensorBytes() : value.AsBytes());
   } catch (const Error&) {
   }
-  Bump(GlobalStats().shared_refs_sent);
 }
 }  // namespace
 
