@@ -188,9 +188,13 @@ struct EngineOptions {
   // owns its context's ZAP handler (CurveAllowList, transport/zmq.h).
   std::vector<std::string> curve_allowed_clients;
   // Shared memory with clients on this host (shared.h): the engine answers a client's
-  // hello with where it runs, and reads the arguments such a client sends as references
-  // into the client's arena in place (mapped read-only; Stats::shared_refs_received).
-  // Off: hellos go unanswered, so clients send frames, and references are refused.
+  // (or its broker's) hello with where it runs, reads the arguments such a client sends
+  // as references into the client's arena in place (mapped read-only;
+  // Stats::shared_refs_received), and hands a result that is (part of) such an argument
+  // back as a reference to it (Policy::shared_returns). Its functions must not keep an
+  // argument's bytes past their call: the client reuses the block after the reply.
+  // Off: clients' hellos go unanswered, so clients send frames, and references are
+  // refused.
   bool shared_memory = true;
 };
 
