@@ -158,13 +158,6 @@ class ClientCore {
     writer.SetHeader(header);
     Outgoing out = writer.Finish();
     call->shared_blocks = out.TakeSharedBlocks();
-    // The engine reads arena blocks in place until the reply: the call's tracker is done
-    // only when the call lets them go (and libzmq its frames).
-    std::shared_ptr<Tracker::State> tracked;
-    if (!call->shared_blocks.empty()) {
-      tracked = std::make_shared<Tracker::State>();
-      call->shared_blocks.push_back(Buffer(nullptr, 0, std::make_shared<TrackedHold>(tracked)));
-    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (closed_) throw TransportError("client closed");
@@ -178,7 +171,7 @@ class ClientCore {
       DoneIo();
       try {
         if (signer_) signer_->Sign(&out);
-        tracker = Send(socket_, std::move(out), {}, std::move(tracked));
+        tracker = Send(socket_, std::move(out));
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu_);
         pending_.erase(call->id);
@@ -223,17 +216,6 @@ class ClientCore {
   ClientCounters counters() const {
     return ClientCounters{sent_.load(), received_.load(), late_.load(), rejected_.load()};
   }
-
-  // Counts a Tracker up while it lives (it sits among a call's arena blocks).
-  struct TrackedHold {
-    explicit TrackedHold(std::shared_ptr<Tracker::State> s) : state(std::move(s)) {
-      state->pending.fetch_add(1, std::memory_order_relaxed);
-    }
-    ~TrackedHold() {
-      if (state->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) state->pending.notify_all();
-    }
-    std::shared_ptr<Tracker::State> state;
-  };
 
   void Finish(PendingCall& call, Result result) {  // mu_ held
     std::vector<SharedOrigin> origins;

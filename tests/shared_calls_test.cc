@@ -709,33 +709,5 @@ TEST(SharedBrokerTest, CallsWithReferencesGoToAnEngineOnThisHostWhenThereIsOne) 
   local.Stop();
 }
 
-TEST(SharedCallTest, TheTrackerIsDoneOnlyWhenTheCallLetsGoOfItsBlocks) {
-  Engine engine;
-  engine.DefRaw("slow_nbytes", [](const Call& call, ValueWriter& out) {
-    std::this_thread::sleep_for(milliseconds(200));
-    out.Int(static_cast<int64_t>(call.arg(0).TensorBytes().size()));
-  });
-  engine.DefRaw("echo", [](const Call& call, ValueWriter& out) { out.Copy(call.arg(0)); });
-  engine.Bind("tcp://127.0.0.1:*");
-  engine.Start();
-  auto arena = SharedArena::Create(4 << 20);
-  Client client(engine.last_endpoint(), Sharing(arena));
-  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
-  Buffer block = *arena->Allocate(1 << 20);
-  ResultFuture f = client.apply("slow_nbytes", Bytes(block));
-  // No frame at all, yet the engine reads the block until it answers.
-  EXPECT_FALSE(f.tracker().WaitFor(milliseconds(50)));
-  Result r = f.get();
-  ASSERT_TRUE(r.ok()) << Why(r);
-  EXPECT_TRUE(f.tracker().done());
-  // Handed back in place: the result reads the block, and the tracker waits for it.
-  ResultFuture e = client.apply("echo", Bytes(block));
-  Result echoed = e.get();
-  ASSERT_TRUE(echoed.ok()) << Why(echoed);
-  EXPECT_FALSE(e.tracker().done());
-  echoed = Result();
-  EXPECT_TRUE(e.tracker().done());
-}
-
 }  // namespace
 }  // namespace zerocan

@@ -9,8 +9,7 @@
 // Arguments are positional, or keywords written Kw("name", value). Large arguments leave
 // as frames of their own: an rvalue container is adopted (no copy), an lvalue one is
 // copied once, and zerocan::Borrow(v) lends it without a copy (keep it alive and
-// unchanged until the future's tracker() is done; the same for a block of the shared
-// arena passed in place). A Buffer or Tensor goes with the
+// unchanged until the future's tracker() is done). A Buffer or Tensor goes with the
 // ownership its Buffer states (Buffer::Borrow lends).
 //
 // A Result views the received frames: result.as<TensorView<const double>>() points into
@@ -197,10 +196,7 @@ class ResultFuture {
   // std::future_status::ready or ::timeout (never deferred).
   std::future_status wait_for(std::chrono::nanoseconds timeout) const;
   bool ready() const;
-  // Done when libzmq has released every zero-copy argument frame of this call and, for
-  // arguments passed in shared memory, when the call let go of their arena blocks (at
-  // the reply; with the result, when the engine handed an argument back in place; for a
-  // call given up, at the late reply or after 60 s). Until then the bytes are read.
+  // Done when libzmq has released every zero-copy argument frame of this call.
   const Tracker& tracker() const noexcept { return tracker_; }
   uint64_t call_id() const noexcept;
   // Gives up the call: unless it is done already, it ends at once, failed with

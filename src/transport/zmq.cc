@@ -102,9 +102,8 @@ uint64_t WireBytes(uint64_t size, bool curve) {
 
 }  // namespace
 
-Tracker Send(zmq::socket_t& socket, Outgoing&& message, std::span<const Buffer> routing,
-             std::shared_ptr<Tracker::State> tracked) {
-  auto tracker = tracked != nullptr ? std::move(tracked) : internal::NewTrackerState(message);
+Tracker Send(zmq::socket_t& socket, Outgoing&& message, std::span<const Buffer> routing) {
+  auto tracker = internal::NewTrackerState(message);
   Parts parts;
   AddRouting(parts, routing);
   parts.push_back(FrameOf(message.TakeEnvelope()));

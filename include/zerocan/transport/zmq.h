@@ -32,10 +32,7 @@ namespace zerocan {
 // Sends `routing` frames (copied: identities are short), an empty delimiter, the
 // envelope and the payload frames as one multipart message. Blocks like zmq_send with
 // flags 0. Throws TransportError on failure (frames not yet handed over are released).
-// `tracked`: a state the caller also counts on (a client's call that holds arena blocks
-// until its reply); the frames are counted on it too, and the Tracker returned is over it.
-Tracker Send(zmq::socket_t& socket, Outgoing&& message, std::span<const Buffer> routing = {},
-             std::shared_ptr<Tracker::State> tracked = nullptr);
+Tracker Send(zmq::socket_t& socket, Outgoing&& message, std::span<const Buffer> routing = {});
 
 // Forwards frames received elsewhere: `routing`, an empty delimiter, then `frames` as
 // they are. Frames of at least Outgoing::kEnvelopeCopyBelow bytes go out without a copy
