@@ -30,7 +30,19 @@ size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 }  // namespace
 
-struct SharedArena::Impl {
+// A block handed out: returned to its arena when the last Buffer over it (the owner's,
+// or a reader's hold) is gone. It holds the arena's state, not the SharedArena handle,
+// so blocks may outlive the handle.
+struct SharedArena::Block {
+  Block(std::shared_ptr<Impl> a, size_t o, size_t s) : arena(std::move(a)), offset(o), size(s) {}
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  ~Block();
+  std::shared_ptr<Impl> arena;
+  size_t offset, size;
+};
+
+struct SharedArena::Impl : internal::ArenaBlocks {
   int fd = -1;
   int read_only_fd = -1;  // what peers get: they can map it for reading only
   std::byte* base = nullptr;
@@ -41,6 +53,21 @@ struct SharedArena::Impl {
   mutable std::mutex mu;
   std::map<size_t, size_t> free_runs;  // mu: offset -> length, disjoint, coalesced
   size_t used = 0;                     // mu
+  struct Live {
+    size_t size;
+    std::weak_ptr<Block> block;
+  };
+  std::map<size_t, Live> live;  // mu: the blocks handed out, by offset
+
+  std::shared_ptr<const void> Hold(uint64_t offset, uint64_t length) override {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = live.upper_bound(offset);
+    if (it == live.begin()) return nullptr;
+    --it;
+    uint64_t into = offset - it->first;
+    if (into > it->second.size || length > it->second.size - into) return nullptr;
+    return it->second.block.lock();  // null while the block is being returned
+  }
 
   ~Impl() {
     internal::UnregisterLocalArena(name);
@@ -65,6 +92,7 @@ struct SharedArena::Impl {
 
   void Give(size_t offset, size_t size) {
     std::lock_guard<std::mutex> lock(mu);
+    live.erase(offset);
     used -= size;
     auto next = free_runs.lower_bound(offset);
     if (next != free_runs.end() && offset + size == next->first) {
@@ -81,6 +109,8 @@ struct SharedArena::Impl {
     free_runs.emplace(offset, size);
   }
 };
+
+SharedArena::Block::~Block() { arena->Give(offset, size); }
 
 SharedArena::SharedArena(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 SharedArena::~SharedArena() = default;
@@ -112,12 +142,13 @@ std::shared_ptr<SharedArena> SharedArena::Create(size_t capacity, std::string lo
       ::open(absl::StrCat("/proc/self/fd/", impl->fd).c_str(), O_RDONLY | O_CLOEXEC);
   if (impl->read_only_fd < 0) throw fail("reopening read-only");
   if (local_name.empty()) {
-    impl->server = std::make_unique<internal::SegmentServer>(impl->read_only_fd);
+    impl->server = std::make_unique<internal::SegmentServer>(impl->read_only_fd, impl.get());
     impl->name = impl->server->name();
   } else {
     impl->name = std::move(local_name);  // served to no peer (tests)
   }
-  internal::RegisterLocalArena(impl->name, impl, impl->base, impl->capacity);
+  internal::RegisterLocalArena(impl->name, std::weak_ptr<internal::ArenaBlocks>(impl), impl->base,
+                               impl->capacity);
   return std::shared_ptr<SharedArena>(new SharedArena(std::move(impl)));
 }
 
@@ -131,17 +162,11 @@ std::optional<Buffer> SharedArena::Allocate(size_t size) {
   if (rounded < size) return std::nullopt;  // overflow
   std::optional<size_t> offset = impl_->Take(rounded);
   if (!offset) return std::nullopt;
-  // The block's owner returns it; it holds the arena's state, not this object, so
-  // blocks may outlive the SharedArena handle.
-  struct Block {
-    Block(std::shared_ptr<Impl> a, size_t o, size_t s) : arena(std::move(a)), offset(o), size(s) {}
-    Block(const Block&) = delete;
-    Block& operator=(const Block&) = delete;
-    ~Block() { arena->Give(offset, size); }
-    std::shared_ptr<Impl> arena;
-    size_t offset, size;
-  };
   auto block = std::make_shared<Block>(impl_, *offset, rounded);
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->live[*offset] = Impl::Live{rounded, block};
+  }
   return Buffer(impl_->base + *offset, size, std::move(block));
 }
 
@@ -165,6 +190,10 @@ size_t SharedArena::used() const noexcept {
 
 uint64_t SharedArena::peers_refused() const noexcept {
   return impl_->server != nullptr ? impl_->server->refused() : 0;
+}
+
+size_t SharedArena::holds() const noexcept {
+  return impl_->server != nullptr ? impl_->server->holds() : 0;
 }
 
 std::shared_ptr<SharedArena> SharedArena::ProcessDefault() {

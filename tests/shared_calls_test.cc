@@ -178,7 +178,21 @@ std::string Rejection(FrameList frames) {
 TEST(SharedPlacementTest, ReferencesOutsideAnArenaOrToNoArenaAreDecodeErrorsNamingTheField) {
   auto arena = SharedArena::Create(1 << 20);
   const std::string field = "apply.args[0].tensor.data.shared";
+  // Inside the arena but in no block handed out (never, or returned already): refused,
+  // since nothing stops the owner from writing there.
+  EXPECT_THAT(Rejection(CraftedReference(arena->name(), 0, 4096)),
+              HasSubstr(field + ": shared memory @" + arena->name() +
+                        ": 4096 bytes at offset 0 are in no block of the arena that is in use"));
+  {
+    std::optional<Buffer> returned = arena->Allocate(8192);
+    ASSERT_TRUE(returned);
+  }
+  EXPECT_THAT(Rejection(CraftedReference(arena->name(), 0, 4096)), HasSubstr("in no block"));
+  std::optional<Buffer> block = arena->Allocate(8192);
+  ASSERT_TRUE(block);
   EXPECT_EQ(Rejection(CraftedReference(arena->name(), 0, 4096)), "accepted");
+  // Across the end of the block into free space: refused.
+  EXPECT_THAT(Rejection(CraftedReference(arena->name(), 4096, 8192)), HasSubstr("in no block"));
   for (auto [offset, length] : std::vector<std::pair<uint64_t, uint64_t>>{
            {0, (1 << 20) + 1}, {(1 << 20) - 10, 11}, {UINT64_MAX, 2}, {1, UINT64_MAX}}) {
     std::string why = Rejection(CraftedReference(arena->name(), offset, length));

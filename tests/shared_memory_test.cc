@@ -109,6 +109,8 @@ TEST(SharedArenaTest, AnotherProcessReadsABlockInPlace) {
 
 TEST(SharedArenaTest, LocationsOutsideAnArenaAreDecodeErrorsNamingTheField) {
   auto arena = SharedArena::Create(1 << 16);
+  std::optional<Buffer> whole = arena->Allocate(1 << 16);
+  ASSERT_TRUE(whole);
   internal::SharedSegments segments;
   EXPECT_EQ(segments.Resolve(arena->name(), 0, 1 << 16, "args[0]").size(), 1u << 16);
   auto expect = [&](std::string_view name, uint64_t offset, uint64_t length, const char* why) {
@@ -139,7 +141,10 @@ TEST(SharedArenaTest, AMemoryFileWhoseSizeIsNotSealedIsRefused) {
   ASSERT_GE(fd, 0);
   ASSERT_EQ(ftruncate(fd, 1 << 16), 0);
   {
-    internal::SegmentServer server(fd);
+    struct NoBlocks : internal::ArenaBlocks {
+      std::shared_ptr<const void> Hold(uint64_t, uint64_t) override { return nullptr; }
+    } no_blocks;
+    internal::SegmentServer server(fd, &no_blocks);
     internal::SharedSegments segments;
     try {
       segments.Resolve(server.name(), 0, 16, "result");

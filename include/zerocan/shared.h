@@ -7,6 +7,11 @@
 // arena hands its file descriptor to such a peer over an abstract Unix socket named by
 // name(), and only to a peer running as the same user.
 //
+// A reader holds the block of every view it decoded (a lease, over the same socket):
+// a block returns to the arena only when the owner's Buffers over it and every peer's
+// hold are gone, so a peer may keep a view as long as it likes, and a peer that dies
+// (its socket closes) lets go of its holds.
+//
 // Nothing is left behind by a crash: the memory file has no path (nothing in /dev/shm)
 // and the kernel frees it once the last process that maps it is gone. Its size is
 // sealed, so a peer that maps it can rely on every byte of it staying there.
@@ -82,6 +87,10 @@ class SharedArena {
   size_t used() const noexcept;
   // Peers refused the arena's descriptor (another user).
   uint64_t peers_refused() const noexcept;
+  // Holds that readers in other processes have on blocks now (a lease per view that a
+  // peer decoded; a block returns to the arena only when its own Buffers and every hold
+  // on it are gone).
+  size_t holds() const noexcept;
 
   // The process's default arena, created at first use with ZEROCAN_ARENA_BYTES bytes
   // (a size such as "256M"; default 1 GiB of address space, committed as written).
@@ -92,6 +101,7 @@ class SharedArena {
  private:
   friend struct internal::TestHooks;
   struct Impl;
+  struct Block;
   explicit SharedArena(std::shared_ptr<Impl> impl);
   // `local_name` set: an arena under that name, read only by this process (tests).
   static std::shared_ptr<SharedArena> Create(size_t capacity, std::string local_name);

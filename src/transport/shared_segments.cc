@@ -1,6 +1,7 @@
 // SegmentServer and SharedSegments (shared_segments.h).
 #include "transport/shared_segments.h"
 
+#include <endian.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -82,59 +83,167 @@ struct FdMessage {
 
 // ---- SegmentServer ------------------------------------------------------------------
 
-SegmentServer::SegmentServer(int memfd) : memfd_(memfd) {
+struct SegmentServer::State {
+  int memfd = -1;  // a duplicate, owned
+  int listener = -1;
+  int wake_fd = -1;
+  std::string name;
+  ArenaBlocks* blocks = nullptr;
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> refused{0};
+  std::atomic<size_t> holds{0};
+
+  // A connected reader: its unfinished request and the blocks it holds. Serving thread.
+  struct Reader {
+    int fd = -1;
+    char request[kLeaseRequestSize] = {};
+    size_t have = 0;
+    size_t count = 0;
+    absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::vector<std::shared_ptr<const void>>>
+        held;
+  };
+  std::vector<std::unique_ptr<Reader>> readers;
+
+  ~State() {
+    for (auto& r : readers) Drop(*r);
+    for (int fd : {memfd, listener, wake_fd}) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+
+  // Closes a reader's connection and lets go of its holds (a reader gone, or broken).
+  void Drop(Reader& r) {
+    holds.fetch_sub(r.count, std::memory_order_relaxed);
+    r.count = 0;
+    auto held = std::move(r.held);  // released here, after the reader is consistent
+    r.held.clear();
+    if (r.fd >= 0) ::close(r.fd);
+    r.fd = -1;
+  }
+
+  // One complete request from `r`; false when the reader broke the protocol.
+  bool Handle(Reader& r) {
+    uint64_t offset = 0, length = 0;
+    std::memcpy(&offset, r.request + 1, 8);
+    std::memcpy(&length, r.request + 9, 8);
+    offset = le64toh(offset);
+    length = le64toh(length);
+    if (r.request[0] == kHold) {
+      std::shared_ptr<const void> block;
+      if (r.count < kMaxHoldsPerReader) block = blocks->Hold(offset, length);
+      char answer = block ? kHeld : kNotHeld;
+      if (block) {
+        r.held[{offset, length}].push_back(std::move(block));
+        ++r.count;
+        holds.fetch_add(1, std::memory_order_relaxed);
+      }
+      // The reader waits for this byte: its socket buffer has room.
+      return ::send(r.fd, &answer, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1;
+    }
+    if (r.request[0] == kRelease) {
+      auto it = r.held.find(std::pair{offset, length});
+      if (it == r.held.end()) return false;  // never held: a broken reader
+      std::shared_ptr<const void> dropped = std::move(it->second.back());
+      it->second.pop_back();
+      if (it->second.empty()) r.held.erase(it);
+      --r.count;
+      holds.fetch_sub(1, std::memory_order_relaxed);
+      // May return the last block, and with it destroy the arena and this server (on
+      // this thread): `stop` is set then, and the loop ends.
+      dropped.reset();
+      return true;
+    }
+    return false;
+  }
+};
+
+SegmentServer::SegmentServer(int memfd, ArenaBlocks* blocks) : state_(std::make_shared<State>()) {
+  State& st = *state_;
+  st.blocks = blocks;
   std::random_device rd;
   // 128 random bits: a name is also a capability (a peer of another user is refused
   // anyway; one of the same user, or a reference from the network, must know it).
-  name_ = absl::StrCat(Sv(kArenaNamePrefix), getpid(), "-", absl::Hex(rd(), absl::kZeroPad8),
-                       absl::Hex(rd(), absl::kZeroPad8), absl::Hex(rd(), absl::kZeroPad8),
-                       absl::Hex(rd(), absl::kZeroPad8));
-  listener_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  st.name = absl::StrCat(Sv(kArenaNamePrefix), getpid(), "-", absl::Hex(rd(), absl::kZeroPad8),
+                         absl::Hex(rd(), absl::kZeroPad8), absl::Hex(rd(), absl::kZeroPad8),
+                         absl::Hex(rd(), absl::kZeroPad8));
+  st.memfd = ::fcntl(memfd, F_DUPFD_CLOEXEC, 0);
+  st.listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   sockaddr_un addr;
-  socklen_t len = AbstractAddress(name_, &addr);
-  if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
-      ::listen(listener_, 64) != 0) {
-    int err = errno;
-    if (listener_ >= 0) ::close(listener_);
-    throw TransportError(absl::StrCat("shared memory: cannot listen on @", name_, ": ",
-                                      std::strerror(err)));
+  socklen_t len = AbstractAddress(st.name, &addr);
+  if (st.memfd < 0 || st.listener < 0 ||
+      ::bind(st.listener, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      ::listen(st.listener, 64) != 0) {
+    throw TransportError(absl::StrCat("shared memory: cannot listen on @", st.name, ": ",
+                                      std::strerror(errno)));
   }
-  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wake_fd_ < 0) {
-    ::close(listener_);
-    throw TransportError("shared memory: eventfd failed");
-  }
+  st.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (st.wake_fd < 0) throw TransportError("shared memory: eventfd failed");
   try {
-    thread_ = std::thread([this] { Serve(); });
+    thread_ = std::thread(&SegmentServer::Serve, state_);
   } catch (const std::system_error& e) {
-    ::close(listener_);
-    ::close(wake_fd_);
     throw TransportError(
-        absl::StrCat("shared memory: no thread to serve @", name_, ": ", e.what()));
+        absl::StrCat("shared memory: no thread to serve @", st.name, ": ", e.what()));
   }
 }
 
 SegmentServer::~SegmentServer() {
+  state_->stop.store(true, std::memory_order_release);
   uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
-  thread_.join();
-  ::close(listener_);
-  ::close(wake_fd_);
+  [[maybe_unused]] ssize_t n = ::write(state_->wake_fd, &one, sizeof(one));
+  if (thread_.get_id() == std::this_thread::get_id()) {
+    thread_.detach();  // destroyed by a release on the serving thread: it ends on its own
+  } else {
+    thread_.join();
+  }
 }
 
-void SegmentServer::Serve() {
+const std::string& SegmentServer::name() const noexcept { return state_->name; }
+uint64_t SegmentServer::refused() const noexcept {
+  return state_->refused.load(std::memory_order_relaxed);
+}
+size_t SegmentServer::holds() const noexcept {
+  return state_->holds.load(std::memory_order_relaxed);
+}
+
+void SegmentServer::Serve(std::shared_ptr<State> state) {
+  State& st = *state;
   const long me = static_cast<long>(geteuid());  // SO_PEERCRED reports effective ids
-  while (true) {
-    pollfd fds[2] = {{listener_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
+  std::vector<pollfd> fds;
+  while (!st.stop.load(std::memory_order_acquire)) {
+    fds.assign({{st.listener, POLLIN, 0}, {st.wake_fd, POLLIN, 0}});
+    for (auto& r : st.readers) fds.push_back({r->fd, POLLIN, 0});
+    if (::poll(fds.data(), fds.size(), -1) < 0) {
       if (errno == EINTR) continue;
       return;
     }
     if (fds[1].revents != 0) return;
-    int peer = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+    // Readers first (the vector may change below). A reader's request comes whole in
+    // practice (17 bytes); partial ones wait for the rest.
+    for (size_t i = 0; i < st.readers.size() && !st.stop.load(std::memory_order_acquire); ++i) {
+      State::Reader& r = *st.readers[i];
+      if (fds[2 + i].revents == 0) continue;
+      bool ok = true;
+      while (ok && !st.stop.load(std::memory_order_acquire)) {
+        ssize_t got = ::recv(r.fd, r.request + r.have, kLeaseRequestSize - r.have, MSG_DONTWAIT);
+        if (got < 0 && (errno == EAGAIN || errno == EINTR)) break;
+        if (got <= 0) {
+          ok = false;  // closed: the reader unmapped the arena, or its process is gone
+          break;
+        }
+        r.have += static_cast<size_t>(got);
+        if (r.have < kLeaseRequestSize) continue;
+        r.have = 0;
+        ok = st.Handle(r);
+      }
+      if (!ok) st.Drop(r);
+    }
+    if (st.stop.load(std::memory_order_acquire)) return;
+    std::erase_if(st.readers, [](const auto& r) { return r->fd < 0; });
+    if (fds[0].revents == 0) continue;
+    int peer = ::accept4(st.listener, nullptr, nullptr, SOCK_CLOEXEC);
     if (peer < 0) continue;
     if (PeerUser(peer) != me) {
-      refused_.fetch_add(1, std::memory_order_relaxed);
+      st.refused.fetch_add(1, std::memory_order_relaxed);
       ::close(peer);
       continue;
     }
@@ -143,9 +252,14 @@ void SegmentServer::Serve() {
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &memfd_, sizeof(int));
-    [[maybe_unused]] ssize_t sent = ::sendmsg(peer, &out.msg, MSG_NOSIGNAL);
-    ::close(peer);
+    std::memcpy(CMSG_DATA(c), &st.memfd, sizeof(int));
+    if (::sendmsg(peer, &out.msg, MSG_NOSIGNAL) != 1 || st.readers.size() >= kMaxReaders) {
+      ::close(peer);  // beyond kMaxReaders: mapped, but its holds fail (no connection)
+      continue;
+    }
+    auto reader = std::make_unique<State::Reader>();
+    reader->fd = peer;
+    st.readers.push_back(std::move(reader));
   }
 }
 
@@ -154,10 +268,59 @@ void SegmentServer::Serve() {
 struct SharedSegments::Mapping {
   std::byte* data = nullptr;
   size_t size = 0;
+  int lease_fd = -1;  // the connection the descriptor came on: leases go there
+  std::mutex lease_mu;  // one request at a time on lease_fd
+
   ~Mapping() {
     if (data != nullptr) ::munmap(data, size);
+    if (lease_fd >= 0) ::close(lease_fd);  // the owner drops whatever is still held
+  }
+
+  static void Encode(char op, uint64_t offset, uint64_t length, char* out) {
+    out[0] = op;
+    offset = htole64(offset);
+    length = htole64(length);
+    std::memcpy(out + 1, &offset, 8);
+    std::memcpy(out + 9, &length, 8);
+  }
+
+  // Asks the owner to hold the block under [offset, offset + length): its answer, or
+  // kNotHeld with no answer (gone, or serving too many readers to keep this one).
+  char Hold(uint64_t offset, uint64_t length) {
+    char request[kLeaseRequestSize];
+    Encode(kHold, offset, length, request);
+    std::lock_guard<std::mutex> lock(lease_mu);
+    char answer = 0;
+    if (::send(lease_fd, request, sizeof(request), MSG_NOSIGNAL) != sizeof(request) ||
+        ::recv(lease_fd, &answer, 1, 0) != 1) {
+      return 0;
+    }
+    return answer;
+  }
+
+  void Release(uint64_t offset, uint64_t length) noexcept {
+    char request[kLeaseRequestSize];
+    Encode(kRelease, offset, length, request);
+    std::lock_guard<std::mutex> lock(lease_mu);
+    // Nothing to do when it fails: the owner is gone, and its holds with it.
+    [[maybe_unused]] ssize_t n = ::send(lease_fd, request, sizeof(request), MSG_NOSIGNAL);
   }
 };
+
+namespace {
+
+// A reader's hold on a block of a peer's arena: released when the last view goes.
+struct Lease {
+  Lease(std::shared_ptr<SharedSegments::Mapping> m, uint64_t o, uint64_t l)
+      : mapping(std::move(m)), offset(o), length(l) {}
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  ~Lease() { mapping->Release(offset, length); }
+  std::shared_ptr<SharedSegments::Mapping> mapping;
+  uint64_t offset, length;
+};
+
+}  // namespace
 
 std::shared_ptr<SharedSegments::Mapping> SharedSegments::Map(std::string_view name,
                                                              std::string_view path) {
@@ -187,23 +350,25 @@ std::shared_ptr<SharedSegments::Mapping> SharedSegments::Map(std::string_view na
     ::close(s);
     throw fail("served by another user");
   }
+  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
   FdMessage in;
   ssize_t got = ::recvmsg(s, &in.msg, MSG_CMSG_CLOEXEC);
-  ::close(s);
   cmsghdr* c = got == 1 ? CMSG_FIRSTHDR(&in.msg) : nullptr;
   if (c == nullptr || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
       c->cmsg_len != CMSG_LEN(sizeof(int))) {
+    ::close(s);
     throw fail("no descriptor came");
   }
   int fd;
   std::memcpy(&fd, CMSG_DATA(c), sizeof(int));
   struct stat st{};
   int seals = ::fcntl(fd, F_GET_SEALS);
+  auto m = std::make_shared<Mapping>();
+  m->lease_fd = s;  // closed with the mapping
   if (seals < 0 || (seals & F_SEAL_SHRINK) == 0 || ::fstat(fd, &st) != 0 || st.st_size <= 0) {
     ::close(fd);
     throw fail("not a sealed memory file");
   }
-  auto m = std::make_shared<Mapping>();
   void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
   ::close(fd);  // the mapping keeps the memory
   if (p == MAP_FAILED) throw fail(absl::StrCat("mmap failed (", std::strerror(errno), ")"));
@@ -227,7 +392,7 @@ void SharedSegments::Sweep() {
 
 namespace {
 struct LocalArena {
-  std::weak_ptr<const void> owner;
+  std::weak_ptr<ArenaBlocks> blocks;
   const std::byte* base = nullptr;
   size_t size = 0;
   pid_t pid = 0;  // a child after fork() has the mapping, not the arena
@@ -239,10 +404,10 @@ absl::flat_hash_map<std::string, LocalArena>& LocalArenas() {  // local_mu
 }
 }  // namespace
 
-void RegisterLocalArena(const std::string& name, std::weak_ptr<const void> owner,
+void RegisterLocalArena(const std::string& name, std::weak_ptr<ArenaBlocks> blocks,
                         const std::byte* base, size_t size) {
   std::lock_guard<std::mutex> lock(local_mu);
-  LocalArenas()[name] = LocalArena{std::move(owner), base, size, getpid()};
+  LocalArenas()[name] = LocalArena{std::move(blocks), base, size, getpid()};
 }
 
 void UnregisterLocalArena(const std::string& name) {
@@ -258,15 +423,25 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
                                     " bytes at offset ", offset, " are outside the arena (",
                                     size, " bytes)"));
   };
+  auto not_held = [&](std::string_view why) {
+    return DecodeError(DecodeError::Code::kMalformed,
+                       absl::StrCat(Sv(path), ": shared memory @", Sv(name), ": ", length,
+                                    " bytes at offset ", offset, " ", Sv(why)));
+  };
   {
-    std::lock_guard<std::mutex> lock(local_mu);
+    std::unique_lock<std::mutex> lock(local_mu);
     auto it = LocalArenas().find(Sv(name));
-    std::shared_ptr<const void> owner;
-    if (it != LocalArenas().end() && it->second.pid == getpid()) owner = it->second.owner.lock();
-    if (owner) {
-      const LocalArena& local = it->second;
+    std::shared_ptr<ArenaBlocks> blocks;
+    if (it != LocalArenas().end() && it->second.pid == getpid()) blocks = it->second.blocks.lock();
+    if (blocks) {
+      const LocalArena local = it->second;
+      lock.unlock();
       if (offset > local.size || length > local.size - offset) throw outside(local.size);
-      return Buffer(const_cast<std::byte*>(local.base) + offset, length, std::move(owner));
+      std::byte* at = const_cast<std::byte*>(local.base) + offset;
+      if (length == 0) return Buffer(at, 0, std::move(blocks));
+      std::shared_ptr<const void> block = blocks->Hold(offset, length);
+      if (!block) throw not_held("are in no block of the arena that is in use");
+      return Buffer(at, length, std::move(block));
     }
   }
   std::shared_ptr<Mapping> m;
@@ -296,7 +471,14 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
     SweepLocked(now);  // let go of arenas unused for a while
   }
   if (offset > m->size || length > m->size - offset) throw outside(m->size);
-  return Buffer(m->data + offset, length, m);
+  if (length == 0) return Buffer(m->data + offset, 0, std::move(m));
+  switch (m->Hold(offset, length)) {
+    case kHeld: break;
+    case kNotHeld: throw not_held("are in no block of the arena that is in use");
+    default: throw not_held("could not be leased: the arena's owner did not answer (gone?)");
+  }
+  std::byte* at = m->data + offset;
+  return Buffer(at, length, std::make_shared<Lease>(std::move(m), offset, length));
 }
 
 SharedSegments& ProcessSegments() {

@@ -112,6 +112,9 @@ def test_cpp_reads_a_python_arena_and_python_reads_a_cpp_one():
 def test_locations_outside_an_arena_are_decode_errors_naming_the_field():
     arena = shared.Arena(1 << 16)
     segments = shared.Segments()
+    with pytest.raises(zerocan.DecodeError, match="in no block of the arena that is in use"):
+        segments.resolve(arena.name, 0, 1 << 16)  # nothing handed out there
+    whole = arena.allocate(1 << 16)
     assert len(segments.resolve(arena.name, 0, 1 << 16)) == 1 << 16
     for name, offset, length, why in [
             (arena.name, 1 << 16, 1, "outside the arena (65536 bytes)"),
@@ -126,6 +129,7 @@ def test_locations_outside_an_arena_are_decode_errors_naming_the_field():
             segments.resolve(name, offset, length, "args[1].tensor.data")
         assert "args[1].tensor.data: shared memory @" in str(e.value) and why in str(e.value)
         assert e.value.code == "malformed"
+    del whole
 
 
 def test_a_memory_file_whose_size_is_not_sealed_is_refused():

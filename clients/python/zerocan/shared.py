@@ -13,6 +13,11 @@ descriptor travels over an abstract Unix socket named ``name`` (SCM_RIGHTS), onl
 peer of the same user; the reader refuses a file whose size is not sealed, and any range
 outside it. C++ and Python arenas and readers are interchangeable.
 
+A reader keeps the connection on which the descriptor came while it maps the arena, and
+holds every block it reads through it (a lease, docs/FORMAT.md "Leases"): the owner does
+not reuse a block while a reader holds it, and a reader's death (its connection closes)
+drops its holds.
+
 Nothing is left after a crash: the memory file has no path, and the kernel frees it once
 no process maps it.
 """
@@ -39,6 +44,36 @@ from .errors import DecodeError, Error
 
 _ALIGNMENT = 64
 _SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
+
+# Lease requests on an arena's connection: one byte (hold or release), then offset and
+# length as little-endian 64-bit integers. A hold is answered with one byte.
+_LEASE_REQUEST = struct.Struct("<cQQ")
+_HOLD, _RELEASE, _HELD, _NOT_HELD = b"H", b"R", b"Y", b"N"
+_MAX_READERS = 1024             # readers beyond it map the arena but hold nothing
+_MAX_HOLDS_PER_READER = 1 << 16
+
+
+class _ServerState:
+    """What an arena's serving thread shares with the arena (which it must not keep
+    alive: the arena is collected when its last block and handle are gone)."""
+
+    def __init__(self, arena: "Arena") -> None:
+        self.arena = weakref.ref(arena)
+        self.refused = 0
+        self.holds = 0
+        self.stop = False
+
+
+class _Reader:
+    """A connected reader of an arena: its unfinished request and the blocks it holds."""
+
+    __slots__ = ("conn", "pending", "held", "count")
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.pending = b""
+        self.held: dict[tuple[int, int], list[Any]] = {}
+        self.count = 0
 
 
 def _peer_user(sock: socket.socket) -> int:
@@ -76,7 +111,10 @@ class Arena:
         self._free_offsets = [0]            # sorted starts of free runs
         self._free = {0: self.capacity}     # start -> length, coalesced
         self._used = 0
-        self._refused = [0]  # shared with the server thread
+        # The blocks handed out: sorted starts, and start -> (size, the block array).
+        self._live_offsets: list[int] = []
+        self._live: dict[int, tuple[int, weakref.ref[np.ndarray]]] = {}
+        self._state = _ServerState(self)
         # Peers get a descriptor opened read-only on the same file: they cannot map it
         # writable. 128 random bits in the name: it is also a capability.
         self._read_only_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
@@ -101,15 +139,20 @@ class Arena:
         # then (the blocks' finalizers hold it until the last array over them is gone)
         # the server stops and the descriptor closes.
         thread = threading.Thread(target=Arena._serve, name="zerocan-arena", daemon=True,
-                                  args=(listener, self._read_only_fd, wake_r, self._refused))
+                                  args=(listener, self._read_only_fd, wake_r, self._state))
         thread.start()
         weakref.finalize(self, Arena._close, (self._fd, self._read_only_fd), listener, wake_r,
-                         wake_w, thread)
+                         wake_w, thread, self._state)
 
     @property
     def peers_refused(self) -> int:
         """Peers refused the arena's descriptor (another user)."""
-        return self._refused[0]
+        return self._state.refused
+
+    @property
+    def holds(self) -> int:
+        """Holds of connected readers now (each a reader's view of a block)."""
+        return self._state.holds
 
     @staticmethod
     def _close_files(fds: tuple[int, int]) -> None:
@@ -118,36 +161,112 @@ class Arena:
 
     @staticmethod
     def _close(fds: tuple[int, int], listener: socket.socket, wake_r: int, wake_w: int,
-               thread: threading.Thread) -> None:
+               thread: threading.Thread, state: _ServerState) -> None:
+        state.stop = True
         os.write(wake_w, b"x")
         if thread is not threading.current_thread():
             thread.join()
-        listener.close()
-        for f in (*fds, wake_r, wake_w):
-            os.close(f)
+            listener.close()
+            for f in (*fds, wake_r, wake_w):
+                os.close(f)
+            return
+        # Collected on the serving thread (a reader's release let go of the last block):
+        # the thread ends after this release and closes the descriptors itself.
+        state.closing = (listener, (*fds, wake_r, wake_w))  # type: ignore[attr-defined]
 
     @staticmethod
-    def _serve(listener: socket.socket, fd: int, wake_r: int, refused: list[int]) -> None:
+    def _serve(listener: socket.socket, fd: int, wake_r: int, state: _ServerState) -> None:
         me = os.geteuid()  # SO_PEERCRED reports effective ids
         poller = select.poll()  # not select(): descriptors may be past 1024
         poller.register(listener.fileno(), select.POLLIN)
         poller.register(wake_r, select.POLLIN)
-        while True:
-            ready = {fd for fd, _ in poller.poll()}
-            if wake_r in ready:
-                return
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn:
-                if _peer_user(conn) != me:
-                    refused[0] += 1
-                    continue
+        readers: dict[int, _Reader] = {}
+
+        def drop(reader: _Reader) -> None:
+            poller.unregister(reader.conn.fileno())
+            del readers[reader.conn.fileno()]
+            state.holds -= reader.count
+            reader.conn.close()
+            reader.held.clear()
+
+        def handle(reader: _Reader, request: bytes) -> bool:
+            op, offset, length = _LEASE_REQUEST.unpack(request)
+            if op == _HOLD:
+                arena = state.arena()
+                block = None
+                if arena is not None and reader.count < _MAX_HOLDS_PER_READER:
+                    block = arena._hold(offset, length)
+                del arena
+                if block is not None:
+                    reader.held.setdefault((offset, length), []).append(block)
+                    reader.count += 1
+                    state.holds += 1
                 try:
-                    socket.send_fds(conn, [b"z"], [fd])
+                    reader.conn.send(_HELD if block is not None else _NOT_HELD)
                 except OSError:
-                    pass
+                    return False
+                return True
+            if op == _RELEASE:
+                blocks = reader.held.get((offset, length))
+                if not blocks:
+                    return False  # never held: a broken reader
+                blocks.pop()
+                if not blocks:
+                    del reader.held[(offset, length)]
+                reader.count -= 1
+                state.holds -= 1
+                return True
+            return False
+
+        try:
+            while not state.stop:
+                for ready, _ in poller.poll():
+                    if ready == wake_r or state.stop:
+                        return
+                    if ready != listener.fileno():
+                        reader = readers.get(ready)
+                        if reader is None:
+                            continue
+                        try:
+                            data = reader.conn.recv(4096)
+                        except OSError:
+                            data = b""
+                        ok = bool(data)
+                        data = reader.pending + data
+                        size = _LEASE_REQUEST.size
+                        while ok and len(data) >= size and not state.stop:
+                            ok = handle(reader, data[:size])
+                            data = data[size:]
+                        reader.pending = data
+                        if not ok and not state.stop:
+                            drop(reader)
+                        continue
+                    try:
+                        conn, _ = listener.accept()
+                    except OSError:
+                        continue
+                    if _peer_user(conn) != me:
+                        state.refused += 1
+                        conn.close()
+                        continue
+                    try:
+                        socket.send_fds(conn, [b"z"], [fd])
+                    except OSError:
+                        conn.close()
+                        continue
+                    if len(readers) >= _MAX_READERS:
+                        conn.close()  # mapped, but its holds fail (no connection)
+                        continue
+                    readers[conn.fileno()] = _Reader(conn)
+                    poller.register(conn.fileno(), select.POLLIN)
+        finally:
+            for reader in list(readers.values()):
+                reader.conn.close()
+            closing = getattr(state, "closing", None)
+            if closing is not None:
+                closing[0].close()
+                for f in closing[1]:
+                    os.close(f)
 
     # ---- blocks -----------------------------------------------------------------------
 
@@ -167,6 +286,21 @@ class Arena:
                 return start
         return None
 
+    def _hold(self, offset: int, length: int) -> Optional[np.ndarray]:
+        """The live block that holds all of [offset, offset + length) (keeping it keeps
+        the block from returning to the arena), or None."""
+        with self._lock:
+            self._return_given()
+            i = bisect.bisect_right(self._live_offsets, offset) - 1
+            if i < 0:
+                return None
+            start = self._live_offsets[i]
+            size, ref = self._live[start]
+            into = offset - start
+            if into > size or length > size - into:
+                return None
+            return ref()
+
     def _give(self, start: int, size: int) -> None:
         """A block's finalizer: any thread, any time, without the lock."""
         self._returned.append((start, size))
@@ -176,6 +310,8 @@ class Arena:
         while self._returned:
             start, size = self._returned.popleft()
             self._used -= size
+            del self._live[start]
+            del self._live_offsets[bisect.bisect_left(self._live_offsets, start)]
             i = bisect.bisect_left(self._free_offsets, start)
             if i < len(self._free_offsets) and self._free_offsets[i] == start + size:
                 size += self._free.pop(start + size)
@@ -208,6 +344,9 @@ class Arena:
         block = np.frombuffer(self._map, dtype=np.uint8, count=nbytes, offset=start)
         # The finalizer holds the arena: blocks may outlive the caller's handle on it.
         weakref.finalize(block, Arena._give, self, start, size)
+        with self._lock:
+            self._live[start] = (size, weakref.ref(block))
+            bisect.insort(self._live_offsets, start)
         return block
 
     def empty(self, shape: Any, dtype: Any = np.float64) -> Optional[np.ndarray]:
@@ -268,23 +407,84 @@ _ARENA_NAME = re.compile(r"zerocan-arena-[0-9]{1,10}-[0-9a-f]{32}")
 _LOCAL_ARENAS: weakref.WeakValueDictionary[str, Arena] = weakref.WeakValueDictionary()
 
 
+class _Mapping:
+    """A peer's arena mapped here, with the connection its leases go on."""
+
+    def __init__(self, mapped: mmap.mmap, conn: socket.socket) -> None:
+        self.map = mapped
+        self.conn = conn
+        # Reentrant: a lease's finalizer may run (garbage collection) on a thread that is
+        # between a hold's request and its answer; a release needs no answer.
+        self.lock = threading.RLock()
+
+    def hold(self, offset: int, length: int) -> bytes:
+        """The owner's answer to holding [offset, offset + length): _HELD, _NOT_HELD, or
+        b"" when it did not answer (gone, or serving too many readers)."""
+        with self.lock:
+            try:
+                self.conn.sendall(_LEASE_REQUEST.pack(_HOLD, offset, length))
+                return self.conn.recv(1)
+            except OSError:
+                return b""
+
+    def release(self, offset: int, length: int) -> None:
+        with self.lock:
+            try:
+                self.conn.sendall(_LEASE_REQUEST.pack(_RELEASE, offset, length))
+            except OSError:
+                pass  # the owner is gone, and its holds with it
+
+
+class _Lease:
+    """A reader's hold on a block of a peer's arena: released when collected."""
+
+    __slots__ = ("mapping", "offset", "length")
+
+    def __init__(self, mapping: _Mapping, offset: int, length: int) -> None:
+        self.mapping, self.offset, self.length = mapping, offset, length
+
+    def __del__(self) -> None:
+        self.mapping.release(self.offset, self.length)
+
+
+class _HeldBytes:
+    """Exposes shared-memory bytes (read-only) to numpy while keeping ``hold`` (a lease,
+    or the block of an own arena) with them: every view derived from the memoryview that
+    ``Segments.resolve`` returns leads back here (``array.base``)."""
+
+    __slots__ = ("hold", "__array_interface__")
+
+    def __init__(self, address: int, length: int, hold: Any) -> None:
+        self.hold = hold
+        self.__array_interface__ = {"version": 3, "shape": (length,), "typestr": "|u1",
+                                    "data": (address, True)}
+
+
+def _held_view(source: memoryview, hold: Any) -> memoryview:
+    address = np.frombuffer(source, dtype=np.uint8).ctypes.data
+    holder = _HeldBytes(address, source.nbytes, (source, hold))
+    return np.asarray(holder).data
+
+
 class Segments:
     """Peers' arenas mapped read-only into this process, by name. An arena stays mapped
     while a view of it lives, and is mapped again when needed after that: an arena whose
-    process is gone is not held here."""
+    process is gone is not held here. Every view holds its block in the owner's arena
+    (a lease) until it and every view derived from it are gone."""
 
     def __init__(self) -> None:
-        self._maps: weakref.WeakValueDictionary[str, mmap.mmap] = weakref.WeakValueDictionary()
+        self._maps: weakref.WeakValueDictionary[str, _Mapping] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
-    def _map(self, name: str, path: str) -> mmap.mmap:
+    def _map(self, name: str, path: str) -> _Mapping:
         def fail(why: str) -> DecodeError:
             return DecodeError(f"{path}: shared memory @{name}: {why}", "malformed")
         # Only arenas' names: a reference from the network can make this process connect to
         # no other abstract socket.
         if not _ARENA_NAME.fullmatch(name):
             raise fail("not an arena name")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
             s.setblocking(False)  # a full backlog answers at once instead of waiting
             try:
                 s.connect("\0" + name)
@@ -297,42 +497,65 @@ class Segments:
                 _, fds, _, _ = socket.recv_fds(s, 1, 1)
             except OSError:
                 fds = []
-        if len(fds) != 1:
-            raise fail("no descriptor came")
-        fd = fds[0]
-        try:
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-            size = os.fstat(fd).st_size
-            if not seals & fcntl.F_SEAL_SHRINK or size <= 0:
-                raise fail("not a sealed memory file")
-            return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        except OSError as e:
-            raise fail(f"cannot map it ({e})") from None
-        finally:
-            os.close(fd)
+            if len(fds) != 1:
+                raise fail("no descriptor came")
+            fd = fds[0]
+            try:
+                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+                size = os.fstat(fd).st_size
+                if not seals & fcntl.F_SEAL_SHRINK or size <= 0:
+                    raise fail("not a sealed memory file")
+                mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            except OSError as e:
+                raise fail(f"cannot map it ({e})") from None
+            finally:
+                os.close(fd)
+        except BaseException:
+            s.close()
+            raise
+        return _Mapping(mapped, s)
 
     def resolve(self, name: str, offset: int, length: int, path: str = "payload") -> memoryview:
         """Bytes [offset, offset + length) of the arena served as ``name``, read-only, in
-        place. Raises zerocan.DecodeError naming ``path`` when the arena cannot be reached
-        or mapped, or the range is not inside it."""
+        place, holding the block they lie in until the view (and every view of it) is
+        gone. Raises zerocan.DecodeError naming ``path`` when the arena cannot be reached
+        or mapped, the range is not inside it, or its owner has no block in use there."""
+        def outside(size: int) -> DecodeError:
+            return DecodeError(f"{path}: shared memory @{name}: {length} bytes at offset "
+                               f"{offset} are outside the arena ({size} bytes)", "malformed")
+
+        def not_held(why: str) -> DecodeError:
+            return DecodeError(f"{path}: shared memory @{name}: {length} bytes at offset "
+                               f"{offset} {why}", "malformed")
         local = _LOCAL_ARENAS.get(name)
         if local is not None and local._pid == os.getpid():  # not a fork's inherited one
             if offset < 0 or length < 0 or offset > local.capacity or \
                     length > local.capacity - offset:
-                raise DecodeError(f"{path}: shared memory @{name}: {length} bytes at offset "
-                                  f"{offset} are outside the arena ({local.capacity} bytes)",
-                                  "malformed")
-            return memoryview(local._map)[offset:offset + length].toreadonly()
+                raise outside(local.capacity)
+            view = memoryview(local._map)[offset:offset + length].toreadonly()
+            if length == 0:
+                return view
+            block = local._hold(offset, length)
+            if block is None:
+                raise not_held("are in no block of the arena that is in use")
+            return _held_view(view, block)
         with self._lock:
             m = self._maps.get(name)
         if m is None:
             m = self._map(name, path)
             with self._lock:
                 m = self._maps.setdefault(name, m)  # another thread's, if it mapped first
-        if offset < 0 or length < 0 or offset > len(m) or length > len(m) - offset:
-            raise DecodeError(f"{path}: shared memory @{name}: {length} bytes at offset "
-                              f"{offset} are outside the arena ({len(m)} bytes)", "malformed")
-        return memoryview(m)[offset:offset + length]
+        size = len(m.map)
+        if offset < 0 or length < 0 or offset > size or length > size - offset:
+            raise outside(size)
+        view = memoryview(m.map)[offset:offset + length]
+        if length == 0:
+            return view
+        answer = m.hold(offset, length)
+        if answer != _HELD:
+            raise not_held("are in no block of the arena that is in use" if answer == _NOT_HELD
+                           else "could not be leased: the arena's owner did not answer (gone?)")
+        return _held_view(view, _Lease(m, offset, length))
 
     def mapped(self) -> int:
         """Arenas mapped now (a view of them lives)."""

@@ -718,19 +718,6 @@ class _FrameArray:
                                     "data": (address, False)}
 
 
-class _KeptView:
-    """Exposes shared-memory bytes to numpy (read-only) while holding ``keep`` with them:
-    a result handed back in the caller's own arena keeps the caller's argument blocks
-    for as long as any array views it (``array.base`` is the holder)."""
-
-    __slots__ = ("keep", "__array_interface__")
-
-    def __init__(self, view: memoryview, keep: Any) -> None:
-        self.keep = (view, keep)
-        self.__array_interface__ = {"version": 3, "shape": (view.nbytes,), "typestr": "|u1",
-                                    "data": (_address(view), True)}
-
-
 def received_frame(obj: Any) -> Any:
     """The received frame (a ``zmq.Frame``) that a decoded numpy array or memoryview
     views, or None when it views no frame (an inline payload, a copy)."""
@@ -1055,12 +1042,14 @@ class Message:
                 raise _fail(where, f'a shared-memory reference (arena "{ref.arena}"), which '
                                    "this receiver does not accept (shared memory is off, or the "
                                    "sender is not on this host)")
-            from .shared import process_segments
+            from .shared import _held_view, process_segments
             view = process_segments().resolve(ref.arena, ref.offset, ref.length, where.render())
             self.shared_origins.append((ref.arena, ref.offset, _address(view), ref.length,
                                         view))
             if self.keep_with_shared is not None and view.nbytes:
-                view = np.asarray(_KeptView(view, self.keep_with_shared)).data
+                # A result handed back in the caller's own arena keeps the caller's
+                # argument blocks for as long as any array views it.
+                view = _held_view(view, self.keep_with_shared)
             return view, 0, -1
         if which != "frame":
             raise _fail(path, "unknown payload kind (from a newer protocol?)")
