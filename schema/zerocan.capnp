@@ -83,6 +83,11 @@ struct Apply {
   streamCredits @5 :UInt16;
   # 0: a plain call, answered by one result. N > 0: a stream call: the engine may send up
   # to N stream items before the client grants more with `credit` messages.
+
+  sharedResults @6 :Bool;
+  # The caller reads result payloads in place from an arena of its host: set only by a
+  # caller whose own peer (the engine, or the broker) answered its hello from the same
+  # host (docs/FORMAT.md, "Shared memory arenas"). Its data word is the Apply's second.
 }
 
 struct Result {
@@ -214,6 +219,10 @@ struct SharedRef {
   # capability: names travel only to peers on the same host.
   offset @1 :UInt64;   # bytes from the start of the arena
   length @2 :UInt64;   # bytes; offset + length <= the arena's sealed size
+  block @3 :UInt64;
+  # The serial number of the arena block the bytes lie in (its owner numbers blocks from
+  # 1 as it hands them out; 0: any block). A reader's lease names it, so that a reference
+  # read late never holds a later block that reuses the same bytes.
 }
 
 struct FrameRef {

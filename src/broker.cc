@@ -66,6 +66,9 @@ struct EngineState {
   // Its hello said it runs on this host as this user: it maps the arenas clients here
   // refer to, so their references reach it as they are.
   bool shares_memory = false;
+  // The broker sent it its own hello (once): where the broker runs, so that the engine
+  // knows whether callers behind the broker may read results in its arena.
+  bool hello_sent = false;
 };
 
 // A call waiting for an engine.
@@ -521,12 +524,13 @@ class Broker::Impl {
         } else {
           bool known = engines_.contains(engine);
           EngineState& state = engines_[engine];
-          if (peek->kind == BodyKind::kHello) {
-            state.shares_memory = SharesMemory(std::move(*m));
-          } else if (!known && options_.shared_memory) {
-            // Known from a heartbeat (this broker started after the engine's hello):
-            // ask where it runs; its answering hello says whether it maps arenas here.
+          if (peek->kind == BodyKind::kHello) state.shares_memory = SharesMemory(std::move(*m));
+          if (options_.shared_memory && !state.hello_sent) {
+            // Where this broker runs, once per engine: for an engine known from a
+            // heartbeat (this broker started after its hello) also a question, which
+            // its answering hello settles; for one that said hello, the answer.
             SendHello(backend_, {engine});
+            state.hello_sent = true;
           }
           state.last_seen = Clock::now();
           if (arrival.fd != state.connection.fd()) state.connection.Watch(arrival.fd);

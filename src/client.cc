@@ -49,6 +49,8 @@ struct PendingCall {
   // The arena blocks the call's arguments refer to (Payload.shared): the engine reads
   // them in place, so they stay allocated until it has answered (mu_).
   std::vector<Buffer> shared_blocks;
+  // The call asked for results in shared memory (Apply.sharedResults).
+  bool shared_results = false;
 };
 
 class ClientCore {
@@ -143,6 +145,11 @@ class ClientCore {
                       std::string_view function, std::chrono::milliseconds timeout,
                       uint32_t stream_credits = 0) {
     auto call = std::make_shared<PendingCall>();
+    // The peer answered our hello from this host: results may come in its arena.
+    if (shared_arena() != nullptr && stream_credits == 0) {
+      writer.SetApplySharedResults(true);
+      call->shared_results = true;
+    }
     call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
     call->function = std::string(function);
     call->deadline = Clock::now() + timeout;
@@ -237,13 +244,17 @@ class ClientCore {
     call.shared_blocks.clear();  // answered (or the engine is gone): it reads them no more
   }
 
-  // A result may refer only to bytes the call's own references covered (docs/FORMAT.md,
-  // "Payloads in shared memory"): the reason when one does not.
+  // A result may refer to this client's arena only where the call's own references did,
+  // and to another arena (the engine's results, held through a lease as decoded) only
+  // when the call asked for shared results (docs/FORMAT.md, "Payloads in shared
+  // memory"): the reason when it does not.
   std::optional<std::string> StrayReference(const std::vector<SharedOrigin>& origins,
                                             const PendingCall& call) const {  // mu_ held
     for (const SharedOrigin& origin : origins) {
       bool inside = false;
-      if (shared_arena_ != nullptr && origin.arena == shared_arena_->name()) {
+      if (shared_arena_ != nullptr && origin.arena != shared_arena_->name()) {
+        inside = call.shared_results;
+      } else if (shared_arena_ != nullptr) {
         for (const Buffer& block : call.shared_blocks) {
           std::optional<SharedArena::Location> at = shared_arena_->Find(block);
           uint64_t length = origin.view.size();

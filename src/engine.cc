@@ -6,6 +6,7 @@
 // Workers hand replies back through a queue and an eventfd that the I/O thread polls
 // next to its sockets (a ZeroMQ socket may only be used by one thread at a time).
 #include "zerocan/engine.h"
+#include "zerocan/shared.h"
 
 #include <cxxabi.h>
 #include <dlfcn.h>
@@ -244,6 +245,7 @@ class Engine::Impl {
       router_index_ = static_cast<int>(sockets_.size());
       sockets_.push_back(std::move(router));
       is_dealer_.push_back(false);
+      broker_shares_memory_.push_back(std::make_unique<std::atomic<bool>>(false));
     }
     try {
       if (options_.unpace_local_tcp) {
@@ -282,6 +284,7 @@ class Engine::Impl {
     }
     sockets_.push_back(std::move(dealer));
     is_dealer_.push_back(true);
+    broker_shares_memory_.push_back(std::make_unique<std::atomic<bool>>(false));
     try {
       sockets_.back().connect(url);
     } catch (const zmq::error_t& e) {
@@ -434,6 +437,7 @@ class Engine::Impl {
     }
     sockets_.clear();
     is_dealer_.clear();
+    broker_shares_memory_.clear();
     router_index_ = -1;
   }
 
@@ -676,6 +680,18 @@ class Engine::Impl {
     reply.socket = job.socket;
     reply.routing = std::move(job.routing);
     Message message = std::move(job.message);
+    if (message.body_kind() == BodyKind::kHello && is_dealer_[reply.socket] &&
+        reply.routing.empty() && options_.shared_memory) {
+      // The broker's: where it runs. A caller of this host behind it may read results
+      // from this engine's arena only when the broker shares this host too.
+      std::optional<HostIdentity> host;
+      try {
+        host = message.hello_host();
+      } catch (const Error&) {
+      }
+      broker_shares_memory_[reply.socket]->store(
+          host && HostIdentity::This().SharesMemoryWith(*host), std::memory_order_relaxed);
+    }
     if (message.body_kind() == BodyKind::kHello &&
         (is_dealer_[reply.socket] ? reply.routing.empty() : options_.shared_memory)) {
       // A client asks where this engine runs, to pass arguments in shared memory when
@@ -722,7 +738,8 @@ class Engine::Impl {
       // is not tracked; its control block is reused and can never be stopped.
       io_control_.call_id = message.message_id();
       io_control_.function.assign(function);
-      reply.message = *RunCall(*it->second, message, function, io_control_, false);
+      reply.message = *RunCall(*it->second, message, function, io_control_, false,
+                               SharedResults(reply.socket, message));
       return reply;
     }
     std::string live_key = internal::LiveCalls::Key(reply.routing, message.message_id());
@@ -731,7 +748,8 @@ class Engine::Impl {
     internal::LiveCalls::Scope running(live_, live_key);
     reply.after_items = stream;
     uint64_t token = BeginCall(reply.socket, reply.routing, message.message_id(), function);
-    std::optional<Outgoing> result = RunCall(*it->second, message, function, *control, stream);
+    std::optional<Outgoing> result = RunCall(*it->second, message, function, *control, stream,
+                                             !stream && SharedResults(reply.socket, message));
     if (!EndCall(token)) return std::nullopt;  // abandoned at the drain's deadline
     if (!result) return std::nullopt;          // cancelled: no reply at all
     reply.message = std::move(*result);
@@ -739,11 +757,29 @@ class Engine::Impl {
     return reply;
   }
 
+  // Whether the caller of `message` (on socket `socket`) reads results from this
+  // engine's arena: it asked to, and it is on this host: it shares the host with its
+  // own peer (it would not have asked otherwise), which is this engine, or a broker
+  // whose hello said it shares this engine's host.
+  bool SharedResults(size_t socket, const Message& message) const {
+    if (!options_.shared_memory || !message.shared_results()) return false;
+    return !is_dealer_[socket] || broker_shares_memory_[socket]->load(std::memory_order_relaxed);
+  }
+
+  std::shared_ptr<SharedArena> ResultArena() {
+    std::lock_guard<std::mutex> lock(arena_mu_);
+    if (!result_arena_) {
+      result_arena_ = options_.shared_arena ? options_.shared_arena
+                                            : SharedArena::Create(SharedArena::DefaultCapacity());
+    }
+    return result_arena_;
+  }
+
   // Runs the function: its result, its error reply, or nothing when the call was
   // cancelled (a stream's items leave on their own, through `control`).
   std::optional<Outgoing> RunCall(Function& f, const Message& message,
                                   const std::string& function, internal::CallControl& control,
-                                  bool stream) {
+                                  bool stream, bool shared_results) {
     RemoteErrorInfo error;
     try {
       // A result that is (part of) an argument from the caller's arena goes back as a
@@ -751,6 +787,17 @@ class Engine::Impl {
       std::vector<SharedOrigin> returns = message.shared_origins();
       Policy policy = policy_;
       if (!returns.empty() && !stream) policy.shared_returns = &returns;
+      // Any other large payload, for a caller that reads results in place: a block of
+      // the engine's arena, lent to the caller until it holds it.
+      std::shared_ptr<SharedArena> arena;
+      if (shared_results) {
+        try {
+          arena = ResultArena();
+          policy.shared_arena = arena.get();
+        } catch (const Error&) {
+          // No arena (no memfd, no memory): frames, as for any other caller.
+        }
+      }
       EnvelopeWriter w(policy, registry_);
       w.SetHeader(NextHeader());
       ValueWriter out = w.StartResult(message.message_id(), options_.id);
@@ -759,7 +806,14 @@ class Engine::Impl {
       f.fn(call, out);
       if (control.stop.stop_requested()) return std::nullopt;
       if (stream) w.SetStreamPart(StreamPart::kEnd);
-      return w.Finish();
+      Outgoing reply = w.Finish();
+      if (arena != nullptr) {
+        std::vector<Buffer> blocks = reply.TakeSharedBlocks();
+        if (!blocks.empty()) {
+          arena->Lend(std::move(blocks), Clock::now() + options_.shared_result_wait);
+        }
+      }
+      return reply;
     } catch (const RemoteError& e) {
       error = e.info();
       if (error.function.empty()) error.function = function;
@@ -946,6 +1000,10 @@ class Engine::Impl {
 
   EngineOptions options_;
   Policy policy_ = Policy::Default();  // ChoosePolicy: options_.policy or the first endpoint's
+  // Per socket: a DEALER's broker said in its hello that it shares this host.
+  std::vector<std::unique_ptr<std::atomic<bool>>> broker_shares_memory_;
+  std::mutex arena_mu_;
+  std::shared_ptr<SharedArena> result_arena_;  // arena_mu_
   bool policy_chosen_ = false;
   const Registry* registry_ = nullptr;
   std::unique_ptr<zmq::context_t> owned_context_;
@@ -1016,6 +1074,7 @@ void Engine::Stop(std::chrono::milliseconds grace) {
 void internal::TestHooks::KillEngine(Engine& engine) { engine.impl_->Stop(false); }
 bool Engine::running() const noexcept { return impl_->running_; }
 const std::string& Engine::id() const noexcept { return impl_->options_.id; }
+std::shared_ptr<SharedArena> Engine::shared_arena() { return impl_->ResultArena(); }
 EngineCounters Engine::counters() const noexcept {
   return EngineCounters{impl_->calls_.load(), impl_->errors_.load(), impl_->dropped_.load(),
                         impl_->closed_idle_.load(), impl_->closed_over_budget_.load()};

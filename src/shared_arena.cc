@@ -55,18 +55,49 @@ struct SharedArena::Impl : internal::ArenaBlocks {
   size_t used = 0;                     // mu
   struct Live {
     size_t size;
+    uint64_t serial;
     std::weak_ptr<Block> block;
   };
+  uint64_t next_serial = 1;  // mu
   std::map<size_t, Live> live;  // mu: the blocks handed out, by offset
+  struct Lent {
+    std::shared_ptr<const void> block;
+    std::chrono::steady_clock::time_point until;
+  };
+  std::multimap<const void*, Lent> lent;  // mu: by block
 
-  std::shared_ptr<const void> Hold(uint64_t offset, uint64_t length) override {
+  // Takes the lent blocks past their time out of `lent` (mu held): the caller drops them
+  // after unlocking (a block's return takes mu).
+  void TakeExpired(std::chrono::steady_clock::time_point now,
+                   std::vector<std::shared_ptr<const void>>* out) {
+    for (auto it = lent.begin(); it != lent.end();) {
+      if (it->second.until <= now) {
+        out->push_back(std::move(it->second.block));
+        it = lent.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  std::shared_ptr<const void> Hold(uint64_t offset, uint64_t length, uint64_t serial) override {
+    std::vector<std::shared_ptr<const void>> dropped;  // after the lock
+    std::shared_ptr<const void> block;
     std::lock_guard<std::mutex> lock(mu);
     auto it = live.upper_bound(offset);
     if (it == live.begin()) return nullptr;
     --it;
     uint64_t into = offset - it->first;
     if (into > it->second.size || length > it->second.size - into) return nullptr;
-    return it->second.block.lock();  // null while the block is being returned
+    if (serial != 0 && serial != it->second.serial) return nullptr;  // a later block there
+    block = it->second.block.lock();  // null while the block is being returned
+    if (block == nullptr) return nullptr;
+    // A reader holds it now: one loan of it ends (the reader's hold keeps it).
+    if (auto loan = lent.find(block.get()); loan != lent.end()) {
+      dropped.push_back(std::move(loan->second.block));
+      lent.erase(loan);
+    }
+    return block;
   }
 
   ~Impl() {
@@ -158,6 +189,11 @@ std::shared_ptr<SharedArena> internal::TestHooks::LocalArenaNamed(size_t capacit
 }
 
 std::optional<Buffer> SharedArena::Allocate(size_t size) {
+  {
+    std::vector<std::shared_ptr<const void>> dropped;  // after the lock
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->TakeExpired(std::chrono::steady_clock::now(), &dropped);
+  }
   size_t rounded = RoundUp(std::max<size_t>(size, 1), kAlignment);
   if (rounded < size) return std::nullopt;  // overflow
   std::optional<size_t> offset = impl_->Take(rounded);
@@ -165,9 +201,30 @@ std::optional<Buffer> SharedArena::Allocate(size_t size) {
   auto block = std::make_shared<Block>(impl_, *offset, rounded);
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->live[*offset] = Impl::Live{rounded, block};
+    impl_->live[*offset] = Impl::Live{rounded, impl_->next_serial++, block};
   }
   return Buffer(impl_->base + *offset, size, std::move(block));
+}
+
+void SharedArena::Lend(std::vector<Buffer> blocks, std::chrono::steady_clock::time_point until) {
+  std::erase_if(blocks, [this](const Buffer& b) {
+    std::optional<Location> at = Find(b);  // takes the lock
+    return !at || at->block == 0 || b.keep_alive() == nullptr;
+  });
+  std::vector<std::shared_ptr<const void>> dropped;  // after the lock
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->TakeExpired(std::chrono::steady_clock::now(), &dropped);
+  for (Buffer& b : blocks) {
+    const void* key = b.keep_alive().get();
+    impl_->lent.emplace(key, Impl::Lent{b.keep_alive(), until});
+  }
+}
+
+size_t SharedArena::lent() const noexcept {
+  std::vector<std::shared_ptr<const void>> dropped;  // after the lock
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->TakeExpired(std::chrono::steady_clock::now(), &dropped);
+  return impl_->lent.size();
 }
 
 std::optional<SharedArena::Location> SharedArena::Find(const Buffer& bytes) const noexcept {
@@ -177,7 +234,15 @@ std::optional<SharedArena::Location> SharedArena::Find(const Buffer& bytes) cons
       static_cast<size_t>(p - begin) > impl_->capacity - bytes.size()) {
     return std::nullopt;
   }
-  return Location{static_cast<uint64_t>(p - begin), bytes.size()};
+  Location at{static_cast<uint64_t>(p - begin), bytes.size(), 0};
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  auto it = impl_->live.upper_bound(at.offset);
+  if (it != impl_->live.begin()) {
+    --it;
+    uint64_t into = at.offset - it->first;
+    if (into <= it->second.size && at.length <= it->second.size - into) at.block = it->second.serial;
+  }
+  return at;
 }
 
 const std::string& SharedArena::name() const noexcept { return impl_->name; }
@@ -200,18 +265,20 @@ std::shared_ptr<SharedArena> SharedArena::ProcessDefault() {
   static std::mutex mu;
   static std::shared_ptr<SharedArena> arena;
   std::lock_guard<std::mutex> lock(mu);
-  if (!arena) {
-    long long bytes = 1ll << 30;
-    if (const char* text = std::getenv("ZEROCAN_ARENA_BYTES"); text != nullptr && *text != 0) {
-      bytes = Policy::ParseSize(text);
-      if (bytes <= 0) {
-        throw Error(absl::StrCat("ZEROCAN_ARENA_BYTES=\"", text,
-                                 "\": not a size (examples: 268435456, 256M, 1GiB)"));
-      }
-    }
-    arena = Create(static_cast<size_t>(bytes));
-  }
+  if (!arena) arena = Create(DefaultCapacity());
   return arena;
+}
+
+size_t SharedArena::DefaultCapacity() {
+  long long bytes = 1ll << 30;
+  if (const char* text = std::getenv("ZEROCAN_ARENA_BYTES"); text != nullptr && *text != 0) {
+    bytes = Policy::ParseSize(text);
+    if (bytes <= 0) {
+      throw Error(absl::StrCat("ZEROCAN_ARENA_BYTES=\"", text,
+                               "\": not a size (examples: 268435456, 256M, 1GiB)"));
+    }
+  }
+  return static_cast<size_t>(bytes);
 }
 
 const HostIdentity& HostIdentity::This() {

@@ -61,16 +61,17 @@ class RawReader {
   }
   ~RawReader() { close(fd_); }
 
-  void Send(char op, uint64_t offset, uint64_t length) {
+  void Send(char op, uint64_t offset, uint64_t length, uint64_t block = 0) {
     char request[internal::kLeaseRequestSize];
     request[0] = op;
     std::memcpy(request + 1, &offset, 8);  // little-endian host
     std::memcpy(request + 9, &length, 8);
+    std::memcpy(request + 17, &block, 8);
     ASSERT_EQ(send(fd_, request, sizeof(request), MSG_NOSIGNAL), ssize_t{sizeof(request)});
   }
   // The answer to a hold: 'Y', 'N', or 0 when the owner closed the connection.
-  char Hold(uint64_t offset, uint64_t length) {
-    Send(internal::kHold, offset, length);
+  char Hold(uint64_t offset, uint64_t length, uint64_t block = 0) {
+    Send(internal::kHold, offset, length, block);
     return Answer();
   }
   char Answer() {
@@ -97,7 +98,7 @@ TEST(SharedLeaseTest, AReaderInAnotherProcessHoldsItsBlockUntilItLetsGo) {
     bool ok = true;
     {
       internal::SharedSegments segments;
-      std::optional<Buffer> view = segments.Resolve(name, at.offset, at.length, "result");
+      std::optional<Buffer> view = segments.Resolve(name, at.offset, at.length, at.block, "result");
       ok = write(to_parent[1], "h", 1) == 1 && Get(to_child[0]) == 'r';
       // The owner let go of its Buffer and allocated and wrote meanwhile: not over this.
       for (size_t i = 0; ok && i < view->size(); i += 4096) ok = view->data()[i] == std::byte{'a'};
@@ -105,7 +106,7 @@ TEST(SharedLeaseTest, AReaderInAnotherProcessHoldsItsBlockUntilItLetsGo) {
       // The next view of the same range fails: the block went back when this one let go.
       ok = ok && write(to_parent[1], "d", 1) == 1 && Get(to_child[0]) == 'n';
       try {
-        segments.Resolve(name, at.offset, at.length, "result");
+        segments.Resolve(name, at.offset, at.length, at.block, "result");
         ok = false;
       } catch (const DecodeError& e) {
         ok = ok && std::string(e.what()).find("in no block of the arena that is in use") !=
@@ -143,8 +144,8 @@ TEST(SharedLeaseTest, AReaderThatDiesLetsGoOfItsHolds) {
   pid_t pid = fork();
   if (pid == 0) {
     internal::SharedSegments segments;
-    Buffer view = segments.Resolve(name, at.offset, at.length, "args[0]");
-    Buffer again = segments.Resolve(name, at.offset, at.length, "args[1]");
+    Buffer view = segments.Resolve(name, at.offset, at.length, at.block, "args[0]");
+    Buffer again = segments.Resolve(name, at.offset, at.length, 0, "args[1]");
     if (write(to_parent[1], "h", 1) != 1) _exit(1);
     pause();  // until killed, holding both
     _exit(0);
@@ -170,6 +171,11 @@ TEST(SharedLeaseTest, OnlyLiveBlocksCanBeHeldAndEachReaderIsBounded) {
   EXPECT_EQ(reader.Hold(at.offset, at.length + 1), internal::kNotHeld);  // past its end
   EXPECT_EQ(reader.Hold(at.offset + 8192, 16), internal::kNotHeld);  // free space
   EXPECT_EQ(reader.Hold(UINT64_MAX, 2), internal::kNotHeld);
+  // Named by its serial number: the block's own holds, another's does not.
+  EXPECT_NE(at.block, 0u);
+  EXPECT_EQ(reader.Hold(at.offset, 64, at.block + 1), internal::kNotHeld);
+  EXPECT_EQ(reader.Hold(at.offset, 64, at.block), internal::kHeld);
+  reader.Send(internal::kRelease, at.offset, 64, at.block);
   EXPECT_TRUE(Eventually([&] { return arena->holds() == 2; }));
   reader.Send(internal::kRelease, at.offset + 100, 10);
   EXPECT_TRUE(Eventually([&] { return arena->holds() == 1; }));

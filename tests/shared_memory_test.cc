@@ -87,7 +87,7 @@ TEST(SharedArenaTest, AnotherProcessReadsABlockInPlace) {
   if (pid == 0) {
     internal::SharedSegments segments;
     uint64_t copies = GlobalStats().buffer_copies.load();
-    Buffer seen = segments.Resolve(name, at.offset, at.length, "args[0]");
+    Buffer seen = segments.Resolve(name, at.offset, at.length, at.block, "args[0]");
     bool ok = seen.size() == (3u << 20) && seen.data()[0] == std::byte{'a'} &&
               seen.data()[seen.size() - 1] == std::byte{'a'};
     char go = 0;
@@ -112,10 +112,10 @@ TEST(SharedArenaTest, LocationsOutsideAnArenaAreDecodeErrorsNamingTheField) {
   std::optional<Buffer> whole = arena->Allocate(1 << 16);
   ASSERT_TRUE(whole);
   internal::SharedSegments segments;
-  EXPECT_EQ(segments.Resolve(arena->name(), 0, 1 << 16, "args[0]").size(), 1u << 16);
+  EXPECT_EQ(segments.Resolve(arena->name(), 0, 1 << 16, 0, "args[0]").size(), 1u << 16);
   auto expect = [&](std::string_view name, uint64_t offset, uint64_t length, const char* why) {
     try {
-      segments.Resolve(name, offset, length, "args[1].tensor.data");
+      segments.Resolve(name, offset, length, 0, "args[1].tensor.data");
       ADD_FAILURE() << "resolved " << name << " " << offset << " " << length;
     } catch (const DecodeError& e) {
       EXPECT_THAT(e.what(), HasSubstr("args[1].tensor.data: shared memory @"));
@@ -142,12 +142,12 @@ TEST(SharedArenaTest, AMemoryFileWhoseSizeIsNotSealedIsRefused) {
   ASSERT_EQ(ftruncate(fd, 1 << 16), 0);
   {
     struct NoBlocks : internal::ArenaBlocks {
-      std::shared_ptr<const void> Hold(uint64_t, uint64_t) override { return nullptr; }
+      std::shared_ptr<const void> Hold(uint64_t, uint64_t, uint64_t) override { return nullptr; }
     } no_blocks;
     internal::SegmentServer server(fd, &no_blocks);
     internal::SharedSegments segments;
     try {
-      segments.Resolve(server.name(), 0, 16, "result");
+      segments.Resolve(server.name(), 0, 16, 0, "result");
       ADD_FAILURE() << "an unsealed file was mapped";
     } catch (const DecodeError& e) {
       EXPECT_THAT(e.what(), HasSubstr("not a sealed memory file"));
@@ -164,7 +164,7 @@ TEST(SharedArenaTest, AnotherUserIsRefusedTheArena) {
     if (setgid(65534) != 0 || setuid(65534) != 0) return false;
     internal::SharedSegments segments;
     try {
-      segments.Resolve(name, 0, 16, "args[0]");
+      segments.Resolve(name, 0, 16, 0, "args[0]");
       return false;
     } catch (const DecodeError& e) {
       return std::string(e.what()).find("another user") != std::string::npos ||
@@ -228,7 +228,7 @@ TEST(SharedArenaTest, NothingIsLeftOnceTheProcessesAreGone) {
   for (char ch; read(to_parent[0], &ch, 1) == 1 && ch != '\n';) name += ch;
   ASSERT_FALSE(name.empty());
   std::optional<internal::SharedSegments> segments(std::in_place);
-  std::optional<Buffer> seen = segments->Resolve(name, 0, 64 << 20, "args[0]");
+  std::optional<Buffer> seen = segments->Resolve(name, 0, 64 << 20, 0, "args[0]");
   kill(pid, SIGKILL);  // the arena's process crashes
   waitpid(pid, nullptr, 0);
   // What this process mapped stays readable while it holds it...

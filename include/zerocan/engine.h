@@ -189,13 +189,23 @@ struct EngineOptions {
   std::vector<std::string> curve_allowed_clients;
   // Shared memory with clients on this host (shared.h): the engine answers a client's
   // (or its broker's) hello with where it runs, reads the arguments such a client sends
-  // as references into the client's arena in place (mapped read-only;
-  // Stats::shared_refs_received), and hands a result that is (part of) such an argument
-  // back as a reference to it (Policy::shared_returns). Its functions must not keep an
-  // argument's bytes past their call: the client reuses the block after the reply.
-  // Off: clients' hellos go unanswered, so clients send frames, and references are
-  // refused.
+  // as references into the client's arena in place (mapped read-only, each view holding
+  // its block until it is gone, so a function may keep one; Stats::shared_refs_received),
+  // and hands a result that is (part of) such an argument back as a reference to it
+  // (Policy::shared_returns). For a caller that reads shared results (Apply.sharedResults)
+  // and shares this host, any other result payload at or above the threshold goes as a
+  // reference into `shared_arena`: in place when the function returned bytes of it
+  // (Engine::shared_arena()->Allocate), else copied there once (Stats::
+  // shared_bytes_copied). Off: clients' hellos go unanswered, so clients send frames, and
+  // references are refused.
   bool shared_memory = true;
+  // The arena results go into (above); null: one of the engine's own, created at the
+  // first such result with ZEROCAN_ARENA_BYTES bytes (default 1 GiB of address space,
+  // committed as written). Its blocks are lent to the caller: kept until the caller
+  // holds them, or for `shared_result_wait` (a caller that reads its reply later finds
+  // the block gone: DecodeError); full, results go as frames.
+  std::shared_ptr<SharedArena> shared_arena;
+  std::chrono::milliseconds shared_result_wait{60000};
 };
 
 struct EngineCounters {
@@ -401,6 +411,11 @@ class Engine {
   bool running() const noexcept;
 
   const std::string& id() const noexcept;
+  // The arena results are placed in for callers that read shared results
+  // (EngineOptions::shared_arena, or the engine's own, created here at first use).
+  // A function that allocates its result here sends it without a copy. Throws Error
+  // when the system refuses an arena.
+  std::shared_ptr<SharedArena> shared_arena();
   EngineCounters counters() const noexcept;
 
  private:

@@ -80,6 +80,8 @@ class Message {
   uint32_t timeout_ms() const;
   // Apply.retries: further attempts a broker may make on other engines (0 = none).
   uint32_t retries() const;
+  // Apply.sharedResults: the caller reads result payloads in shared memory of its host.
+  bool shared_results() const;
   // Items the engine may send before the client grants more; 0 = a plain call.
   uint32_t stream_credits() const;
 

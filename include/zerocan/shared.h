@@ -17,11 +17,13 @@
 // sealed, so a peer that maps it can rely on every byte of it staying there.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "zerocan/buffer.h"
 
@@ -54,6 +56,7 @@ struct HostIdentity {
 struct SharedOrigin {
   std::string arena;    // the sender's arena
   uint64_t offset = 0;  // where the payload begins in it
+  uint64_t block = 0;   // the serial number of the arena block it lies in (SharedRef.block)
   Buffer view;          // its bytes, mapped read-only here
 };
 
@@ -72,10 +75,19 @@ class SharedArena {
   // also keeps the arena itself alive.
   std::optional<Buffer> Allocate(size_t size);
 
+  // Keeps blocks of this arena (Buffers that Allocate returned, or slices of them) until
+  // a reader in another process holds each of them, or until `until`: for blocks sent
+  // to a peer that has not read them yet and a sender that has no further use for them
+  // (an engine's results). Blocks not of this arena are ignored.
+  void Lend(std::vector<Buffer> blocks, std::chrono::steady_clock::time_point until);
+  // Blocks lent and neither held nor expired yet.
+  size_t lent() const noexcept;
+
   // Where `bytes` lie in this arena, when all of them do.
   struct Location {
     uint64_t offset = 0;
     uint64_t length = 0;
+    uint64_t block = 0;  // the serial number of the block they lie in (0: in none)
   };
   std::optional<Location> Find(const Buffer& bytes) const noexcept;
 
@@ -97,6 +109,8 @@ class SharedArena {
   // Clients use it for shared-memory calls unless given one (ClientOptions). Throws
   // Error when the system refuses it.
   static std::shared_ptr<SharedArena> ProcessDefault();
+  // ZEROCAN_ARENA_BYTES, or 1 GiB when it is not set. Throws Error when it is not a size.
+  static size_t DefaultCapacity();
 
  private:
   friend struct internal::TestHooks;

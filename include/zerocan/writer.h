@@ -247,6 +247,9 @@ class EnvelopeWriter {
   // After StartApply: how many more engines a broker may try when the one running the
   // call is lost (Apply.retries; capped at 65535). 0 (the default) writes nothing.
   void SetApplyRetries(uint32_t retries);
+  // After StartApply: the caller reads result payloads in place from arenas of its host
+  // (Apply.sharedResults; set only when its peer answered its hello from this host).
+  void SetApplySharedResults(bool shared);
   // Streams (docs/FORMAT.md "Cancel and streams"): an apply asking for a stream of
   // results, an item or the end of a stream, a cancel, a credit grant.
   void SetStreamCredits(uint32_t credits);  // after StartApply; at most 65535

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <random>
 #include <system_error>
+#include <tuple>
 
 #include <absl/strings/str_cat.h>
 
@@ -84,6 +85,7 @@ struct FdMessage {
 // ---- SegmentServer ------------------------------------------------------------------
 
 struct SegmentServer::State {
+  using Key = std::tuple<uint64_t, uint64_t, uint64_t>;  // offset, length, block serial
   int memfd = -1;  // a duplicate, owned
   int listener = -1;
   int wake_fd = -1;
@@ -99,8 +101,7 @@ struct SegmentServer::State {
     char request[kLeaseRequestSize] = {};
     size_t have = 0;
     size_t count = 0;
-    absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::vector<std::shared_ptr<const void>>>
-        held;
+    absl::flat_hash_map<Key, std::vector<std::shared_ptr<const void>>> held;
   };
   std::vector<std::unique_ptr<Reader>> readers;
 
@@ -123,17 +124,20 @@ struct SegmentServer::State {
 
   // One complete request from `r`; false when the reader broke the protocol.
   bool Handle(Reader& r) {
-    uint64_t offset = 0, length = 0;
+    uint64_t offset = 0, length = 0, serial = 0;
     std::memcpy(&offset, r.request + 1, 8);
     std::memcpy(&length, r.request + 9, 8);
+    std::memcpy(&serial, r.request + 17, 8);
     offset = le64toh(offset);
     length = le64toh(length);
+    serial = le64toh(serial);
+    const Key key{offset, length, serial};
     if (r.request[0] == kHold) {
       std::shared_ptr<const void> block;
-      if (r.count < kMaxHoldsPerReader) block = blocks->Hold(offset, length);
+      if (r.count < kMaxHoldsPerReader) block = blocks->Hold(offset, length, serial);
       char answer = block ? kHeld : kNotHeld;
       if (block) {
-        r.held[{offset, length}].push_back(std::move(block));
+        r.held[key].push_back(std::move(block));
         ++r.count;
         holds.fetch_add(1, std::memory_order_relaxed);
       }
@@ -141,7 +145,7 @@ struct SegmentServer::State {
       return ::send(r.fd, &answer, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1;
     }
     if (r.request[0] == kRelease) {
-      auto it = r.held.find(std::pair{offset, length});
+      auto it = r.held.find(key);
       if (it == r.held.end()) return false;  // never held: a broken reader
       std::shared_ptr<const void> dropped = std::move(it->second.back());
       it->second.pop_back();
@@ -276,19 +280,21 @@ struct SharedSegments::Mapping {
     if (lease_fd >= 0) ::close(lease_fd);  // the owner drops whatever is still held
   }
 
-  static void Encode(char op, uint64_t offset, uint64_t length, char* out) {
+  static void Encode(char op, uint64_t offset, uint64_t length, uint64_t block, char* out) {
     out[0] = op;
     offset = htole64(offset);
     length = htole64(length);
+    block = htole64(block);
     std::memcpy(out + 1, &offset, 8);
     std::memcpy(out + 9, &length, 8);
+    std::memcpy(out + 17, &block, 8);
   }
 
   // Asks the owner to hold the block under [offset, offset + length): its answer, or
   // kNotHeld with no answer (gone, or serving too many readers to keep this one).
-  char Hold(uint64_t offset, uint64_t length) {
+  char Hold(uint64_t offset, uint64_t length, uint64_t block) {
     char request[kLeaseRequestSize];
-    Encode(kHold, offset, length, request);
+    Encode(kHold, offset, length, block, request);
     std::lock_guard<std::mutex> lock(lease_mu);
     char answer = 0;
     if (::send(lease_fd, request, sizeof(request), MSG_NOSIGNAL) != sizeof(request) ||
@@ -298,9 +304,9 @@ struct SharedSegments::Mapping {
     return answer;
   }
 
-  void Release(uint64_t offset, uint64_t length) noexcept {
+  void Release(uint64_t offset, uint64_t length, uint64_t block) noexcept {
     char request[kLeaseRequestSize];
-    Encode(kRelease, offset, length, request);
+    Encode(kRelease, offset, length, block, request);
     std::lock_guard<std::mutex> lock(lease_mu);
     // Nothing to do when it fails: the owner is gone, and its holds with it.
     [[maybe_unused]] ssize_t n = ::send(lease_fd, request, sizeof(request), MSG_NOSIGNAL);
@@ -311,13 +317,13 @@ namespace {
 
 // A reader's hold on a block of a peer's arena: released when the last view goes.
 struct Lease {
-  Lease(std::shared_ptr<SharedSegments::Mapping> m, uint64_t o, uint64_t l)
-      : mapping(std::move(m)), offset(o), length(l) {}
+  Lease(std::shared_ptr<SharedSegments::Mapping> m, uint64_t o, uint64_t l, uint64_t b)
+      : mapping(std::move(m)), offset(o), length(l), block(b) {}
   Lease(const Lease&) = delete;
   Lease& operator=(const Lease&) = delete;
-  ~Lease() { mapping->Release(offset, length); }
+  ~Lease() { mapping->Release(offset, length, block); }
   std::shared_ptr<SharedSegments::Mapping> mapping;
-  uint64_t offset, length;
+  uint64_t offset, length, block;
 };
 
 }  // namespace
@@ -416,13 +422,15 @@ void UnregisterLocalArena(const std::string& name) {
 }
 
 Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t length,
-                               std::string_view path) {
+                               uint64_t block, std::string_view path) {
   auto outside = [&](uint64_t size) {
     return DecodeError(DecodeError::Code::kMalformed,
                        absl::StrCat(Sv(path), ": shared memory @", Sv(name), ": ", length,
                                     " bytes at offset ", offset, " are outside the arena (",
                                     size, " bytes)"));
   };
+  static constexpr std::string_view kNoBlock =
+      "are in no block of the arena that is in use (returned, or never handed out)";
   auto not_held = [&](std::string_view why) {
     return DecodeError(DecodeError::Code::kMalformed,
                        absl::StrCat(Sv(path), ": shared memory @", Sv(name), ": ", length,
@@ -439,9 +447,9 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
       if (offset > local.size || length > local.size - offset) throw outside(local.size);
       std::byte* at = const_cast<std::byte*>(local.base) + offset;
       if (length == 0) return Buffer(at, 0, std::move(blocks));
-      std::shared_ptr<const void> block = blocks->Hold(offset, length);
-      if (!block) throw not_held("are in no block of the arena that is in use");
-      return Buffer(at, length, std::move(block));
+      std::shared_ptr<const void> held = blocks->Hold(offset, length, block);
+      if (!held) throw not_held(kNoBlock);
+      return Buffer(at, length, std::move(held));
     }
   }
   std::shared_ptr<Mapping> m;
@@ -472,13 +480,13 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
   }
   if (offset > m->size || length > m->size - offset) throw outside(m->size);
   if (length == 0) return Buffer(m->data + offset, 0, std::move(m));
-  switch (m->Hold(offset, length)) {
+  switch (m->Hold(offset, length, block)) {
     case kHeld: break;
-    case kNotHeld: throw not_held("are in no block of the arena that is in use");
+    case kNotHeld: throw not_held(kNoBlock);
     default: throw not_held("could not be leased: the arena's owner did not answer (gone?)");
   }
   std::byte* at = m->data + offset;
-  return Buffer(at, length, std::make_shared<Lease>(std::move(m), offset, length));
+  return Buffer(at, length, std::make_shared<Lease>(std::move(m), offset, length, block));
 }
 
 SharedSegments& ProcessSegments() {

@@ -32,19 +32,20 @@ namespace zerocan::internal {
 inline constexpr std::string_view kArenaNamePrefix = "zerocan-arena-";
 
 // The lease requests a reader sends on an arena's connection after it received the
-// descriptor: one byte (kHold or kRelease), then offset and length as little-endian
-// 64-bit integers. The owner answers each hold with kHeld or kNotHeld; a release has no
-// answer.
+// descriptor: one byte (kHold or kRelease), then offset, length and block serial
+// (SharedRef.block) as little-endian 64-bit integers. The owner answers each hold with
+// kHeld or kNotHeld; a release has no answer.
 inline constexpr char kHold = 'H', kRelease = 'R', kHeld = 'Y', kNotHeld = 'N';
-inline constexpr size_t kLeaseRequestSize = 17;
+inline constexpr size_t kLeaseRequestSize = 25;
 
 // The owner's side of leases: an arena's live blocks.
 class ArenaBlocks {
  public:
   virtual ~ArenaBlocks() = default;
   // Keeps the live block that holds all of [offset, offset + length) from returning to
-  // the arena while the handle lives; null when no live block holds that range.
-  virtual std::shared_ptr<const void> Hold(uint64_t offset, uint64_t length) = 0;
+  // the arena while the handle lives; null when no live block holds that range, or its
+  // serial number is not `block` (0: any).
+  virtual std::shared_ptr<const void> Hold(uint64_t offset, uint64_t length, uint64_t block) = 0;
 };
 
 class SegmentServer {
@@ -90,7 +91,7 @@ class SharedSegments {
   // Throws DecodeError naming `path` (the field of the message that held the location)
   // when the arena cannot be reached or mapped, the range is not inside it, or its
   // owner holds no live block there (returned already, or never handed out).
-  Buffer Resolve(std::string_view name, uint64_t offset, uint64_t length,
+  Buffer Resolve(std::string_view name, uint64_t offset, uint64_t length, uint64_t block,
                  std::string_view path);
   // Unmaps the arenas that no Buffer holds and nobody used for kKeepMapped.
   void Sweep();

@@ -249,7 +249,7 @@ std::vector<SharedOrigin> Message::shared_origins() const {
   if (state_ == nullptr) return out;
   for (const auto& [where, origin] : state_->shared_views_) {
     // Views that keep the whole message (and the blocks it keeps) alive, as payloads do.
-    out.push_back(SharedOrigin{origin.arena, origin.offset,
+    out.push_back(SharedOrigin{origin.arena, origin.offset, origin.block,
                                Buffer(origin.view.mutable_data(), origin.view.size(),
                                       state_->KeepAlive())});
   }
@@ -288,6 +288,12 @@ void EnvelopeWriter::SetApplyRetries(uint32_t retries) {
   auto body = impl_->root.getBody();
   if (!body.isApply()) throw EncodeError("SetApplyRetries: the message is not an apply");
   body.getApply().setRetries(static_cast<uint16_t>(std::min<uint32_t>(retries, UINT16_MAX)));
+}
+
+void EnvelopeWriter::SetApplySharedResults(bool shared) {
+  auto body = impl_->root.getBody();
+  if (!body.isApply()) throw EncodeError("SetApplySharedResults: the message is not an apply");
+  body.getApply().setSharedResults(shared);
 }
 
 // ---- cancel and streams (data fields: setting them allocates nothing) ----------------
@@ -571,6 +577,10 @@ uint32_t Message::timeout_ms() const {
 uint32_t Message::retries() const {
   ZEROCAN_APPLY();
   return apply.getRetries();
+}
+bool Message::shared_results() const {
+  ZEROCAN_APPLY();
+  return apply.getSharedResults();
 }
 uint64_t Message::call_id() const {
   if (state_ != nullptr && state_->root_.getBody().isStarted()) {

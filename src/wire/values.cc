@@ -126,11 +126,12 @@ struct PayloadSink {
 // Payload.shared: `length` bytes at `offset` of the arena named `arena` (every writer of a
 // reference goes through here, and counts it).
 void SetSharedRef(wire::Payload::Builder payload, std::string_view arena, uint64_t offset,
-                  uint64_t length) {
+                  uint64_t length, uint64_t block) {
   auto ref = payload.initShared();
   CopyText(ref.initArena(TextSize(arena)), arena);
   ref.setOffset(offset);
   ref.setLength(length);
+  ref.setBlock(block);
   Bump(GlobalStats().shared_refs_sent);
 }
 
@@ -157,7 +158,7 @@ bool PlaceShared(PayloadSink m, SharedArena& arena, wire::Payload::Builder paylo
     location = arena.Find(*fresh);
     block = std::move(*fresh);
   }
-  SetSharedRef(payload, arena.name(), location->offset, location->length);
+  SetSharedRef(payload, arena.name(), location->offset, location->length, location->block);
   m.shared_blocks.push_back(std::move(block));
   return true;
 }
@@ -174,7 +175,7 @@ bool PlaceReturned(const std::vector<SharedOrigin>& returns, wire::Payload::Buil
       continue;
     }
     SetSharedRef(payload, origin.arena, origin.offset + static_cast<uint64_t>(data.data() - begin),
-                 data.size());
+                 data.size(), origin.block);
     return true;
   }
   return false;
@@ -381,7 +382,7 @@ wire::Tensor::Builder CopyTensorHeader(wire::Tensor::Reader from, wire::Tensor::
 void CopySharedRef(wire::SharedRef::Reader from, wire::Payload::Builder to, const Value& value,
                    bool tensor, PayloadSink m) {
   SetSharedRef(to, std::string_view(from.getArena().begin(), from.getArena().size()),
-               from.getOffset(), from.getLength());
+               from.getOffset(), from.getLength(), from.getBlock());
   try {
     m.shared_blocks.push_back(tensor ? value.TensorBytes() : value.AsBytes());
   } catch (const Error&) {
@@ -581,9 +582,10 @@ class Walker {
     }
     if (limits_.shared_refs == DecodeLimits::SharedRefs::kMap) {
       Buffer view = internal::ProcessSegments().Resolve(name, ref.getOffset(), ref.getLength(),
-                                                        path.Render());
+                                                        ref.getBlock(), path.Render());
       auto [it, fresh] = shared_views_->try_emplace(
-          internal::MessageState::Key(ref), SharedOrigin{std::string(name), ref.getOffset(), view});
+          internal::MessageState::Key(ref),
+          SharedOrigin{std::string(name), ref.getOffset(), ref.getBlock(), view});
       const Buffer& seen = it->second.view;
       if (!fresh && (seen.data() != view.data() || seen.size() != view.size())) {
         // Two pointers to one SharedRef struct read with different sizes (crafted).

@@ -526,12 +526,16 @@ class Client:
             pass  # no arena (no memfd, no memory): calls keep sending frames
 
     def _stray_reference(self, origins: list[Any], blocks: list[Any]) -> Optional[str]:
-        """A result may refer only to bytes the call's own references covered
-        (docs/FORMAT.md, "Payloads in shared memory"): the reason when one does not."""
+        """A result may refer to this client's own arena only where the call's own
+        references did; to another arena (the engine's results, held through a lease)
+        only when the call asked for shared results (docs/FORMAT.md, "Payloads in shared
+        memory"): the reason when it does not."""
         arena = self._shared_arena
         spans = [arena.locate(b) for b in blocks] if arena is not None else []
-        for name, offset, _, length, _ in origins:
-            if arena is None or name != arena.name or not any(
+        for name, offset, _, length, _, _ in origins:
+            if arena is not None and name != arena.name:
+                continue  # the engine's block, which the decoder holds
+            if arena is None or not any(
                     s is not None and s[0] <= offset and offset + length <= s[0] + s[1]
                     for s in spans):
                 return (f"the result refers to shared memory the call did not pass "

@@ -35,6 +35,7 @@ import select
 import socket
 import struct
 import threading
+import time
 import weakref
 from typing import Any, Optional
 
@@ -45,9 +46,10 @@ from .errors import DecodeError, Error
 _ALIGNMENT = 64
 _SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
 
-# Lease requests on an arena's connection: one byte (hold or release), then offset and
-# length as little-endian 64-bit integers. A hold is answered with one byte.
-_LEASE_REQUEST = struct.Struct("<cQQ")
+# Lease requests on an arena's connection: one byte (hold or release), then offset,
+# length and block serial (SharedRef.block, 0: any) as little-endian 64-bit integers. A
+# hold is answered with one byte.
+_LEASE_REQUEST = struct.Struct("<cQQQ")
 _HOLD, _RELEASE, _HELD, _NOT_HELD = b"H", b"R", b"Y", b"N"
 _MAX_READERS = 1024             # readers beyond it map the arena but hold nothing
 _MAX_HOLDS_PER_READER = 1 << 16
@@ -72,7 +74,7 @@ class _Reader:
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.pending = b""
-        self.held: dict[tuple[int, int], list[Any]] = {}
+        self.held: dict[tuple[int, int, int], list[Any]] = {}
         self.count = 0
 
 
@@ -113,7 +115,10 @@ class Arena:
         self._used = 0
         # The blocks handed out: sorted starts, and start -> (size, the block array).
         self._live_offsets: list[int] = []
-        self._live: dict[int, tuple[int, weakref.ref[np.ndarray]]] = {}
+        self._live: dict[int, tuple[int, int, weakref.ref[np.ndarray]]] = {}
+        self._next_serial = 1
+        # Blocks lent (``lend``), by id of the block array: (until, the array) each.
+        self._lent: dict[int, list[tuple[float, np.ndarray]]] = {}
         self._state = _ServerState(self)
         # Peers get a descriptor opened read-only on the same file: they cannot map it
         # writable. 128 random bits in the name: it is also a capability.
@@ -190,29 +195,29 @@ class Arena:
             reader.held.clear()
 
         def handle(reader: _Reader, request: bytes) -> bool:
-            op, offset, length = _LEASE_REQUEST.unpack(request)
+            op, offset, length, serial = _LEASE_REQUEST.unpack(request)
+            key = (offset, length, serial)
             if op == _HOLD:
                 arena = state.arena()
                 block = None
                 if arena is not None and reader.count < _MAX_HOLDS_PER_READER:
-                    block = arena._hold(offset, length)
+                    block = arena._hold(offset, length, serial)
                 del arena
                 if block is not None:
-                    reader.held.setdefault((offset, length), []).append(block)
+                    reader.held.setdefault(key, []).append(block)
                     reader.count += 1
                     state.holds += 1
-                try:
-                    reader.conn.send(_HELD if block is not None else _NOT_HELD)
-                except OSError:
+                try:  # the reader waits for this byte: its socket buffer has room
+                    return reader.conn.send(_HELD if block is not None else _NOT_HELD) == 1
+                except OSError:  # full (answers left unread) or closed: drop it
                     return False
-                return True
             if op == _RELEASE:
-                blocks = reader.held.get((offset, length))
+                blocks = reader.held.get(key)
                 if not blocks:
                     return False  # never held: a broken reader
                 blocks.pop()
                 if not blocks:
-                    del reader.held[(offset, length)]
+                    del reader.held[key]
                 reader.count -= 1
                 state.holds -= 1
                 return True
@@ -229,6 +234,8 @@ class Arena:
                             continue
                         try:
                             data = reader.conn.recv(4096)
+                        except BlockingIOError:
+                            continue
                         except OSError:
                             data = b""
                         ok = bool(data)
@@ -257,6 +264,8 @@ class Arena:
                     if len(readers) >= _MAX_READERS:
                         conn.close()  # mapped, but its holds fail (no connection)
                         continue
+                    # Never blocks the thread that serves every reader (as C++'s server).
+                    conn.setblocking(False)
                     readers[conn.fileno()] = _Reader(conn)
                     poller.register(conn.fileno(), select.POLLIN)
         finally:
@@ -286,20 +295,75 @@ class Arena:
                 return start
         return None
 
-    def _hold(self, offset: int, length: int) -> Optional[np.ndarray]:
-        """The live block that holds all of [offset, offset + length) (keeping it keeps
-        the block from returning to the arena), or None."""
+    def _live_block(self, offset: int, length: int) -> Optional[tuple[int, Any]]:
+        """(serial, weak reference) of the live block holding all of [offset, offset +
+        length), or None. Under the lock."""
+        self._return_given()
+        i = bisect.bisect_right(self._live_offsets, offset) - 1
+        if i < 0:
+            return None
+        start = self._live_offsets[i]
+        size, serial, ref = self._live[start]
+        into = offset - start
+        if into > size or length > size - into:
+            return None
+        return serial, ref
+
+    def _hold(self, offset: int, length: int, serial: int = 0) -> Optional[np.ndarray]:
+        """The live block that holds all of [offset, offset + length) and has serial
+        number ``serial`` (0: any; keeping it keeps the block from returning to the
+        arena), or None. A loan of it (``lend``) ends: the holder keeps it now."""
         with self._lock:
-            self._return_given()
-            i = bisect.bisect_right(self._live_offsets, offset) - 1
-            if i < 0:
+            found = self._live_block(offset, length)
+            if found is None or (serial and serial != found[0]):
                 return None
-            start = self._live_offsets[i]
-            size, ref = self._live[start]
-            into = offset - start
-            if into > size or length > size - into:
-                return None
-            return ref()
+            block = found[1]()
+            if block is not None:
+                loans = self._lent.get(id(block))
+                if loans:
+                    loans.pop()
+                    if not loans:
+                        del self._lent[id(block)]
+            return block
+
+    def block_serial(self, offset: int, length: int) -> int:
+        """The serial number of the live block holding [offset, offset + length) (its
+        SharedRef.block), or 0 when none does."""
+        with self._lock:
+            found = self._live_block(offset, length)
+            return 0 if found is None else found[0]
+
+    def lend(self, blocks: list[Any], seconds: float) -> None:
+        """Keeps ``blocks`` (arrays whose bytes lie in this arena) until a reader in
+        another process holds each of them, or ``seconds`` pass: for blocks sent to a
+        peer that has not read them yet (an engine's results)."""
+        until = time.monotonic() + seconds
+        with self._lock:
+            self._expire_loans()
+            for b in blocks:
+                where = self.locate(b)
+                found = None if where is None else self._live_block(*where)
+                block = None if found is None else found[1]()
+                if block is not None:
+                    self._lent.setdefault(id(block), []).append((until, block))
+
+    @property
+    def lent(self) -> int:
+        """Blocks lent and neither held nor expired yet."""
+        with self._lock:
+            self._expire_loans()
+            return sum(len(v) for v in self._lent.values())
+
+    def _expire_loans(self) -> None:
+        """Under the lock: ends the loans past their time (the blocks return when
+        nothing else holds them, through their finalizers, which take no lock)."""
+        now = time.monotonic()
+        for key in [k for k, v in self._lent.items() if any(loan[0] <= now for loan in v)]:
+            loans = [loan for loan in self._lent[key] if loan[0] > now]
+            if loans:
+                self._lent[key] = loans
+            else:
+                del self._lent[key]
 
     def _give(self, start: int, size: int) -> None:
         """A block's finalizer: any thread, any time, without the lock."""
@@ -345,7 +409,8 @@ class Arena:
         # The finalizer holds the arena: blocks may outlive the caller's handle on it.
         weakref.finalize(block, Arena._give, self, start, size)
         with self._lock:
-            self._live[start] = (size, weakref.ref(block))
+            self._live[start] = (size, self._next_serial, weakref.ref(block))
+            self._next_serial += 1
             bisect.insort(self._live_offsets, start)
         return block
 
@@ -407,6 +472,9 @@ _ARENA_NAME = re.compile(r"zerocan-arena-[0-9]{1,10}-[0-9a-f]{32}")
 _LOCAL_ARENAS: weakref.WeakValueDictionary[str, Arena] = weakref.WeakValueDictionary()
 
 
+_NO_BLOCK = "are in no block of the arena that is in use (returned, or never handed out)"
+
+
 class _Mapping:
     """A peer's arena mapped here, with the connection its leases go on."""
 
@@ -417,20 +485,21 @@ class _Mapping:
         # between a hold's request and its answer; a release needs no answer.
         self.lock = threading.RLock()
 
-    def hold(self, offset: int, length: int) -> bytes:
-        """The owner's answer to holding [offset, offset + length): _HELD, _NOT_HELD, or
-        b"" when it did not answer (gone, or serving too many readers)."""
+    def hold(self, offset: int, length: int, block: int) -> bytes:
+        """The owner's answer to holding [offset, offset + length) of block ``block``:
+        _HELD, _NOT_HELD, or b"" when it did not answer (gone, or serving too many
+        readers)."""
         with self.lock:
             try:
-                self.conn.sendall(_LEASE_REQUEST.pack(_HOLD, offset, length))
+                self.conn.sendall(_LEASE_REQUEST.pack(_HOLD, offset, length, block))
                 return self.conn.recv(1)
             except OSError:
                 return b""
 
-    def release(self, offset: int, length: int) -> None:
+    def release(self, offset: int, length: int, block: int) -> None:
         with self.lock:
             try:
-                self.conn.sendall(_LEASE_REQUEST.pack(_RELEASE, offset, length))
+                self.conn.sendall(_LEASE_REQUEST.pack(_RELEASE, offset, length, block))
             except OSError:
                 pass  # the owner is gone, and its holds with it
 
@@ -438,13 +507,13 @@ class _Mapping:
 class _Lease:
     """A reader's hold on a block of a peer's arena: released when collected."""
 
-    __slots__ = ("mapping", "offset", "length")
+    __slots__ = ("mapping", "offset", "length", "block")
 
-    def __init__(self, mapping: _Mapping, offset: int, length: int) -> None:
-        self.mapping, self.offset, self.length = mapping, offset, length
+    def __init__(self, mapping: _Mapping, offset: int, length: int, block: int) -> None:
+        self.mapping, self.offset, self.length, self.block = mapping, offset, length, block
 
     def __del__(self) -> None:
-        self.mapping.release(self.offset, self.length)
+        self.mapping.release(self.offset, self.length, self.block)
 
 
 class _HeldBytes:
@@ -515,11 +584,13 @@ class Segments:
             raise
         return _Mapping(mapped, s)
 
-    def resolve(self, name: str, offset: int, length: int, path: str = "payload") -> memoryview:
+    def resolve(self, name: str, offset: int, length: int, path: str = "payload",
+                block: int = 0) -> memoryview:
         """Bytes [offset, offset + length) of the arena served as ``name``, read-only, in
-        place, holding the block they lie in until the view (and every view of it) is
-        gone. Raises zerocan.DecodeError naming ``path`` when the arena cannot be reached
-        or mapped, the range is not inside it, or its owner has no block in use there."""
+        place, holding the block they lie in (serial number ``block``, 0: any) until the
+        view (and every view of it) is gone. Raises zerocan.DecodeError naming ``path``
+        when the arena cannot be reached or mapped, the range is not inside it, or its
+        owner has no such block in use there."""
         def outside(size: int) -> DecodeError:
             return DecodeError(f"{path}: shared memory @{name}: {length} bytes at offset "
                                f"{offset} are outside the arena ({size} bytes)", "malformed")
@@ -535,10 +606,10 @@ class Segments:
             view = memoryview(local._map)[offset:offset + length].toreadonly()
             if length == 0:
                 return view
-            block = local._hold(offset, length)
-            if block is None:
-                raise not_held("are in no block of the arena that is in use")
-            return _held_view(view, block)
+            held = local._hold(offset, length, block)
+            if held is None:
+                raise not_held(_NO_BLOCK)
+            return _held_view(view, held)
         with self._lock:
             m = self._maps.get(name)
         if m is None:
@@ -551,11 +622,11 @@ class Segments:
         view = memoryview(m.map)[offset:offset + length]
         if length == 0:
             return view
-        answer = m.hold(offset, length)
+        answer = m.hold(offset, length, block)
         if answer != _HELD:
-            raise not_held("are in no block of the arena that is in use" if answer == _NOT_HELD
+            raise not_held(_NO_BLOCK if answer == _NOT_HELD
                            else "could not be leased: the arena's owner did not answer (gone?)")
-        return _held_view(view, _Lease(m, offset, length))
+        return _held_view(view, _Lease(m, offset, length, block))
 
     def mapped(self) -> int:
         """Arenas mapped now (a view of them lives)."""

@@ -318,6 +318,12 @@ class Writer:
     # -- cancel and streams (docs/FORMAT.md "Cancel and streams"); data fields, so
     # setting them allocates nothing and may follow the body's contents --
 
+    def set_shared_results(self) -> None:
+        """After ``apply``: the caller reads result payloads in place from arenas of its
+        host (Apply.sharedResults; set only when its peer answered its hello from this
+        host)."""
+        self.msg.body.apply.sharedResults = True
+
     def set_stream_credits(self, credits: int) -> None:
         """Makes the apply written a stream call granting ``credits`` items at first."""
         # Apply.streamCredits is 16 bits wide: a larger window is the widest there is.
@@ -482,12 +488,13 @@ class Writer:
 
     def _place_returned(self, pb: Any, data: Any, size: int) -> bool:
         address = _address(data)
-        for arena, offset, start, length, _ in self.shared_returns:
+        for arena, offset, start, length, _, block in self.shared_returns:
             if start <= address and address + size <= start + length:
                 ref = pb.init("shared")
                 ref.arena = arena
                 ref.offset = offset + (address - start)
                 ref.length = size
+                ref.block = block
                 self.shared_refs += 1
                 return True
         return False
@@ -507,6 +514,7 @@ class Writer:
         ref = pb.init("shared")
         ref.arena = arena.name
         ref.offset, ref.length = where
+        ref.block = arena.block_serial(*where)
         self.shared_blocks.append(block)
         self.shared_refs += 1
         return True
@@ -776,9 +784,10 @@ class Message:
         self.envelope_copied = False
         self.payloads_copied = 0
         # Payloads in their sender's arena (Payload.shared): (arena, offset, address of
-        # the mapped bytes here, length, the view itself, which keeps them mapped). A
+        # the mapped bytes here, length, the view itself, which keeps them mapped and
+        # holds their block, and the block's serial number, SharedRef.block). A
         # reply may hand them back in place (Writer's ``shared_returns``).
-        self.shared_origins: list[tuple[str, int, int, int, memoryview]] = []
+        self.shared_origins: list[tuple[str, int, int, int, memoryview, int]] = []
         # Set by a client before reading a result: what each shared-memory view in it
         # keeps alive (the call's own argument blocks, which the result may name).
         self.keep_with_shared: Any = None
@@ -842,6 +851,7 @@ class Message:
             self._timeout_ms = a.timeoutMs
             self._retries = a.retries
             self._stream_credits = a.streamCredits
+            self._shared_results = a.sharedResults
             n = len(a.args) + len(a.kwargs)
             self._length(n, _Path(None, "apply"))
         elif kind == "result":
@@ -946,6 +956,13 @@ class Message:
         self._require("apply")
         return self._stream_credits
 
+    @property
+    def shared_results(self) -> bool:
+        """Apply.sharedResults: the caller reads result payloads in shared memory of its
+        host."""
+        self._require("apply")
+        return self._shared_results
+
     # -- cancel and credit --
     @property
     def target_call_id(self) -> int:
@@ -1043,9 +1060,10 @@ class Message:
                                    "this receiver does not accept (shared memory is off, or the "
                                    "sender is not on this host)")
             from .shared import _held_view, process_segments
-            view = process_segments().resolve(ref.arena, ref.offset, ref.length, where.render())
+            view = process_segments().resolve(ref.arena, ref.offset, ref.length, where.render(),
+                                              ref.block)
             self.shared_origins.append((ref.arena, ref.offset, _address(view), ref.length,
-                                        view))
+                                        view, ref.block))
             if self.keep_with_shared is not None and view.nbytes:
                 # A result handed back in the caller's own arena keeps the caller's
                 # argument blocks for as long as any array views it.
