@@ -24,6 +24,7 @@
 #include "connection_watch.h"
 #include "internal/strings.h"
 #include "wire/access.h"
+#include "wire/peek.h"
 #include "zerocan/placement.h"
 #include "zerocan/shared.h"
 #include "zerocan/transport/zmq.h"
@@ -427,11 +428,18 @@ class ClientCore {
       if (!received) return n;
       ++n;
       Message reply;
+      Buffer envelope = received->frames.empty() ? Buffer() : received->frames[0];
       try {
         if (signer_) signer_->Verify(&*received);
-        reply = Message::Decode(std::move(*received), limits_);
-      } catch (const Error&) {  // DecodeError, AuthError
+      } catch (const Error&) {  // AuthError: not from our peer, nothing of ours
         rejected_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      try {
+        reply = Message::Decode(std::move(*received), limits_);
+      } catch (const DecodeError& e) {
+        rejected_.fetch_add(1, std::memory_order_relaxed);
+        FailUnreadable(envelope, e);
         continue;
       }
       if (reply.body_kind() == BodyKind::kHello) {
@@ -475,6 +483,21 @@ class ClientCore {
       Finish(*it->second, std::move(result));
       pending_.erase(it);
     }
+  }
+
+  // A reply that could not be read (a result referring to an arena block gone meanwhile,
+  // or malformed): the call it names fails with the reason, rather than waiting for its
+  // timeout.
+  void FailUnreadable(const Buffer& envelope, const DecodeError& e) {
+    std::optional<internal::Peek> peek = internal::PeekEnvelope(envelope, limits_);
+    if (!peek || peek->kind != BodyKind::kResult || peek->stream != StreamPart::kNone) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(peek->call_id);
+    if (it == pending_.end() || it->second->stream) return;
+    Finish(*it->second, Result::Failed(std::make_exception_ptr(
+                            DecodeError(e.code(), absl::StrCat("the reply to ", it->second->function,
+                                                               " could not be read: ", e.what())))));
+    pending_.erase(it);
   }
 
   // The peer's hello: when it runs on this host, calls from now on place large arguments

@@ -50,7 +50,7 @@ from .errors import ArgumentError, DecodeError, Error, RemoteError, TransportErr
 from .pacing import bind_unpaced
 from .placement import IoCpus, channel_context
 from .policy import Policy
-from .shared import this_host
+from .shared import Arena, default_capacity, this_host
 from .signing import KeyLike, ReplayGuard, Signer, make_signer
 from .wire import DecodeLimits, Message, Registry, Writer
 
@@ -193,13 +193,24 @@ class Engine:
                  max_queued_calls: int = 10000, max_queued_bytes: int = 1 << 30,
                  curve: Optional[KeyPairLike] = None, curve_server_key: Optional[str] = None,
                  curve_allowed_clients: Sequence[str] = (),
-                 shared_memory: bool = True) -> None:
+                 shared_memory: bool = True, shared_arena: Optional[Arena] = None,
+                 shared_result_wait: float = 60.0) -> None:
         self.id = id or _default_id()
         # Shared memory with clients on this host (zerocan.shared): answer a client's hello
         # with where this engine runs, and read the arguments such a client sends as
-        # references into its arena, in place (read-only arrays). Off: hellos go unanswered,
-        # so clients send frames (EngineOptions::shared_memory).
+        # references into its arena, in place (read-only arrays, each holding its block
+        # while it lives). For a caller that reads shared results (Apply.sharedResults)
+        # and shares this host, result arrays at or above the threshold go as references
+        # into ``shared_arena``: in place when the function returned an array of it
+        # (``engine.shared_arena.empty(...)``), else copied there once. Its blocks are lent
+        # to the caller until it holds them, or for ``shared_result_wait`` seconds. Off:
+        # hellos go unanswered, so clients send frames (EngineOptions::shared_memory).
         self.shared_memory = shared_memory
+        self._shared_arena = shared_arena
+        self._shared_arena_lock = threading.Lock()
+        self.shared_result_wait = shared_result_wait
+        # Broker connections whose broker said in its hello that it shares this host.
+        self._brokers_sharing: set[int] = set()
         if shared_memory and limits.shared_refs == "refuse":
             limits = dataclasses.replace(limits, shared_refs="map")
         # stop() drains: no new calls (a broker is told; a direct caller gets
@@ -606,6 +617,14 @@ class Engine:
             # a broker that started after this engine's hello asks again (on the broker
             # connection, without routing frames: the broker itself).
             to_broker = any(s is sock and d for s, d in self._sockets)
+            if to_broker and not routing and self.shared_memory:
+                # The broker's: where it runs. A caller of this host behind it may read
+                # results from this engine's arena only when the broker shares it too.
+                host = msg.hello_host()
+                if host is not None and tuple(host) == this_host():
+                    self._brokers_sharing.add(id(sock))
+                else:
+                    self._brokers_sharing.discard(id(sock))
             if (not routing) if to_broker else self.shared_memory:
                 self._reply(sock, routing, self._hello_reply())
             return
@@ -799,8 +818,16 @@ class Engine:
         fn, raw = entry
         try:
             # A result that is (part of) an argument from the caller's arena goes back as
-            # a reference to it (the caller keeps its blocks until the reply, and with it).
-            w = Writer(self.policy, self.registry,
+            # a reference to it (the caller keeps its blocks until the reply, and with it);
+            # any other large payload, for a caller that reads results in place, goes as
+            # a block of this engine's arena, lent to the caller until it holds it.
+            arena = None
+            if self._shared_results(msg, sock, stream):
+                try:
+                    arena = self.shared_arena
+                except Error:
+                    pass  # no arena (no memfd, no memory): frames, as for any caller
+            w = Writer(self.policy, self.registry, arena,
                        shared_returns=() if stream else msg.shared_origins)
             w.set_header(self._session.next_header())
             if raw and stream:
@@ -829,7 +856,10 @@ class Engine:
                     raise ArgumentError(f"{function}: does not stream its result (call it "
                                         "with apply)")
                 w.result(call_id, self.id, value)
-            return w.finish()
+            out = w.finish()
+            if arena is not None and w.shared_blocks:
+                arena.lend(w.shared_blocks, self.shared_result_wait)
+            return out
         except RemoteError as e:
             err = (e.type, e.message, e.function or function)
         except _DecodeFailure as e:
@@ -838,6 +868,26 @@ class Engine:
             err = (error_type_name(e), str(e), function)
         self.counters["errors"] += 1
         return self._error(call_id, err[0], err[1], err[2], stream_end=stream)
+
+    @property
+    def shared_arena(self) -> Arena:
+        """The arena results go into for callers that read shared results (the one
+        given, or the engine's own, created at first use with ZEROCAN_ARENA_BYTES bytes).
+        A function that returns an array of it (``engine.shared_arena.empty(shape,
+        dtype)``) sends it without a copy."""
+        with self._shared_arena_lock:
+            if self._shared_arena is None:
+                self._shared_arena = Arena(default_capacity())
+            return self._shared_arena
+
+    def _shared_results(self, msg: Message, sock: Optional[zmq.Socket], stream: bool) -> bool:
+        """Whether the caller reads results from this engine's arena: it asked to, and it
+        is on this host: it shares the host with its own peer (it would not have asked
+        otherwise), which is this engine or a broker whose hello said it shares ours."""
+        if stream or sock is None or not self.shared_memory or not msg.shared_results:
+            return False
+        to_broker = any(s is sock and d for s, d in self._sockets)
+        return not to_broker or id(sock) in self._brokers_sharing
 
     def _run_pickled(self, blob: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.allow_pickle:

@@ -444,13 +444,18 @@ _default: Optional[Arena] = None
 _default_lock = threading.Lock()
 
 
+def default_capacity() -> int:
+    """``ZEROCAN_ARENA_BYTES`` (bytes), or 1 GiB when it is not set."""
+    return int(os.environ.get("ZEROCAN_ARENA_BYTES", str(1 << 30)))
+
+
 def default_arena() -> Arena:
     """This process's arena, created on first use: ``ZEROCAN_ARENA_BYTES`` bytes (default
     1 GiB; pages are committed only as they are written)."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = Arena(int(os.environ.get("ZEROCAN_ARENA_BYTES", str(1 << 30))))
+            _default = Arena(default_capacity())
         return _default
 
 

@@ -219,7 +219,7 @@ class Writer:
 
     def __init__(self, policy: Optional[Policy] = None,
                  registry: Optional[Registry] = None, shared_arena: Any = None,
-                 shared_returns: Sequence[tuple[str, int, int, int, Any]] = ()) -> None:
+                 shared_returns: Sequence[tuple[str, int, int, int, Any, int]] = ()) -> None:
         """``shared_arena`` (a zerocan.shared.Arena): payloads at or above the threshold
         travel as references into it (Payload.shared), as with C++'s
         Policy::shared_arena: in place when they already lie in it, else copied in once
