@@ -40,9 +40,22 @@ struct SharedArena::Block {
   ~Block();
   std::shared_ptr<Impl> arena;
   size_t offset, size;
+  std::atomic<uint32_t> holds{0};  // receivers' holds on it now (holds_on)
 };
 
+
 struct SharedArena::Impl : internal::ArenaBlocks {
+  // A receiver's hold on a block: keeps it, and counts itself while it lives.
+  struct HoldToken {
+    explicit HoldToken(std::shared_ptr<Block> b) : block(std::move(b)) {
+      block->holds.fetch_add(1, std::memory_order_relaxed);
+    }
+    HoldToken(const HoldToken&) = delete;
+    HoldToken& operator=(const HoldToken&) = delete;
+    ~HoldToken() { block->holds.fetch_sub(1, std::memory_order_relaxed); }
+    std::shared_ptr<Block> block;
+  };
+
   int fd = -1;
   int read_only_fd = -1;  // what peers get: they can map it for reading only
   std::byte* base = nullptr;
@@ -82,7 +95,6 @@ struct SharedArena::Impl : internal::ArenaBlocks {
 
   std::shared_ptr<const void> Hold(uint64_t offset, uint64_t length, uint64_t serial) override {
     std::vector<std::shared_ptr<const void>> dropped;  // after the lock
-    std::shared_ptr<const void> block;
     std::lock_guard<std::mutex> lock(mu);
     auto it = live.upper_bound(offset);
     if (it == live.begin()) return nullptr;
@@ -90,14 +102,14 @@ struct SharedArena::Impl : internal::ArenaBlocks {
     uint64_t into = offset - it->first;
     if (into > it->second.size || length > it->second.size - into) return nullptr;
     if (serial != 0 && serial != it->second.serial) return nullptr;  // a later block there
-    block = it->second.block.lock();  // null while the block is being returned
-    if (block == nullptr) return nullptr;
+    std::shared_ptr<Block> live_block = it->second.block.lock();  // null while being returned
+    if (live_block == nullptr) return nullptr;
     // A reader holds it now: one loan of it ends (the reader's hold keeps it).
-    if (auto loan = lent.find(block.get()); loan != lent.end()) {
+    if (auto loan = lent.find(live_block.get()); loan != lent.end()) {
       dropped.push_back(std::move(loan->second.block));
       lent.erase(loan);
     }
-    return block;
+    return std::make_shared<HoldToken>(std::move(live_block));
   }
 
   ~Impl() {
@@ -255,6 +267,20 @@ size_t SharedArena::used() const noexcept {
 
 uint64_t SharedArena::peers_refused() const noexcept {
   return impl_->server != nullptr ? impl_->server->refused() : 0;
+}
+
+size_t SharedArena::holds_on(const Buffer& bytes) const {
+  std::optional<Location> at = Find(bytes);
+  if (!at || at->block == 0) return 0;
+  std::shared_ptr<Block> block;  // let go of after the lock (a block's return takes it)
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  auto it = impl_->live.upper_bound(at->offset);
+  if (it == impl_->live.begin()) return 0;
+  --it;
+  block = it->second.block.lock();
+  return block != nullptr && it->second.serial == at->block
+             ? block->holds.load(std::memory_order_relaxed)
+             : 0;
 }
 
 size_t SharedArena::holds() const noexcept {

@@ -117,6 +117,8 @@ TEST(SharedLeaseTest, AReaderInAnotherProcessHoldsItsBlockUntilItLetsGo) {
   }
   ASSERT_EQ(Get(to_parent[0]), 'h');
   EXPECT_EQ(arena->holds(), 1u);
+  EXPECT_EQ(arena->holds_on(*block), 1u);
+  EXPECT_EQ(arena->holds_on(block->Slice(4096, 100)), 1u);  // the same block
   block.reset();  // the owner is done with it; the reader is not
   EXPECT_EQ(arena->used(), 256u << 10);
   std::optional<Buffer> other = arena->Allocate(256 << 10);

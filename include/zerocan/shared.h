@@ -82,6 +82,10 @@ class SharedArena {
   void Lend(std::vector<Buffer> blocks, std::chrono::steady_clock::time_point until);
   // Blocks lent and neither held nor expired yet.
   size_t lent() const noexcept;
+  // Receivers' holds now on the block `bytes` lie in (views decoded by peers, or by this
+  // process); 0 when `bytes` lie in no block in use. A sender may write a block it
+  // passed in place once the call is answered and this is 0.
+  size_t holds_on(const Buffer& bytes) const;
 
   // Where `bytes` lie in this arena, when all of them do.
   struct Location {

@@ -224,16 +224,19 @@ def test_cpp_readers_hold_a_python_block_until_they_let_go_or_die():
         assert killed.stdout.readline().strip() == "held 8192", errors(killed)
         assert polite.stdout.readline().strip() == "held 200", errors(polite)
         assert arena.holds == 2
+        assert arena.holds_on(x) == 2 and arena.holds_on(x[100:200]) == 2  # one block
+        y = arena.allocate(4096)
+        assert arena.holds_on(y) == 0 and arena.holds_on(np.zeros(8)) == 0
         del x
         gc.collect()
-        assert arena.used == 4096
+        assert arena.used == 4096 + 4096  # x, held by the readers, and y
         killed.send_signal(signal.SIGKILL)
         assert killed.wait(10) == -signal.SIGKILL
         assert eventually(lambda: arena.holds == 1), arena.holds
-        assert arena.used == 4096  # the other reader still holds it
+        assert arena.used == 4096 + 4096  # the other reader still holds it (and y)
         polite.stdin.close()  # lets go of its view, then exits
         assert polite.wait(10) == 0, errors(polite)
-        assert eventually(lambda: arena.holds == 0 and arena.used == 0), \
+        assert eventually(lambda: arena.holds == 0 and arena.used == 4096), \
             (arena.holds, arena.used)
         # The block went back: a C++ reader is refused it (a DecodeError, exit status 1).
         out = subprocess.run([str(PEEK), "hold", arena.name, str(offset), str(length)],
@@ -488,3 +491,29 @@ def test_an_arena_its_owner_let_go_of_lives_while_a_reader_holds_a_block():
         reader.close()
     # Its memory file, listener and wake-up pipe are closed too.
     assert eventually(lambda: len(os.listdir("/proc/self/fd")) == fds_before)
+
+
+def test_views_this_process_decodes_of_its_own_arena_count_as_holds():
+    arena = shared.Arena(MIB)
+    x = arena.allocate(4096)
+    offset, length = arena.locate(x)
+    block = arena.block_serial(offset, length)
+    assert block != 0
+    view = shared.Segments().resolve(arena.name, offset, length, "result", block)
+    assert arena.holds_on(x) == 1 and arena.holds == 0  # no peer: a hold of its own
+    del view
+    assert eventually(lambda: arena.holds_on(x) == 0)
+    with pytest.raises(zerocan.DecodeError, match="in no block"):
+        shared.Segments().resolve(arena.name, offset, length, "result", block + 1)
+
+
+def test_reencoding_an_apply_keeps_its_shared_results_flag():
+    from zerocan import wire
+    w = wire.Writer()
+    w.set_header(zerocan.Header(5, 6, 7))
+    w.apply("f", (1,), {})
+    w.set_shared_results()
+    out = w.finish()
+    decoded = wire.decode(wire.loopback(out))
+    assert decoded.shared_results
+    assert wire.reencode(decoded).envelope == out.envelope

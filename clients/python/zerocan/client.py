@@ -65,6 +65,10 @@ class CallFuture(concurrent.futures.Future):
     sent_buffers: list[tuple[int, int]] = []
     # The arena blocks the call's shared-memory references name, kept until its reply.
     shared_blocks: Optional[list[Any]] = None
+    # The function called (for error messages), and the arena the call had (None: it went
+    # without shared memory, so it asked for no shared results).
+    function: str = ""
+    shared_arena: Optional[Arena] = None
     _client: Optional["weakref.ref[Client]"] = None
 
     def cancel(self) -> bool:
@@ -211,9 +215,12 @@ class Client:
         t = call_timeout(self.timeout, timeout)
         with self._lock:
             header = self._session.next_header()
+        arena = self._shared_arena  # the call's: sharedResults is set when there is one
         call = encode_call(header, name, args, kwargs, t, self.policy, self.registry,
-                           self.signer, self.retries, shared_arena=self._shared_arena)
+                           self.signer, self.retries, shared_arena=arena)
         fut = CallFuture()
+        fut.function = name if isinstance(name, str) else PICKLED_FUNCTION
+        fut.shared_arena = arena
         fut.shared_blocks = call.shared_blocks
         fut._client = weakref.ref(self)
         fut.call_id = call.call_id
@@ -486,7 +493,8 @@ class Client:
         fut.shared_blocks = None  # answered: the engine reads them no more
         result, exc = outcome(msg)
         if exc is None and msg.shared_origins:
-            stray = self._stray_reference(msg.shared_origins, blocks or [])
+            stray = self._stray_reference(msg.shared_origins, blocks or [],
+                                          getattr(fut, "shared_arena", None))
             if stray is not None:
                 result, exc = None, DecodeError(f"{getattr(fut, 'function', '')}: {stray}",
                                                 "malformed")
@@ -525,12 +533,14 @@ class Client:
         except Error:
             pass  # no arena (no memfd, no memory): calls keep sending frames
 
-    def _stray_reference(self, origins: list[Any], blocks: list[Any]) -> Optional[str]:
-        """A result may refer to this client's own arena only where the call's own
-        references did; to another arena (the engine's results, held through a lease)
-        only when the call asked for shared results (docs/FORMAT.md, "Payloads in shared
-        memory"): the reason when it does not."""
-        arena = self._shared_arena
+    @staticmethod
+    def _stray_reference(origins: list[Any], blocks: list[Any],
+                         arena: Optional[Arena]) -> Optional[str]:
+        """A result may refer to the call's arena (``arena``, None when the call went
+        without shared memory) only where the call's own references did; to another
+        arena (the engine's results, held through a lease) only when the call asked for
+        shared results, which it did when it had an arena (docs/FORMAT.md, "Payloads in
+        shared memory"): the reason when it does not."""
         spans = [arena.locate(b) for b in blocks] if arena is not None else []
         for name, offset, _, length, _, _ in origins:
             if arena is not None and name != arena.name:

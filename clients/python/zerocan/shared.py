@@ -55,6 +55,18 @@ _MAX_READERS = 1024             # readers beyond it map the arena but hold nothi
 _MAX_HOLDS_PER_READER = 1 << 16
 
 
+class _BlockHold:
+    """A receiver's hold on a block: keeps it, and counts itself while it lives."""
+
+    __slots__ = ("arena", "serial", "block")
+
+    def __init__(self, arena: "Arena", serial: int, block: np.ndarray) -> None:
+        self.arena, self.serial, self.block = arena, serial, block
+
+    def __del__(self) -> None:
+        self.arena._released_holds.append(self.serial)
+
+
 class _ServerState:
     """What an arena's serving thread shares with the arena (which it must not keep
     alive: the arena is collected when its last block and handle are gone)."""
@@ -119,6 +131,10 @@ class Arena:
         self._next_serial = 1
         # Blocks lent (``lend``), by id of the block array: (until, the array) each.
         self._lent: dict[int, list[tuple[float, np.ndarray]]] = {}
+        # Receivers' holds by block serial; holds let go of are queued without the lock
+        # (a finalizer may run anywhere) and counted off under it.
+        self._hold_counts: dict[int, int] = {}
+        self._released_holds: collections.deque[int] = collections.deque()
         self._state = _ServerState(self)
         # Peers get a descriptor opened read-only on the same file: they cannot map it
         # writable. 128 random bits in the name: it is also a capability.
@@ -309,22 +325,48 @@ class Arena:
             return None
         return serial, ref
 
-    def _hold(self, offset: int, length: int, serial: int = 0) -> Optional[np.ndarray]:
-        """The live block that holds all of [offset, offset + length) and has serial
-        number ``serial`` (0: any; keeping it keeps the block from returning to the
-        arena), or None. A loan of it (``lend``) ends: the holder keeps it now."""
+    def _hold(self, offset: int, length: int, serial: int = 0) -> Optional["_BlockHold"]:
+        """A hold on the live block that holds all of [offset, offset + length) and has
+        serial number ``serial`` (0: any): keeping it keeps the block from returning to
+        the arena. None when there is no such block. A loan of it (``lend``) ends: the
+        holder keeps it now."""
         with self._lock:
             found = self._live_block(offset, length)
             if found is None or (serial and serial != found[0]):
                 return None
             block = found[1]()
-            if block is not None:
-                loans = self._lent.get(id(block))
-                if loans:
-                    loans.pop()
-                    if not loans:
-                        del self._lent[id(block)]
-            return block
+            if block is None:
+                return None
+            loans = self._lent.get(id(block))
+            if loans:
+                loans.pop()
+                if not loans:
+                    del self._lent[id(block)]
+            self._count_released_holds()
+            self._hold_counts[found[0]] = self._hold_counts.get(found[0], 0) + 1
+            return _BlockHold(self, found[0], block)
+
+    def _count_released_holds(self) -> None:
+        """Under the lock: counts off the holds let go of."""
+        while self._released_holds:
+            serial = self._released_holds.popleft()
+            left = self._hold_counts[serial] - 1
+            if left:
+                self._hold_counts[serial] = left
+            else:
+                del self._hold_counts[serial]
+
+    def holds_on(self, array: Any) -> int:
+        """Receivers' holds now on the block ``array`` lies in (views decoded by peers,
+        or by this process); 0 when it lies in no block in use. A sender may write a block
+        it passed in place once the call is answered and this is 0."""
+        where = self.locate(array)
+        if where is None:
+            return 0
+        with self._lock:
+            self._count_released_holds()
+            found = self._live_block(*where)
+            return 0 if found is None else self._hold_counts.get(found[0], 0)
 
     def block_serial(self, offset: int, length: int) -> int:
         """The serial number of the live block holding [offset, offset + length) (its

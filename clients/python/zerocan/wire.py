@@ -1264,6 +1264,7 @@ def reencode(msg: Message, header: Optional[Header] = None, policy: Optional[Pol
         out.timeoutMs = a.timeoutMs
         out.retries = a.retries
         out.streamCredits = a.streamCredits
+        out.sharedResults = a.sharedResults
         for i, v in enumerate(a.args):
             w.copy(args[i], v, msg)
         for i, f in enumerate(a.kwargs):
