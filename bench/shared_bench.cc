@@ -5,9 +5,13 @@
 //   ordinary  a plain buffer, copied once into the arena (then a reference)
 //   tcp, ipc  the same call with shared memory off: frames through the kernel
 // and raw memcpy of the same bytes as the physical yardstick; then `echo(x)` of 100 MiB
-// and 256 MiB, whose result is the argument handed back (in place in the arena). The
-// engines are `zerocan engine` programs (and a `zerocan broker`), so nothing is shared by
-// accident. Peak memory: this process's and each engine's high-water mark (VmHWM).
+// and 256 MiB, whose result is the argument handed back (in place in the arena); then
+// results the engine makes: `block(n)` returns n bytes the engine allocated in its own
+// arena (in place, leased to the caller), `fresh(n)` n bytes of ordinary memory (copied
+// into the engine's arena once; over tcp, frames). The engines are `zerocan engine`
+// programs (and a `zerocan broker`), and for results an engine process forked before any
+// client exists, so nothing is shared by accident. Peak memory: this process's and each
+// engine's high-water mark (VmHWM).
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -17,9 +21,13 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <absl/strings/str_cat.h>
 
 #include "bench.h"
 #include "bench_util.h"
@@ -56,6 +64,62 @@ class ToolProcess {
     waitpid(pid_, nullptr, 0);
   }
   // The engine's peak resident memory so far, in bytes (VmHWM).
+  uint64_t PeakBytes() const {
+    std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+    std::string line;
+    while (std::getline(status, line)) {
+      if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    }
+    return 0;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// An engine process with the result functions (block, fresh) bound at `url`; forked
+// before this process makes any client or context, stopped at destruction.
+class ResultEngine {
+ public:
+  explicit ResultEngine(const std::string& url) {
+    pid_ = fork();
+    if (pid_ != 0) return;
+    signal(SIGTERM, SIG_DFL);
+    EngineOptions eo;
+    eo.shared_arena = SharedArena::Create((size_t{2} << 30) + (size_t{64} << 20));
+    Engine engine(eo);
+    // One block per size, written once: the cost measured is the call's, not a memset's.
+    auto blocks = std::make_shared<std::map<int64_t, Buffer>>();
+    auto mu = std::make_shared<std::mutex>();
+    engine.def("block", [blocks, mu, arena = eo.shared_arena](int64_t n) {
+      std::lock_guard<std::mutex> lock(*mu);
+      Buffer& b = (*blocks)[n];
+      if (b.empty()) {
+        b = *arena->Allocate(static_cast<size_t>(n));
+        std::memset(b.mutable_data(), 1, b.size());
+      }
+      return b;
+    });
+    auto plain = std::make_shared<std::map<int64_t, Buffer>>();
+    engine.def("fresh", [plain, mu](int64_t n) {
+      std::lock_guard<std::mutex> lock(*mu);
+      Buffer& b = (*plain)[n];
+      if (b.empty()) {
+        b = Buffer::Allocate(static_cast<size_t>(n));
+        std::memset(b.mutable_data(), 1, b.size());
+      }
+      return b;  // ordinary memory, shared: a frame, or one copy into the arena
+    });
+    engine.def("add", [](int64_t a, int64_t b) { return a + b; });
+    engine.Bind(url);
+    engine.Start();
+    pause();  // until SIGTERM
+    _exit(0);
+  }
+  ~ResultEngine() {
+    kill(pid_, SIGTERM);
+    waitpid(pid_, nullptr, 0);
+  }
   uint64_t PeakBytes() const {
     std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
     std::string line;
@@ -119,6 +183,8 @@ void Measure(const std::vector<size_t>& sizes, const std::shared_ptr<SharedArena
              const Clients& clients, const Options& options, std::vector<Row>* rows);
 void MeasureEcho(const std::shared_ptr<SharedArena>& arena, const Clients& clients,
                  const Options& options, std::vector<Row>* rows);
+void MeasureResults(const std::vector<size_t>& sizes, const std::string& url,
+                    const Options& options, std::vector<Row>* rows);
 
 void RunShared(const Options& options, std::vector<Row>* rows) {
   std::vector<size_t> sizes = {size_t{64} << 10, size_t{1} << 20, size_t{64} << 20,
@@ -129,6 +195,8 @@ void RunShared(const Options& options, std::vector<Row>* rows) {
   const std::string ipc = "ipc:///tmp/zerocan-bench-shared-" + tag;
   const std::string front = "tcp://127.0.0.1:" + std::to_string(FreePort());
   const std::string back = "ipc:///tmp/zerocan-bench-shared-back-" + tag;
+  const std::string results_url = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  ResultEngine result_engine(results_url);
   ToolProcess tcp_engine(ToolProcess::Engine(tcp)), ipc_engine(ToolProcess::Engine(ipc));
   ToolProcess broker({"broker", "--frontend", front, "--backend", back});
   ToolProcess brokered_engine(ToolProcess::Engine(back, /*connect=*/true));
@@ -152,14 +220,17 @@ void RunShared(const Options& options, std::vector<Row>* rows) {
   try {
     Measure(sizes, arena, clients, options, rows);
     MeasureEcho(arena, clients, options, rows);
+    MeasureResults(sizes, results_url, options, rows);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shared: %s\n", e.what());  // the engines stop with this scope
   }
   if (!options.json) {
-    std::printf("peak memory: this process %s; engines: tcp %s, ipc %s, behind the broker %s\n",
+    std::printf("peak memory: this process %s; engines: tcp %s, ipc %s, behind the broker %s, "
+                "results %s\n",
                 FormatBytes(OwnPeakBytes()).c_str(), FormatBytes(tcp_engine.PeakBytes()).c_str(),
                 FormatBytes(ipc_engine.PeakBytes()).c_str(),
-                FormatBytes(brokered_engine.PeakBytes()).c_str());
+                FormatBytes(brokered_engine.PeakBytes()).c_str(),
+                FormatBytes(result_engine.PeakBytes()).c_str());
   }
 }
 
@@ -275,6 +346,62 @@ void MeasureEcho(const std::shared_ptr<SharedArena>& arena, const Clients& clien
     std::printf("\n== shared: echo(x) on an engine process on this host, median per call\n");
     table.Print();
     std::printf("targets at 256 MiB: tcp / ordinary at least 3x, tcp / arena at least 20x\n");
+  }
+}
+
+// Results the engine makes, median per call: `block(n)` from the engine's arena (the
+// caller holds the engine's block: nothing copied either side), `fresh(n)` from ordinary
+// memory (copied into the engine's arena once), and `fresh(n)` over tcp (frames).
+void MeasureResults(const std::vector<size_t>& sizes, const std::string& url,
+                    const Options& options, std::vector<Row>* rows) {
+  ClientOptions shared_options;
+  shared_options.shared_arena = SharedArena::Create(size_t{64} << 20);  // for arguments
+  shared_options.shared_memory = true;
+  shared_options.timeout = std::chrono::milliseconds(120000);
+  ClientOptions frame_options = shared_options;
+  frame_options.shared_memory = false;
+  Client shared(url, shared_options), over_tcp(url, frame_options);
+  if (!Ready(shared, true) || !Ready(over_tcp, false)) {
+    std::fprintf(stderr, "shared: the result engine did not come up (or shares no memory)\n");
+    return;
+  }
+  Table table({"size", "engine's arena", "ordinary (1 copy)", "tcp", "tcp / arena",
+               "tcp / ordinary"});
+  double smallest = 0, largest = 0;
+  for (size_t size : sizes) {
+    const int reps = size >= (size_t{256} << 20) ? 3 : size >= (size_t{64} << 20) ? 5 : 50;
+    auto call = [&](Client& client, const char* function, bool in_place) {
+      Result r = client.apply(function, static_cast<int64_t>(size)).get();
+      r.ThrowIfError();
+      Buffer got = r.value().AsBytes();
+      if (got.size() != size || got.data()[size - 1] != std::byte{1}) {
+        throw Error(absl::StrCat(function, ": wrong bytes"));
+      }
+      if (in_place && !r.value().InSharedMemory()) throw Error("block: not in shared memory");
+    };
+    uint64_t copied = GlobalStats().Snapshot().shared_bytes_copied;
+    double arena_ms = MedianMs([&] { call(shared, "block", true); }, 50);
+    bool no_copy = GlobalStats().Snapshot().shared_bytes_copied == copied;
+    double ordinary_ms = MedianMs([&] { call(shared, "fresh", true); }, reps);
+    double tcp_ms = MedianMs([&] { call(over_tcp, "fresh", false); }, reps);
+    if (smallest == 0) smallest = arena_ms;
+    largest = arena_ms;
+    std::string name = FormatBytes(size);
+    std::fprintf(stderr, "shared: results %s done\n", name.c_str());
+    rows->push_back(Row{"shared", name + " result arena", "ms", arena_ms, "tcp", tcp_ms,
+                        tcp_ms / arena_ms});
+    rows->push_back(Row{"shared", name + " result ordinary", "ms", ordinary_ms, "tcp", tcp_ms,
+                        tcp_ms / ordinary_ms});
+    rows->push_back(Row{"shared", name + " result arena", "ms", arena_ms,
+                        "result arena 64 KiB", smallest, smallest / arena_ms});
+    table.Add({name, Ms(arena_ms) + (no_copy ? "" : " (copied!)"), Ms(ordinary_ms),
+               Ms(tcp_ms), FormatRatio(tcp_ms / arena_ms), FormatRatio(tcp_ms / ordinary_ms)});
+  }
+  if (!options.json) {
+    std::printf("\n== shared: results an engine process on this host makes, median per call\n");
+    table.Print();
+    std::printf("engine's arena: %s per call %.3f ms, 64 KiB %.3f ms: %.2fx\n",
+                FormatBytes(sizes.back()).c_str(), largest, smallest, largest / smallest);
   }
 }
 
