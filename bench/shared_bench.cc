@@ -86,7 +86,8 @@ class ResultEngine {
     if (pid_ != 0) return;
     signal(SIGTERM, SIG_DFL);
     EngineOptions eo;
-    eo.shared_arena = SharedArena::Create((size_t{2} << 30) + (size_t{64} << 20));
+    // Room for one cached block of each size and one copy of the largest.
+    eo.shared_arena = SharedArena::Create(size_t{3} << 30);
     Engine engine(eo);
     // One block per size, written once: the cost measured is the call's, not a memset's.
     auto blocks = std::make_shared<std::map<int64_t, Buffer>>();
@@ -95,7 +96,9 @@ class ResultEngine {
       std::lock_guard<std::mutex> lock(*mu);
       Buffer& b = (*blocks)[n];
       if (b.empty()) {
-        b = *arena->Allocate(static_cast<size_t>(n));
+        std::optional<Buffer> fresh = arena->Allocate(static_cast<size_t>(n));
+        if (!fresh) throw Error("block: the engine's arena is full");
+        b = std::move(*fresh);
         std::memset(b.mutable_data(), 1, b.size());
       }
       return b;
@@ -377,7 +380,9 @@ void MeasureResults(const std::vector<size_t>& sizes, const std::string& url,
       if (got.size() != size || got.data()[size - 1] != std::byte{1}) {
         throw Error(absl::StrCat(function, ": wrong bytes"));
       }
-      if (in_place && !r.value().InSharedMemory()) throw Error("block: not in shared memory");
+      if (in_place && !r.value().InSharedMemory()) {
+        throw Error(absl::StrCat(function, ": not in shared memory"));
+      }
     };
     uint64_t copied = GlobalStats().Snapshot().shared_bytes_copied;
     double arena_ms = MedianMs([&] { call(shared, "block", true); }, 50);

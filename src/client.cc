@@ -166,6 +166,14 @@ class ClientCore {
     writer.SetHeader(header);
     Outgoing out = writer.Finish();
     call->shared_blocks = out.TakeSharedBlocks();
+    // The caller's own blocks, passed in place: a copy made for the call (or a block
+    // the caller let go of) is kept by the call alone, and nobody else writes it.
+    std::vector<LentBlock> lent;
+    for (const Buffer& b : call->shared_blocks) {
+      if (b.keep_alive().use_count() > 1) {
+        lent.push_back(LentBlock{b.keep_alive(), b.mutable_data(), b.size()});
+      }
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (closed_) throw TransportError("client closed");
@@ -187,7 +195,63 @@ class ClientCore {
       }
     }
     sent_.fetch_add(1, std::memory_order_relaxed);
+    if (!lent.empty()) tracker = TrackBlocks(self, call, std::move(tracker), std::move(lent));
     return ResultFuture(std::move(self), std::move(call), std::move(tracker));
+  }
+
+  // A call's arena blocks (Payload.shared), as the tracker watches them: without keeping
+  // them (a block nobody else keeps is written by nobody).
+  struct LentBlock {
+    std::weak_ptr<const void> keep;
+    std::byte* data;
+    size_t size;
+  };
+
+  // The call's tracker: done when its frames are released, the call is over (answered,
+  // or given up and its blocks no longer kept for a late reader), and no receiver holds
+  // any of its blocks (SharedArena::holds_on; a result handed back in place is one).
+  // Waiting receives for the Client, as ResultFuture::wait does.
+  static Tracker TrackBlocks(const std::shared_ptr<ClientCore>& self,
+                             std::shared_ptr<PendingCall> call, Tracker frames,
+                             std::vector<LentBlock> lent) {
+    auto state = std::make_shared<Tracker::State>();
+    std::shared_ptr<SharedArena> arena;
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      arena = self->shared_arena_;
+    }
+    std::weak_ptr<ClientCore> weak = self;
+    state->rest = [frames = std::move(frames), weak, call = std::move(call), arena,
+                   lent = std::move(lent)](std::chrono::nanoseconds wait) noexcept -> bool {
+      try {
+        Clock::time_point until = Clock::now() + wait;
+        if (!frames.WaitFor(wait)) return false;
+        if (std::shared_ptr<ClientCore> core = weak.lock()) {
+          if (!core->Wait(*call, until)) return false;
+          std::lock_guard<std::mutex> lock(core->mu_);
+          if (core->expired_blocks_.contains(call->id)) {
+            return false;  // given up: a late reader may still come
+          }
+        }
+        while (true) {
+          bool held = false;
+          for (const LentBlock& b : lent) {
+            std::shared_ptr<const void> keep = b.keep.lock();
+            if (keep != nullptr && arena != nullptr &&
+                arena->holds_on(Buffer(b.data, b.size, std::move(keep))) != 0) {
+              held = true;
+              break;
+            }
+          }
+          if (!held) return true;
+          if (Clock::now() >= until) return false;
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+      } catch (...) {
+        return false;  // (not expected: nothing here throws but allocation)
+      }
+    };
+    return Tracker(std::move(state));
   }
 
   // Waits for `call` until it is done or `until`; returns whether it is done.

@@ -618,6 +618,57 @@ TEST(SharedBrokerTest, AnEngineOnAnotherHostGetsTheArgumentsOfACallerThatSharesM
   EXPECT_EQ(broker.counters().materialized_bytes, block.size());
 }
 
+TEST(SharedCallTest, ATrackerIsDoneWhenTheCallIsOverAndNoReceiverHoldsItsBlocks) {
+  auto kept = std::make_shared<Kept>();
+  Engine engine;
+  engine.DefRaw("keep", [kept](const Call& call, ValueWriter& result) {
+    std::lock_guard<std::mutex> lock(kept->mu);
+    kept->view = call.arg(0).TensorBytes();
+    result.Int(static_cast<int64_t>(kept->view.size()));
+  });
+  engine.DefRaw("echo", [](const Call& call, ValueWriter& out) { out.Copy(call.arg(0)); });
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  auto arena = SharedArena::Create(16 << 20);
+  Client client(engine.last_endpoint(), Sharing(arena, milliseconds(10000)));
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
+  Buffer block = *arena->Allocate(1 << 20);
+
+  // The engine keeps its view past the reply: the block is still read.
+  ResultFuture f = client.apply("keep", Bytes(block));
+  Result r = f.get();
+  ASSERT_TRUE(r.ok()) << Why(r);
+  EXPECT_FALSE(f.tracker().WaitFor(milliseconds(50)));
+  EXPECT_FALSE(f.tracker().done());
+  {
+    std::lock_guard<std::mutex> lock(kept->mu);
+    kept->view = Buffer();
+  }
+  EXPECT_TRUE(f.tracker().WaitFor(milliseconds(5000)));
+
+  // Waiting on the tracker alone receives the reply (no get() first).
+  ResultFuture g = client.apply("keep", Bytes(block));
+  EXPECT_TRUE(WaitUntil([&] {
+    std::lock_guard<std::mutex> lock(kept->mu);
+    return !kept->view.empty();
+  }));
+  {
+    std::lock_guard<std::mutex> lock(kept->mu);
+    kept->view = Buffer();
+  }
+  EXPECT_TRUE(g.tracker().WaitFor(milliseconds(5000)));
+  EXPECT_TRUE(g.ready());
+
+  // A result that hands the block back in place reads it while it lives.
+  ResultFuture e = client.apply("echo", Bytes(block));
+  Result echoed = e.get();
+  ASSERT_TRUE(echoed.ok()) << Why(echoed);
+  ASSERT_TRUE(echoed.value().InSharedMemory());
+  EXPECT_FALSE(e.tracker().done());
+  echoed = Result();
+  EXPECT_TRUE(e.tracker().WaitFor(milliseconds(5000)));
+}
+
 TEST(SharedCallTest, AResultPassedOnToAnotherCallKeepsTheBlockItNames) {
   Engine engine;
   engine.DefRaw("echo", [](const Call& call, ValueWriter& out) { out.Copy(call.arg(0)); });

@@ -196,7 +196,11 @@ class ResultFuture {
   // std::future_status::ready or ::timeout (never deferred).
   std::future_status wait_for(std::chrono::nanoseconds timeout) const;
   bool ready() const;
-  // Done when libzmq has released every zero-copy argument frame of this call.
+  // Done when libzmq has released every zero-copy argument frame of this call, and for
+  // arguments passed in place from the caller's own arena blocks, when the call is over
+  // and nothing holds those blocks any more (a receiver's view, or a result that hands
+  // one back in place, while it lives). Waiting on it receives for the Client, as
+  // wait() does.
   const Tracker& tracker() const noexcept { return tracker_; }
   uint64_t call_id() const noexcept;
   // Gives up the call: unless it is done already, it ends at once, failed with

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -23,7 +24,9 @@
 namespace zerocan {
 
 // Reports when the transport has released every payload frame of a send, so the caller
-// may reuse or free borrowed buffers. Copyable; all copies observe the same send.
+// may reuse or free borrowed buffers; for a call whose arguments went in shared memory
+// (shared.h), also when its receivers let go of those blocks. Copyable; all copies
+// observe the same send.
 class Tracker {
  public:
   Tracker() = default;  // an already-done tracker
@@ -33,9 +36,14 @@ class Tracker {
   // Blocks until done or the timeout passes; returns done().
   bool WaitFor(std::chrono::nanoseconds timeout) const;
 
-  // The count of payload frames not yet released. Transports share one per send.
   struct State {
+    // The count of payload frames not yet released. Transports share one per send.
     std::atomic<uint32_t> pending{0};
+    // Set by a sender whose bytes stay in use beyond the frames (a call's arena blocks,
+    // read in place until its receivers let go): waits at most the time given for that,
+    // doing what progress needs (receiving the reply), and says whether it is over.
+    // Called once the frames are released; must not throw.
+    std::function<bool(std::chrono::nanoseconds)> rest;
   };
   explicit Tracker(std::shared_ptr<State> state) : state_(std::move(state)) {}
 

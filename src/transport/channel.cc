@@ -15,7 +15,9 @@ namespace zerocan {
 // ---- Tracker -------------------------------------------------------------------------
 
 bool Tracker::done() const noexcept {
-  return state_ == nullptr || state_->pending.load(std::memory_order_acquire) == 0;
+  if (state_ == nullptr) return true;
+  if (state_->pending.load(std::memory_order_acquire) != 0) return false;
+  return !state_->rest || state_->rest(std::chrono::nanoseconds(0));
 }
 
 void Tracker::Wait() const {
@@ -24,17 +26,29 @@ void Tracker::Wait() const {
        n = state_->pending.load(std::memory_order_acquire)) {
     state_->pending.wait(n, std::memory_order_acquire);
   }
+  if (state_->rest) {
+    while (!state_->rest(std::chrono::milliseconds(10))) {
+    }
+  }
 }
 
 bool Tracker::WaitFor(std::chrono::nanoseconds timeout) const {
   // std::atomic::wait has no timeout; poll with a short sleep (tracking waits are for
   // buffer reuse, not the hot path).
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
+  while (state_ != nullptr && state_->pending.load(std::memory_order_acquire) != 0) {
     if (std::chrono::steady_clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
-  return true;
+  if (state_ == nullptr || !state_->rest) return true;
+  while (true) {
+    auto left = deadline - std::chrono::steady_clock::now();
+    if (state_->rest(std::max(std::chrono::nanoseconds(0),
+                              std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(10))))) {
+      return true;
+    }
+    if (left <= std::chrono::nanoseconds(0)) return false;
+  }
 }
 
 namespace internal {
