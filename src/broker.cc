@@ -66,9 +66,9 @@ struct EngineState {
   // Its hello said it runs on this host as this user: it maps the arenas clients here
   // refer to, so their references reach it as they are.
   bool shares_memory = false;
-  // The broker sent it its own hello (once): where the broker runs, so that the engine
-  // knows whether callers behind the broker may read results in its arena.
-  bool hello_sent = false;
+  // When the broker last sent it its own hello: where the broker runs, so that the
+  // engine knows whether callers behind the broker may read results in its arena.
+  std::optional<Clock::time_point> hello_sent;
 };
 
 // A call waiting for an engine.
@@ -524,13 +524,17 @@ class Broker::Impl {
         } else {
           bool known = engines_.contains(engine);
           EngineState& state = engines_[engine];
-          if (peek->kind == BodyKind::kHello) state.shares_memory = SharesMemory(std::move(*m));
-          if (options_.shared_memory && !state.hello_sent) {
-            // Where this broker runs, once per engine: for an engine known from a
-            // heartbeat (this broker started after its hello) also a question, which
-            // its answering hello settles; for one that said hello, the answer.
+          bool hello = peek->kind == BodyKind::kHello;
+          if (hello) state.shares_memory = SharesMemory(std::move(*m));
+          // Where this broker runs: for an engine known from a heartbeat (this broker
+          // started after its hello) also a question, which its answering hello settles;
+          // for one that said hello, the answer (again for an engine that restarted
+          // under the same id, but not to the hello that answers ours).
+          if (options_.shared_memory &&
+              (!state.hello_sent ||
+               (hello && Clock::now() - *state.hello_sent > std::chrono::seconds(1)))) {
             SendHello(backend_, {engine});
-            state.hello_sent = true;
+            state.hello_sent = Clock::now();
           }
           state.last_seen = Clock::now();
           if (arrival.fd != state.connection.fd()) state.connection.Watch(arrival.fd);

@@ -228,9 +228,11 @@ class ClientCore {
         if (!frames.WaitFor(wait)) return false;
         if (std::shared_ptr<ClientCore> core = weak.lock()) {
           if (!core->Wait(*call, until)) return false;
-          std::lock_guard<std::mutex> lock(core->mu_);
-          if (core->expired_blocks_.contains(call->id)) {
-            return false;  // given up: a late reader may still come
+          // Given up (timeout, cancel): a late reader may still come, until the late
+          // reply (received here) or kHoldGivenUpBlocks let its blocks go.
+          while (core->KeepsBlocksOf(call->id)) {
+            if (Clock::now() >= until) return false;
+            core->ReceiveUntil(until);
           }
         }
         while (true) {
@@ -287,6 +289,26 @@ class ClientCore {
 
   ClientCounters counters() const {
     return ClientCounters{sent_.load(), received_.load(), late_.load(), rejected_.load()};
+  }
+
+  // Whether the blocks of given-up call `id` are still kept for a late reader.
+  bool KeepsBlocksOf(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ReleaseHeldBlocks(Clock::now());
+    return expired_blocks_.contains(id);
+  }
+
+  // Receives for every call until `until`, or waits while another thread does.
+  void ReceiveUntil(Clock::time_point until) {
+    if (io_mu_.try_lock()) {
+      Pump(until);
+      io_mu_.unlock();
+      cv_.notify_all();
+      while (senders_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+    } else {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_until(lock, std::min(until, Clock::now() + std::chrono::milliseconds(2)));
+    }
   }
 
   void Finish(PendingCall& call, Result result) {  // mu_ held

@@ -23,6 +23,7 @@
 #include <typeinfo>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "internal/live_calls.h"
@@ -384,8 +385,17 @@ class Engine::Impl {
       SendReplies();
       if (Clock::now() >= next_beat) {
         Heartbeat();
-        // Let go of the arenas of clients that stopped sending (or are gone).
-        if (options_.shared_memory) internal::ProcessSegments().Sweep();
+        // Let go of the arenas of clients that stopped sending (or are gone), and of
+        // result blocks no caller claimed within shared_result_wait.
+        if (options_.shared_memory) {
+          internal::ProcessSegments().Sweep();
+          std::shared_ptr<SharedArena> arena;
+          {
+            std::lock_guard<std::mutex> lock(arena_mu_);
+            arena = result_arena_;
+          }
+          if (arena != nullptr) arena->lent();  // ends the loans past their time
+        }
         next_beat = Clock::now() + options_.heartbeat;
       }
       if (draining_) {
@@ -680,6 +690,21 @@ class Engine::Impl {
     reply.socket = job.socket;
     reply.routing = std::move(job.routing);
     Message message = std::move(job.message);
+    if (message.body_kind() == BodyKind::kHello && !is_dealer_[reply.socket] &&
+        options_.shared_memory && !reply.routing.empty()) {
+      // A client's: it may read results from this engine's arena when it runs here.
+      std::optional<HostIdentity> host;
+      try {
+        host = message.hello_host();
+      } catch (const Error&) {
+      }
+      if (host && HostIdentity::This().SharesMemoryWith(*host)) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (clients_sharing_memory_.size() < kMaxClientsSharingMemory) {
+          clients_sharing_memory_.insert(RoutingKey(reply.routing));
+        }
+      }
+    }
     if (message.body_kind() == BodyKind::kHello && is_dealer_[reply.socket] &&
         reply.routing.empty() && options_.shared_memory) {
       // The broker's: where it runs. A caller of this host behind it may read results
@@ -739,7 +764,7 @@ class Engine::Impl {
       io_control_.call_id = message.message_id();
       io_control_.function.assign(function);
       reply.message = *RunCall(*it->second, message, function, io_control_, false,
-                               SharedResults(reply.socket, message));
+                               SharedResults(reply.socket, reply.routing, message));
       return reply;
     }
     std::string live_key = internal::LiveCalls::Key(reply.routing, message.message_id());
@@ -749,7 +774,7 @@ class Engine::Impl {
     reply.after_items = stream;
     uint64_t token = BeginCall(reply.socket, reply.routing, message.message_id(), function);
     std::optional<Outgoing> result = RunCall(*it->second, message, function, *control, stream,
-                                             !stream && SharedResults(reply.socket, message));
+                                             !stream && SharedResults(reply.socket, reply.routing, message));
     if (!EndCall(token)) return std::nullopt;  // abandoned at the drain's deadline
     if (!result) return std::nullopt;          // cancelled: no reply at all
     reply.message = std::move(*result);
@@ -757,14 +782,20 @@ class Engine::Impl {
     return reply;
   }
 
-  // Whether the caller of `message` (on socket `socket`) reads results from this
-  // engine's arena: it asked to, and it is on this host: it shares the host with its
-  // own peer (it would not have asked otherwise), which is this engine, or a broker
-  // whose hello said it shares this engine's host.
-  bool SharedResults(size_t socket, const Message& message) const {
+  // Whether the caller of `message` (on socket `socket`, from `routing`) reads results
+  // from this engine's arena: it asked to, and it is on this host: a direct caller whose
+  // hello said so, or one behind a broker whose hello said it shares this engine's host
+  // (the caller asked only because it shares its broker's host).
+  bool SharedResults(size_t socket, const RoutingFrames& routing, const Message& message) {
     if (!options_.shared_memory || !message.shared_results()) return false;
-    return !is_dealer_[socket] || broker_shares_memory_[socket]->load(std::memory_order_relaxed);
+    if (is_dealer_[socket]) return broker_shares_memory_[socket]->load(std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(mu_);
+    return !routing.empty() && clients_sharing_memory_.contains(RoutingKey(routing));
   }
+  static std::string RoutingKey(const RoutingFrames& routing) {
+    return std::string(reinterpret_cast<const char*>(routing[0].data()), routing[0].size());
+  }
+  static constexpr size_t kMaxClientsSharingMemory = 65536;
 
   std::shared_ptr<SharedArena> ResultArena() {
     std::lock_guard<std::mutex> lock(arena_mu_);
@@ -1004,6 +1035,9 @@ class Engine::Impl {
   std::vector<std::unique_ptr<std::atomic<bool>>> broker_shares_memory_;
   std::mutex arena_mu_;
   std::shared_ptr<SharedArena> result_arena_;  // arena_mu_
+  // Direct callers (routing ids) whose hello said they run on this host (mu_); at most
+  // kMaxClientsSharingMemory: others get frames.
+  absl::flat_hash_set<std::string> clients_sharing_memory_;
   bool policy_chosen_ = false;
   const Registry* registry_ = nullptr;
   std::unique_ptr<zmq::context_t> owned_context_;

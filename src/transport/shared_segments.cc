@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
+#include <deque>
 #include <system_error>
 #include <tuple>
 
@@ -227,7 +228,9 @@ void SegmentServer::Serve(std::shared_ptr<State> state) {
       State::Reader& r = *st.readers[i];
       if (fds[2 + i].revents == 0) continue;
       bool ok = true;
-      while (ok && !st.stop.load(std::memory_order_acquire)) {
+      // A bounded number of requests per reader per round: one that keeps sending does
+      // not starve the others into their timeouts.
+      for (int requests = 0; ok && requests < 64 && !st.stop.load(std::memory_order_acquire);) {
         ssize_t got = ::recv(r.fd, r.request + r.have, kLeaseRequestSize - r.have, MSG_DONTWAIT);
         if (got < 0 && (errno == EAGAIN || errno == EINTR)) break;
         if (got <= 0) {
@@ -237,6 +240,7 @@ void SegmentServer::Serve(std::shared_ptr<State> state) {
         r.have += static_cast<size_t>(got);
         if (r.have < kLeaseRequestSize) continue;
         r.have = 0;
+        ++requests;
         ok = st.Handle(r);
       }
       if (!ok) st.Drop(r);
@@ -245,7 +249,13 @@ void SegmentServer::Serve(std::shared_ptr<State> state) {
     std::erase_if(st.readers, [](const auto& r) { return r->fd < 0; });
     if (fds[0].revents == 0) continue;
     int peer = ::accept4(st.listener, nullptr, nullptr, SOCK_CLOEXEC);
-    if (peer < 0) continue;
+    if (peer < 0) {
+      // Out of descriptors: the listener stays readable; wait rather than spin.
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      continue;
+    }
     if (PeerUser(peer) != me) {
       st.refused.fetch_add(1, std::memory_order_relaxed);
       ::close(peer);
@@ -272,8 +282,13 @@ void SegmentServer::Serve(std::shared_ptr<State> state) {
 struct SharedSegments::Mapping {
   std::byte* data = nullptr;
   size_t size = 0;
+  pid_t pid = getpid();  // a child after fork() inherits the mapping, not the leases
   int lease_fd = -1;  // the connection the descriptor came on: leases go there
   std::mutex lease_mu;  // one request at a time on lease_fd
+  // Holds sent whose answer was not read in time (lease_mu): their answers come first,
+  // in order, and a late kHeld is released at once (nobody reads that view).
+  std::deque<std::tuple<uint64_t, uint64_t, uint64_t>> owed;
+  bool broken = false;  // a request went out in part: the stream is lost (lease_mu)
 
   ~Mapping() {
     if (data != nullptr) ::munmap(data, size);
@@ -290,26 +305,41 @@ struct SharedSegments::Mapping {
     std::memcpy(out + 17, &block, 8);
   }
 
-  // Asks the owner to hold the block under [offset, offset + length): its answer, or
-  // kNotHeld with no answer (gone, or serving too many readers to keep this one).
-  char Hold(uint64_t offset, uint64_t length, uint64_t block) {
+  // Sends one request whole (lease_mu held); false when it did not go (a part that went
+  // leaves the stream unusable: `broken`).
+  bool SendLocked(char op, uint64_t offset, uint64_t length, uint64_t block) {
+    if (broken) return false;
     char request[kLeaseRequestSize];
-    Encode(kHold, offset, length, block, request);
+    Encode(op, offset, length, block, request);
+    ssize_t sent = ::send(lease_fd, request, sizeof(request), MSG_NOSIGNAL);
+    if (sent > 0 && sent != static_cast<ssize_t>(sizeof(request))) broken = true;
+    return sent == static_cast<ssize_t>(sizeof(request));
+  }
+
+  // Asks the owner to hold the block under [offset, offset + length): its answer, or 0
+  // when none came within the socket's timeout (an owner gone, stalled, or serving too
+  // many readers to keep this one). An answer that comes later is matched to its own
+  // request at the next hold, so the stream stays in step.
+  char Hold(uint64_t offset, uint64_t length, uint64_t block) {
     std::lock_guard<std::mutex> lock(lease_mu);
-    char answer = 0;
-    if (::send(lease_fd, request, sizeof(request), MSG_NOSIGNAL) != sizeof(request) ||
-        ::recv(lease_fd, &answer, 1, 0) != 1) {
-      return 0;
+    if (pid != getpid() || !SendLocked(kHold, offset, length, block)) return 0;
+    owed.emplace_back(offset, length, block);
+    while (!owed.empty()) {
+      char answer = 0;
+      if (::recv(lease_fd, &answer, 1, 0) != 1) return 0;  // ours stays owed
+      auto [o, l, b] = owed.front();
+      owed.pop_front();
+      if (owed.empty()) return answer;  // the answer to this request
+      if (answer == kHeld) SendLocked(kRelease, o, l, b);  // a late hold nobody uses
     }
-    return answer;
+    return 0;
   }
 
   void Release(uint64_t offset, uint64_t length, uint64_t block) noexcept {
-    char request[kLeaseRequestSize];
-    Encode(kRelease, offset, length, block, request);
     std::lock_guard<std::mutex> lock(lease_mu);
-    // Nothing to do when it fails: the owner is gone, and its holds with it.
-    [[maybe_unused]] ssize_t n = ::send(lease_fd, request, sizeof(request), MSG_NOSIGNAL);
+    // Not from a child after fork(): the parent's views still hold the block. Nothing to
+    // do when it fails: the owner is gone, and its holds with it.
+    if (pid == getpid()) SendLocked(kRelease, offset, length, block);
   }
 };
 
@@ -459,6 +489,7 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
     auto it = mappings_.find(Sv(name));
     if (it != mappings_.end()) {
       m = it->second.mapping.lock();
+      if (m && m->pid != getpid()) m.reset();  // the parent's (fork): map it anew
       if (m) {
         it->second.recent = m;
         it->second.last_used = now;
@@ -469,7 +500,7 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
     m = Map(name, path);  // outside the lock: it waits on a peer
     std::lock_guard<std::mutex> lock(mu_);
     Kept& kept = mappings_[std::string(name)];
-    if (std::shared_ptr<Mapping> other = kept.mapping.lock()) {
+    if (std::shared_ptr<Mapping> other = kept.mapping.lock(); other && other->pid == getpid()) {
       m = std::move(other);  // mapped meanwhile by another thread: use that one
     } else {
       kept.mapping = m;

@@ -281,9 +281,18 @@ def _tensor_payload(frames: list[Any]) -> tuple[Any, ...]:
 
 
 def _dealer(url: str) -> zmq.Socket:
+    """A raw caller that says hello from this host first, as a client does (an engine
+    places results in its arena only for direct callers whose hello said they run on its
+    host); an engine that does not share memory does not answer."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(url)
+    w = wire.Writer()
+    w.set_header(zerocan.Header(99999, 4243, 1))
+    w.hello("client", "client", (), shared.this_host())
+    sock.send_multipart([b"", w.finish().envelope])
+    if sock.poll(1000):
+        sock.recv_multipart()  # the engine's hello
     return sock
 
 

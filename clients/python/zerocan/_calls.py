@@ -97,7 +97,7 @@ def encode_call(header: wire.Header, name: Union[str, Callable[..., Any]],
     w = wire.Writer(policy, registry, shared_arena)
     w.set_header(header)
     w.apply(name, args, kwargs or {}, timeout_ms, retries)
-    if shared_arena is not None:  # the peer shares this host: results may come in place
+    if shared_arena is not None and not stream_credits:  # the peer shares this host
         w.set_shared_results()
     if stream_credits:  # a stream call (client.stream)
         w.set_stream_credits(stream_credits)

@@ -61,6 +61,15 @@ RawFunction = Callable[["Call", Writer, Any], None]
 _ids = itertools.count()
 
 
+_MAX_CLIENTS_SHARING = 65536
+
+
+def _routing_id(routing: list[Any]) -> bytes:
+    """The caller's routing id (the first routing frame) as bytes."""
+    r = routing[0]
+    return bytes(r.buffer) if hasattr(r, "buffer") else bytes(r)
+
+
 def _default_id() -> str:
     return f"{_socket.gethostname()}:{os.getpid()}:{next(_ids)}"
 
@@ -209,8 +218,11 @@ class Engine:
         self._shared_arena = shared_arena
         self._shared_arena_lock = threading.Lock()
         self.shared_result_wait = shared_result_wait
-        # Broker connections whose broker said in its hello that it shares this host.
+        # Broker connections whose broker said in its hello that it shares this host, and
+        # direct callers (routing ids) whose hello said they run here (bounded: others
+        # get frames).
         self._brokers_sharing: set[int] = set()
+        self._clients_sharing: set[bytes] = set()
         if shared_memory and limits.shared_refs == "refuse":
             limits = dataclasses.replace(limits, shared_refs="map")
         # stop() drains: no new calls (a broker is told; a direct caller gets
@@ -552,6 +564,8 @@ class Engine:
             except zmq.ZMQError:
                 pass
         self._guard.close()  # its monitors go before the sockets they watch
+        self._brokers_sharing.clear()
+        self._clients_sharing.clear()
         for s, _ in self._sockets:
             s.close(linger=100 if goodbye else 0)
         self._sockets = []
@@ -617,6 +631,11 @@ class Engine:
             # a broker that started after this engine's hello asks again (on the broker
             # connection, without routing frames: the broker itself).
             to_broker = any(s is sock and d for s, d in self._sockets)
+            if not to_broker and routing and self.shared_memory:
+                host = msg.hello_host()
+                if host is not None and tuple(host) == this_host() and \
+                        len(self._clients_sharing) < _MAX_CLIENTS_SHARING:
+                    self._clients_sharing.add(_routing_id(routing))
             if to_broker and not routing and self.shared_memory:
                 # The broker's: where it runs. A caller of this host behind it may read
                 # results from this engine's arena only when the broker shares it too.
@@ -822,7 +841,7 @@ class Engine:
             # any other large payload, for a caller that reads results in place, goes as
             # a block of this engine's arena, lent to the caller until it holds it.
             arena = None
-            if self._shared_results(msg, sock, stream):
+            if self._shared_results(msg, sock, msg.routing, stream):
                 try:
                     arena = self.shared_arena
                 except Error:
@@ -880,14 +899,17 @@ class Engine:
                 self._shared_arena = Arena(default_capacity())
             return self._shared_arena
 
-    def _shared_results(self, msg: Message, sock: Optional[zmq.Socket], stream: bool) -> bool:
+    def _shared_results(self, msg: Message, sock: Optional[zmq.Socket], routing: list[Any],
+                        stream: bool) -> bool:
         """Whether the caller reads results from this engine's arena: it asked to, and it
-        is on this host: it shares the host with its own peer (it would not have asked
-        otherwise), which is this engine or a broker whose hello said it shares ours."""
+        is on this host: a direct caller whose hello said so, or one behind a broker whose
+        hello said it shares this engine's host (the caller asked only because it shares
+        its broker's host)."""
         if stream or sock is None or not self.shared_memory or not msg.shared_results:
             return False
-        to_broker = any(s is sock and d for s, d in self._sockets)
-        return not to_broker or id(sock) in self._brokers_sharing
+        if any(s is sock and d for s, d in self._sockets):
+            return id(sock) in self._brokers_sharing
+        return bool(routing) and _routing_id(routing) in self._clients_sharing
 
     def _run_pickled(self, blob: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.allow_pickle:

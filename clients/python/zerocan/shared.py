@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import errno
 import fcntl
 import mmap
 import os
@@ -266,7 +267,9 @@ class Arena:
                         continue
                     try:
                         conn, _ = listener.accept()
-                    except OSError:
+                    except OSError as e:
+                        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                            time.sleep(0.01)  # out of descriptors: wait rather than spin
                         continue
                     if _peer_user(conn) != me:
                         state.refused += 1
@@ -297,6 +300,7 @@ class Arena:
 
     def _take(self, size: int) -> Optional[int]:
         with self._lock:
+            self._expire_loans()
             self._return_given()
             for i, start in enumerate(self._free_offsets):
                 length = self._free[start]
@@ -528,27 +532,58 @@ class _Mapping:
     def __init__(self, mapped: mmap.mmap, conn: socket.socket) -> None:
         self.map = mapped
         self.conn = conn
+        self.pid = os.getpid()  # a child after fork() inherits the mapping, not the leases
         # Reentrant: a lease's finalizer may run (garbage collection) on a thread that is
         # between a hold's request and its answer; a release needs no answer.
         self.lock = threading.RLock()
+        # Holds sent whose answer was not read in time: their answers come first, in
+        # order, and a late _HELD is released at once (nobody reads that view).
+        self.owed: collections.deque[tuple[int, int, int]] = collections.deque()
+        self.broken = False  # a request went out in part: the stream is lost
+
+    def _send(self, op: bytes, offset: int, length: int, block: int) -> bool:
+        """Under the lock: one request, whole; False when it did not go."""
+        if self.broken:
+            return False
+        request = _LEASE_REQUEST.pack(op, offset, length, block)
+        try:
+            sent = self.conn.send(request)
+        except OSError:
+            return False
+        if sent != len(request):
+            self.broken = True
+            return False
+        return True
 
     def hold(self, offset: int, length: int, block: int) -> bytes:
         """The owner's answer to holding [offset, offset + length) of block ``block``:
-        _HELD, _NOT_HELD, or b"" when it did not answer (gone, or serving too many
-        readers)."""
+        _HELD, _NOT_HELD, or b"" when none came in time (gone, stalled, or serving too
+        many readers). A later answer is matched to its own request at the next hold, so
+        the stream stays in step."""
         with self.lock:
-            try:
-                self.conn.sendall(_LEASE_REQUEST.pack(_HOLD, offset, length, block))
-                return self.conn.recv(1)
-            except OSError:
+            if self.pid != os.getpid() or not self._send(_HOLD, offset, length, block):
                 return b""
+            self.owed.append((offset, length, block))
+            while self.owed:
+                try:
+                    answer = self.conn.recv(1)
+                except OSError:
+                    return b""  # ours stays owed
+                if not answer:
+                    return b""  # closed
+                key = self.owed.popleft()
+                if not self.owed:
+                    return answer  # the answer to this request
+                if answer == _HELD:
+                    self._send(_RELEASE, *key)  # a late hold nobody uses
+            return b""
 
     def release(self, offset: int, length: int, block: int) -> None:
         with self.lock:
-            try:
-                self.conn.sendall(_LEASE_REQUEST.pack(_RELEASE, offset, length, block))
-            except OSError:
-                pass  # the owner is gone, and its holds with it
+            # Not from a child after fork(): the parent's views still hold the block.
+            # Nothing to do when it fails: the owner is gone, and its holds with it.
+            if self.pid == os.getpid():
+                self._send(_RELEASE, offset, length, block)
 
 
 class _Lease:
@@ -659,10 +694,16 @@ class Segments:
             return _held_view(view, held)
         with self._lock:
             m = self._maps.get(name)
+            if m is not None and m.pid != os.getpid():
+                m = None  # the parent's (fork): map it anew
         if m is None:
             m = self._map(name, path)
             with self._lock:
-                m = self._maps.setdefault(name, m)  # another thread's, if it mapped first
+                other = self._maps.get(name)
+                if other is not None and other.pid == os.getpid():
+                    m = other  # another thread's, mapped first
+                else:
+                    self._maps[name] = m
         size = len(m.map)
         if offset < 0 or length < 0 or offset > size or length > size - offset:
             raise outside(size)
