@@ -669,6 +669,30 @@ TEST(SharedCallTest, ATrackerIsDoneWhenTheCallIsOverAndNoReceiverHoldsItsBlocks)
   EXPECT_TRUE(e.tracker().WaitFor(milliseconds(5000)));
 }
 
+TEST(SharedCallTest, TheTrackerOfACallGivenUpWaitsForItsLateReplyAndReceivesIt) {
+  Engine engine;
+  engine.DefRaw("slow", [](const Call& call, ValueWriter& out) {
+    Buffer bytes = call.arg(0).TensorBytes();
+    std::this_thread::sleep_for(milliseconds(300));
+    out.UInt(bytes.size());
+  });
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  auto arena = SharedArena::Create(4 << 20);
+  Client client(engine.last_endpoint(), Sharing(arena, milliseconds(10000)));
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
+  Buffer block = *arena->Allocate(1 << 20);
+  ResultFuture f = client.apply_for(milliseconds(50), "slow", Bytes(block));
+  Result r = f.get();
+  EXPECT_FALSE(r.ok());  // given up after 50 ms; the engine still reads the block
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(f.tracker().done());
+  // Waiting receives the late reply (about 250 ms later), which lets the block go.
+  EXPECT_TRUE(f.tracker().WaitFor(milliseconds(5000)));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(3000));
+  EXPECT_EQ(arena->holds_on(block), 0u);
+}
+
 TEST(SharedCallTest, AResultPassedOnToAnotherCallKeepsTheBlockItNames) {
   Engine engine;
   engine.DefRaw("echo", [](const Call& call, ValueWriter& out) { out.Copy(call.arg(0)); });

@@ -1,7 +1,9 @@
 // Leases on arena blocks (src/transport/shared_segments.h, docs/FORMAT.md "Leases"): a
 // reader in another process holds the block of every view it decoded; the owner does not
 // reuse a held block; a reader that lets go, dies or breaks the protocol drops its holds.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -221,6 +223,81 @@ TEST(SharedLeaseTest, AReaderThatBreaksTheProtocolIsDroppedWithItsHolds) {
   EXPECT_TRUE(Eventually([&] { return arena->holds() == 2; }));
   block.reset();
   EXPECT_EQ(arena->used(), 4096u);  // held by `good`
+}
+
+
+// An owner of its own making that answers the first hold late: the reader gives up on
+// it, then matches the late answer to that request (releasing the hold nobody uses)
+// rather than taking it for the answer to the next one.
+TEST(SharedLeaseTest, ALateAnswerIsMatchedToItsOwnRequestAndItsHoldReleased) {
+  int memfd = memfd_create("zerocan-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_GE(memfd, 0);
+  ASSERT_EQ(ftruncate(memfd, 1 << 16), 0);
+  ASSERT_EQ(fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+  std::string name = "zerocan-arena-" + std::to_string(getpid()) + "-" + std::string(31, 'a') + "1";
+  int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path + 1, name.data(), name.size());
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&addr), len), 0);
+  ASSERT_EQ(listen(listener, 1), 0);
+  std::vector<std::string> requests;  // "H offset", "R offset", as the owner read them
+  std::thread owner([&] {
+    int peer = accept(listener, nullptr, nullptr);
+    char byte = 'z';
+    iovec iov{&byte, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &memfd, sizeof(int));
+    sendmsg(peer, &msg, 0);
+    char request[internal::kLeaseRequestSize];
+    for (int n = 0; n < 3; ++n) {
+      if (recv(peer, request, sizeof(request), MSG_WAITALL) != ssize_t{sizeof(request)}) break;
+      uint64_t offset = 0;
+      std::memcpy(&offset, request + 1, 8);
+      requests.push_back(std::string(1, request[0]) + " " + std::to_string(offset));
+      if (n == 0) {  // the first hold: answered after the reader gave up on it
+        std::this_thread::sleep_for(std::chrono::milliseconds(1300));
+        send(peer, &internal::kHeld, 1, 0);
+      } else if (request[0] == internal::kHold) {
+        send(peer, &internal::kNotHeld, 1, 0);
+      }
+    }
+    close(peer);
+  });
+  internal::SharedSegments segments;
+  try {
+    segments.Resolve(name, 0, 64, 1, "args[0]");
+    ADD_FAILURE() << "a hold without an answer was taken";
+  } catch (const DecodeError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("did not answer"));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the late answer is there
+  try {
+    segments.Resolve(name, 4096, 64, 2, "args[1]");
+    ADD_FAILURE() << "the late answer to the first hold was taken for the second's";
+  } catch (const DecodeError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("args[1]"));
+    EXPECT_THAT(e.what(), HasSubstr("in no block of the arena that is in use"));
+  }
+  owner.join();
+  // The owner saw: the first hold, the second hold, then the release of the first (its
+  // late hold, which nobody reads) in whichever order the reader sent them.
+  ASSERT_EQ(requests.size(), 3u);
+  EXPECT_EQ(requests[0], "H 0");
+  EXPECT_THAT(requests, ::testing::Contains("H 4096"));
+  EXPECT_THAT(requests, ::testing::Contains("R 0"));
+  close(listener);
+  close(memfd);
 }
 
 }  // namespace

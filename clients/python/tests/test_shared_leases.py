@@ -517,3 +517,45 @@ def test_reencoding_an_apply_keeps_its_shared_results_flag():
     decoded = wire.decode(wire.loopback(out))
     assert decoded.shared_results
     assert wire.reencode(decoded).envelope == out.envelope
+
+
+def test_a_child_after_fork_neither_uses_nor_releases_its_parents_leases():
+    owner = python_reader("""
+arena = shared.Arena(1 << 20)
+x = arena.allocate(4096)
+x[:] = 7
+offset, length = arena.locate(x)
+print(arena.name, offset, length, arena.block_serial(offset, length), flush=True)
+for line in sys.stdin:
+    if line.strip() == "drop":
+        del x  # the owner lets go: only readers keep the block now
+    gc.collect()
+    print(arena.holds, arena.used, flush=True)
+""")
+    try:
+        name, offset, length, block = owner.stdout.readline().split()
+        offset, length, block = int(offset), int(length), int(block)
+        segments = shared.Segments()
+        view = segments.resolve(name, offset, length, "args[0]", block)
+        assert tell(owner, "drop") == "1 4096", errors(owner)
+        pid = os.fork()
+        if pid == 0:  # the child drops the view it inherited, and maps anew
+            try:
+                del view
+                gc.collect()
+                again = segments.resolve(name, offset, length, "args[0]", block)
+                ok = bytes(again[:1]) == b"\x07"
+                del again
+                gc.collect()
+            except BaseException:
+                ok = False
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        # The child's own hold came and went on its own connection; the parent's stays.
+        assert eventually(lambda: tell(owner, "state") == "1 4096"), tell(owner, "state")
+        assert bytes(view[:1]) == b"\x07"
+        del view
+        assert eventually(lambda: tell(owner, "state") == "0 0")
+    finally:
+        finish(owner)

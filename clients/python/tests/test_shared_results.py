@@ -673,3 +673,17 @@ def test_through_a_broker_without_shared_memory_results_come_as_frames():
         sock.close()
         engine.stop()
         _stop(broker)
+
+
+def test_a_direct_caller_that_said_no_hello_gets_frames_whatever_its_flag(local_engine):
+    engine = local_engine()
+    sock = zmq.Context.instance().socket(zmq.DEALER)  # no hello: nothing says where it runs
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(engine.endpoint)
+    try:
+        sock.send_multipart(_apply_with_shared_results(1, "arange", N))
+        frames = _receive(sock)
+        assert _tensor_payload(frames)[0] == "frame"
+        assert engine.shared_arena.used == 0
+    finally:
+        sock.close()
