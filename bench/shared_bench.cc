@@ -41,6 +41,16 @@
 namespace zerocan::bench {
 namespace {
 
+// Process `pid`'s peak resident memory so far, in bytes (VmHWM).
+uint64_t PeakBytesOf(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
 // A `zerocan ARGS...` process (an engine, a broker), stopped at destruction.
 class ToolProcess {
  public:
@@ -64,14 +74,7 @@ class ToolProcess {
     waitpid(pid_, nullptr, 0);
   }
   // The engine's peak resident memory so far, in bytes (VmHWM).
-  uint64_t PeakBytes() const {
-    std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
-    std::string line;
-    while (std::getline(status, line)) {
-      if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-    }
-    return 0;
-  }
+  uint64_t PeakBytes() const { return PeakBytesOf(pid_); }
 
  private:
   pid_t pid_ = -1;
@@ -123,14 +126,7 @@ class ResultEngine {
     kill(pid_, SIGTERM);
     waitpid(pid_, nullptr, 0);
   }
-  uint64_t PeakBytes() const {
-    std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
-    std::string line;
-    while (std::getline(status, line)) {
-      if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-    }
-    return 0;
-  }
+  uint64_t PeakBytes() const { return PeakBytesOf(pid_); }
 
  private:
   pid_t pid_ = -1;

@@ -270,20 +270,7 @@ class ClientCore {
         }
         if (now >= until) return false;
       }
-      Clock::time_point stop = std::min(until, call.deadline);
-      if (io_mu_.try_lock()) {
-        Pump(stop);
-        io_mu_.unlock();
-        cv_.notify_all();
-        // Let a sender that asked for the socket have it before leading again.
-        while (senders_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
-      } else {
-        std::unique_lock<std::mutex> lock(mu_);
-        if (call.done || !call.items.empty()) return true;
-        // The leader notifies after each batch; the bound covers a missed notify and
-        // the moment the leader steps down.
-        cv_.wait_until(lock, std::min(stop, now + std::chrono::milliseconds(2)));
-      }
+      ReceiveUntil(std::min(until, call.deadline), &call);
     }
   }
 
@@ -298,15 +285,20 @@ class ClientCore {
     return expired_blocks_.contains(id);
   }
 
-  // Receives for every call until `until`, or waits while another thread does.
-  void ReceiveUntil(Clock::time_point until) {
+  // Receives for every call until `until`, or waits a moment while another thread does
+  // (not past the end of `call`, when given).
+  void ReceiveUntil(Clock::time_point until, const PendingCall* call = nullptr) {
     if (io_mu_.try_lock()) {
       Pump(until);
       io_mu_.unlock();
       cv_.notify_all();
+      // Let a sender that asked for the socket have it before leading again.
       while (senders_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
     } else {
       std::unique_lock<std::mutex> lock(mu_);
+      if (call != nullptr && (call->done || !call->items.empty())) return;
+      // The leader notifies after each batch; the bound covers a missed notify and the
+      // moment the leader steps down.
       cv_.wait_until(lock, std::min(until, Clock::now() + std::chrono::milliseconds(2)));
     }
   }

@@ -33,6 +33,8 @@ namespace {
 
 using ::testing::HasSubstr;
 using std::chrono::milliseconds;
+using testing::WaitUntil;
+using testing::Why;
 
 Policy SharedPolicy(SharedArena& arena, size_t threshold = 1024) {
   Policy p = testing::FixedPolicy(threshold);
@@ -269,24 +271,6 @@ ClientOptions Sharing(std::shared_ptr<SharedArena> arena,
   co.shared_memory = true;
   co.timeout = timeout;
   return co;
-}
-
-bool WaitUntil(const std::function<bool()>& done, milliseconds limit = milliseconds(5000)) {
-  auto until = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-  return true;
-}
-
-std::string Why(const Result& r) {
-  try {
-    r.ThrowIfError();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // A uint8 tensor over `block` (the Buffer shares it: no copy).

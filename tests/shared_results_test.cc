@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "test_support.h"
 #include "zerocan/broker.h"
 #include "zerocan/client.h"
 #include "zerocan/engine.h"
@@ -28,24 +29,8 @@ namespace {
 
 using std::chrono::milliseconds;
 using ::testing::HasSubstr;
-
-bool WaitUntil(const std::function<bool()>& done, milliseconds limit = milliseconds(5000)) {
-  auto until = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-  return true;
-}
-
-std::string Why(const Result& r) {
-  try {
-    r.ThrowIfError();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::WaitUntil;
+using testing::Why;
 
 bool AllBytesAre(const Buffer& b, uint8_t value) {
   for (size_t i = 0; i < b.size(); ++i) {

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <memory>
 #include <thread>
@@ -23,6 +24,28 @@
 #include "internal/testing.h"
 
 namespace zerocan::testing {
+
+// Polls `done` until it holds or `limit` passes: for what other threads and processes
+// do on their own time.
+inline bool WaitUntil(const std::function<bool()>& done,
+                      std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+// The error a failed Result carries, as text ("" when it succeeded).
+inline std::string Why(const Result& r) {
+  try {
+    r.ThrowIfError();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
 
 // A policy that ignores ZEROCAN_INLINE_THRESHOLD, so tests do not depend on the
 // environment they run in.
