@@ -449,3 +449,29 @@ def test_the_programs_turn_shared_memory_off_with_a_flag(program):
             engine.stop()
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_calls_tracker_waits_until_nothing_holds_its_arrays(builtins_url):
+    from zerocan.client import CallTracker
+    arena = shared.Arena(16 * MIB)
+    with zerocan.Client(builtins_url, timeout=20, shared_arena=arena) as client:
+        assert client.call("add", 1, 1) == 2
+        _wait_until(lambda: client.shares_memory)
+        x = arena.empty(MIB, np.uint8)
+        x[:] = 3
+        f = client.apply("echo", x)
+        r = f.result(20)
+        assert isinstance(f.tracker, CallTracker)
+        assert not f.tracker.done  # the result reads x's block in place
+        assert not f.tracker.wait(0.05)
+        assert arena.holds_on(x) >= 1
+        tracker = f.tracker
+        del r, f  # the future keeps its result too
+        gc.collect()
+        assert tracker.wait(5)
+        assert tracker.done and arena.holds_on(x) == 0
+        # An ordinary array goes as a copy made for the call: nobody writes that, so the
+        # tracker is the frames' alone.
+        g = client.apply("sum", np.ones(MIB // 8))
+        assert g.result(20) == MIB // 8
+        assert not isinstance(g.tracker, CallTracker)

@@ -68,7 +68,7 @@ class EncodedCall:
     keep them until the reply) with what placing them cost."""
 
     __slots__ = ("parts", "call_id", "tracker", "sent_buffers", "shared_blocks",
-                 "shared_refs", "shared_bytes_copied")
+                 "shared_in_place", "shared_refs", "shared_bytes_copied")
 
     def __init__(self, parts: list[Any], call_id: int, tracker: Optional[zmq.MessageTracker],
                  sent_buffers: list[tuple[int, int]], writer: wire.Writer) -> None:
@@ -77,6 +77,7 @@ class EncodedCall:
         self.tracker = tracker
         self.sent_buffers = sent_buffers
         self.shared_blocks = writer.shared_blocks
+        self.shared_in_place = writer.shared_in_place
         self.shared_refs = writer.shared_refs
         self.shared_bytes_copied = writer.shared_bytes_copied
 

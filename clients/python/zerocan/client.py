@@ -9,8 +9,9 @@ Any number of calls may be in flight.
 
 Arguments at or above the inline threshold (numpy arrays, bytes, memoryviews) are sent
 with ``copy=False``: the socket holds a reference to the caller's buffer until libzmq
-releases it; ``future.tracker`` (a ``zmq.MessageTracker``) reports when. Do not modify
-such a buffer before ``future.tracker.done``.
+releases it; ``future.tracker`` (a ``zmq.MessageTracker``, or a ``CallTracker`` when
+arrays of the caller's arena went in place) reports when. Do not modify such a buffer
+before ``future.tracker.done``.
 
 On one host the client passes large arguments in shared memory (``shared_memory``,
 zerocan.shared): an array allocated with ``zerocan.shared.empty`` travels as a reference
@@ -53,12 +54,55 @@ from .wire import DecodeLimits, Registry
 # PICKLED_FUNCTION, _configure and payload_frames are also the engine's (from here).
 
 
+class CallTracker:
+    """A call's tracker when arrays of the caller's own arena went in place (as C++'s
+    ``ResultFuture::tracker()``): done when the frames are released (``frames``), the
+    call is over (answered, or given up and its blocks no longer kept for a late reader)
+    and nothing holds those arrays' blocks (``Arena.holds_on``: a receiver's view, or a
+    result that hands one back in place). Has ``done`` and ``wait`` as
+    ``zmq.MessageTracker`` does. Keeps no array alive."""
+
+    def __init__(self, frames: Optional[zmq.MessageTracker], future: "CallFuture",
+                 client: "Client", arena: Arena, in_place: list[Any]) -> None:
+        self._frames = frames
+        self._future = weakref.ref(future)
+        self._client = weakref.ref(client)
+        self._call_id = future.call_id if future.call_id else None
+        self._arena = arena
+        self._arrays = [weakref.ref(a) for a in in_place]
+
+    @property
+    def done(self) -> bool:
+        if self._frames is not None and not self._frames.done:
+            return False
+        future = self._future()
+        if future is not None and not future.done():
+            return False
+        client = self._client()
+        if client is not None and client._keeps_blocks_of(self._call_id):
+            return False  # given up: a late reader may still come
+        for ref in self._arrays:
+            array = ref()
+            if array is not None and self._arena.holds_on(array) != 0:
+                return False
+        return True
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Waits until done or ``timeout`` seconds pass; returns ``done``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+
 class CallFuture(concurrent.futures.Future):
     """A ``concurrent.futures.Future`` of one call's result, plus the call's id and the
     tracker of its zero-copy argument frames."""
 
     call_id: int = 0
-    tracker: Optional[zmq.MessageTracker] = None
+    tracker: Union[zmq.MessageTracker, "CallTracker", None] = None
     # (address, length) of each zero-copy frame handed to libzmq: the caller's own buffers.
     # (Addresses, not the frames: a frame object kept here would keep the message alive
     # and the tracker from completing.)
@@ -225,6 +269,8 @@ class Client:
         fut._client = weakref.ref(self)
         fut.call_id = call.call_id
         fut.tracker = call.tracker
+        if call.shared_in_place and arena is not None:
+            fut.tracker = CallTracker(call.tracker, fut, self, arena, call.shared_in_place)
         fut.sent_buffers = call.sent_buffers
         parts = call.parts
         deadline = None if t is None else time.monotonic() + t
@@ -551,6 +597,10 @@ class Client:
                 return (f"the result refers to shared memory the call did not pass "
                         f"(arena \"{name}\", {length} bytes at offset {offset})")
         return None
+
+    def _keeps_blocks_of(self, call_id: Optional[int]) -> bool:
+        """Whether the blocks of given-up call ``call_id`` wait for a late reader."""
+        return call_id in self._held_blocks
 
     # A call given up may still be running on its engine, reading its arguments in place:
     # their blocks wait for the late reply, at most this long (a cancelled call gets none).

@@ -233,6 +233,8 @@ class Writer:
         self.shared_arena = shared_arena
         self.shared_returns = shared_returns
         self.shared_blocks: list[Any] = []
+        # Of those, the caller's own arrays passed in place (not copies made here).
+        self.shared_in_place: list[Any] = []
         self.shared_refs = 0
         self.shared_bytes_copied = 0
         self.msg = S.Envelope.new_message(num_first_segment_words=FIRST_SEGMENT_WORDS)
@@ -504,6 +506,7 @@ class Writer:
         where = arena.locate(data)
         if where is not None:
             block = data  # already in the arena: referred to in place
+            self.shared_in_place.append(data)
         else:
             block = arena.allocate(size)
             if block is None:
