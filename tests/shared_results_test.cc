@@ -60,13 +60,33 @@ ClientOptions SharingClient(milliseconds timeout = milliseconds(10000)) {
 
 constexpr int64_t kSize = 8 << 20;
 
+// An engine with DefineResults' functions and a 64 MiB arena of its own for results,
+// bound on tcp loopback, or connected to a broker's backend `connect`.
+struct ResultEngine {
+  explicit ResultEngine(milliseconds wait = milliseconds(60000), const std::string& connect = "")
+      : options([wait] {
+          EngineOptions eo;
+          eo.shared_arena = SharedArena::Create(64 << 20);
+          eo.shared_result_wait = wait;
+          return eo;
+        }()),
+        engine(options) {
+    DefineResults(engine, options.shared_arena);
+    if (connect.empty()) {
+      engine.Bind("tcp://127.0.0.1:*");
+    } else {
+      engine.Connect(connect);
+    }
+    engine.Start();
+  }
+  EngineOptions options;
+  Engine engine;
+};
+
 TEST(SharedResultTest, ANewResultTravelsInTheEnginesArenaAndIsReadInPlace) {
-  EngineOptions eo;
-  eo.shared_arena = SharedArena::Create(64 << 20);
-  Engine engine(eo);
-  DefineResults(engine, eo.shared_arena);
-  engine.Bind("tcp://127.0.0.1:*");
-  engine.Start();
+  ResultEngine results;
+  EngineOptions& eo = results.options;
+  Engine& engine = results.engine;
   EXPECT_EQ(engine.shared_arena(), eo.shared_arena);
   Client client(engine.last_endpoint(), SharingClient());
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); })) << "no hello from the engine";
@@ -110,12 +130,9 @@ TEST(SharedResultTest, ANewResultTravelsInTheEnginesArenaAndIsReadInPlace) {
 }
 
 TEST(SharedResultTest, ACallerWithoutSharedMemoryGetsFrames) {
-  EngineOptions eo;
-  eo.shared_arena = SharedArena::Create(64 << 20);
-  Engine engine(eo);
-  DefineResults(engine, eo.shared_arena);
-  engine.Bind("tcp://127.0.0.1:*");
-  engine.Start();
+  ResultEngine results;
+  EngineOptions& eo = results.options;
+  Engine& engine = results.engine;
   ClientOptions co;
   co.shared_memory = false;
   Client client(engine.last_endpoint(), co);
@@ -128,13 +145,9 @@ TEST(SharedResultTest, ACallerWithoutSharedMemoryGetsFrames) {
 }
 
 TEST(SharedResultTest, AResultReadAfterTheEngineStoppedWaitingFailsSayingWhy) {
-  EngineOptions eo;
-  eo.shared_arena = SharedArena::Create(64 << 20);
-  eo.shared_result_wait = milliseconds(50);
-  Engine engine(eo);
-  DefineResults(engine, eo.shared_arena);
-  engine.Bind("tcp://127.0.0.1:*");
-  engine.Start();
+  ResultEngine results(milliseconds(50));
+  EngineOptions& eo = results.options;
+  Engine& engine = results.engine;
   Client client(engine.last_endpoint(), SharingClient());
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
   ResultFuture late = client.apply("plain", kSize);
@@ -159,12 +172,9 @@ TEST(SharedResultTest, AnEngineInAnotherProcessLendsItsBlockUntilTheCallerLetsGo
   pid_t pid = fork();
   if (pid == 0) {
     // The engine's process: reports its arena's state when asked.
-    EngineOptions eo;
-    eo.shared_arena = SharedArena::Create(64 << 20);
-    Engine engine(eo);
-    DefineResults(engine, eo.shared_arena);
-    engine.Bind("tcp://127.0.0.1:*");
-    engine.Start();
+    ResultEngine results;
+    EngineOptions& eo = results.options;
+    Engine& engine = results.engine;
     std::string endpoint = engine.last_endpoint() + "\n";
     if (write(to_parent[1], endpoint.data(), endpoint.size()) !=
         static_cast<ssize_t>(endpoint.size())) {
@@ -211,12 +221,8 @@ TEST(SharedResultTest, AnEngineInAnotherProcessLendsItsBlockUntilTheCallerLetsGo
 TEST(SharedResultTest, ThroughABrokerOnThisHostResultsTravelInPlace) {
   Broker broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
   broker.Start();
-  EngineOptions eo;
-  eo.shared_arena = SharedArena::Create(64 << 20);
-  Engine engine(eo);
-  DefineResults(engine, eo.shared_arena);
-  engine.Connect(broker.backend_endpoint());
-  engine.Start();
+  ResultEngine results(milliseconds(60000), broker.backend_endpoint());
+  EngineOptions& eo = results.options;
   Client client(broker.frontend_endpoint(), SharingClient(milliseconds(20000)));
   ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); })) << "no hello from the broker";
   // The engine learns where the broker runs from the broker's hello; until then its
