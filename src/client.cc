@@ -42,11 +42,15 @@ struct PendingCall {
   Clock::time_point deadline;
   bool done = false;  // guarded by ClientCore::mu_
   Result result;
-  // Stream calls (Client::stream): items received and not yet read (mu_); each item
-  // moves the deadline to one call timeout after it.
-  bool stream = false;
-  std::chrono::milliseconds timeout{0};
-  std::deque<Result> items;
+  // A stream call's (Client::stream) items, received and not yet read (mu_); each item
+  // moves the deadline to one call timeout after it. Null for an ordinary call, which
+  // then allocates nothing for them.
+  struct Stream {
+    std::chrono::milliseconds timeout{0};
+    std::deque<Result> items;
+  };
+  std::unique_ptr<Stream> stream;
+  bool has_items() const noexcept { return stream != nullptr && !stream->items.empty(); }
   // The arena blocks the call's arguments refer to (Payload.shared): the engine reads
   // them in place, so they stay allocated until it has answered (mu_).
   std::vector<Buffer> shared_blocks;
@@ -156,8 +160,8 @@ class ClientCore {
     call->deadline = Clock::now() + timeout;
     if (stream_credits != 0) {  // a stream call (ResultStream)
       writer.SetStreamCredits(stream_credits);
-      call->stream = true;
-      call->timeout = timeout;
+      call->stream = std::make_unique<PendingCall::Stream>();
+      call->stream->timeout = timeout;
     }
     Header header;
     header.message_id = call->id;
@@ -263,7 +267,7 @@ class ClientCore {
       {
         std::unique_lock<std::mutex> lock(mu_);
         ReleaseHeldBlocks(now);
-        if (call.done || !call.items.empty()) return true;  // (items: a stream's)
+        if (call.done || call.has_items()) return true;  // (items: a stream's)
         if (now >= call.deadline) {
           Expire(call);
           return true;
@@ -296,7 +300,7 @@ class ClientCore {
       while (senders_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
     } else {
       std::unique_lock<std::mutex> lock(mu_);
-      if (call != nullptr && (call->done || !call->items.empty())) return;
+      if (call != nullptr && (call->done || call->has_items())) return;
       // The leader notifies after each batch; the bound covers a missed notify and the
       // moment the leader steps down.
       cv_.wait_until(lock, std::min(until, Clock::now() + std::chrono::milliseconds(2)));
@@ -388,7 +392,7 @@ class ClientCore {
       if (call.done || closed_) return false;
       KeepBlocksUntilAnswered(call);
       pending_.erase(call.id);
-      call.items.clear();
+      if (call.stream) call.stream->items.clear();
       Finish(call, Result::Failed(std::make_exception_ptr(CancelledError(
                        absl::StrCat(internal::Sv(call.function), ": call ", call.id,
                                     " was cancelled")))));
@@ -554,8 +558,8 @@ class ClientCore {
       if (it->second->stream && reply.stream_part() == StreamPart::kItem) {
         // One item of a stream: queued for its reader; the call goes on.
         PendingCall& call = *it->second;
-        call.items.push_back(std::move(result));
-        call.deadline = Clock::now() + call.timeout;
+        call.stream->items.push_back(std::move(result));
+        call.deadline = Clock::now() + call.stream->timeout;
         continue;
       }
       Finish(*it->second, std::move(result));
@@ -700,14 +704,14 @@ std::optional<Result> ResultStream::Next() {
   uint32_t grant = 0;
   {
     std::lock_guard<std::mutex> lock(core_->mu_);
-    if (call_->items.empty()) {  // the end: done, with nothing left to read
+    if (call_->stream->items.empty()) {  // the end: done, with nothing left to read
       Result end = std::move(call_->result);
       call_->result = Result();
       end.ThrowIfError();
       return std::nullopt;
     }
-    item = std::move(call_->items.front());
-    call_->items.pop_front();
+    item = std::move(call_->stream->items.front());
+    call_->stream->items.pop_front();
     // Credit back in batches of half the window, while the stream runs.
     if (!call_->done && ++unacknowledged_ >= std::max<uint32_t>(1, window_ / 2)) {
       grant = std::exchange(unacknowledged_, 0);

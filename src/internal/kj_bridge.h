@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include <kj/exception.h>
@@ -13,8 +14,10 @@
 namespace zerocan::internal {
 
 // Runs `body`; a kj::Exception becomes DecodeError("<context>: <kj description>").
+// `context` is a view: every message decoded passes here, and builds no string unless
+// it fails.
 template <class F>
-auto CatchKj(const std::string& context, F&& body) -> decltype(body()) {
+auto CatchKj(std::string_view context, F&& body) -> decltype(body()) {
   try {
     return std::forward<F>(body)();
   } catch (const kj::Exception& e) {
@@ -22,7 +25,7 @@ auto CatchKj(const std::string& context, F&& body) -> decltype(body()) {
                         e.getDescription().startsWith("Message is too deeply nested")
                     ? DecodeError::Code::kLimitExceeded
                     : DecodeError::Code::kMalformed;
-    throw DecodeError(code, context + ": " + std::string(e.getDescription().cStr()));
+    throw DecodeError(code, std::string(context) + ": " + e.getDescription().cStr());
   }
 }
 
