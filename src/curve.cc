@@ -23,11 +23,15 @@ namespace {
 
 constexpr size_t kZ85KeySize = 40;
 
-void CheckZ85(std::string_view key, std::string_view what) {
+bool IsZ85Key(std::string_view key) {
   // zmq_z85_decode accepts any length that is a multiple of 5; a Curve key is exactly 40.
   uint8_t raw[32];
   std::string copy(key);
-  if (key.size() != kZ85KeySize || zmq_z85_decode(raw, copy.c_str()) == nullptr) {
+  return key.size() == kZ85KeySize && zmq_z85_decode(raw, copy.c_str()) != nullptr;
+}
+
+void CheckZ85(std::string_view key, std::string_view what) {
+  if (!IsZ85Key(key)) {
     throw Error(absl::StrCat(internal::Sv(what), ": not a Z85 Curve key (", key.size(),
                              " characters; expected 40)"));
   }
@@ -67,7 +71,9 @@ CurveKeyPair ReadCurveKeyFile(const std::string& path) {
   size_t end = content.find_last_not_of(" \t\r\n");
   content = begin == std::string::npos ? "" : content.substr(begin, end - begin + 1);
   CurveKeyPair keys;
-  if (!content.empty() && content.front() == '{') {
+  // Z85 has '{' in its alphabet: a bare key may start with it, so a file that is one
+  // key is a bare key before it is JSON.
+  if (!IsZ85Key(content) && !content.empty() && content.front() == '{') {
     auto json = nlohmann::json::parse(content, nullptr, /*allow_exceptions=*/false);
     if (json.is_discarded() || !json.is_object()) {
       throw Error(absl::StrCat("curve key file ", path, ": not a JSON object"));
@@ -107,6 +113,7 @@ std::vector<std::string> ReadCurveAllowList(const std::string& path) {
   std::string line;
   for (int number = 1; std::getline(in, line); ++number) {
     size_t begin = line.find_first_not_of(" \t\r");
+    // (A 40-character Z85 key never starts with '#': its first digit is at most 82 of 85.)
     if (begin == std::string::npos || line[begin] == '#') continue;
     size_t end = line.find_last_not_of(" \t\r");
     std::string entry = line.substr(begin, end - begin + 1);

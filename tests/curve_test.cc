@@ -54,6 +54,20 @@ TEST_F(CurveTest, KeyFileRoundTrip) {
   EXPECT_EQ(ReadCurveKeyFile(path).public_key, keys.public_key);
 }
 
+// Z85 has '{' in its alphabet (about one key in 85 starts with it): a key file holding
+// such a bare secret key is a key, not malformed JSON.
+TEST_F(CurveTest, BareKeyStartingWithABraceIsAKey) {
+  CurveKeyPair brace;
+  for (int i = 0; i < 100000 && brace.secret_key.empty(); ++i) {
+    CurveKeyPair k = GenerateCurveKeyPair();
+    if (k.secret_key.front() == '{') brace = k;
+  }
+  ASSERT_FALSE(brace.secret_key.empty());
+  std::string path = TempPath();
+  std::ofstream(path, std::ios::trunc) << brace.secret_key << "\n";
+  EXPECT_EQ(ReadCurveKeyFile(path).public_key, brace.public_key);
+}
+
 TEST_F(CurveTest, BadKeyFilesAreRejected) {
   std::string path = TempPath();
   CurveKeyPair a = GenerateCurveKeyPair(), b = GenerateCurveKeyPair();

@@ -81,3 +81,18 @@ def test_allow_list_files_name_the_line_that_is_wrong(tmp_path):
         zerocan.curve.read_allow_list(str(path))
     with pytest.raises(zerocan.Error, match="needs curve"):
         zerocan.Engine(free_tcp_endpoint(), bind=True, curve_allowed_clients=[good])
+
+
+def test_bare_key_starting_with_a_brace_is_a_key(tmp_path):
+    # Z85 has '{' in its alphabet (about one key in 85 starts with it): a key file holding
+    # such a bare secret key is a key, not malformed JSON.
+    brace = None
+    for _ in range(100000):
+        pair = zerocan.curve.generate_key_pair()
+        if pair.secret_key.startswith("{"):
+            brace = pair
+            break
+    assert brace
+    key_file = tmp_path / "brace.key"
+    key_file.write_text(brace.secret_key + "\n")
+    assert zerocan.curve.read_key_file(str(key_file)).public_key == brace.public_key

@@ -38,12 +38,15 @@ def available() -> bool:
     return bool(zmq.has("curve"))
 
 
-def _check_z85(key: str, what: str) -> str:
+def _is_z85_key(key: str) -> bool:
     try:
-        ok = len(key) == 40 and len(zmq.utils.z85.decode(key)) == 32
+        return len(key) == 40 and len(zmq.utils.z85.decode(key)) == 32
     except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
+        return False
+
+
+def _check_z85(key: str, what: str) -> str:
+    if not _is_z85_key(key):
         raise Error(f"{what}: not a Z85 Curve key ({len(key)} characters; expected 40)")
     return key
 
@@ -66,7 +69,8 @@ def read_key_file(path: str) -> CurveKeyPair:
     except OSError as e:
         raise Error(f"curve key file {path}: cannot open ({e.strerror})") from None
     public, secret = "", ""
-    if text.startswith("{"):
+    # Z85 has '{' in its alphabet: a file that is one key is a bare key before it is JSON.
+    if text.startswith("{") and not _is_z85_key(text):
         try:
             data = json.loads(text)
         except ValueError:
@@ -108,6 +112,7 @@ def read_allow_list(path: str) -> list[str]:
     keys = []
     for number, line in enumerate(lines, start=1):
         entry = line.strip()
+        # (A 40-character Z85 key never starts with '#': its first digit is at most 82 of 85.)
         if not entry or entry.startswith("#"):
             continue
         try:
