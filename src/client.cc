@@ -181,7 +181,7 @@ class ClientCore {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (closed_) throw TransportError("client closed");
-      ReleaseHeldBlocks(Clock::now());
+      ReleaseHeldBlocks();
       pending_.emplace(call->id, call);
     }
     Tracker tracker;
@@ -263,11 +263,11 @@ class ClientCore {
   // Waits for `call` until it is done or `until`; returns whether it is done.
   bool Wait(PendingCall& call, Clock::time_point until) {
     while (true) {
-      Clock::time_point now = Clock::now();
       {
         std::unique_lock<std::mutex> lock(mu_);
-        ReleaseHeldBlocks(now);
+        ReleaseHeldBlocks();
         if (call.done || call.has_items()) return true;  // (items: a stream's)
+        Clock::time_point now = Clock::now();
         if (now >= call.deadline) {
           Expire(call);
           return true;
@@ -285,7 +285,7 @@ class ClientCore {
   // Whether the blocks of given-up call `id` are still kept for a late reader.
   bool KeepsBlocksOf(uint64_t id) {
     std::lock_guard<std::mutex> lock(mu_);
-    ReleaseHeldBlocks(Clock::now());
+    ReleaseHeldBlocks();
     return expired_blocks_.contains(id);
   }
 
@@ -369,8 +369,9 @@ class ClientCore {
                                 std::move(call.shared_blocks)};
     call.shared_blocks.clear();
   }
-  void ReleaseHeldBlocks(Clock::time_point now) {  // mu_ held
+  void ReleaseHeldBlocks() {  // mu_ held
     if (expired_blocks_.empty()) return;
+    Clock::time_point now = Clock::now();
     absl::erase_if(expired_blocks_, [now](const auto& entry) {
       return entry.second.first <= now;
     });
@@ -496,73 +497,110 @@ class ClientCore {
   }
 
   // Receives every message pending on the socket without blocking; returns how many.
+  // Replies are matched to their calls in groups, under one lock per group.
   size_t ReceiveBatch() {
     size_t n = 0;
-    while (true) {
-      std::optional<ReceivedMessage> received;
-      try {
-        received = Receive(socket_, limits_, zmq::recv_flags::dontwait);
-      } catch (const DecodeError&) {
-        rejected_.fetch_add(1, std::memory_order_relaxed);
-        ++n;
-        continue;
-      }
-      if (!received) return n;
-      ++n;
-      Message reply;
-      Buffer envelope = received->frames.empty() ? Buffer() : received->frames[0];
-      try {
-        if (signer_) signer_->Verify(&*received);
-      } catch (const Error&) {  // AuthError: not from our peer, nothing of ours
-        rejected_.fetch_add(1, std::memory_order_relaxed);
-        continue;
-      }
-      try {
-        reply = Message::Decode(std::move(*received), limits_);
-      } catch (const DecodeError& e) {
-        rejected_.fetch_add(1, std::memory_order_relaxed);
-        FailUnreadable(envelope, e);
-        continue;
-      }
-      if (reply.body_kind() == BodyKind::kHello) {
-        AcceptHello(reply);
-        continue;
-      }
-      if (reply.body_kind() != BodyKind::kResult) continue;  // not for us
-      // Once a call is answered, calls stop looking for the hello's answer on their own:
-      // a peer that never answers (a broker, an engine without shared memory) costs
-      // nothing more, and a late answer is still taken with later replies.
-      hello_pending_.store(false, std::memory_order_relaxed);
-      received_.fetch_add(1, std::memory_order_relaxed);
-      Result result;
-      if (reply.ok()) {
-        result = Result::Ok(reply, registry_);
-      } else {
-        RemoteErrorInfo error = reply.error();
-        // The engine could not map our arena (another host after a reconnect, a policy
-        // of its own): later calls send frames.
-        if (error.type == kErrorDecode &&
-            (error.message.find("shared memory") != std::string::npos ||
-             error.message.find("shared-memory") != std::string::npos)) {
-          shared_arena_raw_.store(nullptr, std::memory_order_release);
+    try {
+      while (true) {
+        std::optional<ReceivedMessage> received;
+        try {
+          received = Receive(socket_, limits_, zmq::recv_flags::dontwait);
+        } catch (const DecodeError&) {
+          rejected_.fetch_add(1, std::memory_order_relaxed);
+          ++n;
+          continue;
         }
-        result = Result::Failed(MakeRemoteError(std::move(error)), reply);
+        if (!received) break;
+        ++n;
+        if (std::optional<Arrived> reply = Read(std::move(*received))) {
+          arrived_.push_back(std::move(*reply));
+          if (arrived_.size() >= kMatchGroup) MatchArrived();
+        }
       }
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = pending_.find(reply.call_id());
+    } catch (...) {
+      MatchArrived();
+      throw;
+    }
+    MatchArrived();
+    return n;
+  }
+
+  // A result read off the socket, not yet matched to its call (io_mu_).
+  struct Arrived {
+    uint64_t call_id;
+    StreamPart part;
+    Result result;
+  };
+  static constexpr size_t kMatchGroup = 64;
+
+  // Verifies and decodes one received message: the result it carries, if any (a hello
+  // is taken here; anything unreadable is counted, and fails its call when it names one).
+  std::optional<Arrived> Read(ReceivedMessage&& received) {
+    Buffer envelope = received.frames.empty() ? Buffer() : received.frames[0];
+    try {
+      if (signer_) signer_->Verify(&received);
+    } catch (const Error&) {  // AuthError: not from our peer, nothing of ours
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      return std::nullopt;
+    }
+    Message reply;
+    try {
+      reply = Message::Decode(std::move(received), limits_);
+    } catch (const DecodeError& e) {
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      FailUnreadable(envelope, e);
+      return std::nullopt;
+    }
+    if (reply.body_kind() == BodyKind::kHello) {
+      AcceptHello(reply);
+      return std::nullopt;
+    }
+    if (reply.body_kind() != BodyKind::kResult) return std::nullopt;  // not for us
+    Arrived arrived{reply.call_id(), reply.stream_part(), Result()};
+    if (reply.ok()) {
+      arrived.result = Result::Ok(std::move(reply), registry_);
+    } else {
+      RemoteErrorInfo error = reply.error();
+      // The engine could not map our arena (another host after a reconnect, a policy
+      // of its own): later calls send frames.
+      if (error.type == kErrorDecode &&
+          (error.message.find("shared memory") != std::string::npos ||
+           error.message.find("shared-memory") != std::string::npos)) {
+        shared_arena_raw_.store(nullptr, std::memory_order_release);
+      }
+      arrived.result = Result::Failed(MakeRemoteError(std::move(error)), std::move(reply));
+    }
+    return arrived;
+  }
+
+  // Hands each arrived result to its call (io_mu_ held; takes mu_ once).
+  void MatchArrived() {
+    if (arrived_.empty()) return;
+    struct Clear {
+      std::vector<Arrived>& group;
+      ~Clear() { group.clear(); }
+    } clear{arrived_};
+    // Once a call is answered, calls stop looking for the hello's answer on their own:
+    // a peer that never answers (a broker, an engine without shared memory) costs
+    // nothing more, and a late answer is still taken with later replies.
+    hello_pending_.store(false, std::memory_order_relaxed);
+    received_.fetch_add(arrived_.size(), std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Arrived& reply : arrived_) {
+      auto it = pending_.find(reply.call_id);
       if (it == pending_.end()) {
         late_.fetch_add(1, std::memory_order_relaxed);
-        if (reply.stream_part() != StreamPart::kItem) expired_blocks_.erase(reply.call_id());
+        if (reply.part != StreamPart::kItem) expired_blocks_.erase(reply.call_id);
         continue;
       }
-      if (it->second->stream && reply.stream_part() == StreamPart::kItem) {
+      PendingCall& call = *it->second;
+      if (call.stream && reply.part == StreamPart::kItem) {
         // One item of a stream: queued for its reader; the call goes on.
-        PendingCall& call = *it->second;
-        call.stream->items.push_back(std::move(result));
+        call.stream->items.push_back(std::move(reply.result));
         call.deadline = Clock::now() + call.stream->timeout;
         continue;
       }
-      Finish(*it->second, std::move(result));
+      Finish(call, std::move(reply.result));
       pending_.erase(it);
     }
   }
@@ -616,6 +654,7 @@ class ClientCore {
   std::atomic<int> senders_{0};
   std::atomic<bool> polling_{false};  // a leader is in (or about to enter) zmq_poll
   std::condition_variable cv_;
+  std::vector<Arrived> arrived_;                                         // io_mu_
   absl::flat_hash_map<uint64_t, std::shared_ptr<PendingCall>> pending_;  // mu_
   // Blocks of calls given up, by call id: until when they are kept, and the blocks (mu_).
   absl::flat_hash_map<uint64_t, std::pair<Clock::time_point, std::vector<Buffer>>>
