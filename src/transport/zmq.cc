@@ -164,9 +164,7 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
     if (arrival != nullptr) {
       // A ROUTER's first part (the peer's routing id) was added here, not sent.
       if (!(first && expect_routing)) arrival->wire_bytes += WireBytes(part.size(), arrival->curve);
-      // Every part of a message comes over one connection; libzmq answers ZMQ_SRCFD with a
-      // metadata lookup and a parse, so it is asked once.
-      if (first) arrival->fd = zmq_msg_get(part.handle(), ZMQ_SRCFD);
+      arrival->fd = zmq_msg_get(part.handle(), ZMQ_SRCFD);
     }
     first = false;
     bool more = part.more();
