@@ -411,8 +411,11 @@ TEST(ConnectionGuardTest, AnEngineClosesStalledPeersPastItsBudgetAndServesOthers
   EXPECT_EQ(Eventually([&] { return e.engine->counters().connections_closed_over_budget; }, 2), 2u);
   EXPECT_EQ(e.engine->counters().connections_closed_idle, 0u);
   // An honest client's large arguments pass, call after call (its complete messages
-  // are counted as read, so nothing adds up).
-  Client client(e.endpoint);
+  // are counted as read, so nothing adds up): 80 MiB over tcp, four times the budget
+  // (without shared memory, which would carry them past the socket).
+  ClientOptions options;
+  options.shared_memory = false;
+  Client client(e.endpoint, options);
   std::vector<double> big(1 << 20, 1.0);  // 8 MiB
   for (int i = 0; i < 10; ++i) {
     Result r = client.apply_for(milliseconds(5000), "nbytes", big).get();
