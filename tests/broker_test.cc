@@ -63,10 +63,11 @@ struct Cluster {
     engines.back()->Start();
     return *engines.back();
   }
-  Client& AddClient(milliseconds timeout = milliseconds(10000)) {
+  Client& AddClient(milliseconds timeout = milliseconds(10000), bool shared_memory = true) {
     ClientOptions co;
     co.context = &context;
     co.timeout = timeout;
+    co.shared_memory = shared_memory;
     clients.push_back(std::make_unique<Client>(front, co));
     return *clients.back();
   }
@@ -103,7 +104,7 @@ TEST(BrokerTest, CallsReachLiveEnginesAndSpreadOverThem) {
 
 TEST(BrokerTest, WorksOverTcp) {
   Cluster c(1, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
-  Client& client = c.AddClient();
+  Client& client = c.AddClient(milliseconds(10000), /*shared_memory=*/false);  // frames
   std::vector<int64_t> xs(100000, 7);
   Result r = client.apply("echo", xs).get();
   EXPECT_EQ(r.as<std::vector<int64_t>>(), xs);

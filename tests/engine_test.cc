@@ -64,6 +64,8 @@ struct Pair {
     copts.context = &context;
     copts.policy = TestPolicy();
     copts.timeout = milliseconds(10000);
+    // Large payloads as frames over the socket under test, not in shared memory.
+    copts.shared_memory = false;
     client = std::make_unique<Client>(engine->last_endpoint(), copts);
   }
   ~Pair() {

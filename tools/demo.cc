@@ -194,7 +194,8 @@ int RunDemo(const std::string& capture_file, size_t tensor_mb) {
         // Lent: sent from `big` itself; it stays unchanged until the tracker says done.
         ResultFuture f = client.apply("echo", Borrow(big));
         Result r = f.get();
-        auto view = r.as<TensorView<const double>>();  // a view of the reply frame
+        // A view of the reply: its frame, or on one host a block of the engine's arena.
+        auto view = r.as<TensorView<const double>>();
         row.rtt_us.push_back(Us(Clock::now() - t0));
         if (view.size() != big.size() ||
             std::memcmp(view.data(), big.data(), big.size() * sizeof(double)) != 0) {

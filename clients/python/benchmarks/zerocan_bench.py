@@ -241,8 +241,10 @@ class Zerocan:
                                      stderr=subprocess.DEVNULL)
         self.pids = [self.proc.pid]
         try:
+            # Over tcp, as ipyparallel, dask and the pyzmq floor: on one host large
+            # arrays would otherwise go in shared memory (benchmarks/shared_bench.py).
             self.client = zerocan.Client(
-                url, timeout=120, context=self._context,
+                url, timeout=120, context=self._context, shared_memory=False,
                 io_cpus=[placement.client_cpu] if placement else None)
             f_ident, f_nbytes = _functions()
             self.echo_fn: Any = f_ident if python_functions else "echo"

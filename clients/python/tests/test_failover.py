@@ -111,11 +111,9 @@ def test_python_engine_drains_on_stop():
         assert max(lags) < 0.5, lags
 
 
-def test_python_engine_answers_busy_past_its_queue_bounds():
+def _engine_with_hold(url, **bounds):
     import threading
-    url = free_tcp_endpoint()
-    engine = zerocan.Engine(url, bind=True, builtins=True, threads=1, max_queued_calls=2,
-                            max_queued_bytes=3 << 20)
+    engine = zerocan.Engine(url, bind=True, builtins=True, threads=1, **bounds)
     started = threading.Event()
 
     @engine.register
@@ -125,8 +123,13 @@ def test_python_engine_answers_busy_past_its_queue_bounds():
         return seconds
 
     engine.start()
+    return engine, started
+
+
+def test_python_engine_answers_busy_past_its_queue_bounds():
+    url = free_tcp_endpoint()
+    engine, started = _engine_with_hold(url, max_queued_calls=2)
     try:
-        import numpy as np
         with zerocan.Client(url, timeout=10) as c:
             running = c.apply("hold", 0.5)
             assert started.wait(5)
@@ -137,8 +140,15 @@ def test_python_engine_answers_busy_past_its_queue_bounds():
             assert "is busy" in str(busy.value) and "did not start" in str(busy.value)
             assert running.result() == 0.5
             assert [f.result() for f in queued] == [0.01, 0.01]
-            # Bytes: 2 MiB queued behind a running call, a third 1 MiB is past 3 MiB.
-            started.clear()
+    finally:
+        engine.stop()
+    # Bytes, with room for many calls: 2 MiB queued behind a running call, a third 1 MiB
+    # is past 3 MiB. Sent as frames (in shared memory they would queue no bytes).
+    import numpy as np
+    url = free_tcp_endpoint()
+    engine, started = _engine_with_hold(url, max_queued_calls=100, max_queued_bytes=3 << 20)
+    try:
+        with zerocan.Client(url, timeout=10, shared_memory=False) as c:
             running = c.apply("hold", 0.5)
             assert started.wait(5)
             mib = np.ones(1 << 17)

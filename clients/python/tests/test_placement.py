@@ -90,7 +90,8 @@ def test_client_and_engine_io_threads_run_only_on_their_cpus():
     assert list(engine_threads.values()) == [str(engine_cpu)]
     engine.start()
     before = io_threads()
-    client = zerocan.Client(engine.endpoint, io_cpus=[client_cpu], timeout=20)
+    client = zerocan.Client(engine.endpoint, io_cpus=[client_cpu], timeout=20,
+                            shared_memory=False)  # the 4 MiB cross the I/O threads
     client_threads = new_io_threads(before, str(client_cpu))
     assert list(client_threads.values()) == [str(client_cpu)]
     try:

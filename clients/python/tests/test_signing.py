@@ -254,7 +254,9 @@ def py_engine():
 
 
 def test_python_client_python_engine_signed(py_engine):
-    with zerocan.Client(py_engine.endpoint, key=KEY.decode(), timeout=10) as c:
+    # Frames, not shared memory: the payload frame is what the signature must cover here.
+    with zerocan.Client(py_engine.endpoint, key=KEY.decode(), timeout=10,
+                        shared_memory=False) as c:
         wait_ready(c)
         a = np.arange(100_000, dtype=np.float64)
         assert np.array_equal(c.apply("echo", a).result(), a)
@@ -372,7 +374,9 @@ def stop_engine(proc):
 
 @needs_cpp
 def test_python_client_with_key_calls_cpp_engine_with_key(cpp_engine, key_file):
-    with zerocan.Client(cpp_engine["url"], key_file=str(key_file), timeout=20) as c:
+    # A 2 MiB frame each way, signed in chunks across the languages (not shared memory).
+    with zerocan.Client(cpp_engine["url"], key_file=str(key_file), timeout=20,
+                        shared_memory=False) as c:
         wait_ready(c)
         a = np.random.default_rng(0).random(1 << 18)
         r = c.apply("echo", a).result()
