@@ -65,12 +65,14 @@ def brokers():
     py_engine = zerocan.Engine(py_back, builtins=True, id="py-engine", heartbeat=0.1).start()
     clients = []
     try:
-        for url in (cpp_front, py_front):
-            c = zerocan.Client(url, timeout=30)
+        # The third client sends large arrays as frames through the broker, as a client on
+        # another host would (the others pass them in shared memory on this host).
+        for url, shared in ((cpp_front, True), (py_front, True), (cpp_front, False)):
+            c = zerocan.Client(url, timeout=30, shared_memory=shared)
             clients.append(c)
             wait_ready(c)
         yield {"cpp": cpp_front, "py": py_front, "cpp_client": clients[0],
-               "py_client": clients[1]}
+               "py_client": clients[1], "cpp_frames_client": clients[2]}
     finally:
         for c in clients:
             c.close()
@@ -103,10 +105,11 @@ def same(a, b):
     return a == b and type(a) is type(b)
 
 
+@pytest.mark.parametrize("client", ["cpp_client", "cpp_frames_client"])
 @pytest.mark.parametrize("i", range(len(ARGS)))
-def test_python_client_cpp_engine_echo_every_type(brokers, i):
+def test_python_client_cpp_engine_echo_every_type(brokers, i, client):
     value = ARGS[i]
-    assert same(brokers["cpp_client"].apply("echo", value).result(), value), value
+    assert same(brokers[client].apply("echo", value).result(), value), value
 
 
 @pytest.mark.parametrize("side", ["cpp", "py"])
