@@ -6,8 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -21,6 +22,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 _NO_USER_CONFIG = Path(__file__).resolve().parent / ".no-user-config"
 os.environ["XDG_CONFIG_HOME"] = str(_NO_USER_CONFIG)
 os.environ.pop("ZEROCAN_INLINE_THRESHOLD", None)
+
+
+def wait_until(done: Callable[[], Any], seconds: float = 10.0, what: str = "") -> Any:
+    """Polls done() until it returns something true (returned) or fails after `seconds`."""
+    until = time.monotonic() + seconds
+    while True:
+        value = done()
+        if value:
+            return value
+        assert time.monotonic() < until, f"timed out waiting for {what or done}"
+        time.sleep(0.01)
+
+
+def settle(read: Callable[[], Any], ok: Callable[[Any], bool], seconds: float = 10.0,
+           interval: float = 0.02) -> Any:
+    """Reads until ok(value) or the deadline; the last value read (the caller asserts)."""
+    until = time.monotonic() + seconds
+    while True:
+        value = read()
+        if ok(value) or time.monotonic() >= until:
+            return value
+        time.sleep(interval)
 
 
 def zerocan_bin() -> Path:

@@ -18,7 +18,7 @@ import pytest
 
 import zerocan
 from zerocan import shared
-from conftest import zerocan_bin
+from conftest import wait_until, zerocan_bin
 
 MIB = 1 << 20
 PEEK = zerocan_bin().parent / "tests" / "zerocan_shared_peek"
@@ -301,20 +301,12 @@ def test_without_shared_memory_a_python_engine_ignores_hellos_and_refuses_refere
 
 # ---- the Python client passing arguments in shared memory -------------------------------
 
-def _wait_until(done, seconds=10.0):
-    import time
-    until = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < until, "timed out"
-        time.sleep(0.01)
-
-
 def _client_calls_in_place(url, via_broker=False):
     arena = shared.Arena(64 * MIB)
     with zerocan.Client(url, timeout=20, shared_arena=arena) as client:
         if via_broker:
             assert client.call("add", 1, 1) == 2  # the engine has joined the broker
-        _wait_until(lambda: client.shares_memory)
+        wait_until(lambda: client.shares_memory)
         x = arena.empty(4 * MIB, np.uint8)
         x[:] = 1
         x[-1] = 3
@@ -326,7 +318,7 @@ def _client_calls_in_place(url, via_broker=False):
         assert client.call("sum", y) == 0.5 * y.size
         assert client.counters["shared_bytes_copied"] == y.nbytes
         # Only x: the copy went back once the engine let go of the call (its view held it).
-        _wait_until(lambda: arena.used == x.nbytes)
+        wait_until(lambda: arena.used == x.nbytes)
         # Small arguments stay inline.
         assert client.call("add", 2, 3) == 5
         assert client.counters["shared_refs_sent"] == 2
@@ -380,7 +372,7 @@ def test_a_timed_out_call_keeps_its_block_until_the_late_reply():
     arena = shared.Arena(16 * MIB)
     try:
         with zerocan.Client(engine.endpoint, timeout=20, shared_arena=arena) as client:
-            _wait_until(lambda: client.shares_memory)
+            wait_until(lambda: client.shares_memory)
             # The engine still reads the argument in place after the client gave up.
             y = np.ones(MIB // 8)
             with pytest.raises(zerocan.TimeoutError):
@@ -388,8 +380,8 @@ def test_a_timed_out_call_keeps_its_block_until_the_late_reply():
             assert arena.used == y.nbytes  # not reused under the running call
             time.sleep(0.6)
             assert client.call("add", 1, 2) == 3  # the late reply has come meanwhile
-            _wait_until(lambda: client.counters["late"] == 1)
-            _wait_until(lambda: arena.used == 0)
+            wait_until(lambda: client.counters["late"] == 1)
+            wait_until(lambda: arena.used == 0)
     finally:
         engine.stop()
 
@@ -397,7 +389,7 @@ def test_a_timed_out_call_keeps_its_block_until_the_late_reply():
 def test_an_echo_hands_an_arena_argument_back_in_place_and_the_result_keeps_it(builtins_url):
     arena = shared.Arena(64 * MIB)
     with zerocan.Client(builtins_url, timeout=20, shared_arena=arena) as client:
-        _wait_until(lambda: client.shares_memory)
+        wait_until(lambda: client.shares_memory)
         x = arena.empty(8 * MIB, np.uint8)
         x[:] = 5
         r = client.call("echo", x)
@@ -420,7 +412,7 @@ def test_an_echo_hands_an_arena_argument_back_in_place_and_the_result_keeps_it(b
         assert tail[-1] == MIB - 1
         del tail
         gc.collect()
-        _wait_until(lambda: arena.used == used)
+        wait_until(lambda: arena.used == used)
 
 
 @pytest.mark.parametrize("program", ["engine", "broker"])
@@ -456,7 +448,7 @@ def test_a_calls_tracker_waits_until_nothing_holds_its_arrays(builtins_url):
     arena = shared.Arena(16 * MIB)
     with zerocan.Client(builtins_url, timeout=20, shared_arena=arena) as client:
         assert client.call("add", 1, 1) == 2
-        _wait_until(lambda: client.shares_memory)
+        wait_until(lambda: client.shares_memory)
         x = arena.empty(MIB, np.uint8)
         x[:] = 3
         f = client.apply("echo", x)

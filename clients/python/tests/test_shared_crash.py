@@ -33,7 +33,7 @@ from typing import Any, Callable
 import pytest
 
 import zerocan
-from conftest import cpp_command_missing, free_tcp_endpoint, zerocan_bin
+from conftest import cpp_command_missing, free_tcp_endpoint, settle, zerocan_bin
 
 ARG_MIB = 256
 ARENA_MIB = 640  # the argument and room to spare; only the pages written cost memory
@@ -177,15 +177,8 @@ def _processes_naming(*args: str) -> list[int]:
     return found
 
 
-def _settle(read: Callable[[], Any], ok: Callable[[Any], bool],
-            seconds: float = SETTLE_S) -> Any:
-    """Reads until ok(value) or the deadline; the last value read."""
-    until = time.monotonic() + seconds
-    while True:
-        value = read()
-        if ok(value) or time.monotonic() >= until:
-            return value
-        time.sleep(0.1)
+def _settle(read: Callable[[], Any], ok: Callable[[Any], bool]) -> Any:
+    return settle(read, ok, seconds=SETTLE_S, interval=0.1)
 
 
 # ---- the processes --------------------------------------------------------------------------

@@ -19,9 +19,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +28,7 @@ import zmq
 
 import zerocan
 from zerocan import shared, wire
-from conftest import cpp_command_missing, free_tcp_endpoint, zerocan_bin
+from conftest import cpp_command_missing, free_tcp_endpoint, settle, wait_until, zerocan_bin
 
 MIB = 1 << 20
 N = 1 << 20  # float64 elements of a result: 8 MiB
@@ -100,24 +99,6 @@ sys.stdin.read()
 
 # ---- helpers ------------------------------------------------------------------------------
 
-def _wait_until(done: Callable[[], Any], seconds: float = 10.0, what: str = "") -> Any:
-    until = time.monotonic() + seconds
-    while True:
-        value = done()
-        if value:
-            return value
-        assert time.monotonic() < until, f"timed out waiting for {what or done}"
-        time.sleep(0.01)
-
-
-def _settle(read: Callable[[], Any], ok: Callable[[Any], bool], seconds: float = 10.0) -> Any:
-    """Reads until ok(value) or the deadline; the last value read."""
-    until = time.monotonic() + seconds
-    while True:
-        value = read()
-        if ok(value) or time.monotonic() >= until:
-            return value
-        time.sleep(0.02)
 
 
 def _in_shared_memory(obj: Any) -> bool:
@@ -243,7 +224,7 @@ def _engine_process(start, url: str = "tcp://127.0.0.1:*", mode: str = "bind",
 
 
 def _shares(client: zerocan.Client) -> zerocan.Client:
-    _wait_until(lambda: client.shares_memory, what="the peer's hello")
+    wait_until(lambda: client.shares_memory, what="the peer's hello")
     return client
 
 
@@ -358,7 +339,7 @@ def test_an_ordinary_result_is_copied_once_into_the_engine_arena_and_read_in_pla
         assert view[-1] == N - 1
         del view
         gc.collect()
-        _wait_until(lambda: arena.used == used, what="the block back in the engine's arena")
+        wait_until(lambda: arena.used == used, what="the block back in the engine's arena")
         # Small results stay inline.
         assert client.call("add", 2, 3) == 5
         small = client.call("arange", 10)
@@ -388,7 +369,7 @@ def test_an_array_of_the_engine_arena_goes_in_place_without_a_copy(local_engine,
         #                                     is gone)
         del r
         gc.collect()
-        _wait_until(lambda: arena.used == used, what="the block back in the engine's arena")
+        wait_until(lambda: arena.used == used, what="the block back in the engine's arena")
 
 
 def test_part_of_a_block_and_several_arrays_in_one_result(local_engine, writers):
@@ -408,11 +389,11 @@ def test_part_of_a_block_and_several_arrays_in_one_result(local_engine, writers)
         assert arena.used == used + 3 * NBYTES and arena.lent == 0
         del upper  # the whole block of the first goes back, the copy stays
         gc.collect()
-        _wait_until(lambda: arena.used == used + NBYTES, what="the first block back")
+        wait_until(lambda: arena.used == used + NBYTES, what="the first block back")
         assert half[-1] == 0.5
         del half
         gc.collect()
-        _wait_until(lambda: arena.used == used, what="the second block back")
+        wait_until(lambda: arena.used == used, what="the second block back")
 
 
 def test_without_shared_memory_results_come_as_frames(local_engine, writers):
@@ -468,7 +449,7 @@ def test_a_result_read_after_its_loan_expired_is_refused_not_misread(local_engin
         assert r[-1] == N - 1 and arena.lent == 0
         del r, frames
         gc.collect()
-        _wait_until(lambda: arena.used == 0, what="the block back")
+        wait_until(lambda: arena.used == 0, what="the block back")
 
         # Read late: the loan ends after shared_result_wait, the block goes back and is
         # reused by the next result. The late reference is refused, never misread.
@@ -478,8 +459,8 @@ def test_a_result_read_after_its_loan_expired_is_refused_not_misread(local_engin
         late_ref = _tensor_payload(late)
         assert late_ref[0] == "shared"
         assert arena.lent == 1
-        _wait_until(lambda: arena.lent == 0, seconds=5, what="the loan to expire")
-        _wait_until(lambda: arena.used == 0, what="the expired block back")
+        wait_until(lambda: arena.lent == 0, seconds=5, what="the loan to expire")
+        wait_until(lambda: arena.used == 0, what="the expired block back")
         sock.send_multipart(_apply_with_shared_results(3, "filled", N, 9.0))
         fresh = _receive(sock)
         fresh_ref = _tensor_payload(fresh)
@@ -493,7 +474,7 @@ def test_a_result_read_after_its_loan_expired_is_refused_not_misread(local_engin
         del value
         gc.collect()
         # Not even with the block gone altogether.
-        _wait_until(lambda: arena.used == 0, what="the block back")
+        wait_until(lambda: arena.used == 0, what="the block back")
         with pytest.raises(zerocan.DecodeError, match="in no block of the arena that is in use"):
             wire.Message(late, (), MAP).result()
     finally:
@@ -547,13 +528,13 @@ def test_a_result_holds_the_engine_block_until_the_client_drops_it_or_dies(proce
         # Letting go of one result releases its block only (the arena stays mapped).
         del view
         gc.collect()
-        state = _settle(lambda: client.call("arena_state"),
+        state = settle(lambda: client.call("arena_state"),
                         lambda s: s == [used + NBYTES, 1, 0])
         assert state == [used + NBYTES, 1, 0], "the released block was not let go"
         assert r[7] == -2.0 and r[8] == 3.0
         del r
         gc.collect()
-        state = _settle(lambda: client.call("arena_state"), lambda s: s == [used, 0, 0])
+        state = settle(lambda: client.call("arena_state"), lambda s: s == [used, 0, 0])
         assert state == [used, 0, 0], "the engine's blocks were not let go"
 
         # A client killed (-9) while it holds a result: its holds go with it.
@@ -563,7 +544,7 @@ def test_a_result_holds_the_engine_block_until_the_client_drops_it_or_dies(proce
         assert state == [used + NBYTES, 1, 0], state
         other.proc.send_signal(signal.SIGKILL)
         assert other.proc.wait(10) == -signal.SIGKILL
-        state = _settle(lambda: client.call("arena_state"), lambda s: s == [used, 0, 0])
+        state = settle(lambda: client.call("arena_state"), lambda s: s == [used, 0, 0])
         assert state == [used, 0, 0], "the dead client's hold was not dropped"
 
 
@@ -577,7 +558,7 @@ def test_a_late_reader_in_another_process_is_refused_after_the_loan(processes):
             late = _receive(sock)
             assert _tensor_payload(late)[0] == "shared"
             # arena_state ends the loans past their time: wait for the block to go back.
-            after = _settle(lambda: state.call("arena_state"), lambda s: s == [used, 0, 0],
+            after = settle(lambda: state.call("arena_state"), lambda s: s == [used, 0, 0],
                             seconds=5)
             assert after == [used, 0, 0], after
             with pytest.raises(zerocan.DecodeError,
@@ -591,7 +572,7 @@ def test_a_late_reader_in_another_process_is_refused_after_the_loan(processes):
             assert state.call("arena_state") == [used + NBYTES, 1, 0]
             del r
             gc.collect()
-            assert _settle(lambda: state.call("arena_state"),
+            assert settle(lambda: state.call("arena_state"),
                            lambda s: s == [used, 0, 0]) == [used, 0, 0]
     finally:
         sock.close()
@@ -633,7 +614,7 @@ def test_through_a_broker_on_this_host_results_come_in_place(processes):
             assert client.call("arena_state") == [used + NBYTES, 1, 0]
             del r
             gc.collect()
-            assert _settle(lambda: client.call("arena_state"),
+            assert settle(lambda: client.call("arena_state"),
                            lambda s: s == [used, 0, 0]) == [used, 0, 0]
             r = client.call("filled", N, 6.0)
             _assert_in_place(r)
