@@ -333,16 +333,24 @@ class ClientCore {
   // memory"): the reason when it does not.
   std::optional<std::string> StrayReference(const std::vector<SharedOrigin>& origins,
                                             const PendingCall& call) const {  // mu_ held
+    // Where the call's own blocks lie, looked up once for every origin.
+    std::vector<SharedArena::Location> spans;
+    if (shared_arena_ != nullptr) {
+      for (const Buffer& block : call.shared_blocks) {
+        if (std::optional<SharedArena::Location> at = shared_arena_->Find(block)) {
+          spans.push_back(*at);
+        }
+      }
+    }
     for (const SharedOrigin& origin : origins) {
       bool inside = false;
       if (shared_arena_ != nullptr && origin.arena != shared_arena_->name()) {
         inside = call.shared_results;
       } else if (shared_arena_ != nullptr) {
-        for (const Buffer& block : call.shared_blocks) {
-          std::optional<SharedArena::Location> at = shared_arena_->Find(block);
-          uint64_t length = origin.view.size();
-          if (at && origin.offset >= at->offset && length <= at->length &&
-              origin.offset - at->offset <= at->length - length) {
+        uint64_t length = origin.view.size();
+        for (const SharedArena::Location& at : spans) {
+          if (origin.offset >= at.offset && length <= at.length &&
+              origin.offset - at.offset <= at.length - length) {
             inside = true;
             break;
           }

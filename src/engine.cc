@@ -26,6 +26,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "internal/live_calls.h"
 #include "transport/connection_guard.h"
 #include "transport/shared_segments.h"
@@ -693,15 +694,10 @@ class Engine::Impl {
     if (message.body_kind() == BodyKind::kHello && !is_dealer_[reply.socket] &&
         options_.shared_memory && !reply.routing.empty()) {
       // A client's: it may read results from this engine's arena when it runs here.
-      std::optional<HostIdentity> host;
-      try {
-        host = message.hello_host();
-      } catch (const Error&) {
-      }
-      if (host && HostIdentity::This().SharesMemoryWith(*host)) {
+      if (FromThisHost(message)) {
         std::lock_guard<std::mutex> lock(mu_);
         if (clients_sharing_memory_.size() < kMaxClientsSharingMemory) {
-          clients_sharing_memory_.insert(RoutingKey(reply.routing));
+          clients_sharing_memory_.insert(std::string(RoutingKey(reply.routing)));
         }
       }
     }
@@ -709,13 +705,8 @@ class Engine::Impl {
         reply.routing.empty() && options_.shared_memory) {
       // The broker's: where it runs. A caller of this host behind it may read results
       // from this engine's arena only when the broker shares this host too.
-      std::optional<HostIdentity> host;
-      try {
-        host = message.hello_host();
-      } catch (const Error&) {
-      }
-      broker_shares_memory_[reply.socket]->store(
-          host && HostIdentity::This().SharesMemoryWith(*host), std::memory_order_relaxed);
+      broker_shares_memory_[reply.socket]->store(FromThisHost(message),
+                                                 std::memory_order_relaxed);
     }
     if (message.body_kind() == BodyKind::kHello &&
         (is_dealer_[reply.socket] ? reply.routing.empty() : options_.shared_memory)) {
@@ -792,8 +783,19 @@ class Engine::Impl {
     std::lock_guard<std::mutex> lock(mu_);
     return !routing.empty() && clients_sharing_memory_.contains(RoutingKey(routing));
   }
-  static std::string RoutingKey(const RoutingFrames& routing) {
-    return std::string(reinterpret_cast<const char*>(routing[0].data()), routing[0].size());
+  // The peer's routing id, the key of clients_sharing_memory_ (a view of the frame).
+  static absl::string_view RoutingKey(const RoutingFrames& routing) {
+    return {reinterpret_cast<const char*>(routing[0].data()), routing[0].size()};
+  }
+  // Whether a hello says its sender runs on this host (shares memory with this process);
+  // false for a hello without a host or with one that cannot be read.
+  static bool FromThisHost(const Message& hello) {
+    try {
+      std::optional<HostIdentity> host = hello.hello_host();
+      return host && HostIdentity::This().SharesMemoryWith(*host);
+    } catch (const Error&) {
+      return false;
+    }
   }
   static constexpr size_t kMaxClientsSharingMemory = 65536;
 

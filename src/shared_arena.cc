@@ -79,6 +79,26 @@ struct SharedArena::Impl : internal::ArenaBlocks {
   };
   std::multimap<const void*, Lent> lent;  // mu: by block
 
+  // Where `bytes` lie in the arena, when they lie inside it at all.
+  std::optional<uint64_t> OffsetOf(const Buffer& bytes) const noexcept {
+    const std::byte* p = bytes.data();
+    if (p < base || bytes.size() > capacity ||
+        static_cast<size_t>(p - base) > capacity - bytes.size()) {
+      return std::nullopt;
+    }
+    return static_cast<uint64_t>(p - base);
+  }
+
+  // The live block that holds [offset, offset + length), or live.end() (mu held).
+  std::map<size_t, Live>::iterator LiveAt(uint64_t offset, uint64_t length) {
+    auto it = live.upper_bound(offset);
+    if (it == live.begin()) return live.end();
+    --it;
+    uint64_t into = offset - it->first;
+    if (into > it->second.size || length > it->second.size - into) return live.end();
+    return it;
+  }
+
   // Takes the lent blocks past their time out of `lent` (mu held): the caller drops them
   // after unlocking (a block's return takes mu).
   void TakeExpired(std::chrono::steady_clock::time_point now,
@@ -96,11 +116,8 @@ struct SharedArena::Impl : internal::ArenaBlocks {
   std::shared_ptr<const void> Hold(uint64_t offset, uint64_t length, uint64_t serial) override {
     std::vector<std::shared_ptr<const void>> dropped;  // after the lock
     std::lock_guard<std::mutex> lock(mu);
-    auto it = live.upper_bound(offset);
-    if (it == live.begin()) return nullptr;
-    --it;
-    uint64_t into = offset - it->first;
-    if (into > it->second.size || length > it->second.size - into) return nullptr;
+    auto it = LiveAt(offset, length);
+    if (it == live.end()) return nullptr;
     if (serial != 0 && serial != it->second.serial) return nullptr;  // a later block there
     std::shared_ptr<Block> live_block = it->second.block.lock();  // null while being returned
     if (live_block == nullptr) return nullptr;
@@ -240,20 +257,12 @@ size_t SharedArena::lent() const noexcept {
 }
 
 std::optional<SharedArena::Location> SharedArena::Find(const Buffer& bytes) const noexcept {
-  const std::byte* begin = impl_->base;
-  const std::byte* p = bytes.data();
-  if (p < begin || bytes.size() > impl_->capacity ||
-      static_cast<size_t>(p - begin) > impl_->capacity - bytes.size()) {
-    return std::nullopt;
-  }
-  Location at{static_cast<uint64_t>(p - begin), bytes.size(), 0};
+  std::optional<uint64_t> offset = impl_->OffsetOf(bytes);
+  if (!offset) return std::nullopt;
+  Location at{*offset, bytes.size(), 0};
   std::lock_guard<std::mutex> lock(impl_->mu);
-  auto it = impl_->live.upper_bound(at.offset);
-  if (it != impl_->live.begin()) {
-    --it;
-    uint64_t into = at.offset - it->first;
-    if (into <= it->second.size && at.length <= it->second.size - into) at.block = it->second.serial;
-  }
+  auto it = impl_->LiveAt(at.offset, at.length);
+  if (it != impl_->live.end()) at.block = it->second.serial;
   return at;
 }
 
@@ -270,17 +279,14 @@ uint64_t SharedArena::peers_refused() const noexcept {
 }
 
 size_t SharedArena::holds_on(const Buffer& bytes) const {
-  std::optional<Location> at = Find(bytes);
-  if (!at || at->block == 0) return 0;
+  std::optional<uint64_t> offset = impl_->OffsetOf(bytes);
+  if (!offset) return 0;
   std::shared_ptr<Block> block;  // let go of after the lock (a block's return takes it)
   std::lock_guard<std::mutex> lock(impl_->mu);
-  auto it = impl_->live.upper_bound(at->offset);
-  if (it == impl_->live.begin()) return 0;
-  --it;
+  auto it = impl_->LiveAt(*offset, bytes.size());
+  if (it == impl_->live.end()) return 0;
   block = it->second.block.lock();
-  return block != nullptr && it->second.serial == at->block
-             ? block->holds.load(std::memory_order_relaxed)
-             : 0;
+  return block != nullptr ? block->holds.load(std::memory_order_relaxed) : 0;
 }
 
 size_t SharedArena::holds() const noexcept {

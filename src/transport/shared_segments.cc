@@ -453,6 +453,7 @@ void UnregisterLocalArena(const std::string& name) {
 
 Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t length,
                                uint64_t block, std::string_view path) {
+  const pid_t pid = getpid();  // (a system call: asked once) mappings are per process
   auto outside = [&](uint64_t size) {
     return DecodeError(DecodeError::Code::kMalformed,
                        absl::StrCat(Sv(path), ": shared memory @", Sv(name), ": ", length,
@@ -470,7 +471,7 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
     std::unique_lock<std::mutex> lock(local_mu);
     auto it = LocalArenas().find(Sv(name));
     std::shared_ptr<ArenaBlocks> blocks;
-    if (it != LocalArenas().end() && it->second.pid == getpid()) blocks = it->second.blocks.lock();
+    if (it != LocalArenas().end() && it->second.pid == pid) blocks = it->second.blocks.lock();
     if (blocks) {
       const LocalArena local = it->second;
       lock.unlock();
@@ -489,7 +490,7 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
     auto it = mappings_.find(Sv(name));
     if (it != mappings_.end()) {
       m = it->second.mapping.lock();
-      if (m && m->pid != getpid()) m.reset();  // the parent's (fork): map it anew
+      if (m && m->pid != pid) m.reset();  // the parent's (fork): map it anew
       if (m) {
         it->second.recent = m;
         it->second.last_used = now;
@@ -500,7 +501,7 @@ Buffer SharedSegments::Resolve(std::string_view name, uint64_t offset, uint64_t 
     m = Map(name, path);  // outside the lock: it waits on a peer
     std::lock_guard<std::mutex> lock(mu_);
     Kept& kept = mappings_[std::string(name)];
-    if (std::shared_ptr<Mapping> other = kept.mapping.lock(); other && other->pid == getpid()) {
+    if (std::shared_ptr<Mapping> other = kept.mapping.lock(); other && other->pid == pid) {
       m = std::move(other);  // mapped meanwhile by another thread: use that one
     } else {
       kept.mapping = m;
