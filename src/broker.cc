@@ -21,6 +21,7 @@
 #include "transport/connection_guard.h"
 #include "transport/shared_segments.h"
 #include "transport/tcp_activity.h"
+#include "transport/socket_wait.h"
 #include "internal/strings.h"
 #include "zerocan/capture.h"
 #include "zerocan/pacing.h"
@@ -204,16 +205,17 @@ class Broker::Impl {
                                {nullptr, wake_fd_, ZMQ_POLLIN, 0},
                                guard_->MonitorItem(kFrontend),
                                guard_->MonitorItem(kBackend)};
+    wait_.emplace(items);
     Clock::time_point next_check = Clock::now() + options_.heartbeat;
     Clock::time_point drain_until = Clock::time_point::max();
     while (!stop_) {
       Clock::time_point wake_at = std::min(next_check, drain_until);
       if (probe_until_ > Clock::now()) wake_at = std::min(wake_at, next_probe_);
       wake_at = std::min(wake_at, guard_->next_check());
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(wake_at - Clock::now());
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(wake_at - Clock::now());
       if (left.count() < 0) left = std::chrono::milliseconds(0);
-      zmq::poll(items, 5, left);
-      if (items[2].revents & ZMQ_POLLIN) {
+      wait_->Wait(left);
+      if (wait_->readable(kWakeItem)) {
         uint64_t v;
         [[maybe_unused]] ssize_t n = ::read(wake_fd_, &v, sizeof(v));
       }
@@ -232,15 +234,16 @@ class Broker::Impl {
       closed_over_budget_.fetch_add(closes.over_budget, std::memory_order_relaxed);
       // A peer's connection closed: find out whose, now and for a short while (libzmq
       // retires the peer's pipe a moment after it reports the disconnect).
-      if (guard_->TakeClosed(kFrontend, items[3].revents & ZMQ_POLLIN, now)) {
-        StartProbing(&probe_clients_);
-      }
-      if (guard_->TakeClosed(kBackend, items[4].revents & ZMQ_POLLIN, now)) {
-        StartProbing(&probe_engines_);
-      }
+      // (TakeClosed reads a monitor until it has nothing.)
+      bool front_events = wait_->readable(kFrontendMonitorItem);
+      if (guard_->TakeClosed(kFrontend, front_events, now)) StartProbing(&probe_clients_);
+      if (front_events) wait_->Settled(kFrontendMonitorItem);
+      bool back_events = wait_->readable(kBackendMonitorItem);
+      if (guard_->TakeClosed(kBackend, back_events, now)) StartProbing(&probe_engines_);
+      if (back_events) wait_->Settled(kBackendMonitorItem);
       // Replies first: they retire calls and free engines for the requests below.
-      if (items[1].revents & ZMQ_POLLIN) DrainBackend();
-      if (items[0].revents & ZMQ_POLLIN) DrainFrontend();
+      if (wait_->readable(kBackendItem) && DrainBackend()) wait_->Settled(kBackendItem);
+      if (wait_->readable(kFrontendItem) && DrainFrontend()) wait_->Settled(kFrontendItem);
       now = Clock::now();
       if (probe_until_ > now && now >= next_probe_) Probe(now);
       if (now >= next_check) {
@@ -311,6 +314,7 @@ class Broker::Impl {
     for (const std::string& r : routing) frames.push_back(FrameOf(r));
     try {
       if (options_.signer) options_.signer->Sign(&out);
+      Touched(s);
       Send(s, std::move(out), frames);
       return true;
     } catch (const TransportError&) {
@@ -320,7 +324,8 @@ class Broker::Impl {
 
   // ---- clients -> engines --------------------------------------------------------------
 
-  void DrainFrontend() {
+  // Receives from the frontend until it has nothing (true) or for a bounded batch.
+  bool DrainFrontend() {
     for (int n = 0; n < 1024; ++n) {  // bounded, so the backend is never starved
       std::optional<ReceivedMessage> m;
       Arrival arrival{.curve = options_.curve.has_value()};
@@ -332,7 +337,7 @@ class Broker::Impl {
         continue;
       }
       guard_->Delivered(arrival);
-      if (!m) return;
+      if (!m) return true;
       Capture(*m, Direction::kRequest, "frontend");
       if (m->routing.empty()) {
         ++dropped_;
@@ -385,6 +390,7 @@ class Broker::Impl {
       }
       Dispatch(std::move(w));
     }
+    return false;  // (the batch bound: more may wait)
   }
 
   // The live, not draining engine with the fewest calls in flight; ties rotate (the next
@@ -488,7 +494,8 @@ class Broker::Impl {
 
   // ---- engines -> broker / clients --------------------------------------------------------
 
-  void DrainBackend() {
+  // Receives from the backend until it has nothing (true) or for a bounded batch.
+  bool DrainBackend() {
     for (int n = 0; n < 1024; ++n) {
       std::optional<ReceivedMessage> m;
       Arrival arrival{.curve = options_.curve.has_value()};
@@ -500,7 +507,7 @@ class Broker::Impl {
         continue;
       }
       guard_->Delivered(arrival);
-      if (!m) return;
+      if (!m) return true;
       if (m->routing.empty()) {
         ++dropped_;
         continue;
@@ -599,6 +606,7 @@ class Broker::Impl {
       }
       if (!waiting_.empty() && it != engines_.end()) DispatchWaiting();
     }
+    return false;  // (the batch bound: more may wait)
   }
 
   void Redispatch(InFlight&& f) {
@@ -829,6 +837,7 @@ class Broker::Impl {
     }
     try {
       if (options_.signer) options_.signer->Sign(&message);
+      Touched(socket);
       Send(socket, std::move(message), routing);
     } catch (const TransportError&) {
       ++dropped_;
@@ -848,8 +857,9 @@ class Broker::Impl {
   }
 
   // Forwards received frames; false when the socket refused them or failed.
-  static bool Forward(zmq::socket_t& s, std::span<const Buffer> routing,
-                      std::span<const Buffer> frames) {
+  bool Forward(zmq::socket_t& s, std::span<const Buffer> routing,
+               std::span<const Buffer> frames) {
+    Touched(s);
     try {
       return SendFrames(s, routing, frames);
     } catch (const TransportError&) {
@@ -885,6 +895,15 @@ class Broker::Impl {
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;
   zmq::socket_t frontend_, backend_, capture_;
+  // Run's wait on the sockets, wake_fd_ and the guard's monitors; the broker thread only.
+  static constexpr size_t kFrontendItem = 0, kBackendItem = 1, kWakeItem = 2,
+                          kFrontendMonitorItem = 3, kBackendMonitorItem = 4;
+  std::optional<internal::SocketWait> wait_;
+  // A send on `socket` (or anything but a receive that found nothing) since Run's last
+  // wait: the wait asks libzmq about it first.
+  void Touched(zmq::socket_t& socket) {
+    if (wait_) wait_->Touched(&socket == &frontend_ ? kFrontendItem : kBackendItem);
+  }
   // The connections of both sockets (indexes below): closes, and the bytes they hold.
   std::optional<internal::ConnectionGuard> guard_;
   static constexpr size_t kFrontend = 0, kBackend = 1;

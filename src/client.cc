@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "connection_watch.h"
 #include "internal/strings.h"
+#include "transport/socket_wait.h"
 #include "wire/access.h"
 #include "wire/peek.h"
 #include "zerocan/placement.h"
@@ -93,6 +94,10 @@ class ClientCore {
     }
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw TransportError("client: eventfd failed");
+    zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
+                               {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+                               watch_->pollitem()};
+    wait_ = std::make_unique<internal::SocketWait>(items);
     std::random_device rd;
     session_ = (uint64_t{rd()} << 32) ^ rd();
     if (options.shared_memory && url.rfind("inproc://", 0) != 0) {
@@ -459,9 +464,8 @@ class ClientCore {
       if (senders_.load(std::memory_order_acquire) > 0) return;
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(stop - Clock::now());
       if (left.count() < 0) return;
-      zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
-                                 {nullptr, wake_fd_, ZMQ_POLLIN, 0},
-                                 watch_->pollitem()};
+      // ReceiveBatch found nothing and nothing touched the socket since.
+      wait_->Settled(kSocketItem);
       polling_.store(true, std::memory_order_seq_cst);
       if (senders_.load(std::memory_order_seq_cst) > 0) {
         polling_.store(false, std::memory_order_seq_cst);
@@ -469,10 +473,13 @@ class ClientCore {
       }
       // +1: poll has millisecond granularity; never spin on a 0 ms timeout. At least
       // every check interval the watch looks at the connection's silence.
-      zmq::poll(items, 3, std::min(std::chrono::milliseconds(left.count() + 1),
-                                   watch_->check_interval()));
+      wait_->Wait(std::min(std::chrono::milliseconds(left.count() + 1),
+                           watch_->check_interval()));
       polling_.store(false, std::memory_order_seq_cst);
-      if (watch_->Lost(items[2].revents & ZMQ_POLLIN)) {
+      bool events = wait_->readable(kMonitorItem);
+      bool lost = watch_->Lost(events);
+      if (events) wait_->Settled(kMonitorItem);  // Lost read it until it had nothing
+      if (lost) {
         // Replies that arrived before the connection closed are still queued on the
         // socket (libzmq delivers a pipe's messages before its end): take them first,
         // so only calls that really got no answer fail.
@@ -480,11 +487,11 @@ class ClientCore {
         FailPending();
         return;
       }
-      if (items[1].revents & ZMQ_POLLIN) {
+      if (wait_->readable(kWakeItem)) {
         uint64_t value;
         [[maybe_unused]] ssize_t n = ::read(wake_fd_, &value, sizeof(value));
       }
-      if (Clock::now() >= stop && !(items[0].revents & ZMQ_POLLIN)) return;
+      if (Clock::now() >= stop && !wait_->readable(kSocketItem)) return;
     }
   }
 
@@ -656,6 +663,9 @@ class ClientCore {
   std::mutex io_mu_;
   zmq::socket_t socket_;
   std::unique_ptr<ConnectionWatch> watch_;  // io_mu_
+  // Pump's wait on the socket, wake_fd_ and the watch's monitor (io_mu_).
+  static constexpr size_t kSocketItem = 0, kWakeItem = 1, kMonitorItem = 2;
+  std::unique_ptr<internal::SocketWait> wait_;
   std::string url_;
   int64_t liveness_ms_ = 0;
   int wake_fd_ = -1;

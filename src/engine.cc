@@ -30,6 +30,7 @@
 #include "internal/live_calls.h"
 #include "transport/connection_guard.h"
 #include "transport/shared_segments.h"
+#include "transport/socket_wait.h"
 #include "internal/testing.h"
 #include "internal/strings.h"
 #include "wire/peek.h"
@@ -335,25 +336,30 @@ class Engine::Impl {
       SendQuiet(i, w.Finish(), {});
     }
     Clock::time_point next_beat = Clock::now() + options_.heartbeat;
+    // Items: the sockets (index i is sockets_[i]), the guard's monitor, wake_fd_.
     std::vector<zmq::pollitem_t> items;
     for (auto& s : sockets_) items.push_back({s.handle(), 0, ZMQ_POLLIN, 0});
+    const size_t monitor_item = items.size();
     if (guard_) items.push_back(guard_->MonitorItem(0));
     items.push_back({nullptr, wake_fd_, ZMQ_POLLIN, 0});
+    wait_.emplace(items);
     Clock::time_point drain_until = Clock::time_point::max();
     while (true) {
       Clock::time_point wake_at = std::min(next_beat, drain_until);
       if (guard_) wake_at = std::min(wake_at, guard_->next_check());
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(wake_at - Clock::now());
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(wake_at - Clock::now());
       if (left.count() < 0) left = std::chrono::milliseconds(0);
-      zmq::poll(items.data(), items.size(), left);
-      if (items.back().revents & ZMQ_POLLIN) {
+      wait_->Wait(left);
+      if (wait_->readable(items.size() - 1)) {
         uint64_t v;
         [[maybe_unused]] ssize_t n = ::read(wake_fd_, &v, sizeof(v));
       }
       if (guard_) {
         // Clients' connections: the monitor's events, idleness and the bytes they hold.
         guard_->Check();
-        guard_->TakeClosed(0, items[sockets_.size()].revents & ZMQ_POLLIN);
+        bool events = wait_->readable(monitor_item);
+        guard_->TakeClosed(0, events);
+        if (events) wait_->Settled(monitor_item);  // read until it had nothing
         internal::ConnectionGuard::Closes closes = guard_->TakeCloses();
         closed_idle_.fetch_add(closes.idle, std::memory_order_relaxed);
         closed_over_budget_.fetch_add(closes.over_budget, std::memory_order_relaxed);
@@ -381,7 +387,7 @@ class Engine::Impl {
         }
       }
       for (size_t i = 0; i < sockets_.size(); ++i) {
-        if (items[i].revents & ZMQ_POLLIN) Drain(i);
+        if (wait_->readable(i) && Drain(i)) wait_->Settled(i);
       }
       SendReplies();
       if (Clock::now() >= next_beat) {
@@ -440,6 +446,7 @@ class Engine::Impl {
       std::lock_guard<std::mutex> lock(mu_);
       replies_.clear();
     }
+    wait_.reset();
     guard_.reset();  // its monitor goes before the socket it watches
     for (auto& s : sockets_) {
       // Graceful: give queued replies a moment to leave; killed: drop them.
@@ -452,7 +459,9 @@ class Engine::Impl {
     router_index_ = -1;
   }
 
-  void Drain(size_t index) {
+  // Receives from socket `index` until it has nothing; false when it stopped early on a
+  // transport error.
+  bool Drain(size_t index) {
     bool guarded = guard_ && static_cast<int>(index) == router_index_;
     while (true) {
       std::optional<ReceivedMessage> received;
@@ -465,10 +474,10 @@ class Engine::Impl {
         Bump(dropped_);  // over a limit before the sender could be named
         continue;
       } catch (const TransportError&) {
-        return;
+        return false;
       }
       if (guarded) guard_->Delivered(arrival);
-      if (!received) return;
+      if (!received) return true;
       if (draining_) {
         RefuseWhileDraining(index, std::move(*received));
         continue;
@@ -542,6 +551,7 @@ class Engine::Impl {
   void SendQuiet(size_t socket, Outgoing&& out, std::span<const Buffer> routing) {
     try {
       if (options_.signer) options_.signer->Sign(&out);
+      if (wait_) wait_->Touched(socket);
       Send(sockets_[socket], std::move(out), routing);
     } catch (const TransportError&) {
       Bump(dropped_);  // peer gone (ROUTER with an unknown identity drops silently anyway)
@@ -1054,6 +1064,8 @@ class Engine::Impl {
   int router_index_ = -1;
   // The bound socket's connections (after sockets_: destroyed first, as it must be).
   std::unique_ptr<internal::ConnectionGuard> guard_;
+  // The I/O loop's wait on the sockets (index i is sockets_[i]); I/O thread only.
+  std::optional<internal::SocketWait> wait_;
   std::optional<CurveKeyPair> curve_client_;  // a fresh pair, when connecting without `curve`
   std::string last_endpoint_;
   uint64_t session_ = 0;
