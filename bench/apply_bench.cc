@@ -34,6 +34,8 @@
 
 #include <zmq.hpp>
 
+#include "absl/strings/str_split.h"
+
 #include "bench.h"
 #include "bench_util.h"
 #include "zerocan/broker.h"
@@ -236,17 +238,22 @@ double FreshPageMicros() {
   return best;
 }
 
-// The glibc-defaults half of the 256 MB echo runs in a child process (section 2 says
-// why): this program again, with this variable set; it prints one line, kDefaultsChildLine
-// and two numbers in GB/s: zerocan's best connection and raw's.
-constexpr char kDefaultsChildEnv[] = "ZEROCAN_APPLY_DEFAULTS_CHILD";
-constexpr char kDefaultsChildLine[] = "apply-defaults-echo";
+// Parts of this section run in child processes (this program again, with kChildEnv set
+// to the part's name), each under the allocator settings its rows name:
+//  - "calls": the small calls and the broker rows, under glibc's defaults, as a user's
+//    process has them. The reusing allocator limits malloc to one arena (large frames
+//    are reused only there), so every thread of a pipelined run would take turns on one
+//    lock: about 0.6x of the default's rate for zerocan and 0.8x for raw libzmq here.
+//    It prints each row as a kRowLine line (tab-separated Add arguments).
+//  - "defaults-echo": the 256 MB echo under glibc's defaults (section 2 says why); it
+//    prints one kDefaultsEchoLine line with two numbers in GB/s: zerocan's best
+//    connection and raw's.
+constexpr char kChildEnv[] = "ZEROCAN_APPLY_CHILD";
+constexpr char kRowLine[] = "apply-row";
+constexpr char kDefaultsEchoLine[] = "apply-defaults-echo";
 
-struct DefaultsEcho {
-  double zc_best = 0, raw_best = 0;
-};
-
-std::optional<DefaultsEcho> MeasureDefaultsInChild(bool quick, std::string* error) {
+// Runs part `part` in a child; its output, or nullopt (and `error`) when it failed.
+std::optional<std::string> RunChild(const std::string& part, bool quick, std::string* error) {
   char self[4096];
   ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
   if (len <= 0) {
@@ -254,31 +261,41 @@ std::optional<DefaultsEcho> MeasureDefaultsInChild(bool quick, std::string* erro
     return std::nullopt;
   }
   self[len] = '\0';
-  std::string command = std::string(kDefaultsChildEnv) + "=1 '" + self + "' --only apply" +
+  std::string command = std::string(kChildEnv) + "=" + part + " '" + self + "' --only apply" +
                         (quick ? " --quick" : "") + " 2>&1";
   std::FILE* out = popen(command.c_str(), "r");
   if (out == nullptr) {
     *error = "cannot start " + command;
     return std::nullopt;
   }
-  std::optional<DefaultsEcho> result;
   std::string all;
-  char line[512];
-  while (std::fgets(line, sizeof line, out) != nullptr) {
-    all += line;
-    DefaultsEcho e;
-    char tag[64];
-    if (std::sscanf(line, "%63s %lf %lf", tag, &e.zc_best, &e.raw_best) == 3 &&
-        std::string(tag) == kDefaultsChildLine) {
-      result = e;
-    }
-  }
+  char line[1024];
+  while (std::fgets(line, sizeof line, out) != nullptr) all += line;
   int status = pclose(out);
-  if (!result || status != 0) {
+  if (status != 0) {
     *error = "child exited with status " + std::to_string(status) + ": " + all;
     return std::nullopt;
   }
-  return result;
+  return all;
+}
+
+struct DefaultsEcho {
+  double zc_best = 0, raw_best = 0;
+};
+
+std::optional<DefaultsEcho> MeasureDefaultsInChild(bool quick, std::string* error) {
+  std::optional<std::string> out = RunChild("defaults-echo", quick, error);
+  if (!out) return std::nullopt;
+  for (absl::string_view line : absl::StrSplit(*out, '\n')) {
+    DefaultsEcho e;
+    char tag[64];
+    if (std::sscanf(std::string(line).c_str(), "%63s %lf %lf", tag, &e.zc_best, &e.raw_best) == 3 &&
+        std::string(tag) == kDefaultsEchoLine) {
+      return e;
+    }
+  }
+  *error = "no result line in: " + *out;
+  return std::nullopt;
 }
 
 // The host's default TCP congestion control ("bbr", "cubic"; "?" when unreadable).
@@ -293,9 +310,17 @@ std::string HostCongestionControl() {
   return s;
 }
 
+// In the "calls" child: rows go to the parent, as kRowLine lines.
+bool rows_to_parent = false;
+
 void Add(std::vector<Row>* rows, Table* table, const std::string& name, double value,
          const std::string& metric, const std::string& baseline, double baseline_value,
          const std::string& target) {
+  if (rows_to_parent) {
+    std::printf("%s\t%s\t%.17g\t%s\t%s\t%.17g\t%s\n", kRowLine, name.c_str(), value,
+                metric.c_str(), baseline.c_str(), baseline_value, target.c_str());
+    return;
+  }
   double ratio = baseline_value > 0 ? value / baseline_value : 0;
   rows->push_back(Row{"apply", name, metric, value, baseline, baseline_value, ratio});
   char v[32], b[32];
@@ -320,12 +345,31 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
   SmallBytes bytes = EncodeSmall();
   const int per_round = quick ? 500 : 2000;
   const int rounds = quick ? 3 : 7;
-  // The child process that measures the 256 MB echo under glibc's defaults (section 2)
-  // never touches the allocator's settings.
-  const bool defaults_child = std::getenv(kDefaultsChildEnv) != nullptr;
-  if (!defaults_child) UseReusingAllocator(true);
+  // Which part this process runs (kChildEnv): the parent runs the 256 MB echo with the
+  // reusing allocator and gathers the rest from its children, which never touch the
+  // allocator's settings.
+  const char* child = std::getenv(kChildEnv);
+  const std::string part = child != nullptr ? child : "";
+  const bool defaults_child = part == "defaults-echo";
+  const bool calls_child = part == "calls";
+  rows_to_parent = calls_child;
   // Diagnostics: ZEROCAN_APPLY_ECHO_ONLY=1 runs only the 256 MB echo (section 2).
-  const bool echo_only = defaults_child || std::getenv("ZEROCAN_APPLY_ECHO_ONLY") != nullptr;
+  if (part.empty() && std::getenv("ZEROCAN_APPLY_ECHO_ONLY") == nullptr) {
+    std::string error;
+    std::optional<std::string> out = RunChild("calls", quick, &error);
+    if (!out) {
+      std::fprintf(stderr, "apply: the calls child failed: %s\n", error.c_str());
+    } else {
+      for (absl::string_view line : absl::StrSplit(*out, '\n')) {
+        std::vector<std::string> f = absl::StrSplit(line, '\t');
+        if (f.size() != 7 || f[0] != kRowLine) continue;
+        Add(rows, &table, f[1], std::strtod(f[2].c_str(), nullptr), f[3], f[4],
+            std::strtod(f[5].c_str(), nullptr), f[6]);
+      }
+    }
+  }
+  if (part.empty()) UseReusingAllocator(true);
+  const bool echo_only = !calls_child;
 
   // ---- 1. small apply, direct and through a broker --------------------------------------
   if (!echo_only) {
@@ -449,7 +493,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
   }
 
   // ---- 2. 256 MB echo over tcp ---------------------------------------------------------
-  {
+  if (!calls_child) {
     size_t mb = quick ? 64 : 256;
     size_t n = mb << 20;
     std::vector<uint8_t> big(n, 1);
@@ -576,7 +620,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     if (defaults_child) {
       Echo zc_default, raw_default;
       time_both(&zc_default, &raw_default);
-      std::printf("%s %.6f %.6f\n", kDefaultsChildLine, zc_default.best(), raw_default.best());
+      std::printf("%s %.6f %.6f\n", kDefaultsEchoLine, zc_default.best(), raw_default.best());
       return;
     }
     Echo zc_reuse, raw_reuse;
@@ -660,14 +704,17 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     }
   }
 
+  if (calls_child) return;
   if (!options.json) {
     std::printf("== apply: calls end to end, side by side with raw libzmq (same bytes) ==\n");
     table.Print();
     std::printf(
-        "\nNotes: engines and clients share this process (own threads, tcp loopback). Memory\n"
-        "policy: glibc's default malloc gives each large frame fresh mmap'd pages (a page\n"
-        "fault per 4 KiB on first touch); the reusing allocator (zerocan::UseReusingAllocator,\n"
-        "M_MMAP_MAX=0 and no trimming) keeps freed memory for the next frame. 'threads=0'\n"
+        "\nNotes: engines and clients share a process (own threads, tcp loopback). Calls and\n"
+        "broker rows run in a child process under glibc's default malloc, as a user's\n"
+        "process has it. Memory policy of the echo rows: glibc's default malloc gives each\n"
+        "large frame fresh mmap'd pages (a page fault per 4 KiB on first touch); the reusing\n"
+        "allocator (zerocan::UseReusingAllocator: one arena, M_MMAP_MAX=0, no trimming)\n"
+        "keeps freed memory for the next frame. 'threads=0'\n"
         "runs every function on the engine's I/O thread; the default engine hands every call\n"
         "to a worker thread (two more thread wake-ups); 'declared inline' runs the functions\n"
         "registered with FunctionOptions::inline_execution on the I/O thread.\n"
