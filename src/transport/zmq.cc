@@ -161,13 +161,15 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
       throw TransportError("receive interrupted in the middle of a multipart message");
     }
     internal::TsanAfterZmqReceive();  // before anything reads the part's bytes
+    bool more = part.more();
     if (arrival != nullptr) {
       // A ROUTER's first part (the peer's routing id) was added here, not sent.
       if (!(first && expect_routing)) arrival->wire_bytes += WireBytes(part.size(), arrival->curve);
-      arrival->fd = zmq_msg_get(part.handle(), ZMQ_SRCFD);
+      // Asked of the last part, which always came over the connection (the routing id
+      // carries no descriptor); libzmq answers with a lookup in the part's metadata.
+      if (!more) arrival->fd = zmq_msg_get(part.handle(), ZMQ_SRCFD);
     }
     first = false;
-    bool more = part.more();
     if (!problem.empty()) {
       // draining
     } else if (!delimiter_seen) {
