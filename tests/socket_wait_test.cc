@@ -45,11 +45,17 @@ std::vector<zmq::pollitem_t> ItemsOf(zmq::socket_t& socket, int fd = -1) {
   return items;
 }
 
-TEST(SocketWaitTest, SeesAMessageQueuedBeforeTheFirstWait) {
-  Pair p;
-  p.b.send(zmq::str_buffer("early"));
-  std::this_thread::sleep_for(20ms);
-  SocketWait wait(ItemsOf(p.a));
+// A wait on `a` (and `fd`), after a receive on `a` found nothing: settled, as its owner
+// would leave it.
+SocketWait SettledWait(Pair& p, int fd = -1) {
+  SocketWait wait(ItemsOf(p.a, fd));
+  EXPECT_EQ(p.DrainA(), 0);
+  wait.Settled(0);
+  return wait;
+}
+
+// Wait returns at once with `a` readable, and `a` holds exactly one message.
+void ExpectOneMessageAtOnce(SocketWait& wait, Pair& p) {
   auto t0 = Clock::now();
   EXPECT_EQ(wait.Wait(5s), 1);
   EXPECT_LT(Clock::now() - t0, 1s);
@@ -57,11 +63,17 @@ TEST(SocketWaitTest, SeesAMessageQueuedBeforeTheFirstWait) {
   EXPECT_EQ(p.DrainA(), 1);
 }
 
+TEST(SocketWaitTest, SeesAMessageQueuedBeforeTheFirstWait) {
+  Pair p;
+  p.b.send(zmq::str_buffer("early"));
+  std::this_thread::sleep_for(20ms);
+  SocketWait wait(ItemsOf(p.a));
+  ExpectOneMessageAtOnce(wait, p);
+}
+
 TEST(SocketWaitTest, WakesForAMessageThatArrivesWhileItSleeps) {
   Pair p;
-  SocketWait wait(ItemsOf(p.a));
-  EXPECT_EQ(p.DrainA(), 0);
-  wait.Settled(0);
+  SocketWait wait = SettledWait(p);
   std::thread sender([&] {
     std::this_thread::sleep_for(50ms);
     p.b.send(zmq::str_buffer("late"));
@@ -80,25 +92,17 @@ TEST(SocketWaitTest, WakesForAMessageThatArrivesWhileItSleeps) {
 // that arrived before it without delivering the message. Touched makes the wait ask.
 TEST(SocketWaitTest, ASendThatTookTheSignalIsAskedAboutAfterTouched) {
   Pair p;
-  SocketWait wait(ItemsOf(p.a));
-  EXPECT_EQ(p.DrainA(), 0);
-  wait.Settled(0);
+  SocketWait wait = SettledWait(p);
   p.b.send(zmq::str_buffer("reply"));
   std::this_thread::sleep_for(20ms);  // past libzmq's command throttle
   p.a.send(zmq::str_buffer("request"));  // processes the reply's activation
   wait.Touched(0);
-  auto t0 = Clock::now();
-  EXPECT_EQ(wait.Wait(5s), 1);
-  EXPECT_LT(Clock::now() - t0, 1s);
-  EXPECT_TRUE(wait.readable(0));
-  EXPECT_EQ(p.DrainA(), 1);
+  ExpectOneMessageAtOnce(wait, p);
 }
 
 TEST(SocketWaitTest, TimesOutWhenNothingComes) {
   Pair p;
-  SocketWait wait(ItemsOf(p.a));
-  EXPECT_EQ(p.DrainA(), 0);
-  wait.Settled(0);
+  SocketWait wait = SettledWait(p);
   auto t0 = Clock::now();
   EXPECT_EQ(wait.Wait(100ms), 0);
   EXPECT_GE(Clock::now() - t0, 90ms);
@@ -109,9 +113,7 @@ TEST(SocketWaitTest, APlainDescriptorWakesIt) {
   Pair p;
   int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   ASSERT_GE(fd, 0);
-  SocketWait wait(ItemsOf(p.a, fd));
-  EXPECT_EQ(p.DrainA(), 0);
-  wait.Settled(0);
+  SocketWait wait = SettledWait(p, fd);
   uint64_t one = 1;
   ASSERT_EQ(::write(fd, &one, sizeof(one)), static_cast<ssize_t>(sizeof(one)));
   EXPECT_EQ(wait.Wait(5s), 1);
