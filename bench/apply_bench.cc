@@ -319,6 +319,7 @@ void Add(std::vector<Row>* rows, Table* table, const std::string& name, double v
   if (rows_to_parent) {
     std::printf("%s\t%s\t%.17g\t%s\t%s\t%.17g\t%s\n", kRowLine, name.c_str(), value,
                 metric.c_str(), baseline.c_str(), baseline_value, target.c_str());
+    std::fflush(stdout);  // one write per row: the pipe also carries the child's stderr
     return;
   }
   double ratio = baseline_value > 0 ? value / baseline_value : 0;
@@ -352,13 +353,19 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
   const std::string part = child != nullptr ? child : "";
   const bool defaults_child = part == "defaults-echo";
   const bool calls_child = part == "calls";
+  if (!part.empty() && !defaults_child && !calls_child) {
+    std::fprintf(stderr, "apply: unknown %s=%s (calls, defaults-echo)\n", kChildEnv, child);
+    std::exit(2);
+  }
   rows_to_parent = calls_child;
   // Diagnostics: ZEROCAN_APPLY_ECHO_ONLY=1 runs only the 256 MB echo (section 2).
   if (part.empty() && std::getenv("ZEROCAN_APPLY_ECHO_ONLY") == nullptr) {
     std::string error;
     std::optional<std::string> out = RunChild("calls", quick, &error);
     if (!out) {
+      // Rows silently missing would read as a complete run.
       std::fprintf(stderr, "apply: the calls child failed: %s\n", error.c_str());
+      std::exit(1);
     } else {
       for (absl::string_view line : absl::StrSplit(*out, '\n')) {
         std::vector<std::string> f = absl::StrSplit(line, '\t');

@@ -234,13 +234,12 @@ class Broker::Impl {
       closed_over_budget_.fetch_add(closes.over_budget, std::memory_order_relaxed);
       // A peer's connection closed: find out whose, now and for a short while (libzmq
       // retires the peer's pipe a moment after it reports the disconnect).
-      // (TakeClosed reads a monitor until it has nothing.)
-      bool front_events = wait_->readable(kFrontendMonitorItem);
-      if (guard_->TakeClosed(kFrontend, front_events, now)) StartProbing(&probe_clients_);
-      if (front_events) wait_->Settled(kFrontendMonitorItem);
-      bool back_events = wait_->readable(kBackendMonitorItem);
-      if (guard_->TakeClosed(kBackend, back_events, now)) StartProbing(&probe_engines_);
-      if (back_events) wait_->Settled(kBackendMonitorItem);
+      if (guard_->TakeClosed(kFrontend, wait_->readable(kFrontendMonitorItem), now)) {
+        StartProbing(&probe_clients_);
+      }
+      if (guard_->TakeClosed(kBackend, wait_->readable(kBackendMonitorItem), now)) {
+        StartProbing(&probe_engines_);
+      }
       // Replies first: they retire calls and free engines for the requests below.
       if (wait_->readable(kBackendItem) && DrainBackend()) wait_->Settled(kBackendItem);
       if (wait_->readable(kFrontendItem) && DrainFrontend()) wait_->Settled(kFrontendItem);

@@ -139,6 +139,7 @@ class ClientCore {
       DoneIo();
       if (watch_ != nullptr) watch_->Close();
       if (socket_.handle() != nullptr) socket_.close();
+      wait_.reset();  // its descriptors are closed
     }
     std::lock_guard<std::mutex> lock(mu_);
     closed_ = true;
@@ -464,7 +465,8 @@ class ClientCore {
       if (senders_.load(std::memory_order_acquire) > 0) return;
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(stop - Clock::now());
       if (left.count() < 0) return;
-      // ReceiveBatch found nothing and nothing touched the socket since.
+      // ReceiveBatch found nothing, and nothing touched the socket since: sends take
+      // io_mu_, which this leader holds from that receive through the wait.
       wait_->Settled(kSocketItem);
       polling_.store(true, std::memory_order_seq_cst);
       if (senders_.load(std::memory_order_seq_cst) > 0) {
@@ -476,10 +478,8 @@ class ClientCore {
       wait_->Wait(std::min(std::chrono::milliseconds(left.count() + 1),
                            watch_->check_interval()));
       polling_.store(false, std::memory_order_seq_cst);
-      bool events = wait_->readable(kMonitorItem);
-      bool lost = watch_->Lost(events);
-      if (events) wait_->Settled(kMonitorItem);  // Lost read it until it had nothing
-      if (lost) {
+      // (The wait asks the monitor itself again after its events were read.)
+      if (watch_->Lost(wait_->readable(kMonitorItem))) {
         // Replies that arrived before the connection closed are still queued on the
         // socket (libzmq delivers a pipe's messages before its end): take them first,
         // so only calls that really got no answer fail.

@@ -357,9 +357,7 @@ class Engine::Impl {
       if (guard_) {
         // Clients' connections: the monitor's events, idleness and the bytes they hold.
         guard_->Check();
-        bool events = wait_->readable(monitor_item);
-        guard_->TakeClosed(0, events);
-        if (events) wait_->Settled(monitor_item);  // read until it had nothing
+        guard_->TakeClosed(0, wait_->readable(monitor_item));
         internal::ConnectionGuard::Closes closes = guard_->TakeCloses();
         closed_idle_.fetch_add(closes.idle, std::memory_order_relaxed);
         closed_over_budget_.fetch_add(closes.over_budget, std::memory_order_relaxed);

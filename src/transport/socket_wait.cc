@@ -1,8 +1,10 @@
 // SocketWait (socket_wait.h).
 #include "transport/socket_wait.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstdint>
 
 namespace zerocan::internal {
 
@@ -26,9 +28,9 @@ int SocketWait::Wait(std::chrono::milliseconds timeout) {
     if (sockets_[i] == nullptr || settled_[i]) continue;
     uint32_t events = 0;
     size_t size = sizeof(events);
-    if (zmq_getsockopt(sockets_[i], ZMQ_EVENTS, &events, &size) != 0 ||
-        (events & ZMQ_POLLIN) != 0) {
-      // (On an error the owner's receive reports it.)
+    // (Fails as zmq_poll does: ETERM once the context is shutting down.)
+    if (zmq_getsockopt(sockets_[i], ZMQ_EVENTS, &events, &size) != 0) throw zmq::error_t();
+    if ((events & ZMQ_POLLIN) != 0) {
       readable_[i] = true;
       ++ready;
     } else {
@@ -43,6 +45,10 @@ int SocketWait::Wait(std::chrono::milliseconds timeout) {
     return ready;  // (revents are not valid)
   }
   for (size_t i = 0; i < fds_.size(); ++i) {
+    if ((fds_[i].revents & POLLNVAL) != 0) {  // a closed descriptor: never ready again
+      errno = EBADF;
+      throw zmq::error_t();
+    }
     if ((fds_[i].revents & (POLLIN | POLLERR | POLLHUP)) == 0 || readable_[i]) continue;
     readable_[i] = true;
     if (sockets_[i] != nullptr) settled_[i] = false;  // commands wait for it

@@ -15,7 +15,14 @@
 // to sleep, so the next message will signal the descriptor). The owner says so with
 // Settled(); Touched() after anything else on the socket. Wait() asks ZMQ_EVENTS only of
 // sockets that are not settled, and a socket whose descriptor fired is no longer settled
-// until the owner has received from it until nothing was left.
+// until the owner has received from it until nothing was left. A socket starts not
+// settled: a pipe attached by connect() signals nothing until a receive found it empty.
+// An owner that cannot be sure its last receive ended on EAGAIN (a socket monitor read
+// that may stop on an error) leaves the socket unsettled and lets Wait() ask: one
+// ZMQ_EVENTS after each of its wake-ups.
+//
+// Wait() throws zmq::error_t as zmq_poll does (ETERM while the context shuts down), and
+// on a descriptor that was closed under it.
 //
 // Not thread-safe: one thread (or the holder of the sockets' lock) uses it.
 #pragma once

@@ -165,8 +165,8 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
     if (arrival != nullptr) {
       // A ROUTER's first part (the peer's routing id) was added here, not sent.
       if (!(first && expect_routing)) arrival->wire_bytes += WireBytes(part.size(), arrival->curve);
-      // Asked of the last part, which always came over the connection (the routing id
-      // carries no descriptor); libzmq answers with a lookup in the part's metadata.
+      // Asked of the last part, which always came over the connection (a ROUTER's
+      // routing id may carry no metadata); libzmq answers with a lookup in it.
       if (!more) arrival->fd = zmq_msg_get(part.handle(), ZMQ_SRCFD);
     }
     first = false;
