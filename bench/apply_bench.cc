@@ -366,20 +366,18 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
       // Rows silently missing would read as a complete run.
       std::fprintf(stderr, "apply: the calls child failed: %s\n", error.c_str());
       std::exit(1);
-    } else {
-      for (absl::string_view line : absl::StrSplit(*out, '\n')) {
-        std::vector<std::string> f = absl::StrSplit(line, '\t');
-        if (f.size() != 7 || f[0] != kRowLine) continue;
-        Add(rows, &table, f[1], std::strtod(f[2].c_str(), nullptr), f[3], f[4],
-            std::strtod(f[5].c_str(), nullptr), f[6]);
-      }
+    }
+    for (absl::string_view line : absl::StrSplit(*out, '\n')) {
+      std::vector<std::string> f = absl::StrSplit(line, '\t');
+      if (f.size() != 7 || f[0] != kRowLine) continue;
+      Add(rows, &table, f[1], std::strtod(f[2].c_str(), nullptr), f[3], f[4],
+          std::strtod(f[5].c_str(), nullptr), f[6]);
     }
   }
   if (part.empty()) UseReusingAllocator(true);
-  const bool echo_only = !calls_child;
 
   // ---- 1. small apply, direct and through a broker --------------------------------------
-  if (!echo_only) {
+  if (calls_child) {
     EngineOptions eo;
     eo.builtins = true;  // calls the built-ins add and echo
     eo.context = &ctx;
@@ -446,7 +444,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
         batches[0] * in_flight, "calls/s", "raw libzmq, same sockets", batches[1] * in_flight,
         ">= 0.5x");
   }
-  if (!echo_only) {
+  if (calls_child) {
     BrokerOptions bo;
     bo.context = &ctx;
     bo.unpace_local_tcp = true;
@@ -660,7 +658,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
   }
 
   // ---- 3. calls/s with 1, 2, 4 engines through the broker ---------------------------------
-  if (!echo_only) {
+  if (calls_child) {
     double one_add = 0, one_sleep = 0;
     for (int engines : {1, 2, 4}) {
       BrokerOptions bo;
