@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <malloc.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -310,6 +311,14 @@ std::string HostCongestionControl() {
   return s;
 }
 
+// Peak resident memory in MiB of this process (RUSAGE_SELF) or of the largest child
+// waited for so far (RUSAGE_CHILDREN).
+double PeakMiB(int who) {
+  rusage usage{};
+  getrusage(who, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
 // In the "calls" child: rows go to the parent, as kRowLine lines.
 bool rows_to_parent = false;
 
@@ -373,6 +382,8 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
       Add(rows, &table, f[1], std::strtod(f[2].c_str(), nullptr), f[3], f[4],
           std::strtod(f[5].c_str(), nullptr), f[6]);
     }
+    Add(rows, &table, "peak memory, calls child", PeakMiB(RUSAGE_CHILDREN), "MiB", "", 0,
+        "(memory)");
   }
   if (part.empty()) UseReusingAllocator(true);
 
@@ -710,6 +721,10 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
   }
 
   if (calls_child) return;
+  if (!defaults_child) {
+    Add(rows, &table, "peak memory, this process (echo rows)", PeakMiB(RUSAGE_SELF),
+        "MiB", "", 0, "(memory)");
+  }
   if (!options.json) {
     std::printf("== apply: calls end to end, side by side with raw libzmq (same bytes) ==\n");
     table.Print();
