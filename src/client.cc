@@ -22,6 +22,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "connection_watch.h"
+#include "internal/block_cache.h"
 #include "internal/strings.h"
 #include "transport/socket_wait.h"
 #include "wire/access.h"
@@ -155,7 +156,7 @@ class ClientCore {
   ResultFuture Submit(std::shared_ptr<ClientCore> self, EnvelopeWriter& writer,
                       std::string_view function, std::chrono::milliseconds timeout,
                       uint32_t stream_credits = 0) {
-    auto call = std::make_shared<PendingCall>();
+    auto call = std::allocate_shared<PendingCall>(internal::CachingAllocator<PendingCall>());
     // The peer answered our hello from this host: results may come in its arena.
     if (shared_arena() != nullptr && stream_credits == 0) {
       writer.SetApplySharedResults(true);

@@ -1,5 +1,6 @@
 // Message::Decode: body kinds, the misaligned envelope and tensor paths, and malformed
 // input, each raising DecodeError with a code and a message that names the field path.
+#include <algorithm>
 #include <cstdint>
 #include <numeric>
 #include <string>
@@ -15,6 +16,7 @@
 #include "test_support.h"
 #include "zerocan/generated.h"
 #include "zerocan/zerocan.h"
+#include "internal/block_cache.h"
 #include "internal/testing.h"
 
 namespace zerocan {
@@ -180,7 +182,7 @@ TEST(MessageTest, PayloadOutlivesMessage) {
   EXPECT_EQ(tensor.data_as<double>()[2], 3.0);
 }
 
-// Message states are recycled through a per-thread cache (src/message.cc): a message
+// Message states are recycled through a per-thread cache (src/internal/block_cache.h): a message
 // decoded on one thread and dropped on another (a worker pool's usual path) must leave
 // both threads' caches sound, and a recycled state must not carry the last message's
 // views. Each message here differs, so a stale view would read the wrong value.
@@ -212,6 +214,34 @@ TEST(MessageTest, StatesRecycleAcrossThreads) {
       ASSERT_EQ(payloads[k].size(), 100 + 2 * k);
       ASSERT_EQ(payloads[k].data()[0], std::byte{static_cast<uint8_t>(2 * k)});
     }
+  }
+}
+
+// A client with thousands of calls in flight decodes thousands of results, drops them
+// together, and does it again: the second burst takes every state from the thread's
+// cache (the same blocks), instead of malloc faulting fresh pages in for each.
+TEST(MessageTest, BurstOfStatesIsReusedByTheNextBurst) {
+  constexpr size_t kMessages = 2000;  // well inside the cache's byte budget
+  if (internal::BlockCache<1>::kCacheBytes == 0) GTEST_SKIP() << "block cache off (ASan)";
+  auto burst = [&](int round) {
+    std::vector<Message> decoded;
+    std::vector<const void*> states;
+    for (size_t i = 0; i < kMessages; ++i) {
+      EnvelopeWriter w(FixedPolicy(64));
+      w.StartApply("f", 1, 0).arg(0).Write(std::vector<std::byte>(8, std::byte{1}));
+      decoded.push_back(DecodeOutgoing(w.Finish()));
+      Buffer inline_bytes = decoded.back().arg(0).AsBytes();  // kept alive by the state
+      states.push_back(inline_bytes.keep_alive().get());
+    }
+    EXPECT_EQ(decoded[kMessages / 2].arg(0).AsBytes().size(), 8u) << "round " << round;
+    return states;
+  };
+  std::vector<const void*> first = burst(0);
+  std::vector<const void*> second = burst(1);
+  std::sort(first.begin(), first.end());
+  for (const void* state : second) {
+    ASSERT_TRUE(std::binary_search(first.begin(), first.end(), state))
+        << "a state of the second burst came from malloc, not from the first burst's blocks";
   }
 }
 

@@ -1,35 +1,44 @@
 // A per-thread cache of same-sized blocks for objects that live about as long as one
-// message (a decoded message's state, a small envelope), so that encoding or decoding
-// a message reuses the block the last one released instead of a malloc/free pair.
+// message (a decoded message's state, a received message's frames, an envelope, a call's
+// record), so that encoding or decoding a message reuses a block an earlier one released
+// instead of a malloc/free pair.
 //
 // CachingAllocator<T> is a std allocator for allocate_shared: the control block and the
 // object come as one block of sizeof(rebound T), cached by that size. A block released
 // on another thread joins that thread's cache (a server decodes on one thread and drops
-// on another only at its edges); each cache keeps at most kMaxCachedBlocks blocks and
-// frees the rest. Off under AddressSanitizer, so it sees every use after free.
+// on another only at its edges). Each thread keeps at most kCacheBytes of free blocks of
+// each size (at least kMinCachedBlocks blocks) and frees the rest: enough for a client
+// with thousands of calls in flight to take every result's blocks from the cache on the
+// next burst, where malloc would have returned the memory to the system and faulted it
+// in again, page by page. A thread keeps what it cached until it exits. Off under
+// AddressSanitizer, so it sees every use after free.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <new>
 
 #if defined(__SANITIZE_ADDRESS__)
-#define ZEROCAN_BLOCK_CACHE_SIZE 0
+#define ZEROCAN_BLOCK_CACHE_BYTES 0
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-#define ZEROCAN_BLOCK_CACHE_SIZE 0
+#define ZEROCAN_BLOCK_CACHE_BYTES 0
 #endif
 #endif
-#ifndef ZEROCAN_BLOCK_CACHE_SIZE
-#define ZEROCAN_BLOCK_CACHE_SIZE 16
+#ifndef ZEROCAN_BLOCK_CACHE_BYTES
+#define ZEROCAN_BLOCK_CACHE_BYTES (size_t{4} << 20)
 #endif
 
 namespace zerocan::internal {
 
 template <size_t kBlockSize>
 struct BlockCache {
-  static constexpr int kMaxCachedBlocks = ZEROCAN_BLOCK_CACHE_SIZE;
+  static constexpr size_t kCacheBytes = ZEROCAN_BLOCK_CACHE_BYTES;
+  static constexpr size_t kMinCachedBlocks = 16;
+  static constexpr size_t kMaxCachedBlocks =
+      kCacheBytes == 0 ? 0 : std::max(kMinCachedBlocks, kCacheBytes / kBlockSize);
   void* head = nullptr;
-  int count = 0;
+  size_t count = 0;
   bool alive = true;  // false once the thread's cache is destroyed (thread exit)
   ~BlockCache() {
     alive = false;
