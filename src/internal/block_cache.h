@@ -7,11 +7,11 @@
 // object come as one block of sizeof(rebound T), cached by that size. A block released
 // on another thread joins that thread's cache (a server decodes on one thread and drops
 // on another only at its edges). Each thread keeps at most kCacheBytes of free blocks of
-// each size (at least kMinCachedBlocks blocks) and frees the rest: enough for a client
-// with thousands of calls in flight to take every result's blocks from the cache on the
-// next burst, where malloc would have returned the memory to the system and faulted it
-// in again, page by page. A thread keeps what it cached until it exits. Off under
-// AddressSanitizer, so it sees every use after free.
+// each size (at least kMinCachedBlocks blocks) and frees the rest: a client with a few
+// thousand calls in flight takes its next burst's blocks from the cache, where malloc
+// would have returned the memory to the system and faulted it in again, page by page.
+// A thread keeps what it cached until it exits. Off under AddressSanitizer, so it sees
+// every use after free.
 #pragma once
 
 #include <algorithm>
