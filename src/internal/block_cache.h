@@ -5,13 +5,15 @@
 //
 // CachingAllocator<T> is a std allocator for allocate_shared: the control block and the
 // object come as one block of sizeof(rebound T), cached by that size. A block released
-// on another thread joins that thread's cache (a server decodes on one thread and drops
-// on another only at its edges). Each thread keeps at most kCacheBytes of free blocks of
-// each size (at least kMinCachedBlocks blocks) and frees the rest: a client with a few
-// thousand calls in flight takes its next burst's blocks from the cache, where malloc
-// would have returned the memory to the system and faulted it in again, page by page.
-// A thread keeps what it cached until it exits. Off under AddressSanitizer, so it sees
-// every use after free.
+// on another thread joins that thread's cache. How many free blocks a thread keeps
+// follows what it allocates itself: kMinCachedBlocks, plus one for each time it found
+// its cache empty, up to kCacheBytes of blocks; the rest go back to malloc. So a client
+// with a few thousand calls in flight takes its next burst's blocks from the cache
+// (where malloc would have returned the memory to the system and faulted it in again,
+// page by page), while a thread that only frees blocks others allocated (an engine's
+// I/O thread dropping the envelopes its workers wrote, libzmq's I/O thread) keeps at
+// most kMinCachedBlocks of each size. A thread keeps what it cached until it exits.
+// Off under AddressSanitizer, so it sees every use after free.
 #pragma once
 
 #include <algorithm>
@@ -39,6 +41,9 @@ struct BlockCache {
       kCacheBytes == 0 ? 0 : std::max(kMinCachedBlocks, kCacheBytes / kBlockSize);
   void* head = nullptr;
   size_t count = 0;
+  // Free blocks this thread may keep: grows by one with each allocation the cache could
+  // not serve, from kMinCachedBlocks up to kMaxCachedBlocks.
+  size_t limit = std::min(kMinCachedBlocks, kMaxCachedBlocks);
   bool alive = true;  // false once the thread's cache is destroyed (thread exit)
   ~BlockCache() {
     alive = false;
@@ -70,11 +75,12 @@ struct CachingAllocator {
       --cache.count;
       return static_cast<T*>(block);
     }
+    if (n == 1 && cache.limit < BlockCache<sizeof(T)>::kMaxCachedBlocks) ++cache.limit;
     return static_cast<T*>(::operator new(n * sizeof(T)));
   }
   void deallocate(T* p, size_t n) noexcept {
     BlockCache<sizeof(T)>& cache = BlockCache<sizeof(T)>::Mine();
-    if (n == 1 && cache.alive && cache.count < BlockCache<sizeof(T)>::kMaxCachedBlocks) {
+    if (n == 1 && cache.alive && cache.count < cache.limit) {
       *reinterpret_cast<void**>(p) = cache.head;
       cache.head = p;
       ++cache.count;
