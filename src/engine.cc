@@ -756,10 +756,13 @@ class Engine::Impl {
           stream);
       return reply;
     }
-    if (!stream && tl_io_owner == this && !is_dealer_[reply.socket]) {
+    if (!stream && tl_io_owner == this) {
       // Runs to its end here on the I/O thread, which reads nothing meanwhile: no cancel
-      // and no drain deadline can reach it, and no broker waits for its `started`. So it
-      // is not tracked; its control block is reused and can never be stopped.
+      // and no drain deadline can reach it. So it is not tracked; its control block is
+      // reused and can never be stopped. A broker still learns first that it began.
+      if (is_dealer_[reply.socket]) {
+        SendQuiet(reply.socket, StartedAck(message.message_id()), reply.routing);
+      }
       io_control_.call_id = message.message_id();
       io_control_.function.assign(function);
       reply.message = *RunCall(*it->second, message, function, io_control_, false,
@@ -892,20 +895,26 @@ class Engine::Impl {
       running_calls_.emplace(token, Running{socket, routing, call_id, function});
     }
     if (!is_dealer_[socket]) return token;
-    EnvelopeWriter w(policy_, registry_);
-    w.SetHeader(NextHeader());
-    w.SetStarted(call_id);
     if (on_io) {
-      SendQuiet(socket, w.Finish(), routing);
+      SendQuiet(socket, StartedAck(call_id), routing);
       return token;
     }
-    Reply ack{socket, routing, w.Finish(), token};
+    Reply ack{socket, routing, StartedAck(call_id), token};
     {
       std::lock_guard<std::mutex> lock(mu_);
       replies_.push_back(std::move(ack));
     }
     Wake();
     return token;
+  }
+
+  // Tells a broker that call `call_id` began: a `started`, sent with the call's routing
+  // frames. A call lost with this engine after it is not sent to another engine.
+  Outgoing StartedAck(uint64_t call_id) {
+    EnvelopeWriter w(policy_, registry_);
+    w.SetHeader(NextHeader());
+    w.SetStarted(call_id);
+    return w.Finish();
   }
 
   // The call finished; false when it was abandoned (answered at the drain's deadline).

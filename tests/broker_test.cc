@@ -164,6 +164,46 @@ TEST(BrokerTest, LostEngineFailsItsCallsOnceAndOthersCarryOn) {
   EXPECT_EQ(client.counters().late, 0u);
 }
 
+// A function declared inline holds its engine's I/O thread while it runs, so the
+// engine's heartbeats stop and the broker loses it. The engine said the call started
+// before running it, so the broker fails the call (EngineLost) instead of running it a
+// second time on the other engine.
+TEST(BrokerTest, InlineCallBehindABrokerIsAcknowledgedBeforeItRuns) {
+  Cluster c(0, "inproc://front", "inproc://back", /*liveness=*/3);
+  std::atomic<int> runs{0};
+  for (int i = 0; i < 2; ++i) {
+    EngineOptions eo;
+    eo.context = &c.context;
+    eo.heartbeat = kBeat;
+    eo.id = "inline-" + std::to_string(i);
+    auto engine = std::make_unique<Engine>(eo);
+    engine->def(
+        "hold",
+        [&runs] {
+          ++runs;
+          std::this_thread::sleep_for(milliseconds(1000));  // > 3 heartbeats
+          return 1;
+        },
+        FunctionOptions{.inline_execution = true});
+    engine->Connect(c.back);
+    engine->Start();
+    c.engines.push_back(std::move(engine));
+  }
+  c.WaitForEngines(2);
+  Client& client = c.AddClient(milliseconds(20000));
+  Result r = client.apply("hold").get();
+  ASSERT_FALSE(r.ok());
+  try {
+    r.ThrowIfError();
+  } catch (const RemoteError& e) {
+    EXPECT_EQ(e.type(), kErrorEngineLost);
+    EXPECT_THAT(e.message(), HasSubstr("while running this call"));
+  }
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_EQ(c.broker->counters().lost, 1u);
+  EXPECT_EQ(c.broker->counters().rerouted, 0u);
+}
+
 TEST(BrokerTest, EngineLeavingGracefullyFinishesItsCalls) {
   Cluster c(2);
   Client& client = c.AddClient();

@@ -124,8 +124,12 @@ struct FunctionOptions {
   // Run this function's calls on the engine's I/O thread instead of handing them to a
   // worker. Saves two thread wake-ups per call (the difference between ~0.7x and ~0.9x
   // of a raw libzmq round trip for a small call), at a price: while the function runs,
-  // heartbeats and every other call wait for it. For short functions whose run time
-  // does not depend on their arguments. Off by default: calls run on the worker pool.
+  // heartbeats and every other call wait for it, and a cancel cannot reach it. For short
+  // functions whose run time does not depend on their arguments. Behind a broker the
+  // call is acknowledged as started before it runs: a broker that loses the engine
+  // meanwhile (its heartbeats stop while a slow call runs) fails the call with
+  // EngineLost rather than running it again elsewhere. Off by default: calls run on the
+  // worker pool.
   bool inline_execution = false;
   // The function streams its result through Call::stream() (set by def() for a function
   // that takes a StreamWriter&): it must be called as a stream (Client::stream).
