@@ -44,6 +44,11 @@ std::string FrameString(const Buffer& b) {
 
 Buffer FrameOf(const std::string& s) { return Buffer::CopyOf(s.data(), s.size()); }
 
+// Engines lost holding one call before it started, after which the call fails instead of
+// going to another engine: a call that crashes its engine before the `started` leaves
+// looks like one that never ran.
+constexpr uint32_t kMaxLostUnstarted = 3;
+
 // A call the broker has sent to an engine.
 struct InFlight {
   std::string engine;
@@ -52,6 +57,7 @@ struct InFlight {
   Clock::time_point deadline;
   bool started = false;   // the engine said so (a `started`)
   uint32_t attempts = 0;  // engines that started it, this one included once started
+  uint32_t lost_unstarted = 0;  // engines lost while they held it, before it started
   // The request, kept while the call may be sent again (until it starts and no retry is
   // left); its frames are shared with the send, not copied.
   std::optional<ReceivedMessage> message;
@@ -79,6 +85,7 @@ struct Waiting {
   Clock::time_point deadline;
   uint32_t attempts = 0;  // engines that started it already (it was lost with them)
   uint64_t bytes = 0;
+  uint32_t lost_unstarted = 0;  // engines lost while they held it, before it started
 };
 
 std::string CallKey(const std::string& client, uint64_t call_id) {
@@ -456,6 +463,7 @@ class Broker::Impl {
       f.peek = std::move(w.peek);
       f.deadline = w.deadline;
       f.attempts = w.attempts;
+      f.lost_unstarted = w.lost_unstarted;
       f.message = std::move(w.message);
       in_flight_[CallKey(f.client_routing[0], f.peek.message_id)] = std::move(f);
       ++requests_;
@@ -615,7 +623,8 @@ class Broker::Impl {
     }
     ++rerouted_;
     uint64_t bytes = MessageBytes(*f.message);
-    Dispatch(Waiting{std::move(*f.message), std::move(f.peek), f.deadline, f.attempts, bytes});
+    Dispatch(Waiting{std::move(*f.message), std::move(f.peek), f.deadline, f.attempts, bytes,
+                     f.lost_unstarted});
   }
 
   void DispatchWaiting() {
@@ -666,9 +675,10 @@ class Broker::Impl {
     waiting_.swap(kept);
   }
 
-  // Forgets `engine`. Its calls that had not started go to other engines; those it was
-  // running fail with EngineLost, or run again elsewhere when their caller allowed
-  // retries.
+  // Forgets `engine`. Its calls that had not started go to other engines, unless
+  // kMaxLostUnstarted engines were lost holding one (then it fails with EngineLost);
+  // those it was running fail with EngineLost, or run again elsewhere when their caller
+  // allowed retries.
   void Lose(const std::string& engine, const std::string& why) {
     if (!engines_.erase(engine)) return;
     std::vector<std::string> keys;
@@ -679,22 +689,34 @@ class Broker::Impl {
     for (const std::string& key : keys) {
       InFlight f = std::move(in_flight_[key]);
       in_flight_.erase(key);
-      if (f.message && (!f.started || f.attempts <= f.peek.retries)) {
+      if (!f.started) ++f.lost_unstarted;
+      bool again_ok = f.started ? f.attempts <= f.peek.retries
+                                : f.lost_unstarted < kMaxLostUnstarted;
+      if (f.message && again_ok) {
         if (f.started) ++retried_;
         again.push_back(std::move(f));
         continue;
       }
-      std::string attempts =
-          f.attempts <= 1 && f.peek.retries == 0
-              ? std::string("1 attempt; the caller allowed no retries")
-              : absl::StrCat(f.attempts, " attempts, the last on this engine; the caller "
-                             "allowed ", f.peek.retries, " retries");
+      std::string what;
+      if (!f.started) {
+        // An engine that dies on a call before its `started` leaves (a crash at once)
+        // would otherwise hand it on to kill every engine in turn.
+        what = absl::StrCat(" holding this call; ", f.lost_unstarted,
+                            " engines were lost holding it before any said it started, so "
+                            "it is not sent to another (it may be what stops them)");
+      } else {
+        what = absl::StrCat(
+            " while running this call (",
+            f.attempts <= 1 && f.peek.retries == 0
+                ? std::string("1 attempt; the caller allowed no retries")
+                : absl::StrCat(f.attempts, " attempts, the last on this engine; the caller "
+                               "allowed ", f.peek.retries, " retries"),
+            ")");
+      }
+      ++lost_;  // (before the error leaves: a caller that reads the counters sees it)
       SendError(f.client_routing, f.peek.message_id, PrintableId(engine),
-                {kErrorEngineLost,
-                 absl::StrCat("engine ", PrintableId(engine), " ", why,
-                              " while running this call (", attempts, ")"),
+                {kErrorEngineLost, absl::StrCat("engine ", PrintableId(engine), " ", why, what),
                  f.peek.function, "broker"});
-      ++lost_;
     }
     for (InFlight& f : again) Redispatch(std::move(f));
   }

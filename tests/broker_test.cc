@@ -204,6 +204,89 @@ TEST(BrokerTest, InlineCallBehindABrokerIsAcknowledgedBeforeItRuns) {
   EXPECT_EQ(c.broker->counters().rerouted, 0u);
 }
 
+// Speaks to the broker as an engine does (hello, then heartbeats) and, at the first call
+// it receives, closes its socket without a word: like an engine process that crashes on
+// the call before its `started` leaves.
+class CrashingEngine {
+ public:
+  CrashingEngine(zmq::context_t& ctx, const std::string& backend, const std::string& id)
+      : thread_([this, &ctx, backend, id] { Run(ctx, backend, id); }) {}
+  ~CrashingEngine() {
+    stop_ = true;
+    thread_.join();
+  }
+  bool got_call() const { return got_call_; }
+
+ private:
+  static std::string Bytes(Outgoing&& out) {
+    return std::string(reinterpret_cast<const char*>(out.envelope().data()),
+                       out.envelope().size());
+  }
+  void Run(zmq::context_t& ctx, const std::string& backend, const std::string& id) {
+    zmq::socket_t socket(ctx, zmq::socket_type::dealer);
+    socket.set(zmq::sockopt::linger, 0);
+    socket.set(zmq::sockopt::routing_id, zmq::buffer(id));
+    socket.connect(backend);
+    EnvelopeWriter hello;
+    hello.SetHello(id, "engine", {"add"});
+    socket.send(zmq::message_t(), zmq::send_flags::sndmore);
+    socket.send(zmq::buffer(Bytes(hello.Finish())));
+    auto next_beat = std::chrono::steady_clock::now();
+    while (!stop_) {
+      if (std::chrono::steady_clock::now() >= next_beat) {
+        EnvelopeWriter beat;
+        beat.SetHeartbeat(id, 0);
+        socket.send(zmq::message_t(), zmq::send_flags::sndmore);
+        socket.send(zmq::buffer(Bytes(beat.Finish())));
+        next_beat += kBeat / 2;
+      }
+      zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, milliseconds(10));
+      zmq::message_t first;
+      while (socket.recv(first, zmq::recv_flags::dontwait)) {
+        bool call = first.size() != 0;  // [client][""][envelope]; the broker's own: [""]...
+        while (first.more()) (void)socket.recv(first);
+        if (call) {
+          got_call_ = true;
+          return;  // the socket closes, nothing sent
+        }
+      }
+    }
+  }
+
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> got_call_{false};
+  std::thread thread_;
+};
+
+// A call whose engines are lost one after another before it starts goes on to the next
+// engine only until three were lost; then it fails with EngineLost, and the fourth
+// engine never sees it.
+TEST(BrokerTest, ACallThatThreeEnginesDieOnFailsInsteadOfReachingAFourth) {
+  Cluster c(0, "inproc://front", "inproc://back", /*liveness=*/3);
+  std::vector<std::unique_ptr<CrashingEngine>> engines;
+  for (int i = 0; i < 4; ++i) {
+    engines.push_back(
+        std::make_unique<CrashingEngine>(c.context, c.back, "crashing-" + std::to_string(i)));
+  }
+  c.WaitForEngines(4);
+  Client& client = c.AddClient(milliseconds(20000));
+  Result r = client.apply("add", 1, 2).get();
+  ASSERT_FALSE(r.ok());
+  try {
+    r.ThrowIfError();
+  } catch (const RemoteError& e) {
+    EXPECT_EQ(e.type(), kErrorEngineLost);
+    EXPECT_THAT(e.message(), HasSubstr("3 engines were lost holding it before any said it started"));
+    EXPECT_EQ(e.function(), "add");
+  }
+  int reached = 0;
+  for (auto& e : engines) reached += e->got_call() ? 1 : 0;
+  EXPECT_EQ(reached, 3);
+  EXPECT_EQ(c.broker->counters().lost, 1u);
+  EXPECT_EQ(c.broker->counters().rerouted, 2u);
+}
+
 TEST(BrokerTest, EngineLeavingGracefullyFinishesItsCalls) {
   Cluster c(2);
   Client& client = c.AddClient();

@@ -20,13 +20,15 @@
 // gone), when it stops answering ZMTP heartbeats or sends none of its own for `liveness`
 // heartbeat intervals (a stopped process, a cut link), or when it says goodbye. Engines
 // acknowledge each call as it starts (a `started` message): a call lost with its engine
-// before that never ran and goes to another engine; a call that was running fails with a
-// RemoteError of type "zerocan.EngineLost" naming the attempts made, unless its caller
-// allowed retries (Apply.retries, ClientOptions::retries), in which case it runs again
-// elsewhere, at most that many more times. A reply that turns up for a call already
-// failed or sent elsewhere is dropped, so no call is ever answered twice. An engine that
-// says `draining` gets no new calls; a call it refuses unstarted (EngineStopping) goes to
-// another engine.
+// before that goes to another engine; a call that was running fails with a RemoteError
+// of type "zerocan.EngineLost" naming the attempts made, unless its caller allowed
+// retries (Apply.retries, ClientOptions::retries), in which case it runs again
+// elsewhere, at most that many more times. A call whose third engine is lost before it
+// started fails with EngineLost too: a call that crashes its engine before the
+// `started` leaves would otherwise take down every engine in turn. A reply that turns
+// up for a call already failed or sent elsewhere is dropped, so no call is ever answered
+// twice. An engine that says `draining` gets no new calls; a call it refuses unstarted
+// (EngineStopping) goes to another engine.
 //
 // Calls that arrive while no engine is alive wait in the broker until one joins, their
 // timeout passes or their client goes away; the queue is bounded (max_queued_calls,
