@@ -15,6 +15,7 @@
 #include <capnp/serialize.h>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "wire/materialize.h"
 #include "wire/peek.h"
@@ -44,9 +45,7 @@ std::string FrameString(const Buffer& b) {
 
 Buffer FrameOf(const std::string& s) { return Buffer::CopyOf(s.data(), s.size()); }
 
-// Engines lost holding one call before it started, after which the call fails instead of
-// going to another engine: a call that crashes its engine before the `started` leaves
-// looks like one that never ran.
+// A call fails (EngineLost) when the third engine holding it unstarted is lost (Lose).
 constexpr uint32_t kMaxLostUnstarted = 3;
 
 // A call the broker has sent to an engine.
@@ -287,7 +286,7 @@ class Broker::Impl {
       for (auto& [id, state] : engines_) {
         if (!SendProbe(backend_, {id})) gone.push_back(id);
       }
-      for (const std::string& id : gone) Lose(id, "closed its connection");
+      Lose(gone, "closed its connection");
     }
     if (probe_clients_ && !waiting_.empty()) {
       absl::flat_hash_map<std::string, bool> alive;
@@ -402,14 +401,25 @@ class Broker::Impl {
   // The live, not draining engine with the fewest calls in flight; ties rotate (the next
   // id after the last choice). nullptr when there is none. `prefer_shared` (a call that
   // may carry shared-memory references): among the engines on this host when there are
-  // any, so that the call goes as it is rather than rewritten.
+  // any, so that the call goes as it is rather than rewritten. Engines silent for half
+  // the liveness window are passed over while another was heard from since: they may be
+  // about to be lost (the engines of a host that stopped fall silent one after another,
+  // and a call moved from one to the next would count each loss).
   const std::string* ChooseEngine(bool prefer_shared = false) {
     bool only_shared = false;
     if (prefer_shared) {
       for (auto& [id, state] : engines_) only_shared |= !state.draining && state.shares_memory;
     }
-    auto eligible = [only_shared](const EngineState& state) {
+    auto candidate = [only_shared](const EngineState& state) {
       return !state.draining && (!only_shared || state.shares_memory);
+    };
+    Clock::time_point quiet_since = Clock::now() - options_.heartbeat * options_.liveness / 2;
+    bool only_heard = false;
+    for (auto& [id, state] : engines_) {
+      only_heard |= candidate(state) && state.last_seen >= quiet_since;
+    }
+    auto eligible = [&](const EngineState& state) {
+      return candidate(state) && (!only_heard || state.last_seen >= quiet_since);
     };
     uint64_t fewest = UINT64_MAX;
     for (auto& [id, state] : engines_) {
@@ -452,7 +462,7 @@ class Broker::Impl {
       if (!Forward(backend_, routing, frames)) {
         // Its connection is gone (the send names no connected peer): it is lost, and
         // this call, which never reached it, goes to another.
-        Lose(engine, "closed its connection");
+        Lose({engine}, "closed its connection");
         continue;
       }
       last_choice_ = engine;
@@ -534,7 +544,7 @@ class Broker::Impl {
           continue;
         }
         if (peek->kind == BodyKind::kGoodbye) {
-          Lose(engine, "said goodbye");
+          Lose({engine}, "said goodbye", /*may_be_the_calls=*/false);
         } else {
           bool known = engines_.contains(engine);
           EngineState& state = engines_[engine];
@@ -658,11 +668,10 @@ class Broker::Impl {
       if (idle && *idle <= limit) continue;
       lost.push_back(id);
     }
-    for (const std::string& id : lost) {
-      Lose(id, absl::StrCat("sent no heartbeat for ",
+    // Together: a call of one is never handed to another that is as silent.
+    Lose(lost, absl::StrCat("sent no heartbeat for ",
                             std::chrono::duration_cast<std::chrono::milliseconds>(limit).count(),
                             " ms"));
-    }
     std::deque<Waiting> kept;
     for (Waiting& w : waiting_) {
       if (w.deadline <= now) {
@@ -675,21 +684,29 @@ class Broker::Impl {
     waiting_.swap(kept);
   }
 
-  // Forgets `engine`. Its calls that had not started go to other engines, unless
-  // kMaxLostUnstarted engines were lost holding one (then it fails with EngineLost);
-  // those it was running fail with EngineLost, or run again elsewhere when their caller
-  // allowed retries.
-  void Lose(const std::string& engine, const std::string& why) {
-    if (!engines_.erase(engine)) return;
+  // Forgets `engines`, all of them before any of their calls moves. Their calls that had
+  // not started go to other engines; those they were running fail with EngineLost, or
+  // run again elsewhere when their caller allowed retries. A call that crashes its
+  // engine before the `started` leaves looks like one that never ran, and would take
+  // down every engine in turn: so a loss that may be the call's doing (anything but a
+  // goodbye) counts, and the kMaxLostUnstarted-th engine lost holding a call unstarted
+  // fails it instead.
+  void Lose(const std::vector<std::string>& engines, const std::string& why,
+            bool may_be_the_calls = true) {
+    absl::flat_hash_set<std::string> gone;
+    for (const std::string& engine : engines) {
+      if (engines_.erase(engine)) gone.insert(engine);
+    }
+    if (gone.empty()) return;
     std::vector<std::string> keys;
     for (auto& [key, f] : in_flight_) {
-      if (f.engine == engine) keys.push_back(key);
+      if (gone.contains(f.engine)) keys.push_back(key);
     }
     std::vector<InFlight> again;
     for (const std::string& key : keys) {
       InFlight f = std::move(in_flight_[key]);
       in_flight_.erase(key);
-      if (!f.started) ++f.lost_unstarted;
+      if (!f.started && may_be_the_calls) ++f.lost_unstarted;
       bool again_ok = f.started ? f.attempts <= f.peek.retries
                                 : f.lost_unstarted < kMaxLostUnstarted;
       if (f.message && again_ok) {
@@ -699,11 +716,9 @@ class Broker::Impl {
       }
       std::string what;
       if (!f.started) {
-        // An engine that dies on a call before its `started` leaves (a crash at once)
-        // would otherwise hand it on to kill every engine in turn.
         what = absl::StrCat(" holding this call; ", f.lost_unstarted,
-                            " engines were lost holding it before any said it started, so "
-                            "it is not sent to another (it may be what stops them)");
+                            " engines were lost holding it unstarted, so it is not sent to "
+                            "another (it may be what stops them)");
       } else {
         what = absl::StrCat(
             " while running this call (",
@@ -714,8 +729,9 @@ class Broker::Impl {
             ")");
       }
       ++lost_;  // (before the error leaves: a caller that reads the counters sees it)
-      SendError(f.client_routing, f.peek.message_id, PrintableId(engine),
-                {kErrorEngineLost, absl::StrCat("engine ", PrintableId(engine), " ", why, what),
+      SendError(f.client_routing, f.peek.message_id, PrintableId(f.engine),
+                {kErrorEngineLost,
+                 absl::StrCat("engine ", PrintableId(f.engine), " ", why, what),
                  f.peek.function, "broker"});
     }
     for (InFlight& f : again) Redispatch(std::move(f));

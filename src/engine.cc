@@ -909,7 +909,8 @@ class Engine::Impl {
   }
 
   // Tells a broker that call `call_id` began: a `started`, sent with the call's routing
-  // frames. A call lost with this engine after it is not sent to another engine.
+  // frames. A call lost with this engine after it runs again elsewhere only if its caller
+  // allowed retries (Apply.retries).
   Outgoing StartedAck(uint64_t call_id) {
     EnvelopeWriter w(policy_, registry_);
     w.SetHeader(NextHeader());

@@ -171,6 +171,7 @@ TEST(BrokerTest, LostEngineFailsItsCallsOnceAndOthersCarryOn) {
 TEST(BrokerTest, InlineCallBehindABrokerIsAcknowledgedBeforeItRuns) {
   Cluster c(0, "inproc://front", "inproc://back", /*liveness=*/3);
   std::atomic<int> runs{0};
+  std::atomic<bool> answered{false};
   for (int i = 0; i < 2; ++i) {
     EngineOptions eo;
     eo.context = &c.context;
@@ -179,9 +180,13 @@ TEST(BrokerTest, InlineCallBehindABrokerIsAcknowledgedBeforeItRuns) {
     auto engine = std::make_unique<Engine>(eo);
     engine->def(
         "hold",
-        [&runs] {
+        [&runs, &answered] {
           ++runs;
-          std::this_thread::sleep_for(milliseconds(1000));  // > 3 heartbeats
+          // Until the caller has its answer (its engine lost): far more than 3 heartbeats.
+          auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+          while (!answered && std::chrono::steady_clock::now() < until) {
+            std::this_thread::sleep_for(milliseconds(5));
+          }
           return 1;
         },
         FunctionOptions{.inline_execution = true});
@@ -192,6 +197,7 @@ TEST(BrokerTest, InlineCallBehindABrokerIsAcknowledgedBeforeItRuns) {
   c.WaitForEngines(2);
   Client& client = c.AddClient(milliseconds(20000));
   Result r = client.apply("hold").get();
+  answered = true;
   ASSERT_FALSE(r.ok());
   try {
     r.ThrowIfError();
@@ -204,25 +210,28 @@ TEST(BrokerTest, InlineCallBehindABrokerIsAcknowledgedBeforeItRuns) {
   EXPECT_EQ(c.broker->counters().rerouted, 0u);
 }
 
-// Speaks to the broker as an engine does (hello, then heartbeats) and, at the first call
-// it receives, closes its socket without a word: like an engine process that crashes on
-// the call before its `started` leaves.
-class CrashingEngine {
+// Speaks to the broker as an engine does (hello, then heartbeats) and never answers a
+// call. kCrashAtCall: at its first call it closes its socket without a word, like an
+// engine that crashes on the call before its `started` leaves. kFallSilent: it keeps
+// what it gets and stops heartbeating when told to, like a host that stops.
+class FakeEngine {
  public:
-  CrashingEngine(zmq::context_t& ctx, const std::string& backend, const std::string& id)
-      : thread_([this, &ctx, backend, id] { Run(ctx, backend, id); }) {}
-  ~CrashingEngine() {
+  enum class Mode { kCrashAtCall, kFallSilent };
+  FakeEngine(zmq::context_t& ctx, const std::string& backend, const std::string& id, Mode mode)
+      : thread_([this, &ctx, backend, id, mode] { Run(ctx, backend, id, mode); }) {}
+  ~FakeEngine() {
     stop_ = true;
     thread_.join();
   }
   bool got_call() const { return got_call_; }
+  void FallSilent() { silent_ = true; }
 
  private:
   static std::string Bytes(Outgoing&& out) {
     return std::string(reinterpret_cast<const char*>(out.envelope().data()),
                        out.envelope().size());
   }
-  void Run(zmq::context_t& ctx, const std::string& backend, const std::string& id) {
+  void Run(zmq::context_t& ctx, const std::string& backend, const std::string& id, Mode mode) {
     zmq::socket_t socket(ctx, zmq::socket_type::dealer);
     socket.set(zmq::sockopt::linger, 0);
     socket.set(zmq::sockopt::routing_id, zmq::buffer(id));
@@ -233,7 +242,7 @@ class CrashingEngine {
     socket.send(zmq::buffer(Bytes(hello.Finish())));
     auto next_beat = std::chrono::steady_clock::now();
     while (!stop_) {
-      if (std::chrono::steady_clock::now() >= next_beat) {
+      if (!silent_ && std::chrono::steady_clock::now() >= next_beat) {
         EnvelopeWriter beat;
         beat.SetHeartbeat(id, 0);
         socket.send(zmq::message_t(), zmq::send_flags::sndmore);
@@ -248,13 +257,14 @@ class CrashingEngine {
         while (first.more()) (void)socket.recv(first);
         if (call) {
           got_call_ = true;
-          return;  // the socket closes, nothing sent
+          if (mode == Mode::kCrashAtCall) return;  // the socket closes, nothing sent
         }
       }
     }
   }
 
   std::atomic<bool> stop_{false};
+  std::atomic<bool> silent_{false};
   std::atomic<bool> got_call_{false};
   std::thread thread_;
 };
@@ -264,10 +274,10 @@ class CrashingEngine {
 // engine never sees it.
 TEST(BrokerTest, ACallThatThreeEnginesDieOnFailsInsteadOfReachingAFourth) {
   Cluster c(0, "inproc://front", "inproc://back", /*liveness=*/3);
-  std::vector<std::unique_ptr<CrashingEngine>> engines;
+  std::vector<std::unique_ptr<FakeEngine>> crashing;
   for (int i = 0; i < 4; ++i) {
-    engines.push_back(
-        std::make_unique<CrashingEngine>(c.context, c.back, "crashing-" + std::to_string(i)));
+    crashing.push_back(std::make_unique<FakeEngine>(
+        c.context, c.back, "crashing-" + std::to_string(i), FakeEngine::Mode::kCrashAtCall));
   }
   c.WaitForEngines(4);
   Client& client = c.AddClient(milliseconds(20000));
@@ -277,14 +287,44 @@ TEST(BrokerTest, ACallThatThreeEnginesDieOnFailsInsteadOfReachingAFourth) {
     r.ThrowIfError();
   } catch (const RemoteError& e) {
     EXPECT_EQ(e.type(), kErrorEngineLost);
-    EXPECT_THAT(e.message(), HasSubstr("3 engines were lost holding it before any said it started"));
+    EXPECT_THAT(e.message(), HasSubstr("3 engines were lost holding it unstarted"));
     EXPECT_EQ(e.function(), "add");
   }
   int reached = 0;
-  for (auto& e : engines) reached += e->got_call() ? 1 : 0;
+  for (auto& e : crashing) reached += e->got_call() ? 1 : 0;
   EXPECT_EQ(reached, 3);
   EXPECT_EQ(c.broker->counters().lost, 1u);
   EXPECT_EQ(c.broker->counters().rerouted, 2u);
+}
+
+// Engines that fall silent together (one host, one cut link) are lost together: none of
+// their calls is handed to another of them, so none counts a loss it did not cause, and
+// every one runs on the live engine.
+TEST(BrokerTest, CallsOfEnginesFallingSilentTogetherRunOnALiveOne) {
+  Cluster c(1, "inproc://front", "inproc://back", /*liveness=*/3);
+  Client& client = c.AddClient(milliseconds(20000));
+  // The live engine busy with 8 calls: the broker (fewest calls in flight first) sends
+  // the next three to the three engines that join now, one each.
+  std::vector<ResultFuture> busy;
+  for (int i = 0; i < 8; ++i) busy.push_back(client.apply("sleep", 0.3));
+  std::vector<std::unique_ptr<FakeEngine>> silent;
+  for (int i = 0; i < 3; ++i) {
+    silent.push_back(std::make_unique<FakeEngine>(
+        c.context, c.back, "silent-" + std::to_string(i), FakeEngine::Mode::kFallSilent));
+  }
+  c.WaitForEngines(4);
+  std::vector<ResultFuture> calls;
+  for (int i = 0; i < 3; ++i) calls.push_back(client.apply("add", i, 1));
+  for (int i = 0; i < 1000; ++i) {
+    if (silent[0]->got_call() && silent[1]->got_call() && silent[2]->got_call()) break;
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  for (auto& e : silent) ASSERT_TRUE(e->got_call());
+  for (auto& e : silent) e->FallSilent();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(calls[i].get().as<int>(), i + 1) << "call " << i;
+  for (auto& f : busy) EXPECT_TRUE(f.get().ok());
+  EXPECT_EQ(c.broker->counters().lost, 0u);
+  EXPECT_EQ(c.broker->counters().rerouted, 3u);
 }
 
 TEST(BrokerTest, EngineLeavingGracefullyFinishesItsCalls) {

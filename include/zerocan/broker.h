@@ -12,7 +12,8 @@
 // call whose engine died would wait for its timeout with no word of why, and a new call
 // could be queued to a pipe nobody reads. Instead (the "Paranoid Pirate" pattern) the
 // backend is a ROUTER that knows each engine by its heartbeats, sends each call to the
-// live engine with the fewest calls in flight, and remembers which calls each engine
+// live engine with the fewest calls in flight (passing over engines silent for half the
+// liveness window while others are heard from), and remembers which calls each engine
 // holds.
 //
 // Failures. An engine is lost when its connection closes (a socket monitor reports it at

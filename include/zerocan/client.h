@@ -103,7 +103,8 @@ struct ClientOptions {
   // Through a broker: how many more engines may run a call whose engine was lost while
   // running it (Apply.retries). 0 (the default): such a call fails with
   // zerocan.EngineLost. Only for functions that are safe to run twice. (A call that had
-  // not started on a lost engine always goes to another, whatever this says.)
+  // not started on a lost engine goes to another whatever this says, up to the third
+  // engine lost holding it: see broker.h.)
   int retries = 0;
   // ZMTP heartbeats on the connection: a ping every `heartbeat`; a connection silent for
   // heartbeat * liveness is dropped (on tcp: no byte from the peer and none of ours

@@ -128,8 +128,8 @@ struct FunctionOptions {
   // functions whose run time does not depend on their arguments. Behind a broker the
   // call is acknowledged as started before it runs: a broker that loses the engine
   // meanwhile (its heartbeats stop while a slow call runs) fails the call with
-  // EngineLost rather than running it again elsewhere. Off by default: calls run on the
-  // worker pool.
+  // EngineLost rather than running it again elsewhere (unless its caller allowed
+  // retries). Off by default: calls run on the worker pool.
   bool inline_execution = false;
   // The function streams its result through Call::stream() (set by def() for a function
   // that takes a StreamWriter&): it must be called as a stream (Client::stream).
