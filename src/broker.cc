@@ -401,10 +401,11 @@ class Broker::Impl {
   // The live, not draining engine with the fewest calls in flight; ties rotate (the next
   // id after the last choice). nullptr when there is none. `prefer_shared` (a call that
   // may carry shared-memory references): among the engines on this host when there are
-  // any, so that the call goes as it is rather than rewritten. Engines silent for half
-  // the liveness window are passed over while another was heard from since: they may be
-  // about to be lost (the engines of a host that stopped fall silent one after another,
-  // and a call moved from one to the next would count each loss).
+  // any, so that the call goes as it is rather than rewritten. Engines that would be lost
+  // at the next check (silent for heartbeat x (liveness - 1), at least 1.5 heartbeats)
+  // are passed over while another was heard from since: the engines of a host that
+  // stopped fall silent one after another, and a call moved from one to the next would
+  // count each loss.
   const std::string* ChooseEngine(bool prefer_shared = false) {
     bool only_shared = false;
     if (prefer_shared) {
@@ -413,7 +414,9 @@ class Broker::Impl {
     auto candidate = [only_shared](const EngineState& state) {
       return !state.draining && (!only_shared || state.shares_memory);
     };
-    Clock::time_point quiet_since = Clock::now() - options_.heartbeat * options_.liveness / 2;
+    Clock::time_point quiet_since =
+        Clock::now() - std::max(options_.heartbeat * (options_.liveness - 1),
+                                options_.heartbeat * 3 / 2);
     bool only_heard = false;
     for (auto& [id, state] : engines_) {
       only_heard |= candidate(state) && state.last_seen >= quiet_since;

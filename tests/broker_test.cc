@@ -169,9 +169,10 @@ TEST(BrokerTest, LostEngineFailsItsCallsOnceAndOthersCarryOn) {
 // before running it, so the broker fails the call (EngineLost) instead of running it a
 // second time on the other engine.
 TEST(BrokerTest, InlineCallBehindABrokerIsAcknowledgedBeforeItRuns) {
-  Cluster c(0, "inproc://front", "inproc://back", /*liveness=*/3);
+  // (Before the cluster: its engines' threads read them until they are joined.)
   std::atomic<int> runs{0};
   std::atomic<bool> answered{false};
+  Cluster c(0, "inproc://front", "inproc://back", /*liveness=*/3);
   for (int i = 0; i < 2; ++i) {
     EngineOptions eo;
     eo.context = &c.context;
@@ -301,12 +302,17 @@ TEST(BrokerTest, ACallThatThreeEnginesDieOnFailsInsteadOfReachingAFourth) {
 // their calls is handed to another of them, so none counts a loss it did not cause, and
 // every one runs on the live engine.
 TEST(BrokerTest, CallsOfEnginesFallingSilentTogetherRunOnALiveOne) {
-  Cluster c(1, "inproc://front", "inproc://back", /*liveness=*/3);
+  // Liveness 6: the live engine, beating every 100 ms, is never near being passed over.
+  Cluster c(1, "inproc://front", "inproc://back", /*liveness=*/6);
   Client& client = c.AddClient(milliseconds(20000));
   // The live engine busy with 8 calls: the broker (fewest calls in flight first) sends
   // the next three to the three engines that join now, one each.
   std::vector<ResultFuture> busy;
   for (int i = 0; i < 8; ++i) busy.push_back(client.apply("sleep", 0.3));
+  for (int i = 0; i < 1000 && c.broker->counters().requests < 8; ++i) {
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  ASSERT_EQ(c.broker->counters().requests, 8u);  // all at the live engine
   std::vector<std::unique_ptr<FakeEngine>> silent;
   for (int i = 0; i < 3; ++i) {
     silent.push_back(std::make_unique<FakeEngine>(

@@ -23,8 +23,9 @@ constexpr char kBrokerDescription[] =
     "Clients connect to --frontend, engines (zerocan engine --connect) to --backend. Calls\n"
     "go to the live engine with the fewest calls in flight; frames are forwarded without\n"
     "being decoded or copied (only the envelope header is read). An engine silent for\n"
-    "--liveness heartbeat intervals is lost, and its calls fail at once with a\n"
-    "zerocan.EngineLost error. Runs until SIGINT or SIGTERM, then drains: new calls and calls\n"
+    "--liveness heartbeat intervals is lost: its calls that had not started go to another\n"
+    "engine, those it was running fail with zerocan.EngineLost (or run again, when their\n"
+    "caller allowed retries). Runs until SIGINT or SIGTERM, then drains: new calls and calls\n"
     "still waiting for an engine get zerocan.BrokerStopping, calls in flight finish (at most\n"
     "--drain-timeout-ms). A second signal stops at once.";
 

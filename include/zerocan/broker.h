@@ -12,9 +12,10 @@
 // call whose engine died would wait for its timeout with no word of why, and a new call
 // could be queued to a pipe nobody reads. Instead (the "Paranoid Pirate" pattern) the
 // backend is a ROUTER that knows each engine by its heartbeats, sends each call to the
-// live engine with the fewest calls in flight (passing over engines silent for half the
-// liveness window while others are heard from), and remembers which calls each engine
-// holds.
+// live engine with the fewest calls in flight (passing over engines that would be lost
+// at the next check while others were heard from since; among the engines on this host
+// first, for a call that may carry shared-memory references), and remembers which calls
+// each engine holds.
 //
 // Failures. An engine is lost when its connection closes (a socket monitor reports it at
 // once; sends use ZMQ_ROUTER_MANDATORY, so a call is never handed to a connection that is
@@ -24,9 +25,11 @@
 // before that goes to another engine; a call that was running fails with a RemoteError
 // of type "zerocan.EngineLost" naming the attempts made, unless its caller allowed
 // retries (Apply.retries, ClientOptions::retries), in which case it runs again
-// elsewhere, at most that many more times. A call whose third engine is lost before it
-// started fails with EngineLost too: a call that crashes its engine before the
-// `started` leaves would otherwise take down every engine in turn. A reply that turns
+// elsewhere, at most that many more times. A call that a third engine is lost holding
+// unstarted (a goodbye does not count) fails with EngineLost too: a call that crashes
+// its engine before the `started` leaves would otherwise take down every engine in turn.
+// Engines found lost together are all forgotten before any of their calls moves. A
+// reply that turns
 // up for a call already failed or sent elsewhere is dropped, so no call is ever answered
 // twice. An engine that says `draining` gets no new calls; a call it refuses unstarted
 // (EngineStopping) goes to another engine.
