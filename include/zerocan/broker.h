@@ -29,10 +29,9 @@
 // unstarted (a goodbye does not count) fails with EngineLost too: a call that crashes
 // its engine before the `started` leaves would otherwise take down every engine in turn.
 // Engines found lost together are all forgotten before any of their calls moves. A
-// reply that turns
-// up for a call already failed or sent elsewhere is dropped, so no call is ever answered
-// twice. An engine that says `draining` gets no new calls; a call it refuses unstarted
-// (EngineStopping) goes to another engine.
+// reply that turns up for a call already failed or sent elsewhere is dropped, so no call
+// is ever answered twice. An engine that says `draining` gets no new calls; a call it
+// refuses unstarted (EngineStopping) goes to another engine.
 //
 // Calls that arrive while no engine is alive wait in the broker until one joins, their
 // timeout passes or their client goes away; the queue is bounded (max_queued_calls,
