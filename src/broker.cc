@@ -380,9 +380,10 @@ class Broker::Impl {
                                 : Clock::now() + std::chrono::milliseconds(peek->timeout_ms);
       uint64_t bytes = MessageBytes(*m);
       Waiting w{std::move(*m), std::move(*peek), deadline, 0, bytes};
-      if (ChooseEngine() == nullptr &&
-          (waiting_.size() + 1 > options_.max_queued_calls ||
-           waiting_bytes_ + bytes > options_.max_queued_bytes)) {
+      // (The queue's bound first: an engine is chosen once, by Dispatch, unless it is full.)
+      if ((waiting_.size() + 1 > options_.max_queued_calls ||
+           waiting_bytes_ + bytes > options_.max_queued_bytes) &&
+          ChooseEngine() == nullptr) {
         ++busy_;
         SendError(RoutingStrings(w.message.routing), w.peek.message_id, "",
                   {kErrorBusy,
