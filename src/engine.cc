@@ -122,11 +122,19 @@ std::string DefaultId() {
 
 // A received message, the socket it came from and its routing frames; `message` is set
 // once it is verified and decoded (on the I/O thread when that decides where it runs).
+// A function the engine serves (Engine::def), fixed once the engine runs.
+struct FunctionEntry {
+  std::string name;
+  RawFunction fn;
+  FunctionOptions options;
+};
+
 struct Job {
   size_t socket = 0;
   RoutingFrames routing;
   ReceivedMessage received;
   Message message;
+  FunctionEntry* function = nullptr;  // its function, once looked up (null: not yet, or none)
 
   uint64_t bytes() const {
     uint64_t n = 0;
@@ -191,15 +199,13 @@ class Engine::Impl {
     ::close(wake_fd_);
   }
 
-  struct Function {
-    RawFunction fn;
-    FunctionOptions options;
-  };
+  using Function = FunctionEntry;
 
   void Def(std::string_view name, RawFunction fn, FunctionOptions options) {
     if (running_) throw Error(absl::StrCat("engine ", options_.id, ": def(\"", internal::Sv(name),
                                            "\") after Start()"));
     auto f = std::make_shared<Function>();
+    f->name = std::string(name);
     f->fn = std::move(fn);
     f->options = options;
     functions_[std::string(name)] = std::move(f);
@@ -208,12 +214,19 @@ class Engine::Impl {
     });
   }
 
-  // True when the decoded call `message` runs on the I/O thread: its function asked for
-  // it (FunctionOptions::inline_execution).
-  bool RunsInline(const Message& message) const {
-    if (message.body_kind() != BodyKind::kApply) return true;  // answered at once, if at all
-    auto it = functions_.find(std::string(message.function()));
-    return it == functions_.end() || it->second->options.inline_execution;
+  // The function named `name`, or null. functions_ is fixed once the engine runs.
+  Function* Find(std::string_view name) const {
+    auto it = functions_.find(absl::string_view(name.data(), name.size()));
+    return it == functions_.end() ? nullptr : it->second.get();
+  }
+
+  // True when the decoded call of `job` runs on the I/O thread: its function asked for
+  // it (FunctionOptions::inline_execution). Keeps the function found in the job.
+  bool RunsInline(Job& job) const {
+    if (job.message.body_kind() != BodyKind::kApply) return true;  // answered at once, if at all
+    Function* f = Find(job.message.function());
+    job.function = f;
+    return f == nullptr || f->options.inline_execution;
   }
 
   std::vector<std::string> Functions() const {
@@ -490,7 +503,7 @@ class Engine::Impl {
           if (refusal) SendQuiet(refusal->socket, std::move(refusal->message), refusal->routing);
           continue;
         }
-        here = RunsInline(job.message);
+        here = RunsInline(job);
       }
       if (here) {
         std::optional<Reply> reply = Process(std::move(job));
@@ -699,6 +712,7 @@ class Engine::Impl {
     reply.socket = job.socket;
     reply.routing = std::move(job.routing);
     Message message = std::move(job.message);
+    Function* known = job.function;
     if (message.body_kind() == BodyKind::kHello && !is_dealer_[reply.socket] &&
         options_.shared_memory && !reply.routing.empty()) {
       // A client's: it may read results from this engine's arena when it runs here.
@@ -730,9 +744,9 @@ class Engine::Impl {
     }
     if (message.body_kind() != BodyKind::kApply) return std::nullopt;  // not a call
     Bump(calls_);
-    std::string function(message.function());
-    auto it = functions_.find(function);
-    if (it == functions_.end()) {
+    Function* f = known != nullptr ? known : Find(message.function());
+    if (f == nullptr) {
+      std::string function(message.function());
       Bump(errors_);
       reply.message = ErrorReply(
           message.message_id(),
@@ -745,7 +759,8 @@ class Engine::Impl {
     // Cancel and streams (stream.h): the call's control block, in the table of running
     // calls while it runs; a cancelled call gets no reply at all.
     const bool stream = message.stream_credits() != 0;
-    if (stream != it->second->options.stream) {
+    const std::string& function = f->name;
+    if (stream != f->options.stream) {
       Bump(errors_);
       reply.message = ErrorReply(
           message.message_id(),
@@ -765,7 +780,7 @@ class Engine::Impl {
       }
       io_control_.call_id = message.message_id();
       io_control_.function.assign(function);
-      reply.message = *RunCall(*it->second, message, function, io_control_, false,
+      reply.message = *RunCall(*f, message, function, io_control_, false,
                                SharedResults(reply.socket, reply.routing, message));
       return reply;
     }
@@ -775,7 +790,7 @@ class Engine::Impl {
     internal::LiveCalls::Scope running(live_, live_key);
     reply.after_items = stream;
     uint64_t token = BeginCall(reply.socket, reply.routing, message.message_id(), function);
-    std::optional<Outgoing> result = RunCall(*it->second, message, function, *control, stream,
+    std::optional<Outgoing> result = RunCall(*f, message, function, *control, stream,
                                              !stream && SharedResults(reply.socket, reply.routing, message));
     if (!EndCall(token)) return std::nullopt;  // abandoned at the drain's deadline
     if (!result) return std::nullopt;          // cancelled: no reply at all
@@ -1062,7 +1077,7 @@ class Engine::Impl {
   const Registry* registry_ = nullptr;
   std::unique_ptr<zmq::context_t> owned_context_;
   zmq::context_t* context_ = nullptr;
-  std::map<std::string, std::shared_ptr<Function>> functions_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Function>> functions_;
   bool any_inline_ = false;  // a function of functions_ asked for inline_execution
   std::unique_ptr<ReplayGuard> replay_;  // with a signer only
   std::unique_ptr<CurveAllowList> curve_allow_;  // with curve_allowed_clients only

@@ -466,9 +466,16 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
       internal::WalkEnvelope(state->received_, static_cast<uint32_t>(payload_frames), limits,
                              Budget(limits, word_count), env, &state->shared_views_);
       state->root_ = env;
-      if (env.getBody().isApply()) {
-        auto apply = env.getBody().getApply();
+      auto body = env.getBody();
+      if (body.isResult()) {
+        state->is_result_ = true;
+        state->result_ = body.getResult();
+      } else if (body.isApply()) {
+        auto apply = body.getApply();
         state->is_apply_ = true;
+        state->apply_ = apply;
+        capnp::Text::Reader function = apply.getFunction();
+        state->function_ = std::string_view(function.begin(), function.size());
         state->args_ = apply.getArgs();
         state->kwargs_ = apply.getKwargs();
       }
@@ -533,26 +540,17 @@ BodyKind Message::body_kind() const noexcept {
   return BodyKind::kUnknown;
 }
 
-#define ZEROCAN_APPLY()                                     \
-  if (state_ == nullptr) ThrowWrongBody("an apply");        \
-  auto body = state_->root_.getBody();                      \
-  if (!body.isApply()) ThrowWrongBody("an apply");          \
-  auto apply = body.getApply()
-#define ZEROCAN_RESULT()                                    \
-  if (state_ == nullptr) ThrowWrongBody("a result");        \
-  auto body = state_->root_.getBody();                      \
-  if (!body.isResult()) ThrowWrongBody("a result");         \
-  auto result = body.getResult()
+#define ZEROCAN_APPLY() const wire::Apply::Reader& apply = Apply().apply_
+#define ZEROCAN_RESULT()                                                           \
+  if (state_ == nullptr || !state_->is_result_) ThrowWrongBody("a result");        \
+  const wire::Result::Reader& result = state_->result_
 
 const internal::MessageState& Message::Apply() const {
   if (state_ == nullptr || !state_->is_apply_) ThrowWrongBody("an apply");
   return *state_;
 }
 
-std::string_view Message::function() const {
-  ZEROCAN_APPLY();
-  return View(apply.getFunction());
-}
+std::string_view Message::function() const { return Apply().function_; }
 size_t Message::arg_count() const { return Apply().args_.size(); }
 Value Message::arg(size_t i) const {
   const auto& args = Apply().args_;

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <absl/container/flat_hash_map.h>
 #include <absl/strings/str_cat.h>
@@ -48,10 +49,16 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   // is off (Cap'n Proto spends it cumulatively): the walk bounded the work instead.
   std::optional<capnp::FlatArrayMessageReader> reader_;
   wire::Envelope::Reader root_;
-  // An apply's argument lists, read once by Decode (an engine asks for each argument).
+  // An apply's struct, function name and argument lists, read once by Decode (an engine
+  // asks for the name to route the call and for each argument).
   bool is_apply_ = false;
+  wire::Apply::Reader apply_;
+  std::string_view function_;
   capnp::List<wire::Value>::Reader args_;
   capnp::List<wire::Field>::Reader kwargs_;
+  // A result's struct, read once by Decode (a client asks it for several fields).
+  bool is_result_ = false;
+  wire::Result::Reader result_;
 
   std::shared_ptr<const void> KeepAlive() const { return shared_from_this(); }
 
