@@ -131,6 +131,17 @@ bool SendFrames(zmq::socket_t& socket, std::span<const Buffer> routing,
 std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits& limits,
                                        zmq::recv_flags flags, bool expect_routing,
                                        Arrival* arrival) {
+  auto receive = [&socket](zmq::message_t& part, zmq::recv_flags f) {
+    try {
+      return socket.recv(part, f).has_value();
+    } catch (const zmq::error_t& e) {
+      throw TransportError(absl::StrCat("receive failed: ", e.what()));
+    }
+  };
+  // Nothing is allocated until a message is there: a loop that drains a socket ends
+  // with one receive that finds it empty.
+  zmq::message_t part;
+  if (!receive(part, flags)) return std::nullopt;
   // Allocated from this thread's block cache: a server receives message after message.
   auto holder = std::allocate_shared<ReceivedParts>(internal::CachingAllocator<ReceivedParts>());
   size_t routing_count = 0;
@@ -149,22 +160,15 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
   // Once a problem is found the rest of the message is still drained (and dropped), so
   // the next Receive starts at a message boundary.
   while (true) {
-    zmq::message_t part;
-    zmq::recv_result_t got;
-    try {
-      got = socket.recv(part, first ? flags : zmq::recv_flags::none);
-    } catch (const zmq::error_t& e) {
-      throw TransportError(absl::StrCat("receive failed: ", e.what()));
-    }
-    if (!got) {
-      if (first) return std::nullopt;
+    if (!first && !receive(part, zmq::recv_flags::none)) {
       throw TransportError("receive interrupted in the middle of a multipart message");
     }
     internal::TsanAfterZmqReceive();  // before anything reads the part's bytes
-    bool more = part.more();
+    const bool more = part.more();
+    const size_t size = part.size();
     if (arrival != nullptr) {
       // A ROUTER's first part (the peer's routing id) was added here, not sent.
-      if (!(first && expect_routing)) arrival->wire_bytes += WireBytes(part.size(), arrival->curve);
+      if (!(first && expect_routing)) arrival->wire_bytes += WireBytes(size, arrival->curve);
       // Asked of the last part, which always came over the connection (a ROUTER's
       // routing id may carry no metadata); libzmq answers with a lookup in it.
       if (!more) arrival->fd = zmq_msg_get(part.handle(), ZMQ_SRCFD);
@@ -173,11 +177,11 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
     if (!problem.empty()) {
       // draining
     } else if (!delimiter_seen) {
-      if (part.size() == 0) {
+      if (size == 0) {
         delimiter_seen = true;
       } else if (!expect_routing) {
         reject(DecodeError::Code::kMalformed,
-               absl::StrCat("frame 0 has ", part.size(),
+               absl::StrCat("frame 0 has ", size,
                             " bytes; expected the empty delimiter before the envelope"));
       } else if (routing_count >= limits.max_routing_frames) {
         reject(DecodeError::Code::kLimitExceeded,
@@ -190,7 +194,7 @@ std::optional<ReceivedMessage> Receive(zmq::socket_t& socket, const DecodeLimits
     } else if (parts.size() - routing_count >= limits.max_frames) {
       reject(DecodeError::Code::kLimitExceeded,
              absl::StrCat("message has more than max_frames ", limits.max_frames, " frames"));
-    } else if ((total += part.size()) > limits.max_message_bytes) {
+    } else if ((total += size) > limits.max_message_bytes) {
       reject(DecodeError::Code::kLimitExceeded,
              absl::StrCat("message exceeds max_message_bytes ", limits.max_message_bytes));
     } else {
