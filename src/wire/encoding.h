@@ -44,10 +44,21 @@ void CopyText(capnp::Text::Builder dst, std::string_view text) noexcept;
 // DecodeError naming the field path.
 // Payload.shared references met on the way are mapped into `shared_views` (keyed by
 // MessageState::Key).
+// Returns the body's readers the walk followed (each hop costs a bounds check), for
+// the decoded message to keep.
 using SharedViews = absl::flat_hash_map<const void*, SharedOrigin>;
-void WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
-                  const DecodeLimits& limits, uint64_t budget, wire::Envelope::Reader envelope,
-                  SharedViews* shared_views);
+struct WalkedBody {
+  bool is_apply = false;
+  wire::Apply::Reader apply;
+  capnp::Text::Reader function;
+  capnp::List<wire::Value>::Reader args;
+  capnp::List<wire::Field>::Reader kwargs;
+  bool is_result = false;
+  wire::Result::Reader result;
+};
+WalkedBody WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
+                        const DecodeLimits& limits, uint64_t budget,
+                        wire::Envelope::Reader envelope, SharedViews* shared_views);
 
 }  // namespace internal
 

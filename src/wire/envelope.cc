@@ -463,22 +463,17 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
       auto env = state->reader_->getRoot<wire::Envelope>();
       size_t payload_frames = state->received_.frames.size() - 1;
       CheckHeader(env.getVersion(), env.getPayloadFrames(), payload_frames);
-      internal::WalkEnvelope(state->received_, static_cast<uint32_t>(payload_frames), limits,
-                             Budget(limits, word_count), env, &state->shared_views_);
+      internal::WalkedBody walked = internal::WalkEnvelope(
+          state->received_, static_cast<uint32_t>(payload_frames), limits,
+          Budget(limits, word_count), env, &state->shared_views_);
       state->root_ = env;
-      auto body = env.getBody();
-      if (body.isResult()) {
-        state->is_result_ = true;
-        state->result_ = body.getResult();
-      } else if (body.isApply()) {
-        auto apply = body.getApply();
-        state->is_apply_ = true;
-        state->apply_ = apply;
-        capnp::Text::Reader function = apply.getFunction();
-        state->function_ = std::string_view(function.begin(), function.size());
-        state->args_ = apply.getArgs();
-        state->kwargs_ = apply.getKwargs();
-      }
+      state->is_result_ = walked.is_result;
+      state->result_ = walked.result;
+      state->is_apply_ = walked.is_apply;
+      state->apply_ = walked.apply;
+      state->function_ = std::string_view(walked.function.begin(), walked.function.size());
+      state->args_ = walked.args;
+      state->kwargs_ = walked.kwargs;
     });
   } catch (const DecodeError&) {
     Bump(GlobalStats().messages_rejected);

@@ -49,14 +49,14 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   // is off (Cap'n Proto spends it cumulatively): the walk bounded the work instead.
   std::optional<capnp::FlatArrayMessageReader> reader_;
   wire::Envelope::Reader root_;
-  // An apply's struct, function name and argument lists, read once by Decode (an engine
-  // asks for the name to route the call and for each argument).
+  // An apply's struct, function name and argument lists, as the decoder's walk followed
+  // them (an engine asks for the name to route the call and for each argument).
   bool is_apply_ = false;
   wire::Apply::Reader apply_;
   std::string_view function_;
   capnp::List<wire::Value>::Reader args_;
   capnp::List<wire::Field>::Reader kwargs_;
-  // A result's struct, read once by Decode (a client asks it for several fields).
+  // A result's struct, as the walk followed it (a client asks it for several fields).
   bool is_result_ = false;
   wire::Result::Reader result_;
 

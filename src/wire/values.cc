@@ -727,11 +727,17 @@ class Walker {
       case wire::Envelope::Body::APPLY: {
         Path apply = Child(root, "apply");
         auto a = body.getApply();
-        Text(a.getFunction(), Child(apply, "function"));
+        auto function = a.getFunction();
+        Text(function, Child(apply, "function"));
         auto args = a.getArgs();
         CheckLength(args.size(), Child(apply, "args"));
         for (unsigned i = 0; i < args.size(); ++i) Visit(args[i], Child(apply, "args", i), 1);
         auto kwargs = a.getKwargs();
+        walked_.is_apply = true;
+        walked_.apply = a;
+        walked_.function = function;
+        walked_.args = args;
+        walked_.kwargs = kwargs;
         CheckLength(kwargs.size(), Child(apply, "kwargs"));
         for (unsigned i = 0; i < kwargs.size(); ++i) {
           Path kw = Child(apply, "kwargs", i);
@@ -743,6 +749,8 @@ class Walker {
       case wire::Envelope::Body::RESULT: {
         Path result = Child(root, "result");
         auto r = body.getResult();
+        walked_.is_result = true;
+        walked_.result = r;
         Text(r.getEngineId(), Child(result, "engineId"));
         switch (r.which()) {
           case wire::Result::OK: return Value(r.getOk(), Child(result, "ok"), 1);
@@ -787,6 +795,9 @@ class Walker {
                       " (sent by a newer protocol version?)"));
   }
 
+  // The body's readers Envelope followed.
+  const internal::WalkedBody& walked() const { return walked_; }
+
  private:
   const ReceivedMessage& received_;
   uint32_t payload_frames_;
@@ -794,15 +805,18 @@ class Walker {
   uint64_t budget_;
   internal::SharedViews* shared_views_;
   uint64_t payload_refs_ = 0;
+  internal::WalkedBody walked_;
 };
 
 }  // namespace
 
 namespace internal {
-void WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
-                  const DecodeLimits& limits, uint64_t budget, wire::Envelope::Reader envelope,
-                  SharedViews* shared_views) {
-  Walker(received, payload_frames, limits, budget, shared_views).Envelope(envelope);
+WalkedBody WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
+                        const DecodeLimits& limits, uint64_t budget,
+                        wire::Envelope::Reader envelope, SharedViews* shared_views) {
+  Walker walker(received, payload_frames, limits, budget, shared_views);
+  walker.Envelope(envelope);
+  return walker.walked();
 }
 }  // namespace internal
 
