@@ -649,11 +649,18 @@ std::optional<Peek> PeekEnvelope(const Buffer& frame, const DecodeLimits& limits
   size_t size = frame.size();
   if (size < 8 || size % 8 != 0 || size > limits.max_envelope_bytes) return std::nullopt;
   const auto* words = reinterpret_cast<const capnp::word*>(frame.data());
+  // libzmq hands out short frames at any address; Cap'n Proto reads aligned words. A
+  // call's or a result's envelope fits the stack copy.
+  capnp::word short_copy[64];
   std::unique_ptr<capnp::word[]> copy;
   if (!IsAligned(words, alignof(capnp::word))) {
-    copy.reset(new capnp::word[size / 8]);
-    std::memcpy(copy.get(), frame.data(), size);
-    words = copy.get();
+    capnp::word* aligned = short_copy;
+    if (size / 8 > std::size(short_copy)) {
+      copy.reset(new capnp::word[size / 8]);
+      aligned = copy.get();
+    }
+    std::memcpy(aligned, frame.data(), size);
+    words = aligned;
   }
   try {
     return CatchKj("envelope", [&]() -> std::optional<Peek> {
