@@ -120,8 +120,6 @@ std::string DefaultId() {
   return absl::StrCat(host, ":", getpid(), ":", counter.fetch_add(1));
 }
 
-// A received message, the socket it came from and its routing frames; `message` is set
-// once it is verified and decoded (on the I/O thread when that decides where it runs).
 // A function the engine serves (Engine::def), fixed once the engine runs.
 struct FunctionEntry {
   std::string name;
@@ -129,6 +127,8 @@ struct FunctionEntry {
   FunctionOptions options;
 };
 
+// A received message, the socket it came from and its routing frames; `message` is set
+// once it is verified and decoded (on the I/O thread when that decides where it runs).
 struct Job {
   size_t socket = 0;
   RoutingFrames routing;

@@ -43,9 +43,8 @@ void CopyText(capnp::Text::Builder dst, std::string_view text) noexcept;
 // docs/FORMAT.md "Decoding", within a traversal budget of `budget` units. Throws
 // DecodeError naming the field path.
 // Payload.shared references met on the way are mapped into `shared_views` (keyed by
-// MessageState::Key).
-// Returns the body's readers the walk followed (each hop costs a bounds check), for
-// the decoded message to keep.
+// MessageState::Key). Returns the body's readers the walk followed, for the decoded
+// message to keep (following a pointer again costs another bounds check).
 using SharedViews = absl::flat_hash_map<const void*, SharedOrigin>;
 struct WalkedBody {
   bool is_apply = false;
