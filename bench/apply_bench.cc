@@ -220,6 +220,31 @@ std::vector<double> RoundTripRates(const std::vector<std::function<void()>>& cal
   return out;
 }
 
+// Diagnostics: ZEROCAN_APPLY_TRIPS=WHO:N in the calls child makes exactly N round trips
+// of one contender (direct, raw-direct, broker, raw-broker; one call in flight, as in
+// section 1) and reports nothing. Its wall-clock rates swing with the machine; the
+// instructions each thread spends per round trip do not:
+//   ZEROCAN_APPLY_CHILD=calls ZEROCAN_APPLY_TRIPS=broker:2000 valgrind --tool=callgrind \
+//     --separate-threads=yes zerocan-bench --only apply
+// and again with 4000: the difference between the two runs' counts, over 2000.
+struct Trips {
+  std::string who;
+  int count = 0;
+};
+std::optional<Trips> TripsFromEnv() {
+  const char* value = std::getenv("ZEROCAN_APPLY_TRIPS");
+  if (value == nullptr) return std::nullopt;
+  std::vector<std::string> f = absl::StrSplit(value, ':');
+  static const char* const kWho[] = {"direct", "raw-direct", "broker", "raw-broker"};
+  if (f.size() != 2 || std::find(std::begin(kWho), std::end(kWho), f[0]) == std::end(kWho) ||
+      std::atoi(f[1].c_str()) <= 0) {
+    std::fprintf(stderr, "apply: ZEROCAN_APPLY_TRIPS=%s: expected WHO:N, WHO one of direct, "
+                         "raw-direct, broker, raw-broker\n", value);
+    std::exit(2);
+  }
+  return Trips{f[0], std::atoi(f[1].c_str())};
+}
+
 // The cost of one fresh 4 KiB page: first touch of anonymous memory just mapped (the
 // fault, zeroing and mapping glibc's defaults pay for every page of a large received
 // frame). Best of three 64 MiB runs.
@@ -367,6 +392,17 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     std::exit(2);
   }
   rows_to_parent = calls_child;
+  if (!calls_child && std::getenv("ZEROCAN_APPLY_TRIPS") != nullptr) {
+    std::fprintf(stderr, "apply: ZEROCAN_APPLY_TRIPS is for the calls child alone: set "
+                         "%s=calls too\n", kChildEnv);
+    std::exit(2);
+  }
+  const std::optional<Trips> trips = calls_child ? TripsFromEnv() : std::nullopt;
+  // Runs `call` trips->count times when the trips are `who`'s.
+  auto run_trips = [&](const char* who, const std::function<void()>& call) {
+    if (trips->who != who) return;
+    for (int i = 0; i < trips->count; ++i) call();
+  };
   // Diagnostics: ZEROCAN_APPLY_ECHO_ONLY=1 runs only the 256 MB echo (section 2).
   if (part.empty() && std::getenv("ZEROCAN_APPLY_ECHO_ONLY") == nullptr) {
     std::string error;
@@ -415,45 +451,50 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     Client inline_client(inline_engine.last_endpoint(), co);
     Client worker_client(worker_engine.last_endpoint(), co);
     RawClient raw_client(ctx, raw.endpoint());
-    std::vector<double> rates = RoundTripRates(
-        {[&] { Sink(client.apply("add", 1, 2).get().as<int64_t>()); },
-         [&] { Sink(inline_client.apply("add", 1, 2).get().as<int64_t>()); },
-         [&] { Sink(worker_client.apply("add", 1, 2).get().as<int64_t>()); },
-         [&] { raw_client.Call(bytes.apply); }},
-        per_round, rounds);
-    Add(rows, &table, "small apply, tcp direct (default engine: worker pool)", rates[0],
-        "calls/s", "raw libzmq ping-pong, same bytes", rates[3], "");
-    Add(rows, &table, "small apply, tcp direct (threads=0)", rates[1], "calls/s",
-        "raw libzmq ping-pong, same bytes", rates[3], "");
-    Add(rows, &table, "small apply, tcp direct (function declared inline)", rates[2],
-        "calls/s", "raw libzmq ping-pong, same bytes", rates[3], ">= 0.9x");
+    if (trips) {
+      run_trips("direct", [&] { Sink(worker_client.apply("add", 1, 2).get().as<int64_t>()); });
+      run_trips("raw-direct", [&] { raw_client.Call(bytes.apply); });
+    } else {
+      std::vector<double> rates = RoundTripRates(
+          {[&] { Sink(client.apply("add", 1, 2).get().as<int64_t>()); },
+           [&] { Sink(inline_client.apply("add", 1, 2).get().as<int64_t>()); },
+           [&] { Sink(worker_client.apply("add", 1, 2).get().as<int64_t>()); },
+           [&] { raw_client.Call(bytes.apply); }},
+          per_round, rounds);
+      Add(rows, &table, "small apply, tcp direct (default engine: worker pool)", rates[0],
+          "calls/s", "raw libzmq ping-pong, same bytes", rates[3], "");
+      Add(rows, &table, "small apply, tcp direct (threads=0)", rates[1], "calls/s",
+          "raw libzmq ping-pong, same bytes", rates[3], "");
+      Add(rows, &table, "small apply, tcp direct (function declared inline)", rates[2],
+          "calls/s", "raw libzmq ping-pong, same bytes", rates[3], ">= 0.9x");
 
-    // Pipelined: `in_flight` calls sent before the first reply is read, over the same
-    // sockets as above (the engine with the built-ins declared inline; the raw server).
-    const int in_flight = quick ? 2000 : 10000;
-    auto zc_pipelined = [&] {
-      std::vector<ResultFuture> futures;
-      futures.reserve(in_flight);
-      for (int i = 0; i < in_flight; ++i) futures.push_back(worker_client.apply("add", 1, 2));
-      for (auto& f : futures) Sink(f.get().as<int64_t>());
-    };
-    auto raw_pipelined = [&] {
-      zmq::socket_t& s = raw_client.socket();
-      for (int i = 0; i < in_flight; ++i) {
-        s.send(zmq::message_t(), zmq::send_flags::sndmore);
-        s.send(zmq::buffer(bytes.apply));
-      }
-      for (int i = 0; i < in_flight; ++i) {
-        zmq::message_t part;
-        do {
-          (void)s.recv(part);
-        } while (part.more());
-      }
-    };
-    std::vector<double> batches = RoundTripRates({zc_pipelined, raw_pipelined}, 1, rounds);
-    Add(rows, &table, "small apply, " + std::to_string(in_flight) + " in flight (declared inline)",
-        batches[0] * in_flight, "calls/s", "raw libzmq, same sockets", batches[1] * in_flight,
-        ">= 0.5x");
+      // Pipelined: `in_flight` calls sent before the first reply is read, over the same
+      // sockets as above (the engine with the built-ins declared inline; the raw server).
+      const int in_flight = quick ? 2000 : 10000;
+      auto zc_pipelined = [&] {
+        std::vector<ResultFuture> futures;
+        futures.reserve(in_flight);
+        for (int i = 0; i < in_flight; ++i) futures.push_back(worker_client.apply("add", 1, 2));
+        for (auto& f : futures) Sink(f.get().as<int64_t>());
+      };
+      auto raw_pipelined = [&] {
+        zmq::socket_t& s = raw_client.socket();
+        for (int i = 0; i < in_flight; ++i) {
+          s.send(zmq::message_t(), zmq::send_flags::sndmore);
+          s.send(zmq::buffer(bytes.apply));
+        }
+        for (int i = 0; i < in_flight; ++i) {
+          zmq::message_t part;
+          do {
+            (void)s.recv(part);
+          } while (part.more());
+        }
+      };
+      std::vector<double> batches = RoundTripRates({zc_pipelined, raw_pipelined}, 1, rounds);
+      Add(rows, &table, "small apply, " + std::to_string(in_flight) + " in flight (declared inline)",
+          batches[0] * in_flight, "calls/s", "raw libzmq, same sockets", batches[1] * in_flight,
+          ">= 0.5x");
+    }
   }
   if (calls_child) {
     BrokerOptions bo;
@@ -495,14 +536,19 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
            ++i) {
         std::this_thread::sleep_for(milliseconds(10));
       }
-      std::vector<double> rates = RoundTripRates(
-          {[&] { Sink(client.apply("add", 1, 2).get().as<int64_t>()); },
-           [&] { raw_client.Call(bytes.apply); }, [&] { proxy_client.Call(bytes.apply); }},
-          per_round, rounds);
-      Add(rows, &table, "small apply via zerocan broker", rates[0], "calls/s",
-          "raw libzmq via the same broker", rates[1], ">= 0.9x");
-      Add(rows, &table, "small apply via zerocan broker ", rates[0], "calls/s",
-          "raw libzmq via zmq_proxy", rates[2], "(reference)");
+      if (trips) {
+        run_trips("broker", [&] { Sink(client.apply("add", 1, 2).get().as<int64_t>()); });
+        run_trips("raw-broker", [&] { raw_client.Call(bytes.apply); });
+      } else {
+        std::vector<double> rates = RoundTripRates(
+            {[&] { Sink(client.apply("add", 1, 2).get().as<int64_t>()); },
+             [&] { raw_client.Call(bytes.apply); }, [&] { proxy_client.Call(bytes.apply); }},
+            per_round, rounds);
+        Add(rows, &table, "small apply via zerocan broker", rates[0], "calls/s",
+            "raw libzmq via the same broker", rates[1], ">= 0.9x");
+        Add(rows, &table, "small apply via zerocan broker ", rates[0], "calls/s",
+            "raw libzmq via zmq_proxy", rates[2], "(reference)");
+      }
     }
     ctl_pub.send(zmq::buffer(std::string("TERMINATE")));
     proxy.join();
@@ -669,7 +715,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
   }
 
   // ---- 3. calls/s with 1, 2, 4 engines through the broker ---------------------------------
-  if (calls_child) {
+  if (calls_child && !trips) {
     double one_add = 0, one_sleep = 0;
     for (int engines : {1, 2, 4}) {
       BrokerOptions bo;
