@@ -300,7 +300,7 @@ class ClientCore {
   // (not past the end of `call`, when given).
   void ReceiveUntil(Clock::time_point until, const PendingCall* call = nullptr) {
     if (io_mu_.try_lock()) {
-      Pump(until);
+      Pump(until, call);
       io_mu_.unlock();
       cv_.notify_all();
       // Let a sender that asked for the socket have it before leading again.
@@ -458,11 +458,11 @@ class ClientCore {
   void DoneIo() { senders_.fetch_sub(1, std::memory_order_acq_rel); }
 
   // Leader: receives until `stop`, a sender wants the socket, or one batch has been
-  // received. io_mu_ held.
-  void Pump(Clock::time_point stop) {
+  // received (see ReceiveBatch for `awaited`). io_mu_ held.
+  void Pump(Clock::time_point stop, const PendingCall* awaited = nullptr) {
     if (socket_.handle() == nullptr) return;
     while (true) {
-      if (ReceiveBatch() > 0) return;
+      if (ReceiveBatch(awaited) > 0) return;
       if (senders_.load(std::memory_order_acquire) > 0) return;
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(stop - Clock::now());
       if (left.count() < 0) return;
@@ -513,8 +513,11 @@ class ClientCore {
   }
 
   // Receives every message pending on the socket without blocking; returns how many.
-  // Replies are matched to their calls in groups, under one lock per group.
-  size_t ReceiveBatch() {
+  // Replies are matched to their calls in groups, under one lock per group. Once
+  // `awaited` (the leader's own call) is answered and no other call waits, it stops
+  // there: its caller goes on at once, and the receive that would find the socket empty
+  // is left to the next wait, which begins with one anyway.
+  size_t ReceiveBatch(const PendingCall* awaited = nullptr) {
     size_t n = 0;
     try {
       while (true) {
@@ -529,8 +532,13 @@ class ClientCore {
         if (!received) break;
         ++n;
         if (std::optional<Arrived> reply = Read(std::move(*received))) {
+          const bool answers_awaited = awaited != nullptr && reply->call_id == awaited->id;
           arrived_.push_back(std::move(*reply));
-          if (arrived_.size() >= kMatchGroup) MatchArrived();
+          if (answers_awaited) {
+            if (MatchArrived() == 0) return n;
+          } else if (arrived_.size() >= kMatchGroup) {
+            MatchArrived();
+          }
         }
       }
     } catch (...) {
@@ -589,9 +597,10 @@ class ClientCore {
     return arrived;
   }
 
-  // Hands each arrived result to its call (io_mu_ held; takes mu_ once).
-  void MatchArrived() {
-    if (arrived_.empty()) return;
+  // Hands each arrived result to its call (io_mu_ held; takes mu_ once). Returns how
+  // many calls still wait for their answer.
+  size_t MatchArrived() {
+    if (arrived_.empty()) return 1;  // (not known without the lock: as if one did)
     struct Clear {
       std::vector<Arrived>& group;
       ~Clear() { group.clear(); }
@@ -619,6 +628,7 @@ class ClientCore {
       Finish(call, std::move(reply.result));
       pending_.erase(it);
     }
+    return pending_.size();
   }
 
   // A reply that could not be read (a result referring to an arena block gone meanwhile,
