@@ -221,8 +221,8 @@ std::vector<double> RoundTripRates(const std::vector<std::function<void()>>& cal
 }
 
 // Diagnostics: ZEROCAN_APPLY_TRIPS=WHO:N in the calls child makes exactly N round trips
-// of one contender (direct, raw-direct, broker, raw-broker; one call in flight, as in
-// section 1) and reports nothing. Its wall-clock rates swing with the machine; the
+// of one contender (direct: declared inline; pool: the default worker pool; raw-direct,
+// broker, raw-broker; one call in flight, as in section 1) and reports nothing. Its wall-clock rates swing with the machine; the
 // instructions each thread spends per round trip do not:
 //   ZEROCAN_APPLY_CHILD=calls ZEROCAN_APPLY_TRIPS=broker:2000 valgrind --tool=callgrind \
 //     --separate-threads=yes zerocan-bench --only apply
@@ -235,11 +235,11 @@ std::optional<Trips> TripsFromEnv() {
   const char* value = std::getenv("ZEROCAN_APPLY_TRIPS");
   if (value == nullptr) return std::nullopt;
   std::vector<std::string> f = absl::StrSplit(value, ':');
-  static const char* const kWho[] = {"direct", "raw-direct", "broker", "raw-broker"};
+  static const char* const kWho[] = {"direct", "pool", "raw-direct", "broker", "raw-broker"};
   if (f.size() != 2 || std::find(std::begin(kWho), std::end(kWho), f[0]) == std::end(kWho) ||
       std::atoi(f[1].c_str()) <= 0) {
     std::fprintf(stderr, "apply: ZEROCAN_APPLY_TRIPS=%s: expected WHO:N, WHO one of direct, "
-                         "raw-direct, broker, raw-broker\n", value);
+                         "pool, raw-direct, broker, raw-broker\n", value);
     std::exit(2);
   }
   return Trips{f[0], std::atoi(f[1].c_str())};
@@ -453,6 +453,7 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
     RawClient raw_client(ctx, raw.endpoint());
     if (trips) {
       run_trips("direct", [&] { Sink(worker_client.apply("add", 1, 2).get().as<int64_t>()); });
+      run_trips("pool", [&] { Sink(client.apply("add", 1, 2).get().as<int64_t>()); });
       run_trips("raw-direct", [&] { raw_client.Call(bytes.apply); });
     } else {
       std::vector<double> rates = RoundTripRates(

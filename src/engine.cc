@@ -157,7 +157,7 @@ struct Running {
   size_t socket = 0;
   RoutingFrames routing;
   uint64_t call_id = 0;
-  std::string function;
+  std::string_view function;  // the registered name: outlives the call
 };
 
 // Cancel and credit envelopes are at most this big (72 and 80 bytes; the smallest apply
@@ -188,7 +188,6 @@ class Engine::Impl {
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw TransportError("engine: eventfd failed");
     if (options_.signer) replay_ = std::make_unique<ReplayGuard>(options_.replay);
-    io_control_.stop = std::stop_source(std::nostopstate);
     io_control_.engine_id = options_.id;
     io_control_.policy = &policy_;
     io_control_.registry = registry_;
@@ -623,12 +622,13 @@ class Engine::Impl {
   // The control block of a call about to run (nullptr: cancelled while queued). For a
   // stream call, items go to the I/O thread through the reply queue.
   std::shared_ptr<internal::CallControl> StartCall(const Reply& reply, const Message& message,
+                                                   const std::string& function,
                                                    const std::string& key, bool stream) {
     std::shared_ptr<internal::CallControl> control = live_.Start(key);
     if (control == nullptr) return nullptr;
     control->call_id = message.message_id();
     control->engine_id = options_.id;
-    control->function = std::string(message.function());
+    control->function = function;
     control->policy = &policy_;
     control->registry = registry_;
     if (stream) {
@@ -781,13 +781,13 @@ class Engine::Impl {
         SendQuiet(reply.socket, StartedAck(message.message_id()), reply.routing);
       }
       io_control_.call_id = message.message_id();
-      io_control_.function.assign(function);
+      io_control_.function = function;
       reply.message = *RunCall(*f, message, function, io_control_, false,
                                SharedResults(reply.socket, reply.routing, message));
       return reply;
     }
     std::string live_key = internal::LiveCalls::Key(reply.routing, message.message_id());
-    std::shared_ptr<internal::CallControl> control = StartCall(reply, message, live_key, stream);
+    std::shared_ptr<internal::CallControl> control = StartCall(reply, message, function, live_key, stream);
     if (control == nullptr) return std::nullopt;
     internal::LiveCalls::Scope running(live_, live_key);
     reply.after_items = stream;
@@ -865,7 +865,7 @@ class Engine::Impl {
       StreamWriter items(control);
       Call call(message, options_.id, *registry_, &control, stream ? &items : nullptr);
       f.fn(call, out);
-      if (control.stop.stop_requested()) return std::nullopt;
+      if (control.cancelled()) return std::nullopt;
       if (stream) w.SetStreamPart(StreamPart::kEnd);
       Outgoing reply = w.Finish();
       if (arena != nullptr) {
@@ -892,7 +892,7 @@ class Engine::Impl {
     } catch (...) {
       error = {"unknown", "a non-standard exception was thrown", function, ""};
     }
-    if (control.stop.stop_requested()) return std::nullopt;  // cancelled: no reply
+    if (control.cancelled()) return std::nullopt;  // cancelled: no reply
     Bump(errors_);
     error.where = options_.id;
     return ErrorReply(message.message_id(), error, stream);
@@ -903,7 +903,7 @@ class Engine::Impl {
   // A call is about to run: tracked until EndCall, and acknowledged to a broker (a
   // `started` with the call's routing frames) so that it knows the call began.
   uint64_t BeginCall(size_t socket, const RoutingFrames& routing, uint64_t call_id,
-                     const std::string& function) {
+                     std::string_view function) {
     bool on_io = tl_io_owner == this;
     uint64_t token;
     {
@@ -1029,7 +1029,7 @@ class Engine::Impl {
                             absl::StrCat("engine ", options_.id, " stopped while running this "
                                          "call (it did not finish within the drain grace "
                                          "period of ", grace.count(), " ms)"),
-                            r.function, options_.id}),
+                            std::string(r.function), options_.id}),
                 r.routing);
     }
   }

@@ -5,18 +5,40 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "internal/block_cache.h"
 #include "internal/call_control.h"
 #include "zerocan/engine.h"
 #include "internal/live_calls.h"
+#include "internal/strings.h"
 
 namespace zerocan {
 
 namespace internal {
 
 void CallControl::Cancel() {
-  stop.request_stop();
+  std::stop_source handed_out{std::nostopstate};
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    cancelled_.store(true, std::memory_order_release);
+    handed_out = stop_;
+    cv.notify_all();
+  }
+  // Outside mu: a stop callback may call back into this call.
+  if (handed_out.stop_possible()) handed_out.request_stop();
+}
+
+std::stop_token CallControl::StopToken() noexcept {
   std::lock_guard<std::mutex> lock(mu);
-  cv.notify_all();
+  if (!stop_.stop_possible()) {
+    try {
+      stop_ = std::stop_source();
+    } catch (const std::bad_alloc&) {
+      return std::stop_token();  // (out of memory: a token that never stops)
+    }
+    // A fresh state has no callbacks yet: requesting under mu runs none.
+    if (cancelled_.load(std::memory_order_acquire)) stop_.request_stop();
+  }
+  return stop_.get_token();
 }
 
 void CallControl::Grant(uint32_t items) {
@@ -34,8 +56,12 @@ void CallControl::Stopping() {
 std::string LiveCalls::Key(std::span<const Buffer> routing, uint64_t call_id) {
   std::string key;
   for (const Buffer& r : routing) {
-    auto n = static_cast<uint32_t>(r.size());
-    key.append(reinterpret_cast<const char*>(&n), sizeof n);
+    // The length in 7-bit groups, low first (one byte below 128): unambiguous for any
+    // length, and short.
+    for (uint64_t n = r.size(); ; n >>= 7) {
+      key.push_back(static_cast<char>((n & 0x7f) | (n >= 0x80 ? 0x80 : 0)));
+      if (n < 0x80) break;
+    }
     key.append(reinterpret_cast<const char*>(r.data()), r.size());
   }
   key.append(reinterpret_cast<const char*>(&call_id), sizeof call_id);
@@ -45,7 +71,9 @@ std::string LiveCalls::Key(std::span<const Buffer> routing, uint64_t call_id) {
 std::shared_ptr<CallControl> LiveCalls::Start(const std::string& key) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!cancelled_.empty() && cancelled_.erase(key) > 0) return nullptr;
-  auto control = std::make_shared<CallControl>();
+  // A block from this thread's cache: the call's worker allocates it, and usually
+  // releases it too.
+  auto control = std::allocate_shared<CallControl>(CachingAllocator<CallControl>());
   live_[key] = control;
   return control;
 }
@@ -96,12 +124,12 @@ void StreamWriter::WriteWith(const std::function<void(ValueWriter&)>& fill) {
   {
     std::unique_lock<std::mutex> lock(c.mu);
     if (c.wait_for_credit) {
-      c.cv.wait(lock, [&] { return c.credits > 0 || c.stop.stop_requested() || c.stopping; });
+      c.cv.wait(lock, [&] { return c.credits > 0 || c.cancelled() || c.stopping; });
     }
-    if (c.stop.stop_requested()) {
-      throw CancelledError(absl::StrCat(c.function, ": call ", c.call_id, " was cancelled"));
+    if (c.cancelled()) {
+      throw CancelledError(absl::StrCat(internal::Sv(c.function), ": call ", c.call_id, " was cancelled"));
     }
-    if (c.stopping) throw Error(absl::StrCat(c.function, ": the engine is stopping"));
+    if (c.stopping) throw Error(absl::StrCat(internal::Sv(c.function), ": the engine is stopping"));
     --c.credits;
   }
   EnvelopeWriter w(*c.policy, c.registry);
@@ -114,16 +142,14 @@ void StreamWriter::WriteWith(const std::function<void(ValueWriter&)>& fill) {
   ++c.items_sent;
 }
 
-bool StreamWriter::cancelled() const noexcept { return control_.stop.stop_requested(); }
+bool StreamWriter::cancelled() const noexcept { return control_.cancelled(); }
 
-std::stop_token StreamWriter::stop_token() const noexcept { return control_.stop.get_token(); }
+std::stop_token StreamWriter::stop_token() const noexcept { return control_.StopToken(); }
 
-bool Call::cancelled() const noexcept {
-  return control_ != nullptr && control_->stop.stop_requested();
-}
+bool Call::cancelled() const noexcept { return control_ != nullptr && control_->cancelled(); }
 
 std::stop_token Call::stop_token() const noexcept {
-  return control_ != nullptr ? control_->stop.get_token() : std::stop_token();
+  return control_ != nullptr ? control_->StopToken() : std::stop_token();
 }
 
 uint64_t StreamWriter::items() const {

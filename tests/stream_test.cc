@@ -4,7 +4,9 @@
 // stops reading, and a cancelled stream unwinding its function.
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -68,6 +70,31 @@ class StreamTest : public ::testing::TestWithParam<bool> {
       c->stopped_at_ns = NowNs();
       ++c->stopped;
       return 1;
+    });
+    // Sleeps on a condition variable that only its stop callback wakes.
+    engine_->def("wait_for_stop", [c](std::stop_token stop) {
+      std::mutex mu;
+      std::condition_variable cv;
+      bool woken = false;
+      std::stop_callback wake(stop, [&] {
+        std::lock_guard<std::mutex> lock(mu);
+        woken = true;
+        cv.notify_all();
+      });
+      ++c->started;
+      std::unique_lock<std::mutex> lock(mu);
+      if (cv.wait_for(lock, std::chrono::seconds(5), [&] { return woken; })) ++c->stopped;
+      return 1;
+    });
+    // Looks at the call's cancel flag, and takes its stop token only once cancelled.
+    engine_->DefRaw("token_after_cancel", [c](const Call& call, ValueWriter& out) {
+      ++c->started;
+      auto until = Clock::now() + std::chrono::seconds(5);
+      while (!call.cancelled() && Clock::now() < until) {
+        std::this_thread::sleep_for(milliseconds(1));
+      }
+      if (call.stop_token().stop_requested()) ++c->stopped;
+      out.Int(1);
     });
     engine_->def("count", [](int64_t n, StreamWriter& out) {
       for (int64_t i = 0; i < n; ++i) out.Write(i);
@@ -172,6 +199,25 @@ TEST_P(StreamTest, RunningCooperativeCallStopsAndTheEngineTakesTheNext) {
   std::printf("cancel: cooperative call stopped %.2f ms after cancel; next call took %.2f ms\n",
               stop_ms, MsSince(t0));
   EXPECT_EQ(client_->counters().late, 0u);
+}
+
+TEST_P(StreamTest, CancelRunsTheFunctionsStopCallbacks) {
+  ResultFuture f = client_->apply("wait_for_stop");
+  ASSERT_TRUE(WaitFor([&] { return counters_.started.load() == 1; }));
+  EXPECT_TRUE(f.Cancel());
+  ExpectCancelled(f.get());
+  ASSERT_TRUE(WaitFor([&] { return counters_.stopped.load() == 1; }, milliseconds(2000)))
+      << "the stop callback never ran";
+  EXPECT_EQ(client_->apply("add", 1, 1).get().as<int>(), 2);
+}
+
+TEST_P(StreamTest, AStopTokenTakenAfterTheCancelIsAlreadyStopped) {
+  ResultFuture f = client_->apply("token_after_cancel");
+  ASSERT_TRUE(WaitFor([&] { return counters_.started.load() == 1; }));
+  EXPECT_TRUE(f.Cancel());
+  ExpectCancelled(f.get());
+  ASSERT_TRUE(WaitFor([&] { return counters_.stopped.load() == 1; }, milliseconds(2000)))
+      << "the token taken after the cancel was not stopped";
 }
 
 TEST_P(StreamTest, StreamDeliversItemsInOrder) {

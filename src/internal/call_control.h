@@ -2,6 +2,7 @@
 // function (its Call, its StreamWriter: zerocan/stream.h). src/stream.cc.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -19,10 +20,14 @@ class Registry;
 namespace internal {
 
 struct CallControl {
-  std::stop_source stop;
+  // Whether the call was cancelled. Its std::stop_source gets a shared state only when
+  // the function asks for a std::stop_token (most never do: nothing allocated per call).
+  bool cancelled() const noexcept { return cancelled_.load(std::memory_order_acquire); }
+  std::stop_token StopToken() noexcept;
   uint64_t call_id = 0;
-  std::string engine_id;
-  std::string function;
+  // The engine's id and the function's registered name: both outlive every call.
+  std::string_view engine_id;
+  std::string_view function;
   const Policy* policy = nullptr;
   const Registry* registry = nullptr;
   // Streams: set for a stream call of a streaming function.
@@ -36,10 +41,14 @@ struct CallControl {
   bool stopping = false;    // mu: the engine stops; a waiting Write gives up
   uint64_t items_sent = 0;  // mu
 
-  // From the engine's I/O thread.
+  // From the engine's I/O thread. Runs the function's stop callbacks, if any.
   void Cancel();
   void Grant(uint32_t items);
   void Stopping();
+
+ private:
+  std::atomic<bool> cancelled_{false};
+  std::stop_source stop_{std::nostopstate};  // mu
 };
 
 }  // namespace internal

@@ -20,6 +20,8 @@ namespace zerocan::internal {
 
 class LiveCalls {
  public:
+  // Each routing frame with its length before it, then the id. A direct client's key
+  // (one 5-byte routing id) fits std::string's inline buffer: no allocation.
   static std::string Key(std::span<const Buffer> routing, uint64_t call_id);
 
   // A call about to run: its control block, or nullptr when a cancel for it came first.
@@ -32,17 +34,17 @@ class LiveCalls {
   // The engine stops: stream writers waiting for credit give up.
   void StopAll();
 
-  // Removes `key` when it leaves scope.
+  // Removes `key` when it leaves scope (`key` outlives it).
   class Scope {
    public:
-    Scope(LiveCalls& calls, std::string key) : calls_(calls), key_(std::move(key)) {}
+    Scope(LiveCalls& calls, const std::string& key) : calls_(calls), key_(key) {}
     ~Scope() { calls_.Finish(key_); }
     Scope(const Scope&) = delete;
     Scope& operator=(const Scope&) = delete;
 
    private:
     LiveCalls& calls_;
-    std::string key_;
+    const std::string& key_;
   };
 
  private:
