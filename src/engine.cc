@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <condition_variable>
-#include <deque>
 #include <map>
 #include <mutex>
 #include <random>
@@ -27,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "internal/fifo.h"
 #include "internal/live_calls.h"
 #include "transport/connection_guard.h"
 #include "transport/shared_segments.h"
@@ -538,8 +538,7 @@ class Engine::Impl {
   }
 
   void SendReplies() {
-    // Called once per loop turn: no allocation when there is nothing to send (an empty
-    // std::deque allocates), and the queue's storage is reused turn after turn.
+    // Called once per loop turn: the queue's storage is reused turn after turn.
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (replies_.empty()) return;
@@ -986,7 +985,7 @@ class Engine::Impl {
   // The drain's deadline passed: every call still queued or running is answered with
   // EngineStopping; a running function's eventual result is dropped.
   void FailRemaining(std::chrono::milliseconds grace) {
-    std::deque<Job> queued;
+    internal::Fifo<Job> queued;
     std::vector<Running> running;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -1102,10 +1101,11 @@ class Engine::Impl {
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable jobs_cv_;
-  std::deque<Job> jobs_;       // mu_
+  internal::Fifo<Job> jobs_;   // mu_
   uint64_t queued_bytes_ = 0;  // mu_: of jobs_' frames
-  std::deque<Reply> replies_;  // mu_
-  std::deque<Reply> ready_;    // the I/O thread's: replies being sent
+  // Vectors: filled, swapped and emptied each turn, they keep their storage.
+  std::vector<Reply> replies_;  // mu_
+  std::vector<Reply> ready_;    // the I/O thread's: replies being sent
   bool stop_ = false;          // mu_
   bool kill_ = false;          // mu_
   bool workers_stop_ = false;  // mu_
