@@ -505,10 +505,9 @@ class Engine::Impl {
         here = RunsInline(job);
       }
       if (here) {
-        std::optional<Reply> reply = Process(job);
+        std::optional<Reply> reply = Process(std::move(job));
         if (reply && reply->after_items) SendReplies();  // a stream's items, then its end
         if (reply) SendQuiet(reply->socket, std::move(reply->message), reply->routing);
-        // (The call's message and frames are released here, after its reply went out.)
       } else {
         uint64_t bytes = job.bytes();
         bool full;
@@ -660,7 +659,7 @@ class Engine::Impl {
         jobs_.pop_front();
         queued_bytes_ -= job.bytes();
       }
-      std::optional<Reply> reply = Process(job);
+      std::optional<Reply> reply = Process(std::move(job));
       if (!reply) continue;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -703,8 +702,10 @@ class Engine::Impl {
   }
 
   // Decodes (unless Admit did) and runs one message; returns the reply, if it deserves one.
-  // `job` keeps the message: the caller releases it once the reply is on its way.
-  std::optional<Reply> Process(Job& job) {
+  // The message, and with it any lease on the caller's shared memory, is released before
+  // the reply leaves: a caller that has its reply finds its blocks held only by views the
+  // function kept (SharedArena::holds_on).
+  std::optional<Reply> Process(Job&& job) {
     if (!job.message) {
       std::optional<Reply> refusal;
       if (!Admit(job, &refusal)) return refusal;
@@ -712,7 +713,7 @@ class Engine::Impl {
     Reply reply;
     reply.socket = job.socket;
     reply.routing = std::move(job.routing);
-    const Message& message = job.message;
+    Message message = std::move(job.message);
     Function* known = job.function;
     if (message.body_kind() == BodyKind::kHello && !is_dealer_[reply.socket] &&
         options_.shared_memory && !reply.routing.empty()) {

@@ -602,6 +602,39 @@ TEST(SharedBrokerTest, AnEngineOnAnotherHostGetsTheArgumentsOfACallerThatSharesM
   EXPECT_EQ(broker.counters().materialized_bytes, block.size());
 }
 
+TEST(SharedCallTest, TheEngineLetsGoOfAnArgumentsBlockBeforeItAnswers) {
+  // A function that reads its argument and keeps no view, run by a worker and on the
+  // I/O thread: once the caller has the reply, nothing holds the block.
+  auto size_of = [](const Call& call, ValueWriter& result) {
+    result.Int(static_cast<int64_t>(call.arg(0).TensorBytes().size()));
+  };
+  Engine engine;
+  engine.DefRaw("on_worker", size_of);
+  engine.DefRaw("on_io_thread", size_of, FunctionOptions{.inline_execution = true});
+  engine.Bind("tcp://127.0.0.1:*");
+  engine.Start();
+  auto arena = SharedArena::Create(16 << 20);
+  Client client(engine.last_endpoint(), Sharing(arena, milliseconds(10000)));
+  ASSERT_TRUE(WaitUntil([&] { return client.shares_memory(); }));
+  Buffer block = *arena->Allocate(1 << 20);
+  // Many blocks per call: releasing the call's leases takes long enough that an engine
+  // which released them after its reply would be caught at it.
+  std::vector<Buffer> blocks;
+  for (int i = 0; i < 256; ++i) blocks.push_back(*arena->Allocate(4096));
+  std::vector<Tensor> args;
+  for (const Buffer& b : blocks) args.push_back(Bytes(b));
+  for (const char* function : {"on_worker", "on_io_thread"}) {
+    for (int i = 0; i < 300; ++i) {
+      Result r = client.apply(function, Bytes(block), args).get();
+      ASSERT_TRUE(r.ok()) << Why(r);
+      ASSERT_TRUE(r.value().AsInt() == 1 << 20);
+      ASSERT_EQ(arena->holds_on(block), 0u) << function << ", call " << i;
+      ASSERT_EQ(arena->holds_on(blocks.back()), 0u) << function << ", call " << i;
+    }
+  }
+  EXPECT_GT(GlobalStats().Snapshot().shared_refs_received, 0u);
+}
+
 TEST(SharedCallTest, ATrackerIsDoneWhenTheCallIsOverAndNoReceiverHoldsItsBlocks) {
   auto kept = std::make_shared<Kept>();
   Engine engine;
