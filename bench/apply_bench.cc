@@ -222,8 +222,9 @@ std::vector<double> RoundTripRates(const std::vector<std::function<void()>>& cal
 
 // Diagnostics: ZEROCAN_APPLY_TRIPS=WHO:N in the calls child makes exactly N round trips
 // of one contender (direct: declared inline; pool: the default worker pool; raw-direct,
-// broker, raw-broker; one call in flight, as in section 1) and reports nothing. Its wall-clock rates swing with the machine; the
-// instructions each thread spends per round trip do not:
+// broker, raw-broker; one call in flight, as in section 1) and reports nothing. Its
+// wall-clock rates swing with the machine; the instructions each thread spends per
+// round trip do not:
 //   ZEROCAN_APPLY_CHILD=calls ZEROCAN_APPLY_TRIPS=broker:2000 valgrind --tool=callgrind \
 //     --separate-threads=yes zerocan-bench --only apply
 // and again with 4000: the difference between the two runs' counts, over 2000.

@@ -532,7 +532,9 @@ class ClientCore {
         if (!received) break;
         ++n;
         if (std::optional<Arrived> reply = Read(std::move(*received))) {
-          const bool answers_awaited = awaited != nullptr && reply->call_id == awaited->id;
+          // (A stream's item does not end its call: items are matched in groups.)
+          const bool answers_awaited = awaited != nullptr && reply->call_id == awaited->id &&
+                                       reply->part != StreamPart::kItem;
           arrived_.push_back(std::move(*reply));
           if (answers_awaited) {
             if (MatchArrived() == 0) return n;

@@ -545,6 +545,8 @@ class Engine::Impl {
     }
     for (Reply& r : ready_) SendQuiet(r.socket, std::move(r.message), r.routing);
     ready_.clear();
+    // A burst (a stream's items) does not pin its peak: the two vectors swap each turn.
+    if (ready_.capacity() > kKeptReplies) std::vector<Reply>().swap(ready_);
   }
 
   void Heartbeat() {
@@ -776,7 +778,8 @@ class Engine::Impl {
     if (!stream && tl_io_owner == this) {
       // Runs to its end here on the I/O thread, which reads nothing meanwhile: no cancel
       // and no drain deadline can reach it. So it is not tracked; its control block is
-      // reused and can never be stopped. A broker still learns first that it began.
+      // reused and never cancelled (a stop token it hands out never stops). A broker
+      // still learns first that it began.
       if (is_dealer_[reply.socket]) {
         SendQuiet(reply.socket, StartedAck(message.message_id()), reply.routing);
       }
@@ -1104,7 +1107,9 @@ class Engine::Impl {
   std::condition_variable jobs_cv_;
   internal::Fifo<Job> jobs_;   // mu_
   uint64_t queued_bytes_ = 0;  // mu_: of jobs_' frames
-  // Vectors: filled, swapped and emptied each turn, they keep their storage.
+  // Vectors: filled, swapped and emptied each turn, they keep their storage (up to
+  // kKeptReplies).
+  static constexpr size_t kKeptReplies = 1024;
   std::vector<Reply> replies_;  // mu_
   std::vector<Reply> ready_;    // the I/O thread's: replies being sent
   bool stop_ = false;          // mu_

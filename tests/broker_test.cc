@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <set>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -346,19 +347,31 @@ TEST(BrokerTest, EngineLeavingGracefullyFinishesItsCalls) {
 }
 
 TEST(BrokerTest, SurvivesABrokerRestart) {
-  // Find two free ports, then free them for the broker (the context's destruction
-  // waits until the sockets are really closed).
+  // Two ports free now and below the kernel's ephemeral range (32768 and up by
+  // default), so that no other test binding "*" in parallel takes them while the
+  // broker is down. (The probe context's destruction waits until they are closed.)
   std::string front, back;
   {
     zmq::context_t probe_ctx(1);
-    zmq::socket_t a(probe_ctx, zmq::socket_type::router), b(probe_ctx, zmq::socket_type::router);
-    a.bind("tcp://127.0.0.1:*");
-    b.bind("tcp://127.0.0.1:*");
-    front = a.get(zmq::sockopt::last_endpoint);
-    back = b.get(zmq::sockopt::last_endpoint);
-    a.close();
-    b.close();
+    std::mt19937 random(std::random_device{}());
+    auto free_port = [&] {
+      for (int attempt = 0; attempt < 100; ++attempt) {
+        std::string url = "tcp://127.0.0.1:" + std::to_string(20000 + random() % 12000);
+        try {
+          zmq::socket_t probe(probe_ctx, zmq::socket_type::router);
+          probe.bind(url);
+          return url;
+        } catch (const zmq::error_t&) {
+        }
+      }
+      return std::string();
+    };
+    front = free_port();
+    back = free_port();
+    if (back == front) back = free_port();
   }
+  ASSERT_FALSE(front.empty() || back.empty() || front == back)
+      << "no two free ports in 20000-31999";
   Cluster c(1, front, back);
   Client& client = c.AddClient();
   EXPECT_EQ(client.apply("add", 1, 2).get().as<int>(), 3);

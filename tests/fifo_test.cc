@@ -56,6 +56,33 @@ TEST(FifoTest, AQueueThatNeverEmptiesStaysInOrderThroughCompactions) {
   for (size_t i = 0; i < rest.size(); ++i) EXPECT_EQ(rest[i], std::to_string(next_out + i));
 }
 
+TEST(FifoTest, ErasingTheLastLiveElementEmptiesItAndItFillsAgain) {
+  Fifo<int> queue;
+  for (int i = 0; i < 100; ++i) queue.push_back(int{i});
+  for (int i = 0; i < 99; ++i) queue.pop_front();  // compacts on the way
+  ASSERT_EQ(queue.size(), 1u);
+  queue.erase(queue.begin());
+  EXPECT_TRUE(queue.empty());
+  EXPECT_EQ(queue.begin(), queue.end());
+  queue.push_back(7);
+  ASSERT_EQ(queue.size(), 1u);
+  EXPECT_EQ(queue.front(), 7);
+}
+
+TEST(FifoTest, ABurstDrainedToEmptyLeavesAUsableQueue) {
+  Fifo<int> queue;
+  for (int i = 0; i < 5000; ++i) queue.push_back(int{i});
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_EQ(queue.front(), i);
+    queue.pop_front();
+  }
+  EXPECT_TRUE(queue.empty());
+  queue.push_back(1);
+  queue.push_back(2);
+  EXPECT_EQ(queue.front(), 1);
+  EXPECT_EQ(queue.size(), 2u);
+}
+
 TEST(FifoTest, SwapExchangesContents) {
   Fifo<int> a, b;
   a.push_back(1);

@@ -2,7 +2,8 @@
 // queues handed between threads once per call (an engine's calls for its workers).
 // Once it has grown to the queue's usual depth, pushing and popping allocate nothing;
 // std::deque allocates a chunk for each element bigger than 256 bytes, and frees it on
-// whichever thread pops it.
+// whichever thread pops it. Storage for more than kKeptCapacity elements is given back
+// when the queue empties, so a burst does not pin its peak.
 #pragma once
 
 #include <cstddef>
@@ -25,6 +26,7 @@ class Fifo {
     items_[head_] = T{};
     if (++head_ == items_.size()) {
       clear();
+      if (items_.capacity() > kKeptCapacity) std::vector<T>().swap(items_);
     } else if (head_ >= kCompactAfter && head_ * 2 >= items_.size()) {
       // A queue that never empties: drop the consumed front now and then (amortized
       // O(1) per element).
@@ -46,6 +48,7 @@ class Fifo {
 
  private:
   static constexpr size_t kCompactAfter = 64;
+  static constexpr size_t kKeptCapacity = 1024;
   std::vector<T> items_;
   size_t head_ = 0;
 };

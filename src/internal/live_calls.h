@@ -38,6 +38,7 @@ class LiveCalls {
   class Scope {
    public:
     Scope(LiveCalls& calls, const std::string& key) : calls_(calls), key_(key) {}
+    Scope(LiveCalls& calls, std::string&& key) = delete;  // would outlive its key
     ~Scope() { calls_.Finish(key_); }
     Scope(const Scope&) = delete;
     Scope& operator=(const Scope&) = delete;
