@@ -790,7 +790,8 @@ class Engine::Impl {
       return reply;
     }
     std::string live_key = internal::LiveCalls::Key(reply.routing, message.message_id());
-    std::shared_ptr<internal::CallControl> control = StartCall(reply, message, function, live_key, stream);
+    std::shared_ptr<internal::CallControl> control =
+        StartCall(reply, message, function, live_key, stream);
     if (control == nullptr) return std::nullopt;
     internal::LiveCalls::Scope running(live_, live_key);
     reply.after_items = stream;
