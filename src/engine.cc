@@ -188,6 +188,7 @@ class Engine::Impl {
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw TransportError("engine: eventfd failed");
     if (options_.signer) replay_ = std::make_unique<ReplayGuard>(options_.replay);
+    io_control_.cancellable = false;
     io_control_.engine_id = options_.id;
     io_control_.policy = &policy_;
     io_control_.registry = registry_;
@@ -778,8 +779,8 @@ class Engine::Impl {
     if (!stream && tl_io_owner == this) {
       // Runs to its end here on the I/O thread, which reads nothing meanwhile: no cancel
       // and no drain deadline can reach it. So it is not tracked; its control block is
-      // reused and never cancelled (a stop token it hands out never stops). A broker
-      // still learns first that it began.
+      // reused and never cancelled (its stop token has no stop state). A broker still
+      // learns first that it began.
       if (is_dealer_[reply.socket]) {
         SendQuiet(reply.socket, StartedAck(message.message_id()), reply.routing);
       }

@@ -28,6 +28,7 @@ void CallControl::Cancel() {
 }
 
 std::stop_token CallControl::StopToken() noexcept {
+  if (!cancellable) return std::stop_token();
   std::lock_guard<std::mutex> lock(mu);
   if (!stop_.stop_possible()) {
     try {

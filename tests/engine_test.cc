@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <numeric>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -328,6 +329,27 @@ TEST(EngineTest, FunctionsRunOnWorkersUnlessDeclaredInline) {
   // No run time moves a function: a slow inline function stays on the I/O thread.
   for (int i = 0; i < 3; ++i) EXPECT_EQ(client.apply("inline_slow", 30).get().as<uint64_t>(), io_thread);
   EXPECT_EQ(client.apply("inline").get().as<uint64_t>(), io_thread);
+}
+
+// A call on a worker can be cancelled, so its stop token has a stop state; one on the
+// I/O thread cannot (nothing is read while it runs), and its token says so.
+TEST(EngineTest, OnlyACallThatCanBeCancelledGetsAStoppableToken) {
+  zmq::context_t ctx(1);
+  EngineOptions options;
+  options.context = &ctx;
+  Engine engine(options);
+  auto stoppable = [](std::stop_token stop) { return stop.stop_possible(); };
+  engine.def("pooled", stoppable);
+  engine.def("inline", stoppable, FunctionOptions{.inline_execution = true});
+  engine.Bind("inproc://stoppable-tokens");
+  engine.Start();
+  ClientOptions copts;
+  copts.context = &ctx;
+  Client client("inproc://stoppable-tokens", copts);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(client.apply("pooled").get().as<bool>()) << "call " << i;
+    EXPECT_FALSE(client.apply("inline").get().as<bool>()) << "call " << i;
+  }
 }
 
 TEST(EngineTest, EngineWideInlineExecutionRunsEveryFunctionOnTheIoThread) {

@@ -24,6 +24,9 @@ struct CallControl {
   // the function asks for a std::stop_token (most never do: nothing allocated per call).
   bool cancelled() const noexcept { return cancelled_.load(std::memory_order_acquire); }
   std::stop_token StopToken() noexcept;
+  // False for a call no cancel can reach (one run on the engine's I/O thread): its stop
+  // token has no stop state (stop_possible() is false).
+  bool cancellable = true;
   uint64_t call_id = 0;
   // The engine's id and the function's registered name: both outlive every call.
   std::string_view engine_id;
