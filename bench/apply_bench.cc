@@ -200,6 +200,34 @@ class RawClient {
   zmq::socket_t socket_;
 };
 
+// `in_flight` calls of add(1, 2) sent before the first reply is read.
+std::function<void()> PipelinedCalls(Client& client, int in_flight) {
+  return [&client, in_flight] {
+    std::vector<ResultFuture> futures;
+    futures.reserve(in_flight);
+    for (int i = 0; i < in_flight; ++i) futures.push_back(client.apply("add", 1, 2));
+    for (auto& f : futures) Sink(f.get().as<int64_t>());
+  };
+}
+
+// The same with raw libzmq: `in_flight` copies of the apply's bytes, then every reply.
+std::function<void()> RawPipelinedCalls(RawClient& client, const SmallBytes& bytes,
+                                        int in_flight) {
+  return [&client, &bytes, in_flight] {
+    zmq::socket_t& s = client.socket();
+    for (int i = 0; i < in_flight; ++i) {
+      s.send(zmq::message_t(), zmq::send_flags::sndmore);
+      s.send(zmq::buffer(bytes.apply));
+    }
+    for (int i = 0; i < in_flight; ++i) {
+      zmq::message_t part;
+      do {
+        (void)s.recv(part);
+      } while (part.more());
+    }
+  };
+}
+
 // Alternates the contenders for `rounds` rounds of `calls` round trips each; returns
 // the median round trips per second of each.
 std::vector<double> RoundTripRates(const std::vector<std::function<void()>>& calls, int per_round,
@@ -222,7 +250,8 @@ std::vector<double> RoundTripRates(const std::vector<std::function<void()>>& cal
 
 // Diagnostics: ZEROCAN_APPLY_TRIPS=WHO:N in the calls child makes exactly N round trips
 // of one contender (direct: declared inline; pool: the default worker pool; raw-direct,
-// broker, raw-broker; one call in flight, as in section 1) and reports nothing. Its
+// broker, raw-broker; one call in flight, as in section 1; pipelined and raw-pipelined:
+// the pipelined row's calls, 1,000 in flight at a time) and reports nothing. Its
 // wall-clock rates swing with the machine; the instructions each thread spends per
 // round trip do not:
 //   ZEROCAN_APPLY_CHILD=calls ZEROCAN_APPLY_TRIPS=broker:2000 valgrind --tool=callgrind \
@@ -236,11 +265,12 @@ std::optional<Trips> TripsFromEnv() {
   const char* value = std::getenv("ZEROCAN_APPLY_TRIPS");
   if (value == nullptr) return std::nullopt;
   std::vector<std::string> f = absl::StrSplit(value, ':');
-  static const char* const kWho[] = {"direct", "pool", "raw-direct", "broker", "raw-broker"};
+  static const char* const kWho[] = {"direct",    "pool",          "raw-direct", "pipelined",
+                                     "raw-pipelined", "broker", "raw-broker"};
   if (f.size() != 2 || std::find(std::begin(kWho), std::end(kWho), f[0]) == std::end(kWho) ||
       std::atoi(f[1].c_str()) <= 0) {
     std::fprintf(stderr, "apply: ZEROCAN_APPLY_TRIPS=%s: expected WHO:N, WHO one of direct, "
-                         "pool, raw-direct, broker, raw-broker\n", value);
+                         "pool, raw-direct, pipelined, raw-pipelined, broker, raw-broker\n", value);
     std::exit(2);
   }
   return Trips{f[0], std::atoi(f[1].c_str())};
@@ -456,6 +486,11 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
       run_trips("direct", [&] { Sink(worker_client.apply("add", 1, 2).get().as<int64_t>()); });
       run_trips("pool", [&] { Sink(client.apply("add", 1, 2).get().as<int64_t>()); });
       run_trips("raw-direct", [&] { raw_client.Call(bytes.apply); });
+      if (trips->who == "pipelined" || trips->who == "raw-pipelined") {
+        auto batch = trips->who == "pipelined" ? PipelinedCalls(worker_client, 1000)
+                                               : RawPipelinedCalls(raw_client, bytes, 1000);
+        for (int done = 0; done < trips->count; done += 1000) batch();
+      }
     } else {
       std::vector<double> rates = RoundTripRates(
           {[&] { Sink(client.apply("add", 1, 2).get().as<int64_t>()); },
@@ -473,26 +508,10 @@ void RunApply(const Options& options, std::vector<Row>* rows) {
       // Pipelined: `in_flight` calls sent before the first reply is read, over the same
       // sockets as above (the engine with the built-ins declared inline; the raw server).
       const int in_flight = quick ? 2000 : 10000;
-      auto zc_pipelined = [&] {
-        std::vector<ResultFuture> futures;
-        futures.reserve(in_flight);
-        for (int i = 0; i < in_flight; ++i) futures.push_back(worker_client.apply("add", 1, 2));
-        for (auto& f : futures) Sink(f.get().as<int64_t>());
-      };
-      auto raw_pipelined = [&] {
-        zmq::socket_t& s = raw_client.socket();
-        for (int i = 0; i < in_flight; ++i) {
-          s.send(zmq::message_t(), zmq::send_flags::sndmore);
-          s.send(zmq::buffer(bytes.apply));
-        }
-        for (int i = 0; i < in_flight; ++i) {
-          zmq::message_t part;
-          do {
-            (void)s.recv(part);
-          } while (part.more());
-        }
-      };
-      std::vector<double> batches = RoundTripRates({zc_pipelined, raw_pipelined}, 1, rounds);
+      std::vector<double> batches =
+          RoundTripRates({PipelinedCalls(worker_client, in_flight),
+                          RawPipelinedCalls(raw_client, bytes, in_flight)},
+                         1, rounds);
       Add(rows, &table, "small apply, " + std::to_string(in_flight) + " in flight (declared inline)",
           batches[0] * in_flight, "calls/s", "raw libzmq, same sockets", batches[1] * in_flight,
           ">= 0.5x");
