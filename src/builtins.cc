@@ -35,7 +35,7 @@ void Add(const Call& call, ValueWriter& out) {
   if (call.arg_count() != 2) internal::ThrowArgCount("add", 2, call.arg_count());
   Value a = call.arg(0), b = call.arg(1);
   for (size_t i = 0; i < 2; ++i) {
-    Value v = call.arg(i);
+    const Value& v = i == 0 ? a : b;
     if (!IsNumber(v) || v.kind() == Kind::kBool) {
       throw ArgumentError(absl::StrCat("add: argument ", i, ": expected a number, got ",
                                        v.Describe()));

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -832,13 +833,17 @@ class Engine::Impl {
   }
   static constexpr size_t kMaxClientsSharingMemory = 65536;
 
-  std::shared_ptr<SharedArena> ResultArena() {
+  // The arena results are lent from: made on first use, then kept for the engine's life
+  // (so a call takes it without the lock). Throws Error where none can be made.
+  SharedArena* ResultArena() {
+    if (SharedArena* arena = result_arena_ready_.load(std::memory_order_acquire)) return arena;
     std::lock_guard<std::mutex> lock(arena_mu_);
     if (!result_arena_) {
       result_arena_ = options_.shared_arena ? options_.shared_arena
                                             : SharedArena::Create(SharedArena::DefaultCapacity());
+      result_arena_ready_.store(result_arena_.get(), std::memory_order_release);
     }
-    return result_arena_;
+    return result_arena_.get();
   }
 
   // Runs the function: its result, its error reply, or nothing when the call was
@@ -855,11 +860,11 @@ class Engine::Impl {
       if (!returns.empty() && !stream) policy.shared_returns = &returns;
       // Any other large payload, for a caller that reads results in place: a block of
       // the engine's arena, lent to the caller until it holds it.
-      std::shared_ptr<SharedArena> arena;
+      SharedArena* arena = nullptr;
       if (shared_results) {
         try {
           arena = ResultArena();
-          policy.shared_arena = arena.get();
+          policy.shared_arena = arena;
         } catch (const Error&) {
           // No arena (no memfd, no memory): frames, as for any other caller.
         }
@@ -1076,7 +1081,8 @@ class Engine::Impl {
   // Per socket: a DEALER's broker said in its hello that it shares this host.
   std::vector<std::unique_ptr<std::atomic<bool>>> broker_shares_memory_;
   std::mutex arena_mu_;
-  std::shared_ptr<SharedArena> result_arena_;  // arena_mu_
+  std::shared_ptr<SharedArena> result_arena_;  // arena_mu_; never reset once made
+  std::atomic<SharedArena*> result_arena_ready_{nullptr};  // result_arena_.get() once made
   // Direct callers (routing ids) whose hello said they run on this host (mu_); at most
   // kMaxClientsSharingMemory: others get frames.
   absl::flat_hash_set<std::string> clients_sharing_memory_;
@@ -1155,7 +1161,11 @@ void Engine::Stop(std::chrono::milliseconds grace) {
 void internal::TestHooks::KillEngine(Engine& engine) { engine.impl_->Stop(false); }
 bool Engine::running() const noexcept { return impl_->running_; }
 const std::string& Engine::id() const noexcept { return impl_->options_.id; }
-std::shared_ptr<SharedArena> Engine::shared_arena() { return impl_->ResultArena(); }
+std::shared_ptr<SharedArena> Engine::shared_arena() {
+  impl_->ResultArena();
+  std::lock_guard<std::mutex> lock(impl_->arena_mu_);
+  return impl_->result_arena_;
+}
 EngineCounters Engine::counters() const noexcept {
   return EngineCounters{impl_->calls_.load(), impl_->errors_.load(), impl_->dropped_.load(),
                         impl_->closed_idle_.load(), impl_->closed_over_budget_.load()};

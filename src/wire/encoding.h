@@ -54,6 +54,7 @@ struct WalkedBody {
   capnp::List<wire::Field>::Reader kwargs;
   bool is_result = false;
   wire::Result::Reader result;
+  wire::Value::Reader ok;  // a successful result's value
 };
 WalkedBody WalkEnvelope(const ReceivedMessage& received, uint32_t payload_frames,
                         const DecodeLimits& limits, uint64_t budget,

@@ -469,6 +469,7 @@ Message Message::Decode(ReceivedMessage&& received, const DecodeLimits& limits) 
       state->root_ = env;
       state->is_result_ = walked.is_result;
       state->result_ = walked.result;
+      state->ok_ = walked.ok;
       state->is_apply_ = walked.is_apply;
       state->apply_ = walked.apply;
       state->function_ = std::string_view(walked.function.begin(), walked.function.size());
@@ -589,7 +590,7 @@ bool Message::ok() const {
 Value Message::result() const {
   ZEROCAN_RESULT();
   if (!result.isOk()) ThrowWrongBody("a successful result");
-  return internal::WireAccess::MakeValue(result.getOk(), state_.get());
+  return internal::WireAccess::MakeValue(state_->ok_, state_.get());
 }
 RemoteErrorInfo Message::error() const {
   ZEROCAN_RESULT();

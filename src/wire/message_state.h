@@ -59,6 +59,7 @@ class MessageState : public std::enable_shared_from_this<MessageState> {
   // A result's struct, as the walk followed it (a client asks it for several fields).
   bool is_result_ = false;
   wire::Result::Reader result_;
+  wire::Value::Reader ok_;  // a successful result's value
 
   std::shared_ptr<const void> KeepAlive() const { return shared_from_this(); }
 

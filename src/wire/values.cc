@@ -753,7 +753,9 @@ class Walker {
         walked_.result = r;
         Text(r.getEngineId(), Child(result, "engineId"));
         switch (r.which()) {
-          case wire::Result::OK: return Value(r.getOk(), Child(result, "ok"), 1);
+          case wire::Result::OK:
+            walked_.ok = r.getOk();
+            return Value(walked_.ok, Child(result, "ok"), 1);
           case wire::Result::ERROR: {
             Path error = Child(result, "error");
             auto e = r.getError();
