@@ -707,8 +707,10 @@ class Engine::Impl {
 
   // Decodes (unless Admit did) and runs one message; returns the reply, if it deserves one.
   // The message, and with it any lease on the caller's shared memory, is released before
-  // the reply leaves: a caller that has its reply finds its blocks held only by views the
-  // function kept (SharedArena::holds_on).
+  // the reply leaves. A caller in this process that has its reply then finds its blocks
+  // held only by views the function kept (SharedArena::holds_on). From another process
+  // the release travels to the arena's owner on its own socket, and may arrive just
+  // after the reply.
   std::optional<Reply> Process(Job&& job) {
     if (!job.message) {
       std::optional<Reply> refusal;

@@ -18,9 +18,10 @@ TEST(FifoTest, PopsInTheOrderPushedAndReleasesWhatItPopped) {
   queue.push_back(std::make_shared<int>(2));
   ASSERT_EQ(queue.size(), 2u);
   EXPECT_EQ(*queue.front(), 1);
-  std::shared_ptr<int> taken = std::move(queue.front());
+  EXPECT_EQ(first.use_count(), 2);
+  // Popped in place (not moved out first), with an element still queued behind it: only
+  // the reset of the popped slot can let go of it.
   queue.pop_front();
-  taken.reset();
   EXPECT_EQ(first.use_count(), 1) << "the popped slot still holds the element";
   EXPECT_EQ(*queue.front(), 2);
   queue.pop_front();
