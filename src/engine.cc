@@ -635,7 +635,11 @@ class Engine::Impl {
     control->registry = registry_;
     if (stream) {
       control->stream = true;
-      control->credits = message.stream_credits();
+      {
+        // The block is in live_ already: a credit a peer sent early (Grant) is kept.
+        std::lock_guard<std::mutex> lock(control->mu);
+        control->credits += message.stream_credits();
+      }
       control->wait_for_credit = !tls_engine_io_thread;
       control->next_header = [this] { return NextHeader(); };
       control->send = [this, socket = reply.socket, routing = reply.routing](Outgoing&& item) {
